@@ -1,0 +1,178 @@
+"""The ``fraudstream`` command.
+
+Settings are built once here, from the environment (``FRAUDSTREAM_*``) and
+``.env``, and handed to every sub-command through the click context.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from pydantic import ValidationError
+
+from service.devstack.stack import DevStack
+from service.errors import FraudstreamError
+from service.schemas import json_schemas
+from service.settings import Settings
+
+
+def _settings_error(exc: ValidationError) -> click.ClickException:
+    first = exc.errors()[0]
+    field = ".".join(str(part) for part in first["loc"])
+    return click.ClickException(
+        f"invalid setting FRAUDSTREAM_{field.upper()}: {first['msg']} "
+        f"(got {first.get('input')!r}); see `fraudstream config`"
+    )
+
+
+class _Group(click.Group):
+    """Turns fraudstream's own errors into one clear line and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FraudstreamError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="fraudstream")
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """fraudstream: streaming card-fraud detection on Kafka, Redis and River."""
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        raise _settings_error(exc) from exc
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    ctx.obj = settings
+
+
+@main.command()
+@click.pass_obj
+def config(settings: Settings) -> None:
+    """Print every setting with its current value (secrets masked) and meaning."""
+    for name, field in Settings.model_fields.items():
+        value = settings.masked()[name]
+        click.echo(f"FRAUDSTREAM_{name.upper()}={value}")
+        click.echo(f"    {field.description}")
+
+
+@main.command()
+@click.option(
+    "--output-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("schemas"),
+    show_default=True, help="Folder for <name>.schema.json files.",
+)
+def schemas(output_dir: Path) -> None:
+    """Write the JSON Schemas of every message (transaction, label, alert, score)."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for name, schema in json_schemas().items():
+        path = output_dir / f"{name}.schema.json"
+        path.write_text(json.dumps(schema, indent=2) + "\n")
+        click.echo(f"wrote {path}")
+
+
+# --- dev stack --------------------------------------------------------------
+
+_dev_options = [
+    click.option("--home", type=click.Path(file_okay=False, path_type=Path),
+                 default=Path(".cache/dev"), show_default=True,
+                 help="Folder for the servers' data, logs and pid files."),
+    click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+                 default=Path(".cache"), show_default=True, help="Where the Kafka jars go."),
+    click.option("--kafka-port", type=int, default=9092, show_default=True),
+    click.option("--controller-port", type=int, default=9093, show_default=True),
+    click.option("--redis-port", type=int, default=6379, show_default=True),
+]
+
+
+def _with_dev_options(func: Any) -> Any:
+    for option in reversed(_dev_options):
+        func = option(func)
+    return func
+
+
+def _stack(home: Path, cache_dir: Path, kafka_port: int, controller_port: int,
+           redis_port: int) -> DevStack:
+    return DevStack(home=home.resolve(), cache_dir=cache_dir.resolve(), kafka_port=kafka_port,
+                    controller_port=controller_port, redis_port=redis_port)
+
+
+def _print_status(stack: DevStack) -> bool:
+    status = stack.status()
+    kafka, redis_status = status["kafka"], status["redis"]
+    ok = bool(kafka["healthy"]) and bool(redis_status["healthy"])
+    if kafka["healthy"]:
+        click.echo(f"kafka  UP    Apache Kafka {kafka['version']} (KRaft) at "
+                   f"{kafka['bootstrap_servers']}, cluster {kafka.get('cluster_id')}, "
+                   f"{kafka.get('brokers')} broker(s), pid {kafka['pid']}")
+    else:
+        state = "NOT ANSWERING" if kafka["running"] else "DOWN"
+        click.echo(f"kafka  {state}  ({kafka['bootstrap_servers']}; log {kafka['log']})")
+    if redis_status["healthy"]:
+        click.echo(f"redis  UP    Redis {redis_status['version']} at {redis_status['url']}, "
+                   f"pid {redis_status['pid']}")
+    else:
+        state = "NOT ANSWERING" if redis_status["running"] else "DOWN"
+        click.echo(f"redis  {state}  ({redis_status['url']}; log {redis_status['log']})")
+    return ok
+
+
+@main.group()
+def dev() -> None:
+    """Local Kafka (KRaft, from Maven jars) and Redis (redis-server) for development."""
+
+
+@dev.command("up")
+@_with_dev_options
+def dev_up(**options: Any) -> None:
+    """Install what is missing, start Kafka and Redis, and show that they answer."""
+    stack = _stack(**options)
+    stack.up()
+    if not _print_status(stack):
+        raise click.ClickException("the dev stack started but is not healthy; see the logs above")
+
+
+@dev.command("down")
+@_with_dev_options
+def dev_down(**options: Any) -> None:
+    """Stop Kafka and Redis (data stays in --home; delete it to start afresh)."""
+    stack = _stack(**options)
+    stack.down()
+    click.echo("kafka and redis stopped")
+
+
+@dev.command("status")
+@_with_dev_options
+def dev_status(**options: Any) -> None:
+    """Show whether Kafka and Redis run and answer (exit 1 when not)."""
+    if not _print_status(_stack(**options)):
+        sys.exit(1)
+
+
+@dev.command("fetch")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path(".cache"), show_default=True)
+def dev_fetch(cache_dir: Path) -> None:
+    """Fetch the Kafka jars with Maven and install redis-server if missing (no start)."""
+    from service.devstack import ensure_redis_installed, fetch_kafka_jars
+    from service.devstack.kafka import find_java
+
+    find_java()
+    libs = fetch_kafka_jars(cache_dir)
+    click.echo(f"kafka jars: {libs} ({len(list(libs.glob('*.jar')))} jars)")
+    click.echo(f"redis-server: {ensure_redis_installed()}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,19 @@
+"""The local development stack: a real Kafka broker and a real Redis server.
+
+Used by ``fraudstream dev up|down|status``, by the test fixtures and by the
+benchmarks. Nothing here is a fake: Kafka is Apache Kafka in KRaft mode run
+from jars that Maven fetches, Redis is Debian's ``redis-server``.
+"""
+
+from service.devstack.kafka import KafkaServer, fetch_kafka_jars
+from service.devstack.ports import free_port, port_is_free
+from service.devstack.redis import RedisServer, ensure_redis_installed
+
+__all__ = [
+    "KafkaServer",
+    "RedisServer",
+    "ensure_redis_installed",
+    "fetch_kafka_jars",
+    "free_port",
+    "port_is_free",
+]

@@ -1,0 +1,285 @@
+"""A real single-node Apache Kafka (KRaft, broker + controller) run from Maven jars."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shutil
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from service.devstack.ports import (
+    accepts_connections,
+    pid_alive,
+    port_is_free,
+    quiet_kafka_logs,
+    read_pid,
+    stop_pid,
+    tail,
+)
+from service.errors import DevStackError
+
+KAFKA_VERSION = "4.1.1"
+_JAVA_MIN_MAJOR = 17
+
+
+def _java_major(java: str) -> int:
+    result = subprocess.run([java, "-version"], capture_output=True, text=True, check=False)
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', result.stderr + result.stdout)
+    if not match:
+        raise DevStackError(f"could not read the Java version from `{java} -version`.")
+    major = int(match.group(1))
+    return int(match.group(2) or 0) if major == 1 else major
+
+
+def find_java() -> str:
+    """Path of a Java >= 17 runtime (``JAVA_HOME`` first, then ``PATH``)."""
+    java_home = os.environ.get("JAVA_HOME")
+    candidates = [str(Path(java_home) / "bin" / "java")] if java_home else []
+    candidates += [found] if (found := shutil.which("java")) else []
+    for java in candidates:
+        if Path(java).exists() and _java_major(java) >= _JAVA_MIN_MAJOR:
+            return java
+    raise DevStackError(
+        "Java 17 or newer is needed to run the local Kafka broker and none was found: "
+        "install it (apt-get install openjdk-17-jre-headless) or set JAVA_HOME."
+    )
+
+
+def fetch_kafka_jars(cache_dir: Path, version: str = KAFKA_VERSION) -> Path:
+    """Download Kafka's broker jars with Maven into ``cache_dir`` (once) and return the folder.
+
+    The jars land in ``cache_dir/kafka-<version>/libs``; Maven's own local
+    repository (``~/.m2``) keeps them across clones, so a warm fetch only copies.
+    """
+    cache_dir = cache_dir.resolve()
+    libs = cache_dir / f"kafka-{version}" / "libs"
+    marker = libs / ".complete"
+    if marker.exists():
+        return libs
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise DevStackError(
+            "Maven (mvn) is needed to fetch the Kafka jars and is not installed: "
+            "apt-get install maven, or use docker compose up."
+        )
+    work = cache_dir / f"kafka-{version}"
+    work.mkdir(parents=True, exist_ok=True)
+    pom = resources.files("service.devstack").joinpath("kafka-pom.xml").read_text()
+    (work / "pom.xml").write_text(pom.replace("@KAFKA_VERSION@", version))
+    if libs.exists():
+        shutil.rmtree(libs)
+    result = subprocess.run(
+        [mvn, "-B", "-q", "-f", str(work / "pom.xml"), "dependency:copy-dependencies",
+         f"-DoutputDirectory={libs}", "-DincludeScope=runtime"],
+        capture_output=True, text=True, check=False,
+    )
+    if result.returncode != 0:
+        lines = [line for line in (result.stdout + result.stderr).splitlines() if "ERROR" in line]
+        detail = lines[0] if lines else (result.stdout + result.stderr).strip()[-300:]
+        raise DevStackError(
+            f"Maven could not fetch org.apache.kafka:kafka_2.13:{version} ({detail}): "
+            "check network access to Maven Central (or a mirror in ~/.m2/settings.xml)."
+        )
+    if not any(libs.glob("kafka_2.13-*.jar")):
+        raise DevStackError(f"Maven finished but no Kafka jar is in {libs}.")
+    marker.write_text(version)
+    return libs
+
+
+def _random_cluster_id() -> str:
+    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding (like Kafka's)."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+_SERVER_PROPERTIES = """\
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@{host}:{controller_port}
+listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller_port}
+advertised.listeners=PLAINTEXT://{host}:{port}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs={log_dirs}
+num.partitions=1
+auto.create.topics.enable=false
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=10
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=4
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+log.retention.hours=-1
+log.retention.bytes=-1
+message.max.bytes=2097152
+"""
+
+_LOG4J_PROPERTIES = """\
+log4j.rootLogger=INFO, file
+log4j.appender.file=org.apache.log4j.FileAppender
+log4j.appender.file.File={log_file}
+log4j.appender.file.layout=org.apache.log4j.PatternLayout
+log4j.appender.file.layout.ConversionPattern=[%d] %p %m (%c)%n
+log4j.logger.kafka=INFO
+log4j.logger.org.apache.kafka=INFO
+log4j.logger.state.change.logger=WARN
+log4j.logger.kafka.log.LogCleaner=WARN
+"""
+
+
+@dataclass
+class KafkaServer:
+    """A single-node KRaft Kafka broker owned by fraudstream.
+
+    Parameters
+    ----------
+    data_dir
+        Storage, config, pid file and log of this broker.
+    cache_dir
+        Where the jars are fetched (shared by every broker).
+    port, controller_port
+        Client and controller listener ports on 127.0.0.1.
+    heap_mb
+        Java heap; 512 MB is plenty for tests and the demo.
+    """
+
+    data_dir: Path
+    cache_dir: Path
+    port: int
+    controller_port: int
+    heap_mb: int = 512
+    host: str = "127.0.0.1"
+    version: str = KAFKA_VERSION
+    _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / "kafka.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "server.log"
+
+    def running_pid(self) -> int | None:
+        if self._process is not None and pid_alive(self._process.pid):
+            return self._process.pid
+        return read_pid(self.pid_file)
+
+    def _write_config(self) -> Path:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = self.data_dir / "server.properties"
+        config.write_text(
+            _SERVER_PROPERTIES.format(
+                host=self.host, port=self.port, controller_port=self.controller_port,
+                log_dirs=self.data_dir / "logs",
+            )
+        )
+        (self.data_dir / "log4j.properties").write_text(
+            _LOG4J_PROPERTIES.format(log_file=self.log_file)
+        )
+        return config
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        """Fetch jars if needed, format storage on first start, start, wait for metadata."""
+        if self.running_pid() is not None:
+            return
+        java = find_java()
+        for port in (self.port, self.controller_port):
+            if not port_is_free(port, self.host):
+                raise DevStackError(
+                    f"Kafka port {port} is taken by another process: stop it or choose "
+                    "other ports (--kafka-port/--controller-port)."
+                )
+        libs = fetch_kafka_jars(self.cache_dir, self.version)
+        config = self._write_config()
+        classpath = f"{libs}/*"
+        if not (self.data_dir / "logs" / "meta.properties").exists():
+            result = subprocess.run(
+                [java, "-cp", classpath, "kafka.tools.StorageTool", "format",
+                 "-t", _random_cluster_id(), "-c", str(config), "--ignore-formatted"],
+                capture_output=True, text=True, check=False,
+            )
+            if result.returncode != 0:
+                raise DevStackError(
+                    f"formatting Kafka storage in {self.data_dir} failed: "
+                    f"{(result.stderr or result.stdout).strip()[-400:]}"
+                )
+        with open(self.data_dir / "stdout.log", "ab") as out:
+            self._process = subprocess.Popen(
+                [java, f"-Xmx{self.heap_mb}m", f"-Xms{min(256, self.heap_mb)}m",
+                 "-XX:+UseG1GC", "-Djava.awt.headless=true",
+                 f"-Dlog4j.configuration=file:{self.data_dir / 'log4j.properties'}",
+                 "-cp", classpath, "kafka.Kafka", str(config)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.pid_file.write_text(str(self._process.pid))
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise DevStackError(
+                    f"Kafka exited at start (code {self._process.returncode}); "
+                    f"log {self.log_file}:\n{tail(self.log_file)}\n{tail(self.data_dir / 'stdout.log')}"
+                )
+            if self.answers_metadata():
+                return
+            time.sleep(0.25)
+        self.stop()
+        raise DevStackError(
+            f"Kafka did not answer metadata requests within {timeout_s:.0f} s; "
+            f"log {self.log_file}:\n{tail(self.log_file)}"
+        )
+
+    @quiet_kafka_logs()
+    def answers_metadata(self) -> bool:
+        """Whether the broker answers a metadata request with itself as a live broker."""
+        return self.describe() is not None
+
+    @quiet_kafka_logs()
+    def describe(self) -> dict[str, object] | None:
+        """Cluster id and brokers, or ``None`` when the broker does not answer."""
+        from kafka import KafkaAdminClient
+        from kafka.errors import KafkaError
+
+        if not accepts_connections(self.port, self.host):
+            return None
+        try:
+            admin = KafkaAdminClient(
+                bootstrap_servers=self.bootstrap_servers, request_timeout_ms=3000,
+                client_id="fraudstream-devstack",
+            )
+        except (KafkaError, OSError, ValueError, TypeError):
+            return None
+        try:
+            cluster = admin.describe_cluster()
+            return {
+                "cluster_id": cluster.get("cluster_id"),
+                "brokers": len(cluster.get("brokers", [])),
+                "version": self.version,
+            }
+        except (KafkaError, OSError):
+            return None
+        finally:
+            admin.close()
+
+    def stop(self) -> None:
+        """Stop the broker (controlled shutdown) and wait for its process to end."""
+        pid = self.running_pid()
+        if pid is not None:
+            stop_pid(pid, timeout_s=30.0)
+        if self._process is not None:
+            self._process.wait()
+            self._process = None
+        self.pid_file.unlink(missing_ok=True)

@@ -1,0 +1,155 @@
+"""A real local ``redis-server`` on a chosen port."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from service.devstack.ports import pid_alive, port_is_free, read_pid, stop_pid, tail
+from service.errors import DevStackError
+
+
+def ensure_redis_installed() -> str:
+    """Path of ``redis-server``, installing Debian's package when it is missing.
+
+    Raises
+    ------
+    DevStackError
+        When it is missing and cannot be installed (not root, no apt-get, no network).
+    """
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    if shutil.which("apt-get") is None:
+        raise DevStackError(
+            "redis-server is not installed and apt-get is not available: "
+            "install Redis 7 (redis-server) with your package manager."
+        )
+    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "redis-server"]):
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise DevStackError(
+                f"`{' '.join(command)}` failed ({result.stderr.strip().splitlines()[-1:]}): "
+                "install redis-server by hand (sudo apt-get install redis-server)."
+            )
+    found = shutil.which("redis-server")
+    if not found:
+        raise DevStackError("apt-get installed redis-server but it is not on PATH.")
+    return found
+
+
+@dataclass
+class RedisServer:
+    """A ``redis-server`` process owned by fraudstream.
+
+    Parameters
+    ----------
+    data_dir
+        Working directory: pid file, log, and the AOF file when ``persistent``.
+    port
+        TCP port on 127.0.0.1.
+    persistent
+        Append-only persistence (the demo); tests run without any persistence.
+    """
+
+    data_dir: Path
+    port: int
+    persistent: bool = False
+    host: str = "127.0.0.1"
+    _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def url(self) -> str:
+        """``redis://`` URL of this server."""
+        return f"redis://{self.host}:{self.port}/0"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / "redis.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "redis.log"
+
+    def running_pid(self) -> int | None:
+        """Pid of the server started from this directory, if it is alive."""
+        if self._process is not None and pid_alive(self._process.pid):
+            return self._process.pid
+        return read_pid(self.pid_file)
+
+    def start(self, timeout_s: float = 15.0) -> None:
+        """Start the server and wait until it answers PING."""
+        if self.running_pid() is not None:
+            return
+        binary = ensure_redis_installed()
+        if not port_is_free(self.port, self.host):
+            raise DevStackError(
+                f"Redis port {self.port} is taken by another process: stop it or choose "
+                "another port (FRAUDSTREAM_DEV_REDIS_PORT / --redis-port)."
+            )
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = [
+            binary,
+            "--bind", self.host,
+            "--port", str(self.port),
+            "--dir", str(self.data_dir),
+            "--logfile", str(self.log_file),
+            "--save", "",
+            "--appendonly", "yes" if self.persistent else "no",
+            "--protected-mode", "yes",
+            "--daemonize", "no",
+        ]
+        self._process = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.pid_file.write_text(str(self._process.pid))
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise DevStackError(
+                    f"redis-server exited at start (code {self._process.returncode}); "
+                    f"log {self.log_file}:\n{tail(self.log_file)}"
+                )
+            if self.ping():
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise DevStackError(f"redis-server did not answer PING within {timeout_s:.0f} s")
+
+    def ping(self) -> bool:
+        """Whether the server answers PING."""
+        try:
+            client = redis.Redis(host=self.host, port=self.port, socket_timeout=1)
+            try:
+                return bool(client.ping())
+            finally:
+                client.close()
+        except redis.RedisError:
+            return False
+
+    def version(self) -> str | None:
+        """``redis_version`` of the running server."""
+        try:
+            client = redis.Redis(host=self.host, port=self.port, socket_timeout=1)
+            try:
+                return str(client.info("server")["redis_version"])
+            finally:
+                client.close()
+        except redis.RedisError:
+            return None
+
+    def stop(self) -> None:
+        """Stop the server and wait for its process to end."""
+        pid = self.running_pid()
+        if pid is not None:
+            stop_pid(pid)
+        if self._process is not None:
+            self._process.wait()
+            self._process = None
+        self.pid_file.unlink(missing_ok=True)

@@ -1,0 +1,25 @@
+"""Thin, typed wrappers over kafka-python clients, shared by the service and the producers.
+
+No business logic lives here: only client construction with fraudstream's
+defaults (idempotent producer, manual commits, bounded polls), topic creation,
+and delivery tracking that turns a failed send into an exception instead of a
+silent loss.
+"""
+
+from service.kafka.clients import (
+    DeliveryError,
+    DeliveryTracker,
+    ensure_topics,
+    make_admin,
+    make_consumer,
+    make_producer,
+)
+
+__all__ = [
+    "DeliveryError",
+    "DeliveryTracker",
+    "ensure_topics",
+    "make_admin",
+    "make_consumer",
+    "make_producer",
+]

@@ -1,0 +1,247 @@
+"""Kafka client construction with fraudstream's defaults."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    TopicAlreadyExistsError,
+)
+from kafka.producer.future import FutureRecordMetadata
+
+from service.errors import ConfigurationError, FraudstreamError, UnavailableError
+
+
+#: What kafka-python raises when no broker answers while a client is built.
+_UNREACHABLE = (KafkaTimeoutError, KafkaConnectionError)
+
+
+class DeliveryError(FraudstreamError):
+    """One or more records could not be delivered to Kafka."""
+
+
+def _unavailable(bootstrap_servers: str, exc: Exception) -> UnavailableError:
+    return UnavailableError(
+        f"Kafka at {bootstrap_servers} is not reachable ({type(exc).__name__}: {exc}); "
+        "is the broker running? (`fraudstream dev up` starts a local one)"
+    )
+
+
+def make_producer(
+    bootstrap_servers: str,
+    *,
+    client_id: str,
+    transactional_id: str | None = None,
+    linger_ms: int = 5,
+    **overrides: Any,
+) -> KafkaProducer:
+    """An idempotent producer (acks=all) that batches for throughput.
+
+    Parameters
+    ----------
+    bootstrap_servers
+        ``host:port[,host:port]``.
+    client_id
+        Shows up in broker logs and metrics.
+    transactional_id
+        Set for exactly-once mode; the caller then calls ``init_transactions``.
+    linger_ms
+        How long the producer waits to fill a batch (default 5 ms).
+    **overrides
+        Any other kafka-python producer option.
+    """
+    config: dict[str, Any] = {
+        "bootstrap_servers": bootstrap_servers,
+        "client_id": client_id,
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": linger_ms,
+        "batch_size": 256 * 1024,
+        "max_request_size": 2 * 1024 * 1024,
+        "retries": 2**31 - 1,
+        "delivery_timeout_ms": 120_000,
+    }
+    if transactional_id is not None:
+        config["transactional_id"] = transactional_id
+    config.update(overrides)
+    try:
+        return KafkaProducer(**config)
+    except _UNREACHABLE as exc:
+        raise _unavailable(bootstrap_servers, exc) from exc
+
+
+def make_consumer(
+    bootstrap_servers: str,
+    *,
+    client_id: str,
+    group_id: str | None,
+    topics: Iterable[str] = (),
+    read_committed: bool = False,
+    auto_offset_reset: str = "earliest",
+    **overrides: Any,
+) -> KafkaConsumer:
+    """A consumer with auto-commit off: offsets are committed by the caller only.
+
+    Parameters
+    ----------
+    group_id
+        Consumer group, or ``None`` for a group-less reader (recorder, tests).
+    topics
+        Subscribed at once when given (group management); otherwise assign later.
+    read_committed
+        Only see records of committed transactions.
+    """
+    config: dict[str, Any] = {
+        "bootstrap_servers": bootstrap_servers,
+        "client_id": client_id,
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": auto_offset_reset,
+        "isolation_level": "read_committed" if read_committed else "read_uncommitted",
+        "max_partition_fetch_bytes": 4 * 1024 * 1024,
+        "fetch_max_bytes": 32 * 1024 * 1024,
+    }
+    config.update(overrides)
+    try:
+        consumer = KafkaConsumer(**config)
+    except _UNREACHABLE as exc:
+        raise _unavailable(bootstrap_servers, exc) from exc
+    topic_list = list(topics)
+    if topic_list:
+        consumer.subscribe(topic_list)
+    return consumer
+
+
+def make_admin(bootstrap_servers: str, *, client_id: str = "fraudstream-admin") -> KafkaAdminClient:
+    """An admin client, with a clear error when the broker is unreachable."""
+    try:
+        return KafkaAdminClient(
+            bootstrap_servers=bootstrap_servers, client_id=client_id, request_timeout_ms=15_000
+        )
+    except _UNREACHABLE as exc:
+        raise _unavailable(bootstrap_servers, exc) from exc
+
+
+def ensure_topics(
+    bootstrap_servers: str,
+    partitions_by_topic: Mapping[str, int],
+    *,
+    replication: int = 1,
+    create: bool = True,
+    timeout_s: float = 30.0,
+) -> list[str]:
+    """Make sure topics exist; return the ones created.
+
+    With ``create=False`` a missing topic is a :class:`ConfigurationError`
+    (never silently assumed).
+    """
+    admin = make_admin(bootstrap_servers)
+    try:
+        existing = set(admin.list_topics())
+        missing = [name for name in partitions_by_topic if name not in existing]
+        if missing and not create:
+            raise ConfigurationError(
+                f"topics missing on {bootstrap_servers}: {', '.join(missing)} "
+                "(create them, or set FRAUDSTREAM_CREATE_TOPICS=true)"
+            )
+        created: list[str] = []
+        if missing:
+            new = [NewTopic(n, partitions_by_topic[n], replication) for n in missing]
+            try:
+                admin.create_topics(new, timeout_ms=int(timeout_s * 1000))
+                created = missing
+            except TopicAlreadyExistsError:
+                created = []  # another process created them first: fine
+        _wait_for_topics(admin, list(partitions_by_topic), timeout_s)
+        return created
+    finally:
+        admin.close()
+
+
+def _wait_for_topics(admin: KafkaAdminClient, topics: list[str], timeout_s: float) -> None:
+    """Topic creation is asynchronous: wait until every partition has a leader."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        described = admin.describe_topics(topics)
+        ready = all(
+            t.get("error_code", 0) == 0
+            and t.get("partitions")
+            and all(p.get("leader_id", -1) >= 0 for p in t["partitions"])
+            for t in described
+        )
+        if ready:
+            return
+        if time.monotonic() > deadline:
+            raise UnavailableError(f"topics {topics} have no leader after {timeout_s:.0f} s")
+        time.sleep(0.1)
+
+
+class DeliveryTracker:
+    """Collects send futures so that no failed delivery goes unnoticed.
+
+    ``send`` hands a record to the producer; ``flush`` waits for every pending
+    send and raises :class:`DeliveryError` naming the failures.
+    """
+
+    def __init__(self, producer: KafkaProducer) -> None:
+        self.producer = producer
+        self._pending: list[FutureRecordMetadata] = []
+        self.delivered = 0
+
+    def send(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+    ) -> None:
+        """Hand one record to the producer (asynchronous)."""
+        try:
+            future = self.producer.send(
+                topic, value=value, key=key, headers=headers, partition=partition,
+                timestamp_ms=timestamp_ms,
+            )
+        except KafkaError as exc:
+            raise DeliveryError(f"could not send to {topic}: {exc}") from exc
+        self._pending.append(future)
+
+    @property
+    def pending(self) -> int:
+        """Records handed over and not yet confirmed."""
+        return len(self._pending)
+
+    def flush(self, timeout_s: float | None = None) -> int:
+        """Wait for all pending sends; return how many were delivered.
+
+        Raises
+        ------
+        DeliveryError
+            When any record failed (after the producer's own retries).
+        """
+        self.producer.flush(timeout=timeout_s)
+        failures: list[str] = []
+        count = 0
+        for future in self._pending:
+            if future.failed():
+                failures.append(repr(future.exception))
+            elif future.succeeded():
+                count += 1
+            else:
+                failures.append("not delivered before flush timeout")
+        self._pending.clear()
+        self.delivered += count
+        if failures:
+            raise DeliveryError(
+                f"{len(failures)} record(s) not delivered, first: {failures[0]}"
+            )
+        return count

@@ -1,0 +1,115 @@
+"""Session fixtures: one real Kafka broker and one real Redis per test session.
+
+Both start on free ports in a temporary folder and stop at the end. To keep
+servers running between runs, start them yourself (``fraudstream dev up``) and
+export ``FRAUDSTREAM_TEST_BOOTSTRAP_SERVERS`` / ``FRAUDSTREAM_TEST_REDIS_URL``.
+Each test gets fresh topic names, a fresh consumer group and a fresh Redis
+key prefix, so tests never see each other's data.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from service.devstack import KafkaServer, RedisServer, free_port
+from service.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Bootstrap servers of a real Kafka broker for this session."""
+    given = os.environ.get("FRAUDSTREAM_TEST_BOOTSTRAP_SERVERS")
+    if given:
+        yield given
+        return
+    server = KafkaServer(
+        data_dir=tmp_path_factory.mktemp("kafka"),
+        cache_dir=REPO_ROOT / ".cache",
+        port=free_port(),
+        controller_port=free_port(),
+    )
+    server.start()
+    try:
+        yield server.bootstrap_servers
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a real Redis server for this session (no persistence)."""
+    given = os.environ.get("FRAUDSTREAM_TEST_REDIS_URL")
+    if given:
+        yield given
+        return
+    server = RedisServer(data_dir=tmp_path_factory.mktemp("redis"), port=free_port())
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    """A client of the session's Redis (bytes responses)."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def unique_name() -> Callable[[str], str]:
+    """Make names unique to this test: ``unique_name("transactions")``."""
+    suffix = uuid.uuid4().hex[:10]
+    return lambda base: f"{base}-{suffix}"
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A key prefix no other test uses."""
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def make_settings(
+    request: pytest.FixtureRequest, unique_name: Callable[[str], str], redis_prefix: str
+) -> Callable[..., Settings]:
+    """Settings pointing at the session's servers, with unique topics/group/prefix.
+
+    Only the servers that the test asks for are started: a unit test that
+    builds settings does not start Kafka.
+    """
+
+    def build(**overrides: object) -> Settings:
+        values: dict[str, object] = {
+            "consumer_group": unique_name("scorer"),
+            "learner_group": unique_name("learner"),
+            "topic_transactions": unique_name("transactions"),
+            "topic_labels": unique_name("labels"),
+            "topic_alerts": unique_name("alerts"),
+            "topic_scores": unique_name("scores"),
+            "topic_transactions_dlq": unique_name("transactions.dlq"),
+            "topic_labels_dlq": unique_name("labels.dlq"),
+            "topic_partitions": 2,
+            "redis_prefix": redis_prefix,
+            "metrics_port": 0,
+        }
+        if "bootstrap_servers" not in overrides:
+            values["bootstrap_servers"] = request.getfixturevalue("kafka_bootstrap")
+        if "redis_url" not in overrides:
+            values["redis_url"] = request.getfixturevalue("redis_url")
+        values.update(overrides)
+        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+    return build

@@ -1,0 +1,109 @@
+"""The local broker does what the service relies on: headers, group commits, transactions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from kafka import TopicPartition
+
+from service.kafka import DeliveryTracker, ensure_topics, make_consumer, make_producer
+
+
+def _drain(consumer, expected: int, timeout_s: float = 20.0) -> list:  # type: ignore[no-untyped-def]
+    import time
+
+    records: list = []
+    deadline = time.monotonic() + timeout_s
+    while len(records) < expected and time.monotonic() < deadline:
+        for batch in consumer.poll(timeout_ms=200).values():
+            records.extend(batch)
+    return records
+
+
+def test_produce_consume_round_trip_keeps_keys_values_and_headers(
+    kafka_bootstrap: str, unique_name: Callable[[str], str]
+) -> None:
+    topic = unique_name("roundtrip")
+    assert ensure_topics(kafka_bootstrap, {topic: 2}) == [topic]
+    producer = make_producer(kafka_bootstrap, client_id="test")
+    tracker = DeliveryTracker(producer)
+    for i in range(10):
+        tracker.send(topic, f"value-{i}".encode(), key=b"card-1",
+                     headers=[("source", b"test"), ("n", str(i).encode())])
+    assert tracker.flush(timeout_s=20) == 10
+    producer.close()
+
+    consumer = make_consumer(kafka_bootstrap, client_id="test", group_id=None)
+    consumer.assign([TopicPartition(topic, p) for p in (0, 1)])
+    records = _drain(consumer, 10)
+    consumer.close()
+    assert [r.value for r in records] == [f"value-{i}".encode() for i in range(10)]
+    assert {r.key for r in records} == {b"card-1"}
+    assert len({r.partition for r in records}) == 1  # one key, one partition, order kept
+    assert records[3].headers == [("source", b"test"), ("n", b"3")]
+
+
+def test_ensure_topics_is_idempotent(kafka_bootstrap: str, unique_name: Callable[[str], str]) -> None:
+    topic = unique_name("idem")
+    assert ensure_topics(kafka_bootstrap, {topic: 1}) == [topic]
+    assert ensure_topics(kafka_bootstrap, {topic: 1}) == []
+
+
+def test_group_commit_then_resume_from_committed_offset(
+    kafka_bootstrap: str, unique_name: Callable[[str], str]
+) -> None:
+    topic, group = unique_name("resume"), unique_name("group")
+    ensure_topics(kafka_bootstrap, {topic: 1})
+    producer = make_producer(kafka_bootstrap, client_id="test")
+    tracker = DeliveryTracker(producer)
+    for i in range(6):
+        tracker.send(topic, str(i).encode())
+    tracker.flush(timeout_s=20)
+    producer.close()
+
+    first = make_consumer(kafka_bootstrap, client_id="t1", group_id=group, topics=[topic])
+    records = _drain(first, 6)
+    assert len(records) == 6
+    # Commit only the first four: a restarted member must resume at offset 4.
+    from kafka.structs import OffsetAndMetadata
+
+    first.commit({TopicPartition(topic, 0): OffsetAndMetadata(4, "", -1)})
+    first.close()
+
+    second = make_consumer(kafka_bootstrap, client_id="t2", group_id=group, topics=[topic])
+    resumed = _drain(second, 2)
+    second.close()
+    assert [r.value for r in resumed] == [b"4", b"5"]
+
+
+def test_transaction_commit_is_visible_and_abort_is_not_to_read_committed(
+    kafka_bootstrap: str, unique_name: Callable[[str], str]
+) -> None:
+    topic = unique_name("txn")
+    ensure_topics(kafka_bootstrap, {topic: 1})
+    producer = make_producer(
+        kafka_bootstrap, client_id="test", transactional_id=unique_name("txid")
+    )
+    producer.init_transactions()
+    producer.begin_transaction()
+    producer.send(topic, b"committed")
+    producer.commit_transaction()
+    producer.begin_transaction()
+    producer.send(topic, b"aborted")
+    producer.flush()
+    producer.abort_transaction()
+    producer.begin_transaction()
+    producer.send(topic, b"committed-2")
+    producer.commit_transaction()
+    producer.close()
+
+    committed = make_consumer(kafka_bootstrap, client_id="rc", group_id=None, read_committed=True)
+    committed.assign([TopicPartition(topic, 0)])
+    seen = [r.value for r in _drain(committed, 2)]
+    committed.close()
+    assert seen == [b"committed", b"committed-2"]
+
+    uncommitted = make_consumer(kafka_bootstrap, client_id="ru", group_id=None)
+    uncommitted.assign([TopicPartition(topic, 0)])
+    assert b"aborted" in [r.value for r in _drain(uncommitted, 3)]
+    uncommitted.close()
