@@ -1,0 +1,141 @@
+"""``fraudstream model ...``: inspect and manage model versions in the registry.
+
+The group takes the :class:`service.settings.Settings` built once by the
+``fraudstream`` CLI from ``click.get_current_context().obj``. Every failure is
+one line (``click.ClickException``): unknown version, bad signature, bad file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from service.errors import CheckpointError, FraudstreamError
+from service.model import CATALOGUE, describe
+from service.registry import ModelRegistry
+
+
+def _settings() -> Any:
+    obj = click.get_current_context().obj
+    if obj is None:
+        raise click.ClickException("no settings: run this through the `fraudstream` command")
+    return obj
+
+
+@contextmanager
+def _registry() -> Iterator[ModelRegistry]:
+    import redis  # local: `model catalogue` works without Redis
+
+    settings = _settings()
+    client = redis.Redis.from_url(settings.redis_url.get_secret_value())
+    try:
+        yield ModelRegistry(
+            client, settings.redis_prefix, settings.model_signing_key, settings.model_versions_kept
+        )
+    except (CheckpointError, FraudstreamError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    except redis.RedisError as exc:
+        raise click.ClickException(f"Redis unavailable: {exc}") from exc
+    finally:
+        client.close()
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else ("-" if value is None else str(value))
+
+
+@click.group("model")
+def model() -> None:
+    """Model catalogue and registry (versions, rollback, export/import)."""
+
+
+@model.command("catalogue")
+def catalogue() -> None:
+    """Models that can be chosen with FRAUDSTREAM_MODEL."""
+    current = getattr(click.get_current_context().obj, "model", None)
+    for name in CATALOGUE:
+        mark = "*" if name == current else " "
+        click.echo(f"{mark} {name:<16} {describe(name)}")
+
+
+@model.command("compare")
+@click.option("--n", "n", default=50_000, show_default=True, help="Synthetic transactions.")
+@click.option("--delay", default=3_000, show_default=True, help="Label delay, in transactions.")
+@click.option("--seed", default=7, show_default=True)
+@click.argument("names", nargs=-1)
+def compare_cmd(n: int, delay: int, seed: int, names: tuple[str, ...]) -> None:
+    """Prequential comparison of catalogue models on a synthetic stream."""
+    from service.evaluation import compare
+
+    unknown = [m for m in names if m not in CATALOGUE]
+    if unknown:
+        raise click.ClickException(f"unknown model(s): {', '.join(unknown)}")
+    results = compare(list(names or CATALOGUE), n=n, delay=delay, seed=seed)
+    click.echo(f"{'model':<16} {'roc_auc':>8} {'avg_prec':>8} {'learn_us':>9} {'score_us':>9}")
+    for name, r in results.items():
+        click.echo(
+            f"{name:<16} {r['roc_auc']:>8.3f} {r['average_precision']:>8.3f} "
+            f"{r['learn_us']:>9.1f} {r['score_us']:>9.2f}"
+        )
+
+
+@model.command("list")
+def list_cmd() -> None:
+    """Kept versions, oldest first (* = latest)."""
+    with _registry() as reg:
+        latest = reg.latest_version()
+        rows = reg.list()
+    if not rows:
+        click.echo("no model version published yet")
+        return
+    click.echo(f"  {'version':>7} {'model':<16} {'labels':>8} {'frauds':>7} {'auc':>6}  created_at")
+    for m in rows:
+        metrics = m.get("metrics") or {}
+        mark = "*" if m.get("version") == latest else " "
+        click.echo(
+            f"{mark} {m.get('version'):>7} {m.get('model', '?'):<16} "
+            f"{m.get('labels_learnt', 0):>8} {m.get('frauds_learnt', 0):>7} "
+            f"{_fmt(metrics.get('roc_auc')):>6}  {m.get('created_at', '')}"
+        )
+
+
+@model.command("show")
+@click.argument("version", type=int)
+def show(version: int) -> None:
+    """Verified metadata of VERSION (the signature is checked)."""
+    with _registry() as reg:
+        cp = reg.load(version)
+    click.echo(json.dumps(cp.meta, indent=2, sort_keys=True))
+
+
+@model.command("rollback")
+@click.argument("version", type=int)
+def rollback(version: int) -> None:
+    """Publish VERSION again as the new latest (scorers pick it up by polling)."""
+    with _registry() as reg:
+        new = reg.rollback(version)
+    click.echo(f"version {version} republished as version {new}")
+
+
+@model.command("export")
+@click.argument("version", type=int)
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def export(version: int, file: Path) -> None:
+    """Write VERSION, with its signature, to FILE."""
+    with _registry() as reg:
+        reg.export(version, file)
+    click.echo(f"version {version} written to {file}")
+
+
+@model.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def import_cmd(file: Path) -> None:
+    """Verify FILE with this deployment's signing key and publish it as a new version."""
+    with _registry() as reg:
+        new = reg.import_(file)
+    click.echo(f"{file} imported as version {new}")

@@ -1,0 +1,273 @@
+"""The learner: turns delayed labels into model updates and signed model versions.
+
+For a batch of labels, :meth:`Learner.learn_many`
+
+1. fetches the feature snapshots stored at scoring time (one round trip);
+   a missing or expired snapshot is returned as rejected, for ``labels.dlq``;
+2. claims each label once (one round trip), so a redelivered label is counted
+   as a duplicate, not learnt twice;
+3. feeds the label facts to the feature store (terminal fraud rates);
+4. for each label: updates the progressive metrics with the score the scorer
+   gave *then* (prequential), and only after that ``learn_one(x, y)`` with
+   ``x`` rebuilt from the snapshot -- the model never sees a label before the
+   transaction was scored, nor features from after it.
+
+:meth:`Learner.maybe_checkpoint` publishes a version every
+``checkpoint_every_labels`` labels, or after ``checkpoint_every_s`` with at
+least one new label. The Kafka loop around it (the lead's) should commit the
+``labels`` offsets only after a publish: claims are tagged with the pending
+version, so labels learnt by a learner that crashed before publishing are
+learnt again by the next one rather than lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from service.errors import CheckpointError, ConfigurationError, MissingSnapshotError
+from service.evaluation import ProgressiveMetrics
+from service.features.store import LabelFact
+from service.model import FraudModel
+from service.registry import ModelRegistry
+from service.schemas import Label
+from service.snapshots import SnapshotStore, feature_set_id
+
+log = logging.getLogger(__name__)
+
+
+class LabelSink(Protocol):
+    """The part of :class:`service.features.store.FeatureStore` the learner uses."""
+
+    def record_labels(self, labels: Sequence[LabelFact]) -> None:
+        """Feed received labels into the label-aware features."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedLabel:
+    """A label that cannot be learnt; the caller dead-letters it with ``error`` and ``reason``."""
+
+    label: Label
+    error: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LearnOutcome:
+    """What one :meth:`Learner.learn_many` call did."""
+
+    learnt: int = 0
+    frauds: int = 0
+    duplicates: int = 0
+    rejected: tuple[RejectedLabel, ...] = ()
+
+
+class Learner:
+    """Learns from labels, one active instance per model.
+
+    Parameters
+    ----------
+    model
+        The model to update.
+    snapshots
+        Where the scorer stored each transaction's features.
+    registry
+        Where versions are published.
+    feature_store
+        Receives the label facts (terminal fraud rates).
+    checkpoint_every_labels, checkpoint_every_s
+        Publish after this many new labels, or this long with at least one.
+    metrics_window, alert_threshold
+        Progressive metrics parameters.
+    version
+        Version ``model`` was loaded from (0 for a fresh model).
+    clock
+        Monotonic seconds; injectable for tests.
+    """
+
+    def __init__(
+        self,
+        model: FraudModel,
+        snapshots: SnapshotStore,
+        registry: ModelRegistry,
+        feature_store: LabelSink,
+        *,
+        checkpoint_every_labels: int = 1000,
+        checkpoint_every_s: float = 60.0,
+        metrics_window: int = 10_000,
+        alert_threshold: float = 0.5,
+        version: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.model = model
+        self.snapshots = snapshots
+        self.registry = registry
+        self.feature_store = feature_store
+        self.checkpoint_every_labels = checkpoint_every_labels
+        self.checkpoint_every_s = checkpoint_every_s
+        self.metrics = ProgressiveMetrics(metrics_window, alert_threshold)
+        self.version = version
+        self.clock = clock
+        self.duplicates = 0
+        self.rejected = 0
+        self._feature_set = feature_set_id(model.feature_names)
+        # One learner runs per model: every reservation not yet published
+        # belongs to a learner that died, so its label claims may be retaken.
+        self._stale = [str(v) for v in registry.abandoned_versions()]
+        self._pending = registry.reserve_version()
+        self._since_checkpoint = 0
+        self._last_checkpoint_s = clock()
+
+    # -- construction ----------------------------------------------------------
+
+    @classmethod
+    def resume(
+        cls,
+        snapshots: SnapshotStore,
+        registry: ModelRegistry,
+        feature_store: LabelSink,
+        *,
+        model_name: str,
+        feature_names: Sequence[str],
+        **params: Any,
+    ) -> Learner:
+        """Continue from the newest loadable version, or start a fresh ``model_name``.
+
+        A version that fails verification is skipped (logged) for the previous one.
+        """
+        for version in reversed(registry.versions()):
+            try:
+                cp = registry.load(version)
+            except CheckpointError as exc:
+                log.error("model version %d refused: %s", version, exc)
+                continue
+            if cp.model.feature_names != tuple(feature_names):
+                raise ConfigurationError(
+                    f"model version {version} was trained on other features than the "
+                    "feature store provides; publish a fresh model or roll back"
+                )
+            log.info("learner resumes from version %d (%d labels)", version, cp.model.labels_learnt)
+            return cls(cp.model, snapshots, registry, feature_store, version=version, **params)
+        fresh = FraudModel(model_name, feature_names)
+        return cls(fresh, snapshots, registry, feature_store, **params)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Any,
+        client: Any,
+        feature_store: LabelSink,
+        feature_names: Sequence[str],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> Learner:
+        """Build snapshots, registry and learner from :class:`service.settings.Settings`."""
+        snapshots = SnapshotStore(client, settings.redis_prefix, settings.snapshot_ttl_s)
+        registry = ModelRegistry(
+            client, settings.redis_prefix, settings.model_signing_key, settings.model_versions_kept
+        )
+        return cls.resume(
+            snapshots,
+            registry,
+            feature_store,
+            model_name=settings.model,
+            feature_names=feature_names,
+            checkpoint_every_labels=settings.checkpoint_every_labels,
+            checkpoint_every_s=settings.checkpoint_every_s,
+            metrics_window=settings.metrics_window,
+            alert_threshold=settings.alert_threshold,
+            clock=clock,
+        )
+
+    # -- learning --------------------------------------------------------------
+
+    def learn_many(self, labels: Sequence[Label]) -> LearnOutcome:
+        """Learn a batch of labels (see the module docstring for the steps)."""
+        if not labels:
+            return LearnOutcome()
+        snaps = self.snapshots.get_many([lb.transaction_id for lb in labels])
+        rejected: list[RejectedLabel] = []
+        usable = []
+        for label, snap in zip(labels, snaps, strict=True):
+            if snap is None:
+                rejected.append(
+                    RejectedLabel(
+                        label,
+                        MissingSnapshotError.__name__,
+                        f"no feature snapshot for transaction {label.transaction_id} "
+                        "(never scored, or older than snapshot_ttl_s)",
+                    )
+                )
+            elif snap.feature_set != self._feature_set:
+                rejected.append(
+                    RejectedLabel(
+                        label,
+                        MissingSnapshotError.__name__,
+                        f"snapshot of {label.transaction_id} has another feature set",
+                    )
+                )
+            else:
+                usable.append((label, snap))
+
+        claimed = self.snapshots.claim_many(
+            [lb.transaction_id for lb, _ in usable], token=str(self._pending), stale=self._stale
+        )
+        fresh = [pair for pair, ok in zip(usable, claimed, strict=True) if ok]
+        duplicates = len(usable) - len(fresh)
+
+        facts = [
+            LabelFact(lb.transaction_id, s.card_id, s.terminal_id, s.event_time_ms, lb.is_fraud)
+            for lb, s in fresh
+        ]
+        if facts:
+            # Before learning, so a failure here leaves the model untouched; the
+            # claims stay tagged with the unpublished version, so a redelivery
+            # after a restart learns these labels again.
+            self.feature_store.record_labels(facts)
+
+        names = self.model.feature_names
+        frauds = 0
+        for label, snap in fresh:
+            # Prequential: the score given before the label existed, then learn.
+            self.metrics.update(snap.score, label.is_fraud)
+            self.model.learn_one(snap.x(names), label.is_fraud)
+            frauds += int(label.is_fraud)
+
+        self._since_checkpoint += len(fresh)
+        self.duplicates += duplicates
+        self.rejected += len(rejected)
+        return LearnOutcome(len(fresh), frauds, duplicates, tuple(rejected))
+
+    # -- checkpoints -------------------------------------------------------------
+
+    @property
+    def labels_since_checkpoint(self) -> int:
+        """Labels learnt but not yet in a published version."""
+        return self._since_checkpoint
+
+    def maybe_checkpoint(self) -> int | None:
+        """Publish a version if enough labels or time have passed; the new version or None."""
+        if self._since_checkpoint == 0:
+            return None
+        due_by_count = self._since_checkpoint >= self.checkpoint_every_labels
+        due_by_time = self.clock() - self._last_checkpoint_s >= self.checkpoint_every_s
+        return self.checkpoint() if due_by_count or due_by_time else None
+
+    def checkpoint(self) -> int | None:
+        """Publish now if anything was learnt since the last version (call on shutdown)."""
+        if self._since_checkpoint == 0:
+            return None
+        version = self.registry.publish(
+            self.model,
+            self.metrics.report(),
+            version=self._pending,
+            extra={"duplicates": self.duplicates, "rejected": self.rejected},
+        )
+        self.version = version
+        self._pending = self.registry.reserve_version()
+        self._since_checkpoint = 0
+        self._last_checkpoint_s = self.clock()
+        return version

@@ -1,0 +1,310 @@
+"""Model registry in Redis: versioned, HMAC-signed checkpoints of :class:`FraudModel`.
+
+A checkpoint is a pickle, and unpickling runs code: so every checkpoint is
+signed with HMAC-SHA256 under ``Settings.model_signing_key`` and the signature
+is checked (``hmac.compare_digest``) *before* the bytes reach ``pickle``. An
+unsigned, tampered or other-key checkpoint raises :class:`CheckpointError`
+and is never unpickled.
+
+Keys (one hash tag, so every script runs on one Redis Cluster slot)::
+
+    {prefix}:{models}:seq        INCR counter of version numbers (monotonic)
+    {prefix}:{models}:latest     highest published version (what scorers poll)
+    {prefix}:{models}:versions   sorted set of kept versions
+    {prefix}:{models}:reserved   versions reserved by a learner, not yet published
+    {prefix}:{models}:v:<n>      hash: payload, meta (JSON), sig
+
+A learner *reserves* its next version number before learning (it tags its
+label claims with it) and publishes under it. Versions reserved but never
+published are those of a learner that crashed: the next learner treats their
+label claims as stale (see :mod:`service.snapshots`).
+
+Rollback and import publish an existing payload as a *new* latest version, so
+scorers pick it up by polling. A running learner keeps learning from its own
+model and its next checkpoint supersedes a rollback: stop the learner before
+rolling back, it resumes from the rolled-back version when restarted.
+"""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import hashlib
+import hmac
+import json
+import pickle
+import platform
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import river
+from pydantic import SecretStr
+
+from service.errors import CheckpointError
+from service.model import FraudModel
+
+_DOMAIN = b"fraudstream-checkpoint-v1\x00"
+_EXPORT_FORMAT = "fraudstream-model-v1"
+
+# KEYS: versions, latest, reserved, version hash. ARGV: version, payload, meta,
+# sig, keep, version-key prefix. Writes, advances latest (never backwards) and
+# trims to the newest `keep` versions, atomically.
+_PUBLISH_LUA = """
+redis.call('HSET', KEYS[4], 'payload', ARGV[2], 'meta', ARGV[3], 'sig', ARGV[4])
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[1])
+redis.call('SREM', KEYS[3], ARGV[1])
+local cur = tonumber(redis.call('GET', KEYS[2]) or '0')
+if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[2], ARGV[1]) end
+local keep = tonumber(ARGV[5])
+local n = redis.call('ZCARD', KEYS[1])
+if n > keep then
+  local old = redis.call('ZRANGE', KEYS[1], 0, n - keep - 1)
+  for _, v in ipairs(old) do
+    redis.call('DEL', ARGV[6] .. v)
+    redis.call('ZREM', KEYS[1], v)
+  end
+end
+return 1
+"""
+
+
+def sign(key: bytes, meta: bytes, payload: bytes) -> str:
+    """HMAC-SHA256 of a checkpoint (metadata and payload), hex.
+
+    >>> sign(b"k", b"{}", b"x") == sign(b"k", b"{}", b"x") != sign(b"k2", b"{}", b"x")
+    True
+    """
+    mac = hmac.new(key, _DOMAIN, hashlib.sha256)
+    # Length prefix: moving bytes between meta and payload changes the MAC.
+    mac.update(len(meta).to_bytes(8, "big"))
+    mac.update(meta)
+    mac.update(payload)
+    return mac.hexdigest()
+
+
+def verify(key: bytes, meta: bytes, payload: bytes, sig: str | bytes | None) -> None:
+    """Raise :class:`CheckpointError` unless ``sig`` signs ``meta`` and ``payload`` under ``key``.
+
+    >>> verify(b"k", b"{}", b"x", sign(b"k", b"{}", b"x"))
+    >>> verify(b"other", b"{}", b"x", sign(b"k", b"{}", b"x"))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    service.errors.CheckpointError: checkpoint signature does not match ...
+    """
+    if not sig:
+        raise CheckpointError("checkpoint is not signed")
+    if isinstance(sig, bytes):
+        sig = sig.decode("ascii", "replace")
+    if not hmac.compare_digest(sign(key, meta, payload), sig):
+        raise CheckpointError(
+            "checkpoint signature does not match (tampered or signed with another key)"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A verified, loaded model version."""
+
+    version: int
+    meta: dict[str, Any]
+    model: FraudModel
+
+
+class ModelRegistry:
+    """Signed model versions in Redis.
+
+    Parameters
+    ----------
+    client
+        A ``redis.Redis`` client (bytes responses).
+    prefix
+        Key prefix (``Settings.redis_prefix``).
+    signing_key
+        ``Settings.model_signing_key``.
+    keep
+        Versions kept (``Settings.model_versions_kept``).
+    """
+
+    def __init__(self, client: Any, prefix: str, signing_key: SecretStr, keep: int = 10) -> None:
+        if keep < 1:
+            raise ValueError("keep must be ≥ 1")
+        self.client = client
+        self.prefix = prefix
+        self.keep = keep
+        self._key = signing_key.get_secret_value().encode()
+        if not self._key:
+            raise CheckpointError("model signing key is empty")
+        self._publish = client.register_script(_PUBLISH_LUA)
+
+    # -- keys -----------------------------------------------------------------
+
+    def _k(self, name: str) -> str:
+        return f"{self.prefix}:{{models}}:{name}"
+
+    def _vkey(self, version: int) -> str:
+        return self._k(f"v:{version}")
+
+    # -- reading --------------------------------------------------------------
+
+    def latest_version(self) -> int | None:
+        """Highest published version, ``None`` before the first (one GET: cheap to poll)."""
+        raw = self.client.get(self._k("latest"))
+        return int(raw) if raw is not None else None
+
+    def versions(self) -> list[int]:
+        """Kept versions, ascending."""
+        return [int(v) for v in self.client.zrange(self._k("versions"), 0, -1)]
+
+    def list(self) -> list[dict[str, Any]]:
+        """Metadata of every kept version, ascending (signatures are not checked here)."""
+        pipe = self.client.pipeline(transaction=False)
+        versions = self.versions()
+        for v in versions:
+            pipe.hget(self._vkey(v), "meta")
+        out = []
+        for raw in pipe.execute():
+            if raw is not None:
+                try:
+                    out.append(json.loads(raw))
+                except ValueError:
+                    continue
+        return out
+
+    def _raw(self, version: int) -> tuple[bytes, bytes]:
+        """Verified (meta, payload) of a version."""
+        raw = self.client.hmget(self._vkey(version), "meta", "payload", "sig")
+        meta, payload, sig = raw
+        if meta is None or payload is None:
+            raise CheckpointError(f"model version {version} does not exist")
+        verify(self._key, meta, payload, sig)
+        return meta, payload
+
+    def load(self, version: int | None = None) -> Checkpoint:
+        """Verify, then unpickle a version (the latest by default)."""
+        if version is None:
+            version = self.latest_version()
+            if version is None:
+                raise CheckpointError("no model version has been published yet")
+        meta_raw, payload = self._raw(version)
+        meta = json.loads(meta_raw)
+        if meta.get("version") != version:
+            # A valid checkpoint copied under another version's key.
+            raise CheckpointError(
+                f"checkpoint stored as version {version} says {meta.get('version')}"
+            )
+        return Checkpoint(version, meta, self._unpickle(payload))
+
+    @staticmethod
+    def _unpickle(payload: bytes) -> FraudModel:
+        # Only reached with a verified signature.
+        model = pickle.loads(payload)
+        if not isinstance(model, FraudModel):
+            raise CheckpointError(f"checkpoint holds a {type(model).__name__}, not a FraudModel")
+        return model
+
+    # -- writing --------------------------------------------------------------
+
+    def reserve_version(self) -> int:
+        """Take the next version number for a learner's coming checkpoint."""
+        version = int(self.client.incr(self._k("seq")))
+        self.client.sadd(self._k("reserved"), version)
+        return version
+
+    def abandoned_versions(self) -> builtins.list[int]:
+        """Reserved but never published versions (only meaningful with no learner running)."""
+        return sorted(int(v) for v in self.client.smembers(self._k("reserved")))
+
+    def forget_abandoned(self, versions: builtins.list[int]) -> None:
+        """Drop abandoned reservations once no claim can hold them (after the snapshot TTL)."""
+        if versions:
+            self.client.srem(self._k("reserved"), *versions)
+
+    def publish(
+        self,
+        model: FraudModel,
+        metrics: Mapping[str, Any] | None = None,
+        version: int | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Sign and store ``model`` as a new version; returns the version.
+
+        ``version`` is a number from :meth:`reserve_version`; a new one is taken if omitted.
+        """
+        payload = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
+        if version is None:
+            version = int(self.client.incr(self._k("seq")))
+        meta = {
+            "version": version,
+            "created_at": datetime.now(UTC).isoformat(),
+            "model": model.name,
+            "feature_names": list(model.feature_names),
+            "labels_learnt": model.labels_learnt,
+            "frauds_learnt": model.frauds_learnt,
+            "metrics": _json_safe(dict(metrics or {})),
+            "river_version": river.__version__,
+            "python_version": platform.python_version(),
+            "payload_sha256": hashlib.sha256(payload).hexdigest(),
+            **dict(extra or {}),
+        }
+        return self._store(version, json.dumps(meta, sort_keys=True).encode(), payload)
+
+    def _store(self, version: int, meta: bytes, payload: bytes) -> int:
+        self._publish(
+            keys=[self._k("versions"), self._k("latest"), self._k("reserved"), self._vkey(version)],
+            args=[version, payload, meta, sign(self._key, meta, payload), self.keep, self._k("v:")],
+        )
+        return version
+
+    def _republish(self, meta_raw: bytes, payload: bytes, **extra: Any) -> int:
+        """Publish a verified payload under a new version with updated metadata."""
+        version = int(self.client.incr(self._k("seq")))
+        meta = json.loads(meta_raw)
+        meta.update(extra, version=version, created_at=datetime.now(UTC).isoformat())
+        return self._store(version, json.dumps(meta, sort_keys=True).encode(), payload)
+
+    def rollback(self, version: int) -> int:
+        """Publish the payload of ``version`` again as the new latest version."""
+        meta, payload = self._raw(version)
+        self._unpickle(payload)  # refuse to publish something that does not load
+        return self._republish(meta, payload, rolled_back_from=version)
+
+    def export(self, version: int, path: str | Path) -> None:
+        """Write a verified version to a file (JSON with the signature)."""
+        meta, payload = self._raw(version)
+        doc = {
+            "format": _EXPORT_FORMAT,
+            "meta": meta.decode(),
+            "payload": base64.b64encode(payload).decode(),
+            "sig": sign(self._key, meta, payload),
+        }
+        Path(path).write_text(json.dumps(doc))
+
+    def import_(self, path: str | Path) -> int:
+        """Verify an exported file with this registry's key and publish it as a new version."""
+        try:
+            doc = json.loads(Path(path).read_text())
+            if doc.get("format") != _EXPORT_FORMAT:
+                raise CheckpointError(f"{path} is not a fraudstream model export")
+            meta = doc["meta"].encode()
+            payload = base64.b64decode(doc["payload"], validate=True)
+            sig = doc.get("sig")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointError(f"cannot read model export {path}: {exc}") from exc
+        verify(self._key, meta, payload, sig)
+        self._unpickle(payload)
+        original = json.loads(meta).get("version")
+        return self._republish(meta, payload, imported_from=str(path), imported_version=original)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/inf become None so the metadata is strict JSON."""
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value

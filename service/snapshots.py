@@ -1,0 +1,234 @@
+"""Feature snapshots: the ``x`` of each scored transaction, kept until its label arrives.
+
+A label arrives days after its transaction; by then the card's rolling features
+have moved on. So the scorer stores, at scoring time, exactly what the model
+saw, and the learner learns from that (no look-ahead).
+
+Encoding (little endian, version byte first so the layout can evolve)::
+
+    u8  version (=1)      u32 feature-set id (CRC32 of the names)
+    u32 model version     f32 score          i64 event_time_ms
+    u16 n features        u16 len(card_id)   u16 len(terminal_id)
+    card_id, terminal_id (UTF-8), n x f32 features
+
+Keys: ``{prefix}:{x:<transaction_id>}`` for the snapshot and
+``{prefix}:{x:<transaction_id>}:claim`` for the label claim. The hash tag makes
+both keys of one transaction live in one Redis Cluster slot, and every script
+touches one transaction's keys only.
+
+A label is claimed with a token (the learner's pending model version). A claim
+held by a *stale* token -- a learner that crashed before publishing the model
+that learnt it -- may be taken over, so that label is learnt again instead of
+lost; a claim held by the current or a published token is a duplicate.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from service.schemas import Transaction
+
+#: Layout version written in the first byte.
+SNAPSHOT_VERSION = 1
+
+_HEADER = struct.Struct("<BIIfqHHH")
+
+# KEYS[1] = claim key; ARGV = token, ttl_s, stale tokens...
+# Returns 1 if the label is now claimed by ``token``, 0 if it was already claimed.
+_CLAIM_LUA = """
+local held = redis.call('GET', KEYS[1])
+if held then
+  local stale = false
+  for i = 3, #ARGV do
+    if held == ARGV[i] then stale = true break end
+  end
+  if not stale then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+
+
+def feature_set_id(names: Sequence[str]) -> int:
+    """CRC32 of the feature names in order: a snapshot is only read with the same names.
+
+    >>> feature_set_id(["a", "b"]) == feature_set_id(["a", "b"]) != feature_set_id(["b", "a"])
+    True
+    """
+    return zlib.crc32("\x1f".join(names).encode())
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What the scorer knew about a transaction when it scored it."""
+
+    transaction_id: str
+    card_id: str
+    terminal_id: str
+    event_time_ms: int
+    score: float
+    model_version: int
+    feature_set: int
+    features: np.ndarray  # float32, in the scorer's feature order
+
+    def x(self, names: Sequence[str]) -> dict[str, float]:
+        """The features as a River ``x`` dict (``names`` must match the feature set)."""
+        if feature_set_id(names) != self.feature_set:
+            raise ValueError("snapshot was stored with another feature set")
+        return dict(zip(names, self.features.astype(np.float64).tolist(), strict=True))
+
+
+def encode(
+    card_id: str,
+    terminal_id: str,
+    event_time_ms: int,
+    score: float,
+    model_version: int,
+    feature_set: int,
+    features: np.ndarray,
+) -> bytes:
+    """Binary snapshot of one transaction.
+
+    >>> b = encode("c1", "t1", 1522540800000, 0.25, 3, 7, np.array([1.5, 2.0]))
+    >>> len(b), decode("tx", b).features.tolist(), decode("tx", b).score
+    (39, [1.5, 2.0], 0.25)
+    """
+    card = card_id.encode()
+    term = terminal_id.encode()
+    feats = np.ascontiguousarray(features, dtype="<f4")
+    return (
+        _HEADER.pack(
+            SNAPSHOT_VERSION,
+            feature_set,
+            model_version,
+            score,
+            event_time_ms,
+            len(feats),
+            len(card),
+            len(term),
+        )
+        + card
+        + term
+        + feats.tobytes()
+    )
+
+
+def decode(transaction_id: str, data: bytes) -> Snapshot:
+    """Inverse of :func:`encode`; ``ValueError`` on an unknown version or a bad length."""
+    if not data or data[0] != SNAPSHOT_VERSION:
+        raise ValueError(f"unknown snapshot version {data[:1]!r}")
+    _, fset, mver, score, t_ms, n, lc, lt = _HEADER.unpack_from(data)
+    off = _HEADER.size
+    if len(data) != off + lc + lt + 4 * n:
+        raise ValueError("snapshot has the wrong length")
+    card = data[off : off + lc].decode()
+    term = data[off + lc : off + lc + lt].decode()
+    feats = np.frombuffer(data, dtype="<f4", count=n, offset=off + lc + lt)
+    return Snapshot(transaction_id, card, term, t_ms, float(score), mver, fset, feats)
+
+
+class SnapshotStore:
+    """Feature snapshots in Redis, written and read one pipeline per batch.
+
+    Parameters
+    ----------
+    client
+        A ``redis.Redis`` client (bytes responses).
+    prefix
+        Key prefix (``Settings.redis_prefix``).
+    ttl_s
+        Life of a snapshot and of a label claim; longer than the longest label delay.
+    """
+
+    def __init__(self, client: Any, prefix: str, ttl_s: int) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.ttl_s = int(ttl_s)
+        self._claim = client.register_script(_CLAIM_LUA)
+
+    def key(self, transaction_id: str) -> str:
+        """Redis key of a snapshot (hash-tagged by transaction)."""
+        return f"{self.prefix}:{{x:{transaction_id}}}"
+
+    def claim_key(self, transaction_id: str) -> str:
+        """Redis key of a label claim (same slot as the snapshot)."""
+        return f"{self.prefix}:{{x:{transaction_id}}}:claim"
+
+    def put_many(
+        self,
+        transactions: Sequence[Transaction],
+        X: np.ndarray,
+        scores: np.ndarray,
+        model_version: int,
+        feature_names: Sequence[str],
+    ) -> None:
+        """Store the snapshot of every transaction of a scored batch (one round trip).
+
+        A replayed transaction overwrites its snapshot with identical features
+        (they are computed as of its own event time), so at-least-once is harmless.
+        """
+        if len(transactions) != len(X) or len(X) != len(scores):
+            raise ValueError("transactions, X and scores must have the same length")
+        fset = feature_set_id(feature_names)
+        X32 = np.ascontiguousarray(X, dtype="<f4")
+        pipe = self.client.pipeline(transaction=False)
+        for tx, row, score in zip(transactions, X32, np.asarray(scores).tolist(), strict=True):
+            data = encode(
+                tx.card_id, tx.terminal_id, tx.event_time_ms, score, model_version, fset, row
+            )
+            pipe.set(self.key(tx.transaction_id), data, ex=self.ttl_s)
+        pipe.execute()
+
+    def get_many(self, transaction_ids: Sequence[str]) -> list[Snapshot | None]:
+        """Snapshots in the order asked, ``None`` where missing or expired (one round trip).
+
+        An undecodable snapshot is also returned as ``None``: the caller dead-letters it.
+        """
+        if not transaction_ids:
+            return []
+        # MGET spans slots in a cluster; a non-transactional pipeline of GETs is
+        # split per node by the cluster client and is one round trip on one node.
+        pipe = self.client.pipeline(transaction=False)
+        for tx_id in transaction_ids:
+            pipe.get(self.key(tx_id))
+        out: list[Snapshot | None] = []
+        for tx_id, data in zip(transaction_ids, pipe.execute(), strict=True):
+            try:
+                out.append(decode(tx_id, data) if data is not None else None)
+            except (ValueError, struct.error):
+                out.append(None)
+        return out
+
+    def claim_many(
+        self, transaction_ids: Sequence[str], token: str = "1", stale: Sequence[str] = ()
+    ) -> list[bool]:
+        """Claim each label once, atomically per transaction (one round trip).
+
+        Parameters
+        ----------
+        transaction_ids
+            Labels to claim; an id repeated in the list is claimed only the first time.
+        token
+            Who claims: the learner's pending model version.
+        stale
+            Tokens of claims that may be taken over (learners that crashed
+            before publishing what they learnt).
+
+        Returns
+        -------
+        list[bool]
+            True where this call claimed the label, False for duplicates.
+        """
+        if not transaction_ids:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        args = [token, self.ttl_s, *stale]
+        for tx_id in transaction_ids:
+            self._claim(keys=[self.claim_key(tx_id)], args=args, client=pipe)
+        return [bool(r) for r in pipe.execute()]

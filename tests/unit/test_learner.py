@@ -1,0 +1,217 @@
+"""Learner logic with in-memory doubles: delayed labels, no look-ahead, claims, checkpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+from river import stream
+
+from service.evaluation import roc_auc, synthetic_stream
+from service.features.store import LabelFact
+from service.learner import Learner
+from service.model import FraudModel
+from service.registry import Checkpoint
+from service.schemas import Label
+from service.snapshots import Snapshot, feature_set_id
+
+NAMES, X, Y = synthetic_stream(4000, seed=11, fraud_rate=0.05)
+
+
+class FakeSnapshots:
+    """Snapshots and claims in dicts, same behaviour as SnapshotStore."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Snapshot] = {}
+        self.claims: dict[str, str] = {}
+
+    def put(self, tx_id: str, row: np.ndarray, score: float) -> None:
+        self.data[tx_id] = Snapshot(
+            tx_id, "c" + tx_id, "t1", 1_600_000_000_000, score, 0,
+            feature_set_id(NAMES), row.astype(np.float32),
+        )
+
+    def get_many(self, ids: Sequence[str]) -> list[Snapshot | None]:
+        return [self.data.get(i) for i in ids]
+
+    def claim_many(
+        self, ids: Sequence[str], token: str = "1", stale: Sequence[str] = ()
+    ) -> list[bool]:
+        out = []
+        for i in ids:
+            held = self.claims.get(i)
+            if held is not None and held not in stale:
+                out.append(False)
+            else:
+                self.claims[i] = token
+                out.append(True)
+        return out
+
+
+class FakeRegistry:
+    def __init__(self) -> None:
+        self.seq = 0
+        self.published: dict[int, tuple[FraudModel, dict]] = {}
+        self.reserved: set[int] = set()
+
+    def reserve_version(self) -> int:
+        self.seq += 1
+        self.reserved.add(self.seq)
+        return self.seq
+
+    def abandoned_versions(self) -> list[int]:
+        return sorted(self.reserved)
+
+    def versions(self) -> list[int]:
+        return sorted(self.published)
+
+    def load(self, version: int) -> Checkpoint:
+        import pickle
+
+        model, metrics = self.published[version]
+        return Checkpoint(version, {"metrics": metrics}, pickle.loads(pickle.dumps(model)))
+
+    def publish(self, model, metrics=None, version=None, extra=None) -> int:
+        import pickle
+
+        self.reserved.discard(version)
+        self.published[version] = (pickle.loads(pickle.dumps(model)), dict(metrics or {}))
+        return version
+
+
+class FakeFeatureStore:
+    def __init__(self) -> None:
+        self.facts: list[LabelFact] = []
+
+    def record_labels(self, labels: Sequence[LabelFact]) -> None:
+        self.facts.extend(labels)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def label(i: int, fraud: bool) -> Label:
+    return Label(transaction_id=str(i), is_fraud=fraud, labeled_at=datetime(2024, 1, 1, tzinfo=UTC))
+
+
+Fakes = tuple[Learner, FakeSnapshots, FakeRegistry, FakeFeatureStore]
+
+
+def make(clock: Clock | None = None, **params: object) -> Fakes:
+    snaps, reg, fs = FakeSnapshots(), FakeRegistry(), FakeFeatureStore()
+    learner = Learner(
+        FraudModel("logreg", NAMES), snaps, reg, fs, clock=clock or Clock(), **params  # type: ignore[arg-type]
+    )
+    return learner, snaps, reg, fs
+
+
+def test_delayed_labels_no_look_ahead_and_improvement() -> None:
+    """Scoring never changes the model; only an arrived label does; scores improve."""
+    learner, snaps, _, fs = make()
+    model = learner.model
+    scores: dict[int, float] = {}
+    rows = ((i, bool(Y[i])) for i in range(len(X)))
+    for _, i, y in stream.simulate_qa(rows, moment=None, delay=200):
+        if y is None:
+            before = model.labels_learnt
+            p, _ = model.score_many(X[i : i + 1])
+            scores[i] = float(p[0])
+            snaps.put(str(i), X[i], scores[i])
+            assert model.labels_learnt == before  # scoring learns nothing
+        else:
+            assert str(i) in snaps.data  # its label comes after its score
+            before = model.predict_proba_one(dict(zip(NAMES, X[0].tolist(), strict=True)))
+            out = learner.learn_many([label(i, y)])
+            assert out.learnt == 1
+            after = model.predict_proba_one(dict(zip(NAMES, X[0].tolist(), strict=True)))
+            assert before != after  # learning happens exactly here
+    assert model.labels_learnt == len(X) and len(fs.facts) == len(X)
+    idx = np.arange(len(X))
+    early = idx < 1000
+    late = idx >= 3000
+    s = np.array([scores[i] for i in idx])
+    assert roc_auc(s[late], Y[late]) > roc_auc(s[early], Y[early])
+    assert roc_auc(s[late], Y[late]) > 0.85
+    # Prequential metrics saw the stored scores.
+    assert learner.metrics.seen == len(X)
+
+
+def test_model_unchanged_until_label_arrives() -> None:
+    learner, snaps, _, _ = make()
+    for i in range(50):
+        snaps.put(str(i), X[i], 0.1)
+    snapshot = learner.model.proba_many(X[:20]).copy()
+    learner.learn_many([])
+    np.testing.assert_array_equal(learner.model.proba_many(X[:20]), snapshot)
+    learner.learn_many([label(0, True)])
+    assert not np.array_equal(learner.model.proba_many(X[:20]), snapshot)
+
+
+def test_duplicates_and_missing_snapshots() -> None:
+    learner, snaps, _, fs = make()
+    for i in range(3):
+        snaps.put(str(i), X[i], 0.2)
+    out = learner.learn_many([label(0, True), label(1, False), label(0, True), label(99, True)])
+    assert (out.learnt, out.frauds, out.duplicates) == (2, 1, 1)
+    assert [r.label.transaction_id for r in out.rejected] == ["99"]
+    assert out.rejected[0].error == "MissingSnapshotError"
+    again = learner.learn_many([label(1, False), label(2, False)])
+    assert (again.learnt, again.duplicates) == (1, 1)
+    assert [f.transaction_id for f in fs.facts] == ["0", "1", "2"]
+    assert fs.facts[0] == LabelFact("0", "c0", "t1", 1_600_000_000_000, True)
+    assert learner.model.labels_learnt == 3
+
+
+def test_checkpoint_by_count_and_by_time() -> None:
+    clock = Clock()
+    learner, snaps, reg, _ = make(clock, checkpoint_every_labels=10, checkpoint_every_s=60.0)
+    for i in range(30):
+        snaps.put(str(i), X[i], 0.2)
+    assert learner.maybe_checkpoint() is None  # nothing learnt
+    learner.learn_many([label(i, bool(Y[i])) for i in range(9)])
+    assert learner.maybe_checkpoint() is None
+    learner.learn_many([label(9, True)])
+    v1 = learner.maybe_checkpoint()
+    assert v1 == 1 and reg.published[1][0].labels_learnt == 10
+    learner.learn_many([label(10, False)])
+    clock.t = 59.0
+    assert learner.maybe_checkpoint() is None
+    clock.t = 61.0
+    v2 = learner.maybe_checkpoint()
+    assert v2 is not None and v2 > v1 and learner.version == v2
+    clock.t = 500.0
+    assert learner.maybe_checkpoint() is None  # time alone is not enough
+
+
+def test_crashed_learner_claims_are_retaken() -> None:
+    learner, snaps, reg, _ = make()
+    for i in range(5):
+        snaps.put(str(i), X[i], 0.2)
+    learner.learn_many([label(0, True), label(1, False)])
+    learner.checkpoint()
+    learner.learn_many([label(2, True)])  # claimed, never published: the learner "crashes"
+    successor = Learner.resume(
+        snaps, reg, FakeFeatureStore(), model_name="logreg", feature_names=NAMES  # type: ignore[arg-type]
+    )
+    assert successor.model.labels_learnt == 2
+    out = successor.learn_many([label(0, True), label(2, True)])
+    # 0 is in the published model; 2 died with the crash, so it is learnt again.
+    assert (out.learnt, out.duplicates) == (1, 1)
+
+
+def test_resume_refuses_other_features() -> None:
+    learner, snaps, reg, _ = make()
+    snaps.put("0", X[0], 0.2)
+    learner.learn_many([label(0, True)])
+    learner.checkpoint()
+    with pytest.raises(Exception, match="other features"):
+        Learner.resume(
+            snaps, reg, FakeFeatureStore(), model_name="logreg", feature_names=NAMES[:-1]  # type: ignore[arg-type]
+        )
