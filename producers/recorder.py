@@ -1,0 +1,216 @@
+"""Recorder: capture a topic to a file so that a live incident can be replayed later.
+
+Recording format (JSON Lines, optionally gzipped): a first line of metadata
+``{"fraudstream_recording": 1, "topic": ..., "recorded_at": ..., ...}``, then
+one line per record::
+
+    {"topic": "transactions", "partition": 0, "offset": 42,
+     "timestamp_ms": 1712345678901, "timestamp_type": 0,
+     "key": "QzAwMDEyMw==", "value": "eyJ0cmFu...",
+     "headers": [["source", "c2lt"]]}
+
+Keys, values and header values are base64 so that any bytes survive
+untouched (``null`` stays ``null``). Within a partition, records are in
+offset order; partitions are interleaved as they were fetched.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from kafka import TopicPartition
+
+from producers.files import FileFormatError, open_input, open_output
+from producers.sink import progress_bar
+from service.errors import ConfigurationError
+from service.kafka import make_consumer
+from service.settings import Settings
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class RecordStats:
+    """What a recording captured."""
+
+    records: int = 0
+    partitions: int = 0
+    wall_s: float = 0.0
+
+
+def _b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode("ascii")
+
+
+def encode_record(record: Any) -> bytes:
+    """One consumed record (kafka-python ``ConsumerRecord``) as a recording line (no newline)."""
+    return orjson.dumps({
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "timestamp_ms": record.timestamp,
+        "timestamp_type": record.timestamp_type,
+        "key": _b64(record.key),
+        "value": _b64(record.value),
+        "headers": [[k, _b64(v)] for k, v in (record.headers or [])],
+    })
+
+
+def record_topic(
+    settings: Settings,
+    topic: str,
+    output: Path,
+    *,
+    from_time_ms: int | None = None,
+    from_offset: int | None = None,
+    to_time_ms: int | None = None,
+    to_offset: int | None = None,
+    partitions: list[int] | None = None,
+    follow: bool = False,
+    max_records: int | None = None,
+    idle_timeout_s: float = 10.0,
+    progress: bool = False,
+) -> RecordStats:
+    """Copy a range of ``topic`` into a recording file.
+
+    Parameters
+    ----------
+    from_time_ms, from_offset
+        Start of the range: the first offset at or after a time
+        (``offsets_for_times``), or an offset applied to every partition
+        (clamped to what the log still holds). Default: the beginning.
+    to_time_ms, to_offset
+        End of the range (exclusive): the first offset at or after a time, or
+        an offset. Default: the end offsets when the recording starts.
+    follow
+        Ignore the end and keep recording new records until ``max_records``,
+        ``idle_timeout_s`` without records, or Ctrl-C.
+    partitions
+        Only these partitions (default: all).
+    idle_timeout_s
+        Give up waiting after this long without a record (a safety net: the
+        end offsets are normally reached first).
+    """
+    consumer = make_consumer(
+        settings.bootstrap_servers, client_id=f"{settings.client_id}-recorder", group_id=None,
+    )
+    stats = RecordStats()
+    start = time.perf_counter()
+    try:
+        found = consumer.partitions_for_topic(topic)
+        if not found:
+            raise ConfigurationError(
+                f"topic {topic!r} does not exist on {settings.bootstrap_servers}")
+        chosen = sorted(found) if partitions is None else sorted(partitions)
+        unknown = set(chosen) - set(found)
+        if unknown:
+            raise ConfigurationError(f"topic {topic!r} has no partition(s) {sorted(unknown)}")
+        tps = [TopicPartition(topic, p) for p in chosen]
+        consumer.assign(tps)
+        begin = consumer.beginning_offsets(tps)
+        end = consumer.end_offsets(tps)
+        first = _offsets_at(consumer, tps, from_time_ms, end) if from_time_ms is not None else \
+            {tp: max(begin[tp], min(from_offset, end[tp])) if from_offset is not None else begin[tp]
+             for tp in tps}
+        if follow:
+            stop: dict[TopicPartition, int | None] = dict.fromkeys(tps)
+        elif to_time_ms is not None:
+            stop = dict(_offsets_at(consumer, tps, to_time_ms, end))
+        elif to_offset is not None:
+            stop = {tp: min(to_offset, end[tp]) for tp in tps}
+        else:
+            stop = dict(end)
+        for tp in tps:
+            consumer.seek(tp, first[tp])
+        active = {tp for tp in tps if stop[tp] is None or first[tp] < (stop[tp] or 0)}
+        header = {
+            "fraudstream_recording": FORMAT_VERSION, "topic": topic,
+            "recorded_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "partitions": chosen,
+            "from_offsets": {str(tp.partition): first[tp] for tp in tps},
+            "to_offsets": {str(tp.partition): stop[tp] for tp in tps},
+        }
+        with open_output(output) as out, progress_bar(
+            None if follow else sum((stop[tp] or 0) - first[tp] for tp in active),
+            enabled=progress, desc=f"record {topic}", unit="rec",
+        ) as bar:
+            out.write(orjson.dumps(header) + b"\n")
+            last_data = time.monotonic()
+            try:
+                while active:
+                    if max_records is not None and stats.records >= max_records:
+                        break
+                    batch = consumer.poll(timeout_ms=200, max_records=5000)
+                    if batch:
+                        last_data = time.monotonic()
+                    for tp, records in batch.items():
+                        limit = stop[tp]
+                        room = None if max_records is None else max_records - stats.records
+                        lines: list[bytes] = []
+                        for rec in records:
+                            if limit is not None and rec.offset >= limit:
+                                break
+                            if room is not None and len(lines) >= room:
+                                break
+                            lines.append(encode_record(rec) + b"\n")
+                        out.write(b"".join(lines))
+                        stats.records += len(lines)
+                        bar.update(len(lines))
+                    for tp in list(active):
+                        limit = stop[tp]
+                        # Positions, not offsets seen: transaction markers leave gaps.
+                        if limit is not None and consumer.position(tp) >= limit:
+                            active.discard(tp)
+                    if time.monotonic() - last_data > idle_timeout_s:
+                        break
+            except KeyboardInterrupt:
+                pass  # a followed recording ends with Ctrl-C; what was written is kept
+    finally:
+        consumer.close()
+    stats.partitions = len(chosen)
+    stats.wall_s = time.perf_counter() - start
+    return stats
+
+
+def _offsets_at(
+    consumer: Any, tps: list[TopicPartition], time_ms: int, end: dict[TopicPartition, int]
+) -> dict[TopicPartition, int]:
+    """First offset at or after ``time_ms`` per partition (the end when there is none)."""
+    found = consumer.offsets_for_times(dict.fromkeys(tps, time_ms))
+    return {tp: found[tp].offset if found.get(tp) is not None else end[tp] for tp in tps}
+
+
+def read_recording(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The metadata and the records of a recording (keys/values decoded to bytes)."""
+    meta: dict[str, Any] = {}
+    records: list[dict[str, Any]] = []
+    with open_input(path) as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = orjson.loads(line)
+                if line_no == 1 and "fraudstream_recording" in row:
+                    meta = row
+                    continue
+                records.append({
+                    "topic": row["topic"], "partition": int(row["partition"]),
+                    "offset": int(row["offset"]), "timestamp_ms": int(row["timestamp_ms"]),
+                    "key": _unb64(row.get("key")), "value": _unb64(row.get("value")),
+                    "headers": [(str(k), _unb64(v) or b"") for k, v in row.get("headers") or []],
+                })
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                raise FileFormatError(
+                    f"{path}:{line_no}: not a recording line ({type(exc).__name__}: {exc})"
+                ) from None
+    return meta, records
+
+
+def _unb64(text: str | None) -> bytes | None:
+    return None if text is None else base64.b64decode(text, validate=True)

@@ -1,0 +1,237 @@
+"""Simulated transactions and their delayed labels, to files or to Kafka.
+
+:func:`stream_simulation` is what the demo calls to feed a running service:
+transactions (key = card id) and their labels (same key, so they land on the
+transaction's partition) interleaved in event-time order, optionally paced.
+
+Kafka record timestamps are the wall-clock send time, not the event time:
+the event time travels in the JSON (``timestamp``/``labeled_at``), and a
+2018 or future record timestamp would trip the broker's retention or its
+``log.message.timestamp.*.max.ms`` checks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from producers.files import open_output
+from producers.labels import SOURCES, LabelDelay
+from producers.pacing import Pacer
+from producers.simulator import Simulation, SimulationConfig, format_times_ms, simulate
+from producers.sink import KafkaSink, progress_bar
+from service.kafka import ensure_topics
+from service.settings import Settings
+
+_DEFAULT_DELAY = LabelDelay()
+
+
+@dataclass(frozen=True)
+class SimulatedLabels:
+    """Label of every simulation row: when it arrives and who gave it."""
+
+    labeled_ms: np.ndarray  # int64, > the row's time_ms
+    source: np.ndarray  # int8 index into labels.SOURCES
+
+
+@dataclass
+class StreamStats:
+    """What a producer run did."""
+
+    transactions: int = 0
+    labels: int = 0
+    frauds: int = 0
+    wall_s: float = 0.0
+    max_lag_s: float = 0.0
+
+    @property
+    def events(self) -> int:
+        """Transactions plus labels."""
+        return self.transactions + self.labels
+
+
+def label_simulation(sim: Simulation, delay: LabelDelay) -> SimulatedLabels:
+    """Draw every row's label delay (seeded by the simulation's seed)."""
+    rng = np.random.default_rng([sim.config.seed, 0x1ABE1])  # own stream: labels never shift tx
+    delay_ms, source = delay.sample(rng, sim.is_fraud)
+    return SimulatedLabels(labeled_ms=sim.time_ms + delay_ms, source=source)
+
+
+def label_rows(
+    sim: Simulation, labels: SimulatedLabels, index: np.ndarray
+) -> Iterator[dict[str, Any]]:
+    """Label-contract dicts of the rows in ``index`` (plus ``card_id``, the Kafka key)."""
+    cards = sim.card_names()
+    width = max(8, len(str(len(sim) - 1)))
+    prefix = sim.config.transaction_id_prefix
+    columns = zip(
+        index.tolist(), format_times_ms(labels.labeled_ms[index]),
+        sim.is_fraud[index].tolist(), labels.source[index].tolist(),
+        sim.customer[index].tolist(), strict=True,
+    )
+    for row, stamp, fraud, source, cust in columns:
+        yield {
+            "transaction_id": f"{prefix}{row:0{width}d}", "is_fraud": fraud,
+            "labeled_at": stamp, "source": SOURCES[source], "card_id": cards[cust],
+        }
+
+
+def write_simulation(
+    sim: Simulation,
+    output: Path | None,
+    labels_output: Path | None = None,
+    *,
+    delay: LabelDelay | None = None,
+    progress: bool = False,
+) -> StreamStats:
+    """Write transactions (with ground truth) and/or labels as JSON Lines.
+
+    Labels are written in the order they arrive (``labeled_at``). A path ending
+    in ``.gz`` is gzip-compressed.
+    """
+    start = time.perf_counter()
+    stats = StreamStats(frauds=int(sim.is_fraud.sum()))
+    if output is not None:
+        with open_output(output) as out, progress_bar(
+            len(sim), enabled=progress, desc="transactions", unit="tx"
+        ) as bar:
+            buffer: list[bytes] = []
+            for line in sim.to_json_lines(ground_truth=True):
+                buffer.append(line)
+                if len(buffer) >= 50_000:
+                    out.write(b"\n".join(buffer) + b"\n")
+                    bar.update(len(buffer))
+                    buffer.clear()
+            if buffer:
+                out.write(b"\n".join(buffer) + b"\n")
+                bar.update(len(buffer))
+        stats.transactions = len(sim)
+    if labels_output is not None:
+        labels = label_simulation(sim, delay or LabelDelay())
+        order = np.argsort(labels.labeled_ms, kind="stable")
+        with open_output(labels_output) as out:
+            for lo in range(0, len(order), 100_000):
+                rows = label_rows(sim, labels, order[lo:lo + 100_000])
+                out.write(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+        stats.labels = len(sim)
+    stats.wall_s = time.perf_counter() - start
+    return stats
+
+
+def simulation_events(
+    sim: Simulation, labels: SimulatedLabels | None, *, chunk: int = 50_000
+) -> Iterator[tuple[int, bool, bytes, bytes]]:
+    """Transactions and labels merged in event-time order.
+
+    Yields ``(event_ms, is_label, key, value)``. A label's event time is its
+    ``labeled_at``, always later than its transaction's, so it always comes
+    after it. Transactions carry no ground-truth field.
+    """
+    n = len(sim)
+    if labels is None:
+        times = sim.time_ms
+        is_label = np.zeros(n, dtype=bool)
+    else:
+        times = np.concatenate([sim.time_ms, labels.labeled_ms])
+        is_label = np.concatenate([np.zeros(n, dtype=bool), np.ones(n, dtype=bool)])
+    order = np.argsort(times, kind="stable")  # ties: transactions (first half) first
+    cards = sim.card_names()
+    dumps = orjson.dumps
+    for lo in range(0, order.shape[0], chunk):
+        part = order[lo:lo + chunk]
+        kinds = is_label[part]
+        rows = part % n
+        tx_rows = sim.rows(rows[~kinds], ground_truth=False)
+        label_iter = label_rows(sim, labels, rows[kinds]) if labels is not None else iter(())
+        for event_ms, label, row in zip(
+            times[part].tolist(), kinds.tolist(), rows.tolist(), strict=True
+        ):
+            record = next(label_iter) if label else next(tx_rows)
+            yield event_ms, label, cards[sim.customer[row]].encode(), dumps(record)
+
+
+def stream_simulation(
+    settings: Settings,
+    config: SimulationConfig | None = None,
+    *,
+    label_delay: LabelDelay | None = _DEFAULT_DELAY,
+    speed: float | None = None,
+    fast_label_tail: bool = True,
+    progress: bool = False,
+    max_events: int | None = None,
+) -> StreamStats:
+    """Simulate and send transactions plus delayed labels to Kafka, in event-time order.
+
+    This is the demo's feed: for example ``stream_simulation(settings,
+    SimulationConfig(n_customers=500, n_terminals=1000, n_days=3, start=today),
+    speed=3600)`` plays three days in about 72 minutes of wall time (one event
+    hour per second), labels included.
+
+    Parameters
+    ----------
+    settings
+        Bootstrap servers, topics (``topic_transactions``, ``topic_labels``),
+        topic creation policy and partitions.
+    config
+        The simulation (default: the handbook's full 183-day dataset).
+    label_delay
+        Label delay model; ``None`` sends no labels.
+    speed
+        Event seconds per wall second (1 = real time); ``None`` = as fast as possible.
+    fast_label_tail
+        After the last transaction, send the remaining labels (up to the label
+        delay later in event time) at once instead of pacing them.
+    progress
+        Show a progress bar with rate and ETA on stderr.
+    max_events
+        Stop after this many events (for smoke runs).
+
+    Returns
+    -------
+    StreamStats
+        Counts delivered (every send is confirmed; a failure raises
+        :class:`service.kafka.DeliveryError`).
+    """
+    config = config or SimulationConfig()
+    sim = simulate(config)
+    labels = label_simulation(sim, label_delay) if label_delay is not None else None
+    topics = [settings.topic_transactions] + ([settings.topic_labels] if labels else [])
+    ensure_topics(
+        settings.bootstrap_servers, dict.fromkeys(topics, settings.topic_partitions),
+        replication=settings.topic_replication, create=settings.create_topics,
+    )
+    pacer = Pacer(speed)
+    stats = StreamStats()
+    last_tx_ms = int(sim.time_ms[-1]) if len(sim) else 0
+    total = len(sim) * (2 if labels else 1)
+    if max_events is not None:
+        total = min(total, max_events)
+    start = time.perf_counter()
+    linger_ms = 5 if pacer.paced else 20  # unpaced: bigger batches
+    with KafkaSink(settings, client_suffix="simulator", linger_ms=linger_ms) as sink, \
+            progress_bar(total, enabled=progress, desc="simulate", unit="ev") as bar:
+        sink.warm_up(topics)
+        for event_ms, is_label, key, value in simulation_events(sim, labels):
+            if stats.events >= total:
+                break
+            if not (fast_label_tail and is_label and event_ms > last_tx_ms):
+                pacer.wait(event_ms)
+            if is_label:
+                sink.send(settings.topic_labels, value, key=key)
+                stats.labels += 1
+            else:
+                sink.send(settings.topic_transactions, value, key=key)
+                stats.transactions += 1
+            bar.update(1)
+        sink.flush()
+    # Rows are time-ordered, so the first ones are those sent.
+    stats.frauds = int(sim.is_fraud[: stats.transactions].sum())
+    stats.wall_s = time.perf_counter() - start
+    stats.max_lag_s = pacer.max_lag_s
+    return stats

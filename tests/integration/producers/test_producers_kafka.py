@@ -1,0 +1,166 @@
+"""Producers against a real broker: simulator feed, file producer, record -> replay."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+from kafka import TopicPartition
+
+from producers.labels import LabelDelay
+from producers.produce import produce_file
+from producers.recorder import read_recording, record_topic
+from producers.replayer import replay_file
+from producers.simulator import SimulationConfig
+from producers.sink import KafkaSink
+from producers.stream import stream_simulation
+from service.kafka import ensure_topics, make_consumer
+from service.settings import Settings
+
+
+def _read_all(settings: Settings, topic: str) -> list[Any]:
+    """Every record of ``topic`` (group-less reader, stops at the end offsets)."""
+    consumer = make_consumer(settings.bootstrap_servers, client_id="test-reader", group_id=None)
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        consumer.assign(parts)
+        consumer.seek_to_beginning()
+        end = consumer.end_offsets(parts)
+        out: list[Any] = []
+        while any(consumer.position(tp) < end[tp] for tp in parts):
+            for records in consumer.poll(timeout_ms=500).values():
+                out.extend(records)
+        return out
+    finally:
+        consumer.close()
+
+
+def test_stream_simulation_sends_keyed_transactions_then_labels(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings()
+    config = SimulationConfig(seed=11, n_customers=60, n_terminals=120, n_days=3)
+    stats = stream_simulation(settings, config, label_delay=LabelDelay(delay_s=86_400))
+    txs = _read_all(settings, settings.topic_transactions)
+    labels = _read_all(settings, settings.topic_labels)
+    assert len(txs) == stats.transactions == len(labels) == stats.labels > 0
+    by_id = {}
+    for rec in txs:
+        value = orjson.loads(rec.value)
+        assert rec.key == value["card_id"].encode()
+        assert "is_fraud" not in value and "fraud_scenario" not in value
+        by_id[value["transaction_id"]] = (value, rec)
+    for rec in labels:
+        label = orjson.loads(rec.value)
+        tx, tx_rec = by_id[label["transaction_id"]]
+        assert label["labeled_at"] > tx["timestamp"]  # same RFC 3339 layout: text order is time
+        assert rec.timestamp >= tx_rec.timestamp  # and it was sent after its transaction
+        assert rec.partition == tx_rec.partition  # same key, same partition
+
+
+def test_file_producer_sends_valid_rows_reports_bad_ones(
+    make_settings: Callable[..., Settings], tmp_path: Path,
+) -> None:
+    settings = make_settings()
+    path = tmp_path / "tx.jsonl"
+    rows = [
+        {"transaction_id": f"f{i}", "card_id": f"c{i % 3}", "terminal_id": "t",
+         "amount": 10 + i, "timestamp": 1_700_000_000_000 + i * 3_600_000, "is_fraud": i == 4}
+        for i in range(10)
+    ]
+    lines = [orjson.dumps(r) for r in rows]
+    lines.insert(3, b'{"transaction_id": "bad", "amount": 1}')
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    seen: list[int] = []
+    stats = produce_file(settings, path, fmt="jsonl", label_delay=LabelDelay(delay_s=7_200),
+                         on_bad_row=lambda e: seen.append(e.line))
+    assert seen == [4] and stats.bad_rows == 1
+    assert stats.transactions == 10 and stats.labels == 10
+    sent = [orjson.loads(r.value) for r in _read_all(settings, settings.topic_transactions)]
+    assert sorted(s["transaction_id"] for s in sent) == sorted(r["transaction_id"] for r in rows)
+    labels = [orjson.loads(r.value) for r in _read_all(settings, settings.topic_labels)]
+    assert sum(label["is_fraud"] for label in labels) == 1
+
+
+def _b(text: str) -> bytes:
+    return text.encode()
+
+
+def test_record_replay_round_trip_keeps_keys_values_headers_and_order(
+    make_settings: Callable[..., Settings], unique_name: Callable[[str], str], tmp_path: Path,
+) -> None:
+    settings = make_settings()
+    source, target = unique_name("incident"), unique_name("replayed")
+    ensure_topics(settings.bootstrap_servers, {source: 3, target: 3})
+    with KafkaSink(settings, client_suffix="test") as sink:
+        for i in range(300):
+            key = _b(f"card-{i % 7}")
+            value = bytes([i % 256, 0, 255]) + _b(f"#{i}")  # not UTF-8: must survive untouched
+            headers = [("seq", _b(str(i))), ("bin", b"\x00\xff")]
+            sink.send(source, value, key=key, headers=headers)
+        sink.send(source, None, key=_b("tombstone"))  # null value stays null
+    recording = tmp_path / "incident.jsonl.gz"
+    stats = record_topic(settings, source, recording)
+    assert stats.records == 301
+    meta, records = read_recording(recording)
+    assert meta["topic"] == source and len(records) == 301
+
+    replay_file(settings, recording, topic=target)
+    original, replayed = _read_all(settings, source), _read_all(settings, target)
+
+    def per_key(recs: list[Any]) -> dict[bytes, list[tuple[Any, ...]]]:
+        out: dict[bytes, list[tuple[Any, ...]]] = {}
+        for rec in sorted(recs, key=lambda r: (r.partition, r.offset)):
+            out.setdefault(rec.key, []).append((rec.value, list(rec.headers)))
+        return out
+
+    assert per_key(replayed) == per_key(original)
+
+
+def test_record_from_time_and_offset_ranges(
+    make_settings: Callable[..., Settings], unique_name: Callable[[str], str], tmp_path: Path,
+) -> None:
+    settings = make_settings()
+    topic = unique_name("ranged")
+    ensure_topics(settings.bootstrap_servers, {topic: 1})
+    base = 1_700_000_000_000
+    with KafkaSink(settings, client_suffix="test") as sink:
+        for i in range(10):
+            sink.send(topic, _b(str(i)), key=b"k", timestamp_ms=base + i * 1000)
+    out = tmp_path / "r.jsonl"
+    record_topic(settings, topic, out, from_time_ms=base + 3000, to_time_ms=base + 7000)
+    assert [r["offset"] for r in read_recording(out)[1]] == [3, 4, 5, 6]
+    record_topic(settings, topic, out, from_offset=8)
+    _, records = read_recording(out)
+    assert [r["value"] for r in records] == [b"8", b"9"]
+    assert records[0]["timestamp_ms"] == base + 8000
+
+
+def test_paced_replay_keeps_inter_arrival_times(
+    make_settings: Callable[..., Settings], unique_name: Callable[[str], str], tmp_path: Path,
+) -> None:
+    settings = make_settings()
+    topic = unique_name("paced")
+    ensure_topics(settings.bootstrap_servers, {topic: 1})
+    gaps_ms = [0, 100, 300, 50, 400, 250, 900]  # 2 s of event time
+    t, lines = 1_700_000_000_000, [orjson.dumps({"fraudstream_recording": 1, "topic": topic})]
+    for i, gap in enumerate(gaps_ms):
+        t += gap
+        lines.append(orjson.dumps({
+            "topic": topic, "partition": 0, "offset": i, "timestamp_ms": t, "timestamp_type": 0,
+            "key": base64.b64encode(b"k").decode(), "value": base64.b64encode(_b(str(i))).decode(),
+            "headers": [],
+        }))
+    recording = tmp_path / "paced.jsonl"
+    recording.write_bytes(b"\n".join(lines) + b"\n")
+    stats = replay_file(settings, recording, speed=2.0)  # 2x: 1.0 s of wall time
+    assert 0.95 < stats.wall_s < 1.6
+    sent = sorted(_read_all(settings, topic), key=lambda r: r.offset)
+    assert [r.value for r in sent] == [_b(str(i)) for i in range(len(gaps_ms))]
+    wall_gaps = [b.timestamp - a.timestamp for a, b in itertools.pairwise(sent)]
+    for wall, event in zip(wall_gaps, gaps_ms[1:], strict=True):
+        assert abs(wall - event / 2) <= 40, (wall_gaps, gaps_ms)

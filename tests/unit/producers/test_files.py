@@ -1,0 +1,103 @@
+"""File readers: JSONL/CSV/gzip, column mapping, bad rows with line numbers."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import orjson
+import pytest
+
+from producers.files import (
+    HANDBOOK_MAPPING,
+    BadRowError,
+    FileFormatError,
+    RowParser,
+    detect_format,
+    read_rows,
+)
+
+HANDBOOK_CSV = """\
+TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT,TX_TIME_SECONDS,TX_TIME_DAYS,TX_FRAUD,TX_FRAUD_SCENARIO
+0,2018-04-01 00:00:31,596,3156,57.16,31,0,0,0
+1,2018-04-01 00:02:10,4961,3412,81.51,130,0,1,2
+2,2018-04-01 00:07:56,2,1365,not-a-number,476,0,0,0
+3,2018-04-01 00:09:29,4128,8737,15.10,569
+"""
+
+
+def _parse_all(path: Path, fmt: str, **kwargs: object) -> list[object]:
+    parser = RowParser(assume_utc=bool(kwargs.pop("assume_utc", False)))
+    out: list[object] = []
+    for line, raw in read_rows(path, fmt, **kwargs):  # type: ignore[arg-type]
+        if isinstance(raw, BadRowError):
+            out.append(raw)
+            continue
+        try:
+            out.append(parser.parse(line, raw))
+        except BadRowError as exc:
+            out.append(exc)
+    return out
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_handbook_csv_with_mapping(tmp_path: Path, gz: bool) -> None:
+    path = tmp_path / ("tx.csv.gz" if gz else "tx.csv")
+    data = HANDBOOK_CSV.encode()
+    path.write_bytes(gzip.compress(data) if gz else data)
+    assert detect_format(path) == "csv"
+    rows = _parse_all(path, "csv", mapping=HANDBOOK_MAPPING, assume_utc=True)
+    good = [r for r in rows if not isinstance(r, BadRowError)]
+    bad = [r for r in rows if isinstance(r, BadRowError)]
+    assert [r.transaction_id for r in good] == ["0", "1"]  # type: ignore[attr-defined]
+    assert [r.is_fraud for r in good] == [False, True]  # type: ignore[attr-defined]
+    first = orjson.loads(good[0].value)  # type: ignore[attr-defined]
+    assert first == {"transaction_id": "0", "card_id": "596", "terminal_id": "3156",
+                     "amount": 57.16, "currency": "EUR", "timestamp": "2018-04-01T00:00:31Z"}
+    assert good[0].event_ms == 1522540831000  # type: ignore[attr-defined]
+    assert [(e.line, e.reason.split(":")[0]) for e in bad] == [
+        (4, "amount"), (5, "6 fields, the header has 9")]
+
+
+def test_naive_timestamp_is_a_bad_row_unless_assume_utc(tmp_path: Path) -> None:
+    path = tmp_path / "tx.csv"
+    path.write_text(HANDBOOK_CSV)
+    rows = _parse_all(path, "csv", mapping=HANDBOOK_MAPPING)
+    assert isinstance(rows[0], BadRowError) and "timezone" in rows[0].reason
+
+
+def test_missing_mapped_column_fails_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "tx.csv"
+    path.write_text("a,b\n1,2\n")
+    with pytest.raises(FileFormatError, match="TRANSACTION_ID"):
+        list(read_rows(path, "csv", mapping=HANDBOOK_MAPPING))
+
+
+def test_jsonl_bad_lines_are_numbered(tmp_path: Path) -> None:
+    lines = [
+        b'{"transaction_id": "a", "card_id": "c", "terminal_id": "t", "amount": 1,'
+        b' "timestamp": 1522540800000, "is_fraud": true, "fraud_scenario": 1, "mcc": "5411"}',
+        b"",
+        b"{not json",
+        b"[1, 2]",
+        b'{"transaction_id": "b", "card_id": "c", "terminal_id": "t", "amount": -1,'
+        b' "timestamp": "2018-04-01T00:00:00Z"}',
+        b'{"transaction_id": "c", "card_id": "c", "terminal_id": "t", "amount": 2,'
+        b' "timestamp": "2018-04-01T00:00:00Z", "is_fraud": "maybe"}',
+    ]
+    path = tmp_path / "tx.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    rows = _parse_all(path, "jsonl")
+    assert not isinstance(rows[0], BadRowError)
+    sent = orjson.loads(rows[0].value)  # type: ignore[attr-defined]
+    assert "is_fraud" not in sent and "fraud_scenario" not in sent and sent["mcc"] == "5411"
+    assert rows[0].is_fraud is True  # type: ignore[attr-defined]
+    bad = [(r.line, r.reason) for r in rows[1:] if isinstance(r, BadRowError)]
+    assert [line for line, _ in bad] == [3, 4, 5, 6]
+    assert "not valid JSON" in bad[0][1] and "not a JSON object" in bad[1][1]
+    assert bad[2][1].startswith("amount:") and "not a boolean" in bad[3][1]
+
+
+def test_unknown_suffix_needs_a_format() -> None:
+    with pytest.raises(FileFormatError, match="--format"):
+        detect_format(Path("data.txt"))
