@@ -67,7 +67,7 @@ class KafkaSink:
     ) -> None:
         """Hand one record over; raises ``DeliveryError`` if an earlier batch failed."""
         self.tracker.send(
-            topic, value, key=key, headers=headers, partition=partition,  # type: ignore[arg-type]
+            topic, value, key=key, headers=headers, partition=partition,
             timestamp_ms=timestamp_ms,
         )
         self.sent_by_topic[topic] = self.sent_by_topic.get(topic, 0) + 1

@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import click
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
+from producers.cli import COMMANDS as PRODUCER_COMMANDS
+from service.cli_model import model as model_group
 from service.devstack.stack import DevStack
 from service.errors import FraudstreamError
 from service.schemas import json_schemas
-from service.settings import Settings
+from service.settings import Role, Settings
 
 
 def _settings_error(exc: ValidationError) -> click.ClickException:
@@ -55,6 +57,9 @@ def main(ctx: click.Context) -> None:
         stream=sys.stderr,
     )
     logging.getLogger("kafka").setLevel(logging.WARNING)
+    # kafka-python 3 warns whenever another thread holds the GIL for >100 ms;
+    # with a scorer and a learner in one process that is expected, not a fault.
+    logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
     ctx.obj = settings
 
 
@@ -70,8 +75,11 @@ def config(settings: Settings) -> None:
 
 @main.command()
 @click.option(
-    "--output-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("schemas"),
-    show_default=True, help="Folder for <name>.schema.json files.",
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("schemas"),
+    show_default=True,
+    help="Folder for <name>.schema.json files.",
 )
 def schemas(output_dir: Path) -> None:
     """Write the JSON Schemas of every message (transaction, label, alert, score)."""
@@ -85,11 +93,20 @@ def schemas(output_dir: Path) -> None:
 # --- dev stack --------------------------------------------------------------
 
 _dev_options = [
-    click.option("--home", type=click.Path(file_okay=False, path_type=Path),
-                 default=Path(".cache/dev"), show_default=True,
-                 help="Folder for the servers' data, logs and pid files."),
-    click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
-                 default=Path(".cache"), show_default=True, help="Where the Kafka jars go."),
+    click.option(
+        "--home",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=Path(".cache/dev"),
+        show_default=True,
+        help="Folder for the servers' data, logs and pid files.",
+    ),
+    click.option(
+        "--cache-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=Path(".cache"),
+        show_default=True,
+        help="Where the Kafka jars go.",
+    ),
     click.option("--kafka-port", type=int, default=9092, show_default=True),
     click.option("--controller-port", type=int, default=9093, show_default=True),
     click.option("--redis-port", type=int, default=6379, show_default=True),
@@ -102,10 +119,16 @@ def _with_dev_options(func: Any) -> Any:
     return func
 
 
-def _stack(home: Path, cache_dir: Path, kafka_port: int, controller_port: int,
-           redis_port: int) -> DevStack:
-    return DevStack(home=home.resolve(), cache_dir=cache_dir.resolve(), kafka_port=kafka_port,
-                    controller_port=controller_port, redis_port=redis_port)
+def _stack(
+    home: Path, cache_dir: Path, kafka_port: int, controller_port: int, redis_port: int
+) -> DevStack:
+    return DevStack(
+        home=home.resolve(),
+        cache_dir=cache_dir.resolve(),
+        kafka_port=kafka_port,
+        controller_port=controller_port,
+        redis_port=redis_port,
+    )
 
 
 def _print_status(stack: DevStack) -> bool:
@@ -113,15 +136,19 @@ def _print_status(stack: DevStack) -> bool:
     kafka, redis_status = status["kafka"], status["redis"]
     ok = bool(kafka["healthy"]) and bool(redis_status["healthy"])
     if kafka["healthy"]:
-        click.echo(f"kafka  UP    Apache Kafka {kafka['version']} (KRaft) at "
-                   f"{kafka['bootstrap_servers']}, cluster {kafka.get('cluster_id')}, "
-                   f"{kafka.get('brokers')} broker(s), pid {kafka['pid']}")
+        click.echo(
+            f"kafka  UP    Apache Kafka {kafka['version']} (KRaft) at "
+            f"{kafka['bootstrap_servers']}, cluster {kafka.get('cluster_id')}, "
+            f"{kafka.get('brokers')} broker(s), pid {kafka['pid']}"
+        )
     else:
         state = "NOT ANSWERING" if kafka["running"] else "DOWN"
         click.echo(f"kafka  {state}  ({kafka['bootstrap_servers']}; log {kafka['log']})")
     if redis_status["healthy"]:
-        click.echo(f"redis  UP    Redis {redis_status['version']} at {redis_status['url']}, "
-                   f"pid {redis_status['pid']}")
+        click.echo(
+            f"redis  UP    Redis {redis_status['version']} at {redis_status['url']}, "
+            f"pid {redis_status['pid']}"
+        )
     else:
         state = "NOT ANSWERING" if redis_status["running"] else "DOWN"
         click.echo(f"redis  {state}  ({redis_status['url']}; log {redis_status['log']})")
@@ -161,8 +188,12 @@ def dev_status(**options: Any) -> None:
 
 
 @dev.command("fetch")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path(".cache"), show_default=True)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".cache"),
+    show_default=True,
+)
 def dev_fetch(cache_dir: Path) -> None:
     """Fetch the Kafka jars with Maven and install redis-server if missing (no start)."""
     from service.devstack import ensure_redis_installed, fetch_kafka_jars
@@ -173,6 +204,60 @@ def dev_fetch(cache_dir: Path) -> None:
     click.echo(f"kafka jars: {libs} ({len(list(libs.glob('*.jar')))} jars)")
     click.echo(f"redis-server: {ensure_redis_installed()}")
 
+
+@main.command()
+@click.option(
+    "--role",
+    type=click.Choice([r.value for r in Role]),
+    default=None,
+    help="Override FRAUDSTREAM_ROLE: all (default), scorer or learner.",
+)
+@click.pass_obj
+def serve(settings: Settings, role: str | None) -> None:
+    """Run the service: score transactions, publish alerts, learn from labels."""
+    from service.app import Application
+
+    if role is not None:
+        settings = settings.model_copy(update={"role": Role(role)})
+    app = Application(settings)
+    app.install_signal_handlers()
+    click.echo(
+        f"fraudstream serving (role {settings.role.value}) on {settings.bootstrap_servers};"
+        f" metrics on http://{settings.metrics_host}:{settings.metrics_port}/metrics",
+        err=True,
+    )
+    app.run()
+
+
+@main.command()
+@_with_dev_options
+@click.option("--customers", type=int, default=1000, show_default=True)
+@click.option("--terminals", type=int, default=2000, show_default=True)
+@click.option("--days", type=int, default=21, show_default=True, help="Simulated days.")
+@click.option("--speed", type=float, default=20_000, show_default=True,
+              help="Event seconds per wall second (20,000: a day in ~4 s).")
+@click.option("--seed", type=int, default=None, help="Simulation seed (default: random).")
+@click.pass_obj
+def demo(settings: Settings, customers: int, terminals: int, days: int, speed: float,
+         seed: int | None, **dev_options: Any) -> None:
+    """Bring up Kafka and Redis, run the service on a simulated stream, show alerts."""
+    import random
+
+    from service.demo import DemoPlan, run_demo
+
+    stack = _stack(**dev_options)
+    settings = settings.model_copy(update={
+        "bootstrap_servers": stack.kafka.bootstrap_servers,
+        "redis_url": SecretStr(stack.redis.url),
+    })
+    plan = DemoPlan(customers=customers, terminals=terminals, days=days, speed=speed,
+                    seed=random.randrange(1_000_000) if seed is None else seed)
+    run_demo(settings, stack, plan)
+
+
+main.add_command(model_group)
+for _command in PRODUCER_COMMANDS:
+    main.add_command(_command)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

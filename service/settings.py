@@ -166,8 +166,9 @@ class Settings(BaseSettings):
 
     # --- Decision ----------------------------------------------------------
     decision: DecisionMode = Field(
-        DecisionMode.THRESHOLD, description="threshold: alert above alert_threshold; budget: "
-        "alert on the top scores so that about alert_budget_per_day alerts are raised per day."
+        DecisionMode.THRESHOLD,
+        description="threshold: alert above alert_threshold; budget: "
+        "alert on the top scores so that about alert_budget_per_day alerts are raised per day.",
     )
     alert_threshold: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
         0.5, description="Score at or above which an alert is raised (threshold mode)."

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -113,3 +114,85 @@ def make_settings(
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
     return build
+
+
+# --- Kafka helpers shared by integration and e2e tests ----------------------
+
+
+def _produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None]]) -> None:
+    from service.kafka import make_producer
+
+    producer = make_producer(bootstrap, client_id="test-feeder")
+    try:
+        futures = [producer.send(topic, key=key, value=value) for key, value in records]
+        producer.flush(timeout=30)
+        for future in futures:
+            future.get(timeout=30)  # raises if any record was not delivered
+    finally:
+        producer.close()
+
+
+def _consume(bootstrap: str, topic: str, *, at_least: int, timeout_s: float = 30.0,
+             settle_s: float = 0.0, read_committed: bool = False) -> list[Any]:
+    """Read a whole topic from the beginning until ``at_least`` records (then ``settle_s`` more)."""
+    import time
+
+    from kafka import TopicPartition
+
+    from service.kafka import make_consumer
+
+    consumer = make_consumer(bootstrap, client_id="test-reader", group_id=None,
+                             read_committed=read_committed)
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
+        consumer.seek_to_beginning()
+        records: list[Any] = []
+        deadline = time.monotonic() + timeout_s
+        settle_until: float | None = None
+        while time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=200).values():
+                records.extend(batch)
+            if len(records) >= at_least:
+                settle_until = settle_until or time.monotonic() + settle_s
+                if time.monotonic() >= settle_until:
+                    break
+        return records
+    finally:
+        consumer.close()
+
+
+@pytest.fixture
+def produce() -> Callable[..., None]:
+    """``produce(bootstrap, topic, [(key, value), ...])``; waits for every delivery."""
+    return _produce
+
+
+@pytest.fixture
+def consume() -> Callable[..., list[Any]]:
+    """``consume(bootstrap, topic, at_least=n)`` reads a topic from the beginning."""
+    return _consume
+
+
+@pytest.fixture
+def run_app() -> Iterator[Callable[[Settings], Any]]:
+    """Start ``Application(settings)`` in a thread; every started app is stopped at the end."""
+    import threading
+
+    from service.app import Application
+
+    started: list[tuple[Any, threading.Thread]] = []
+
+    def start(settings: Settings) -> Any:
+        app = Application(settings)
+        app.ensure_topics()
+        thread = threading.Thread(target=app.run, name="app-under-test", daemon=True)
+        thread.start()
+        started.append((app, thread))
+        return app
+
+    yield start
+    for app, thread in started:
+        app.stop()
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "application did not stop within 60 s"

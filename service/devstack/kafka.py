@@ -75,9 +75,19 @@ def fetch_kafka_jars(cache_dir: Path, version: str = KAFKA_VERSION) -> Path:
     if libs.exists():
         shutil.rmtree(libs)
     result = subprocess.run(
-        [mvn, "-B", "-q", "-f", str(work / "pom.xml"), "dependency:copy-dependencies",
-         f"-DoutputDirectory={libs}", "-DincludeScope=runtime"],
-        capture_output=True, text=True, check=False,
+        [
+            mvn,
+            "-B",
+            "-q",
+            "-f",
+            str(work / "pom.xml"),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={libs}",
+            "-DincludeScope=runtime",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if result.returncode != 0:
         lines = [line for line in (result.stdout + result.stderr).splitlines() if "ERROR" in line]
@@ -182,7 +192,9 @@ class KafkaServer:
         config = self.data_dir / "server.properties"
         config.write_text(
             _SERVER_PROPERTIES.format(
-                host=self.host, port=self.port, controller_port=self.controller_port,
+                host=self.host,
+                port=self.port,
+                controller_port=self.controller_port,
                 log_dirs=self.data_dir / "logs",
             )
         )
@@ -207,9 +219,22 @@ class KafkaServer:
         classpath = f"{libs}/*"
         if not (self.data_dir / "logs" / "meta.properties").exists():
             result = subprocess.run(
-                [java, "-cp", classpath, "kafka.tools.StorageTool", "format",
-                 "-t", _random_cluster_id(), "-c", str(config), "--ignore-formatted"],
-                capture_output=True, text=True, check=False,
+                [
+                    java,
+                    "-cp",
+                    classpath,
+                    "kafka.tools.StorageTool",
+                    "format",
+                    # "=" form: an id may start with "-", which argparse would
+                    # otherwise take for an option.
+                    f"--cluster-id={_random_cluster_id()}",
+                    "-c",
+                    str(config),
+                    "--ignore-formatted",
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
             )
             if result.returncode != 0:
                 raise DevStackError(
@@ -218,11 +243,21 @@ class KafkaServer:
                 )
         with open(self.data_dir / "stdout.log", "ab") as out:
             self._process = subprocess.Popen(
-                [java, f"-Xmx{self.heap_mb}m", f"-Xms{min(256, self.heap_mb)}m",
-                 "-XX:+UseG1GC", "-Djava.awt.headless=true",
-                 f"-Dlog4j.configuration=file:{self.data_dir / 'log4j.properties'}",
-                 "-cp", classpath, "kafka.Kafka", str(config)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                [
+                    java,
+                    f"-Xmx{self.heap_mb}m",
+                    f"-Xms{min(256, self.heap_mb)}m",
+                    "-XX:+UseG1GC",
+                    "-Djava.awt.headless=true",
+                    f"-Dlog4j.configuration=file:{self.data_dir / 'log4j.properties'}",
+                    "-cp",
+                    classpath,
+                    "kafka.Kafka",
+                    str(config),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         self.pid_file.write_text(str(self._process.pid))
@@ -231,7 +266,8 @@ class KafkaServer:
             if self._process.poll() is not None:
                 raise DevStackError(
                     f"Kafka exited at start (code {self._process.returncode}); "
-                    f"log {self.log_file}:\n{tail(self.log_file)}\n{tail(self.data_dir / 'stdout.log')}"
+                    f"log {self.log_file}:\n{tail(self.log_file)}\n"
+                    f"{tail(self.data_dir / 'stdout.log')}"
                 )
             if self.answers_metadata():
                 return
@@ -257,7 +293,8 @@ class KafkaServer:
             return None
         try:
             admin = KafkaAdminClient(
-                bootstrap_servers=self.bootstrap_servers, request_timeout_ms=3000,
+                bootstrap_servers=self.bootstrap_servers,
+                request_timeout_ms=3000,
                 client_id="fraudstream-devstack",
             )
         except (KafkaError, OSError, ValueError, TypeError):

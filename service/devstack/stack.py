@@ -35,8 +35,10 @@ class DevStack:
     @property
     def kafka(self) -> KafkaServer:
         return KafkaServer(
-            data_dir=self.home / "kafka", cache_dir=self.cache_dir,
-            port=self.kafka_port, controller_port=self.controller_port,
+            data_dir=self.home / "kafka",
+            cache_dir=self.cache_dir,
+            port=self.kafka_port,
+            controller_port=self.controller_port,
         )
 
     @property

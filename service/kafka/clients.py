@@ -18,7 +18,6 @@ from kafka.producer.future import FutureRecordMetadata
 
 from service.errors import ConfigurationError, FraudstreamError, UnavailableError
 
-
 #: What kafka-python raises when no broker answers while a client is built.
 _UNREACHABLE = (KafkaTimeoutError, KafkaConnectionError)
 
@@ -198,7 +197,7 @@ class DeliveryTracker:
     def send(
         self,
         topic: str,
-        value: bytes,
+        value: bytes | None,
         *,
         key: bytes | None = None,
         headers: list[tuple[str, bytes]] | None = None,
@@ -208,7 +207,11 @@ class DeliveryTracker:
         """Hand one record to the producer (asynchronous)."""
         try:
             future = self.producer.send(
-                topic, value=value, key=key, headers=headers, partition=partition,
+                topic,
+                value=value,
+                key=key,
+                headers=headers,
+                partition=partition,
                 timestamp_ms=timestamp_ms,
             )
         except KafkaError as exc:
@@ -241,7 +244,5 @@ class DeliveryTracker:
         self._pending.clear()
         self.delivered += count
         if failures:
-            raise DeliveryError(
-                f"{len(failures)} record(s) not delivered, first: {failures[0]}"
-            )
+            raise DeliveryError(f"{len(failures)} record(s) not delivered, first: {failures[0]}")
         return count

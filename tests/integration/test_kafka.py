@@ -28,8 +28,12 @@ def test_produce_consume_round_trip_keeps_keys_values_and_headers(
     producer = make_producer(kafka_bootstrap, client_id="test")
     tracker = DeliveryTracker(producer)
     for i in range(10):
-        tracker.send(topic, f"value-{i}".encode(), key=b"card-1",
-                     headers=[("source", b"test"), ("n", str(i).encode())])
+        tracker.send(
+            topic,
+            f"value-{i}".encode(),
+            key=b"card-1",
+            headers=[("source", b"test"), ("n", str(i).encode())],
+        )
     assert tracker.flush(timeout_s=20) == 10
     producer.close()
 
@@ -43,7 +47,9 @@ def test_produce_consume_round_trip_keeps_keys_values_and_headers(
     assert records[3].headers == [("source", b"test"), ("n", b"3")]
 
 
-def test_ensure_topics_is_idempotent(kafka_bootstrap: str, unique_name: Callable[[str], str]) -> None:
+def test_ensure_topics_is_idempotent(
+    kafka_bootstrap: str, unique_name: Callable[[str], str]
+) -> None:
     topic = unique_name("idem")
     assert ensure_topics(kafka_bootstrap, {topic: 1}) == [topic]
     assert ensure_topics(kafka_bootstrap, {topic: 1}) == []

@@ -39,7 +39,9 @@ def test_unreachable_maven_repository_is_reported(
     )
     mvn.chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake_bin}:/usr/bin:/bin")
-    with pytest.raises(DevStackError, match=r"Maven could not fetch .*Connection refused.*Maven Central"):
+    with pytest.raises(
+        DevStackError, match=r"Maven could not fetch .*Connection refused.*Maven Central"
+    ):
         fetch_kafka_jars(tmp_path / "cache")
 
 
