@@ -1,0 +1,67 @@
+-- fraudstream: record a batch of fraud labels (see redis_store.py for the layouts).
+--
+-- KEYS[2i-1] = card key of label i, KEYS[2i] = its terminal key.
+-- ARGV[1] = 10-byte needles (id hash u32, event time u48), concatenated
+-- ARGV[2] = card retention (ms), ARGV[3] = terminal day slots, ARGV[4] = terminal TTL (ms)
+--
+-- The card record of the labelled transaction gets its fraud flag (bit 0 of byte
+-- 10, 0-based, of the record). The terminal bucket of the transaction's day gets
+-- +1 fraud, unless the card record already carried the flag: a repeated label
+-- counts once. Records older than the card's retention count as absent.
+-- Labels are few, so this script favours clarity over speed.
+-- Returns the number of terminal increments.
+
+local needles = ARGV[1]
+local retention = tonumber(ARGV[2])
+local slots = tonumber(ARGV[3])
+local term_ttl = ARGV[4]
+
+local RS = 28
+local TS = slots * 12
+local DAY = 86400000
+local unpack, pack = struct.unpack, struct.pack
+local find, sub = string.find, string.sub
+local call = redis.call
+
+local counted = 0
+for i = 1, #needles / 10 do
+  local needle = sub(needles, (i - 1) * 10 + 1, i * 10)
+  local ts = unpack('<I6', needle, 5)
+  local h = call('GET', KEYS[2 * i - 1])
+  local count_terminal = true
+  if h and ts > unpack('<I6', h, #h - RS + 5) - retention then
+    local pos = find(h, needle, 1, true)
+    while pos and (pos - 1) % RS ~= 0 do
+      pos = find(h, needle, pos + 1, true)
+    end
+    if pos then
+      local flags = string.byte(h, pos + 10)
+      if flags % 2 == 1 then
+        count_terminal = false
+      else
+        -- SETRANGE keeps the key's TTL.
+        call('SETRANGE', KEYS[2 * i - 1], pos + 9, string.char(flags + 1))
+      end
+    end
+  end
+  if count_terminal then
+    local tk = KEYS[2 * i]
+    local day = math.floor(ts / DAY)
+    local so = (day % slots) * 12
+    local t = call('GET', tk)
+    if not t or #t < TS then
+      t = string.rep('\0', TS)
+      call('SET', tk, t, 'PX', term_ttl)
+    end
+    local sday, cnt, fr = unpack('<I4I4I4', t, so + 1)
+    if sday == day then
+      call('SETRANGE', tk, so + 8, pack('<I4', fr + 1))
+      counted = counted + 1
+    elseif sday < day then
+      call('SETRANGE', tk, so, pack('<I4I4I4', day, 0, 1))
+      call('PEXPIRE', tk, term_ttl)
+      counted = counted + 1
+    end
+  end
+end
+return counted

@@ -1,0 +1,484 @@
+"""The Redis feature store: one round trip per batch, features vectorised in numpy.
+
+:class:`RedisFeatureStore` implements the semantics of
+:mod:`service.features.definitions` (the same as the reference store) with two
+Lua scripts shipped next to this module:
+
+* ``update.lua`` (one ``EVALSHA`` per batch): per transaction, dedupe, insert and
+  trim the card history, bump the terminal's day bucket, and return the card
+  history as of that transaction plus the terminal buckets. Lua does only cheap
+  string work; Python computes every window feature for the whole batch at once.
+* ``labels.lua`` (one ``EVALSHA`` per batch of labels): flag the card record as
+  fraud and count the label in the terminal's bucket of the transaction's day.
+
+A script runs atomically, so each transaction is atomic, two scorers sharing a
+terminal never race, and a replayed batch (after a crash) counts nothing twice:
+the card history itself is the dedupe set.
+
+Keys and layouts
+----------------
+``{prefix}:{c:<card_id>}`` — a string: the card's history, records of 28 bytes,
+little-endian, sorted by event time (ties in arrival order)::
+
+    0  u32  CRC-32 of transaction_id  ┐ the dedupe needle: id hash + event time,
+    4  u48  event time, epoch ms      ┘ matched at a record boundary
+    10 u8   flags: 1 = fraud label received, 2 = has lat/lon
+    11 u8   reserved (0)
+    12 u32  CRC-32 of terminal_id      (card_new_terminal)
+    16 f32  amount
+    20 f32  lat  (0 when absent)
+    24 f32  lon  (0 when absent)
+
+A typical card (60 transactions in 30 days) takes 1680 bytes of payload; MEMORY
+USAGE measures about 1.9 KB per such card. TTL: retention + 1 day, refreshed once
+per event day. In-order events are appended in place (``APPEND``; the string is
+copied to an exact-size allocation when APPEND outgrew it, since Redis would
+double it). Records older than ``newest - retention`` are trimmed lazily, once 4
+have gone stale; until then the reading side ignores them.
+
+``{prefix}:{t:<terminal_id>}`` — a string of ``12 * slots`` bytes: a ring of day
+buckets ``(u32 day, u32 transactions, u32 fraud labels)``, day ``k`` at index
+``k % slots``. O(1) work per transaction whatever the terminal's traffic (two
+small ``GETRANGE``/``SETRANGE`` sized writes). TTL: longest terminal window +
+lateness, refreshed when a bucket starts a new day.
+
+Each transaction gets its card history and terminal ring *as it found them*
+(before its own update), so a card or terminal seen several times in one batch
+still gets as-of values; Python adds the transaction itself.
+
+Redis Cluster
+-------------
+Every key carries the hash tag of its entity (``{c:...}``, ``{t:...}``), so a
+card's and a terminal's state each live in one slot. This module targets a single
+node, where one script touches both. On a cluster a script may only touch keys
+of one slot, so a batch would be split in two phases, each one ``EVALSHA`` per
+node sent in parallel (one pipeline per node): (1) the card part of
+``update.lua`` for the card keys on that node, which decides new / duplicate /
+too late and marks each new record "terminal pending" (a spare flag bit); (2) the
+terminal part for the new transactions, grouped by the terminal keys' node,
+followed by clearing the pending bits. A crash between the phases leaves pending
+bits, and the replay redoes exactly those terminal increments, so the guarantee
+stays "nothing counted twice, nothing lost".
+
+Examples
+--------
+>>> record = pack_record(3, 1522540800000, 7, 12.5, None, None)
+>>> len(record), record[:10] == pack_needle(3, 1522540800000)
+(28, True)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import zlib
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any, cast
+
+import numpy as np
+import redis
+
+from service.features.definitions import (
+    DAY_MS,
+    EARTH_RADIUS_KM,
+    LABEL_WINDOW_S,
+    MIN_SPEED_HOURS,
+    MIN_STD,
+    FeatureConfig,
+    StoreCounters,
+    feature_names,
+    no_previous_s,
+    stable_hash32,
+)
+from service.features.store import FeatureBatch, LabelFact
+from service.schemas import Transaction
+
+#: Size of one card history record (see the module docstring).
+RECORD_SIZE = 28
+#: Layout of a record, for ``np.frombuffer``.
+RECORD_DTYPE = np.dtype(
+    {
+        "names": ["tx", "ts_lo", "ts_hi", "flags", "terminal", "amount", "lat", "lon"],
+        "formats": ["<u4", "<u4", "<u2", "u1", "<u4", "<f4", "<f4", "<f4"],
+        "offsets": [0, 4, 8, 10, 12, 16, 20, 24],
+        "itemsize": RECORD_SIZE,
+    }
+)
+FLAG_FRAUD = 1
+FLAG_LOCATION = 2
+
+#: Card outcomes returned by ``update.lua`` (bits 0-1 of a status byte; bit 2 is
+#: "counted at the terminal").
+APPENDED, DUPLICATE, TOO_LATE, INSERTED = 0, 1, 2, 3
+
+_RECORD = struct.Struct("<IIHBBIfff")
+_NEEDLE = struct.Struct("<IIH")
+
+
+def pack_record(
+    tx_hash: int,
+    ts_ms: int,
+    terminal_hash: int,
+    amount: float,
+    lat: float | None,
+    lon: float | None,
+) -> bytes:
+    """One card history record (the layout of the module docstring).
+
+    >>> pack_record(1, 2, 3, 4.0, 5.0, 6.0).hex()
+    '01000000020000000000020003000000000080400000a0400000c040'
+    """
+    located = lat is not None and lon is not None
+    return _RECORD.pack(
+        tx_hash, ts_ms & 0xFFFFFFFF, ts_ms >> 32, FLAG_LOCATION if located else 0, 0,
+        terminal_hash, amount, lat if located else 0.0, lon if located else 0.0,
+    )  # fmt: skip
+
+
+def pack_needle(tx_hash: int, ts_ms: int) -> bytes:
+    """The 10 bytes that identify a transaction in its card's history.
+
+    >>> pack_needle(1, 2).hex()
+    '01000000020000000000'
+    """
+    return _NEEDLE.pack(tx_hash, ts_ms & 0xFFFFFFFF, ts_ms >> 32)
+
+
+def haversine_km_np(
+    lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np.ndarray
+) -> np.ndarray:
+    """Vectorised :func:`~service.features.definitions.haversine_km`.
+
+    >>> haversine_km_np(np.array([48.8566]), np.array([2.3522]),
+    ...                 np.array([51.5074]), np.array([-0.1278])).round(1)
+    array([343.6])
+    """
+    p1, p2 = np.radians(lat1), np.radians(lat2)
+    dp, dl = p2 - p1, np.radians(lon2 - lon1)
+    a = np.sin(dp / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dl / 2) ** 2
+    return cast(np.ndarray, 2 * EARTH_RADIUS_KM * np.arcsin(np.minimum(1.0, np.sqrt(a))))
+
+
+class _Script:
+    """A Lua script run by EVALSHA, loaded again when the server lost it (NOSCRIPT)."""
+
+    def __init__(self, client: redis.Redis, name: str) -> None:
+        self._client = client
+        self._source = resources.files("service.features").joinpath(name).read_text("utf-8")
+        self.sha = hashlib.sha1(self._source.encode("utf-8")).hexdigest()
+
+    def __call__(self, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return self._client.evalsha(self.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            # The server restarted or ran SCRIPT FLUSH. Nothing ran, so retrying is safe.
+            self._client.script_load(self._source)
+            return self._client.evalsha(self.sha, len(keys), *keys, *args)
+
+
+class RedisFeatureStore:
+    """:class:`~service.features.store.FeatureStore` on a single Redis node.
+
+    Parameters
+    ----------
+    client
+        A Redis client (bytes responses, i.e. ``decode_responses=False``).
+    config
+        Windows, lateness and key prefix.
+
+    Attributes
+    ----------
+    counters
+        What this instance did: inserted, duplicates, too late, terminal dropped.
+    """
+
+    def __init__(self, client: redis.Redis, config: FeatureConfig) -> None:
+        self.config = config
+        self.counters = StoreCounters()
+        self._client = client
+        self._names = feature_names(config)
+        self._update = _Script(client, "update.lua")
+        self._labels = _Script(client, "labels.lua")
+        self._card_key = f"{config.prefix}:{{c:%s}}"
+        self._terminal_key = f"{config.prefix}:{{t:%s}}"
+        self._slots = config.terminal_slots
+        self._fixed_args = [
+            config.retention_s * 1000,
+            config.card_ttl_s * 1000,
+            self._slots,
+            config.terminal_ttl_s * 1000,
+        ]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Feature names in column order."""
+        return self._names
+
+    def card_key(self, card_id: str) -> str:
+        """Redis key of a card's history."""
+        return self._card_key % card_id
+
+    def terminal_key(self, terminal_id: str) -> str:
+        """Redis key of a terminal's day buckets."""
+        return self._terminal_key % terminal_id
+
+    # -- update ----------------------------------------------------------------------
+
+    def update_and_compute(self, transactions: Sequence[Transaction]) -> FeatureBatch:
+        """Count each new transaction once and return every transaction's features.
+
+        One ``EVALSHA`` for the whole batch.
+        """
+        n = len(transactions)
+        if n == 0:
+            return FeatureBatch(self._names, np.empty((0, len(self._names))), np.zeros(0, bool))
+        batch = _BatchColumns(transactions, self._card_key, self._terminal_key)
+        reply = self._update(batch.keys, [batch.records.tobytes(), *self._fixed_args])
+        status = np.frombuffer(reply[0], dtype=np.uint8)
+        outcome, counted = status & 3, (status & 4) != 0
+        self._count(outcome, counted)
+
+        # Terminal rings before each transaction, plus its own increment.
+        empty = bytes(12 * self._slots)
+        rings = (
+            np.frombuffer(b"".join([t or empty for t in reply[1 : n + 1]]), dtype="<u4")
+            .reshape(n, self._slots, 3)
+            .astype(np.int64)
+        )
+        day = batch.ts_ms // DAY_MS
+        i = np.flatnonzero(counted)
+        slot = day[i] % self._slots
+        same_day = rings[i, slot, 0] == day[i]
+        rings[i, slot, 1] = np.where(same_day, rings[i, slot, 1] + 1, 1)
+        rings[i, slot, 2] = np.where(same_day, rings[i, slot, 2], 0)
+        rings[i, slot, 0] = day[i]
+
+        # Card histories as each transaction found them. An appended transaction
+        # is not in its history (the script does not copy it back): like a too-late
+        # one, it is added to its own features as a "virtual" record.
+        histories = reply[n + 1 :]
+        lengths = np.fromiter(map(len, histories), np.int64, n) // RECORD_SIZE
+        records = np.frombuffer(b"".join(histories), dtype=RECORD_DTYPE)
+        values = self._compute(batch, outcome, lengths, records, rings)
+        return FeatureBatch(self._names, values, outcome == DUPLICATE)
+
+    def _count(self, outcome: np.ndarray, counted: np.ndarray) -> None:
+        counts = np.bincount(outcome, minlength=4)
+        new = int(counts[APPENDED] + counts[INSERTED])
+        self.counters.inserted += new
+        self.counters.duplicates += int(counts[DUPLICATE])
+        self.counters.too_late += int(counts[TOO_LATE])
+        self.counters.terminal_dropped += new - int(counted.sum())
+
+    def _compute(
+        self,
+        batch: _BatchColumns,
+        outcome: np.ndarray,
+        lengths: np.ndarray,
+        history: np.ndarray,
+        rings: np.ndarray,
+    ) -> np.ndarray:
+        """All features of the batch from the histories and rings, vectorised.
+
+        The histories are ragged: one flat array of records, ``seg`` naming the
+        transaction each belongs to. Every per-transaction sum is one column of a
+        matrix reduced by segment with a single ``np.add.reduceat``.
+        """
+        config = self.config
+        n = len(outcome)
+        windows_ms = [w * 1000 for w in config.windows_s]
+        t = batch.ts_ms
+        virtual = (outcome == APPENDED) | (outcome == TOO_LATE)  # not in its history
+
+        seg = np.repeat(np.arange(n), lengths)
+        ends = np.cumsum(lengths)
+        starts = ends - lengths
+        pos = np.arange(len(seg)) - starts[seg]
+        ts = history["ts_lo"].astype(np.int64) | (history["ts_hi"].astype(np.int64) << 32)
+        amount = history["amount"].astype(np.float64)
+        tt = t[seg]
+
+        # The newest event: the history's last record, or the appended transaction.
+        # Older records than newest - retention are stale (trimmed lazily): ignored.
+        last = ts[np.maximum(ends - 1, 0)] if len(ts) else np.zeros(n, np.int64)
+        newest = np.where(outcome == APPENDED, t, last)
+        valid = ts > newest[seg] - config.retention_s * 1000
+        at_or_before = (ts <= tt) & valid
+        is_self = (history["tx"] == batch.tx_hash[seg]) & (ts == tt)
+        recent = at_or_before & (ts > tt - max(windows_ms))
+
+        # Pass 1: the position of each transaction in its history (virtual ones go
+        # after every record with ts <= t), and the window sums.
+        columns = [np.where(is_self, pos, 0), ts <= tt]
+        for w in windows_ms:
+            inside = at_or_before & (ts > tt - w)
+            columns += [inside, np.where(inside, amount, 0.0)]
+        columns.append(
+            ((history["flags"] & FLAG_FRAUD) != 0)
+            & at_or_before
+            & (ts > tt - LABEL_WINDOW_S * 1000)
+        )
+        sums = _segment_sums(columns, starts, lengths)
+        position = np.where(virtual, sums[:, 1], sums[:, 0]).astype(np.int64)
+
+        # Pass 2: sums over the earlier records H[:p].
+        earlier = (pos < position[seg]) & valid
+        earlier_recent = earlier & recent
+        seen = earlier & (history["terminal"] == batch.terminal_hash[seg])
+        columns = [
+            earlier_recent,
+            np.where(earlier_recent, amount, 0.0),
+            np.where(earlier_recent, amount * amount, 0.0),
+            seen,
+        ]
+        sums2 = _segment_sums(columns, starts, lengths)
+
+        out = np.empty((n, len(self._names)), dtype=np.float64)
+        col = 0
+        amount32 = np.where(virtual, batch.amount32, 0.0)
+        for k in range(len(windows_ms)):
+            count = sums[:, 2 + 2 * k] + virtual
+            total = sums[:, 3 + 2 * k] + amount32
+            out[:, col], out[:, col + 1], out[:, col + 2] = count, total, total / count
+            col += 3
+
+        prev = np.where(position > 0, starts + position - 1, 0)
+        if len(seg):
+            has_prev = (position > 0) & valid[prev]
+            prev_ts = ts[prev]
+        else:
+            has_prev, prev_ts = np.zeros(n, bool), np.zeros(n, np.int64)
+        gap_ms = (t - prev_ts).astype(np.float64)
+        out[:, col] = np.where(has_prev, gap_ms / 1000.0, no_previous_s(config))
+
+        n_earlier = sums2[:, 0]
+        mean = sums2[:, 1] / np.maximum(n_earlier, 1)
+        # E[x^2] - mean^2 can go a hair negative by rounding; the std floor hides it.
+        var = np.maximum(sums2[:, 2] / np.maximum(n_earlier, 1) - mean * mean, 0.0)
+        std = np.maximum(np.sqrt(var), MIN_STD)
+        out[:, col + 1] = np.where(n_earlier >= 2, (batch.amount - mean) / std, 0.0)
+
+        if len(seg):
+            located = has_prev & ((history["flags"][prev] & FLAG_LOCATION) != 0) & batch.located
+            distance = haversine_km_np(
+                history["lat"][prev].astype(np.float64), history["lon"][prev].astype(np.float64),
+                batch.lat32, batch.lon32,
+            )  # fmt: skip
+            distance = np.where(located, distance, 0.0)
+        else:
+            distance = np.zeros(n)
+        out[:, col + 2] = distance
+        hours = np.maximum(gap_ms / 3_600_000.0, MIN_SPEED_HOURS)
+        out[:, col + 3] = np.where(distance > 0, distance / hours, 0.0)
+        out[:, col + 4] = sums2[:, 3] == 0
+        out[:, col + 5] = sums[:, -1]
+        col += 6
+
+        day = (t // DAY_MS)[:, None]
+        bucket_day, bucket_tx, bucket_fraud = rings[..., 0], rings[..., 1], rings[..., 2]
+        for d in config.terminal_window_days:
+            inside = (bucket_day > day - d) & (bucket_day <= day)
+            count = (bucket_tx * inside).sum(axis=1).astype(np.float64)
+            frauds = (bucket_fraud * inside).sum(axis=1).astype(np.float64)
+            out[:, col], out[:, col + 1] = count, frauds
+            out[:, col + 2] = np.where(
+                count > 0, np.minimum(1.0, frauds / np.maximum(count, 1.0)), 0.0
+            )
+            col += 3
+
+        hour = (t % DAY_MS) // 3_600_000
+        out[:, col] = batch.amount
+        out[:, col + 1] = hour
+        out[:, col + 2] = hour < 6
+        out[:, col + 3] = (t // DAY_MS + 3) % 7 >= 5
+        return out
+
+    # -- labels ----------------------------------------------------------------------
+
+    def record_labels(self, labels: Sequence[LabelFact]) -> None:
+        """Count fraud labels for their card and terminal, in one ``EVALSHA``."""
+        frauds = [label for label in labels if label.is_fraud]
+        if not frauds:
+            return
+        keys: list[str] = []
+        needles: list[bytes] = []
+        for label in frauds:
+            keys += [self.card_key(label.card_id), self.terminal_key(label.terminal_id)]
+            needles.append(pack_needle(stable_hash32(label.transaction_id), label.event_time_ms))
+        self._labels(
+            keys,
+            [
+                b"".join(needles),
+                self.config.retention_s * 1000,
+                self._slots,
+                self.config.terminal_ttl_s * 1000,
+            ],
+        )
+
+
+def _segment_sums(columns: list[np.ndarray], starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Per-segment sums of each column: shape ``(len(starts), len(columns))``.
+
+    >>> _segment_sums([np.array([1, 2, 3])], np.array([0, 1, 3]), np.array([1, 2, 0]))
+    array([[1.],
+           [5.],
+           [0.]])
+    """
+    # A zero row at the end keeps every start index inside the array (reduceat
+    # needs that); an empty segment yields its start's row, so it is zeroed.
+    matrix = np.zeros((len(columns[0]) + 1, len(columns)))
+    for j, column in enumerate(columns):
+        matrix[:-1, j] = column
+    sums = np.add.reduceat(matrix, starts, axis=0)
+    sums[lengths == 0] = 0.0
+    return sums
+
+
+class _BatchColumns:
+    """The columns of a batch that the script and the numpy code need."""
+
+    __slots__ = (
+        "amount", "amount32", "keys", "lat32", "located", "lon32", "records", "terminal_hash",
+        "ts_ms", "tx_hash",
+    )  # fmt: skip
+
+    def __init__(
+        self, transactions: Sequence[Transaction], card_key: str, terminal_key: str
+    ) -> None:
+        n = len(transactions)
+        # Column by column with builtins (map, fromiter): a Python-level loop
+        # body per transaction would cost several times more.
+        cards = [tx.card_id for tx in transactions]
+        terminals = [tx.terminal_id for tx in transactions]
+        keys: list[str] = [""] * (2 * n)
+        keys[0::2] = [card_key % c for c in cards]
+        keys[1::2] = [terminal_key % c for c in terminals]
+        ts = np.fromiter([tx.event_time_ms for tx in transactions], np.int64, n)
+        amount = np.fromiter([tx.amount for tx in transactions], np.float64, n)
+        lat = np.array([tx.lat for tx in transactions], dtype=np.float64)  # None -> nan
+        lon = np.array([tx.lon for tx in transactions], dtype=np.float64)
+        located = ~(np.isnan(lat) | np.isnan(lon))
+        lat, lon = np.where(located, lat, 0.0), np.where(located, lon, 0.0)
+        ids = [tx.transaction_id for tx in transactions]
+        tx_hash = np.fromiter(map(zlib.crc32, map(str.encode, ids)), np.uint32, n)
+        terminal_hash = np.fromiter(map(zlib.crc32, map(str.encode, terminals)), np.uint32, n)
+        records = np.zeros(n, RECORD_DTYPE)
+        records["tx"] = tx_hash
+        records["ts_lo"] = ts & 0xFFFFFFFF
+        records["ts_hi"] = ts >> 32
+        records["flags"] = np.where(located, FLAG_LOCATION, 0)
+        records["terminal"] = terminal_hash
+        records["amount"] = amount
+        records["lat"] = lat
+        records["lon"] = lon
+        self.keys = keys
+        self.records = records
+        self.ts_ms = ts
+        self.amount = amount
+        self.amount32 = records["amount"].astype(np.float64)
+        self.lat32 = records["lat"].astype(np.float64)
+        self.lon32 = records["lon"].astype(np.float64)
+        self.located = located
+        self.tx_hash = tx_hash
+        self.terminal_hash = terminal_hash

@@ -1,0 +1,144 @@
+-- fraudstream: count a batch of transactions in ONE call and return, per
+-- transaction, its card history and its terminal's day buckets as they were
+-- before it (see redis_store.py for the layouts).
+--
+-- KEYS[2i-1] = card key of transaction i, KEYS[2i] = its terminal key.
+-- ARGV[1] = the batch's 28-byte records, concatenated, in batch order
+-- ARGV[2] = card retention (ms), ARGV[3] = card TTL (ms)
+-- ARGV[4] = terminal day slots, ARGV[5] = terminal TTL (ms)
+--
+-- Returns {status_string, terminal_1 .. terminal_n, history_1 .. history_n}.
+-- status byte i = card outcome + 4 * (counted at the terminal); card outcome:
+-- 0 new and appended (history_i is the history before it: the caller appends
+-- the record it sent), 1 duplicate, 2 too late, 3 new and inserted out of order
+-- (history_i already holds it). terminal_i is the terminal string before this
+-- transaction's increment ('' when the terminal has none).
+--
+-- Why it is shaped like this: every Lua string costs ~1 ns per byte to create
+-- (Redis hashes whole strings), so the common case, an in-order event, creates
+-- no string from the history other than the one GET that is returned, and
+-- writes with APPEND. Duplicates and out-of-order events take the slow path.
+
+local recs = ARGV[1]
+local retention = tonumber(ARGV[2])
+local card_ttl = ARGV[3]
+local slots = tonumber(ARGV[4])
+local term_ttl = ARGV[5]
+
+local RS = 28                        -- record size
+local TS = slots * 12                -- terminal string size
+local DAY = 86400000
+local STALE = 4                      -- trim once this many records are stale
+local unpack, pack = struct.unpack, struct.pack
+local find, sub, char = string.find, string.sub, string.char
+local call = redis.call
+local floor = math.floor
+
+-- Size of the allocation holding `size` bytes (jemalloc size classes: four
+-- per doubling). Only used to decide when to compact a string that APPEND grew;
+-- with another allocator the guess costs memory or time, never correctness.
+local function alloc_class(size)
+  if size <= 128 then
+    return size
+  end
+  local group = 2 ^ (floor(math.log(size - 1) / math.log(2)) - 2)
+  return math.ceil(size / group) * group
+end
+
+local n = #recs / RS
+local out = {}
+local status = {}
+
+for i = 1, n do
+  local off = (i - 1) * RS
+  local rec = sub(recs, off + 1, off + RS)
+  local ts = unpack('<I6', rec, 5)
+  local ck = KEYS[2 * i - 1]
+  local h = call('GET', ck)
+  local st = 0
+  if not h then
+    h = ''
+    call('SET', ck, rec, 'PX', card_ttl)
+  else
+    local len = #h
+    local newest = unpack('<I6', h, len - RS + 5)
+    if ts <= newest - retention then
+      st = 2
+    elseif ts > newest then
+      -- In order: append in place.
+      -- Stale records (older than the new newest - retention) are trimmed
+      -- lazily, once there are STALE of them: trimming copies the history.
+      local cutoff = ts - retention
+      if len >= STALE * RS and unpack('<I6', h, (STALE - 1) * RS + 5) <= cutoff then
+        local head = STALE * RS
+        while head < len and unpack('<I6', h, head + 5) <= cutoff do
+          head = head + RS
+        end
+        call('SET', ck, sub(h, head + 1) .. rec, 'PX', card_ttl)
+      else
+        call('APPEND', ck, rec)
+        if alloc_class(len + 6) < len + RS + 6 then
+          -- This APPEND outgrew the allocation, which Redis then doubles:
+          -- copy to an exact-size string. BITOP drops the TTL.
+          call('BITOP', 'OR', ck, ck)
+          call('PEXPIRE', ck, card_ttl)
+        elseif floor(ts / DAY) > floor(newest / DAY) then
+          -- The TTL (retention + 1 day) is refreshed once per event day.
+          call('PEXPIRE', ck, card_ttl)
+        end
+      end
+    else
+      -- Same time or earlier than the newest: look for the same id and time at
+      -- a record boundary, else insert after every record with ts <= t.
+      local needle = sub(rec, 1, 10)
+      local pos = find(h, needle, 1, true)
+      while pos do
+        if (pos - 1) % RS == 0 then
+          st = 1
+          break
+        end
+        pos = find(h, needle, pos + 1, true)
+      end
+      if st == 0 then
+        st = 3
+        local p = len
+        while p > 0 and unpack('<I6', h, p - RS + 5) > ts do
+          p = p - RS
+        end
+        h = sub(h, 1, p) .. rec .. sub(h, p + 1)
+        call('SET', ck, h, 'PX', card_ttl)
+      end
+    end
+  end
+
+  local tk = KEYS[2 * i]
+  local t = call('GET', tk) or ''
+  if st == 0 or st == 3 then
+    local day = floor(ts / DAY)
+    local so = (day % slots) * 12
+    if #t < TS then
+      call('SET', tk, string.rep('\0', TS), 'PX', term_ttl)
+      t = ''
+    end
+    local sday, cnt = 0, 0
+    if t ~= '' then
+      sday, cnt = unpack('<I4I4', t, so + 1)
+    end
+    if sday == day then
+      call('SETRANGE', tk, so + 4, pack('<I4', cnt + 1))
+      st = st + 4
+    elseif sday < day then
+      -- A new day for this slot: reset it, and keep the key alive.
+      call('SETRANGE', tk, so, pack('<I4I4I4', day, 1, 0))
+      call('PEXPIRE', tk, term_ttl)
+      st = st + 4
+    end
+  end
+
+  out[i + 1] = t
+  out[n + i + 1] = h
+  status[i] = char(st)
+end
+
+out[1] = table.concat(status)
+return out

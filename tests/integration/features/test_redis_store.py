@@ -1,0 +1,215 @@
+"""The Redis feature store against the reference store, on a real Redis server."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import redis
+
+from service.features.definitions import FeatureConfig
+from service.features.redis_store import RedisFeatureStore
+from service.features.reference import ReferenceFeatureStore
+from service.features.store import FeatureBatch, LabelFact
+from service.schemas import Transaction
+
+START_MS = 1_522_540_800_000  # 2018-04-01 00:00 UTC
+HOUR_MS = 3_600_000
+
+#: Short windows so that a few hundred events exercise trimming and too-late events.
+CONFIG = FeatureConfig(
+    prefix="unused",
+    windows_s=(600, 3600, 6 * 3600),
+    terminal_window_days=(1, 2),
+    allowed_lateness_s=1800,
+)
+
+
+def random_stream(
+    seed: int,
+    events: int,
+    cards: int = 30,
+    terminals: int = 12,
+    days: float = 4.0,
+    lateness_s: int = CONFIG.allowed_lateness_s,
+    duplicate_rate: float = 0.08,
+) -> list[Transaction]:
+    """Transactions in arrival order: shuffled within ``lateness_s``, with replays.
+
+    Timestamps are whole minutes, so ties within a card happen.
+    """
+    rng = random.Random(seed)
+    made: list[tuple[float, Transaction]] = []
+    for i in range(events):
+        ts = START_MS + rng.randrange(int(days * 24 * 60)) * 60_000
+        located = rng.random() < 0.8
+        tx = Transaction(
+            transaction_id=f"tx{seed}-{i}",
+            card_id=f"card{rng.randrange(cards)}",
+            terminal_id=f"term{rng.randrange(terminals)}",
+            amount=round(rng.lognormvariate(3.5, 1.0), 2),
+            timestamp=ts,
+            lat=rng.uniform(40, 50) if located else None,
+            lon=rng.uniform(-5, 10) if located else None,
+        )
+        # Arrival = event time + a delay below the lateness bound.
+        made.append((ts + rng.random() * lateness_s * 1000 * 0.999, tx))
+    made.sort(key=lambda pair: pair[0])
+    stream = [tx for _, tx in made]
+    for _ in range(int(events * duplicate_rate)):
+        # A replay lands a little later than the original (redelivery).
+        original = rng.randrange(len(stream))
+        stream.insert(min(len(stream), original + rng.randrange(1, 20)), stream[original])
+    return stream
+
+
+def batches(stream: list[Transaction], rng: random.Random) -> Iterator[list[Transaction]]:
+    """Cut the stream in batches of random size."""
+    i = 0
+    while i < len(stream):
+        size = rng.randrange(1, 120)
+        yield stream[i : i + size]
+        i += size
+
+
+def assert_same(got: FeatureBatch, want: FeatureBatch) -> None:
+    assert got.names == want.names
+    assert got.values.shape == want.values.shape
+    np.testing.assert_array_equal(got.is_duplicate, want.is_duplicate)
+    bad = ~np.isclose(got.values, want.values, rtol=1e-6, atol=1e-6)
+    if bad.any():
+        row, column = np.argwhere(bad)[0]
+        raise AssertionError(
+            f"{bad.sum()} values differ; first: row {row} {got.names[column]} "
+            f"redis={got.values[row, column]!r} reference={want.values[row, column]!r}"
+        )
+
+
+@pytest.fixture
+def config(redis_prefix: str) -> FeatureConfig:
+    return FeatureConfig(
+        prefix=redis_prefix,
+        windows_s=CONFIG.windows_s,
+        terminal_window_days=CONFIG.terminal_window_days,
+        allowed_lateness_s=CONFIG.allowed_lateness_s,
+    )
+
+
+def label_for(tx: Transaction, is_fraud: bool = True) -> LabelFact:
+    return LabelFact(tx.transaction_id, tx.card_id, tx.terminal_id, tx.event_time_ms, is_fraud)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_equals_reference_on_random_streams(
+    redis_client: redis.Redis, config: FeatureConfig, seed: int
+) -> None:
+    store, reference = RedisFeatureStore(redis_client, config), ReferenceFeatureStore(config)
+    rng = random.Random(seed)
+    seen: list[Transaction] = []
+    for batch in batches(random_stream(seed, 1500), rng):
+        assert_same(store.update_and_compute(batch), reference.update_and_compute(batch))
+        seen += batch
+        # Labels arrive later, for random earlier transactions, some repeated.
+        labels = [label_for(tx, rng.random() < 0.5) for tx in rng.sample(seen, min(len(seen), 3))]
+        store.record_labels(labels)
+        reference.record_labels(labels)
+    assert store.counters == reference.counters
+    assert reference.counters.duplicates > 0
+    assert reference.counters.too_late == 0  # arrivals stay within the lateness bound
+
+
+def test_late_beyond_retention_is_not_stored(
+    redis_client: redis.Redis, config: FeatureConfig
+) -> None:
+    store, reference = RedisFeatureStore(redis_client, config), ReferenceFeatureStore(config)
+    retention_ms = config.retention_s * 1000
+    stream = random_stream(7, 300, cards=3, days=1.0)
+    very_late = [
+        Transaction.model_validate(
+            {**tx.model_dump(), "transaction_id": f"late{i}", "timestamp": START_MS - retention_ms}
+        )
+        for i, tx in enumerate(stream[:5])
+    ]
+    rng = random.Random(7)
+    for batch in batches([*stream, *very_late, *very_late], rng):
+        assert_same(store.update_and_compute(batch), reference.update_and_compute(batch))
+    assert store.counters == reference.counters
+    assert store.counters.too_late == 10
+
+
+def test_replaying_a_batch_counts_nothing_twice(
+    redis_client: redis.Redis, config: FeatureConfig
+) -> None:
+    store, reference = RedisFeatureStore(redis_client, config), ReferenceFeatureStore(config)
+    # Within one retention, so that every replayed event is still in its history.
+    stream = random_stream(11, 400, days=0.2, duplicate_rate=0.0)
+    first, second = stream[:200], stream[200:]
+    assert_same(store.update_and_compute(first), reference.update_and_compute(first))
+    before = {k: redis_client.get(k) for k in redis_client.scan_iter(f"{config.prefix}:*")}
+    replay = store.update_and_compute(first)  # a crash after the update, before the commit
+    assert replay.is_duplicate.all()
+    after = {k: redis_client.get(k) for k in redis_client.scan_iter(f"{config.prefix}:*")}
+    assert after == before
+    assert_same(replay, reference.update_and_compute(first))
+    assert_same(store.update_and_compute(second), reference.update_and_compute(second))
+    assert store.counters.inserted == 400
+
+
+def test_keys_use_the_prefix_and_carry_ttls(
+    redis_client: redis.Redis, config: FeatureConfig
+) -> None:
+    store = RedisFeatureStore(redis_client, config)
+    store.update_and_compute(random_stream(5, 50))
+    keys = sorted(k.decode() for k in redis_client.scan_iter(f"{config.prefix}:*"))
+    assert keys
+    assert all(k.startswith((f"{config.prefix}:{{c:", f"{config.prefix}:{{t:")) for k in keys)
+    assert f"{config.prefix}:{{c:card0}}" in keys or len(keys) < 20
+    for key in keys:
+        ttl_ms = redis_client.pttl(key)
+        limit = config.card_ttl_s if ":{c:" in key else config.terminal_ttl_s
+        assert 0 < ttl_ms <= limit * 1000
+
+
+def test_labels_update_fraud_features(redis_client: redis.Redis, config: FeatureConfig) -> None:
+    store = RedisFeatureStore(redis_client, config)
+    tx = [
+        Transaction(transaction_id=f"x{i}", card_id="c", terminal_id="m", amount=10.0,
+                    timestamp=START_MS + i * 60_000)
+        for i in range(3)
+    ]  # fmt: skip
+    store.update_and_compute(tx[:2])
+    store.record_labels([label_for(tx[0]), label_for(tx[1], is_fraud=False)])
+    store.record_labels([label_for(tx[0])])  # a repeated label counts once
+    row = dict(zip(store.names, store.update_and_compute(tx[2:]).values[0], strict=True))
+    assert row["card_fraud_labels_30d"] == 1
+    assert row["terminal_tx_count_1d"] == 3
+    assert row["terminal_fraud_labels_1d"] == 1
+    assert row["terminal_fraud_rate_1d"] == pytest.approx(1 / 3)
+
+
+def test_two_scorers_sharing_terminals_match_the_reference(
+    redis_url: str, config: FeatureConfig
+) -> None:
+    clients = [redis.Redis.from_url(redis_url), redis.Redis.from_url(redis_url)]
+    try:
+        scorers = [RedisFeatureStore(c, config) for c in clients]
+        reference = ReferenceFeatureStore(config)
+        rng = random.Random(3)
+        # Cards split between scorers (Kafka partitions by card); terminals shared.
+        for i, batch in enumerate(batches(random_stream(13, 1200, terminals=4), rng)):
+            assert_same(
+                scorers[i % 2].update_and_compute(batch), reference.update_and_compute(batch)
+            )
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_reloads_the_script_after_a_flush(redis_client: redis.Redis, config: FeatureConfig) -> None:
+    store, reference = RedisFeatureStore(redis_client, config), ReferenceFeatureStore(config)
+    stream = random_stream(17, 100)
+    assert_same(store.update_and_compute(stream[:50]), reference.update_and_compute(stream[:50]))
+    redis_client.script_flush()
+    assert_same(store.update_and_compute(stream[50:]), reference.update_and_compute(stream[50:]))
