@@ -196,3 +196,44 @@ def run_app() -> Iterator[Callable[[Settings], Any]]:
         app.stop()
         thread.join(timeout=60)
         assert not thread.is_alive(), "application did not stop within 60 s"
+
+
+def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """Environment for a ``fraudstream`` subprocess that sees exactly ``settings``."""
+    from pydantic import SecretStr
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDSTREAM_")}
+    for name, value in settings.model_dump().items():
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        env[f"FRAUDSTREAM_{name.upper()}"] = str(getattr(value, "value", value))
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def spawn_service(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Start ``fraudstream serve`` as a real OS process; all are stopped at the end."""
+    import subprocess
+    import sys
+
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def spawn(settings: Settings, *args: str, name: str = "serve") -> subprocess.Popen[bytes]:
+        log = open(tmp_path / f"{name}-{len(processes)}.log", "wb")  # noqa: SIM115
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve", *args],
+            env=settings_env(settings), stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+        )
+        processes.append(process)
+        return process
+
+    yield spawn
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()

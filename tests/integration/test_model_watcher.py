@@ -1,0 +1,89 @@
+"""The scorer's view of the registry: hot swap, the rules prior until trained, refusal
+of tampered or foreign checkpoints (the version in use stays)."""
+
+from __future__ import annotations
+
+import redis
+from pydantic import SecretStr
+
+from service.app import ModelWatcher
+from service.metrics import Metrics
+from service.model import FraudModel
+from service.registry import ModelRegistry
+
+NAMES = ("amount", "card_amount_zscore", "card_tx_count_1h")
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _trained(labels: int) -> FraudModel:
+    model = FraudModel("logreg", NAMES)
+    for i in range(labels):
+        fraud = i % 10 == 0
+        model.learn_one({"amount": 900.0 if fraud else 20.0 + i % 7,
+                         "card_amount_zscore": 4.0 if fraud else 0.1,
+                         "card_tx_count_1h": 6.0 if fraud else 1.0}, fraud)
+    return model
+
+
+def _watcher(registry: ModelRegistry, metrics: Metrics, clock: _Clock) -> ModelWatcher:
+    return ModelWatcher(registry, NAMES, min_labels=100, poll_s=1.0, metrics=metrics, clock=clock)
+
+
+def test_rules_prior_until_trained_then_hot_swap_between_polls(
+    redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    registry = ModelRegistry(redis_client, redis_prefix, SecretStr("k1"))
+    metrics, clock = Metrics(), _Clock()
+    watcher = _watcher(registry, metrics, clock)
+    assert watcher.current().kind == "rules"
+
+    registry.publish(_trained(50))  # too few labels to replace the prior
+    clock.now += 2
+    assert watcher.current().kind == "rules"
+
+    version = registry.publish(_trained(200))
+    assert watcher.current().version == 0  # not polled yet: no registry call per batch
+    clock.now += 2
+    active = watcher.current()
+    assert (active.kind, active.version) == ("model", version)
+    assert metrics.model_version._value.get() == version
+
+
+def test_tampered_or_foreign_checkpoint_is_refused_and_the_current_model_stays(
+    redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    registry = ModelRegistry(redis_client, redis_prefix, SecretStr("the-key"))
+    metrics, clock = Metrics(), _Clock()
+    watcher = _watcher(registry, metrics, clock)
+    good = registry.publish(_trained(200))
+    clock.now += 2
+    assert watcher.current().version == good
+
+    # One byte of the next version's pickle changed after signing.
+    bad = registry.publish(_trained(300))
+    key = f"{redis_prefix}:{{models}}:v:{bad}"
+    payload = bytearray(redis_client.hget(key, "payload") or b"")
+    payload[len(payload) // 2] ^= 0x01
+    redis_client.hset(key, "payload", bytes(payload))
+    clock.now += 2
+    assert watcher.current().version == good
+    assert metrics.model_refused._value.get() == 1
+
+    # A version signed with another deployment's key.
+    foreign = ModelRegistry(redis_client, redis_prefix, SecretStr("another-key"))
+    foreign.publish(_trained(300))
+    clock.now += 2
+    assert watcher.current().version == good
+    assert metrics.model_refused._value.get() == 2
+
+    # A good version after that is picked up again.
+    newer = registry.publish(_trained(400))
+    clock.now += 2
+    assert watcher.current().version == newer
