@@ -234,24 +234,43 @@ def serve(settings: Settings, role: str | None) -> None:
 @click.option("--customers", type=int, default=1000, show_default=True)
 @click.option("--terminals", type=int, default=2000, show_default=True)
 @click.option("--days", type=int, default=21, show_default=True, help="Simulated days.")
-@click.option("--speed", type=float, default=20_000, show_default=True,
-              help="Event seconds per wall second (20,000: a day in ~4 s).")
+@click.option(
+    "--speed",
+    type=float,
+    default=20_000,
+    show_default=True,
+    help="Event seconds per wall second (20,000: a day in ~4 s).",
+)
 @click.option("--seed", type=int, default=None, help="Simulation seed (default: random).")
 @click.pass_obj
-def demo(settings: Settings, customers: int, terminals: int, days: int, speed: float,
-         seed: int | None, **dev_options: Any) -> None:
+def demo(
+    settings: Settings,
+    customers: int,
+    terminals: int,
+    days: int,
+    speed: float,
+    seed: int | None,
+    **dev_options: Any,
+) -> None:
     """Bring up Kafka and Redis, run the service on a simulated stream, show alerts."""
     import random
 
     from service.demo import DemoPlan, run_demo
 
     stack = _stack(**dev_options)
-    settings = settings.model_copy(update={
-        "bootstrap_servers": stack.kafka.bootstrap_servers,
-        "redis_url": SecretStr(stack.redis.url),
-    })
-    plan = DemoPlan(customers=customers, terminals=terminals, days=days, speed=speed,
-                    seed=random.randrange(1_000_000) if seed is None else seed)
+    settings = settings.model_copy(
+        update={
+            "bootstrap_servers": stack.kafka.bootstrap_servers,
+            "redis_url": SecretStr(stack.redis.url),
+        }
+    )
+    plan = DemoPlan(
+        customers=customers,
+        terminals=terminals,
+        days=days,
+        speed=speed,
+        seed=random.randrange(1_000_000) if seed is None else seed,
+    )
     run_demo(settings, stack, plan)
 
 

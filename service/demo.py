@@ -53,9 +53,7 @@ def _value(metric: object) -> float:
 
 def _alert_line(raw: bytes) -> str:
     alert = orjson.loads(raw)
-    reasons = ", ".join(
-        f"{r['feature']}={r['value']:.4g}" for r in alert.get("reasons", [])[:3]
-    )
+    reasons = ", ".join(f"{r['feature']}={r['value']:.4g}" for r in alert.get("reasons", [])[:3])
     return (
         f"ALERT card {alert['card_id']:>8} amount {alert['amount']:>9.2f} at "
         f"{alert['event_time'][:16]}  score {alert['score']:.3f} ({alert['scorer']} "
@@ -63,8 +61,9 @@ def _alert_line(raw: bytes) -> str:
     )
 
 
-def run_demo(settings: Settings, stack: DevStack, plan: DemoPlan,
-             echo: Callable[[str], None] = click.echo) -> None:
+def run_demo(
+    settings: Settings, stack: DevStack, plan: DemoPlan, echo: Callable[[str], None] = click.echo
+) -> None:
     """Run the demo; returns when the simulated stream has been scored (or on Ctrl-C)."""
     started_stack = stack.status()["kafka"]["running"] is False
     stack.up()
@@ -81,29 +80,43 @@ def _run(settings: Settings, plan: DemoPlan, echo: Callable[[str], None]) -> Non
     app.ensure_topics()
     service = threading.Thread(target=app.run, name="service", daemon=True)
     service.start()
-    echo(f"service running; metrics at http://{settings.metrics_host}:{settings.metrics_port}"
-         "/metrics (health: /healthz, /readyz)")
+    echo(
+        f"service running; metrics at http://{settings.metrics_host}:{settings.metrics_port}"
+        "/metrics (health: /healthz, /readyz)"
+    )
 
     start = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     start -= timedelta(days=plan.days)
-    simulation = SimulationConfig(seed=plan.seed, n_customers=plan.customers,
-                                  n_terminals=plan.terminals, n_days=plan.days, start=start)
+    simulation = SimulationConfig(
+        seed=plan.seed,
+        n_customers=plan.customers,
+        n_terminals=plan.terminals,
+        n_days=plan.days,
+        start=start,
+    )
     fed: list[StreamStats] = []
     feed_errors: list[BaseException] = []
 
     def feed() -> None:
         try:
-            fed.append(stream_simulation(
-                settings, simulation,
-                label_delay=LabelDelay(delay_s=plan.label_delay_days * 86_400),
-                speed=plan.speed, progress=False))
+            fed.append(
+                stream_simulation(
+                    settings,
+                    simulation,
+                    label_delay=LabelDelay(delay_s=plan.label_delay_days * 86_400),
+                    speed=plan.speed,
+                    progress=False,
+                )
+            )
         except BaseException as exc:  # reported by the main thread
             feed_errors.append(exc)
 
     feeder = threading.Thread(target=feed, name="simulator", daemon=True)
     feeder.start()
-    echo(f"simulating {plan.customers} cards at {plan.terminals} terminals over {plan.days} "
-         f"days at {plan.speed:,.0f}x event time (labels {plan.label_delay_days:g} days later)")
+    echo(
+        f"simulating {plan.customers} cards at {plan.terminals} terminals over {plan.days} "
+        f"days at {plan.speed:,.0f}x event time (labels {plan.label_delay_days:g} days later)"
+    )
 
     alerts = make_consumer(settings.bootstrap_servers, client_id="demo-alerts", group_id=None)
     partitions = alerts.partitions_for_topic(settings.topic_alerts) or {0}
@@ -124,9 +137,11 @@ def _run(settings: Settings, plan: DemoPlan, echo: Callable[[str], None]) -> Non
                     shown += 1
             if time.monotonic() >= next_status:
                 next_status = time.monotonic() + 5
-                echo(f"status: {_value(m.processed):,.0f} scored, {_value(m.alerts):,.0f} alerts, "
-                     f"{_value(m.dead_lettered):,.0f} dead letters, {_value(m.labels_learnt):,.0f}"
-                     f" labels learnt, model version {_value(m.model_version):.0f}")
+                echo(
+                    f"status: {_value(m.processed):,.0f} scored, {_value(m.alerts):,.0f} alerts, "
+                    f"{_value(m.dead_lettered):,.0f} dead letters, {_value(m.labels_learnt):,.0f}"
+                    f" labels learnt, model version {_value(m.model_version):.0f}"
+                )
             if feed_errors:
                 raise feed_errors[0]
             if fed and _value(m.processed) >= fed[0].transactions:
@@ -141,6 +156,8 @@ def _run(settings: Settings, plan: DemoPlan, echo: Callable[[str], None]) -> Non
         service.join(timeout=60)
     stats = fed[0] if fed else None
     if stats:
-        echo(f"done: {stats.transactions:,} transactions ({stats.frauds:,} frauds planted) and "
-             f"{stats.labels:,} labels fed; {_value(m.processed):,.0f} scored, "
-             f"{_value(m.alerts):,.0f} alerts, model version {_value(m.model_version):.0f}")
+        echo(
+            f"done: {stats.transactions:,} transactions ({stats.frauds:,} frauds planted) and "
+            f"{stats.labels:,} labels fed; {_value(m.processed):,.0f} scored, "
+            f"{_value(m.alerts):,.0f} alerts, model version {_value(m.model_version):.0f}"
+        )

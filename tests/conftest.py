@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -132,8 +132,15 @@ def _produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes
         producer.close()
 
 
-def _consume(bootstrap: str, topic: str, *, at_least: int, timeout_s: float = 30.0,
-             settle_s: float = 0.0, read_committed: bool = False) -> list[Any]:
+def _consume(
+    bootstrap: str,
+    topic: str,
+    *,
+    at_least: int,
+    timeout_s: float = 30.0,
+    settle_s: float = 0.0,
+    read_committed: bool = False,
+) -> list[Any]:
     """Read a whole topic from the beginning until ``at_least`` records (then ``settle_s`` more)."""
     import time
 
@@ -141,8 +148,9 @@ def _consume(bootstrap: str, topic: str, *, at_least: int, timeout_s: float = 30
 
     from service.kafka import make_consumer
 
-    consumer = make_consumer(bootstrap, client_id="test-reader", group_id=None,
-                             read_committed=read_committed)
+    consumer = make_consumer(
+        bootstrap, client_id="test-reader", group_id=None, read_committed=read_committed
+    )
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
         consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
@@ -223,7 +231,10 @@ def spawn_service(tmp_path: Path) -> Iterator[Callable[..., Any]]:
         log = open(tmp_path / f"{name}-{len(processes)}.log", "wb")  # noqa: SIM115
         process = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "serve", *args],
-            env=settings_env(settings), stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+            env=settings_env(settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
         )
         processes.append(process)
         return process
@@ -237,3 +248,22 @@ def spawn_service(tmp_path: Path) -> Iterator[Callable[..., Any]]:
             process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@pytest.fixture
+def wait_for() -> Callable[..., None]:
+    """``wait_for(predicate, timeout_s, what)``: poll until true, else fail naming ``what``.
+
+    Timeouts are generous upper bounds for loaded CI machines, never timings under test.
+    """
+    import time
+
+    def wait(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(0.3)
+        raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+    return wait

@@ -51,7 +51,7 @@ class FeatureStore(Protocol):
         ...
 
     def update_and_compute(self, transactions: Sequence[Transaction]) -> FeatureBatch:
-        """Count each new transaction once and return every transaction's features as of its time."""
+        """Count each new transaction once; return every transaction's features as of its time."""
         ...
 
     def record_labels(self, labels: Sequence[LabelFact]) -> None:

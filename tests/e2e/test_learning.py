@@ -25,54 +25,80 @@ def _transactions(n: int) -> list[tuple[bytes, bytes]]:
     out = []
     for i in range(n):
         fraud = i % 10 == 3
-        out.append((f"c{i % 40}".encode(), orjson.dumps({
-            "transaction_id": f"t{i}", "card_id": f"c{i % 40}", "terminal_id": f"T{i % 9}",
-            "amount": 900.0 + i if fraud else 15.0 + i % 20,
-            "timestamp": _iso(START + timedelta(minutes=i))})))
+        out.append(
+            (
+                f"c{i % 40}".encode(),
+                orjson.dumps(
+                    {
+                        "transaction_id": f"t{i}",
+                        "card_id": f"c{i % 40}",
+                        "terminal_id": f"T{i % 9}",
+                        "amount": 900.0 + i if fraud else 15.0 + i % 20,
+                        "timestamp": _iso(START + timedelta(minutes=i)),
+                    }
+                ),
+            )
+        )
     return out
 
 
 def _labels(ids: range) -> list[tuple[bytes, bytes]]:
-    return [(b"l", orjson.dumps({"transaction_id": f"t{i}", "is_fraud": i % 10 == 3,
-                                 "labeled_at": _iso(START + timedelta(days=1, minutes=i)),
-                                 "source": "chargeback"})) for i in ids]
-
-
-def _wait(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
+    return [
+        (
+            b"l",
+            orjson.dumps(
+                {
+                    "transaction_id": f"t{i}",
+                    "is_fraud": i % 10 == 3,
+                    "labeled_at": _iso(START + timedelta(days=1, minutes=i)),
+                    "source": "chargeback",
+                }
+            ),
+        )
+        for i in ids
+    ]
 
 
 def test_learner_crash_and_restart_continue_versions_and_a_new_scorer_uses_them(
-    make_settings: Callable[..., Any], run_app: Callable[..., Any],
-    spawn_service: Callable[..., Any], produce: Callable[..., None],
-    consume: Callable[..., list[Any]], redis_url: str,
+    make_settings: Callable[..., Any],
+    run_app: Callable[..., Any],
+    spawn_service: Callable[..., Any],
+    produce: Callable[..., None],
+    wait_for: Callable[..., None],
+    consume: Callable[..., list[Any]],
+    redis_url: str,
 ) -> None:
-    settings = make_settings(checkpoint_every_labels=40, checkpoint_every_s=1.0,
-                             min_labels_for_model=100, publish_scores=True)
+    settings = make_settings(
+        checkpoint_every_labels=40,
+        checkpoint_every_s=1.0,
+        min_labels_for_model=100,
+        publish_scores=True,
+    )
     client = redis.Redis.from_url(redis_url)
     registry = ModelRegistry(client, settings.redis_prefix, settings.model_signing_key)
     n = 300
     run_app(settings.model_copy(update={"role": "scorer"}))
     produce(settings.bootstrap_servers, settings.topic_transactions, _transactions(n))
-    consume(settings.bootstrap_servers, settings.topic_scores, at_least=n, timeout_s=60)
+    consume(settings.bootstrap_servers, settings.topic_scores, at_least=n, timeout_s=180)
 
     learner = spawn_service(settings, "--role", "learner", name="learner-1")
     produce(settings.bootstrap_servers, settings.topic_labels, _labels(range(0, 150)))
-    _wait(lambda: (registry.latest_version() or 0) > 0 and
-          registry.load().model.labels_learnt >= 80, 90, "a first published version")
+    wait_for(
+        lambda: (registry.latest_version() or 0) > 0 and registry.load().model.labels_learnt >= 80,
+        240,
+        "a first published version",
+    )
     learner.send_signal(signal.SIGKILL)
     learner.wait(timeout=30)
     before = registry.load()
 
-    produce(settings.bootstrap_servers, settings.topic_labels,
-            _labels(range(150, n)) + _labels(range(0, 10)))  # ten labels sent twice
+    produce(
+        settings.bootstrap_servers,
+        settings.topic_labels,
+        _labels(range(150, n)) + _labels(range(0, 10)),
+    )  # ten labels sent twice
     spawn_service(settings, "--role", "learner", name="learner-2")
-    _wait(lambda: registry.load().model.labels_learnt >= n, 120, "every label learnt")
+    wait_for(lambda: registry.load().model.labels_learnt >= n, 240, "every label learnt")
     time.sleep(2)  # give a wrong double-learning time to show
     after = registry.load()
     assert after.version > before.version
@@ -80,23 +106,38 @@ def test_learner_crash_and_restart_continue_versions_and_a_new_scorer_uses_them(
     assert after.model.frauds_learnt == sum(1 for i in range(n) if i % 10 == 3)
 
     # A scorer started now scores with the newest version, not the rules prior.
-    late = settings.model_copy(update={"role": "scorer", "consumer_group": "late-scorer",
-                                       "topic_transactions": settings.topic_transactions})
+    late = settings.model_copy(
+        update={
+            "role": "scorer",
+            "consumer_group": "late-scorer",
+            "topic_transactions": settings.topic_transactions,
+        }
+    )
     run_app(late)
-    probe = (b"c1", orjson.dumps({"transaction_id": "probe", "card_id": "c1",
-                                  "terminal_id": "T1", "amount": 20.0,
-                                  "timestamp": _iso(START + timedelta(days=1))}))
+    probe = (
+        b"c1",
+        orjson.dumps(
+            {
+                "transaction_id": "probe",
+                "card_id": "c1",
+                "terminal_id": "T1",
+                "amount": 20.0,
+                "timestamp": _iso(START + timedelta(days=1)),
+            }
+        ),
+    )
     produce(settings.bootstrap_servers, settings.topic_transactions, [probe])
 
     def probe_record() -> dict[str, Any] | None:
-        for record in consume(settings.bootstrap_servers, settings.topic_scores,
-                              at_least=n + 1, timeout_s=5):
+        for record in consume(
+            settings.bootstrap_servers, settings.topic_scores, at_least=n + 1, timeout_s=5
+        ):
             decision = orjson.loads(record.value)
             if decision["transaction_id"] == "probe":
                 return decision
         return None
 
-    _wait(lambda: probe_record() is not None, 60, "the probe to be scored")
+    wait_for(lambda: probe_record() is not None, 60, "the probe to be scored")
     decision = probe_record()
     assert decision is not None
     assert decision["scorer"] == "model"

@@ -26,10 +26,20 @@ def _stream(cards: int, per_card: int, offset: int) -> list[tuple[bytes, bytes]]
     for i in range(offset, offset + per_card):
         for c in range(cards):
             at = START + timedelta(minutes=10 * i, seconds=c)
-            records.append((f"c{c}".encode(), orjson.dumps({
-                "transaction_id": f"c{c}-{i}", "card_id": f"c{c}", "terminal_id": f"T{(c + i) % 7}",
-                "amount": 10.0 + (i * 13 + c) % 50,
-                "timestamp": at.isoformat().replace("+00:00", "Z")})))
+            records.append(
+                (
+                    f"c{c}".encode(),
+                    orjson.dumps(
+                        {
+                            "transaction_id": f"c{c}-{i}",
+                            "card_id": f"c{c}",
+                            "terminal_id": f"T{(c + i) % 7}",
+                            "amount": 10.0 + (i * 13 + c) % 50,
+                            "timestamp": at.isoformat().replace("+00:00", "Z"),
+                        }
+                    ),
+                )
+            )
     return records
 
 
@@ -51,30 +61,28 @@ def _members(bootstrap: str, group: str) -> dict[str, int]:
         admin.close()
 
 
-def _wait(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_two_scorers_share_partitions_and_a_crash_double_counts_nothing(
-    make_settings: Callable[..., Any], spawn_service: Callable[..., Any],
-    produce: Callable[..., None], redis_url: str,
+    make_settings: Callable[..., Any],
+    spawn_service: Callable[..., Any],
+    produce: Callable[..., None],
+    wait_for: Callable[..., None],
+    redis_url: str,
 ) -> None:
     settings = make_settings(topic_partitions=4, max_batch_size=50, role="scorer")
     cards, per_card = 12, 30
-    first = spawn_service(settings.model_copy(update={"client_id": "scorer-a"}),
-                          name="scorer-a")
-    second = spawn_service(settings.model_copy(update={"client_id": "scorer-b"}),
-                           name="scorer-b")
-    _wait(lambda: len(_members(settings.bootstrap_servers, settings.consumer_group)) == 2,
-          90, "both scorers to join the group")
-    members = _members(settings.bootstrap_servers, settings.consumer_group)
-    assert all(owned > 0 for owned in members.values()), members
-    assert sum(members.values()) == 4
+    first = spawn_service(settings.model_copy(update={"client_id": "scorer-a"}), name="scorer-a")
+    second = spawn_service(settings.model_copy(update={"client_id": "scorer-b"}), name="scorer-b")
+
+    def shared() -> bool:
+        members = _members(settings.bootstrap_servers, settings.consumer_group)
+        return (
+            len(members) == 2
+            and all(owned > 0 for owned in members.values())
+            and sum(members.values()) == 4
+        )
+
+    # Both members own partitions, and together all four.
+    wait_for(shared, 180, "both scorers to share the four partitions")
 
     client = redis.Redis.from_url(redis_url)
     snapshots = SnapshotStore(client, settings.redis_prefix, settings.snapshot_ttl_s)
@@ -93,7 +101,7 @@ def test_two_scorers_share_partitions_and_a_crash_double_counts_nothing(
     def all_scored() -> bool:
         return all(s is not None for s in snapshots.get_many(ids))
 
-    _wait(all_scored, 120, "every transaction to be scored")
+    wait_for(all_scored, 240, "every transaction to be scored")
     assert second.poll() is None, "the surviving scorer died"
 
     names = feature_names(FeatureConfig.from_settings(settings))

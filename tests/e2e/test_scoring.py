@@ -14,48 +14,72 @@ NOW = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
 
 
 def _tx(tx_id: str, card: str, terminal: str, amount: float, at: datetime) -> bytes:
-    return orjson.dumps({
-        "transaction_id": tx_id, "card_id": card, "terminal_id": terminal,
-        "amount": amount, "timestamp": at.isoformat().replace("+00:00", "Z"),
-    })
+    return orjson.dumps(
+        {
+            "transaction_id": tx_id,
+            "card_id": card,
+            "terminal_id": terminal,
+            "amount": amount,
+            "timestamp": at.isoformat().replace("+00:00", "Z"),
+        }
+    )
 
 
 def _quiet_history(cards: int, per_card: int) -> list[tuple[bytes, bytes]]:
-    """Cards that spend 15–30 at their two usual terminals, around noon, for days."""
+    """Cards that spend 15 to 30 at their two usual terminals, around noon, for days."""
     records = []
     for c in range(cards):
         card = f"quiet-{c}"
         for i in range(per_card):
             at = NOW - timedelta(days=per_card - i, minutes=7 * c)
             amount = 15 + (c * 7 + i * 3) % 16
-            records.append((card.encode(), _tx(f"{card}-{i}", card, f"T{c % 5}-{i % 2}", amount, at)))
+            records.append(
+                (card.encode(), _tx(f"{card}-{i}", card, f"T{c % 5}-{i % 2}", amount, at))
+            )
     return records
 
 
 def test_planted_pattern_alerts_with_reasons_and_quiet_cards_do_not(
-    make_settings: Callable[..., Any], run_app: Callable[..., Any],
-    produce: Callable[..., None], consume: Callable[..., list[Any]],
+    make_settings: Callable[..., Any],
+    run_app: Callable[..., Any],
+    produce: Callable[..., None],
+    consume: Callable[..., list[Any]],
 ) -> None:
     settings = make_settings()
     run_app(settings)
     history = _quiet_history(cards=20, per_card=10)
     victim = "victim-1"
     victim_history = [
-        (victim.encode(), _tx(f"{victim}-h{i}", victim, "T-home", 20 + i % 5,
-                              NOW - timedelta(days=10 - i)))
+        (
+            victim.encode(),
+            _tx(f"{victim}-h{i}", victim, "T-home", 20 + i % 5, NOW - timedelta(days=10 - i)),
+        )
         for i in range(10)
     ]
     # The card is stolen: large purchases at terminals it never used, minutes apart.
     attack = [
-        (victim.encode(), _tx(f"{victim}-a{i}", victim, f"T-new-{i}", 2500.0 + 10 * i,
-                              NOW + timedelta(minutes=5 * i)))
+        (
+            victim.encode(),
+            _tx(
+                f"{victim}-a{i}",
+                victim,
+                f"T-new-{i}",
+                2500.0 + 10 * i,
+                NOW + timedelta(minutes=5 * i),
+            ),
+        )
         for i in range(3)
     ]
-    produce(settings.bootstrap_servers, settings.topic_transactions,
-            history + victim_history + attack)
+    produce(
+        settings.bootstrap_servers, settings.topic_transactions, history + victim_history + attack
+    )
 
-    alerts = [Alert.model_validate_json(r.value) for r in consume(
-        settings.bootstrap_servers, settings.topic_alerts, at_least=2, timeout_s=60, settle_s=3)]
+    alerts = [
+        Alert.model_validate_json(r.value)
+        for r in consume(
+            settings.bootstrap_servers, settings.topic_alerts, at_least=2, timeout_s=180, settle_s=3
+        )
+    ]
 
     assert alerts, "no alert for the planted pattern"
     assert {a.card_id for a in alerts} == {victim}
@@ -73,46 +97,61 @@ BAD_INPUTS: dict[str, bytes | None] = {
     "malformed_json": b'{"transaction_id": "x1", "card_id": ',
     "not_an_object": b"[1, 2, 3]",
     "wrong_types": b'{"transaction_id": "x2", "card_id": "c", "terminal_id": "m", '
-                   b'"amount": "lots", "timestamp": 1700000000000}',
+    b'"amount": "lots", "timestamp": 1700000000000}',
     "missing_fields": b'{"transaction_id": "x3", "amount": 5}',
     "nan_amount": b'{"transaction_id": "x4", "card_id": "c", "terminal_id": "m", '
-                  b'"amount": NaN, "timestamp": 1700000000000}',
+    b'"amount": NaN, "timestamp": 1700000000000}',
     "inf_amount": b'{"transaction_id": "x5", "card_id": "c", "terminal_id": "m", '
-                  b'"amount": 1e999, "timestamp": 1700000000000}',
+    b'"amount": 1e999, "timestamp": 1700000000000}',
     "negative_amount": b'{"transaction_id": "x6", "card_id": "c", "terminal_id": "m", '
-                       b'"amount": -3, "timestamp": 1700000000000}',
+    b'"amount": -3, "timestamp": 1700000000000}',
     "bad_utf8": b'{"transaction_id": "x7\xff\xfe", "card_id": "c", "terminal_id": "m", '
-                b'"amount": 3, "timestamp": 1700000000000}',
+    b'"amount": 3, "timestamp": 1700000000000}',
     "huge_payload": b'{"transaction_id": "x8", "card_id": "c", "terminal_id": "m", '
-                    b'"amount": 3, "timestamp": 1700000000000, "pad": "' + b"x" * 100_000 + b'"}',
+    b'"amount": 3, "timestamp": 1700000000000, "pad": "' + b"x" * 100_000 + b'"}',
     "naive_timestamp": b'{"transaction_id": "x9", "card_id": "c", "terminal_id": "m", '
-                       b'"amount": 3, "timestamp": "2024-01-01T10:00:00"}',
+    b'"amount": 3, "timestamp": "2024-01-01T10:00:00"}',
     "timestamp_in_seconds": b'{"transaction_id": "x10", "card_id": "c", "terminal_id": "m", '
-                            b'"amount": 3, "timestamp": 1700000000}',
+    b'"amount": 3, "timestamp": 1700000000}',
     "garbage_timestamp": b'{"transaction_id": "x11", "card_id": "c", "terminal_id": "m", '
-                         b'"amount": 3, "timestamp": "yesterday"}',
+    b'"amount": 3, "timestamp": "yesterday"}',
     "empty_value": None,
 }
 
 
 def test_bad_inputs_land_in_the_dlq_untouched_while_good_events_are_scored(
-    make_settings: Callable[..., Any], run_app: Callable[..., Any],
-    produce: Callable[..., None], consume: Callable[..., list[Any]],
+    make_settings: Callable[..., Any],
+    run_app: Callable[..., Any],
+    produce: Callable[..., None],
+    consume: Callable[..., list[Any]],
 ) -> None:
     settings = make_settings(publish_scores=True)
     run_app(settings)
     good = [(f"g{i}".encode(), _tx(f"good-{i}", f"g{i}", "T1", 10.0 + i, NOW)) for i in range(6)]
     records: list[tuple[bytes | None, bytes | None]] = []
     for i, (name, value) in enumerate(BAD_INPUTS.items()):
-        records.append(good[i % len(good)] if i < len(good) else (b"g", _tx(
-            f"good-extra-{i}", "g-extra", "T1", 12.0, NOW)))
+        records.append(
+            good[i % len(good)]
+            if i < len(good)
+            else (b"g", _tx(f"good-extra-{i}", "g-extra", "T1", 12.0, NOW))
+        )
         records.append((name.encode(), value))
     produce(settings.bootstrap_servers, settings.topic_transactions, records)
 
-    letters = consume(settings.bootstrap_servers, settings.topic_transactions_dlq,
-                      at_least=len(BAD_INPUTS), timeout_s=60, settle_s=2)
-    scores = consume(settings.bootstrap_servers, settings.topic_scores,
-                     at_least=len(BAD_INPUTS), timeout_s=30, settle_s=1)
+    letters = consume(
+        settings.bootstrap_servers,
+        settings.topic_transactions_dlq,
+        at_least=len(BAD_INPUTS),
+        timeout_s=180,
+        settle_s=2,
+    )
+    scores = consume(
+        settings.bootstrap_servers,
+        settings.topic_scores,
+        at_least=len(BAD_INPUTS),
+        timeout_s=30,
+        settle_s=1,
+    )
 
     by_key = {r.key.decode(): r for r in letters}
     assert set(by_key) == set(BAD_INPUTS)
@@ -121,7 +160,10 @@ def test_bad_inputs_land_in_the_dlq_untouched_while_good_events_are_scored(
         headers = dict(record.headers)
         assert record.value == BAD_INPUTS[name], f"{name}: value changed"
         assert headers["fraudstream.error.class"].decode() in {
-            "DecodeError", "ValidationFailedError", "OversizeEventError"}, name
+            "DecodeError",
+            "ValidationFailedError",
+            "OversizeEventError",
+        }, name
         assert headers["fraudstream.error.message"], name
         assert headers["fraudstream.source.topic"].decode() == settings.topic_transactions
         assert int(headers["fraudstream.source.offset"]) >= 0
@@ -130,6 +172,9 @@ def test_bad_inputs_land_in_the_dlq_untouched_while_good_events_are_scored(
     assert dict(by_key["huge_payload"].headers)["fraudstream.error.class"] == b"OversizeEventError"
     assert b"amount" in dict(by_key["negative_amount"].headers)["fraudstream.error.message"]
     scored_ids = {orjson.loads(r.value)["transaction_id"] for r in scores}
-    good_ids = {orjson.loads(v)["transaction_id"] for k, v in records
-                if k is not None and k.decode() not in BAD_INPUTS}
+    good_ids = {
+        orjson.loads(v)["transaction_id"]
+        for k, v in records
+        if k is not None and k.decode() not in BAD_INPUTS
+    }
     assert scored_ids == good_ids

@@ -33,8 +33,13 @@ class FakeFeatureStore:
 def _setup(client: redis.Redis, prefix: str) -> tuple[SnapshotStore, ModelRegistry]:
     snaps = SnapshotStore(client, prefix, 3600)
     txs = [
-        Transaction(transaction_id=f"t{i}", card_id=f"c{i % 300}", terminal_id=f"m{i % 40}",
-                    amount=1.0 + i, timestamp=1_700_000_000_000 + i)
+        Transaction(
+            transaction_id=f"t{i}",
+            card_id=f"c{i % 300}",
+            terminal_id=f"m{i % 40}",
+            amount=1.0 + i,
+            timestamp=1_700_000_000_000 + i,
+        )
         for i in range(len(X))
     ]
     for s in range(0, len(X), 2000):
@@ -43,15 +48,23 @@ def _setup(client: redis.Redis, prefix: str) -> tuple[SnapshotStore, ModelRegist
 
 
 def _labels(lo: int, hi: int) -> list[Label]:
-    return [Label(transaction_id=f"t{i}", is_fraud=bool(Y[i]), labeled_at=AT) for i in range(lo, hi)]
+    return [
+        Label(transaction_id=f"t{i}", is_fraud=bool(Y[i]), labeled_at=AT) for i in range(lo, hi)
+    ]
 
 
 def test_restart_continues_version_and_count(redis_client: redis.Redis, redis_prefix: str) -> None:
     snaps, reg = _setup(redis_client, redis_prefix)
 
     def start() -> Learner:
-        return Learner.resume(snaps, reg, FakeFeatureStore(), model_name="logreg",
-                              feature_names=NAMES, checkpoint_every_labels=100)
+        return Learner.resume(
+            snaps,
+            reg,
+            FakeFeatureStore(),
+            model_name="logreg",
+            feature_names=NAMES,
+            checkpoint_every_labels=100,
+        )
 
     first = start()
     first.learn_many(_labels(0, 250))
@@ -71,8 +84,9 @@ def test_restart_continues_version_and_count(redis_client: redis.Redis, redis_pr
 
 def test_learn_many_throughput(redis_client: redis.Redis, redis_prefix: str) -> None:
     snaps, reg = _setup(redis_client, redis_prefix)
-    learner = Learner(FraudModel("logreg", NAMES), snaps, reg, FakeFeatureStore(),
-                      checkpoint_every_labels=10**9)
+    learner = Learner(
+        FraudModel("logreg", NAMES), snaps, reg, FakeFeatureStore(), checkpoint_every_labels=10**9
+    )
     labels = _labels(0, len(X))
     t0 = time.perf_counter()
     for s in range(0, len(labels), 500):

@@ -26,9 +26,14 @@ def _trained(labels: int) -> FraudModel:
     model = FraudModel("logreg", NAMES)
     for i in range(labels):
         fraud = i % 10 == 0
-        model.learn_one({"amount": 900.0 if fraud else 20.0 + i % 7,
-                         "card_amount_zscore": 4.0 if fraud else 0.1,
-                         "card_tx_count_1h": 6.0 if fraud else 1.0}, fraud)
+        model.learn_one(
+            {
+                "amount": 900.0 if fraud else 20.0 + i % 7,
+                "card_amount_zscore": 4.0 if fraud else 0.1,
+                "card_tx_count_1h": 6.0 if fraud else 1.0,
+            },
+            fraud,
+        )
     return model
 
 

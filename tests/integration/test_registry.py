@@ -31,8 +31,9 @@ def test_publish_load_keep_last_k(redis_client: redis.Redis, redis_prefix: str) 
     assert reg.latest_version() is None
     with pytest.raises(CheckpointError, match="no model version"):
         reg.load()
-    published = [reg.publish(_model(10 * (i + 1)), {"roc_auc": 0.9, "x": float("nan")})
-                 for i in range(5)]
+    published = [
+        reg.publish(_model(10 * (i + 1)), {"roc_auc": 0.9, "x": float("nan")}) for i in range(5)
+    ]
     assert published == sorted(published) and len(set(published)) == 5
     assert reg.versions() == published[-3:]
     assert reg.latest_version() == published[-1]

@@ -29,8 +29,14 @@ class FakeSnapshots:
 
     def put(self, tx_id: str, row: np.ndarray, score: float) -> None:
         self.data[tx_id] = Snapshot(
-            tx_id, "c" + tx_id, "t1", 1_600_000_000_000, score, 0,
-            feature_set_id(NAMES), row.astype(np.float32),
+            tx_id,
+            "c" + tx_id,
+            "t1",
+            1_600_000_000_000,
+            score,
+            0,
+            feature_set_id(NAMES),
+            row.astype(np.float32),
         )
 
     def get_many(self, ids: Sequence[str]) -> list[Snapshot | None]:
@@ -107,7 +113,12 @@ Fakes = tuple[Learner, FakeSnapshots, FakeRegistry, FakeFeatureStore]
 def make(clock: Clock | None = None, **params: object) -> Fakes:
     snaps, reg, fs = FakeSnapshots(), FakeRegistry(), FakeFeatureStore()
     learner = Learner(
-        FraudModel("logreg", NAMES), snaps, reg, fs, clock=clock or Clock(), **params  # type: ignore[arg-type]
+        FraudModel("logreg", NAMES),
+        snaps,
+        reg,
+        fs,
+        clock=clock or Clock(),
+        **params,  # type: ignore[arg-type]
     )
     return learner, snaps, reg, fs
 
@@ -198,7 +209,11 @@ def test_crashed_learner_claims_are_retaken() -> None:
     learner.checkpoint()
     learner.learn_many([label(2, True)])  # claimed, never published: the learner "crashes"
     successor = Learner.resume(
-        snaps, reg, FakeFeatureStore(), model_name="logreg", feature_names=NAMES  # type: ignore[arg-type]
+        snaps,
+        reg,
+        FakeFeatureStore(),
+        model_name="logreg",
+        feature_names=NAMES,  # type: ignore[arg-type]
     )
     assert successor.model.labels_learnt == 2
     out = successor.learn_many([label(0, True), label(2, True)])
@@ -213,5 +228,9 @@ def test_resume_refuses_other_features() -> None:
     learner.checkpoint()
     with pytest.raises(Exception, match="other features"):
         Learner.resume(
-            snaps, reg, FakeFeatureStore(), model_name="logreg", feature_names=NAMES[:-1]  # type: ignore[arg-type]
+            snaps,
+            reg,
+            FakeFeatureStore(),
+            model_name="logreg",
+            feature_names=NAMES[:-1],  # type: ignore[arg-type]
         )

@@ -71,9 +71,7 @@ def test_x_not_mutated(name: str) -> None:
     model.learn_one(x, True)
     model.predict_proba_one(x)
     assert x.keys() == original.keys()
-    assert all(
-        (x[k] == original[k]) or (np.isnan(x[k]) and np.isnan(original[k])) for k in x
-    )
+    assert all((x[k] == original[k]) or (np.isnan(x[k]) and np.isnan(original[k])) for k in x)
 
 
 def test_pickle_round_trip(name: str) -> None:

@@ -63,21 +63,33 @@ def test_stream_simulation_sends_keyed_transactions_then_labels(
 
 
 def test_file_producer_sends_valid_rows_reports_bad_ones(
-    make_settings: Callable[..., Settings], tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
 ) -> None:
     settings = make_settings()
     path = tmp_path / "tx.jsonl"
     rows = [
-        {"transaction_id": f"f{i}", "card_id": f"c{i % 3}", "terminal_id": "t",
-         "amount": 10 + i, "timestamp": 1_700_000_000_000 + i * 3_600_000, "is_fraud": i == 4}
+        {
+            "transaction_id": f"f{i}",
+            "card_id": f"c{i % 3}",
+            "terminal_id": "t",
+            "amount": 10 + i,
+            "timestamp": 1_700_000_000_000 + i * 3_600_000,
+            "is_fraud": i == 4,
+        }
         for i in range(10)
     ]
     lines = [orjson.dumps(r) for r in rows]
     lines.insert(3, b'{"transaction_id": "bad", "amount": 1}')
     path.write_bytes(b"\n".join(lines) + b"\n")
     seen: list[int] = []
-    stats = produce_file(settings, path, fmt="jsonl", label_delay=LabelDelay(delay_s=7_200),
-                         on_bad_row=lambda e: seen.append(e.line))
+    stats = produce_file(
+        settings,
+        path,
+        fmt="jsonl",
+        label_delay=LabelDelay(delay_s=7_200),
+        on_bad_row=lambda e: seen.append(e.line),
+    )
     assert seen == [4] and stats.bad_rows == 1
     assert stats.transactions == 10 and stats.labels == 10
     sent = [orjson.loads(r.value) for r in _read_all(settings, settings.topic_transactions)]
@@ -91,7 +103,9 @@ def _b(text: str) -> bytes:
 
 
 def test_record_replay_round_trip_keeps_keys_values_headers_and_order(
-    make_settings: Callable[..., Settings], unique_name: Callable[[str], str], tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    unique_name: Callable[[str], str],
+    tmp_path: Path,
 ) -> None:
     settings = make_settings()
     source, target = unique_name("incident"), unique_name("replayed")
@@ -122,7 +136,9 @@ def test_record_replay_round_trip_keeps_keys_values_headers_and_order(
 
 
 def test_record_from_time_and_offset_ranges(
-    make_settings: Callable[..., Settings], unique_name: Callable[[str], str], tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    unique_name: Callable[[str], str],
+    tmp_path: Path,
 ) -> None:
     settings = make_settings()
     topic = unique_name("ranged")
@@ -141,7 +157,9 @@ def test_record_from_time_and_offset_ranges(
 
 
 def test_paced_replay_keeps_inter_arrival_times(
-    make_settings: Callable[..., Settings], unique_name: Callable[[str], str], tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    unique_name: Callable[[str], str],
+    tmp_path: Path,
 ) -> None:
     settings = make_settings()
     topic = unique_name("paced")
@@ -150,11 +168,20 @@ def test_paced_replay_keeps_inter_arrival_times(
     t, lines = 1_700_000_000_000, [orjson.dumps({"fraudstream_recording": 1, "topic": topic})]
     for i, gap in enumerate(gaps_ms):
         t += gap
-        lines.append(orjson.dumps({
-            "topic": topic, "partition": 0, "offset": i, "timestamp_ms": t, "timestamp_type": 0,
-            "key": base64.b64encode(b"k").decode(), "value": base64.b64encode(_b(str(i))).decode(),
-            "headers": [],
-        }))
+        lines.append(
+            orjson.dumps(
+                {
+                    "topic": topic,
+                    "partition": 0,
+                    "offset": i,
+                    "timestamp_ms": t,
+                    "timestamp_type": 0,
+                    "key": base64.b64encode(b"k").decode(),
+                    "value": base64.b64encode(_b(str(i))).decode(),
+                    "headers": [],
+                }
+            )
+        )
     recording = tmp_path / "paced.jsonl"
     recording.write_bytes(b"\n".join(lines) + b"\n")
     stats = replay_file(settings, recording, speed=2.0)  # 2x: 1.0 s of wall time

@@ -34,8 +34,22 @@ def _run(cli: click.Group, *args: str) -> tuple[int, str]:
 
 def test_simulate_writes_transactions_and_delayed_labels(cli: click.Group, tmp_path: Path) -> None:
     out, labels = tmp_path / "tx.jsonl", tmp_path / "labels.jsonl.gz"
-    args = ["simulate", "--seed", "5", "--customers", "200", "--terminals", "400", "--days", "5",
-            "--output", str(out), "--labels-output", str(labels), "--no-progress"]
+    args = [
+        "simulate",
+        "--seed",
+        "5",
+        "--customers",
+        "200",
+        "--terminals",
+        "400",
+        "--days",
+        "5",
+        "--output",
+        str(out),
+        "--labels-output",
+        str(labels),
+        "--no-progress",
+    ]
     code, text = _run(cli, *args)
     assert code == 0, text
     assert "transactions" in text and "fraud" in text
@@ -44,8 +58,10 @@ def test_simulate_writes_transactions_and_delayed_labels(cli: click.Group, tmp_p
     import gzip
 
     when = {t.transaction_id: t.timestamp for t in tx}
-    lab = [Label.model_validate_json(line) for line in gzip.decompress(labels.read_bytes())
-           .splitlines()]
+    lab = [
+        Label.model_validate_json(line)
+        for line in gzip.decompress(labels.read_bytes()).splitlines()
+    ]
     assert len(lab) == len(tx)
     assert all(label.labeled_at > when[label.transaction_id] for label in lab)
     assert [x.labeled_at for x in lab] == sorted(x.labeled_at for x in lab)
@@ -56,9 +72,23 @@ def test_simulate_writes_transactions_and_delayed_labels(cli: click.Group, tmp_p
 
 def test_simulate_extra_and_start(cli: click.Group, tmp_path: Path) -> None:
     out = tmp_path / "tx.jsonl"
-    code, text = _run(cli, "simulate", "--customers", "100", "--terminals", "200", "--days", "3",
-                      "--start", "2024-01-01T00:00:00Z", "--extra", "card-testing",
-                      "-o", str(out), "--no-progress")
+    code, text = _run(
+        cli,
+        "simulate",
+        "--customers",
+        "100",
+        "--terminals",
+        "200",
+        "--days",
+        "3",
+        "--start",
+        "2024-01-01T00:00:00Z",
+        "--extra",
+        "card-testing",
+        "-o",
+        str(out),
+        "--no-progress",
+    )
     assert code == 0, text
     rows = [orjson.loads(line) for line in out.read_bytes().splitlines()]
     assert rows[0]["timestamp"].startswith("2024-01-0")
@@ -71,8 +101,10 @@ def test_simulate_extra_and_start(cli: click.Group, tmp_path: Path) -> None:
         (["simulate", "--start", "yesterday-ish", "-o", "x.jsonl"], "is not a time"),
         (["simulate", "--extra", "bogus", "-o", "x.jsonl"], "bogus"),
         (["produce", "does-not-exist.csv"], "does not exist"),
-        (["record", "-o", "x.jsonl", "--from-time", "2024-01-01", "--from-offset", "3"],
-         "not both"),
+        (
+            ["record", "-o", "x.jsonl", "--from-time", "2024-01-01", "--from-offset", "3"],
+            "not both",
+        ),
     ],
 )
 def test_bad_arguments_give_one_line_errors(

@@ -52,11 +52,19 @@ def test_handbook_csv_with_mapping(tmp_path: Path, gz: bool) -> None:
     assert [r.transaction_id for r in good] == ["0", "1"]  # type: ignore[attr-defined]
     assert [r.is_fraud for r in good] == [False, True]  # type: ignore[attr-defined]
     first = orjson.loads(good[0].value)  # type: ignore[attr-defined]
-    assert first == {"transaction_id": "0", "card_id": "596", "terminal_id": "3156",
-                     "amount": 57.16, "currency": "EUR", "timestamp": "2018-04-01T00:00:31Z"}
+    assert first == {
+        "transaction_id": "0",
+        "card_id": "596",
+        "terminal_id": "3156",
+        "amount": 57.16,
+        "currency": "EUR",
+        "timestamp": "2018-04-01T00:00:31Z",
+    }
     assert good[0].event_ms == 1522540831000  # type: ignore[attr-defined]
     assert [(e.line, e.reason.split(":")[0]) for e in bad] == [
-        (4, "amount"), (5, "6 fields, the header has 9")]
+        (4, "amount"),
+        (5, "6 fields, the header has 9"),
+    ]
 
 
 def test_naive_timestamp_is_a_bad_row_unless_assume_utc(tmp_path: Path) -> None:

@@ -84,8 +84,7 @@ def test_rows_follow_the_transaction_contract() -> None:
 
 def test_start_option_moves_event_time() -> None:
     start = datetime(2024, 5, 1, tzinfo=UTC)
-    sim = simulate(SimulationConfig(seed=1, n_customers=50, n_terminals=100, n_days=2,
-                                    start=start))
+    sim = simulate(SimulationConfig(seed=1, n_customers=50, n_terminals=100, n_days=2, start=start))
     first = Transaction.model_validate(next(sim.to_transactions()))
     assert start <= first.timestamp < start + timedelta(days=2)
     assert first.transaction_id.startswith("sim1-20240501T000000-")
@@ -93,8 +92,13 @@ def test_start_option_moves_event_time() -> None:
 
 def test_extras_add_their_scenarios_without_changing_the_base() -> None:
     base = simulate(SMALL)
-    config = SimulationConfig(seed=7, n_customers=300, n_terminals=600, n_days=20,
-                              extras=frozenset({"card-testing", "impossible-travel"}))
+    config = SimulationConfig(
+        seed=7,
+        n_customers=300,
+        n_terminals=600,
+        n_days=20,
+        extras=frozenset({"card-testing", "impossible-travel"}),
+    )
     extra = simulate(config)
     counts = extra.scenario_counts()
     assert counts["card-testing"] > 20 * 2 * 3 - 1  # >= 3 per burst, 2 bursts a day
@@ -103,13 +107,17 @@ def test_extras_add_their_scenarios_without_changing_the_base() -> None:
         assert counts[name] == base.scenario_counts()[name]
     # Remote terminals are far away (> 400 km) from the 100 km grid.
     remote = extra.terminal[extra.scenario == 5]
-    assert (np.abs(extra.terminal_lat[remote] - 51.25) * 111 + np.abs(
-        extra.terminal_lon[remote] - 5.0) * 70 > 400).all()
+    assert (
+        np.abs(extra.terminal_lat[remote] - 51.25) * 111
+        + np.abs(extra.terminal_lon[remote] - 5.0) * 70
+        > 400
+    ).all()
 
 
 def test_account_takeover_moves_amounts_and_terminals() -> None:
-    config = SimulationConfig(seed=3, n_customers=300, n_terminals=600, n_days=30,
-                              extras=frozenset({"account-takeover"}))
+    config = SimulationConfig(
+        seed=3, n_customers=300, n_terminals=600, n_days=30, extras=frozenset({"account-takeover"})
+    )
     counts = simulate(config).scenario_counts()
     assert counts["account-takeover"] > 0
 
