@@ -63,13 +63,28 @@ def main(ctx: click.Context) -> None:
     ctx.obj = settings
 
 
+def settings_table() -> str:
+    """Markdown table of every setting, its default and meaning (the README's table)."""
+    defaults = Settings.model_construct().masked()
+    rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = defaults[name]
+        shown = getattr(default, "value", default)
+        rows.append(f"| `FRAUDSTREAM_{name.upper()}` | `{shown}` | {field.description} |")
+    return "\n".join(rows)
+
+
 @main.command()
+@click.option("--markdown", is_flag=True, help="Print the documentation table instead.")
 @click.pass_obj
-def config(settings: Settings) -> None:
+def config(settings: Settings, markdown: bool) -> None:
     """Print every setting with its current value (secrets masked) and meaning."""
+    if markdown:
+        click.echo(settings_table())
+        return
     for name, field in Settings.model_fields.items():
         value = settings.masked()[name]
-        click.echo(f"FRAUDSTREAM_{name.upper()}={value}")
+        click.echo(f"FRAUDSTREAM_{name.upper()}={getattr(value, 'value', value)}")
         click.echo(f"    {field.description}")
 
 
