@@ -62,6 +62,7 @@ class SnapshotWriter(Protocol):
         scores: np.ndarray,
         model_version: int,
         feature_names: Sequence[str],
+        keep_existing: np.ndarray | None = None,
     ) -> None: ...
 
 
@@ -259,7 +260,14 @@ class Pipeline:
         if len(alert_rows):
             _, alert_reasons = active.scorer.score_many(batch.values[alert_rows], reasons_at=0.0)
             reasons_by_row = dict(zip(alert_rows.tolist(), alert_reasons, strict=True))
-        self.snapshots.put_many(transactions, batch.values, scores, active.version, batch.names)
+        self.snapshots.put_many(
+            transactions,
+            batch.values,
+            scores,
+            active.version,
+            batch.names,
+            keep_existing=batch.is_duplicate,
+        )
 
         scored_at_ms = self.clock_ms()
         produced_ms = np.array([records[i].timestamp for i in indices], dtype=np.float64)

@@ -167,22 +167,29 @@ class SnapshotStore:
         scores: np.ndarray,
         model_version: int,
         feature_names: Sequence[str],
+        keep_existing: np.ndarray | None = None,
     ) -> None:
         """Store the snapshot of every transaction of a scored batch (one round trip).
 
-        A replayed transaction overwrites its snapshot with identical features
-        (they are computed as of its own event time), so at-least-once is harmless.
+        Rows flagged in ``keep_existing`` (replayed transactions) are written only
+        if no snapshot exists (SET NX): the first snapshot is what the transaction
+        was scored with when it was new, and a replay may see a little more of
+        its day at the terminal. A replay after a crash that came before the
+        snapshot was written still stores one, so its label is not lost.
         """
         if len(transactions) != len(X) or len(X) != len(scores):
             raise ValueError("transactions, X and scores must have the same length")
         fset = feature_set_id(feature_names)
         X32 = np.ascontiguousarray(X, dtype="<f4")
         pipe = self.client.pipeline(transaction=False)
-        for tx, row, score in zip(transactions, X32, np.asarray(scores).tolist(), strict=True):
+        keep = [False] * len(X) if keep_existing is None else np.asarray(keep_existing).tolist()
+        for tx, row, score, only_new in zip(
+            transactions, X32, np.asarray(scores).tolist(), keep, strict=True
+        ):
             data = encode(
                 tx.card_id, tx.terminal_id, tx.event_time_ms, score, model_version, fset, row
             )
-            pipe.set(self.key(tx.transaction_id), data, ex=self.ttl_s)
+            pipe.set(self.key(tx.transaction_id), data, ex=self.ttl_s, nx=bool(only_new))
         pipe.execute()
 
     def get_many(self, transaction_ids: Sequence[str]) -> list[Snapshot | None]:

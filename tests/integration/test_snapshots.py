@@ -65,3 +65,25 @@ def test_bytes_per_snapshot(redis_client: redis.Redis, redis_prefix: str) -> Non
     sizes = [redis_client.memory_usage(store.key(t.transaction_id)) for t in txs]
     print(f"snapshot bytes: min {min(sizes)} max {max(sizes)}")
     assert max(sizes) <= 300, sizes[:5]
+
+
+def test_replayed_rows_keep_the_first_snapshot_but_fill_a_missing_one(
+    redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    store = SnapshotStore(redis_client, redis_prefix, ttl_s=3600)
+    txs = _txs(3)
+    first = X[:3]
+    store.put_many(txs[:2], first[:2], np.array([0.1, 0.2]), 1, NAMES)
+    # The replay sees other values; only the transaction without a snapshot is written.
+    store.put_many(
+        txs,
+        first + 1.0,
+        np.array([0.9, 0.9, 0.9]),
+        2,
+        NAMES,
+        keep_existing=np.array([True, True, True]),
+    )
+    snaps = store.get_many([t.transaction_id for t in txs])
+    assert [s.model_version for s in snaps if s is not None] == [1, 1, 2]
+    assert snaps[0] is not None
+    np.testing.assert_allclose(snaps[0].features, first[0].astype(np.float32))
