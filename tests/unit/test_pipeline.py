@@ -108,6 +108,7 @@ def test_a_value_holding_two_documents_cannot_shift_the_batch() -> None:
     two = _tx(0)[:-1] + b"}," + _tx(1)
     transactions, indices, failures = validate_records([Record(two), Record(_tx(2))], 4096)
     assert [t.transaction_id for t in transactions] == ["t2"]
+    assert indices == [1]
     assert [i for i, _ in failures] == [0]
 
 
