@@ -351,6 +351,19 @@ class Application:
 
     # -- scorer ---------------------------------------------------------------
 
+    def _group_consumer(self, role: str, group: str) -> KafkaConsumer:
+        """A consumer of ``group`` with the batch and liveness bounds of the settings."""
+        s = self.settings
+        return make_consumer(
+            s.bootstrap_servers,
+            client_id=f"{s.client_id}-{role}",
+            group_id=group,
+            max_poll_interval_ms=s.max_poll_interval_ms,
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=max(1000, s.session_timeout_ms // 4),
+            max_poll_records=s.max_batch_size,
+        )
+
     @contextlib.contextmanager
     def _scorer_clients(self) -> Iterator[tuple[KafkaConsumer, KafkaProducer, Checkpoint]]:
         s = self.settings
@@ -364,15 +377,7 @@ class Application:
         )
         if exactly_once:
             producer.init_transactions()
-        consumer = make_consumer(
-            s.bootstrap_servers,
-            client_id=f"{s.client_id}-scorer",
-            group_id=s.consumer_group,
-            max_poll_interval_ms=s.max_poll_interval_ms,
-            session_timeout_ms=s.session_timeout_ms,
-            heartbeat_interval_ms=max(1000, s.session_timeout_ms // 4),
-            max_poll_records=s.max_batch_size,
-        )
+        consumer = self._group_consumer("scorer", s.consumer_group)
         checkpoint = Checkpoint(consumer, producer if exactly_once else None)
         self._scorer_checkpoint = checkpoint
         consumer.subscribe([s.topic_transactions], listener=_Rebalance(lambda: checkpoint))
@@ -495,14 +500,7 @@ class Application:
         assert self._redis is not None
         learner = Learner.from_settings(s, self._redis, features, features.names)
         producer = make_producer(s.bootstrap_servers, client_id=f"{s.client_id}-learner")
-        consumer = make_consumer(
-            s.bootstrap_servers,
-            client_id=f"{s.client_id}-learner",
-            group_id=s.learner_group,
-            max_poll_interval_ms=s.max_poll_interval_ms,
-            session_timeout_ms=s.session_timeout_ms,
-            max_poll_records=s.max_batch_size,
-        )
+        consumer = self._group_consumer("learner", s.learner_group)
         checkpoint = Checkpoint(consumer)
         consumer.subscribe([s.topic_labels], listener=_Rebalance(lambda: checkpoint))
         loop = _Loop(

@@ -107,21 +107,21 @@ def schemas(output_dir: Path) -> None:
 
 # --- dev stack --------------------------------------------------------------
 
+
+def _folder_option(name: str, default: str, help_text: str) -> Any:
+    return click.option(
+        name,
+        type=click.Path(file_okay=False, path_type=Path),
+        default=Path(default),
+        show_default=True,
+        help=help_text,
+    )
+
+
+_cache_option = _folder_option("--cache-dir", ".cache", "Where the Kafka jars go.")
 _dev_options = [
-    click.option(
-        "--home",
-        type=click.Path(file_okay=False, path_type=Path),
-        default=Path(".cache/dev"),
-        show_default=True,
-        help="Folder for the servers' data, logs and pid files.",
-    ),
-    click.option(
-        "--cache-dir",
-        type=click.Path(file_okay=False, path_type=Path),
-        default=Path(".cache"),
-        show_default=True,
-        help="Where the Kafka jars go.",
-    ),
+    _folder_option("--home", ".cache/dev", "Folder for the servers' data, logs and pid files."),
+    _cache_option,
     click.option("--kafka-port", type=int, default=9092, show_default=True),
     click.option("--controller-port", type=int, default=9093, show_default=True),
     click.option("--redis-port", type=int, default=6379, show_default=True),
@@ -203,12 +203,7 @@ def dev_status(**options: Any) -> None:
 
 
 @dev.command("fetch")
-@click.option(
-    "--cache-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path(".cache"),
-    show_default=True,
-)
+@_cache_option
 def dev_fetch(cache_dir: Path) -> None:
     """Fetch the Kafka jars with Maven and install redis-server if missing (no start)."""
     from service.devstack import ensure_redis_installed, fetch_kafka_jars

@@ -9,17 +9,15 @@ import shutil
 import subprocess
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from service.devstack.ports import (
+    ManagedServer,
     accepts_connections,
-    pid_alive,
     port_is_free,
     quiet_kafka_logs,
-    read_pid,
-    stop_pid,
     tail,
 )
 from service.errors import DevStackError
@@ -146,7 +144,7 @@ log4j.logger.kafka.log.LogCleaner=WARN
 
 
 @dataclass
-class KafkaServer:
+class KafkaServer(ManagedServer):
     """A single-node KRaft Kafka broker owned by fraudstream.
 
     Parameters
@@ -161,31 +159,19 @@ class KafkaServer:
         Java heap; 512 MB is plenty for tests and the demo.
     """
 
-    data_dir: Path
-    cache_dir: Path
-    port: int
-    controller_port: int
+    cache_dir: Path = Path(".cache")
+    port: int = 9092
+    controller_port: int = 9093
     heap_mb: int = 512
     host: str = "127.0.0.1"
     version: str = KAFKA_VERSION
-    _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+
+    pid_name = "kafka.pid"
+    log_name = "server.log"
 
     @property
     def bootstrap_servers(self) -> str:
         return f"{self.host}:{self.port}"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.data_dir / "kafka.pid"
-
-    @property
-    def log_file(self) -> Path:
-        return self.data_dir / "server.log"
-
-    def running_pid(self) -> int | None:
-        if self._process is not None and pid_alive(self._process.pid):
-            return self._process.pid
-        return read_pid(self.pid_file)
 
     def _write_config(self) -> Path:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -242,7 +228,7 @@ class KafkaServer:
                     f"{(result.stderr or result.stdout).strip()[-400:]}"
                 )
         with open(self.data_dir / "stdout.log", "ab") as out:
-            self._process = subprocess.Popen(
+            self._launch(
                 [
                     java,
                     f"-Xmx{self.heap_mb}m",
@@ -255,17 +241,13 @@ class KafkaServer:
                     "kafka.Kafka",
                     str(config),
                 ],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
+                output=out,
             )
-        self.pid_file.write_text(str(self._process.pid))
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self._process.poll() is not None:
+            if (code := self._exit_code()) is not None:
                 raise DevStackError(
-                    f"Kafka exited at start (code {self._process.returncode}); "
+                    f"Kafka exited at start (code {code}); "
                     f"log {self.log_file}:\n{tail(self.log_file)}\n"
                     f"{tail(self.data_dir / 'stdout.log')}"
                 )
@@ -310,13 +292,3 @@ class KafkaServer:
             return None
         finally:
             admin.close()
-
-    def stop(self) -> None:
-        """Stop the broker (controlled shutdown) and wait for its process to end."""
-        pid = self.running_pid()
-        if pid is not None:
-            stop_pid(pid, timeout_s=30.0)
-        if self._process is not None:
-            self._process.wait()
-            self._process = None
-        self.pid_file.unlink(missing_ok=True)

@@ -7,9 +7,12 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, ClassVar
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -108,3 +111,56 @@ def tail(path: Path, lines: int = 15) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except FileNotFoundError:
         return "(no log)"
+
+
+@dataclass
+class ManagedServer:
+    """A server process fraudstream starts from a data folder and stops again.
+
+    The pid file in ``data_dir`` lets another command (``dev status``/``down``)
+    find a server started earlier.
+    """
+
+    data_dir: Path
+    _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+
+    pid_name: ClassVar[str] = "server.pid"
+    log_name: ClassVar[str] = "server.log"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / self.pid_name
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / self.log_name
+
+    def running_pid(self) -> int | None:
+        """Pid of the server started from this folder, if it is alive."""
+        if self._process is not None and pid_alive(self._process.pid):
+            return self._process.pid
+        return read_pid(self.pid_file)
+
+    def _launch(self, args: list[str], output: int | IO[bytes] = subprocess.DEVNULL) -> None:
+        self._process = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.pid_file.write_text(str(self._process.pid))
+
+    def _exit_code(self) -> int | None:
+        """Exit code when the process we launched has ended, else ``None``."""
+        return None if self._process is None else self._process.poll()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop the server and wait for its process to end."""
+        pid = self.running_pid()
+        if pid is not None:
+            stop_pid(pid, timeout_s=timeout_s)
+        if self._process is not None:
+            self._process.wait()
+            self._process = None
+        self.pid_file.unlink(missing_ok=True)

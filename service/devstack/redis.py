@@ -5,12 +5,11 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import redis
 
-from service.devstack.ports import pid_alive, port_is_free, read_pid, stop_pid, tail
+from service.devstack.ports import ManagedServer, port_is_free, tail
 from service.errors import DevStackError
 
 
@@ -47,7 +46,7 @@ def ensure_redis_installed() -> str:
 
 
 @dataclass
-class RedisServer:
+class RedisServer(ManagedServer):
     """A ``redis-server`` process owned by fraudstream.
 
     Parameters
@@ -60,30 +59,17 @@ class RedisServer:
         Append-only persistence (the demo); tests run without any persistence.
     """
 
-    data_dir: Path
-    port: int
+    port: int = 6379
     persistent: bool = False
     host: str = "127.0.0.1"
-    _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+
+    pid_name = "redis.pid"
+    log_name = "redis.log"
 
     @property
     def url(self) -> str:
         """``redis://`` URL of this server."""
         return f"redis://{self.host}:{self.port}/0"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.data_dir / "redis.pid"
-
-    @property
-    def log_file(self) -> Path:
-        return self.data_dir / "redis.log"
-
-    def running_pid(self) -> int | None:
-        """Pid of the server started from this directory, if it is alive."""
-        if self._process is not None and pid_alive(self._process.pid):
-            return self._process.pid
-        return read_pid(self.pid_file)
 
     def start(self, timeout_s: float = 15.0) -> None:
         """Start the server and wait until it answers PING."""
@@ -93,7 +79,7 @@ class RedisServer:
         if not port_is_free(self.port, self.host):
             raise DevStackError(
                 f"Redis port {self.port} is taken by another process: stop it or choose "
-                "another port (FRAUDSTREAM_DEV_REDIS_PORT / --redis-port)."
+                "another port (--redis-port)."
             )
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
@@ -115,19 +101,12 @@ class RedisServer:
             "--daemonize",
             "no",
         ]
-        self._process = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        self.pid_file.write_text(str(self._process.pid))
+        self._launch(args)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self._process.poll() is not None:
+            if (code := self._exit_code()) is not None:
                 raise DevStackError(
-                    f"redis-server exited at start (code {self._process.returncode}); "
+                    f"redis-server exited at start (code {code}); "
                     f"log {self.log_file}:\n{tail(self.log_file)}"
                 )
             if self.ping():
@@ -157,13 +136,3 @@ class RedisServer:
                 client.close()
         except redis.RedisError:
             return None
-
-    def stop(self) -> None:
-        """Stop the server and wait for its process to end."""
-        pid = self.running_pid()
-        if pid is not None:
-            stop_pid(pid)
-        if self._process is not None:
-            self._process.wait()
-            self._process = None
-        self.pid_file.unlink(missing_ok=True)
