@@ -143,3 +143,35 @@ def test_learner_crash_and_restart_continue_versions_and_a_new_scorer_uses_them(
     assert decision["scorer"] == "model"
     assert decision["model_version"] >= after.version
     client.close()
+
+
+def test_labels_without_snapshot_or_malformed_go_to_the_labels_dlq(
+    make_settings: Callable[..., Any],
+    run_app: Callable[..., Any],
+    produce: Callable[..., None],
+    consume: Callable[..., list[Any]],
+) -> None:
+    settings = make_settings(role="learner", checkpoint_every_s=1.0)
+    app = run_app(settings)
+    ghost = orjson.dumps(
+        {
+            "transaction_id": "never-scored",
+            "is_fraud": True,
+            "labeled_at": _iso(START),
+            "source": "analyst",
+        }
+    )
+    produce(
+        settings.bootstrap_servers,
+        settings.topic_labels,
+        [(b"k1", ghost), (b"k2", b'{"transaction_id": "x", "is_fraud": "maybe"}')],
+    )
+    letters = consume(
+        settings.bootstrap_servers, settings.topic_labels_dlq, at_least=2, timeout_s=180, settle_s=1
+    )
+    by_key = {r.key: dict(r.headers) for r in letters}
+    assert by_key[b"k1"]["fraudstream.error.class"] == b"MissingSnapshotError"
+    assert b"never-scored" in by_key[b"k1"]["fraudstream.error.message"]
+    assert by_key[b"k2"]["fraudstream.error.class"] == b"ValidationFailedError"
+    assert {r.value for r in letters} == {ghost, b'{"transaction_id": "x", "is_fraud": "maybe"}'}
+    assert app.metrics.labels_rejected.labels("missing_snapshot")._value.get() == 1
