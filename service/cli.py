@@ -16,6 +16,7 @@ import click
 from pydantic import SecretStr, ValidationError
 
 from producers.cli import COMMANDS as PRODUCER_COMMANDS
+from service.cli_bench import bench as bench_group
 from service.cli_model import model as model_group
 from service.devstack.stack import DevStack
 from service.errors import FraudstreamError
@@ -285,6 +286,7 @@ def demo(
 
 
 main.add_command(model_group)
+main.add_command(bench_group)
 for _command in PRODUCER_COMMANDS:
     main.add_command(_command)
 

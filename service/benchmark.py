@@ -1,0 +1,1275 @@
+"""The scorer benchmark: throughput, latency and memory of one scorer process, in one run.
+
+``fraudstream bench pipeline`` (see :mod:`service.cli_bench` and ``bench/README.md``)
+calls :func:`run_pipeline_bench`, which
+
+1. starts a real Kafka broker and Redis server on free ports in a temporary folder
+   (unless running ones are given);
+2. simulates handbook-style transactions (about 60 per card over 30 days, so card
+   histories hold full 30-day windows), trains the default model on the first
+   rows and publishes it, signed, in the run's Redis prefix, so the scorer uses
+   the learnt model and not the rules prior;
+3. pre-loads ``events`` transactions (JSON, key = card id) into a topic;
+4. measures, each on the same topic, one after the other so they never share
+   the CPU:
+
+   * **raw consume**: a plain kafka-python loop that only counts records (the
+     ceiling any Python consumer has here);
+   * **scorer**: the real :class:`~service.app.Application` scorer loop
+     (consumer group, :class:`~service.pipeline.Pipeline`, Redis feature store,
+     snapshots, alerts produced and flushed, offsets committed) in its own
+     process, from its first processed batch to the last record; the process's
+     peak RSS (``VmHWM``) and CPU time are reported;
+   * **naive**: a per-event loop on fewer events (auto-commit, one Redis call per
+     feature, River ``predict_proba_one``, one produce and flush per event);
+   * **latency**: a fresh topic fed at a fixed offered rate (2,000 tx/s) with a
+     scorer publishing every decision; latency is the score record's broker
+     append time (``LogAppendTime`` on the scores topic) minus the
+     transaction's producer timestamp;
+
+5. reads ``MEMORY USAGE`` of a sample of card, terminal and snapshot keys.
+
+Throughput is measured between the end of the first batch and the end of the
+last one, so client start-up and the consumer-group join are not counted.
+
+The scorer runs as ``python -m service.benchmark <spec.json>``: a child process
+whose last stdout line is a JSON result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import redis
+from kafka import KafkaConsumer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
+from pydantic import SecretStr
+
+from service.kafka import DeliveryTracker, make_consumer, make_producer
+from service.kafka.clients import make_admin
+
+log = logging.getLogger(__name__)
+
+#: Offered rate of the latency measurement (the design target is stated at 2,000 tx/s).
+LATENCY_RATE_PER_S = 2_000
+#: Targets of DESIGN.md, shown next to the measured values.
+TARGETS: dict[str, tuple[str, float]] = {
+    "scorer_tx_per_s": (">=", 50_000.0),
+    "speedup_vs_naive": (">=", 20.0),
+    "latency_p50_ms": ("<=", 5.0),
+    "latency_p99_ms": ("<=", 25.0),
+    "redis_bytes_per_card": ("<=", 2048.0),
+    "snapshot_bytes_per_tx": ("<=", 300.0),
+    "scorer_rss_mb": ("<=", 300.0),
+}
+_TX_PER_CARD_DAY = 2.0  # the handbook's mean of U(0, 4) transactions per customer and day
+_SIM_DAYS = 30
+
+
+# -- pure helpers ------------------------------------------------------------------
+
+
+def percentiles(values: Sequence[float] | np.ndarray, qs: Sequence[float]) -> list[float]:
+    """Percentiles ``qs`` (0-100) of ``values`` (linear interpolation); NaN when empty.
+
+    Examples
+    --------
+    >>> percentiles([1.0, 2.0, 3.0, 4.0, 5.0], [50, 100])
+    [3.0, 5.0]
+    >>> percentiles([], [50])
+    [nan]
+    """
+    data = np.asarray(values, dtype=np.float64)
+    if data.size == 0:
+        return [math.nan for _ in qs]
+    return [float(v) for v in np.percentile(data, list(qs))]
+
+
+def rate_per_s(count: int, seconds: float) -> float:
+    """``count / seconds``, NaN when no time was measured.
+
+    >>> rate_per_s(1000, 0.5), rate_per_s(10, 0.0)
+    (2000.0, nan)
+    """
+    return count / seconds if seconds > 0 else math.nan
+
+
+def ratio(numerator: float, denominator: float) -> float:
+    """``numerator / denominator``, NaN when the denominator is 0 or NaN.
+
+    >>> ratio(50.0, 2.0), ratio(1.0, 0.0)
+    (25.0, nan)
+    """
+    if not denominator or math.isnan(denominator):
+        return math.nan
+    return numerator / denominator
+
+
+def meets(name: str, value: float) -> str:
+    """``"yes"``/``"no"`` against the design target of ``name``, ``""`` without one.
+
+    >>> meets("latency_p99_ms", 12.0), meets("scorer_tx_per_s", 1000.0), meets("events", 1.0)
+    ('yes', 'no', '')
+    """
+    if name not in TARGETS or value is None or math.isnan(value):
+        return ""
+    op, target = TARGETS[name]
+    ok = value >= target if op == ">=" else value <= target
+    return "yes" if ok else "no"
+
+
+def _fmt(value: Any) -> str:
+    """A number for the summary table.
+
+    >>> _fmt(51234.567), _fmt(3.14159), _fmt(0.01234), _fmt(float("nan")), _fmt(None)
+    ('51,235', '3.14', '0.0123', 'n/a', 'n/a')
+    """
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if math.isnan(value):
+        return "n/a"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3g}"
+
+
+#: Rows of the summary table: key, label, unit.
+_ROWS: tuple[tuple[str, str, str], ...] = (
+    ("scorer_tx_per_s", "scorer throughput (real Application loop)", "tx/s"),
+    ("naive_tx_per_s", "naive per-event loop", "tx/s"),
+    ("speedup_vs_naive", "scorer / naive", "x"),
+    ("raw_consume_tx_per_s", "raw kafka-python consume loop", "tx/s"),
+    ("scorer_vs_raw_consume", "scorer / raw consume", "x"),
+    ("latency_p50_ms", "latency p50 at offered rate", "ms"),
+    ("latency_p99_ms", "latency p99 at offered rate", "ms"),
+    ("latency_max_ms", "latency max at offered rate", "ms"),
+    ("latency_achieved_tx_per_s", "offered rate achieved", "tx/s"),
+    ("redis_bytes_per_card", "Redis MEMORY USAGE per card key", "bytes"),
+    ("redis_card_records_mean", "transactions held per card key", "records"),
+    ("redis_bytes_per_terminal", "Redis MEMORY USAGE per terminal key", "bytes"),
+    ("snapshot_bytes_per_tx", "Redis MEMORY USAGE per snapshot key", "bytes"),
+    ("snapshot_payload_bytes", "snapshot value length", "bytes"),
+    ("scorer_rss_mb", "scorer peak RSS (VmHWM)", "MB"),
+    ("scorer_cpu_us_per_tx", "scorer process CPU per transaction", "µs"),
+    ("redis_cpu_us_per_tx", "Redis server CPU per transaction (scorer run)", "µs"),
+    ("scorer_alert_share", "share of transactions alerted", ""),
+)
+
+
+def format_summary(result: Mapping[str, Any], profile_lines: int = 60) -> str:
+    """The Markdown report of a run: table of figures with targets, then the profile top.
+
+    Examples
+    --------
+    >>> text = format_summary({"events": 1000, "naive_events": 100, "scorer_tx_per_s": 60000.0,
+    ...                        "naive_tx_per_s": 1000.0, "speedup_vs_naive": 60.0})
+    >>> "| scorer throughput (real Application loop) | 60,000 tx/s | >= 50,000 | yes |" in text
+    True
+    >>> "naive per-event loop" in text and "100 events" in text
+    True
+    """
+    out = [
+        "# fraudstream pipeline benchmark",
+        "",
+        f"Run at {result.get('started_at', '?')} on {result.get('host', '?')} "
+        f"({result.get('cpus', '?')} CPUs, shared): {_fmt(result.get('events'))} events "
+        f"pre-loaded in {result.get('partitions', '?')} partitions; naive loop on the first "
+        f"{_fmt(result.get('naive_events'))} events; latency at "
+        f"{_fmt(result.get('latency_offered_tx_per_s'))} tx/s offered for "
+        f"{_fmt(result.get('latency_seconds'))} s. The scorer scored with: "
+        f"{result.get('scorer_kind', '?')!s} (version {result.get('model_version', '?')}), "
+        f"batch size {result.get('max_batch_size', '?')}.",
+        "",
+        "| measure | value | target | met |",
+        "|---|---|---|---|",
+    ]
+    for key, label, unit in _ROWS:
+        if key not in result:
+            continue
+        value = result[key]
+        target = ""
+        if key in TARGETS:
+            op, goal = TARGETS[key]
+            target = f"{op} {_fmt(goal)}"
+        shown = f"{_fmt(value)} {unit}".strip()
+        if key == "naive_tx_per_s":
+            shown += f" (on {_fmt(result.get('naive_events'))} events)"
+        out.append(f"| {label} | {shown} | {target} | {meets(key, value)} |")
+    notes = result.get("notes") or []
+    if notes:
+        out += ["", "Notes:", ""] + [f"- {note}" for note in notes]
+    profile = result.get("profile_text")
+    if profile:
+        lines = profile.splitlines()
+        out += [
+            "",
+            f"## Profile of the scorer process (pyinstrument, top {profile_lines} lines)",
+            "",
+            "```",
+            *lines[:profile_lines],
+            "```",
+        ]
+    flat = result.get("profile_flat_text")
+    if flat:
+        out += ["", "## Self time by function (top 25)", "", "```", *flat.splitlines()[:30], "```"]
+    return "\n".join(out) + "\n"
+
+
+def flat_without_self_rows(flat: str) -> str:
+    r"""pyinstrument's flat view minus its synthetic ``[self]`` rows.
+
+    In flat mode pyinstrument merges the ``[self]`` pseudo-frames of many files
+    under one file name, which reads as a hot spot that is not one.
+
+    >>> flat_without_self_rows("1.0 [self]  kafka/admin/client.py\n0.5 f  a.py:1")
+    '0.5 f  a.py:1'
+    """
+    return "\n".join(line for line in flat.splitlines() if "[self]" not in line)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MB (``VmHWM``, else ``ru_maxrss``)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+# -- configuration -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PipelineBenchConfig:
+    """Options of ``fraudstream bench pipeline``.
+
+    Parameters
+    ----------
+    events
+        Transactions pre-loaded and scored (default 200,000).
+    naive_events
+        Transactions the naive loop processes (default 10,000: it is slow).
+    latency_seconds
+        Length of the offered-load phase (default 20).
+    latency_rate
+        Offered rate in tx/s (default 2,000).
+    partitions
+        Partitions of the benchmark topics (default 6).
+    bootstrap_servers, redis_url
+        Running servers to use; ``None`` starts them on free ports.
+    profile
+        Run the scorer a second time under pyinstrument and keep its profile.
+    profile_events
+        Events of the profiled run (default: ``events``).
+    seed
+        Simulation seed.
+    cache_dir
+        Where the Kafka jars are cached.
+    """
+
+    events: int = 200_000
+    naive_events: int = 10_000
+    latency_seconds: float = 20.0
+    latency_rate: int = LATENCY_RATE_PER_S
+    partitions: int = 6
+    bootstrap_servers: str | None = None
+    redis_url: str | None = None
+    profile: bool = True
+    profile_events: int | None = None
+    seed: int = 0
+    cache_dir: Path = Path(".cache")
+    results_dir: Path = Path("bench/results")
+
+
+@dataclass
+class _Run:
+    """Names of one benchmark run (unique, so runs against shared servers never mix)."""
+
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+
+    def name(self, base: str) -> str:
+        return f"bench-{self.run_id}-{base}"
+
+    @property
+    def prefix(self) -> str:
+        return f"bench{self.run_id}"
+
+
+# -- servers -----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def bench_servers(
+    bootstrap_servers: str | None, redis_url: str | None, cache_dir: Path
+) -> Iterator[tuple[str, str]]:
+    """``(bootstrap_servers, redis_url)``: the given ones, or fresh servers stopped on exit."""
+    from service.devstack import KafkaServer, RedisServer, free_port
+
+    with contextlib.ExitStack() as stack:
+        home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fs-bench-")))
+        if redis_url is None:
+            server = RedisServer(data_dir=home / "redis", port=free_port())
+            server.start()
+            stack.callback(server.stop)
+            redis_url = server.url
+            log.info("started redis at %s", redis_url)
+        if bootstrap_servers is None:
+            kafka = KafkaServer(
+                data_dir=home / "kafka",
+                cache_dir=cache_dir,
+                port=free_port(),
+                controller_port=free_port(),
+                heap_mb=768,
+            )
+            kafka.start(timeout_s=120)
+            stack.callback(kafka.stop)
+            bootstrap_servers = kafka.bootstrap_servers
+            log.info("started kafka at %s", bootstrap_servers)
+        yield bootstrap_servers, redis_url
+
+
+def create_topic(
+    bootstrap_servers: str,
+    name: str,
+    partitions: int,
+    *,
+    replication: int = 1,
+    configs: Mapping[str, str] | None = None,
+) -> None:
+    """Create a topic with topic-level configs and wait until every partition has a leader."""
+    from service.kafka import ensure_topics
+
+    admin = make_admin(bootstrap_servers, client_id="fraudstream-bench")
+    try:
+        with contextlib.suppress(TopicAlreadyExistsError):
+            admin.create_topics(
+                [NewTopic(name, partitions, replication, topic_configs=dict(configs or {}))],
+                timeout_ms=30_000,
+            )
+    finally:
+        admin.close()
+    ensure_topics(bootstrap_servers, {name: partitions}, replication=replication)
+
+
+# -- data --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BenchData:
+    """Simulated transactions as Kafka records, plus what training needs."""
+
+    keys: list[bytes]
+    values: list[bytes]
+    is_fraud: np.ndarray
+    n_cards: int
+
+
+def simulate_records(count: int, seed: int = 0) -> BenchData:
+    """``count`` handbook-style transactions in event-time order, as (key, JSON) records.
+
+    The population is sized so that ``count`` transactions span about 30 days
+    (about 60 per card): card histories then hold full 30-day windows.
+    """
+    from producers.simulator import SimulationConfig, simulate
+
+    n_customers = max(20, math.ceil(1.15 * count / (_TX_PER_CARD_DAY * _SIM_DAYS)))
+    days = _SIM_DAYS
+    while True:
+        sim = simulate(
+            SimulationConfig(
+                seed=seed,
+                n_customers=n_customers,
+                n_terminals=max(100, 2 * n_customers),
+                n_days=days,
+                id_prefix=f"b{seed}-",
+            )
+        )
+        if len(sim) >= count:
+            break
+        days += 10
+    index = np.arange(count)
+    keys: list[bytes] = []
+    values: list[bytes] = []
+    dumps = orjson.dumps
+    for row in sim.rows(index):
+        keys.append(row["card_id"].encode())
+        values.append(dumps(row))
+    return BenchData(keys, values, sim.is_fraud[:count].copy(), n_customers)
+
+
+def preload(
+    bootstrap_servers: str, topic: str, keys: Sequence[bytes], values: Sequence[bytes]
+) -> float:
+    """Produce every record (delivery confirmed); returns the produce rate in records/s."""
+    producer = make_producer(bootstrap_servers, client_id="fraudstream-bench-load", linger_ms=20)
+    try:
+        tracker = DeliveryTracker(producer)
+        started = time.perf_counter()
+        for key, value in zip(keys, values, strict=True):
+            tracker.send(topic, value, key=key)
+            if tracker.pending >= 50_000:
+                tracker.flush(timeout_s=120)
+        tracker.flush(timeout_s=120)
+        return rate_per_s(len(values), time.perf_counter() - started)
+    finally:
+        producer.close(timeout=30)
+
+
+def train_and_publish(
+    redis_client: redis.Redis,
+    settings_values: Mapping[str, Any],
+    data: BenchData,
+    rows: int,
+) -> tuple[int, int, int]:
+    """Train the default model on the first ``rows`` transactions and publish it signed.
+
+    Features come from a scratch Redis prefix, so the scorer's state is untouched.
+    Returns ``(version, labels, frauds)``.
+    """
+    from service.features.definitions import FeatureConfig
+    from service.features.redis_store import RedisFeatureStore
+    from service.model import FraudModel
+    from service.registry import ModelRegistry
+    from service.schemas import TRANSACTION_BATCH
+    from service.settings import Settings
+
+    settings = Settings(
+        _env_file=None,
+        **{**settings_values, "redis_prefix": settings_values["redis_prefix"] + "train"},
+    )
+    store = RedisFeatureStore(redis_client, FeatureConfig.from_settings(settings))
+    model = FraudModel(settings.model, store.names)
+    for lo in range(0, rows, 2000):
+        hi = min(rows, lo + 2000)
+        txs = TRANSACTION_BATCH.validate_json(b"[" + b",".join(data.values[lo:hi]) + b"]")
+        batch = store.update_and_compute(txs)
+        for x_row, y in zip(batch.values.tolist(), data.is_fraud[lo:hi].tolist(), strict=True):
+            model.learn_one(dict(zip(store.names, x_row, strict=True)), bool(y))
+    registry = ModelRegistry(
+        redis_client,
+        settings_values["redis_prefix"],
+        SecretStr(str(settings_values["model_signing_key"])),
+    )
+    version = registry.publish(model, extra={"trained_by": "fraudstream bench"})
+    _delete_prefix(redis_client, settings.redis_prefix)
+    return version, model.labels_learnt, model.frauds_learnt
+
+
+def _delete_prefix(client: redis.Redis, prefix: str) -> None:
+    batch: list[bytes] = []
+    for key in client.scan_iter(match=f"{prefix}:*", count=5000):
+        batch.append(key)
+        if len(batch) >= 5000:
+            client.unlink(*batch)
+            batch.clear()
+    if batch:
+        client.unlink(*batch)
+
+
+# -- raw consume -------------------------------------------------------------------
+
+
+def _assign_all(consumer: KafkaConsumer, topic: str) -> None:
+    partitions = consumer.partitions_for_topic(topic) or set()
+    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+
+
+def measure_raw_consume(
+    bootstrap_servers: str, topic: str, expected: int, max_records: int
+) -> dict[str, float]:
+    """A plain consumer loop that only counts records: Kafka + kafka-python's ceiling."""
+    consumer = make_consumer(
+        bootstrap_servers,
+        client_id="fraudstream-bench-raw",
+        group_id=None,
+        max_poll_records=max_records,
+    )
+    try:
+        _assign_all(consumer, topic)
+        count = 0
+        first_at = 0.0
+        first_count = 0
+        deadline = time.monotonic() + 300
+        while count < expected and time.monotonic() < deadline:
+            batches = consumer.poll(timeout_ms=200, max_records=max_records)
+            got = sum(len(b) for b in batches.values())
+            if got and not first_count:
+                first_at, first_count = time.perf_counter(), got
+            count += got
+        seconds = time.perf_counter() - first_at
+        return {
+            "raw_consume_tx_per_s": rate_per_s(count - first_count, seconds),
+            "raw_consume_records": count,
+        }
+    finally:
+        consumer.close()
+
+
+# -- the scorer process ------------------------------------------------------------
+
+
+def settings_values(settings: Any) -> dict[str, Any]:
+    """Every field of a :class:`~service.settings.Settings`, secrets in clear, JSON-able."""
+    values = {}
+    for name, value in settings.model_dump().items():
+        values[name] = value.get_secret_value() if isinstance(value, SecretStr) else value
+    return json.loads(json.dumps(values, default=str))
+
+
+def run_scorer_process(
+    settings: Mapping[str, Any],
+    *,
+    target: int | None,
+    profile_path: Path | None = None,
+    ready_file: Path | None = None,
+    timeout_s: float = 600.0,
+    stop: threading.Event | None = None,
+) -> dict[str, Any]:
+    """Run the real scorer in a child process until ``target`` transactions are scored.
+
+    Without ``target`` it runs until ``stop`` is set (it is then sent SIGTERM).
+    Returns the child's JSON result.
+    """
+    spec = {
+        "settings": dict(settings),
+        "target": target,
+        "profile_path": str(profile_path) if profile_path else None,
+        "ready_file": str(ready_file) if ready_file else None,
+    }
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump(spec, handle)
+        spec_path = handle.name
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "service.benchmark", spec_path],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=str(Path(__file__).resolve().parent.parent),
+        )
+        deadline = time.monotonic() + timeout_s
+        while child.poll() is None:
+            if stop is not None and stop.is_set():
+                child.terminate()
+                break
+            if time.monotonic() > deadline:
+                child.kill()
+                break
+            time.sleep(0.05)
+        stdout, stderr = child.communicate(timeout=120)
+    finally:
+        os.unlink(spec_path)
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    if child.returncode not in (0, -15) or not lines:
+        raise RuntimeError(f"scorer process failed (exit {child.returncode}):\n{stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+def _scorer_main(spec_path: str) -> None:
+    """Entry of the scorer child process (``python -m service.benchmark spec.json``)."""
+    from service.app import Application
+    from service.settings import Settings
+
+    spec = json.loads(Path(spec_path).read_text())
+    settings = Settings(_env_file=None, **spec["settings"])
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    app = Application(settings)
+    app.install_signal_handlers()
+    target: int | None = spec["target"]
+    marks: dict[str, Any] = {}
+
+    def processed() -> float:
+        return (
+            app.metrics.registry.get_sample_value("fraudstream_transactions_processed_total") or 0.0
+        )
+
+    def watch() -> None:
+        ready_file = spec.get("ready_file")
+        while not app.stopping.is_set():
+            n = processed()
+            now = time.perf_counter()
+            if n and "first_at" not in marks:
+                marks.update(first_at=now, first_count=n, first_cpu=_cpu_s())
+                if ready_file:
+                    Path(ready_file).write_text("ready")
+            if target is not None and n >= target:
+                marks.update(last_at=now, last_count=n, last_cpu=_cpu_s())
+                app.stop()
+                return
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch, name="bench-watch", daemon=True)
+    profiler = None
+    if spec.get("profile_path"):
+        from pyinstrument import Profiler
+
+        profiler = Profiler(interval=0.001)
+        profiler.start()
+    started = time.perf_counter()
+    watcher.start()
+    app.run()
+    ended = time.perf_counter()
+    watcher.join(timeout=5)
+    result: dict[str, Any] = {
+        "processed": processed(),
+        "rss_mb": peak_rss_mb(),
+        "cpu_s": _cpu_s(),
+        "wall_s": ended - started,
+        "alerts": sum(
+            app.metrics.registry.get_sample_value("fraudstream_alerts_total", {"scorer": kind})
+            or 0.0
+            for kind in ("model", "rules")
+        ),
+        "alerts_by_model": app.metrics.registry.get_sample_value(
+            "fraudstream_alerts_total", {"scorer": "model"}
+        )
+        or 0.0,
+        "model_version": app._watcher.active.version if app._watcher else None,
+        "scorer_kind": app._watcher.active.kind if app._watcher else None,
+    }
+    if "last_at" in marks:
+        seconds = marks["last_at"] - marks["first_at"]
+        count = marks["last_count"] - marks["first_count"]
+        result.update(
+            seconds=seconds,
+            counted=count,
+            tx_per_s=rate_per_s(int(count), seconds),
+            cpu_us_per_tx=1e6 * (marks["last_cpu"] - marks["first_cpu"]) / max(count, 1),
+        )
+    if profiler is not None:
+        profiler.stop()
+        from pyinstrument.renderers import ConsoleRenderer
+
+        session = profiler.last_session
+        assert session is not None
+        tree = ConsoleRenderer(unicode=False, color=False, short_mode=False).render(session)
+        flat = ConsoleRenderer(unicode=False, color=False, flat=True, show_all=True).render(session)
+        Path(spec["profile_path"]).write_text(tree + "\n\n# flat (self time)\n\n" + flat)
+        result["profile_text"] = tree
+        result["profile_flat_text"] = flat_without_self_rows(flat)
+    print(json.dumps(result), flush=True)
+
+
+# -- naive loop --------------------------------------------------------------------
+
+
+class NaiveScorer:
+    """What one writes first: per-event Redis calls, River per event, produce+flush per event.
+
+    Per event: ``SET NX`` (dedupe); ``ZADD`` + ``PEXPIRE`` of the card history;
+    one ``ZCOUNT`` per card window; one ``ZRANGEBYSCORE`` of the longest window
+    (amount sums, previous event, z-score); ``SISMEMBER`` + ``SADD`` (new
+    terminal); ``GET`` of the card's fraud-label count; ``HINCRBY`` of the
+    terminal's day; one ``HMGET`` per terminal window for counts and one for
+    fraud labels; ``SET`` of the snapshot -- each its own round trip. Then
+    ``predict_proba_one`` and one produce of the score record, flushed.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        producer: Any,
+        model: Any,
+        names: Sequence[str],
+        prefix: str,
+        topic_scores: str,
+        windows_s: Sequence[int],
+        terminal_days: Sequence[int],
+        threshold: float,
+    ) -> None:
+        self.client = client
+        self.producer = producer
+        self.model = model
+        self.names = tuple(names)
+        self.prefix = prefix
+        self.topic_scores = topic_scores
+        self.windows_ms = [w * 1000 for w in windows_s]
+        self.terminal_days = tuple(terminal_days)
+        self.threshold = threshold
+        self.alerts = 0
+
+    def process(self, value: bytes) -> None:
+        from service.alerts import encode_score_record
+        from service.schemas import Transaction
+
+        tx = Transaction.model_validate_json(value)
+        r, p = self.client, self.prefix
+        t = tx.event_time_ms
+        if not r.set(f"{p}:dedupe:{tx.transaction_id}", 1, nx=True, ex=86400):
+            return
+        card = f"{p}:card:{tx.card_id}"
+        member = f"{tx.transaction_id}|{tx.amount}|{tx.lat}|{tx.lon}"
+        r.zadd(card, {member: t})
+        r.pexpire(card, max(self.windows_ms) + 86_400_000)
+        x: dict[str, float] = {}
+        counts = [float(r.zcount(card, t - w + 1, t)) for w in self.windows_ms]
+        history: list[tuple[bytes, float]] = r.zrangebyscore(  # type: ignore[assignment]
+            card, t - max(self.windows_ms) + 1, t, withscores=True
+        )
+        rows = [(m.decode().split("|"), float(s)) for m, s in history]
+        for w, count, label in zip(self.windows_ms, counts, self._labels(), strict=True):
+            total = sum(float(f[1]) for f, s in rows if s > t - w)
+            x[f"card_tx_count_{label}"] = count
+            x[f"card_amount_sum_{label}"] = total
+            x[f"card_amount_mean_{label}"] = total / max(count, 1.0)
+        earlier = [(f, s) for f, s in rows if f[0] != tx.transaction_id]
+        amounts = [float(f[1]) for f, _ in earlier]
+        if earlier:
+            prev, prev_ts = earlier[-1]
+            gap_s = (t - prev_ts) / 1000.0
+            x["card_seconds_since_prev"] = gap_s
+            if prev[2] != "None" and tx.lat is not None and tx.lon is not None:
+                from service.features.definitions import haversine_km
+
+                d = haversine_km(float(prev[2]), float(prev[3]), tx.lat, tx.lon)
+                x["card_distance_km_prev"] = d
+                x["card_speed_kmh_prev"] = d / max(gap_s / 3600.0, 1 / 60)
+        else:
+            x["card_seconds_since_prev"] = float(max(self.windows_ms) / 1000 + 86400)
+        if len(amounts) >= 2:
+            mean = sum(amounts) / len(amounts)
+            std = max(1.0, (sum((a - mean) ** 2 for a in amounts) / len(amounts)) ** 0.5)
+            x["card_amount_zscore"] = (tx.amount - mean) / std
+        seen = f"{p}:seen:{tx.card_id}"
+        x["card_new_terminal"] = 0.0 if r.sismember(seen, tx.terminal_id) else 1.0
+        r.sadd(seen, tx.terminal_id)
+        x["card_fraud_labels_30d"] = float(r.get(f"{p}:cardfraud:{tx.card_id}") or 0)
+        day = t // 86_400_000
+        term = f"{p}:term:{tx.terminal_id}"
+        r.hincrby(term, str(day), 1)
+        for d in self.terminal_days:
+            fields = [str(day - i) for i in range(d)]
+            count = float(sum(int(v or 0) for v in r.hmget(term, fields)))
+            frauds = float(sum(int(v or 0) for v in r.hmget(f"{term}:fraud", fields)))
+            x[f"terminal_tx_count_{d}d"] = count
+            x[f"terminal_fraud_labels_{d}d"] = frauds
+            x[f"terminal_fraud_rate_{d}d"] = min(1.0, frauds / count) if count else 0.0
+        hour = (t % 86_400_000) // 3_600_000
+        x.update(
+            amount=tx.amount,
+            hour_of_day=float(hour),
+            is_night=float(hour < 6),
+            is_weekend=float((day + 3) % 7 >= 5),
+        )
+        score = self.model.predict_proba_one(x)[True]
+        r.set(f"{p}:snap:{tx.transaction_id}", orjson.dumps(x), ex=86400 * 45)
+        alert = score >= self.threshold
+        self.alerts += alert
+        record = encode_score_record(
+            transaction_id=tx.transaction_id,
+            card_id=tx.card_id,
+            terminal_id=tx.terminal_id,
+            amount=tx.amount,
+            event_time_ms=t,
+            score=score,
+            threshold=self.threshold,
+            is_alert=alert,
+            scorer="model",
+            model_version=1,
+            reasons=[],
+            scored_at_ms=time.time() * 1000,
+            latency_ms=0.0,
+        )
+        self.producer.send(self.topic_scores, value=record, key=tx.card_id.encode())
+        self.producer.flush()
+
+    def _labels(self) -> list[str]:
+        from service.features.definitions import window_label
+
+        return [window_label(w // 1000) for w in self.windows_ms]
+
+
+def measure_naive(
+    bootstrap_servers: str,
+    redis_url: str,
+    topic: str,
+    topic_scores: str,
+    expected: int,
+    model: Any,
+    names: Sequence[str],
+    settings: Any,
+    prefix: str,
+    group: str,
+) -> dict[str, float]:
+    """Run :class:`NaiveScorer` on the first ``expected`` records of ``topic``."""
+    client = redis.Redis.from_url(redis_url)
+    producer = make_producer(bootstrap_servers, client_id="fraudstream-bench-naive")
+    consumer = make_consumer(
+        bootstrap_servers,
+        client_id="fraudstream-bench-naive",
+        group_id=group,
+        enable_auto_commit=True,
+        topics=[topic],
+    )
+    naive = NaiveScorer(
+        client,
+        producer,
+        model,
+        names,
+        prefix,
+        topic_scores,
+        settings.window_lengths_s,
+        settings.terminal_window_days,
+        settings.alert_threshold,
+    )
+    try:
+        count = 0
+        first_at = 0.0
+        cpu0 = 0.0
+        deadline = time.monotonic() + 600
+        for record in consumer:
+            naive.process(record.value)
+            count += 1
+            if count == 1:
+                first_at, cpu0 = time.perf_counter(), _cpu_s()
+            if count >= expected or time.monotonic() > deadline:
+                break
+        seconds = time.perf_counter() - first_at
+        return {
+            "naive_tx_per_s": rate_per_s(count - 1, seconds),
+            "naive_events": count,
+            "naive_cpu_us_per_tx": 1e6 * (_cpu_s() - cpu0) / max(count - 1, 1),
+            "naive_alerts": naive.alerts,
+        }
+    finally:
+        consumer.close()
+        producer.close(timeout=30)
+        client.close()
+
+
+# -- latency -----------------------------------------------------------------------
+
+
+def measure_latency(
+    bootstrap_servers: str,
+    settings: Mapping[str, Any],
+    keys: Sequence[bytes],
+    values: Sequence[bytes],
+    *,
+    rate: int,
+    seconds: float,
+    run: _Run,
+    partitions: int,
+) -> dict[str, Any]:
+    """Offer ``rate`` tx/s for ``seconds`` to a running scorer; percentiles of latency."""
+    topic_in = run.name("latency-tx")
+    topic_scores = run.name("latency-scores")
+    create_topic(bootstrap_servers, topic_in, partitions)
+    create_topic(
+        bootstrap_servers,
+        topic_scores,
+        partitions,
+        configs={"message.timestamp.type": "LogAppendTime"},
+    )
+    scorer_settings = {
+        **settings,
+        "topic_transactions": topic_in,
+        "topic_scores": topic_scores,
+        "publish_scores": True,
+        "consumer_group": run.name("latency-scorer"),
+    }
+    stop = threading.Event()
+    outcome: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        ready = Path(tmp) / "ready"
+
+        def scorer() -> None:
+            try:
+                outcome["scorer"] = run_scorer_process(
+                    scorer_settings, target=None, ready_file=ready, stop=stop
+                )
+            except BaseException as exc:
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=scorer, name="bench-latency-scorer")
+        thread.start()
+        producer = make_producer(
+            bootstrap_servers, client_id="fraudstream-bench-latency", linger_ms=5
+        )
+        sent_ms: dict[bytes, int] = {}
+        warmup = 0
+        total = int(rate * seconds)
+        try:
+            # Warm up until the scorer has joined its group and scored something.
+            deadline = time.monotonic() + 90
+            while not ready.exists():
+                if time.monotonic() > deadline or not thread.is_alive():
+                    raise RuntimeError(f"latency scorer did not start: {outcome.get('error')}")
+                producer.send(topic_in, value=values[warmup], key=keys[warmup])
+                warmup += 1
+                time.sleep(0.05)
+            time.sleep(1.0)
+            tx_ids = [
+                orjson.loads(v)["transaction_id"].encode() for v in values[warmup : warmup + total]
+            ]
+            started = time.perf_counter()
+            for i in range(total):
+                due = started + i / rate
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                j = warmup + i
+                sent_ms[tx_ids[i]] = int(time.time() * 1000)
+                producer.send(
+                    topic_in, value=values[j], key=keys[j], timestamp_ms=sent_ms[tx_ids[i]]
+                )
+            offered_s = time.perf_counter() - started
+            producer.flush(timeout=60)
+            sent, latencies, scorer_ms = _collect_latencies(
+                bootstrap_servers, topic_scores, sent_ms, timeout_s=60
+            )
+        finally:
+            producer.close(timeout=30)
+            stop.set()
+            thread.join(timeout=120)
+    p50, p90, p99, p999 = percentiles(latencies, [50, 90, 99, 99.9])
+    scorer_result = outcome.get("scorer", {})
+    return {
+        "latency_offered_tx_per_s": rate,
+        "latency_seconds": seconds,
+        "latency_achieved_tx_per_s": rate_per_s(total, offered_s),
+        "latency_samples": len(latencies),
+        "latency_expected": total,
+        "latency_p50_ms": p50,
+        "latency_p90_ms": p90,
+        "latency_p99_ms": p99,
+        "latency_p999_ms": p999,
+        "latency_max_ms": float(np.max(latencies)) if len(latencies) else math.nan,
+        "latency_in_scorer_p50_ms": percentiles(scorer_ms, [50])[0],
+        "latency_in_scorer_p99_ms": percentiles(scorer_ms, [99])[0],
+        "latency_p99_by_second_ms": by_second(sent, latencies),
+        "latency_scorer_rss_mb": scorer_result.get("rss_mb", math.nan),
+    }
+
+
+def _collect_latencies(
+    bootstrap_servers: str, topic: str, sent_ms: Mapping[bytes, int], timeout_s: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read the scores topic: for every transaction sent, ``(sent_ms, end-to-end ms, scorer ms)``.
+
+    End to end is the score record's append time minus the send time; the scorer's
+    own figure is the ``latency_ms`` it wrote (scored time minus record timestamp,
+    before producing).
+    """
+    consumer = make_consumer(bootstrap_servers, client_id="fraudstream-bench-lat", group_id=None)
+    out: dict[bytes, tuple[float, float, float]] = {}
+    try:
+        _assign_all(consumer, topic)
+        deadline = time.monotonic() + timeout_s
+        needle = b'"transaction_id":"'
+        while len(out) < len(sent_ms) and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=500, max_records=5000).values():
+                for record in batch:
+                    value = record.value
+                    start = value.find(needle) + len(needle)
+                    tx_id = value[start : value.find(b'"', start)]
+                    sent = sent_ms.get(tx_id)
+                    if sent is not None and tx_id not in out:
+                        scored = float(orjson.loads(value).get("latency_ms", math.nan))
+                        out[tx_id] = (float(sent), float(record.timestamp - sent), scored)
+    finally:
+        consumer.close()
+    table = np.array(list(out.values()), dtype=np.float64).reshape(-1, 3)
+    return table[:, 0], table[:, 1], table[:, 2]
+
+
+def by_second(sent_ms: np.ndarray, latency_ms: np.ndarray, q: float = 99.0) -> list[float]:
+    """Percentile ``q`` of latency per second of sending (to see backlog build up or drain).
+
+    >>> by_second(np.array([0.0, 10.0, 1000.0, 1500.0]), np.array([1.0, 3.0, 5.0, 7.0]), 50)
+    [2.0, 6.0]
+    """
+    if len(sent_ms) == 0:
+        return []
+    second = ((sent_ms - sent_ms.min()) // 1000).astype(np.int64)
+    return [
+        round(percentiles(latency_ms[second == s], [q])[0], 1) if (second == s).any() else math.nan
+        for s in range(int(second.max()) + 1)
+    ]
+
+
+# -- memory ------------------------------------------------------------------------
+
+
+def measure_memory(client: redis.Redis, prefix: str, sample: int = 500) -> dict[str, float]:
+    """Mean ``MEMORY USAGE`` (and value length) of sampled card, terminal and snapshot keys."""
+    out: dict[str, float] = {}
+    for kind, tag in (("card", "c"), ("terminal", "t"), ("snapshot", "x")):
+        keys: list[bytes] = []
+        for key in client.scan_iter(match=f"{prefix}:{{{tag}:*", count=2000):
+            if not key.endswith(b":claim"):
+                keys.append(key)
+            if len(keys) >= sample:
+                break
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.memory_usage(key, samples=0)
+            pipe.strlen(key)
+        replies = pipe.execute() if keys else []
+        usage = [float(v or 0) for v in replies[0::2]]
+        length = [float(v or 0) for v in replies[1::2]]
+        out[f"{kind}_keys_sampled"] = len(keys)
+        out[f"{kind}_memory_mean"] = float(np.mean(usage)) if usage else math.nan
+        out[f"{kind}_strlen_mean"] = float(np.mean(length)) if length else math.nan
+    return {
+        "redis_bytes_per_card": out["card_memory_mean"],
+        "redis_card_records_mean": out["card_strlen_mean"] / 28.0,
+        "redis_bytes_per_terminal": out["terminal_memory_mean"],
+        "snapshot_bytes_per_tx": out["snapshot_memory_mean"],
+        "snapshot_payload_bytes": out["snapshot_strlen_mean"],
+        "memory_keys_sampled": out["card_keys_sampled"],
+    }
+
+
+def _redis_cpu_s(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return float(info.get("used_cpu_sys", 0.0)) + float(info.get("used_cpu_user", 0.0))
+
+
+# -- the whole run -----------------------------------------------------------------
+
+
+def run_pipeline_bench(
+    config: PipelineBenchConfig,
+    base_settings: Any,
+    progress: Callable[[str], None] = lambda message: None,
+) -> dict[str, Any]:
+    """Run every step of the benchmark and return the results (see the module docstring)."""
+    import platform
+
+    from service.model import FraudModel
+    from service.registry import ModelRegistry
+
+    run = _Run()
+    result: dict[str, Any] = {
+        "benchmark": "pipeline",
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "events": config.events,
+        "partitions": config.partitions,
+        "max_batch_size": base_settings.max_batch_size,
+        "load_average_1m_start": os.getloadavg()[0],
+        "notes": [],
+    }
+    latency_total = int(config.latency_rate * config.latency_seconds)
+    progress(f"simulating {config.events + latency_total + 500:,} transactions")
+    data = simulate_records(config.events + latency_total + 2_000, config.seed)
+    result["cards"] = data.n_cards
+    with bench_servers(config.bootstrap_servers, config.redis_url, config.cache_dir) as (
+        bootstrap,
+        redis_url,
+    ):
+        client = redis.Redis.from_url(redis_url)
+        topic = run.name("transactions")
+        values = settings_values(base_settings)
+        values.update(
+            bootstrap_servers=bootstrap,
+            redis_url=redis_url,
+            redis_prefix=run.prefix,
+            topic_transactions=topic,
+            topic_alerts=run.name("alerts"),
+            topic_scores=run.name("scores"),
+            topic_transactions_dlq=run.name("dlq"),
+            topic_labels=run.name("labels"),
+            topic_labels_dlq=run.name("labels-dlq"),
+            consumer_group=run.name("scorer"),
+            topic_partitions=config.partitions,
+            role="scorer",
+            metrics_port=0,
+            publish_scores=False,
+        )
+        for name in ("alerts", "scores", "dlq", "labels", "labels-dlq", "naive-scores"):
+            create_topic(bootstrap, run.name(name), config.partitions)
+        create_topic(bootstrap, topic, config.partitions)
+
+        progress("training and publishing the default model")
+        version, labels, frauds = train_and_publish(
+            client, values, data, min(config.events, 20_000)
+        )
+        result.update(model_version=version, model_labels=labels, model_frauds=frauds)
+
+        progress(f"pre-loading {config.events:,} transactions into {topic}")
+        result["preload_tx_per_s"] = preload(
+            bootstrap, topic, data.keys[: config.events], data.values[: config.events]
+        )
+
+        progress("raw consume")
+        result.update(
+            measure_raw_consume(bootstrap, topic, config.events, base_settings.max_batch_size)
+        )
+
+        progress("scorer (real Application loop, child process)")
+        redis_cpu0 = _redis_cpu_s(client)
+        scorer = run_scorer_process(values, target=config.events)
+        redis_cpu = _redis_cpu_s(client) - redis_cpu0
+        result.update(
+            scorer_tx_per_s=scorer.get("tx_per_s", math.nan),
+            scorer_seconds=scorer.get("seconds", math.nan),
+            scorer_processed=scorer.get("processed"),
+            scorer_rss_mb=scorer["rss_mb"],
+            scorer_cpu_us_per_tx=scorer.get("cpu_us_per_tx", math.nan),
+            redis_cpu_us_per_tx=1e6 * redis_cpu / max(config.events, 1),
+            scorer_kind=scorer.get("scorer_kind"),
+            scorer_alerts=scorer.get("alerts"),
+            scorer_alert_share=ratio(scorer.get("alerts", 0.0), scorer.get("processed", 0.0)),
+        )
+        result["notes"].append(
+            "redis_cpu_us_per_tx covers the whole scorer run (start-up included); "
+            "scorer_cpu_us_per_tx covers the timed part only."
+        )
+        result.update(measure_memory(client, run.prefix))
+
+        progress(f"naive per-event loop on {config.naive_events:,} events")
+        registry = ModelRegistry(client, run.prefix, SecretStr(str(values["model_signing_key"])))
+        model: FraudModel = registry.load(version).model
+        from service.settings import Settings
+
+        naive_settings = Settings(_env_file=None, **values)
+        result.update(
+            measure_naive(
+                bootstrap,
+                redis_url,
+                topic,
+                run.name("naive-scores"),
+                min(config.naive_events, config.events),
+                model,
+                model.feature_names,
+                naive_settings,
+                f"{run.prefix}naive",
+                run.name("naive"),
+            )
+        )
+        result["speedup_vs_naive"] = ratio(result["scorer_tx_per_s"], result["naive_tx_per_s"])
+        result["scorer_vs_raw_consume"] = ratio(
+            result["scorer_tx_per_s"], result["raw_consume_tx_per_s"]
+        )
+        if result["naive_events"] < config.events:
+            result["notes"].append(
+                f"The naive loop ran on the first {result['naive_events']:,} events only "
+                "(it is slow); its rate is per event, so the ratio stands."
+            )
+        result["notes"].append(
+            "The naive loop produces and flushes a score record for every event; the "
+            "scorer (default settings) produces alerts only."
+        )
+
+        if config.latency_seconds > 0:
+            progress(
+                f"latency: {config.latency_rate:,} tx/s offered for {config.latency_seconds:g} s"
+            )
+            result.update(
+                measure_latency(
+                    bootstrap,
+                    values,
+                    data.keys[config.events :],
+                    data.values[config.events :],
+                    rate=config.latency_rate,
+                    seconds=config.latency_seconds,
+                    run=run,
+                    partitions=config.partitions,
+                )
+            )
+            result["notes"].append(
+                "Latency = broker append time of the score record (LogAppendTime) minus the "
+                "producer timestamp of the transaction (linger 5 ms); every decision is published."
+            )
+
+        if config.profile:
+            events = min(config.profile_events or config.events, config.events)
+            progress(f"profiling the scorer on {events:,} events (pyinstrument)")
+            config.results_dir.mkdir(parents=True, exist_ok=True)
+            profile_path = config.results_dir / "pipeline-profile.txt"
+            ModelRegistry(
+                client, run.prefix + "p", SecretStr(str(values["model_signing_key"]))
+            ).publish(model, extra={"trained_by": "fraudstream bench"})
+            profiled = run_scorer_process(
+                {
+                    **values,
+                    "consumer_group": run.name("scorer-profiled"),
+                    "redis_prefix": run.prefix + "p",
+                },
+                target=events,
+                profile_path=profile_path,
+            )
+            result["profiled_scorer_tx_per_s"] = profiled.get("tx_per_s", math.nan)
+            result["profile_path"] = str(profile_path)
+            result["profile_text"] = profiled.get("profile_text", "")
+            result["profile_flat_text"] = profiled.get("profile_flat_text", "")
+            result["notes"].append(
+                "The profile comes from a second scorer run under pyinstrument (fresh group, "
+                "fresh Redis state, same model) at "
+                f"{_fmt(result['profiled_scorer_tx_per_s'])} tx/s; it includes start-up."
+            )
+        result["load_average_1m_end"] = os.getloadavg()[0]
+        result["notes"].append(
+            f"1-minute load average {result['load_average_1m_start']:.1f} at the start and "
+            f"{result['load_average_1m_end']:.1f} at the end ({result['cpus']} CPUs): other "
+            "processes on the machine take CPU from the scorer, Kafka and Redis."
+        )
+        if config.bootstrap_servers is not None or config.redis_url is not None:
+            _delete_prefix(client, run.prefix)
+        client.close()
+    return result
+
+
+def write_results(result: Mapping[str, Any], results_dir: Path, output: Path) -> str:
+    """Write the JSON (without the profile text) and the Markdown summary; return the summary."""
+    summary = format_summary(result)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(public_result(result), indent=2, default=str) + "\n")
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (output.with_suffix(".md")).write_text(summary)
+    return summary
+
+
+def public_result(result: Mapping[str, Any]) -> dict[str, Any]:
+    """The result without the long profile texts (what ``--json`` prints).
+
+    NaN (a figure that could not be measured) becomes ``None`` so the JSON is strict.
+
+    >>> public_result({"events": 3, "profile_text": "long", "naive_tx_per_s": float("nan")})
+    {'events': 3, 'naive_tx_per_s': None}
+    """
+    return {
+        k: None if isinstance(v, float) and math.isnan(v) else v
+        for k, v in result.items()
+        if k not in ("profile_text", "profile_flat_text")
+    }
+
+
+if __name__ == "__main__":
+    _scorer_main(sys.argv[1])
