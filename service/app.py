@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -189,10 +189,15 @@ class _Loop:
     stopping: threading.Event
     max_records: int
     wait_ms: int
+    last_offsets: list[tuple[str, int, int]] = field(default_factory=list)
 
     def poll(self) -> list[Any]:
         batches = self.consumer.poll(timeout_ms=self.wait_ms, max_records=self.max_records)
         records = [r for batch in batches.values() for r in batch]
+        # Records of a partition come in offset order: its last one is the one to commit.
+        self.last_offsets = [
+            (tp.topic, tp.partition, batch[-1].offset) for tp, batch in batches.items() if batch
+        ]
         self.metrics.last_loop_s.set(time.time())
         return records
 
@@ -383,6 +388,8 @@ class Application:
         consumer.subscribe([s.topic_transactions], listener=_Rebalance(lambda: checkpoint))
         try:
             yield consumer, producer, checkpoint
+            if not exactly_once:
+                checkpoint.commit_all()  # waits: nothing async left in flight at exit
         finally:
             with contextlib.suppress(Exception):
                 producer.flush(timeout=30)
@@ -441,8 +448,10 @@ class Application:
                     checkpoint.begin()
                     outcome = pipeline.process(records)
                     loop.send(outcome.outgoing)
-                    checkpoint.track_many((r.topic, r.partition, r.offset) for r in records)
-                    checkpoint.commit()
+                    checkpoint.track_many(loop.last_offsets)
+                    # Asynchronous: everything the batch caused is already durable,
+                    # and a later commit (or the final one) covers a lost request.
+                    checkpoint.commit(wait=False)
                     attempt = 0
                 except _TRANSIENT as exc:
                     self._on_transient(loop, records, exc, attempt)
@@ -552,7 +561,7 @@ class Application:
                 )
             )
         loop.send([Outgoing(s.topic_labels_dlq, x.key, x.value, x.headers) for x in letters])
-        loop.checkpoint.track_many((r.topic, r.partition, r.offset) for r in records)
+        loop.checkpoint.track_many(loop.last_offsets)
         m = self.metrics
         m.consumed.labels(s.topic_labels).inc(len(records))
         m.labels_learnt.inc(outcome.learnt)

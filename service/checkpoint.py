@@ -13,6 +13,7 @@ one Kafka transaction: ``read_committed`` readers see each alert once.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -20,6 +21,13 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
 from service.errors import FraudstreamError
+
+log = logging.getLogger(__name__)
+
+
+def _log_failed_commit(offsets: Any, response: Any) -> None:
+    if isinstance(response, Exception):
+        log.warning("asynchronous offset commit failed (a later commit covers it): %s", response)
 
 
 class InvalidStoredOffsetError(FraudstreamError):
@@ -69,11 +77,14 @@ class Checkpoint:
         """Offsets tracked and not committed yet."""
         return {tp: off for tp, off in self._next.items() if self._committed.get(tp) != off}
 
-    def commit(self) -> dict[TopicPartition, int]:
+    def commit(self, wait: bool = True) -> dict[TopicPartition, int]:
         """Commit every tracked offset; returns what was committed.
 
         Call only after Redis writes are done and the producer was flushed
-        with every delivery confirmed.
+        with every delivery confirmed. ``wait=False`` sends the commit without
+        waiting for the coordinator's answer (at-least-once mode): offsets are
+        cumulative, so a failed request is covered by the next commit, and at
+        worst a restart replays a batch whose effects are idempotent.
         """
         offsets = self.pending()
         for tp, offset in offsets.items():
@@ -92,10 +103,19 @@ class Checkpoint:
                 self.producer.send_offsets_to_transaction(payload, self.consumer.group_metadata())
             self.producer.commit_transaction()
             self._in_transaction = False
-        elif payload:
+        elif payload and wait:
             self.consumer.commit(payload)
+        elif payload:
+            self.consumer.commit_async(payload, callback=_log_failed_commit)
         self._committed.update(offsets)
         return offsets
+
+    def commit_all(self) -> None:
+        """Commit every offset this member owns and wait (at shutdown)."""
+        offsets = {**self._committed, **self._next}
+        if offsets:
+            self.consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+        self._committed.update(offsets)
 
     def abort(self) -> None:
         """Give up the batch: nothing produced in it becomes visible, offsets stay."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import uuid
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -102,9 +103,9 @@ class Transaction(BaseModel):
             raise ValueError("lat and lon must be given together")
         return self
 
-    @property
+    @cached_property
     def event_time_ms(self) -> int:
-        """Event time in epoch milliseconds."""
+        """Event time in epoch milliseconds (computed once: the hot path reads it often)."""
         return round(self.timestamp.timestamp() * 1000)
 
 
