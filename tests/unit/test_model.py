@@ -144,6 +144,8 @@ def test_learns_with_delayed_labels_from_simulate_qa() -> None:
     """simulate_qa yields the question (score) before the answer (learn)."""
     model = FraudModel("logreg", NAMES)
     scores: dict[int, float] = {}
+    # Long enough for the default's deliberately small learning rate (see service.model).
+    _, X, Y = synthetic_stream(2000, seed=3, fraud_rate=0.1)
     rows = ((_x(r), bool(y)) for r, y in zip(X, Y, strict=True))
     for i, x, y in stream.simulate_qa(rows, moment=None, delay=50):
         if y is None:
