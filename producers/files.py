@@ -37,7 +37,7 @@ import orjson
 from pydantic import ValidationError
 
 from service.errors import InvalidEventError
-from service.schemas import Transaction
+from service.schemas import Transaction, condense
 
 #: Columns of the handbook's simulated transactions (``TX_DATETIME`` is naive UTC).
 HANDBOOK_MAPPING: dict[str, str] = {
@@ -103,6 +103,14 @@ def open_input(path: Path) -> BinaryIO:
     return open(path, "rb")
 
 
+def json_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """The non-blank lines of a JSON-lines file (gzipped or not), numbered from 1."""
+    with open_input(path) as f:
+        for line_no, line in enumerate(f, start=1):
+            if line.strip():
+                yield line_no, line
+
+
 def detect_format(path: Path) -> str:
     """``jsonl`` or ``csv`` from the file name (``.jsonl``, ``.json``, ``.ndjson``, ``.csv``,
     each optionally followed by ``.gz``).
@@ -158,19 +166,16 @@ def _rename(row: dict[str, Any], mapping: Mapping[str, str] | None, keep: bool) 
 def _read_jsonl(
     path: Path, mapping: Mapping[str, str] | None, keep: bool
 ) -> Iterator[tuple[int, dict[str, Any] | BadRowError]]:
-    with open_input(path) as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                yield line_no, BadRowError(line_no, f"not valid JSON ({exc})")
-                continue
-            if not isinstance(row, dict):
-                yield line_no, BadRowError(line_no, "not a JSON object")
-                continue
-            yield line_no, _rename(row, mapping, keep)
+    for line_no, line in json_lines(path):
+        try:
+            row = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            yield line_no, BadRowError(line_no, f"not valid JSON ({exc})")
+            continue
+        if not isinstance(row, dict):
+            yield line_no, BadRowError(line_no, "not a JSON object")
+            continue
+        yield line_no, _rename(row, mapping, keep)
 
 
 def _read_csv(
@@ -251,7 +256,7 @@ class RowParser:
         try:
             model = Transaction.model_validate(tx)
         except ValidationError as exc:
-            raise BadRowError(line, _describe(exc)) from None
+            raise BadRowError(line, condense(exc, whole="row")) from None
         value = orjson.dumps(model.model_dump(mode="json", exclude_none=True))
         return ParsedRow(
             line=line, key=model.card_id.encode(), value=value,
@@ -273,12 +278,3 @@ def _parse_bool(value: Any, line: int, name: str) -> bool | None:
         if text in _FALSE:
             return False
     raise BadRowError(line, f"{name}: {value!r} is not a boolean (0/1, true/false)")
-
-
-def _describe(exc: ValidationError) -> str:
-    """One line naming each failing field."""
-    parts = []
-    for err in exc.errors(include_url=False):
-        where = ".".join(str(p) for p in err["loc"]) or "row"
-        parts.append(f"{where}: {err['msg']}")
-    return "; ".join(parts)

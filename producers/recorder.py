@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 from kafka import TopicPartition
 
-from producers.files import FileFormatError, open_input, open_output
+from producers.files import FileFormatError, json_lines, open_output
 from producers.sink import progress_bar
 from service.errors import ConfigurationError
 from service.kafka import make_consumer
@@ -190,25 +190,22 @@ def read_recording(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The metadata and the records of a recording (keys/values decoded to bytes)."""
     meta: dict[str, Any] = {}
     records: list[dict[str, Any]] = []
-    with open_input(path) as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
+    for line_no, line in json_lines(path):
+        try:
+            row = orjson.loads(line)
+            if line_no == 1 and "fraudstream_recording" in row:
+                meta = row
                 continue
-            try:
-                row = orjson.loads(line)
-                if line_no == 1 and "fraudstream_recording" in row:
-                    meta = row
-                    continue
-                records.append({
-                    "topic": row["topic"], "partition": int(row["partition"]),
-                    "offset": int(row["offset"]), "timestamp_ms": int(row["timestamp_ms"]),
-                    "key": _unb64(row.get("key")), "value": _unb64(row.get("value")),
-                    "headers": [(str(k), _unb64(v) or b"") for k, v in row.get("headers") or []],
-                })
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise FileFormatError(
-                    f"{path}:{line_no}: not a recording line ({type(exc).__name__}: {exc})"
-                ) from None
+            records.append({
+                "topic": row["topic"], "partition": int(row["partition"]),
+                "offset": int(row["offset"]), "timestamp_ms": int(row["timestamp_ms"]),
+                "key": _unb64(row.get("key")), "value": _unb64(row.get("value")),
+                "headers": [(str(k), _unb64(v) or b"") for k, v in row.get("headers") or []],
+            })
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise FileFormatError(
+                f"{path}:{line_no}: not a recording line ({type(exc).__name__}: {exc})"
+            ) from None
     return meta, records
 
 

@@ -3,7 +3,7 @@
 Every producer command sends through :class:`KafkaSink`: the client comes
 from :func:`service.kafka.make_producer` (``acks=all``, idempotence on, so
 retries never duplicate or reorder a key's records) and every send goes
-through a :class:`service.kafka.DeliveryTracker`, flushed every
+through :class:`service.kafka.DeliveryTracker` (which it is), flushed every
 ``flush_every`` records, so a failed delivery stops the run with a
 :class:`service.kafka.DeliveryError` instead of being lost.
 """
@@ -19,8 +19,12 @@ from service.kafka import DeliveryTracker, make_producer
 from service.settings import Settings
 
 
-class KafkaSink:
-    """Sends records to Kafka; use as a context manager.
+class KafkaSink(DeliveryTracker):
+    """A :class:`~service.kafka.DeliveryTracker` over its own producer; use as a context manager.
+
+    ``send``, ``flush``, ``pending`` and ``delivered`` are the tracker's: a
+    failed delivery raises :class:`~service.kafka.DeliveryError`. Leaving the
+    ``with`` block flushes (unless an exception is on its way) and closes.
 
     Parameters
     ----------
@@ -44,54 +48,23 @@ class KafkaSink:
         linger_ms: int = 5,
         **producer_overrides: Any,
     ) -> None:
-        self.settings = settings
-        self.flush_every = flush_every
         producer = make_producer(
             settings.bootstrap_servers,
             client_id=f"{settings.client_id}-{client_suffix}",
             linger_ms=linger_ms,
             **producer_overrides,
         )
-        self.tracker = DeliveryTracker(producer)
-        self.sent_by_topic: dict[str, int] = {}
-
-    def send(
-        self,
-        topic: str,
-        value: bytes | None,
-        *,
-        key: bytes | None = None,
-        headers: list[tuple[str, bytes]] | None = None,
-        partition: int | None = None,
-        timestamp_ms: int | None = None,
-    ) -> None:
-        """Hand one record over; raises ``DeliveryError`` if an earlier batch failed."""
-        self.tracker.send(
-            topic, value, key=key, headers=headers, partition=partition,
-            timestamp_ms=timestamp_ms,
-        )
-        self.sent_by_topic[topic] = self.sent_by_topic.get(topic, 0) + 1
-        if self.tracker.pending >= self.flush_every:
-            self.tracker.flush()
+        super().__init__(producer, flush_every=flush_every)
+        self.settings = settings
 
     def warm_up(self, topics: list[str] | set[str]) -> None:
         """Fetch the topics' metadata now, so the first paced send is not late by a round trip."""
         for topic in topics:
-            self.tracker.producer.partitions_for(topic)
-
-    def flush(self, timeout_s: float | None = None) -> int:
-        """Wait for every pending record; return how many were delivered in total."""
-        self.tracker.flush(timeout_s)
-        return self.tracker.delivered
-
-    @property
-    def delivered(self) -> int:
-        """Records confirmed by the broker so far."""
-        return self.tracker.delivered
+            self.producer.partitions_for(topic)
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Close the producer (after :meth:`flush` when delivery matters)."""
-        self.tracker.producer.close(timeout=timeout_s)
+        self.producer.close(timeout=timeout_s)
 
     def __enter__(self) -> KafkaSink:
         return self

@@ -369,6 +369,26 @@ class Application:
             max_poll_records=s.max_batch_size,
         )
 
+    def _loop(
+        self,
+        role: str,
+        consumer: KafkaConsumer,
+        producer: KafkaProducer,
+        checkpoint: Checkpoint,
+        wait_ms: int,
+    ) -> _Loop:
+        """A poll/send/retry loop with the batch bound of the settings."""
+        return _Loop(
+            role,
+            consumer,
+            producer,
+            checkpoint,
+            self.metrics,
+            self.stopping,
+            self.settings.max_batch_size,
+            wait_ms,
+        )
+
     @contextlib.contextmanager
     def _scorer_clients(self) -> Iterator[tuple[KafkaConsumer, KafkaProducer, Checkpoint]]:
         s = self.settings
@@ -420,16 +440,7 @@ class Application:
             max_message_bytes=s.max_message_bytes,
         )
         with self._scorer_clients() as (consumer, producer, checkpoint):
-            loop = _Loop(
-                "scorer",
-                consumer,
-                producer,
-                checkpoint,
-                self.metrics,
-                self.stopping,
-                s.max_batch_size,
-                s.max_batch_wait_ms,
-            )
+            loop = self._loop("scorer", consumer, producer, checkpoint, s.max_batch_wait_ms)
             attempt = 0
             next_lag = 0.0
             while not self.stopping.is_set():
@@ -512,16 +523,7 @@ class Application:
         consumer = self._group_consumer("learner", s.learner_group)
         checkpoint = Checkpoint(consumer)
         consumer.subscribe([s.topic_labels], listener=_Rebalance(lambda: checkpoint))
-        loop = _Loop(
-            "learner",
-            consumer,
-            producer,
-            checkpoint,
-            self.metrics,
-            self.stopping,
-            s.max_batch_size,
-            200,
-        )
+        loop = self._loop("learner", consumer, producer, checkpoint, wait_ms=200)
         try:
             attempt = 0
             while not self.stopping.is_set():

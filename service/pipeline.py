@@ -35,7 +35,7 @@ from service.deadletter import DeadLetter
 from service.errors import DecodeError, OversizeEventError, ValidationFailedError
 from service.features.store import FeatureStore
 from service.model import BatchScorer
-from service.schemas import TRANSACTION_BATCH, Scorer, Transaction
+from service.schemas import TRANSACTION_BATCH, Scorer, Transaction, condense
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -96,15 +96,6 @@ class BatchOutcome:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     latencies_ms: np.ndarray = field(default_factory=lambda: np.zeros(0))
     scorer_kind: Scorer = "rules"
-
-
-def _condense(error: ValidationError) -> str:
-    """A pydantic error as one line: ``field: message; field: message``."""
-    parts = []
-    for item in error.errors(include_url=False):
-        where = ".".join(str(p) for p in item["loc"]) or "record"
-        parts.append(f"{where}: {item['msg']}")
-    return "; ".join(parts)
 
 
 def validate_records(
@@ -172,7 +163,7 @@ def validate_records(
             messages.append(model.model_validate(document))
             indices.append(i)
         except ValidationError as exc:
-            failures.append((i, ValidationFailedError(_condense(exc))))
+            failures.append((i, ValidationFailedError(condense(exc))))
     failures.sort(key=lambda item: item[0])
     return messages, indices, failures
 

@@ -31,6 +31,7 @@ from pydantic import (
     Field,
     StringConstraints,
     TypeAdapter,
+    ValidationError,
     field_validator,
     model_validator,
 )
@@ -186,3 +187,23 @@ EXPORTED_SCHEMAS: dict[str, type[BaseModel]] = {
 def json_schemas() -> dict[str, dict[str, Any]]:
     """JSON Schema of every exported message, by name."""
     return {name: model.model_json_schema() for name, model in EXPORTED_SCHEMAS.items()}
+
+
+def condense(error: ValidationError, whole: str = "record") -> str:
+    """A pydantic error as one line: ``field: message; field: message``.
+
+    ``whole`` names the location of an error about the whole input (no field).
+
+    Examples
+    --------
+    >>> try:
+    ...     Label.model_validate({"transaction_id": "t1"})
+    ... except ValidationError as exc:
+    ...     print(condense(exc))
+    is_fraud: Field required; labeled_at: Field required
+    """
+    parts = []
+    for item in error.errors(include_url=False):
+        where = ".".join(str(p) for p in item["loc"]) or whole
+        parts.append(f"{where}: {item['msg']}")
+    return "; ".join(parts)

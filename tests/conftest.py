@@ -12,9 +12,11 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import orjson
 import pytest
 import redis
 
@@ -23,40 +25,48 @@ from service.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+_Server = TypeVar("_Server", KafkaServer, RedisServer)
+
+
+def _given_or_started(
+    env_var: str, make: Callable[[], _Server], address: Callable[[_Server], str]
+) -> Iterator[str]:
+    """The address in ``env_var`` when set; else start ``make()``, yield its address, stop it."""
+    given = os.environ.get(env_var)
+    if given:
+        yield given
+        return
+    server = make()
+    server.start()
+    try:
+        yield address(server)
+    finally:
+        server.stop()
+
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Bootstrap servers of a real Kafka broker for this session."""
-    given = os.environ.get("FRAUDSTREAM_TEST_BOOTSTRAP_SERVERS")
-    if given:
-        yield given
-        return
-    server = KafkaServer(
-        data_dir=tmp_path_factory.mktemp("kafka"),
-        cache_dir=REPO_ROOT / ".cache",
-        port=free_port(),
-        controller_port=free_port(),
+    yield from _given_or_started(
+        "FRAUDSTREAM_TEST_BOOTSTRAP_SERVERS",
+        lambda: KafkaServer(
+            data_dir=tmp_path_factory.mktemp("kafka"),
+            cache_dir=REPO_ROOT / ".cache",
+            port=free_port(),
+            controller_port=free_port(),
+        ),
+        lambda server: server.bootstrap_servers,
     )
-    server.start()
-    try:
-        yield server.bootstrap_servers
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of a real Redis server for this session (no persistence)."""
-    given = os.environ.get("FRAUDSTREAM_TEST_REDIS_URL")
-    if given:
-        yield given
-        return
-    server = RedisServer(data_dir=tmp_path_factory.mktemp("redis"), port=free_port())
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
+    yield from _given_or_started(
+        "FRAUDSTREAM_TEST_REDIS_URL",
+        lambda: RedisServer(data_dir=tmp_path_factory.mktemp("redis"), port=free_port()),
+        lambda server: server.url,
+    )
 
 
 @pytest.fixture
@@ -117,6 +127,28 @@ def make_settings(
 
 
 # --- Kafka helpers shared by integration and e2e tests ----------------------
+
+
+def _transaction(
+    transaction_id: str, card: str, terminal: str, amount: float, at: datetime
+) -> tuple[bytes, bytes]:
+    """(key, value) of a transaction as a producer sends it: keyed by card, time in RFC 3339."""
+    return card.encode(), orjson.dumps(
+        {
+            "transaction_id": transaction_id,
+            "card_id": card,
+            "terminal_id": terminal,
+            "amount": amount,
+            "timestamp": at.isoformat().replace("+00:00", "Z"),
+        }
+    )
+
+
+@pytest.fixture
+def make_transaction() -> Callable[..., tuple[bytes, bytes]]:
+    """``make_transaction(transaction_id, card, terminal, amount, at)``: a ``(key, value)``
+    record for ``produce``; ``at`` is an aware datetime."""
+    return _transaction
 
 
 def _produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None]]) -> None:

@@ -6,7 +6,7 @@
 --
 -- The card record of the labelled transaction gets its fraud flag (bit 0 of byte
 -- 10, 0-based, of the record). The terminal bucket of the transaction's day gets
--- +1 fraud, unless the card record already carried the flag: a repeated label
+-- +1 fraud (count_at_terminal, buckets.lua), unless the card record already carried the flag: a repeated label
 -- counts once. Records older than the card's retention count as absent.
 -- Labels are few, so this script favours clarity over speed.
 -- Returns the number of terminal increments.
@@ -17,9 +17,7 @@ local slots = tonumber(ARGV[3])
 local term_ttl = ARGV[4]
 
 local RS = 28
-local TS = slots * 12
-local DAY = 86400000
-local unpack, pack = struct.unpack, struct.pack
+local unpack = struct.unpack
 local find, sub = string.find, string.sub
 local call = redis.call
 
@@ -46,20 +44,7 @@ for i = 1, #needles / 10 do
   end
   if count_terminal then
     local tk = KEYS[2 * i]
-    local day = math.floor(ts / DAY)
-    local so = (day % slots) * 12
-    local t = call('GET', tk)
-    if not t or #t < TS then
-      t = string.rep('\0', TS)
-      call('SET', tk, t, 'PX', term_ttl)
-    end
-    local sday, cnt, fr = unpack('<I4I4I4', t, so + 1)
-    if sday == day then
-      call('SETRANGE', tk, so + 8, pack('<I4', fr + 1))
-      counted = counted + 1
-    elseif sday < day then
-      call('SETRANGE', tk, so, pack('<I4I4I4', day, 0, 1))
-      call('PEXPIRE', tk, term_ttl)
+    if count_at_terminal(tk, call('GET', tk) or '', ts, 2, slots, term_ttl) then
       counted = counted + 1
     end
   end

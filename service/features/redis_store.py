@@ -11,6 +11,9 @@ Lua scripts shipped next to this module:
 * ``labels.lua`` (one ``EVALSHA`` per batch of labels): flag the card record as
   fraud and count the label in the terminal's bucket of the transaction's day.
 
+Both count in a terminal's day buckets with ``count_at_terminal`` from
+``buckets.lua``, which is loaded in front of each of them.
+
 A script runs atomically, so each transaction is atomic, two scorers sharing a
 terminal never race, and a replayed batch (after a crash) counts nothing twice:
 the card history itself is the dedupe set.
@@ -160,12 +163,20 @@ def haversine_km_np(
     return cast(np.ndarray, 2 * EARTH_RADIUS_KM * np.arcsin(np.minimum(1.0, np.sqrt(a))))
 
 
+#: Lua loaded in front of every script: Redis scripts cannot import each other.
+_PRELUDE = "buckets.lua"
+
+
 class _Script:
-    """A Lua script run by EVALSHA, loaded again when the server lost it (NOSCRIPT)."""
+    """A Lua script (after :data:`_PRELUDE`) run by EVALSHA, loaded again when the
+    server lost it (NOSCRIPT)."""
 
     def __init__(self, client: redis.Redis, name: str) -> None:
         self._client = client
-        self._source = resources.files("service.features").joinpath(name).read_text("utf-8")
+        folder = resources.files("service.features")
+        self._source = "".join(
+            folder.joinpath(part).read_text("utf-8") for part in (_PRELUDE, name)
+        )
         self.sha = hashlib.sha1(self._source.encode("utf-8")).hexdigest()
 
     def __call__(self, keys: list[str], args: list[Any]) -> Any:

@@ -1,6 +1,7 @@
 -- fraudstream: count a batch of transactions in ONE call and return, per
 -- transaction, its card history and its terminal's day buckets as they were
--- before it (see redis_store.py for the layouts).
+-- before it (see redis_store.py for the layouts; count_at_terminal is in
+-- buckets.lua, loaded in front of this script).
 --
 -- KEYS[2i-1] = card key of transaction i, KEYS[2i] = its terminal key.
 -- ARGV[1] = the batch's 28-byte records, concatenated, in batch order
@@ -29,7 +30,7 @@ local RS = 28                        -- record size
 local TS = slots * 12                -- terminal string size
 local DAY = 86400000
 local STALE = 4                      -- trim once this many records are stale
-local unpack, pack = struct.unpack, struct.pack
+local unpack = struct.unpack
 local find, sub, char = string.find, string.sub, string.char
 local call = redis.call
 local floor = math.floor
@@ -114,24 +115,11 @@ for i = 1, n do
   local tk = KEYS[2 * i]
   local t = call('GET', tk) or ''
   if st == 0 or st == 3 then
-    local day = floor(ts / DAY)
-    local so = (day % slots) * 12
+    if count_at_terminal(tk, t, ts, 1, slots, term_ttl) then
+      st = st + 4
+    end
     if #t < TS then
-      call('SET', tk, string.rep('\0', TS), 'PX', term_ttl)
-      t = ''
-    end
-    local sday, cnt = 0, 0
-    if t ~= '' then
-      sday, cnt = unpack('<I4I4', t, so + 1)
-    end
-    if sday == day then
-      call('SETRANGE', tk, so + 4, pack('<I4', cnt + 1))
-      st = st + 4
-    elseif sday < day then
-      -- A new day for this slot: reset it, and keep the key alive.
-      call('SETRANGE', tk, so, pack('<I4I4I4', day, 1, 0))
-      call('PEXPIRE', tk, term_ttl)
-      st = st + 4
+      t = ''  -- it was replaced by an empty ring: the terminal had none
     end
   end
 

@@ -187,10 +187,19 @@ class DeliveryTracker:
 
     ``send`` hands a record to the producer; ``flush`` waits for every pending
     send and raises :class:`DeliveryError` naming the failures.
+
+    Parameters
+    ----------
+    producer
+        The producer records are handed to.
+    flush_every
+        Pending sends after which ``send`` flushes by itself (bounds memory and
+        reports failures early); ``None`` (default): only the caller flushes.
     """
 
-    def __init__(self, producer: KafkaProducer) -> None:
+    def __init__(self, producer: KafkaProducer, *, flush_every: int | None = None) -> None:
         self.producer = producer
+        self.flush_every = flush_every
         self._pending: list[FutureRecordMetadata] = []
         self.delivered = 0
 
@@ -204,7 +213,11 @@ class DeliveryTracker:
         partition: int | None = None,
         timestamp_ms: int | None = None,
     ) -> None:
-        """Hand one record to the producer (asynchronous)."""
+        """Hand one record to the producer (asynchronous).
+
+        Raises ``DeliveryError`` if the producer refuses it, or if the flush
+        that ``flush_every`` triggers finds an earlier record undelivered.
+        """
         try:
             future = self.producer.send(
                 topic,
@@ -217,6 +230,8 @@ class DeliveryTracker:
         except KafkaError as exc:
             raise DeliveryError(f"could not send to {topic}: {exc}") from exc
         self._pending.append(future)
+        if self.flush_every is not None and len(self._pending) >= self.flush_every:
+            self.flush()
 
     @property
     def pending(self) -> int:

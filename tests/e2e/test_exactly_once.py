@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -11,70 +12,44 @@ import orjson
 NOW = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
 
 
-def _tx(tx_id: str, card: str, terminal: str, amount: float, at: datetime) -> tuple[bytes, bytes]:
-    return card.encode(), orjson.dumps(
-        {
-            "transaction_id": tx_id,
-            "card_id": card,
-            "terminal_id": terminal,
-            "amount": amount,
-            "timestamp": at.isoformat().replace("+00:00", "Z"),
-        }
-    )
-
-
-def _stream(prefix: str) -> list[tuple[bytes, bytes]]:
+def _stream(tx: Callable[..., tuple[bytes, bytes]], prefix: str) -> list[tuple[bytes, bytes]]:
     """Ten cards with a quiet history, then each makes one huge purchase somewhere new."""
     records = []
     for c in range(10):
         card = f"{prefix}-card-{c}"
         records += [
-            _tx(f"{card}-h{i}", card, "T-home", 20.0 + i, NOW - timedelta(days=9 - i))
+            tx(f"{card}-h{i}", card, "T-home", 20.0 + i, NOW - timedelta(days=9 - i))
             for i in range(8)
         ]
-        records.append(_tx(f"{card}-attack", card, f"T-far-{c}", 3000.0, NOW))
+        records.append(tx(f"{card}-attack", card, f"T-far-{c}", 3000.0, NOW))
     return records
 
 
 def test_alerts_are_seen_once_by_read_committed_readers_and_not_repeated_after_restart(
     make_settings: Callable[..., Any],
+    make_transaction: Callable[..., tuple[bytes, bytes]],
     run_app: Callable[..., Any],
     produce: Callable[..., None],
     consume: Callable[..., list[Any]],
 ) -> None:
     settings = make_settings(guarantee="exactly_once", publish_scores=True, role="scorer")
+    read_committed = functools.partial(consume, settings.bootstrap_servers, read_committed=True)
     app = run_app(settings)
-    produce(settings.bootstrap_servers, settings.topic_transactions, _stream("a"))
-    committed = consume(
-        settings.bootstrap_servers,
-        settings.topic_alerts,
-        at_least=10,
-        timeout_s=180,
-        settle_s=2,
-        read_committed=True,
-    )
+    produce(settings.bootstrap_servers, settings.topic_transactions, _stream(make_transaction, "a"))
+    committed = read_committed(settings.topic_alerts, at_least=10, timeout_s=180, settle_s=2)
     ids = [orjson.loads(r.value)["alert_id"] for r in committed]
     assert len(ids) == 10 and len(set(ids)) == 10
-    scores = consume(
-        settings.bootstrap_servers,
-        settings.topic_scores,
-        at_least=90,
-        timeout_s=60,
-        read_committed=True,
-    )
+    scores = read_committed(settings.topic_scores, at_least=90, timeout_s=60)
     assert len(scores) == 90
 
     # A restarted scorer resumes after the committed offsets: nothing is scored twice.
     app.stop()
     run_app(settings)
-    produce(settings.bootstrap_servers, settings.topic_transactions, _stream("b")[:3])
-    after = consume(
+    produce(
         settings.bootstrap_servers,
-        settings.topic_scores,
-        at_least=93,
-        timeout_s=180,
-        settle_s=3,
-        read_committed=True,
+        settings.topic_transactions,
+        _stream(make_transaction, "b")[:3],
     )
+    after = read_committed(settings.topic_scores, at_least=93, timeout_s=180, settle_s=3)
     transaction_ids = [orjson.loads(r.value)["transaction_id"] for r in after]
     assert len(transaction_ids) == 93 and len(set(transaction_ids)) == 93

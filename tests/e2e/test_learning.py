@@ -21,24 +21,12 @@ def _iso(at: datetime) -> str:
     return at.isoformat().replace("+00:00", "Z")
 
 
-def _transactions(n: int) -> list[tuple[bytes, bytes]]:
+def _transactions(tx: Callable[..., tuple[bytes, bytes]], n: int) -> list[tuple[bytes, bytes]]:
     out = []
     for i in range(n):
         fraud = i % 10 == 3
-        out.append(
-            (
-                f"c{i % 40}".encode(),
-                orjson.dumps(
-                    {
-                        "transaction_id": f"t{i}",
-                        "card_id": f"c{i % 40}",
-                        "terminal_id": f"T{i % 9}",
-                        "amount": 900.0 + i if fraud else 15.0 + i % 20,
-                        "timestamp": _iso(START + timedelta(minutes=i)),
-                    }
-                ),
-            )
-        )
+        amount = 900.0 + i if fraud else 15.0 + i % 20
+        out.append(tx(f"t{i}", f"c{i % 40}", f"T{i % 9}", amount, START + timedelta(minutes=i)))
     return out
 
 
@@ -61,6 +49,7 @@ def _labels(ids: range) -> list[tuple[bytes, bytes]]:
 
 def test_learner_crash_and_restart_continue_versions_and_a_new_scorer_uses_them(
     make_settings: Callable[..., Any],
+    make_transaction: Callable[..., tuple[bytes, bytes]],
     run_app: Callable[..., Any],
     spawn_service: Callable[..., Any],
     produce: Callable[..., None],
@@ -78,7 +67,8 @@ def test_learner_crash_and_restart_continue_versions_and_a_new_scorer_uses_them(
     registry = ModelRegistry(client, settings.redis_prefix, settings.model_signing_key)
     n = 300
     run_app(settings.model_copy(update={"role": "scorer"}))
-    produce(settings.bootstrap_servers, settings.topic_transactions, _transactions(n))
+    transactions = _transactions(make_transaction, n)
+    produce(settings.bootstrap_servers, settings.topic_transactions, transactions)
     consume(settings.bootstrap_servers, settings.topic_scores, at_least=n, timeout_s=180)
 
     learner = spawn_service(settings, "--role", "learner", name="learner-1")
@@ -114,18 +104,7 @@ def test_learner_crash_and_restart_continue_versions_and_a_new_scorer_uses_them(
         }
     )
     run_app(late)
-    probe = (
-        b"c1",
-        orjson.dumps(
-            {
-                "transaction_id": "probe",
-                "card_id": "c1",
-                "terminal_id": "T1",
-                "amount": 20.0,
-                "timestamp": _iso(START + timedelta(days=1)),
-            }
-        ),
-    )
+    probe = make_transaction("probe", "c1", "T1", 20.0, START + timedelta(days=1))
     produce(settings.bootstrap_servers, settings.topic_transactions, [probe])
 
     def probe_record() -> dict[str, Any] | None:

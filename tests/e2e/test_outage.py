@@ -16,43 +16,36 @@ from service.devstack import RedisServer, free_port
 START = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
 
 
-def _batch(prefix: str, n: int) -> list[tuple[bytes, bytes]]:
+def _batch(
+    tx: Callable[..., tuple[bytes, bytes]], prefix: str, n: int
+) -> list[tuple[bytes, bytes]]:
     return [
-        (
-            f"c{i % 7}".encode(),
-            orjson.dumps(
-                {
-                    "transaction_id": f"{prefix}-{i}",
-                    "card_id": f"c{i % 7}",
-                    "terminal_id": "T1",
-                    "amount": 10.0 + i,
-                    "timestamp": (START + timedelta(minutes=i)).isoformat(),
-                }
-            ),
-        )
+        tx(f"{prefix}-{i}", f"c{i % 7}", "T1", 10.0 + i, START + timedelta(minutes=i))
         for i in range(n)
     ]
 
 
 def test_scorer_survives_a_redis_outage_without_losing_transactions(
     make_settings: Callable[..., Any],
+    make_transaction: Callable[..., tuple[bytes, bytes]],
     run_app: Callable[..., Any],
     produce: Callable[..., None],
     consume: Callable[..., list[Any]],
     wait_for: Callable[..., None],
     tmp_path: Path,
 ) -> None:
+    tx = make_transaction
     redis_server = RedisServer(tmp_path / "redis", port=free_port(), persistent=True)
     redis_server.start()
     try:
         settings = make_settings(redis_url=redis_server.url, publish_scores=True, role="scorer")
         app = run_app(settings)
-        produce(settings.bootstrap_servers, settings.topic_transactions, _batch("before", 20))
+        produce(settings.bootstrap_servers, settings.topic_transactions, _batch(tx, "before", 20))
         consume(settings.bootstrap_servers, settings.topic_scores, at_least=20, timeout_s=180)
         wait_for(lambda: app.ready()[0], 60, "the scorer to be ready")
 
         redis_server.stop()
-        produce(settings.bootstrap_servers, settings.topic_transactions, _batch("during", 30))
+        produce(settings.bootstrap_servers, settings.topic_transactions, _batch(tx, "during", 30))
         wait_for(lambda: not app.ready()[0], 60, "the scorer to report not ready")
         assert "redis" in app.ready()[1]
         time.sleep(3)  # batches fail and are retried while Redis is away

@@ -21,25 +21,15 @@ from service.snapshots import SnapshotStore
 START = datetime.now(UTC).replace(microsecond=0) - timedelta(days=3)
 
 
-def _stream(cards: int, per_card: int, offset: int) -> list[tuple[bytes, bytes]]:
+def _stream(
+    tx: Callable[..., tuple[bytes, bytes]], cards: int, per_card: int, offset: int
+) -> list[tuple[bytes, bytes]]:
     records = []
     for i in range(offset, offset + per_card):
         for c in range(cards):
             at = START + timedelta(minutes=10 * i, seconds=c)
-            records.append(
-                (
-                    f"c{c}".encode(),
-                    orjson.dumps(
-                        {
-                            "transaction_id": f"c{c}-{i}",
-                            "card_id": f"c{c}",
-                            "terminal_id": f"T{(c + i) % 7}",
-                            "amount": 10.0 + (i * 13 + c) % 50,
-                            "timestamp": at.isoformat().replace("+00:00", "Z"),
-                        }
-                    ),
-                )
-            )
+            amount = 10.0 + (i * 13 + c) % 50
+            records.append(tx(f"c{c}-{i}", f"c{c}", f"T{(c + i) % 7}", amount, at))
     return records
 
 
@@ -63,6 +53,7 @@ def _members(bootstrap: str, group: str) -> dict[str, int]:
 
 def test_two_scorers_share_partitions_and_a_crash_double_counts_nothing(
     make_settings: Callable[..., Any],
+    make_transaction: Callable[..., tuple[bytes, bytes]],
     spawn_service: Callable[..., Any],
     produce: Callable[..., None],
     wait_for: Callable[..., None],
@@ -86,14 +77,14 @@ def test_two_scorers_share_partitions_and_a_crash_double_counts_nothing(
 
     client = redis.Redis.from_url(redis_url)
     snapshots = SnapshotStore(client, settings.redis_prefix, settings.snapshot_ttl_s)
-    all_records = _stream(cards, per_card // 2, 0)
+    all_records = _stream(make_transaction, cards, per_card // 2, 0)
     produce(settings.bootstrap_servers, settings.topic_transactions, all_records)
     # Kill one scorer without warning while it works; the other takes its partitions
     # over and replays whatever was not committed.
     time.sleep(1.0)
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
-    later = _stream(cards, per_card - per_card // 2, per_card // 2)
+    later = _stream(make_transaction, cards, per_card - per_card // 2, per_card // 2)
     produce(settings.bootstrap_servers, settings.topic_transactions, later)
     all_records += later
     ids = [orjson.loads(v)["transaction_id"] for _, v in all_records]

@@ -13,19 +13,9 @@ from service.schemas import Alert
 NOW = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
 
 
-def _tx(tx_id: str, card: str, terminal: str, amount: float, at: datetime) -> bytes:
-    return orjson.dumps(
-        {
-            "transaction_id": tx_id,
-            "card_id": card,
-            "terminal_id": terminal,
-            "amount": amount,
-            "timestamp": at.isoformat().replace("+00:00", "Z"),
-        }
-    )
-
-
-def _quiet_history(cards: int, per_card: int) -> list[tuple[bytes, bytes]]:
+def _quiet_history(
+    tx: Callable[..., tuple[bytes, bytes]], cards: int, per_card: int
+) -> list[tuple[bytes, bytes]]:
     """Cards that spend 15 to 30 at their two usual terminals, around noon, for days."""
     records = []
     for c in range(cards):
@@ -33,41 +23,29 @@ def _quiet_history(cards: int, per_card: int) -> list[tuple[bytes, bytes]]:
         for i in range(per_card):
             at = NOW - timedelta(days=per_card - i, minutes=7 * c)
             amount = 15 + (c * 7 + i * 3) % 16
-            records.append(
-                (card.encode(), _tx(f"{card}-{i}", card, f"T{c % 5}-{i % 2}", amount, at))
-            )
+            records.append(tx(f"{card}-{i}", card, f"T{c % 5}-{i % 2}", amount, at))
     return records
 
 
 def test_planted_pattern_alerts_with_reasons_and_quiet_cards_do_not(
     make_settings: Callable[..., Any],
+    make_transaction: Callable[..., tuple[bytes, bytes]],
     run_app: Callable[..., Any],
     produce: Callable[..., None],
     consume: Callable[..., list[Any]],
 ) -> None:
+    tx = make_transaction
     settings = make_settings()
     run_app(settings)
-    history = _quiet_history(cards=20, per_card=10)
+    history = _quiet_history(tx, cards=20, per_card=10)
     victim = "victim-1"
     victim_history = [
-        (
-            victim.encode(),
-            _tx(f"{victim}-h{i}", victim, "T-home", 20 + i % 5, NOW - timedelta(days=10 - i)),
-        )
+        tx(f"{victim}-h{i}", victim, "T-home", 20 + i % 5, NOW - timedelta(days=10 - i))
         for i in range(10)
     ]
     # The card is stolen: large purchases at terminals it never used, minutes apart.
     attack = [
-        (
-            victim.encode(),
-            _tx(
-                f"{victim}-a{i}",
-                victim,
-                f"T-new-{i}",
-                2500.0 + 10 * i,
-                NOW + timedelta(minutes=5 * i),
-            ),
-        )
+        tx(f"{victim}-a{i}", victim, f"T-new-{i}", 2500.0 + 10 * i, NOW + timedelta(minutes=5 * i))
         for i in range(3)
     ]
     produce(
@@ -121,20 +99,21 @@ BAD_INPUTS: dict[str, bytes | None] = {
 
 def test_bad_inputs_land_in_the_dlq_untouched_while_good_events_are_scored(
     make_settings: Callable[..., Any],
+    make_transaction: Callable[..., tuple[bytes, bytes]],
     run_app: Callable[..., Any],
     produce: Callable[..., None],
     consume: Callable[..., list[Any]],
 ) -> None:
+    tx = make_transaction
     settings = make_settings(publish_scores=True)
     run_app(settings)
-    good = [(f"g{i}".encode(), _tx(f"good-{i}", f"g{i}", "T1", 10.0 + i, NOW)) for i in range(6)]
+    good = [tx(f"good-{i}", f"g{i}", "T1", 10.0 + i, NOW) for i in range(6)]
     records: list[tuple[bytes | None, bytes | None]] = []
     for i, (name, value) in enumerate(BAD_INPUTS.items()):
-        records.append(
-            good[i % len(good)]
-            if i < len(good)
-            else (b"g", _tx(f"good-extra-{i}", "g-extra", "T1", 12.0, NOW))
-        )
+        if i < len(good):
+            records.append(good[i])
+        else:
+            records.append((b"g", tx(f"good-extra-{i}", "g-extra", "T1", 12.0, NOW)[1]))
         records.append((name.encode(), value))
     produce(settings.bootstrap_servers, settings.topic_transactions, records)
 
