@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import subprocess
-import time
 import uuid
 from dataclasses import dataclass
 from importlib import resources
@@ -166,8 +165,12 @@ class KafkaServer(ManagedServer):
     host: str = "127.0.0.1"
     version: str = KAFKA_VERSION
 
+    name = "Kafka"
     pid_name = "kafka.pid"
     log_name = "server.log"
+
+    def _logs(self) -> str:
+        return f"{super()._logs()}\n{tail(self.data_dir / 'stdout.log')}"
 
     @property
     def bootstrap_servers(self) -> str:
@@ -243,22 +246,7 @@ class KafkaServer(ManagedServer):
                 ],
                 output=out,
             )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if (code := self._exit_code()) is not None:
-                raise DevStackError(
-                    f"Kafka exited at start (code {code}); "
-                    f"log {self.log_file}:\n{tail(self.log_file)}\n"
-                    f"{tail(self.data_dir / 'stdout.log')}"
-                )
-            if self.answers_metadata():
-                return
-            time.sleep(0.25)
-        self.stop()
-        raise DevStackError(
-            f"Kafka did not answer metadata requests within {timeout_s:.0f} s; "
-            f"log {self.log_file}:\n{tail(self.log_file)}"
-        )
+        self._await_ready(self.answers_metadata, "metadata requests", timeout_s, every_s=0.25)
 
     @quiet_kafka_logs()
     def answers_metadata(self) -> bool:

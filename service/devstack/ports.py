@@ -9,10 +9,12 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, ClassVar
+
+from service.errors import DevStackError
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -124,6 +126,7 @@ class ManagedServer:
     data_dir: Path
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
+    name: ClassVar[str] = "server"
     pid_name: ClassVar[str] = "server.pid"
     log_name: ClassVar[str] = "server.log"
 
@@ -154,6 +157,26 @@ class ManagedServer:
     def _exit_code(self) -> int | None:
         """Exit code when the process we launched has ended, else ``None``."""
         return None if self._process is None else self._process.poll()
+
+    def _logs(self) -> str:
+        """The end of the server's log(s), for an error message."""
+        return f"log {self.log_file}:\n{tail(self.log_file)}"
+
+    def _await_ready(
+        self, answers: Callable[[], bool], what: str, timeout_s: float, every_s: float
+    ) -> None:
+        """Wait until ``answers()``; a process that exits or stays silent is one clear error."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if (code := self._exit_code()) is not None:
+                raise DevStackError(f"{self.name} exited at start (code {code}); {self._logs()}")
+            if answers():
+                return
+            time.sleep(every_s)
+        self.stop()
+        raise DevStackError(
+            f"{self.name} did not answer {what} within {timeout_s:.0f} s; {self._logs()}"
+        )
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Stop the server and wait for its process to end."""

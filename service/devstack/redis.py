@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from dataclasses import dataclass
 
 import redis
 
-from service.devstack.ports import ManagedServer, port_is_free, tail
+from service.devstack.ports import ManagedServer, port_is_free
 from service.errors import DevStackError
 
 
@@ -63,6 +62,7 @@ class RedisServer(ManagedServer):
     persistent: bool = False
     host: str = "127.0.0.1"
 
+    name = "redis-server"
     pid_name = "redis.pid"
     log_name = "redis.log"
 
@@ -102,18 +102,7 @@ class RedisServer(ManagedServer):
             "no",
         ]
         self._launch(args)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if (code := self._exit_code()) is not None:
-                raise DevStackError(
-                    f"redis-server exited at start (code {code}); "
-                    f"log {self.log_file}:\n{tail(self.log_file)}"
-                )
-            if self.ping():
-                return
-            time.sleep(0.05)
-        self.stop()
-        raise DevStackError(f"redis-server did not answer PING within {timeout_s:.0f} s")
+        self._await_ready(self.ping, "PING", timeout_s, every_s=0.05)
 
     def ping(self) -> bool:
         """Whether the server answers PING."""
