@@ -21,7 +21,7 @@ from service.cli_model import model as model_group
 from service.devstack.stack import DevStack
 from service.errors import FraudstreamError
 from service.schemas import json_schemas
-from service.settings import Role, Settings
+from service.settings import DecisionMode, Role, Settings
 
 
 def _settings_error(exc: ValidationError) -> click.ClickException:
@@ -269,10 +269,20 @@ def demo(
     from service.demo import DemoPlan, run_demo
 
     stack = _stack(**dev_options)
+    # The simulator's cards make ~2 transactions a day. A fraud team reviews a
+    # fixed number of cards a day, so the demo runs in budget mode sized to 1 %.
+    # An explicit FRAUDSTREAM_DECISION (or budget settings) wins.
+    per_day = 2 * customers
+    demo_decision: dict[str, object] = {
+        "decision": DecisionMode.BUDGET,
+        "expected_tx_per_day": per_day,
+        "alert_budget_per_day": max(1, per_day // 100),
+    }
     settings = settings.model_copy(
         update={
             "bootstrap_servers": stack.kafka.bootstrap_servers,
             "redis_url": SecretStr(stack.redis.url),
+            **{k: v for k, v in demo_decision.items() if k not in settings.model_fields_set},
         }
     )
     plan = DemoPlan(

@@ -25,7 +25,7 @@ from producers.stream import StreamStats, stream_simulation
 from service.app import Application
 from service.devstack.stack import DevStack
 from service.kafka import make_consumer
-from service.settings import Settings
+from service.settings import DecisionMode, Settings
 
 
 @dataclass(frozen=True)
@@ -113,6 +113,14 @@ def _run(settings: Settings, plan: DemoPlan, echo: Callable[[str], None]) -> Non
 
     feeder = threading.Thread(target=feed, name="simulator", daemon=True)
     feeder.start()
+    if settings.decision is DecisionMode.BUDGET:
+        echo(
+            f"alerts: budget mode, about {settings.alert_budget_per_day} a day of "
+            f"~{settings.expected_tx_per_day:,} transactions "
+            "(FRAUDSTREAM_DECISION=threshold for a fixed threshold)"
+        )
+    else:
+        echo(f"alerts: score >= {settings.alert_threshold} (threshold mode)")
     echo(
         f"simulating {plan.customers} cards at {plan.terminals} terminals over {plan.days} "
         f"days at {plan.speed:,.0f}x event time (labels {plan.label_delay_days:g} days later)"
