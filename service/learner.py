@@ -121,6 +121,7 @@ class Learner:
         self._pending = registry.reserve_version()
         self._since_checkpoint = 0
         self._last_checkpoint_s = clock()
+        self._unfinished: set[str] = set()
 
     # -- construction ----------------------------------------------------------
 
@@ -215,6 +216,15 @@ class Learner:
         claimed = self.snapshots.claim_many(
             [lb.transaction_id for lb, _ in usable], token=str(self._pending), stale=self._stale
         )
+        # Labels this learner claimed in a call that then failed (Redis went away
+        # before the fraud counts were written) are still ours: the retry must
+        # learn them, not take them for duplicates. Only their first occurrence.
+        retaken: set[str] = set()
+        for k, (lb, _) in enumerate(usable):
+            tx_id = lb.transaction_id
+            if not claimed[k] and tx_id in self._unfinished and tx_id not in retaken:
+                claimed[k] = True
+                retaken.add(tx_id)
         fresh = [pair for pair, ok in zip(usable, claimed, strict=True) if ok]
         duplicates = len(usable) - len(fresh)
 
@@ -225,8 +235,14 @@ class Learner:
         if facts:
             # Before learning, so a failure here leaves the model untouched; the
             # claims stay tagged with the unpublished version, so a redelivery
-            # after a restart learns these labels again.
-            self.feature_store.record_labels(facts)
+            # after a restart learns these labels again, and so does a retry by
+            # this learner (``_unfinished``).
+            try:
+                self.feature_store.record_labels(facts)
+            except BaseException:
+                self._unfinished.update(lb.transaction_id for lb, _ in fresh)
+                raise
+        self._unfinished.difference_update(lb.transaction_id for lb, _ in fresh)
 
         names = self.model.feature_names
         frauds = 0

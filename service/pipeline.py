@@ -145,7 +145,7 @@ def validate_records(
         if len(batch) == len(candidates):
             return batch, candidates, failures
     except ValidationError:
-        pass
+        pass  # something in the batch is bad: find out what, one record at a time
     messages: list[M] = []
     indices: list[int] = []
     for i, value in zip(candidates, values, strict=True):

@@ -234,3 +234,33 @@ def test_resume_refuses_other_features() -> None:
             model_name="logreg",
             feature_names=NAMES[:-1],  # type: ignore[arg-type]
         )
+
+
+class FlakyFeatureStore(FakeFeatureStore):
+    """Fails the first ``failures`` calls, as Redis does while it is away."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def record_labels(self, labels: Sequence[LabelFact]) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("redis went away")
+        super().record_labels(labels)
+
+
+def test_a_batch_retried_after_a_redis_failure_is_learnt_once() -> None:
+    snaps, reg, fs = FakeSnapshots(), FakeRegistry(), FlakyFeatureStore(failures=1)
+    learner = Learner(FraudModel("logreg", NAMES), snaps, reg, fs, clock=Clock())
+    for i in range(3):
+        snaps.put(str(i), X[i], 0.2)
+    batch = [label(0, True), label(1, False), label(1, False), label(2, False)]
+    with pytest.raises(ConnectionError):
+        learner.learn_many(batch)
+    assert learner.model.labels_learnt == 0
+    retried = learner.learn_many(batch)  # the loop rewinds and delivers the batch again
+    assert (retried.learnt, retried.duplicates) == (3, 1)
+    assert [f.transaction_id for f in fs.facts] == ["0", "1", "2"]
+    assert learner.learn_many(batch).duplicates == 4  # and never again
+    assert learner.model.labels_learnt == 3
