@@ -35,6 +35,7 @@ from kafka.errors import KafkaError
 
 from service.alerts import BudgetPolicy, DecisionPolicy, ThresholdPolicy
 from service.checkpoint import Checkpoint
+from service.devstack.ports import accepts_connections
 from service.errors import CheckpointError, MissingSnapshotError, UnavailableError
 from service.features.definitions import FeatureConfig
 from service.features.redis_store import RedisFeatureStore
@@ -252,6 +253,12 @@ class Application:
         self._scorer_checkpoint: Checkpoint | None = None
         self._failures: list[BaseException] = []
         self.health_port: int | None = None
+        self._bootstrap = [
+            (host, int(port))
+            for host, _, port in (
+                a.strip().rpartition(":") for a in settings.bootstrap_servers.split(",")
+            )
+        ]
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -264,24 +271,31 @@ class Application:
         signal.signal(signal.SIGINT, self.stop)
 
     def ready(self) -> tuple[bool, str]:
-        """Readiness: Redis answers, Kafka clients are up, a scorer is loaded."""
+        """Readiness: Redis answers, a Kafka bootstrap server accepts connections,
+        no loop has failed, and (scorer role) a scorer is loaded."""
         if self._redis is None:
             return False, "starting"
-        try:
-            self._redis.ping()
-        except redis.RedisError as exc:
-            return False, f"redis unreachable: {exc}"
+        if (problem := self._redis_problem()) is not None:
+            return False, problem
+        if not any(accepts_connections(port, host) for host, port in self._bootstrap):
+            return False, f"kafka unreachable at {self.settings.bootstrap_servers}"
         if self._failures:
             return False, f"failed: {self._failures[0]}"
         if self.settings.role is not Role.LEARNER and self._watcher is None:
             return False, "scorer not started"
         return True, "ready"
 
-    def _redis_ok(self) -> bool:
+    def _redis_problem(self) -> str | None:
+        """Why Redis cannot be used right now, or ``None`` when it answers."""
         try:
-            return bool(self._redis is not None and self._redis.ping())
-        except redis.RedisError:
-            return False
+            if self._redis is not None and self._redis.ping():
+                return None
+        except redis.RedisError as exc:
+            return f"redis unreachable: {exc}"
+        return "redis not connected"
+
+    def _redis_ok(self) -> bool:
+        return self._redis_problem() is None
 
     def ensure_topics(self) -> None:
         s = self.settings

@@ -31,8 +31,10 @@ def _settings() -> Any:
 def _registry() -> Iterator[ModelRegistry]:
     import redis  # local: `model catalogue` works without Redis
 
+    from service.app import redis_client
+
     settings = _settings()
-    client = redis.Redis.from_url(settings.redis_url.get_secret_value())
+    client = redis_client(settings)
     try:
         yield ModelRegistry(
             client, settings.redis_prefix, settings.model_signing_key, settings.model_versions_kept
