@@ -45,6 +45,7 @@ from service.kafka import (
     ensure_topics,
     make_consumer,
     make_producer,
+    subscribe,
 )
 from service.learner import Learner
 from service.metrics import HealthServer, Metrics
@@ -419,7 +420,7 @@ class Application:
         consumer = self._group_consumer("scorer", s.consumer_group)
         checkpoint = Checkpoint(consumer, producer if exactly_once else None)
         self._scorer_checkpoint = checkpoint
-        consumer.subscribe([s.topic_transactions], listener=_Rebalance(lambda: checkpoint))
+        subscribe(consumer, [s.topic_transactions], listener=_Rebalance(lambda: checkpoint))
         try:
             yield consumer, producer, checkpoint
             if not exactly_once:
@@ -536,7 +537,7 @@ class Application:
         producer = make_producer(s.bootstrap_servers, client_id=f"{s.client_id}-learner")
         consumer = self._group_consumer("learner", s.learner_group)
         checkpoint = Checkpoint(consumer)
-        consumer.subscribe([s.topic_labels], listener=_Rebalance(lambda: checkpoint))
+        subscribe(consumer, [s.topic_labels], listener=_Rebalance(lambda: checkpoint))
         loop = self._loop("learner", consumer, producer, checkpoint, wait_ms=200)
         try:
             attempt = 0

@@ -13,6 +13,7 @@ from service.kafka.clients import (
     make_admin,
     make_consumer,
     make_producer,
+    subscribe,
 )
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "make_admin",
     "make_consumer",
     "make_producer",
+    "subscribe",
 ]

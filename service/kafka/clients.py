@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import (
     KafkaConnectionError,
@@ -106,6 +106,9 @@ def make_consumer(
         "isolation_level": "read_committed" if read_committed else "read_uncommitted",
         "max_partition_fetch_bytes": 4 * 1024 * 1024,
         "fetch_max_bytes": 32 * 1024 * 1024,
+        # New partitions (and a missed metadata change) are seen within 30 s,
+        # not kafka-python's default 5 minutes.
+        "metadata_max_age_ms": 30_000,
     }
     config.update(overrides)
     try:
@@ -114,8 +117,26 @@ def make_consumer(
         raise _unavailable(bootstrap_servers, exc) from exc
     topic_list = list(topics)
     if topic_list:
-        consumer.subscribe(topic_list)
+        subscribe(consumer, topic_list)
     return consumer
+
+
+def subscribe(
+    consumer: KafkaConsumer, topics: list[str], listener: ConsumerRebalanceListener | None = None
+) -> None:
+    """Join the group for ``topics`` once their partitions are known.
+
+    kafka-python can join before it has the topics' metadata; the range
+    assignor then hands this member no partitions, and nothing triggers a new
+    rebalance until the next metadata refresh. Loading the metadata first
+    makes the first assignment the right one.
+    """
+    for topic in topics:
+        consumer.partitions_for_topic(topic)
+    if listener is None:
+        consumer.subscribe(topics)
+    else:
+        consumer.subscribe(topics, listener=listener)
 
 
 def make_admin(bootstrap_servers: str, *, client_id: str = "fraudstream-admin") -> KafkaAdminClient:

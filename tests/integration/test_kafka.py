@@ -113,3 +113,22 @@ def test_transaction_commit_is_visible_and_abort_is_not_to_read_committed(
     uncommitted.assign([TopicPartition(topic, 0)])
     assert b"aborted" in [r.value for r in _drain(uncommitted, 3)]
     uncommitted.close()
+
+
+def test_first_join_assigns_every_partition_of_a_fresh_topic(
+    kafka_bootstrap: str, unique_name: Callable[[str], str]
+) -> None:
+    """The race that left a learner with no partitions for minutes must not recur."""
+    import time
+
+    topic = unique_name("fresh")
+    ensure_topics(kafka_bootstrap, {topic: 3})
+    consumer = make_consumer(kafka_bootstrap, client_id="t", group_id=unique_name("g"),
+                             topics=[topic])
+    try:
+        deadline = time.monotonic() + 20  # far below the 30 s metadata refresh
+        while not consumer.assignment() and time.monotonic() < deadline:
+            consumer.poll(timeout_ms=200)
+        assert consumer.assignment() == {TopicPartition(topic, p) for p in range(3)}
+    finally:
+        consumer.close()
