@@ -11,12 +11,12 @@ demo: bootstrap
 	.venv/bin/fraudstream demo
 
 test: bootstrap
-	.venv/bin/ruff check service producers tests bench
+	.venv/bin/ruff check fraudstream/*.py service producers evaluation bench devstack tests
 	.venv/bin/mypy
 	.venv/bin/pytest
 
 lint: bootstrap
-	.venv/bin/ruff check service producers tests bench
+	.venv/bin/ruff check fraudstream/*.py service producers evaluation bench devstack tests
 	.venv/bin/mypy
 
 bench: bootstrap

@@ -1,9 +1,9 @@
 """Click commands of the producers: ``simulate``, ``produce``, ``record``, ``replay``.
 
 They are plain commands, mounted by the main ``fraudstream`` group (which
-puts the one :class:`service.settings.Settings` in ``ctx.obj``)::
+puts the one :class:`fraudstream.service.settings.Settings` in ``ctx.obj``)::
 
-    for command in producers.cli.COMMANDS:
+    for command in fraudstream.producers.cli.COMMANDS:
         main.add_command(command)
 
 Every expected failure (bad file, bad option, broker down, failed delivery)
@@ -20,11 +20,16 @@ from typing import Any
 
 import click
 
-from producers.files import HANDBOOK_MAPPING, BadRowError, FileFormatError, detect_format
-from producers.labels import LabelDelay
-from producers.simulator import EXTRA_SCENARIOS, SimulationConfig, simulate
-from service.errors import FraudstreamError
-from service.settings import DAY_S, Settings
+from fraudstream.producers.files import (
+    HANDBOOK_MAPPING,
+    BadRowError,
+    FileFormatError,
+    detect_format,
+)
+from fraudstream.producers.labels import LabelDelay
+from fraudstream.producers.simulator import EXTRA_SCENARIOS, SimulationConfig, simulate
+from fraudstream.service.errors import FraudstreamError
+from fraudstream.service.settings import DAY_S, Settings
 
 
 def _settings() -> Settings:
@@ -66,25 +71,34 @@ def _parse_time(value: str, name: str) -> datetime:
 
 def _speed_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
-        "--speed", type=click.FloatRange(min=0), default=None,
+        "--speed",
+        type=click.FloatRange(min=0),
+        default=None,
         help="Event seconds per wall second: 1 = real time, 100 = 100x; default as fast as "
-             "possible.",
+        "possible.",
     )(func)
 
 
 def _delay_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    func = click.option("--early-fraud-prob", type=click.FloatRange(0, 1), default=0.3,
-                        show_default=True,
-                        help="Probability that a fraud is labelled before the delay.")(func)
-    return click.option("--label-delay-days", type=click.FloatRange(min=0, min_open=True),
-                        default=7.0, show_default=True,
-                        help="Event-time delay of labels.")(func)
+    func = click.option(
+        "--early-fraud-prob",
+        type=click.FloatRange(0, 1),
+        default=0.3,
+        show_default=True,
+        help="Probability that a fraud is labelled before the delay.",
+    )(func)
+    return click.option(
+        "--label-delay-days",
+        type=click.FloatRange(min=0, min_open=True),
+        default=7.0,
+        show_default=True,
+        help="Event-time delay of labels.",
+    )(func)
 
 
 def _delay(days: float, early: float) -> LabelDelay:
     delay_s = days * DAY_S
-    return LabelDelay(delay_s=delay_s, early_fraud_prob=early,
-                      early_min_s=min(3600.0, delay_s))
+    return LabelDelay(delay_s=delay_s, early_fraud_prob=early, early_min_s=min(3600.0, delay_s))
 
 
 @click.command("simulate")
@@ -92,25 +106,56 @@ def _delay(days: float, early: float) -> LabelDelay:
 @click.option("--customers", type=click.IntRange(min=1), default=5_000, show_default=True)
 @click.option("--terminals", type=click.IntRange(min=1), default=10_000, show_default=True)
 @click.option("--days", type=click.IntRange(min=1), default=183, show_default=True)
-@click.option("--start", default="2018-04-01", show_default=True,
-              help="Midnight of day 0 (ISO date/time, epoch ms, 'today').")
-@click.option("--radius", type=click.FloatRange(min=0, min_open=True), default=5.0,
-              show_default=True, help="Grid distance within which customers use terminals.")
-@click.option("--extra", "extras", multiple=True, type=click.Choice(sorted(EXTRA_SCENARIOS)),
-              help="Opt-in extra fraud scenario (repeatable).")
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write transactions (with is_fraud, fraud_scenario) as JSON Lines "
-                   "(.gz compresses) instead of sending to Kafka.")
-@click.option("--labels-output", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the delayed labels as JSON Lines, in arrival order.")
+@click.option(
+    "--start",
+    default="2018-04-01",
+    show_default=True,
+    help="Midnight of day 0 (ISO date/time, epoch ms, 'today').",
+)
+@click.option(
+    "--radius",
+    type=click.FloatRange(min=0, min_open=True),
+    default=5.0,
+    show_default=True,
+    help="Grid distance within which customers use terminals.",
+)
+@click.option(
+    "--extra",
+    "extras",
+    multiple=True,
+    type=click.Choice(sorted(EXTRA_SCENARIOS)),
+    help="Opt-in extra fraud scenario (repeatable).",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write transactions (with is_fraud, fraud_scenario) as JSON Lines "
+    "(.gz compresses) instead of sending to Kafka.",
+)
+@click.option(
+    "--labels-output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the delayed labels as JSON Lines, in arrival order.",
+)
 @_delay_options
 @_speed_option
 @click.option("--no-labels", is_flag=True, help="Kafka: send transactions only.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def simulate_cmd(
-    seed: int, customers: int, terminals: int, days: int, start: str, radius: float,
-    extras: tuple[str, ...], output: Path | None, labels_output: Path | None,
-    label_delay_days: float, early_fraud_prob: float, speed: float | None, no_labels: bool,
+    seed: int,
+    customers: int,
+    terminals: int,
+    days: int,
+    start: str,
+    radius: float,
+    extras: tuple[str, ...],
+    output: Path | None,
+    labels_output: Path | None,
+    label_delay_days: float,
+    early_fraud_prob: float,
+    speed: float | None,
+    no_labels: bool,
     progress: bool,
 ) -> None:
     """Simulate card transactions with known fraud (Fraud Detection Handbook model).
@@ -118,12 +163,17 @@ def simulate_cmd(
     Without --output/--labels-output, transactions and delayed labels are sent
     to Kafka interleaved in event-time order, keyed by card id.
     """
-    from producers.stream import stream_simulation, write_simulation
+    from fraudstream.producers.stream import stream_simulation, write_simulation
 
     try:
         config = SimulationConfig(
-            seed=seed, n_customers=customers, n_terminals=terminals, n_days=days,
-            start=_parse_time(start, "--start"), radius=radius, extras=frozenset(extras),
+            seed=seed,
+            n_customers=customers,
+            n_terminals=terminals,
+            n_days=days,
+            start=_parse_time(start, "--start"),
+            radius=radius,
+            extras=frozenset(extras),
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
@@ -135,14 +185,22 @@ def simulate_cmd(
             click.echo(
                 f"{len(sim):,} transactions ({sim.fraud_rate:.3%} fraud: "
                 + ", ".join(f"{k} {v:,}" for k, v in sim.scenario_counts().items() if v)
-                + f") written in {stats.wall_s:.1f} s", err=True)
+                + f") written in {stats.wall_s:.1f} s",
+                err=True,
+            )
             return
         stats = stream_simulation(
-            _settings(), config, label_delay=None if no_labels else delay, speed=speed,
+            _settings(),
+            config,
+            label_delay=None if no_labels else delay,
+            speed=speed,
             progress=progress,
         )
-    click.echo(f"sent {stats.transactions:,} transactions ({stats.frauds:,} fraud) and "
-               f"{stats.labels:,} labels in {stats.wall_s:.1f} s", err=True)
+    click.echo(
+        f"sent {stats.transactions:,} transactions ({stats.frauds:,} fraud) and "
+        f"{stats.labels:,} labels in {stats.wall_s:.1f} s",
+        err=True,
+    )
 
 
 def _parse_mapping(preset: str | None, pairs: tuple[str, ...]) -> dict[str, str] | None:
@@ -157,31 +215,62 @@ def _parse_mapping(preset: str | None, pairs: tuple[str, ...]) -> dict[str, str]
 
 @click.command("produce")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]),
-              help="Default: from the file name (.jsonl/.csv, optionally .gz).")
-@click.option("--preset", type=click.Choice(["handbook"]),
-              help="Column mapping of the Fraud Detection Handbook's CSV files "
-                   "(implies --assume-utc).")
-@click.option("--map", "pairs", multiple=True, metavar="SOURCE=FIELD",
-              help="Rename a column to a contract field (repeatable); e.g. TX_AMOUNT=amount.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "csv"]),
+    help="Default: from the file name (.jsonl/.csv, optionally .gz).",
+)
+@click.option(
+    "--preset",
+    type=click.Choice(["handbook"]),
+    help="Column mapping of the Fraud Detection Handbook's CSV files (implies --assume-utc).",
+)
+@click.option(
+    "--map",
+    "pairs",
+    multiple=True,
+    metavar="SOURCE=FIELD",
+    help="Rename a column to a contract field (repeatable); e.g. TX_AMOUNT=amount.",
+)
 @click.option("--keep-unmapped", is_flag=True, help="Keep columns the mapping does not name.")
 @click.option("--assume-utc", is_flag=True, help="Read timestamps without an offset as UTC.")
-@click.option("--on-error", type=click.Choice(["skip", "stop"]), default="skip",
-              show_default=True, help="Bad rows are always reported; skip them or stop.")
-@click.option("--labels/--no-labels", default=True, show_default=True,
-              help="Send delayed labels of rows that carry is_fraud.")
+@click.option(
+    "--on-error",
+    type=click.Choice(["skip", "stop"]),
+    default="skip",
+    show_default=True,
+    help="Bad rows are always reported; skip them or stop.",
+)
+@click.option(
+    "--labels/--no-labels",
+    default=True,
+    show_default=True,
+    help="Send delayed labels of rows that carry is_fraud.",
+)
 @_delay_options
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of label delays.")
 @click.option("--topic", help="Transactions topic (default from settings).")
 @_speed_option
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def produce_cmd(
-    file: Path, fmt: str | None, preset: str | None, pairs: tuple[str, ...], keep_unmapped: bool,
-    assume_utc: bool, on_error: str, labels: bool, label_delay_days: float,
-    early_fraud_prob: float, seed: int, topic: str | None, speed: float | None, progress: bool,
+    file: Path,
+    fmt: str | None,
+    preset: str | None,
+    pairs: tuple[str, ...],
+    keep_unmapped: bool,
+    assume_utc: bool,
+    on_error: str,
+    labels: bool,
+    label_delay_days: float,
+    early_fraud_prob: float,
+    seed: int,
+    topic: str | None,
+    speed: float | None,
+    progress: bool,
 ) -> None:
     """Send a JSON Lines or CSV file (gzip ok) to the transactions topic (and labels)."""
-    from producers.produce import produce_file
+    from fraudstream.producers.produce import produce_file
 
     mapping = _parse_mapping(preset, pairs)
 
@@ -191,11 +280,20 @@ def produce_cmd(
     with _errors():
         try:
             stats = produce_file(
-                _settings(), file, fmt=fmt or detect_format(file), mapping=mapping,
-                keep_unmapped=keep_unmapped, assume_utc=assume_utc or preset == "handbook",
-                stop_on_error=on_error == "stop", send_labels=labels,
-                label_delay=_delay(label_delay_days, early_fraud_prob), seed=seed,
-                speed=speed, progress=progress, on_bad_row=report, topic=topic,
+                _settings(),
+                file,
+                fmt=fmt or detect_format(file),
+                mapping=mapping,
+                keep_unmapped=keep_unmapped,
+                assume_utc=assume_utc or preset == "handbook",
+                stop_on_error=on_error == "stop",
+                send_labels=labels,
+                label_delay=_delay(label_delay_days, early_fraud_prob),
+                seed=seed,
+                speed=speed,
+                progress=progress,
+                on_bad_row=report,
+                topic=topic,
             )
         except BadRowError as exc:
             raise click.ClickException(
@@ -203,32 +301,58 @@ def produce_cmd(
             ) from exc
         except FileFormatError as exc:
             raise click.ClickException(str(exc)) from exc
-    click.echo(f"sent {stats.transactions:,} transactions and {stats.labels:,} labels "
-               f"from {stats.rows:,} rows; {stats.bad_rows:,} bad rows skipped", err=True)
+    click.echo(
+        f"sent {stats.transactions:,} transactions and {stats.labels:,} labels "
+        f"from {stats.rows:,} rows; {stats.bad_rows:,} bad rows skipped",
+        err=True,
+    )
 
 
 @click.command("record")
 @click.option("--topic", help="Topic to record (default: the transactions topic).")
-@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Recording file (JSON Lines; .gz compresses).")
+@click.option(
+    "--output",
+    "-o",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Recording file (JSON Lines; .gz compresses).",
+)
 @click.option("--from-time", help="Start at the first record at/after this time (ISO or epoch ms).")
 @click.option("--from-offset", type=click.IntRange(min=0), help="Start offset in every partition.")
 @click.option("--to-time", help="Stop before the first record at/after this time.")
 @click.option("--to-offset", type=click.IntRange(min=0), help="Stop offset (exclusive).")
-@click.option("--partition", "partitions", type=click.IntRange(min=0), multiple=True,
-              help="Only this partition (repeatable).")
+@click.option(
+    "--partition",
+    "partitions",
+    type=click.IntRange(min=0),
+    multiple=True,
+    help="Only this partition (repeatable).",
+)
 @click.option("--follow", is_flag=True, help="Keep recording new records until Ctrl-C.")
 @click.option("--max-records", type=click.IntRange(min=1))
-@click.option("--idle-timeout", type=click.FloatRange(min=0), default=10.0, show_default=True,
-              help="Stop after this many seconds without a record.")
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="Stop after this many seconds without a record.",
+)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def record_cmd(
-    topic: str | None, output: Path, from_time: str | None, from_offset: int | None,
-    to_time: str | None, to_offset: int | None, partitions: tuple[int, ...], follow: bool,
-    max_records: int | None, idle_timeout: float, progress: bool,
+    topic: str | None,
+    output: Path,
+    from_time: str | None,
+    from_offset: int | None,
+    to_time: str | None,
+    to_offset: int | None,
+    partitions: tuple[int, ...],
+    follow: bool,
+    max_records: int | None,
+    idle_timeout: float,
+    progress: bool,
 ) -> None:
     """Capture a topic (keys, values, headers, partitions, timestamps) to a file."""
-    from producers.recorder import record_topic
+    from fraudstream.producers.recorder import record_topic
 
     if from_time is not None and from_offset is not None:
         raise click.UsageError("give --from-time or --from-offset, not both")
@@ -241,36 +365,61 @@ def record_cmd(
     settings = _settings()
     with _errors():
         stats = record_topic(
-            settings, topic or settings.topic_transactions, output,
-            from_time_ms=ms(from_time, "--from-time"), from_offset=from_offset,
-            to_time_ms=ms(to_time, "--to-time"), to_offset=to_offset,
-            partitions=list(partitions) or None, follow=follow, max_records=max_records,
-            idle_timeout_s=idle_timeout, progress=progress,
+            settings,
+            topic or settings.topic_transactions,
+            output,
+            from_time_ms=ms(from_time, "--from-time"),
+            from_offset=from_offset,
+            to_time_ms=ms(to_time, "--to-time"),
+            to_offset=to_offset,
+            partitions=list(partitions) or None,
+            follow=follow,
+            max_records=max_records,
+            idle_timeout_s=idle_timeout,
+            progress=progress,
         )
-    click.echo(f"recorded {stats.records:,} records from {stats.partitions} partition(s) "
-               f"to {output} in {stats.wall_s:.1f} s", err=True)
+    click.echo(
+        f"recorded {stats.records:,} records from {stats.partitions} partition(s) "
+        f"to {output} in {stats.wall_s:.1f} s",
+        err=True,
+    )
 
 
 @click.command("replay")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--topic", help="Target topic (default: each record's original topic).")
 @_speed_option
-@click.option("--keep-partitions", is_flag=True,
-              help="Send to the original partition numbers instead of partitioning by key.")
-@click.option("--keep-timestamps", is_flag=True,
-              help="Keep the original record timestamps (default: send time).")
+@click.option(
+    "--keep-partitions",
+    is_flag=True,
+    help="Send to the original partition numbers instead of partitioning by key.",
+)
+@click.option(
+    "--keep-timestamps",
+    is_flag=True,
+    help="Keep the original record timestamps (default: send time).",
+)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def replay_cmd(
-    file: Path, topic: str | None, speed: float | None, keep_partitions: bool,
-    keep_timestamps: bool, progress: bool,
+    file: Path,
+    topic: str | None,
+    speed: float | None,
+    keep_partitions: bool,
+    keep_timestamps: bool,
+    progress: bool,
 ) -> None:
     """Play a recording back, per-key order kept, inter-arrival times scaled by --speed."""
-    from producers.replayer import replay_file
+    from fraudstream.producers.replayer import replay_file
 
     with _errors():
         stats = replay_file(
-            _settings(), file, topic=topic, speed=speed, keep_partitions=keep_partitions,
-            keep_timestamps=keep_timestamps, progress=progress,
+            _settings(),
+            file,
+            topic=topic,
+            speed=speed,
+            keep_partitions=keep_partitions,
+            keep_timestamps=keep_timestamps,
+            progress=progress,
         )
     click.echo(f"replayed {stats.records:,} records in {stats.wall_s:.1f} s", err=True)
 

@@ -18,8 +18,8 @@ Examples
 >>> parser.parse(4, {"card_id": "c1"})
 Traceback (most recent call last):
 ...
-producers.files.BadRowError: line 4: transaction_id: Field required; terminal_id: Field required; \
-amount: Field required; timestamp: Field required
+fraudstream.producers.files.BadRowError: line 4: transaction_id: Field required; \
+terminal_id: Field required; amount: Field required; timestamp: Field required
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from typing import Any, BinaryIO, cast
 import orjson
 from pydantic import ValidationError
 
-from service.errors import InvalidEventError
-from service.schemas import Transaction, condense
+from fraudstream.service.errors import InvalidEventError
+from fraudstream.service.schemas import Transaction, condense
 
 #: Columns of the handbook's simulated transactions (``TX_DATETIME`` is naive UTC).
 HANDBOOK_MAPPING: dict[str, str] = {
@@ -189,8 +189,11 @@ def _read_csv(
                 return
             header = [h.strip() for h in header]
             if mapping:
-                missing = [c for c, target in mapping.items()
-                           if c not in header and target not in GROUND_TRUTH_FIELDS]
+                missing = [
+                    c
+                    for c, target in mapping.items()
+                    if c not in header and target not in GROUND_TRUTH_FIELDS
+                ]
                 if missing:
                     raise FileFormatError(
                         f"{path}: column(s) {', '.join(missing)} of the mapping are not in "
@@ -208,13 +211,16 @@ def _read_csv(
                 if not fields:
                     continue
                 if len(fields) != len(header):
-                    yield line_no, BadRowError(
-                        line_no, f"{len(fields)} fields, the header has {len(header)}")
+                    yield (
+                        line_no,
+                        BadRowError(line_no, f"{len(fields)} fields, the header has {len(header)}"),
+                    )
                     continue
                 yield line_no, _rename(dict(zip(header, fields, strict=True)), mapping, keep)
         except UnicodeDecodeError as exc:
             raise FileFormatError(
-                f"{path}: not UTF-8 text near line {reader.line_num + 1}") from exc
+                f"{path}: not UTF-8 text near line {reader.line_num + 1}"
+            ) from exc
 
 
 class RowParser:
@@ -259,8 +265,12 @@ class RowParser:
             raise BadRowError(line, condense(exc, whole="row")) from None
         value = orjson.dumps(model.model_dump(mode="json", exclude_none=True))
         return ParsedRow(
-            line=line, key=model.card_id.encode(), value=value,
-            event_ms=model.event_time_ms, transaction_id=model.transaction_id, is_fraud=label,
+            line=line,
+            key=model.card_id.encode(),
+            value=value,
+            event_ms=model.event_time_ms,
+            transaction_id=model.transaction_id,
+            is_fraud=label,
         )
 
 

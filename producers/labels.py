@@ -25,7 +25,7 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
-from service.settings import DAY_S
+from fraudstream.service.settings import DAY_S
 
 #: Label ``source`` by code (index).
 SOURCES = ("cleared", "chargeback", "analyst")
@@ -55,7 +55,8 @@ class LabelDelay:
     def __post_init__(self) -> None:
         if self.delay_s <= 0:
             raise ValueError(
-                "label delay must be positive: a label never comes with its transaction")
+                "label delay must be positive: a label never comes with its transaction"
+            )
         if not 0 <= self.early_fraud_prob <= 1:
             raise ValueError("early_fraud_prob must be within [0, 1]")
         if not 0 < self.early_min_s <= self.delay_s:

@@ -2,7 +2,7 @@
 
 Rows are sent in file order, keyed by card id. When a row carries a verdict
 (``is_fraud``, or the mapped ``TX_FRAUD``), its label is held back by the
-:class:`producers.labels.LabelDelay` model and sent once the file's event
+:class:`fraudstream.producers.labels.LabelDelay` model and sent once the file's event
 time passes the label's due time (the rest after the last row), so a label
 never precedes its transaction. Bad rows are reported with their line
 number and skipped, or stop the run.
@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from producers.files import BadRowError, ParsedRow, RowParser, read_rows
-from producers.labels import DelayedQueue, LabelDelay
-from producers.pacing import Pacer
-from producers.simulator import format_times_ms
-from producers.sink import KafkaSink, progress_bar
-from service.kafka import ensure_topics
-from service.settings import Settings
+from fraudstream.producers.files import BadRowError, ParsedRow, RowParser, read_rows
+from fraudstream.producers.labels import DelayedQueue, LabelDelay
+from fraudstream.producers.pacing import Pacer
+from fraudstream.producers.simulator import format_times_ms
+from fraudstream.producers.sink import KafkaSink, progress_bar
+from fraudstream.service.kafka import ensure_topics
+from fraudstream.service.settings import Settings
 
 
 @dataclass
@@ -42,10 +42,15 @@ class ProduceStats:
 
 def _label_value(row: ParsedRow, labeled_ms: int, source: str) -> bytes:
     stamp = format_times_ms(np.array([labeled_ms]))[0]
-    return orjson.dumps({
-        "transaction_id": row.transaction_id, "is_fraud": row.is_fraud,
-        "labeled_at": stamp, "source": source, "card_id": row.key.decode(),
-    })
+    return orjson.dumps(
+        {
+            "transaction_id": row.transaction_id,
+            "is_fraud": row.is_fraud,
+            "labeled_at": stamp,
+            "source": source,
+            "card_id": row.key.decode(),
+        }
+    )
 
 
 def produce_file(
@@ -70,9 +75,10 @@ def produce_file(
     Parameters
     ----------
     fmt
-        ``jsonl`` or ``csv`` (see :func:`producers.files.detect_format`).
+        ``jsonl`` or ``csv`` (see :func:`fraudstream.producers.files.detect_format`).
     mapping, keep_unmapped, assume_utc
-        See :func:`producers.files.read_rows` and :class:`producers.files.RowParser`.
+        See :func:`~fraudstream.producers.files.read_rows` and
+        :class:`~fraudstream.producers.files.RowParser`.
     stop_on_error
         Raise the first :class:`BadRowError` (after flushing what was sent)
         instead of skipping bad rows.
@@ -81,7 +87,7 @@ def produce_file(
     label_delay
         Delay model (default :class:`LabelDelay`); ``seed`` seeds its draws.
     speed
-        Pacing by event time (see :class:`producers.pacing.Pacer`).
+        Pacing by event time (see :class:`fraudstream.producers.pacing.Pacer`).
     on_bad_row
         Called with every bad row (the CLI prints them); they are also counted.
     topic
@@ -93,8 +99,12 @@ def produce_file(
     topics = {topic_tx: settings.topic_partitions}
     if send_labels:
         topics[settings.topic_labels] = settings.topic_partitions
-    ensure_topics(settings.bootstrap_servers, topics, replication=settings.topic_replication,
-                  create=settings.create_topics)
+    ensure_topics(
+        settings.bootstrap_servers,
+        topics,
+        replication=settings.topic_replication,
+        create=settings.create_topics,
+    )
     parser = RowParser(assume_utc=assume_utc)
     pacer = Pacer(speed)
     pending: DelayedQueue[tuple[ParsedRow, str]] = DelayedQueue()
@@ -106,8 +116,10 @@ def produce_file(
             sink.send(settings.topic_labels, _label_value(held, due_ms, source), key=held.key)
             stats.labels += 1
 
-    with KafkaSink(settings, client_suffix="file-producer") as sink, \
-            progress_bar(None, enabled=progress, desc=path.name, unit="row") as bar:
+    with (
+        KafkaSink(settings, client_suffix="file-producer") as sink,
+        progress_bar(None, enabled=progress, desc=path.name, unit="row") as bar,
+    ):
         sink.warm_up(list(topics))
         for line, raw in read_rows(path, fmt, mapping=mapping, keep_unmapped=keep_unmapped):
             stats.rows += 1

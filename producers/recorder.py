@@ -26,11 +26,11 @@ from typing import Any
 import orjson
 from kafka import TopicPartition
 
-from producers.files import FileFormatError, json_lines, open_output
-from producers.sink import progress_bar
-from service.errors import ConfigurationError
-from service.kafka import make_consumer
-from service.settings import Settings
+from fraudstream.producers.files import FileFormatError, json_lines, open_output
+from fraudstream.producers.sink import progress_bar
+from fraudstream.service.errors import ConfigurationError
+from fraudstream.service.kafka import make_consumer
+from fraudstream.service.settings import Settings
 
 FORMAT_VERSION = 1
 
@@ -50,16 +50,18 @@ def _b64(data: bytes | None) -> str | None:
 
 def encode_record(record: Any) -> bytes:
     """One consumed record (kafka-python ``ConsumerRecord``) as a recording line (no newline)."""
-    return orjson.dumps({
-        "topic": record.topic,
-        "partition": record.partition,
-        "offset": record.offset,
-        "timestamp_ms": record.timestamp,
-        "timestamp_type": record.timestamp_type,
-        "key": _b64(record.key),
-        "value": _b64(record.value),
-        "headers": [[k, _b64(v)] for k, v in (record.headers or [])],
-    })
+    return orjson.dumps(
+        {
+            "topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+            "timestamp_ms": record.timestamp,
+            "timestamp_type": record.timestamp_type,
+            "key": _b64(record.key),
+            "value": _b64(record.value),
+            "headers": [[k, _b64(v)] for k, v in (record.headers or [])],
+        }
+    )
 
 
 def record_topic(
@@ -98,7 +100,9 @@ def record_topic(
         end offsets are normally reached first).
     """
     consumer = make_consumer(
-        settings.bootstrap_servers, client_id=f"{settings.client_id}-recorder", group_id=None,
+        settings.bootstrap_servers,
+        client_id=f"{settings.client_id}-recorder",
+        group_id=None,
     )
     stats = RecordStats()
     start = time.perf_counter()
@@ -106,7 +110,8 @@ def record_topic(
         found = consumer.partitions_for_topic(topic)
         if not found:
             raise ConfigurationError(
-                f"topic {topic!r} does not exist on {settings.bootstrap_servers}")
+                f"topic {topic!r} does not exist on {settings.bootstrap_servers}"
+            )
         chosen = sorted(found) if partitions is None else sorted(partitions)
         unknown = set(chosen) - set(found)
         if unknown:
@@ -115,9 +120,16 @@ def record_topic(
         consumer.assign(tps)
         begin = consumer.beginning_offsets(tps)
         end = consumer.end_offsets(tps)
-        first = _offsets_at(consumer, tps, from_time_ms, end) if from_time_ms is not None else \
-            {tp: max(begin[tp], min(from_offset, end[tp])) if from_offset is not None else begin[tp]
-             for tp in tps}
+        first = (
+            _offsets_at(consumer, tps, from_time_ms, end)
+            if from_time_ms is not None
+            else {
+                tp: max(begin[tp], min(from_offset, end[tp]))
+                if from_offset is not None
+                else begin[tp]
+                for tp in tps
+            }
+        )
         if follow:
             stop: dict[TopicPartition, int | None] = dict.fromkeys(tps)
         elif to_time_ms is not None:
@@ -130,16 +142,22 @@ def record_topic(
             consumer.seek(tp, first[tp])
         active = {tp for tp in tps if stop[tp] is None or first[tp] < (stop[tp] or 0)}
         header = {
-            "fraudstream_recording": FORMAT_VERSION, "topic": topic,
+            "fraudstream_recording": FORMAT_VERSION,
+            "topic": topic,
             "recorded_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "partitions": chosen,
             "from_offsets": {str(tp.partition): first[tp] for tp in tps},
             "to_offsets": {str(tp.partition): stop[tp] for tp in tps},
         }
-        with open_output(output) as out, progress_bar(
-            None if follow else sum((stop[tp] or 0) - first[tp] for tp in active),
-            enabled=progress, desc=f"record {topic}", unit="rec",
-        ) as bar:
+        with (
+            open_output(output) as out,
+            progress_bar(
+                None if follow else sum((stop[tp] or 0) - first[tp] for tp in active),
+                enabled=progress,
+                desc=f"record {topic}",
+                unit="rec",
+            ) as bar,
+        ):
             out.write(orjson.dumps(header) + b"\n")
             last_data = time.monotonic()
             try:
@@ -196,12 +214,17 @@ def read_recording(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
             if line_no == 1 and "fraudstream_recording" in row:
                 meta = row
                 continue
-            records.append({
-                "topic": row["topic"], "partition": int(row["partition"]),
-                "offset": int(row["offset"]), "timestamp_ms": int(row["timestamp_ms"]),
-                "key": _unb64(row.get("key")), "value": _unb64(row.get("value")),
-                "headers": [(str(k), _unb64(v) or b"") for k, v in row.get("headers") or []],
-            })
+            records.append(
+                {
+                    "topic": row["topic"],
+                    "partition": int(row["partition"]),
+                    "offset": int(row["offset"]),
+                    "timestamp_ms": int(row["timestamp_ms"]),
+                    "key": _unb64(row.get("key")),
+                    "value": _unb64(row.get("value")),
+                    "headers": [(str(k), _unb64(v) or b"") for k, v in row.get("headers") or []],
+                }
+            )
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise FileFormatError(
                 f"{path}:{line_no}: not a recording line ({type(exc).__name__}: {exc})"

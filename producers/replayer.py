@@ -8,7 +8,7 @@ partition with ``keep_partitions``) through an idempotent producer, they keep
 that order on the target topic.
 
 Pacing: the gap between two records' timestamps, divided by ``speed``, is
-the gap between their sends (see :class:`producers.pacing.Pacer`).
+the gap between their sends (see :class:`fraudstream.producers.pacing.Pacer`).
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from producers.pacing import Pacer
-from producers.recorder import read_recording
-from producers.sink import KafkaSink, progress_bar
-from service.errors import ConfigurationError
-from service.kafka import ensure_topics, make_admin
-from service.settings import Settings
+from fraudstream.producers.pacing import Pacer
+from fraudstream.producers.recorder import read_recording
+from fraudstream.producers.sink import KafkaSink, progress_bar
+from fraudstream.service.errors import ConfigurationError
+from fraudstream.service.kafka import ensure_topics, make_admin
+from fraudstream.service.settings import Settings
 
 
 @dataclass
@@ -50,8 +50,9 @@ def replay_order(records: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     by_partition: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for rec in records:
         by_partition.setdefault((rec["topic"], rec["partition"]), []).append(rec)
-    streams = [sorted(group, key=lambda r: r["offset"])
-               for _, group in sorted(by_partition.items())]
+    streams = [
+        sorted(group, key=lambda r: r["offset"]) for _, group in sorted(by_partition.items())
+    ]
     return heapq.merge(*streams, key=lambda r: r["timestamp_ms"])
 
 
@@ -87,21 +88,30 @@ def replay_file(
     targets = {topic} if topic else {r["topic"] for r in records} or {meta.get("topic", "")}
     targets.discard("")
     if targets:
-        ensure_topics(settings.bootstrap_servers, dict.fromkeys(targets, settings.topic_partitions),
-                      replication=settings.topic_replication, create=settings.create_topics)
+        ensure_topics(
+            settings.bootstrap_servers,
+            dict.fromkeys(targets, settings.topic_partitions),
+            replication=settings.topic_replication,
+            create=settings.create_topics,
+        )
     if keep_partitions and records:
         _check_partitions(settings, records, topic)
     pacer = pacer or Pacer(speed)
     stats = ReplayStats()
     start = time.perf_counter()
     linger_ms = 0 if pacer.paced else 20  # paced: send at once, the pace is the point
-    with KafkaSink(settings, client_suffix="replayer", linger_ms=linger_ms) as sink, \
-            progress_bar(len(records), enabled=progress, desc="replay", unit="rec") as bar:
+    with (
+        KafkaSink(settings, client_suffix="replayer", linger_ms=linger_ms) as sink,
+        progress_bar(len(records), enabled=progress, desc="replay", unit="rec") as bar,
+    ):
         sink.warm_up(targets)
         for rec in replay_order(records):
             pacer.wait(rec["timestamp_ms"])
             sink.send(
-                topic or rec["topic"], rec["value"], key=rec["key"], headers=rec["headers"],
+                topic or rec["topic"],
+                rec["value"],
+                key=rec["key"],
+                headers=rec["headers"],
                 partition=rec["partition"] if keep_partitions else None,
                 timestamp_ms=rec["timestamp_ms"] if keep_timestamps else None,
             )

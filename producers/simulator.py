@@ -237,12 +237,11 @@ class Simulation:
             Rows formatted at a time (bounds memory on big runs).
         """
         for lo in range(0, len(self), chunk):
-            yield from self.rows(np.arange(lo, min(lo + chunk, len(self))),
-                                 ground_truth=ground_truth)
+            yield from self.rows(
+                np.arange(lo, min(lo + chunk, len(self))), ground_truth=ground_truth
+            )
 
-    def rows(
-        self, index: np.ndarray, *, ground_truth: bool = False
-    ) -> Iterator[dict[str, Any]]:
+    def rows(self, index: np.ndarray, *, ground_truth: bool = False) -> Iterator[dict[str, Any]]:
         """Transaction dicts of the rows in ``index`` (any order)."""
         cards, terms = self._names()
         prefix = self.config.transaction_id_prefix
@@ -250,17 +249,27 @@ class Simulation:
         currency = self.config.currency
         terminal = self.terminal[index]
         columns = zip(
-            index.tolist(), format_times_ms(self.time_ms[index]),
-            self.customer[index].tolist(), terminal.tolist(), self.amount[index].tolist(),
-            self.terminal_lat[terminal].tolist(), self.terminal_lon[terminal].tolist(),
-            self.is_fraud[index].tolist(), self.scenario[index].tolist(),
+            index.tolist(),
+            format_times_ms(self.time_ms[index]),
+            self.customer[index].tolist(),
+            terminal.tolist(),
+            self.amount[index].tolist(),
+            self.terminal_lat[terminal].tolist(),
+            self.terminal_lon[terminal].tolist(),
+            self.is_fraud[index].tolist(),
+            self.scenario[index].tolist(),
             strict=True,
         )
         for row, stamp, cust, term, amount, lat, lon, fraud, scen in columns:
             out: dict[str, Any] = {
-                "transaction_id": f"{prefix}{row:0{width}d}", "timestamp": stamp,
-                "card_id": cards[cust], "terminal_id": terms[term], "amount": amount,
-                "currency": currency, "lat": lat, "lon": lon,
+                "transaction_id": f"{prefix}{row:0{width}d}",
+                "timestamp": stamp,
+                "card_id": cards[cust],
+                "terminal_id": terms[term],
+                "amount": amount,
+                "currency": currency,
+                "lat": lat,
+                "lon": lon,
             }
             if ground_truth:
                 out["is_fraud"] = fraud
@@ -292,8 +301,9 @@ def format_times_ms(time_ms: np.ndarray) -> list[str]:
 
 def simulate(config: SimulationConfig) -> Simulation:
     """Generate the transactions of ``config``; see the module docstring for the model."""
-    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(config.seed).spawn(
-        _N_STREAMS)]
+    streams = [
+        np.random.default_rng(s) for s in np.random.SeedSequence(config.seed).spawn(_N_STREAMS)
+    ]
     n_days = config.n_days
 
     # Profiles. Customer columns: x, y, mean amount, std amount, mean tx/day.
@@ -331,17 +341,22 @@ def simulate(config: SimulationConfig) -> Simulation:
 
     # Scenario 2: (terminal, day) pairs under compromise.
     rng = streams[_STREAM_S2]
-    chosen = [rng.choice(config.n_terminals, config.compromised_terminals_per_day, replace=False)
-              for _ in range(n_days)]
+    chosen = [
+        rng.choice(config.n_terminals, config.compromised_terminals_per_day, replace=False)
+        for _ in range(n_days)
+    ]
     hit = _in_windows(terminal, day, chosen, config.terminal_compromise_days, n_days)
     scenario[hit] = 2
 
     # Scenario 3: a share of the compromised customers' transactions, amount x5.
     rng = streams[_STREAM_S3]
-    chosen = [rng.choice(config.n_customers, config.compromised_customers_per_day, replace=False)
-              for _ in range(n_days)]
+    chosen = [
+        rng.choice(config.n_customers, config.compromised_customers_per_day, replace=False)
+        for _ in range(n_days)
+    ]
     window = np.flatnonzero(
-        _in_windows(customer, day, chosen, config.customer_compromise_days, n_days))
+        _in_windows(customer, day, chosen, config.customer_compromise_days, n_days)
+    )
     stolen = window[rng.random(window.shape[0]) < config.customer_fraud_fraction]
     amount[stolen] = _cents(amount[stolen] * 5)
     scenario[stolen] = 3
@@ -352,11 +367,14 @@ def simulate(config: SimulationConfig) -> Simulation:
 
     if "account-takeover" in config.extras:
         rng = streams[_STREAM_S6]
-        chosen = [rng.choice(config.n_customers, config.account_takeover_per_day, replace=False)
-                  for _ in range(n_days)]
+        chosen = [
+            rng.choice(config.n_customers, config.account_takeover_per_day, replace=False)
+            for _ in range(n_days)
+        ]
         window = np.flatnonzero(
             _in_windows(customer, day, chosen, config.account_takeover_days, n_days)
-            & (scenario == 0))
+            & (scenario == 0)
+        )
         taken = window[rng.random(window.shape[0]) < 0.5]
         terminal[taken] = rng.integers(0, config.n_terminals, size=taken.shape[0])
         amount[taken] = _cents(amount[taken] * rng.uniform(2, 4, size=taken.shape[0]))
@@ -377,10 +395,15 @@ def simulate(config: SimulationConfig) -> Simulation:
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         gaps[starts] = 0
         elapsed = np.cumsum(gaps) - np.repeat(np.cumsum(gaps)[starts], sizes)
-        extra_rows.append((
-            first_ms[burst] + elapsed, cards[burst], where[burst],
-            _cents(rng.uniform(0.5, 3.0, size=rows)), np.full(rows, 4, dtype=np.int8),
-        ))
+        extra_rows.append(
+            (
+                first_ms[burst] + elapsed,
+                cards[burst],
+                where[burst],
+                _cents(rng.uniform(0.5, 3.0, size=rows)),
+                np.full(rows, 4, dtype=np.int8),
+            )
+        )
 
     if "impossible-travel" in config.extras:
         rng = streams[_STREAM_S5]
@@ -395,10 +418,15 @@ def simulate(config: SimulationConfig) -> Simulation:
             after_ms = rng.integers(2 * 60_000, 60 * 60_000, size=k)
             remote = n_terminals_total + rng.integers(0, config.n_remote_terminals, size=k)
             extra_amount = _cents(mean_amount[customer[base]] * rng.uniform(1, 4, size=k))
-            extra_rows.append((
-                time_ms[base] + after_ms, customer[base], remote, extra_amount,
-                np.full(k, 5, dtype=np.int8),
-            ))
+            extra_rows.append(
+                (
+                    time_ms[base] + after_ms,
+                    customer[base],
+                    remote,
+                    extra_amount,
+                    np.full(k, 5, dtype=np.int8),
+                )
+            )
 
     if extra_rows:
         end_ms = config.start_ms + n_days * DAY_MS - 1
@@ -440,7 +468,7 @@ def _terminals_within_radius(
     indices: list[np.ndarray] = []
     per_customer: list[np.ndarray] = []
     for lo in range(0, cust_xy.shape[0], chunk):
-        block = cust_xy[lo:lo + chunk]
+        block = cust_xy[lo : lo + chunk]
         d2 = ((block[:, None, :] - term_xy[None, :, :]) ** 2).sum(axis=2)
         rows, cols = np.nonzero(d2 < r2)  # row-major: grouped by customer, terminals ascending
         indices.append(cols)

@@ -1,11 +1,11 @@
 """Keyed, idempotent sending to Kafka with delivery checks and a progress bar.
 
 Every producer command sends through :class:`KafkaSink`: the client comes
-from :func:`service.kafka.make_producer` (``acks=all``, idempotence on, so
+from :func:`fraudstream.service.kafka.make_producer` (``acks=all``, idempotence on, so
 retries never duplicate or reorder a key's records) and every send goes
-through :class:`service.kafka.DeliveryTracker` (which it is), flushed every
+through :class:`fraudstream.service.kafka.DeliveryTracker` (which it is), flushed every
 ``flush_every`` records, so a failed delivery stops the run with a
-:class:`service.kafka.DeliveryError` instead of being lost.
+:class:`fraudstream.service.kafka.DeliveryError` instead of being lost.
 """
 
 from __future__ import annotations
@@ -15,15 +15,17 @@ from typing import Any
 
 from tqdm import tqdm
 
-from service.kafka import DeliveryTracker, make_producer
-from service.settings import Settings
+from fraudstream.service.kafka import DeliveryTracker, make_producer
+from fraudstream.service.settings import Settings
 
 
 class KafkaSink(DeliveryTracker):
-    """A :class:`~service.kafka.DeliveryTracker` over its own producer; use as a context manager.
+    """A :class:`~fraudstream.service.kafka.DeliveryTracker` over its own producer.
+
+    Use as a context manager.
 
     ``send``, ``flush``, ``pending`` and ``delivered`` are the tracker's: a
-    failed delivery raises :class:`~service.kafka.DeliveryError`. Leaving the
+    failed delivery raises :class:`~fraudstream.service.kafka.DeliveryError`. Leaving the
     ``with`` block flushes (unless an exception is on its way) and closes.
 
     Parameters
@@ -85,6 +87,12 @@ class KafkaSink(DeliveryTracker):
 def progress_bar(total: int | None, *, enabled: bool, desc: str, unit: str = "ev") -> tqdm:
     """A tqdm bar with rate and ETA (to stderr), or a disabled one."""
     return tqdm(
-        total=total, disable=not enabled, desc=desc, unit=unit, unit_scale=True,
-        mininterval=0.5, smoothing=0.1, dynamic_ncols=True,
+        total=total,
+        disable=not enabled,
+        desc=desc,
+        unit=unit,
+        unit_scale=True,
+        mininterval=0.5,
+        smoothing=0.1,
+        dynamic_ncols=True,
     )

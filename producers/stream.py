@@ -21,13 +21,13 @@ from typing import Any
 import numpy as np
 import orjson
 
-from producers.files import open_output
-from producers.labels import SOURCES, LabelDelay
-from producers.pacing import Pacer
-from producers.simulator import Simulation, SimulationConfig, format_times_ms, simulate
-from producers.sink import KafkaSink, progress_bar
-from service.kafka import ensure_topics
-from service.settings import Settings
+from fraudstream.producers.files import open_output
+from fraudstream.producers.labels import SOURCES, LabelDelay
+from fraudstream.producers.pacing import Pacer
+from fraudstream.producers.simulator import Simulation, SimulationConfig, format_times_ms, simulate
+from fraudstream.producers.sink import KafkaSink, progress_bar
+from fraudstream.service.kafka import ensure_topics
+from fraudstream.service.settings import Settings
 
 _DEFAULT_DELAY = LabelDelay()
 
@@ -71,14 +71,20 @@ def label_rows(
     width = max(8, len(str(len(sim) - 1)))
     prefix = sim.config.transaction_id_prefix
     columns = zip(
-        index.tolist(), format_times_ms(labels.labeled_ms[index]),
-        sim.is_fraud[index].tolist(), labels.source[index].tolist(),
-        sim.customer[index].tolist(), strict=True,
+        index.tolist(),
+        format_times_ms(labels.labeled_ms[index]),
+        sim.is_fraud[index].tolist(),
+        labels.source[index].tolist(),
+        sim.customer[index].tolist(),
+        strict=True,
     )
     for row, stamp, fraud, source, cust in columns:
         yield {
-            "transaction_id": f"{prefix}{row:0{width}d}", "is_fraud": fraud,
-            "labeled_at": stamp, "source": SOURCES[source], "card_id": cards[cust],
+            "transaction_id": f"{prefix}{row:0{width}d}",
+            "is_fraud": fraud,
+            "labeled_at": stamp,
+            "source": SOURCES[source],
+            "card_id": cards[cust],
         }
 
 
@@ -98,9 +104,10 @@ def write_simulation(
     start = time.perf_counter()
     stats = StreamStats(frauds=int(sim.is_fraud.sum()))
     if output is not None:
-        with open_output(output) as out, progress_bar(
-            len(sim), enabled=progress, desc="transactions", unit="tx"
-        ) as bar:
+        with (
+            open_output(output) as out,
+            progress_bar(len(sim), enabled=progress, desc="transactions", unit="tx") as bar,
+        ):
             buffer: list[bytes] = []
             for line in sim.to_json_lines(ground_truth=True):
                 buffer.append(line)
@@ -117,7 +124,7 @@ def write_simulation(
         order = np.argsort(labels.labeled_ms, kind="stable")
         with open_output(labels_output) as out:
             for lo in range(0, len(order), 100_000):
-                rows = label_rows(sim, labels, order[lo:lo + 100_000])
+                rows = label_rows(sim, labels, order[lo : lo + 100_000])
                 out.write(b"".join(orjson.dumps(r) + b"\n" for r in rows))
         stats.labels = len(sim)
     stats.wall_s = time.perf_counter() - start
@@ -144,7 +151,7 @@ def simulation_events(
     cards = sim.card_names()
     dumps = orjson.dumps
     for lo in range(0, order.shape[0], chunk):
-        part = order[lo:lo + chunk]
+        part = order[lo : lo + chunk]
         kinds = is_label[part]
         rows = part % n
         tx_rows = sim.rows(rows[~kinds], ground_truth=False)
@@ -196,15 +203,17 @@ def stream_simulation(
     -------
     StreamStats
         Counts delivered (every send is confirmed; a failure raises
-        :class:`service.kafka.DeliveryError`).
+        :class:`fraudstream.service.kafka.DeliveryError`).
     """
     config = config or SimulationConfig()
     sim = simulate(config)
     labels = label_simulation(sim, label_delay) if label_delay is not None else None
     topics = [settings.topic_transactions] + ([settings.topic_labels] if labels else [])
     ensure_topics(
-        settings.bootstrap_servers, dict.fromkeys(topics, settings.topic_partitions),
-        replication=settings.topic_replication, create=settings.create_topics,
+        settings.bootstrap_servers,
+        dict.fromkeys(topics, settings.topic_partitions),
+        replication=settings.topic_replication,
+        create=settings.create_topics,
     )
     pacer = Pacer(speed)
     stats = StreamStats()
@@ -214,8 +223,10 @@ def stream_simulation(
         total = min(total, max_events)
     start = time.perf_counter()
     linger_ms = 5 if pacer.paced else 20  # unpaced: bigger batches
-    with KafkaSink(settings, client_suffix="simulator", linger_ms=linger_ms) as sink, \
-            progress_bar(total, enabled=progress, desc="simulate", unit="ev") as bar:
+    with (
+        KafkaSink(settings, client_suffix="simulator", linger_ms=linger_ms) as sink,
+        progress_bar(total, enabled=progress, desc="simulate", unit="ev") as bar,
+    ):
         sink.warm_up(topics)
         for event_ms, is_label, key, value in simulation_events(sim, labels):
             if stats.events >= total:

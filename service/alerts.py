@@ -24,7 +24,7 @@ from typing import Protocol
 import numpy as np
 import orjson
 
-from service.schemas import SCHEMA_VERSION, Alert, Reason, Scorer
+from fraudstream.service.schemas import SCHEMA_VERSION, Alert, Reason, Scorer
 
 
 class DecisionPolicy(Protocol):
@@ -127,7 +127,7 @@ def encode_score_record(
     scored_at_ms: float,
     latency_ms: float,
 ) -> bytes:
-    """JSON bytes of a :class:`service.schemas.ScoreRecord` (or an :class:`Alert` when
+    """JSON bytes of a :class:`fraudstream.service.schemas.ScoreRecord` (or an :class:`Alert` when
     ``is_alert``), built with orjson directly because this runs for every decision.
 
     >>> import orjson

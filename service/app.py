@@ -4,7 +4,7 @@
 (Redis, health endpoint, Kafka clients) and runs the roles asked for:
 
 * the **scorer loop** (main thread): poll a bounded batch → :class:`Pipeline`
-  → produce and flush → commit (:mod:`service.checkpoint`); a new model
+  → produce and flush → commit (:mod:`fraudstream.service.checkpoint`); a new model
   version is picked up between batches;
 * the **learner loop** (a thread when both roles run in one process): poll
   labels → :class:`Learner` → publish a model version every N labels or T
@@ -33,23 +33,23 @@ import redis
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
-from service.alerts import BudgetPolicy, DecisionPolicy, ThresholdPolicy
-from service.checkpoint import Checkpoint
-from service.devstack.ports import accepts_connections
-from service.errors import CheckpointError, MissingSnapshotError, UnavailableError
-from service.features.definitions import FeatureConfig
-from service.features.redis_store import RedisFeatureStore
-from service.kafka import (
+from fraudstream.service.alerts import BudgetPolicy, DecisionPolicy, ThresholdPolicy
+from fraudstream.service.checkpoint import Checkpoint
+from fraudstream.service.errors import CheckpointError, MissingSnapshotError, UnavailableError
+from fraudstream.service.features.definitions import FeatureConfig
+from fraudstream.service.features.redis_store import RedisFeatureStore
+from fraudstream.service.kafka import (
     DeliveryError,
     DeliveryTracker,
+    accepts_connections,
     ensure_topics,
     make_consumer,
     make_producer,
     subscribe,
 )
-from service.learner import Learner
-from service.metrics import HealthServer, Metrics
-from service.pipeline import (
+from fraudstream.service.learner import Learner
+from fraudstream.service.metrics import HealthServer, Metrics
+from fraudstream.service.pipeline import (
     ActiveScorer,
     BatchOutcome,
     ConsumedRecord,
@@ -58,11 +58,11 @@ from service.pipeline import (
     dead_letter_of,
     validate_records,
 )
-from service.registry import ModelRegistry
-from service.rules import RulesPrior
-from service.schemas import LABEL_BATCH, Label
-from service.settings import DecisionMode, DeliveryGuarantee, Role, Settings
-from service.snapshots import SnapshotStore
+from fraudstream.service.registry import ModelRegistry
+from fraudstream.service.rules import RulesPrior
+from fraudstream.service.schemas import LABEL_BATCH, Label
+from fraudstream.service.settings import DecisionMode, DeliveryGuarantee, Role, Settings
+from fraudstream.service.snapshots import SnapshotStore
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from service.errors import FraudstreamError
+from fraudstream.service.errors import FraudstreamError
 
 log = logging.getLogger(__name__)
 

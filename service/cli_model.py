@@ -1,6 +1,6 @@
 """``fraudstream model ...``: inspect and manage model versions in the registry.
 
-The group takes the :class:`service.settings.Settings` built once by the
+The group takes the :class:`fraudstream.service.settings.Settings` built once by the
 ``fraudstream`` CLI from ``click.get_current_context().obj``. Every failure is
 one line (``click.ClickException``): unknown version, bad signature, bad file.
 """
@@ -15,9 +15,9 @@ from typing import Any
 
 import click
 
-from service.errors import CheckpointError, FraudstreamError
-from service.model import CATALOGUE, describe
-from service.registry import ModelRegistry
+from fraudstream.service.errors import CheckpointError, FraudstreamError
+from fraudstream.service.model import CATALOGUE, describe
+from fraudstream.service.registry import ModelRegistry
 
 
 def _settings() -> Any:
@@ -31,7 +31,7 @@ def _settings() -> Any:
 def _registry() -> Iterator[ModelRegistry]:
     import redis  # local: `model catalogue` works without Redis
 
-    from service.app import redis_client
+    from fraudstream.service.app import redis_client
 
     settings = _settings()
     client = redis_client(settings)
@@ -63,27 +63,6 @@ def catalogue() -> None:
     for name in CATALOGUE:
         mark = "*" if name == current else " "
         click.echo(f"{mark} {name:<16} {describe(name)}")
-
-
-@model.command("compare")
-@click.option("--n", "n", default=50_000, show_default=True, help="Synthetic transactions.")
-@click.option("--delay", default=3_000, show_default=True, help="Label delay, in transactions.")
-@click.option("--seed", default=7, show_default=True)
-@click.argument("names", nargs=-1)
-def compare_cmd(n: int, delay: int, seed: int, names: tuple[str, ...]) -> None:
-    """Prequential comparison of catalogue models on a synthetic stream."""
-    from service.evaluation import compare
-
-    unknown = [m for m in names if m not in CATALOGUE]
-    if unknown:
-        raise click.ClickException(f"unknown model(s): {', '.join(unknown)}")
-    results = compare(list(names or CATALOGUE), n=n, delay=delay, seed=seed)
-    click.echo(f"{'model':<16} {'roc_auc':>8} {'avg_prec':>8} {'learn_us':>9} {'score_us':>9}")
-    for name, r in results.items():
-        click.echo(
-            f"{name:<16} {r['roc_auc']:>8.3f} {r['average_precision']:>8.3f} "
-            f"{r['learn_us']:>9.1f} {r['score_us']:>9.2f}"
-        )
 
 
 @model.command("list")

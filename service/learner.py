@@ -28,19 +28,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from service.errors import CheckpointError, ConfigurationError, MissingSnapshotError
-from service.evaluation import ProgressiveMetrics
-from service.features.store import LabelFact
-from service.model import FraudModel
-from service.registry import ModelRegistry
-from service.schemas import Label
-from service.snapshots import SnapshotStore, feature_set_id
+from fraudstream.service.errors import CheckpointError, ConfigurationError, MissingSnapshotError
+from fraudstream.service.features.store import LabelFact
+from fraudstream.service.model import FraudModel
+from fraudstream.service.progressive import ProgressiveMetrics
+from fraudstream.service.registry import ModelRegistry
+from fraudstream.service.schemas import Label
+from fraudstream.service.snapshots import SnapshotStore, feature_set_id
 
 log = logging.getLogger(__name__)
 
 
 class LabelSink(Protocol):
-    """The part of :class:`service.features.store.FeatureStore` the learner uses."""
+    """The part of :class:`fraudstream.service.features.store.FeatureStore` the learner uses."""
 
     def record_labels(self, labels: Sequence[LabelFact]) -> None:
         """Feed received labels into the label-aware features."""
@@ -165,7 +165,7 @@ class Learner:
         feature_names: Sequence[str],
         clock: Callable[[], float] = time.monotonic,
     ) -> Learner:
-        """Build snapshots, registry and learner from :class:`service.settings.Settings`."""
+        """Build snapshots, registry and learner from the settings."""
         snapshots = SnapshotStore(client, settings.redis_prefix, settings.snapshot_ttl_s)
         registry = ModelRegistry(
             client, settings.redis_prefix, settings.model_signing_key, settings.model_versions_kept

@@ -15,7 +15,7 @@ to per-row River calls.
 Choice of the default (``logreg``, Adam with learning rate 0.0005, frauds
 weighted 10x), measured in two places:
 
-1. **Handbook-style data** (``bench/quality.py``: the handbook simulator, 5,000
+1. **Handbook-style data** (``evaluation/quality_script.py``: the handbook simulator, 5,000
    cards, 60 days, labels 7 days late with 30 % of frauds found earlier,
    prequential, post-warm-up days 14-59, real Redis feature store; numbers in
    ``bench/results/quality.md``). Lowering Adam's learning rate from 0.005 to
@@ -60,7 +60,7 @@ from typing import Any, Protocol
 import numpy as np
 from river import base, compose, forest, imblearn, linear_model, optim, preprocessing
 
-from service.schemas import Reason
+from fraudstream.service.schemas import Reason
 
 #: Reasons returned per scored row.
 TOP_K = 3
@@ -276,8 +276,10 @@ class FraudModel:
         if self._linear is not None:
             return sigmoid(self._logits(X))
         return np.array(
-            [self.predict_proba_one(dict(zip(self.feature_names, row, strict=True)))[True]
-             for row in X.tolist()],
+            [
+                self.predict_proba_one(dict(zip(self.feature_names, row, strict=True)))[True]
+                for row in X.tolist()
+            ],
             dtype=np.float64,
         )
 

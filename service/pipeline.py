@@ -15,7 +15,7 @@ Follow a batch top to bottom in :meth:`Pipeline.process`:
 6. return the records to produce (alerts, optional scores, dead letters).
 
 Kafka stays outside: the caller polls, produces what this returns, flushes and
-then commits (see :mod:`service.checkpoint`). That keeps this module testable
+then commits (see :mod:`fraudstream.service.checkpoint`). That keeps this module testable
 with in-memory doubles and the ordering guarantee in one place.
 """
 
@@ -30,12 +30,12 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from service.alerts import DecisionPolicy, encode_score_record
-from service.deadletter import DeadLetter
-from service.errors import DecodeError, OversizeEventError, ValidationFailedError
-from service.features.store import FeatureStore
-from service.model import BatchScorer
-from service.schemas import TRANSACTION_BATCH, Scorer, Transaction, condense
+from fraudstream.service.alerts import DecisionPolicy, encode_score_record
+from fraudstream.service.deadletter import DeadLetter
+from fraudstream.service.errors import DecodeError, OversizeEventError, ValidationFailedError
+from fraudstream.service.features.store import FeatureStore
+from fraudstream.service.model import BatchScorer
+from fraudstream.service.schemas import TRANSACTION_BATCH, Scorer, Transaction, condense
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -53,7 +53,7 @@ class ConsumedRecord(Protocol):
 
 
 class SnapshotWriter(Protocol):
-    """Stores what each transaction was scored with (see :mod:`service.snapshots`)."""
+    """Stores what each transaction was scored with (see :mod:`fraudstream.service.snapshots`)."""
 
     def put_many(
         self,

@@ -17,7 +17,7 @@ Keys (one hash tag, so every script runs on one Redis Cluster slot)::
 A learner *reserves* its next version number before learning (it tags its
 label claims with it) and publishes under it. Versions reserved but never
 published are those of a learner that crashed: the next learner treats their
-label claims as stale (see :mod:`service.snapshots`).
+label claims as stale (see :mod:`fraudstream.service.snapshots`).
 
 Rollback and import publish an existing payload as a *new* latest version, so
 scorers pick it up by polling. A running learner keeps learning from its own
@@ -43,8 +43,8 @@ from typing import Any
 import river
 from pydantic import SecretStr
 
-from service.errors import CheckpointError
-from service.model import FraudModel
+from fraudstream.service.errors import CheckpointError
+from fraudstream.service.model import FraudModel
 
 _DOMAIN = b"fraudstream-checkpoint-v1\x00"
 _EXPORT_FORMAT = "fraudstream-model-v1"
@@ -92,7 +92,7 @@ def verify(key: bytes, meta: bytes, payload: bytes, sig: str | bytes | None) -> 
     >>> verify(b"other", b"{}", b"x", sign(b"k", b"{}", b"x"))  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    service.errors.CheckpointError: checkpoint signature does not match ...
+    fraudstream.service.errors.CheckpointError: checkpoint signature does not match ...
     """
     if not sig:
         raise CheckpointError("checkpoint is not signed")

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.model import sigmoid
-from service.schemas import Reason
+from fraudstream.service.model import sigmoid
+from fraudstream.service.schemas import Reason
 
 #: Points at which the probability is 0.5.
 MIDPOINT = 5.0
@@ -68,9 +68,7 @@ class RulesPrior:
     []
     """
 
-    def __init__(
-        self, feature_names: Sequence[str], rules: Sequence[Rule] = DEFAULT_RULES
-    ) -> None:
+    def __init__(self, feature_names: Sequence[str], rules: Sequence[Rule] = DEFAULT_RULES) -> None:
         self.feature_names = tuple(feature_names)
         index = {name: i for i, name in enumerate(self.feature_names)}
         self.rules = tuple(r for r in rules if r.feature in index)

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from service.schemas import Transaction
+from fraudstream.service.schemas import Transaction
 
 #: Layout version written in the first byte.
 SNAPSHOT_VERSION = 1

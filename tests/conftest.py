@@ -20,8 +20,8 @@ import orjson
 import pytest
 import redis
 
-from service.devstack import KafkaServer, RedisServer, free_port
-from service.settings import Settings
+from fraudstream.devstack import KafkaServer, RedisServer, free_port
+from fraudstream.service.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -152,7 +152,7 @@ def make_transaction() -> Callable[..., tuple[bytes, bytes]]:
 
 
 def _produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None]]) -> None:
-    from service.kafka import make_producer
+    from fraudstream.service.kafka import make_producer
 
     producer = make_producer(bootstrap, client_id="test-feeder")
     try:
@@ -178,7 +178,7 @@ def _consume(
 
     from kafka import TopicPartition
 
-    from service.kafka import make_consumer
+    from fraudstream.service.kafka import make_consumer
 
     consumer = make_consumer(
         bootstrap, client_id="test-reader", group_id=None, read_committed=read_committed
@@ -219,7 +219,7 @@ def run_app() -> Iterator[Callable[[Settings], Any]]:
     """Start ``Application(settings)`` in a thread; every started app is stopped at the end."""
     import threading
 
-    from service.app import Application
+    from fraudstream.service.app import Application
 
     started: list[tuple[Any, threading.Thread]] = []
 
@@ -262,7 +262,7 @@ def spawn_service(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     def spawn(settings: Settings, *args: str, name: str = "serve") -> subprocess.Popen[bytes]:
         log = open(tmp_path / f"{name}-{len(processes)}.log", "wb")  # noqa: SIM115
         process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", *args],
+            [sys.executable, "-m", "fraudstream", "serve", *args],
             env=settings_env(settings),
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -2,8 +2,8 @@
 
 Every feature is computed **as of the transaction's own event time** ``t`` (epoch
 milliseconds, UTC) from the state the store holds when the transaction is
-processed. Both stores (:class:`~service.features.reference.ReferenceFeatureStore`
-and :class:`~service.features.redis_store.RedisFeatureStore`) implement exactly the
+processed. Both stores (:class:`~fraudstream.service.features.reference.ReferenceFeatureStore`
+and :class:`~fraudstream.service.features.redis_store.RedisFeatureStore`) implement exactly the
 rules below; the integration tests check that they agree.
 
 Card state
@@ -86,7 +86,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from service.settings import Settings
+    from fraudstream.service.settings import Settings
 
 #: Milliseconds per UTC day.
 DAY_MS = 86_400_000

@@ -1,7 +1,7 @@
 """The Redis feature store: one round trip per batch, features vectorised in numpy.
 
 :class:`RedisFeatureStore` implements the semantics of
-:mod:`service.features.definitions` (the same as the reference store) with two
+:mod:`fraudstream.service.features.definitions` (the same as the reference store) with two
 Lua scripts shipped next to this module:
 
 * ``update.lua`` (one ``EVALSHA`` per batch): per transaction, dedupe, insert and
@@ -82,7 +82,7 @@ from typing import Any, cast
 import numpy as np
 import redis
 
-from service.features.definitions import (
+from fraudstream.service.features.definitions import (
     DAY_MS,
     EARTH_RADIUS_KM,
     LABEL_WINDOW_S,
@@ -94,8 +94,8 @@ from service.features.definitions import (
     no_previous_s,
     stable_hash32,
 )
-from service.features.store import FeatureBatch, LabelFact
-from service.schemas import Transaction
+from fraudstream.service.features.store import FeatureBatch, LabelFact
+from fraudstream.service.schemas import Transaction
 
 #: Size of one card history record (see the module docstring).
 RECORD_SIZE = 28
@@ -151,7 +151,7 @@ def pack_needle(tx_hash: int, ts_ms: int) -> bytes:
 def haversine_km_np(
     lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np.ndarray
 ) -> np.ndarray:
-    """Vectorised :func:`~service.features.definitions.haversine_km`.
+    """Vectorised :func:`~fraudstream.service.features.definitions.haversine_km`.
 
     >>> haversine_km_np(np.array([48.8566]), np.array([2.3522]),
     ...                 np.array([51.5074]), np.array([-0.1278])).round(1)
@@ -173,7 +173,7 @@ class _Script:
 
     def __init__(self, client: redis.Redis, name: str) -> None:
         self._client = client
-        folder = resources.files("service.features")
+        folder = resources.files("fraudstream.service.features")
         self._source = "".join(
             folder.joinpath(part).read_text("utf-8") for part in (_PRELUDE, name)
         )
@@ -189,7 +189,7 @@ class _Script:
 
 
 class RedisFeatureStore:
-    """:class:`~service.features.store.FeatureStore` on a single Redis node.
+    """:class:`~fraudstream.service.features.store.FeatureStore` on a single Redis node.
 
     Parameters
     ----------

@@ -2,12 +2,12 @@
 
 :class:`ReferenceFeatureStore` keeps raw events in lists and answers every feature
 by scanning them, one transaction at a time, exactly as the semantics in
-:mod:`service.features.definitions` are written. It is slow on purpose (clear
+:mod:`fraudstream.service.features.definitions` are written. It is slow on purpose (clear
 beats fast here) and is also the in-memory store of pure unit tests.
 
 Examples
 --------
->>> from service.schemas import Transaction
+>>> from fraudstream.service.schemas import Transaction
 >>> store = ReferenceFeatureStore(FeatureConfig(windows_s=(3600,), terminal_window_days=(1,)))
 >>> tx = [Transaction(transaction_id=f"t{i}", card_id="c", terminal_id="m", amount=10.0 * (i + 1),
 ...                   timestamp=1522540800000 + i * 60_000) for i in range(3)]
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.features.definitions import (
+from fraudstream.service.features.definitions import (
     DAY_MS,
     LABEL_WINDOW_S,
     MIN_SPEED_HOURS,
@@ -40,8 +40,8 @@ from service.features.definitions import (
     no_previous_s,
     utc_day,
 )
-from service.features.store import FeatureBatch, LabelFact
-from service.schemas import Transaction
+from fraudstream.service.features.store import FeatureBatch, LabelFact
+from fraudstream.service.schemas import Transaction
 
 
 def _f32(value: float) -> float:
@@ -92,7 +92,7 @@ class _Terminal:
 
 
 class ReferenceFeatureStore:
-    """Obviously-correct in-memory :class:`~service.features.store.FeatureStore`.
+    """Obviously-correct in-memory :class:`~fraudstream.service.features.store.FeatureStore`.
 
     Parameters
     ----------

@@ -8,7 +8,7 @@ from typing import Protocol
 
 import numpy as np
 
-from service.schemas import Transaction
+from fraudstream.service.schemas import Transaction
 
 
 @dataclass(frozen=True, slots=True)

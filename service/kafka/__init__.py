@@ -6,9 +6,10 @@ and delivery tracking that turns a failed send into an exception instead of a
 silent loss.
 """
 
-from service.kafka.clients import (
+from fraudstream.service.kafka.clients import (
     DeliveryError,
     DeliveryTracker,
+    accepts_connections,
     ensure_topics,
     make_admin,
     make_consumer,
@@ -19,6 +20,7 @@ from service.kafka.clients import (
 __all__ = [
     "DeliveryError",
     "DeliveryTracker",
+    "accepts_connections",
     "ensure_topics",
     "make_admin",
     "make_consumer",

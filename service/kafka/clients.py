@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -16,7 +17,7 @@ from kafka.errors import (
 )
 from kafka.producer.future import FutureRecordMetadata
 
-from service.errors import ConfigurationError, FraudstreamError, UnavailableError
+from fraudstream.service.errors import ConfigurationError, FraudstreamError, UnavailableError
 
 #: What kafka-python raises when no broker answers while a client is built.
 _UNREACHABLE = (KafkaTimeoutError, KafkaConnectionError)
@@ -282,3 +283,12 @@ class DeliveryTracker:
         if failures:
             raise DeliveryError(f"{len(failures)} record(s) not delivered, first: {failures[0]}")
         return count
+
+
+def accepts_connections(port: int, host: str = "127.0.0.1", timeout_s: float = 0.5) -> bool:
+    """Whether something accepts TCP connections on ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False

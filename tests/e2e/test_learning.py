@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import redis
 
-from service.registry import ModelRegistry
+from fraudstream.service.registry import ModelRegistry
 
 START = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
 

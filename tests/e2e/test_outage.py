@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from service.devstack import RedisServer, free_port
+from fraudstream.devstack import RedisServer, free_port
 
 START = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
 

@@ -14,9 +14,9 @@ import orjson
 import redis
 from kafka.errors import KafkaError
 
-from service.features.definitions import FeatureConfig, feature_names
-from service.kafka import make_admin
-from service.snapshots import SnapshotStore
+from fraudstream.service.features.definitions import FeatureConfig, feature_names
+from fraudstream.service.kafka import make_admin
+from fraudstream.service.snapshots import SnapshotStore
 
 START = datetime.now(UTC).replace(microsecond=0) - timedelta(days=3)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from service.schemas import Alert
+from fraudstream.service.schemas import Alert
 
 NOW = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from service.cli import main
-from service.devstack import free_port
-from service.devstack.ports import pid_alive
+from fraudstream.cli import main
+from fraudstream.devstack import free_port
+from fraudstream.devstack.ports import pid_alive
 
 REPO_CACHE = Path(__file__).resolve().parents[2] / ".cache"
 

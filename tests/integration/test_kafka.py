@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from kafka import TopicPartition
 
-from service.kafka import DeliveryTracker, ensure_topics, make_consumer, make_producer
+from fraudstream.service.kafka import DeliveryTracker, ensure_topics, make_consumer, make_producer
 
 
 def _drain(consumer, expected: int, timeout_s: float = 20.0) -> list:  # type: ignore[no-untyped-def]
@@ -123,8 +123,9 @@ def test_first_join_assigns_every_partition_of_a_fresh_topic(
 
     topic = unique_name("fresh")
     ensure_topics(kafka_bootstrap, {topic: 3})
-    consumer = make_consumer(kafka_bootstrap, client_id="t", group_id=unique_name("g"),
-                             topics=[topic])
+    consumer = make_consumer(
+        kafka_bootstrap, client_id="t", group_id=unique_name("g"), topics=[topic]
+    )
     try:
         deadline = time.monotonic() + 20  # far below the 30 s metadata refresh
         while not consumer.assignment() and time.monotonic() < deadline:

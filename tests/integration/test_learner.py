@@ -10,13 +10,13 @@ import numpy as np
 import redis
 from pydantic import SecretStr
 
-from service.evaluation import synthetic_stream
-from service.features.store import LabelFact
-from service.learner import Learner
-from service.model import FraudModel
-from service.registry import ModelRegistry
-from service.schemas import Label, Transaction
-from service.snapshots import SnapshotStore
+from fraudstream.evaluation.synthetic import synthetic_stream
+from fraudstream.service.features.store import LabelFact
+from fraudstream.service.learner import Learner
+from fraudstream.service.model import FraudModel
+from fraudstream.service.registry import ModelRegistry
+from fraudstream.service.schemas import Label, Transaction
+from fraudstream.service.snapshots import SnapshotStore
 
 NAMES, X, Y = synthetic_stream(6000, seed=4, fraud_rate=0.02)
 AT = datetime(2024, 1, 1, tzinfo=UTC)

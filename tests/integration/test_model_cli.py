@@ -10,9 +10,9 @@ from typing import Any
 from click.testing import CliRunner
 from pydantic import SecretStr
 
-from service.cli import main
-from service.model import FraudModel
-from service.registry import ModelRegistry
+from fraudstream.cli import main
+from fraudstream.service.model import FraudModel
+from fraudstream.service.registry import ModelRegistry
 
 
 def _env(settings: Any) -> dict[str, str]:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import redis
 from pydantic import SecretStr
 
-from service.app import ModelWatcher
-from service.metrics import Metrics
-from service.model import FraudModel
-from service.registry import ModelRegistry
+from fraudstream.service.app import ModelWatcher
+from fraudstream.service.metrics import Metrics
+from fraudstream.service.model import FraudModel
+from fraudstream.service.registry import ModelRegistry
 
 NAMES = ("amount", "card_amount_zscore", "card_tx_count_1h")
 

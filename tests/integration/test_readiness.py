@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from service.app import Application, redis_client
-from service.devstack import free_port
+from fraudstream.devstack import free_port
+from fraudstream.service.app import Application, redis_client
 
 
 def test_ready_only_when_redis_and_kafka_answer(

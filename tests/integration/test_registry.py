@@ -10,10 +10,10 @@ import pytest
 import redis
 from pydantic import SecretStr
 
-from service.errors import CheckpointError
-from service.evaluation import synthetic_stream
-from service.model import FraudModel
-from service.registry import ModelRegistry
+from fraudstream.evaluation.synthetic import synthetic_stream
+from fraudstream.service.errors import CheckpointError
+from fraudstream.service.model import FraudModel
+from fraudstream.service.registry import ModelRegistry
 
 NAMES, X, Y = synthetic_stream(300, seed=2, fraud_rate=0.1)
 KEY = SecretStr("test-key")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import redis
 
-from service.evaluation import synthetic_stream
-from service.schemas import Transaction
-from service.snapshots import SnapshotStore, feature_set_id
+from fraudstream.evaluation.synthetic import synthetic_stream
+from fraudstream.service.schemas import Transaction
+from fraudstream.service.snapshots import SnapshotStore, feature_set_id
 
 NAMES, X, _ = synthetic_stream(200, seed=5)
 NAMES30 = tuple(f"f{i}" for i in range(30))

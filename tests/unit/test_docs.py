@@ -7,8 +7,9 @@ from pathlib import Path
 import yaml
 from click.testing import CliRunner
 
-from service.cli import main, settings_table
-from service.settings import Settings
+from fraudstream.cli import main
+from fraudstream.service.cli import settings_table
+from fraudstream.service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,5 +58,8 @@ def test_schemas_command_writes_every_schema(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["schemas", "--output-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "alert.schema.json", "label.schema.json", "score.schema.json",
-        "transaction.schema.json"]
+        "alert.schema.json",
+        "label.schema.json",
+        "score.schema.json",
+        "transaction.schema.json",
+    ]

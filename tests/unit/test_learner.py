@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 from river import stream
 
-from service.evaluation import roc_auc, synthetic_stream
-from service.features.store import LabelFact
-from service.learner import Learner
-from service.model import FraudModel
-from service.registry import Checkpoint
-from service.schemas import Label
-from service.snapshots import Snapshot, feature_set_id
+from fraudstream.evaluation.synthetic import synthetic_stream
+from fraudstream.service.features.store import LabelFact
+from fraudstream.service.learner import Learner
+from fraudstream.service.model import FraudModel
+from fraudstream.service.progressive import roc_auc
+from fraudstream.service.registry import Checkpoint
+from fraudstream.service.schemas import Label
+from fraudstream.service.snapshots import Snapshot, feature_set_id
 
 NAMES, X, Y = synthetic_stream(4000, seed=11, fraud_rate=0.05)
 

@@ -6,8 +6,8 @@ import time
 import urllib.error
 import urllib.request
 
-from service.devstack import free_port
-from service.metrics import HealthServer, Metrics
+from fraudstream.devstack import free_port
+from fraudstream.service.metrics import HealthServer, Metrics
 
 
 def _get(url: str) -> tuple[int, str]:

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from river import stream
 
-from service.evaluation import synthetic_stream
-from service.model import CATALOGUE, FraudModel
-from service.rules import RulesPrior
+from fraudstream.evaluation.synthetic import synthetic_stream
+from fraudstream.service.model import CATALOGUE, FraudModel
+from fraudstream.service.rules import RulesPrior
 
 NAMES, X, Y = synthetic_stream(600, seed=3, fraud_rate=0.1)
 
@@ -144,7 +144,7 @@ def test_learns_with_delayed_labels_from_simulate_qa() -> None:
     """simulate_qa yields the question (score) before the answer (learn)."""
     model = FraudModel("logreg", NAMES)
     scores: dict[int, float] = {}
-    # Long enough for the default's deliberately small learning rate (see service.model).
+    # Long enough for the default's deliberately small learning rate (see service/model.py).
     _, X, Y = synthetic_stream(2000, seed=3, fraud_rate=0.1)
     rows = ((_x(r), bool(y)) for r, y in zip(X, Y, strict=True))
     for i, x, y in stream.simulate_qa(rows, moment=None, delay=50):

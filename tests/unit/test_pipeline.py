@@ -9,13 +9,13 @@ import numpy as np
 import orjson
 import pytest
 
-from service.alerts import BudgetPolicy, ThresholdPolicy
-from service.features.definitions import FeatureConfig, feature_names
-from service.features.reference import ReferenceFeatureStore
-from service.pipeline import ActiveScorer, Pipeline, validate_records
-from service.rules import RulesPrior
-from service.schemas import Alert, Transaction
-from service.settings import Settings
+from fraudstream.service.alerts import BudgetPolicy, ThresholdPolicy
+from fraudstream.service.features.definitions import FeatureConfig, feature_names
+from fraudstream.service.features.reference import ReferenceFeatureStore
+from fraudstream.service.pipeline import ActiveScorer, Pipeline, validate_records
+from fraudstream.service.rules import RulesPrior
+from fraudstream.service.schemas import Alert, Transaction
+from fraudstream.service.settings import Settings
 
 
 @dataclass

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import redis
 
-from service.features.definitions import FeatureConfig
-from service.features.redis_store import RedisFeatureStore
-from service.features.reference import ReferenceFeatureStore
-from service.features.store import FeatureBatch, LabelFact
-from service.schemas import Transaction
+from fraudstream.service.features.definitions import FeatureConfig
+from fraudstream.service.features.redis_store import RedisFeatureStore
+from fraudstream.service.features.reference import ReferenceFeatureStore
+from fraudstream.service.features.store import FeatureBatch, LabelFact
+from fraudstream.service.schemas import Transaction
 
 START_MS = 1_522_540_800_000  # 2018-04-01 00:00 UTC
 HOUR_MS = 3_600_000

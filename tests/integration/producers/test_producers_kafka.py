@@ -11,15 +11,15 @@ from typing import Any
 import orjson
 from kafka import TopicPartition
 
-from producers.labels import LabelDelay
-from producers.produce import produce_file
-from producers.recorder import read_recording, record_topic
-from producers.replayer import replay_file
-from producers.simulator import SimulationConfig
-from producers.sink import KafkaSink
-from producers.stream import stream_simulation
-from service.kafka import ensure_topics, make_consumer
-from service.settings import Settings
+from fraudstream.producers.labels import LabelDelay
+from fraudstream.producers.produce import produce_file
+from fraudstream.producers.recorder import read_recording, record_topic
+from fraudstream.producers.replayer import replay_file
+from fraudstream.producers.simulator import SimulationConfig
+from fraudstream.producers.sink import KafkaSink
+from fraudstream.producers.stream import stream_simulation
+from fraudstream.service.kafka import ensure_topics, make_consumer
+from fraudstream.service.settings import Settings
 
 
 def _read_all(settings: Settings, topic: str) -> list[Any]:

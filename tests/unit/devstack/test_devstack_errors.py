@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from service.devstack import KafkaServer, RedisServer, fetch_kafka_jars, free_port
-from service.devstack.kafka import find_java
-from service.errors import DevStackError
+from fraudstream.devstack import KafkaServer, RedisServer, fetch_kafka_jars, free_port
+from fraudstream.devstack.kafka import find_java
+from fraudstream.service.errors import DevStackError
 
 
 def test_missing_java_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:

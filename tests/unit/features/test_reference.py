@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from service.features.definitions import FeatureConfig, feature_names, haversine_km
-from service.features.reference import ReferenceFeatureStore
-from service.features.store import LabelFact
-from service.schemas import Transaction
+from fraudstream.service.features.definitions import FeatureConfig, feature_names, haversine_km
+from fraudstream.service.features.reference import ReferenceFeatureStore
+from fraudstream.service.features.store import LabelFact
+from fraudstream.service.schemas import Transaction
 
 T0 = 1_522_540_800_000  # 2018-04-01 00:00 UTC, a Sunday
 MIN = 60_000

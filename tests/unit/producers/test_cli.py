@@ -9,9 +9,9 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from producers.cli import COMMANDS
-from service.schemas import Label, Transaction
-from service.settings import Settings
+from fraudstream.producers.cli import COMMANDS
+from fraudstream.service.schemas import Label, Transaction
+from fraudstream.service.settings import Settings
 
 
 @pytest.fixture

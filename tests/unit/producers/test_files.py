@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from producers.files import (
+from fraudstream.producers.files import (
     HANDBOOK_MAPPING,
     BadRowError,
     FileFormatError,

@@ -7,8 +7,8 @@ import random
 import numpy as np
 import pytest
 
-from producers.labels import DelayedQueue, LabelDelay
-from producers.pacing import FakeClock, Pacer
+from fraudstream.producers.labels import DelayedQueue, LabelDelay
+from fraudstream.producers.pacing import FakeClock, Pacer
 
 
 def _send_times(speed: float | None, events_ms: list[int], work_s: float = 0.0) -> list[float]:

@@ -9,10 +9,10 @@ import numpy as np
 import orjson
 import pytest
 
-from producers.labels import LabelDelay
-from producers.simulator import SimulationConfig, simulate
-from producers.stream import label_rows, label_simulation, simulation_events
-from service.schemas import Label, Transaction
+from fraudstream.producers.labels import LabelDelay
+from fraudstream.producers.simulator import SimulationConfig, simulate
+from fraudstream.producers.stream import label_rows, label_simulation, simulation_events
+from fraudstream.service.schemas import Label, Transaction
 
 SMALL = SimulationConfig(seed=7, n_customers=300, n_terminals=600, n_days=20)
 

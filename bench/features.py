@@ -8,7 +8,7 @@ scorer process, wall time, and the memory of a card's key.
 
 Usage::
 
-    python bench/bench_features.py --events 200000
+    python -m fraudstream.bench.features --events 200000
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import argparse
 import random
 import statistics
 import struct
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -26,12 +25,10 @@ from typing import Any
 
 import redis
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from service.devstack import RedisServer, free_port
-from service.features.definitions import FeatureConfig
-from service.features.redis_store import RedisFeatureStore
-from service.schemas import Transaction
+from fraudstream.devstack import RedisServer, free_port
+from fraudstream.service.features.definitions import FeatureConfig
+from fraudstream.service.features.redis_store import RedisFeatureStore
+from fraudstream.service.schemas import Transaction
 
 START_MS = 1_522_540_800_000
 DAY_MS = 86_400_000
@@ -88,7 +85,7 @@ class NaiveFeatureStore:
         key = f"{p}:{{c:{tx.card_id}}}:z"
         if new:
             c.zadd(key, {struct.pack("<dq", tx.amount, t) + tx.terminal_id.encode(): t})
-        history = c.zrangebyscore(key, t - max(cfg.windows_s) * 1000, t)
+        history: list[bytes] = c.zrangebyscore(key, t - max(cfg.windows_s) * 1000, t)  # type: ignore[assignment]
         row: list[float] = []
         for w in cfg.windows_s:
             amounts = [
@@ -177,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 finally:
                     redis_wall += time.perf_counter() - t0
 
-            store._update = timed_call  # type: ignore[assignment,method-assign]
+            store._update = timed_call  # type: ignore[assignment]
 
             def run_batched() -> None:
                 for batch in batches[1:]:

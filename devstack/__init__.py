@@ -5,9 +5,9 @@ benchmarks. Nothing here is a fake: Kafka is Apache Kafka in KRaft mode run
 from jars that Maven fetches, Redis is Debian's ``redis-server``.
 """
 
-from service.devstack.kafka import KafkaServer, fetch_kafka_jars
-from service.devstack.ports import free_port, port_is_free
-from service.devstack.redis import RedisServer, ensure_redis_installed
+from fraudstream.devstack.kafka import KafkaServer, fetch_kafka_jars
+from fraudstream.devstack.ports import free_port, port_is_free
+from fraudstream.devstack.redis import RedisServer, ensure_redis_installed
 
 __all__ = [
     "KafkaServer",

@@ -1,7 +1,7 @@
 """``fraudstream bench``: benchmarks of the service, run against real Kafka and Redis.
 
-Mounted in :mod:`service.cli` with ``main.add_command(bench)``; also runnable on
-its own: ``python -m service.cli_bench pipeline --events 20000``.
+Mounted in :mod:`fraudstream.service.cli` with ``main.add_command(bench)``; also runnable on
+its own: ``python -m fraudstream.bench.cli pipeline --events 20000``.
 """
 
 from __future__ import annotations
@@ -13,8 +13,13 @@ from pathlib import Path
 
 import click
 
-from service.benchmark import PipelineBenchConfig, public_result, run_pipeline_bench, write_results
-from service.settings import Settings
+from fraudstream.bench.pipeline import (
+    PipelineBenchConfig,
+    public_result,
+    run_pipeline_bench,
+    write_results,
+)
+from fraudstream.service.settings import Settings
 
 
 @click.group()

@@ -12,14 +12,9 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from service.devstack.ports import (
-    ManagedServer,
-    accepts_connections,
-    port_is_free,
-    quiet_kafka_logs,
-    tail,
-)
-from service.errors import DevStackError
+from fraudstream.devstack.ports import ManagedServer, port_is_free, quiet_kafka_logs, tail
+from fraudstream.service.errors import DevStackError
+from fraudstream.service.kafka import accepts_connections
 
 KAFKA_VERSION = "4.1.1"
 _JAVA_MIN_MAJOR = 17
@@ -67,7 +62,7 @@ def fetch_kafka_jars(cache_dir: Path, version: str = KAFKA_VERSION) -> Path:
         )
     work = cache_dir / f"kafka-{version}"
     work.mkdir(parents=True, exist_ok=True)
-    pom = resources.files("service.devstack").joinpath("kafka-pom.xml").read_text()
+    pom = resources.files("fraudstream.devstack").joinpath("kafka-pom.xml").read_text()
     (work / "pom.xml").write_text(pom.replace("@KAFKA_VERSION@", version))
     if libs.exists():
         shutil.rmtree(libs)

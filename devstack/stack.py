@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.devstack.kafka import KafkaServer
-from service.devstack.redis import RedisServer
+from fraudstream.devstack.kafka import KafkaServer
+from fraudstream.devstack.redis import RedisServer
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class DevStack:
     cache_dir
         Where Maven's Kafka jars are copied.
     kafka_port, controller_port, redis_port
-        Loopback ports; the defaults match :class:`service.settings.Settings`.
+        Loopback ports; the defaults match :class:`fraudstream.service.settings.Settings`.
     persistent_redis
         Append-only file for Redis, so the demo's features survive a restart.
     """

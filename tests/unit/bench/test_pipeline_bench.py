@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from service.benchmark import (
+from fraudstream.bench.cli import bench
+from fraudstream.bench.pipeline import (
     TARGETS,
     by_second,
     format_summary,
@@ -22,7 +23,6 @@ from service.benchmark import (
     simulate_records,
     write_results,
 )
-from service.cli_bench import bench
 
 
 def test_percentiles_match_numpy_linear_interpolation() -> None:

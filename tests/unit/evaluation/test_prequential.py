@@ -10,10 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.features.definitions import FeatureConfig
-from service.features.reference import ReferenceFeatureStore
-from service.features.store import FeatureBatch, LabelFact
-from service.quality import (
+from fraudstream.evaluation.prequential import (
     QualityConfig,
     average_precision,
     card_precision_at_k,
@@ -22,7 +19,10 @@ from service.quality import (
     scorer_metrics,
     scorer_names,
 )
-from service.schemas import Transaction
+from fraudstream.service.features.definitions import FeatureConfig
+from fraudstream.service.features.reference import ReferenceFeatureStore
+from fraudstream.service.features.store import FeatureBatch, LabelFact
+from fraudstream.service.schemas import Transaction
 
 # -- metrics ---------------------------------------------------------------------------------
 

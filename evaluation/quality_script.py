@@ -1,13 +1,15 @@
 """Detection quality of fraudstream on handbook-style data, next to the handbook's baselines.
 
-Runs :func:`service.quality.evaluate` (prequential, delayed labels, label-aware
+Runs :func:`fraudstream.evaluation.prequential.evaluate` (prequential, delayed labels, label-aware
 features fed only at label time) and writes ``bench/results/quality.json`` and
 ``bench/results/quality.md``.
 
 Usage::
 
-    python bench/quality.py --days 60 --customers 5000 --models logreg,logreg_under,hat
-    python bench/quality.py --days 14 --customers 500 --store reference   # quick look
+    python -m fraudstream.evaluation.quality_script --days 60 --customers 5000 \
+        --models logreg,logreg_under
+    python -m fraudstream.evaluation.quality_script --days 14 --customers 500 \
+        --store reference   # quick look
 """
 
 from __future__ import annotations
@@ -21,18 +23,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from service.model import CATALOGUE, describe
-from service.quality import (
+from fraudstream.evaluation.prequential import (
     HANDBOOK_BASELINE,
     QualityConfig,
     QualityReport,
     evaluate,
     scorer_names,
 )
+from fraudstream.service.model import CATALOGUE, describe
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path("bench/results")
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -221,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  day {day}/{days}  {time.perf_counter() - started:.0f} s", file=sys.stderr)
 
     report = evaluate(config, store=args.store, progress=progress)
-    command = "python bench/quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m fraudstream.evaluation.quality_script " + " ".join(
+        sys.argv[1:] if argv is None else argv
+    )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     payload = {"command": command, "handbook_baseline": HANDBOOK_BASELINE, **report.to_dict()}
     args.output.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")

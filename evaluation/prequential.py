@@ -1,10 +1,10 @@
 """Detection quality on handbook-style data, measured prequentially under delayed labels.
 
-:func:`evaluate` replays a simulation (:mod:`producers.simulator`) through the
+:func:`evaluate` replays a simulation (:mod:`fraudstream.producers.simulator`) through the
 same parts the service uses, in event-time order and in fixed event-time
 batches (default one simulated hour):
 
-1. every label whose arrival time (:mod:`producers.labels`, default 7 days,
+1. every label whose arrival time (:mod:`fraudstream.producers.labels`, default 7 days,
    30 % of frauds earlier) is *before the batch starts* is delivered, in
    arrival order: first to the feature store (``record_labels``, the
    label-aware terminal/card fraud counts), then ``learn_one(x, y)`` to every
@@ -14,7 +14,7 @@ batches (default one simulated hour):
    scorer does) and is scored by the rules prior alone, and by each catalogue
    model *as the service would* -- the rules prior until the model has learnt
    ``min_labels_for_model`` labels with at least one fraud
-   (:class:`service.app.ModelWatcher`), then the model -- and by each model on
+   (:class:`fraudstream.service.app.ModelWatcher`), then the model -- and by each model on
    its own ("model only", whatever it has learnt).
 
 A transaction's label therefore never reaches the model, nor the features,
@@ -55,17 +55,23 @@ from typing import Any, Literal
 
 import numpy as np
 
-from producers.labels import LabelDelay
-from producers.simulator import DAY_MS, SCENARIO_NAMES, Simulation, SimulationConfig, simulate
-from producers.stream import label_simulation
-from service.evaluation import average_precision, roc_auc
-from service.features.definitions import FeatureConfig
-from service.features.reference import ReferenceFeatureStore
-from service.features.store import FeatureStore, LabelFact
-from service.model import FraudModel
-from service.rules import RulesPrior
-from service.schemas import Transaction
-from service.settings import DAY_S
+from fraudstream.producers.labels import LabelDelay
+from fraudstream.producers.simulator import (
+    DAY_MS,
+    SCENARIO_NAMES,
+    Simulation,
+    SimulationConfig,
+    simulate,
+)
+from fraudstream.producers.stream import label_simulation
+from fraudstream.service.features.definitions import FeatureConfig
+from fraudstream.service.features.reference import ReferenceFeatureStore
+from fraudstream.service.features.store import FeatureStore, LabelFact
+from fraudstream.service.model import FraudModel
+from fraudstream.service.progressive import average_precision, roc_auc
+from fraudstream.service.rules import RulesPrior
+from fraudstream.service.schemas import Transaction
+from fraudstream.service.settings import DAY_S
 
 __all__ = [
     "HANDBOOK_BASELINE",
@@ -307,8 +313,8 @@ def redis_feature_store(config: FeatureConfig) -> Iterator[FeatureStore]:
     """A :class:`RedisFeatureStore` on a fresh ``redis-server`` (free port, temp dir)."""
     import redis
 
-    from service.devstack import RedisServer, free_port
-    from service.features.redis_store import RedisFeatureStore
+    from fraudstream.devstack import RedisServer, free_port
+    from fraudstream.service.features.redis_store import RedisFeatureStore
 
     with tempfile.TemporaryDirectory(prefix="fraudstream-quality-") as tmp:
         server = RedisServer(data_dir=Path(tmp), port=free_port())

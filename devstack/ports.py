@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, ClassVar
 
-from service.errors import DevStackError
+from fraudstream.service.errors import DevStackError
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -39,15 +39,6 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return False
         return True
-
-
-def accepts_connections(port: int, host: str = "127.0.0.1", timeout_s: float = 0.5) -> bool:
-    """Whether something accepts TCP connections on ``host:port``."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
 
 
 @contextlib.contextmanager

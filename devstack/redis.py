@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import redis
 
-from service.devstack.ports import ManagedServer, port_is_free
-from service.errors import DevStackError
+from fraudstream.devstack.ports import ManagedServer, port_is_free
+from fraudstream.service.errors import DevStackError
 
 
 def ensure_redis_installed() -> str:

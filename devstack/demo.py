@@ -19,13 +19,13 @@ import click
 import orjson
 from kafka import TopicPartition
 
-from producers.labels import LabelDelay
-from producers.simulator import SimulationConfig
-from producers.stream import StreamStats, stream_simulation
-from service.app import Application
-from service.devstack.stack import DevStack
-from service.kafka import make_consumer
-from service.settings import DecisionMode, Settings
+from fraudstream.devstack.stack import DevStack
+from fraudstream.producers.labels import LabelDelay
+from fraudstream.producers.simulator import SimulationConfig
+from fraudstream.producers.stream import StreamStats, stream_simulation
+from fraudstream.service.app import Application
+from fraudstream.service.kafka import make_consumer
+from fraudstream.service.settings import DecisionMode, Settings
 
 
 @dataclass(frozen=True)

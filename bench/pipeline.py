@@ -1,6 +1,6 @@
 """The scorer benchmark: throughput, latency and memory of one scorer process, in one run.
 
-``fraudstream bench pipeline`` (see :mod:`service.cli_bench` and ``bench/README.md``)
+``fraudstream bench pipeline`` (see :mod:`fraudstream.bench.cli` and ``bench/README.md``)
 calls :func:`run_pipeline_bench`, which
 
 1. starts a real Kafka broker and Redis server on free ports in a temporary folder
@@ -15,8 +15,8 @@ calls :func:`run_pipeline_bench`, which
 
    * **raw consume**: a plain kafka-python loop that only counts records (the
      ceiling any Python consumer has here);
-   * **scorer**: the real :class:`~service.app.Application` scorer loop
-     (consumer group, :class:`~service.pipeline.Pipeline`, Redis feature store,
+   * **scorer**: the real :class:`~fraudstream.service.app.Application` scorer loop
+     (consumer group, :class:`~fraudstream.service.pipeline.Pipeline`, Redis feature store,
      snapshots, alerts produced and flushed, offsets committed) in its own
      process, from its first processed batch to the last record; the process's
      peak RSS (``VmHWM``) and CPU time are reported;
@@ -32,7 +32,7 @@ calls :func:`run_pipeline_bench`, which
 Throughput is measured between the end of the first batch and the end of the
 last one, so client start-up and the consumer-group join are not counted.
 
-The scorer runs as ``python -m service.benchmark <spec.json>``: a child process
+The scorer runs as ``python -m fraudstream.bench.pipeline <spec.json>``: a child process
 whose last stdout line is a JSON result.
 """
 
@@ -63,8 +63,8 @@ from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 from pydantic import SecretStr
 
-from service.kafka import DeliveryTracker, make_consumer, make_producer
-from service.kafka.clients import make_admin
+from fraudstream.service.kafka import DeliveryTracker, make_consumer, make_producer
+from fraudstream.service.kafka.clients import make_admin
 
 log = logging.getLogger(__name__)
 
@@ -332,7 +332,7 @@ def bench_servers(
     bootstrap_servers: str | None, redis_url: str | None, cache_dir: Path
 ) -> Iterator[tuple[str, str]]:
     """``(bootstrap_servers, redis_url)``: the given ones, or fresh servers stopped on exit."""
-    from service.devstack import KafkaServer, RedisServer, free_port
+    from fraudstream.devstack import KafkaServer, RedisServer, free_port
 
     with contextlib.ExitStack() as stack:
         home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fs-bench-")))
@@ -366,7 +366,7 @@ def create_topic(
     configs: Mapping[str, str] | None = None,
 ) -> None:
     """Create a topic with topic-level configs and wait until every partition has a leader."""
-    from service.kafka import ensure_topics
+    from fraudstream.service.kafka import ensure_topics
 
     admin = make_admin(bootstrap_servers, client_id="fraudstream-bench")
     try:
@@ -399,7 +399,7 @@ def simulate_records(count: int, seed: int = 0) -> BenchData:
     The population is sized so that ``count`` transactions span about 30 days
     (about 60 per card): card histories then hold full 30-day windows.
     """
-    from producers.simulator import SimulationConfig, simulate
+    from fraudstream.producers.simulator import SimulationConfig, simulate
 
     n_customers = max(20, math.ceil(1.15 * count / (_TX_PER_CARD_DAY * _SIM_DAYS)))
     days = _SIM_DAYS
@@ -455,12 +455,12 @@ def train_and_publish(
     Features come from a scratch Redis prefix, so the scorer's state is untouched.
     Returns ``(version, labels, frauds)``.
     """
-    from service.features.definitions import FeatureConfig
-    from service.features.redis_store import RedisFeatureStore
-    from service.model import FraudModel
-    from service.registry import ModelRegistry
-    from service.schemas import TRANSACTION_BATCH
-    from service.settings import Settings
+    from fraudstream.service.features.definitions import FeatureConfig
+    from fraudstream.service.features.redis_store import RedisFeatureStore
+    from fraudstream.service.model import FraudModel
+    from fraudstream.service.registry import ModelRegistry
+    from fraudstream.service.schemas import TRANSACTION_BATCH
+    from fraudstream.service.settings import Settings
 
     settings = Settings(
         _env_file=None,
@@ -540,7 +540,7 @@ def measure_raw_consume(
 
 
 def settings_values(settings: Any) -> dict[str, Any]:
-    """Every field of a :class:`~service.settings.Settings`, secrets in clear, JSON-able."""
+    """Every field of a :class:`~fraudstream.service.settings.Settings`, secrets in clear."""
     values = {}
     for name, value in settings.model_dump().items():
         values[name] = value.get_secret_value() if isinstance(value, SecretStr) else value
@@ -572,7 +572,7 @@ def run_scorer_process(
         spec_path = handle.name
     try:
         child = subprocess.Popen(
-            [sys.executable, "-m", "service.benchmark", spec_path],
+            [sys.executable, "-m", "fraudstream.bench.pipeline", spec_path],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -598,9 +598,9 @@ def run_scorer_process(
 
 
 def _scorer_main(spec_path: str) -> None:
-    """Entry of the scorer child process (``python -m service.benchmark spec.json``)."""
-    from service.app import Application
-    from service.settings import Settings
+    """Entry of the scorer child process (``python -m fraudstream.bench.pipeline spec.json``)."""
+    from fraudstream.service.app import Application
+    from fraudstream.service.settings import Settings
 
     spec = json.loads(Path(spec_path).read_text())
     settings = Settings(_env_file=None, **spec["settings"])
@@ -721,8 +721,8 @@ class NaiveScorer:
         self.alerts = 0
 
     def process(self, value: bytes) -> None:
-        from service.alerts import encode_score_record
-        from service.schemas import Transaction
+        from fraudstream.service.alerts import encode_score_record
+        from fraudstream.service.schemas import Transaction
 
         tx = Transaction.model_validate_json(value)
         r, p = self.client, self.prefix
@@ -751,7 +751,7 @@ class NaiveScorer:
             gap_s = (t - prev_ts) / 1000.0
             x["card_seconds_since_prev"] = gap_s
             if prev[2] != "None" and tx.lat is not None and tx.lon is not None:
-                from service.features.definitions import haversine_km
+                from fraudstream.service.features.definitions import haversine_km
 
                 d = haversine_km(float(prev[2]), float(prev[3]), tx.lat, tx.lon)
                 x["card_distance_km_prev"] = d
@@ -806,7 +806,7 @@ class NaiveScorer:
         self.producer.flush()
 
     def _labels(self) -> list[str]:
-        from service.features.definitions import window_label
+        from fraudstream.service.features.definitions import window_label
 
         return [window_label(w // 1000) for w in self.windows_ms]
 
@@ -1069,8 +1069,8 @@ def run_pipeline_bench(
     """Run every step of the benchmark and return the results (see the module docstring)."""
     import platform
 
-    from service.model import FraudModel
-    from service.registry import ModelRegistry
+    from fraudstream.service.model import FraudModel
+    from fraudstream.service.registry import ModelRegistry
 
     run = _Run()
     result: dict[str, Any] = {
@@ -1156,7 +1156,7 @@ def run_pipeline_bench(
         progress(f"naive per-event loop on {config.naive_events:,} events")
         registry = ModelRegistry(client, run.prefix, SecretStr(str(values["model_signing_key"])))
         model: FraudModel = registry.load(version).model
-        from service.settings import Settings
+        from fraudstream.service.settings import Settings
 
         naive_settings = Settings(_env_file=None, **values)
         result.update(

@@ -1,0 +1,5 @@
+"""``python -m fraudstream`` runs the ``fraudstream`` command."""
+
+from fraudstream.cli import main
+
+main()
