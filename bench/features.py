@@ -17,15 +17,13 @@ import argparse
 import random
 import statistics
 import struct
-import tempfile
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import redis
 
-from fraudstream.devstack import RedisServer, free_port
+from fraudstream.devstack import redis_given_or_started
 from fraudstream.service.features.definitions import FeatureConfig
 from fraudstream.service.features.redis_store import RedisFeatureStore
 from fraudstream.service.schemas import Transaction
@@ -148,14 +146,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=2000)
     parser.add_argument("--naive-events", type=int, default=10_000)
+    parser.add_argument("--redis-url", default=None, help="Use this Redis instead of starting one.")
     args = parser.parse_args(argv)
 
     print(f"simulating {args.events} events ...", flush=True)
     stream = simulate(args.events)
-    with tempfile.TemporaryDirectory() as tmp:
-        server = RedisServer(data_dir=Path(tmp), port=free_port())
-        server.start()
-        client = redis.Redis(host=server.host, port=server.port)
+    with redis_given_or_started(args.redis_url) as url:
+        client = redis.Redis.from_url(url)
         try:
             config = FeatureConfig(prefix="bench")
             store = RedisFeatureStore(client, config)
@@ -195,7 +192,6 @@ def main(argv: Sequence[str] | None = None) -> None:
             naive["python_wall_us"] = float("nan")
         finally:
             client.close()
-            server.stop()
 
     rows = [
         ("tx/s (wall)", "tx_per_s", "{:>12,.0f}"),

@@ -332,29 +332,13 @@ def bench_servers(
     bootstrap_servers: str | None, redis_url: str | None, cache_dir: Path
 ) -> Iterator[tuple[str, str]]:
     """``(bootstrap_servers, redis_url)``: the given ones, or fresh servers stopped on exit."""
-    from fraudstream.devstack import KafkaServer, RedisServer, free_port
+    from fraudstream.devstack import kafka_given_or_started, redis_given_or_started
 
-    with contextlib.ExitStack() as stack:
-        home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fs-bench-")))
-        if redis_url is None:
-            server = RedisServer(data_dir=home / "redis", port=free_port())
-            server.start()
-            stack.callback(server.stop)
-            redis_url = server.url
-            log.info("started redis at %s", redis_url)
-        if bootstrap_servers is None:
-            kafka = KafkaServer(
-                data_dir=home / "kafka",
-                cache_dir=cache_dir,
-                port=free_port(),
-                controller_port=free_port(),
-                heap_mb=768,
-            )
-            kafka.start(timeout_s=120)
-            stack.callback(kafka.stop)
-            bootstrap_servers = kafka.bootstrap_servers
-            log.info("started kafka at %s", bootstrap_servers)
-        yield bootstrap_servers, redis_url
+    with (
+        redis_given_or_started(redis_url) as redis_address,
+        kafka_given_or_started(bootstrap_servers, cache_dir=cache_dir, heap_mb=768) as bootstrap,
+    ):
+        yield bootstrap, redis_address
 
 
 def create_topic(

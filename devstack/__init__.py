@@ -8,6 +8,7 @@ from jars that Maven fetches, Redis is Debian's ``redis-server``.
 from fraudstream.devstack.kafka import KafkaServer, fetch_kafka_jars
 from fraudstream.devstack.ports import free_port, port_is_free
 from fraudstream.devstack.redis import RedisServer, ensure_redis_installed
+from fraudstream.devstack.servers import kafka_given_or_started, redis_given_or_started
 
 __all__ = [
     "KafkaServer",
@@ -15,5 +16,7 @@ __all__ = [
     "ensure_redis_installed",
     "fetch_kafka_jars",
     "free_port",
+    "kafka_given_or_started",
     "port_is_free",
+    "redis_given_or_started",
 ]

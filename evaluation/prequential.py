@@ -46,11 +46,9 @@ True
 from __future__ import annotations
 
 import contextlib
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -313,18 +311,15 @@ def redis_feature_store(config: FeatureConfig) -> Iterator[FeatureStore]:
     """A :class:`RedisFeatureStore` on a fresh ``redis-server`` (free port, temp dir)."""
     import redis
 
-    from fraudstream.devstack import RedisServer, free_port
+    from fraudstream.devstack import redis_given_or_started
     from fraudstream.service.features.redis_store import RedisFeatureStore
 
-    with tempfile.TemporaryDirectory(prefix="fraudstream-quality-") as tmp:
-        server = RedisServer(data_dir=Path(tmp), port=free_port())
-        server.start()
-        client = redis.Redis.from_url(server.url)
+    with redis_given_or_started() as url:
+        client = redis.Redis.from_url(url)
         try:
             yield RedisFeatureStore(client, config)
         finally:
             client.close()
-            server.stop()
 
 
 @contextlib.contextmanager

@@ -14,59 +14,36 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 import pytest
 import redis
 
-from fraudstream.devstack import KafkaServer, RedisServer, free_port
+from fraudstream.devstack import kafka_given_or_started, redis_given_or_started
 from fraudstream.service.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-_Server = TypeVar("_Server", KafkaServer, RedisServer)
-
-
-def _given_or_started(
-    env_var: str, make: Callable[[], _Server], address: Callable[[_Server], str]
-) -> Iterator[str]:
-    """The address in ``env_var`` when set; else start ``make()``, yield its address, stop it."""
-    given = os.environ.get(env_var)
-    if given:
-        yield given
-        return
-    server = make()
-    server.start()
-    try:
-        yield address(server)
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Bootstrap servers of a real Kafka broker for this session."""
-    yield from _given_or_started(
-        "FRAUDSTREAM_TEST_BOOTSTRAP_SERVERS",
-        lambda: KafkaServer(
-            data_dir=tmp_path_factory.mktemp("kafka"),
-            cache_dir=REPO_ROOT / ".cache",
-            port=free_port(),
-            controller_port=free_port(),
-        ),
-        lambda server: server.bootstrap_servers,
-    )
+    with kafka_given_or_started(
+        os.environ.get("FRAUDSTREAM_TEST_BOOTSTRAP_SERVERS"),
+        cache_dir=REPO_ROOT / ".cache",
+        data_dir=tmp_path_factory.mktemp("kafka"),
+    ) as bootstrap:
+        yield bootstrap
 
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of a real Redis server for this session (no persistence)."""
-    yield from _given_or_started(
-        "FRAUDSTREAM_TEST_REDIS_URL",
-        lambda: RedisServer(data_dir=tmp_path_factory.mktemp("redis"), port=free_port()),
-        lambda server: server.url,
-    )
+    with redis_given_or_started(
+        os.environ.get("FRAUDSTREAM_TEST_REDIS_URL"), data_dir=tmp_path_factory.mktemp("redis")
+    ) as url:
+        yield url
 
 
 @pytest.fixture
