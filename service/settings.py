@@ -132,7 +132,13 @@ class Settings(BaseSettings):
         description="Card window lengths in seconds, comma separated (default 1h,1d,7d,30d).",
     )
     terminal_windows_days: str = Field(
-        "1,7,30", description="Terminal window lengths in whole UTC days, comma separated."
+        "1,7,30",
+        description="Terminal traffic window lengths in whole UTC days, comma separated.",
+    )
+    terminal_label_windows_days: str = Field(
+        "14,30",
+        description="Terminal fraud-label window lengths in whole UTC days, comma separated; "
+        "longer than the label delay, or they hold no label.",
     )
 
     # --- Model -------------------------------------------------------------
@@ -188,7 +194,7 @@ class Settings(BaseSettings):
     metrics_host: str = Field("127.0.0.1", description="Interface the metrics endpoint binds to.")
     log_level: str = Field("INFO", description="Log level (DEBUG, INFO, WARNING, ERROR).")
 
-    @field_validator("windows_s", "terminal_windows_days")
+    @field_validator("windows_s", "terminal_windows_days", "terminal_label_windows_days")
     @classmethod
     def _positive_int_list(cls, value: str) -> str:
         try:
@@ -208,6 +214,11 @@ class Settings(BaseSettings):
     def terminal_window_days(self) -> tuple[int, ...]:
         """Terminal window lengths in days, ascending."""
         return tuple(int(p) for p in self.terminal_windows_days.split(","))
+
+    @property
+    def terminal_label_window_days(self) -> tuple[int, ...]:
+        """Terminal label window lengths in days, ascending."""
+        return tuple(int(p) for p in self.terminal_label_windows_days.split(","))
 
     @property
     def history_retention_s(self) -> int:
