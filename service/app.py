@@ -61,6 +61,7 @@ from fraudstream.service.pipeline import (
 from fraudstream.service.registry import ModelRegistry
 from fraudstream.service.rules import RulesPrior
 from fraudstream.service.schemas import LABEL_BATCH, Label
+from fraudstream.service.serving import ServingPolicy
 from fraudstream.service.settings import DecisionMode, DeliveryGuarantee, Role, Settings
 from fraudstream.service.snapshots import SnapshotStore
 
@@ -101,8 +102,9 @@ def decision_policy(settings: Settings) -> DecisionPolicy:
 class ModelWatcher:
     """Keeps the active scorer current: the newest verified model, or the rules prior.
 
-    A version is used for scoring once it has learnt ``min_labels`` labels with
-    at least one fraud; before that the transparent rules prior scores. A
+    A version is used for scoring once :class:`ServingPolicy` lets it (it has
+    learnt ``min_labels`` labels and ranks its recent labels at least as well
+    as the rules prior); before that the transparent rules prior scores. A
     checkpoint that fails verification is refused (logged and counted) and the
     scorer in use stays.
     """
@@ -116,10 +118,12 @@ class ModelWatcher:
         poll_s: float,
         metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
+        policy: ServingPolicy | None = None,
     ) -> None:
         self.registry = registry
         self.feature_names = tuple(feature_names)
         self.min_labels = min_labels
+        self.policy = policy or ServingPolicy(min_labels=min_labels)
         self.poll_s = poll_s
         self.metrics = metrics
         self.clock = clock
@@ -153,7 +157,10 @@ class ModelWatcher:
             self.metrics.model_refused.inc()
             log.error("model version %s was trained on other features; not used", latest)
             return
-        if model.labels_learnt >= self.min_labels and model.frauds_learnt > 0:
+        why_not = self.policy.reason(model)
+        if why_not is not None:
+            log.info("model version %s not used yet: %s", latest, why_not)
+        else:
             self.active = ActiveScorer(model, "model", latest)
             self.metrics.model_version.set(latest)
             log.info(
@@ -443,6 +450,7 @@ class Application:
             min_labels=s.min_labels_for_model,
             poll_s=s.model_poll_s,
             metrics=self.metrics,
+            policy=ServingPolicy.from_settings(s),
         )
         pipeline = Pipeline(
             features=features,

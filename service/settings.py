@@ -143,12 +143,22 @@ class Settings(BaseSettings):
 
     # --- Model -------------------------------------------------------------
     model: str = Field(
-        "logreg", description="Model from the catalogue (`fraudstream model catalogue`)."
+        "forest", description="Model from the catalogue (`fraudstream model catalogue`)."
     )
     min_labels_for_model: Annotated[int, Field(ge=0)] = Field(
         500,
-        description="Labels learnt before the model replaces the rules prior "
-        "(and at least one fraud among them).",
+        description="Labels learnt before the model may replace the rules prior; it does "
+        "once it ranks its recent labels at least as well as the prior (service/serving.py).",
+    )
+    min_frauds_for_model: Annotated[int, Field(ge=0)] = Field(
+        20,
+        description="Frauds among a model's most recent labels before its quality on them "
+        "is trusted to let it replace the rules prior (see service/serving.py).",
+    )
+    model_margin_over_prior: Annotated[float, Field(ge=-1.0, le=1.0)] = Field(
+        0.0,
+        description="How much higher than the rules prior's a version's average precision on "
+        "its recent labels must be for it to serve (-1: no comparison, only the label counts).",
     )
     model_signing_key: SecretStr = Field(
         SecretStr("dev-only-insecure-key-change-me"),

@@ -1,8 +1,10 @@
-"""The scorer's view of the registry: hot swap, the rules prior until trained, refusal
-of tampered or foreign checkpoints (the version in use stays)."""
+"""The scorer's view of the registry: hot swap, the rules prior until a version ranks
+recent labels at least as well, refusal of tampered or foreign checkpoints (the
+version in use stays)."""
 
 from __future__ import annotations
 
+import numpy as np
 import redis
 from pydantic import SecretStr
 
@@ -10,6 +12,8 @@ from fraudstream.service.app import ModelWatcher
 from fraudstream.service.metrics import Metrics
 from fraudstream.service.model import FraudModel
 from fraudstream.service.registry import ModelRegistry
+from fraudstream.service.rules import RulesPrior
+from fraudstream.service.serving import RecentQuality, ServingPolicy, learn_labelled
 
 NAMES = ("amount", "card_amount_zscore", "card_tx_count_1h")
 
@@ -22,23 +26,37 @@ class _Clock:
         return self.now
 
 
+def _rows(labels: int, flipped: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    i = np.arange(labels)
+    fraud = i % 10 == 0
+    if flipped:  # frauds that look genuine, and the other way round
+        fraud = ~fraud
+    looks_fraud = i % 10 == 0
+    X = np.column_stack(
+        [
+            # Below every threshold of the rules prior: it cannot tell them apart.
+            np.where(looks_fraud, 900.0, 20.0 + i % 7),
+            np.where(looks_fraud, 2.0, 0.1),
+            np.where(looks_fraud, 2.0, 1.0),
+        ]
+    )
+    return X, fraud
+
+
 def _trained(labels: int) -> FraudModel:
+    """A model learnt the learner's way (its recent quality recorded before learning)."""
     model = FraudModel("logreg", NAMES)
-    for i in range(labels):
-        fraud = i % 10 == 0
-        model.learn_one(
-            {
-                "amount": 900.0 if fraud else 20.0 + i % 7,
-                "card_amount_zscore": 4.0 if fraud else 0.1,
-                "card_tx_count_1h": 6.0 if fraud else 1.0,
-            },
-            fraud,
-        )
+    X, y = _rows(labels)
+    for lo in range(0, labels, 50):
+        learn_labelled(model, RulesPrior(NAMES), X[lo : lo + 50], y[lo : lo + 50])
     return model
 
 
 def _watcher(registry: ModelRegistry, metrics: Metrics, clock: _Clock) -> ModelWatcher:
-    return ModelWatcher(registry, NAMES, min_labels=100, poll_s=1.0, metrics=metrics, clock=clock)
+    policy = ServingPolicy(min_labels=100, min_frauds=5)
+    return ModelWatcher(
+        registry, NAMES, min_labels=100, poll_s=1.0, metrics=metrics, clock=clock, policy=policy
+    )
 
 
 def test_rules_prior_until_trained_then_hot_swap_between_polls(
@@ -50,6 +68,15 @@ def test_rules_prior_until_trained_then_hot_swap_between_polls(
     assert watcher.current().kind == "rules"
 
     registry.publish(_trained(50))  # too few labels to replace the prior
+    clock.now += 2
+    assert watcher.current().kind == "rules"
+
+    # Enough labels, but it ranks its recent labels worse than the prior: not served.
+    worse = _trained(150)
+    X, y = _rows(200, flipped=True)
+    worse.recent = RecentQuality()
+    worse.recent.update_many(worse.proba_many(X), RulesPrior(NAMES).score_many(X)[0], y)
+    registry.publish(worse)
     clock.now += 2
     assert watcher.current().kind == "rules"
 
