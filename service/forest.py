@@ -181,7 +181,6 @@ class OnlineForest(base.Classifier):
         max_depth: int = 12,
         min_child_weight: float = 5.0,
         smoothing: float = 1.0,
-        hard_negatives: float = 0.0,
         seed: int = 42,
     ) -> None:
         if not 0 < genuine_rate <= 1:
@@ -199,12 +198,11 @@ class OnlineForest(base.Classifier):
         self.max_depth = max_depth
         self.min_child_weight = min_child_weight
         self.smoothing = smoothing
-        self.hard_negatives = hard_negatives
         self.seed = seed
         self._rng = np.random.default_rng(seed)
         self.features: tuple[str, ...] | None = None
         self._edges: np.ndarray | None = None  # (features, n_bins - 1)
-        self._buffer: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._buffer: list[tuple[np.ndarray, np.ndarray]] = []
         self._recent: tuple[np.ndarray, np.ndarray] | None = None  # rows the bins come from
         self._kept = 0
         self._next_rebin = warmup
@@ -232,35 +230,27 @@ class OnlineForest(base.Classifier):
             raise ValueError("the forest was learnt with other features")
         X = np.asarray(X, dtype=np.float64)
         y = np.asarray(y, dtype=bool)
-        rate = self.genuine_rate
-        keep_p = np.where(y, 1.0, rate)
-        if self.hard_negatives and self._trees:
-            # Genuine rows the forest finds suspicious are kept more often, and
-            # weighted down as much: the same expected counts, more evidence
-            # where the false alarms are.
-            keep_p = np.where(y, 1.0, np.clip(self.hard_negatives * self._raw_many(X), rate, 1.0))
-        keep = self._rng.random(y.shape[0]) < keep_p
-        X, y, sw = X[keep], y[keep], (rate / np.where(y, rate, keep_p))[keep]
+        keep = y | (self._rng.random(y.shape[0]) < self.genuine_rate)
+        X, y = X[keep], y[keep]
         if X.shape[0] == 0:
             return
         self._compiled = None
-        self._class_weight += np.bincount(y, sw, minlength=2)
+        self._class_weight += np.bincount(y, minlength=2)
         self._keep_recent(X, y)
         self._kept += y.shape[0]
         if self._edges is None:
-            self._buffer.append((X, y, sw))
+            self._buffer.append((X, y))
             if self._kept < self.warmup:
                 return
             X = np.vstack([b[0] for b in self._buffer])
             y = np.concatenate([b[1] for b in self._buffer])
-            sw = np.concatenate([b[2] for b in self._buffer])
             self._buffer = []
             self._trees = [_Tree(X.shape[1], self.n_bins) for _ in range(self.n_trees)]
         if self._kept >= self._next_rebin:
             self._rebin()
         assert self._edges is not None
         bins = self._bin(X)
-        weights = self._rng.poisson(1.0, size=(len(self._trees), X.shape[0])) * sw
+        weights = self._rng.poisson(1.0, size=(len(self._trees), X.shape[0])).astype(np.float64)
         # In chunks, so that a big batch still lets new leaves learn and split.
         for lo in range(0, X.shape[0], _CHUNK):
             part = slice(lo, lo + _CHUNK)
