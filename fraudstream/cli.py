@@ -28,8 +28,10 @@ from fraudstream.service.settings import Settings
 
 
 def _settings_error(exc: ValidationError) -> click.ClickException:
-    first = exc.errors()[0]
+    first = exc.errors(include_url=False)[0]
     field = ".".join(str(part) for part in first["loc"])
+    if not field:  # about the settings as a whole (e.g. an unknown variable)
+        return click.ClickException(str(first["msg"]).removeprefix("Value error, "))
     return click.ClickException(
         f"invalid setting FRAUDSTREAM_{field.upper()}: {first['msg']} "
         f"(got {first.get('input')!r}); see `fraudstream config`"

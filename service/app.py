@@ -453,6 +453,7 @@ class Application:
             topic_scores=s.topic_scores if s.publish_scores else None,
             topic_dlq=s.topic_transactions_dlq,
             max_message_bytes=s.max_message_bytes,
+            dead_letter_max_bytes=s.dead_letter_max_bytes,
         )
         with self._scorer_clients() as (consumer, producer, checkpoint):
             loop = self._loop("scorer", consumer, producer, checkpoint, s.max_batch_wait_ms)
@@ -568,13 +569,19 @@ class Application:
             records, s.max_message_bytes, Label, LABEL_BATCH
         )
         now_ms = int(time.time() * 1000)
-        letters = [dead_letter_of(records[i], error, now_ms) for i, error in failures]
+        letters = [
+            dead_letter_of(records[i], error, now_ms, s.dead_letter_max_bytes)
+            for i, error in failures
+        ]
         outcome = learner.learn_many(labels)
         record_of = {id(label): records[i] for label, i in zip(labels, indices, strict=True)}
         for rejected in outcome.rejected:
             letters.append(
                 dead_letter_of(
-                    record_of[id(rejected.label)], MissingSnapshotError(rejected.reason), now_ms
+                    record_of[id(rejected.label)],
+                    MissingSnapshotError(rejected.reason),
+                    now_ms,
+                    s.dead_letter_max_bytes,
                 )
             )
         loop.send([Outgoing(s.topic_labels_dlq, x.key, x.value, x.headers) for x in letters])

@@ -15,14 +15,39 @@ Examples
 
 from __future__ import annotations
 
+import difflib
+import os
 from enum import StrEnum
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Seconds per day, used for the label-delay and TTL defaults.
 DAY_S = 86_400
+
+#: Prefix of every environment variable (and ``.env`` entry) fraudstream reads.
+ENV_PREFIX = "FRAUDSTREAM_"
+
+
+def unknown_variables(names: list[str], known: set[str]) -> list[str]:
+    """Why each ``FRAUDSTREAM_*`` name that is not a setting is wrong, with the closest setting.
+
+    >>> unknown_variables(["FRAUDSTREAM_MAX_BATCH", "HOME", "FRAUDSTREAM_ROLE"],
+    ...                   {"max_batch_size", "role"})
+    ['FRAUDSTREAM_MAX_BATCH is not a setting (did you mean FRAUDSTREAM_MAX_BATCH_SIZE?)']
+    """
+    problems = []
+    variables = {f"{ENV_PREFIX}{name.upper()}" for name in known}
+    for name in sorted(names):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in variables:
+            continue
+        close = difflib.get_close_matches(upper, sorted(variables), n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        problems.append(f"{name} is not a setting{hint}")
+    return problems
 
 
 class Role(StrEnum):
@@ -112,6 +137,12 @@ class Settings(BaseSettings):
     max_message_bytes: Annotated[int, Field(ge=1024)] = Field(
         64 * 1024, description="Transactions larger than this are dead-lettered as oversize."
     )
+    dead_letter_max_bytes: Annotated[int, Field(ge=16 * 1024)] = Field(
+        1_000_000,
+        description="Largest dead letter (key, value, headers): bigger records are cut to fit, "
+        "with headers giving the original size and SHA-256. Keep it below the dead-letter "
+        "topics' max.message.bytes.",
+    )
 
     # --- Redis -------------------------------------------------------------
     redis_url: SecretStr = Field(
@@ -187,6 +218,21 @@ class Settings(BaseSettings):
     )
     metrics_host: str = Field("127.0.0.1", description="Interface the metrics endpoint binds to.")
     log_level: str = Field("INFO", description="Log level (DEBUG, INFO, WARNING, ERROR).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown_variables(cls, data: Any) -> Any:
+        """A misspelt ``FRAUDSTREAM_*`` variable is an error, not silently ignored."""
+        names = list(os.environ)
+        env_file = cls.model_config.get("env_file")
+        if isinstance(env_file, str | Path) and Path(env_file).is_file():
+            from dotenv import dotenv_values  # pydantic-settings' own .env reader
+
+            names += [k for k in dotenv_values(env_file) if k]
+        problems = unknown_variables(names, set(cls.model_fields))
+        if problems:
+            raise ValueError("; ".join(problems) + " (`fraudstream config` lists the settings)")
+        return data
 
     @field_validator("windows_s", "terminal_windows_days")
     @classmethod
