@@ -59,12 +59,9 @@ import numpy as np
 import orjson
 import redis
 from kafka import KafkaConsumer, TopicPartition
-from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
 from pydantic import SecretStr
 
-from fraudstream.service.kafka import DeliveryTracker, make_consumer, make_producer
-from fraudstream.service.kafka.clients import make_admin
+from fraudstream.service.kafka import DeliveryTracker, ensure_topics, make_consumer, make_producer
 
 log = logging.getLogger(__name__)
 
@@ -339,29 +336,6 @@ def bench_servers(
         kafka_given_or_started(bootstrap_servers, cache_dir=cache_dir, heap_mb=768) as bootstrap,
     ):
         yield bootstrap, redis_address
-
-
-def create_topic(
-    bootstrap_servers: str,
-    name: str,
-    partitions: int,
-    *,
-    replication: int = 1,
-    configs: Mapping[str, str] | None = None,
-) -> None:
-    """Create a topic with topic-level configs and wait until every partition has a leader."""
-    from fraudstream.service.kafka import ensure_topics
-
-    admin = make_admin(bootstrap_servers, client_id="fraudstream-bench")
-    try:
-        with contextlib.suppress(TopicAlreadyExistsError):
-            admin.create_topics(
-                [NewTopic(name, partitions, replication, topic_configs=dict(configs or {}))],
-                timeout_ms=30_000,
-            )
-    finally:
-        admin.close()
-    ensure_topics(bootstrap_servers, {name: partitions}, replication=replication)
 
 
 # -- data --------------------------------------------------------------------------
@@ -666,193 +640,6 @@ def _scorer_main(spec_path: str) -> None:
     print(json.dumps(result), flush=True)
 
 
-# -- naive loop --------------------------------------------------------------------
-
-
-class NaiveScorer:
-    """What one writes first: per-event Redis calls, River per event, produce+flush per event.
-
-    Per event: ``SET NX`` (dedupe); ``ZADD`` + ``PEXPIRE`` of the card history;
-    one ``ZCOUNT`` per card window; one ``ZRANGEBYSCORE`` of the longest window
-    (amount sums, previous event, z-score); ``SISMEMBER`` + ``SADD`` (new
-    terminal); ``GET`` of the card's fraud-label count; ``HINCRBY`` of the
-    terminal's day; one ``HMGET`` per terminal window for counts and one for
-    fraud labels; ``SET`` of the snapshot -- each its own round trip. Then
-    ``predict_proba_one`` and one produce of the score record, flushed.
-    """
-
-    def __init__(
-        self,
-        client: redis.Redis,
-        producer: Any,
-        model: Any,
-        names: Sequence[str],
-        prefix: str,
-        topic_scores: str,
-        windows_s: Sequence[int],
-        terminal_days: Sequence[int],
-        threshold: float,
-    ) -> None:
-        self.client = client
-        self.producer = producer
-        self.model = model
-        self.names = tuple(names)
-        self.prefix = prefix
-        self.topic_scores = topic_scores
-        self.windows_ms = [w * 1000 for w in windows_s]
-        self.terminal_days = tuple(terminal_days)
-        self.threshold = threshold
-        self.alerts = 0
-
-    def process(self, value: bytes) -> None:
-        from fraudstream.service.alerts import encode_score_record
-        from fraudstream.service.schemas import Transaction
-
-        tx = Transaction.model_validate_json(value)
-        r, p = self.client, self.prefix
-        t = tx.event_time_ms
-        if not r.set(f"{p}:dedupe:{tx.transaction_id}", 1, nx=True, ex=86400):
-            return
-        card = f"{p}:card:{tx.card_id}"
-        member = f"{tx.transaction_id}|{tx.amount}|{tx.lat}|{tx.lon}"
-        r.zadd(card, {member: t})
-        r.pexpire(card, max(self.windows_ms) + 86_400_000)
-        x: dict[str, float] = {}
-        counts = [float(r.zcount(card, t - w + 1, t)) for w in self.windows_ms]
-        history: list[tuple[bytes, float]] = r.zrangebyscore(  # type: ignore[assignment]
-            card, t - max(self.windows_ms) + 1, t, withscores=True
-        )
-        rows = [(m.decode().split("|"), float(s)) for m, s in history]
-        for w, count, label in zip(self.windows_ms, counts, self._labels(), strict=True):
-            total = sum(float(f[1]) for f, s in rows if s > t - w)
-            x[f"card_tx_count_{label}"] = count
-            x[f"card_amount_sum_{label}"] = total
-            x[f"card_amount_mean_{label}"] = total / max(count, 1.0)
-        earlier = [(f, s) for f, s in rows if f[0] != tx.transaction_id]
-        amounts = [float(f[1]) for f, _ in earlier]
-        if earlier:
-            prev, prev_ts = earlier[-1]
-            gap_s = (t - prev_ts) / 1000.0
-            x["card_seconds_since_prev"] = gap_s
-            if prev[2] != "None" and tx.lat is not None and tx.lon is not None:
-                from fraudstream.service.features.definitions import haversine_km
-
-                d = haversine_km(float(prev[2]), float(prev[3]), tx.lat, tx.lon)
-                x["card_distance_km_prev"] = d
-                x["card_speed_kmh_prev"] = d / max(gap_s / 3600.0, 1 / 60)
-        else:
-            x["card_seconds_since_prev"] = float(max(self.windows_ms) / 1000 + 86400)
-        if len(amounts) >= 2:
-            mean = sum(amounts) / len(amounts)
-            std = max(1.0, (sum((a - mean) ** 2 for a in amounts) / len(amounts)) ** 0.5)
-            x["card_amount_zscore"] = (tx.amount - mean) / std
-        seen = f"{p}:seen:{tx.card_id}"
-        x["card_new_terminal"] = 0.0 if r.sismember(seen, tx.terminal_id) else 1.0
-        r.sadd(seen, tx.terminal_id)
-        x["card_fraud_labels_30d"] = float(r.get(f"{p}:cardfraud:{tx.card_id}") or 0)
-        day = t // 86_400_000
-        term = f"{p}:term:{tx.terminal_id}"
-        r.hincrby(term, str(day), 1)
-        for d in self.terminal_days:
-            fields = [str(day - i) for i in range(d)]
-            count = float(sum(int(v or 0) for v in r.hmget(term, fields)))
-            frauds = float(sum(int(v or 0) for v in r.hmget(f"{term}:fraud", fields)))
-            x[f"terminal_tx_count_{d}d"] = count
-            x[f"terminal_fraud_labels_{d}d"] = frauds
-            x[f"terminal_fraud_rate_{d}d"] = min(1.0, frauds / count) if count else 0.0
-        hour = (t % 86_400_000) // 3_600_000
-        x.update(
-            amount=tx.amount,
-            hour_of_day=float(hour),
-            is_night=float(hour < 6),
-            is_weekend=float((day + 3) % 7 >= 5),
-        )
-        score = self.model.predict_proba_one(x)[True]
-        r.set(f"{p}:snap:{tx.transaction_id}", orjson.dumps(x), ex=86400 * 45)
-        alert = score >= self.threshold
-        self.alerts += alert
-        record = encode_score_record(
-            transaction_id=tx.transaction_id,
-            card_id=tx.card_id,
-            terminal_id=tx.terminal_id,
-            amount=tx.amount,
-            event_time_ms=t,
-            score=score,
-            threshold=self.threshold,
-            is_alert=alert,
-            scorer="model",
-            model_version=1,
-            reasons=[],
-            scored_at_ms=time.time() * 1000,
-            latency_ms=0.0,
-        )
-        self.producer.send(self.topic_scores, value=record, key=tx.card_id.encode())
-        self.producer.flush()
-
-    def _labels(self) -> list[str]:
-        from fraudstream.service.features.definitions import window_label
-
-        return [window_label(w // 1000) for w in self.windows_ms]
-
-
-def measure_naive(
-    bootstrap_servers: str,
-    redis_url: str,
-    topic: str,
-    topic_scores: str,
-    expected: int,
-    model: Any,
-    names: Sequence[str],
-    settings: Any,
-    prefix: str,
-    group: str,
-) -> dict[str, float]:
-    """Run :class:`NaiveScorer` on the first ``expected`` records of ``topic``."""
-    client = redis.Redis.from_url(redis_url)
-    producer = make_producer(bootstrap_servers, client_id="fraudstream-bench-naive")
-    consumer = make_consumer(
-        bootstrap_servers,
-        client_id="fraudstream-bench-naive",
-        group_id=group,
-        enable_auto_commit=True,
-        topics=[topic],
-    )
-    naive = NaiveScorer(
-        client,
-        producer,
-        model,
-        names,
-        prefix,
-        topic_scores,
-        settings.window_lengths_s,
-        settings.terminal_window_days,
-        settings.alert_threshold,
-    )
-    try:
-        count = 0
-        first_at = 0.0
-        cpu0 = 0.0
-        deadline = time.monotonic() + 600
-        for record in consumer:
-            naive.process(record.value)
-            count += 1
-            if count == 1:
-                first_at, cpu0 = time.perf_counter(), _cpu_s()
-            if count >= expected or time.monotonic() > deadline:
-                break
-        seconds = time.perf_counter() - first_at
-        return {
-            "naive_tx_per_s": rate_per_s(count - 1, seconds),
-            "naive_events": count,
-            "naive_cpu_us_per_tx": 1e6 * (_cpu_s() - cpu0) / max(count - 1, 1),
-            "naive_alerts": naive.alerts,
-        }
-    finally:
-        consumer.close()
-        producer.close(timeout=30)
-        client.close()
-
-
 # -- latency -----------------------------------------------------------------------
 
 
@@ -870,12 +657,10 @@ def measure_latency(
     """Offer ``rate`` tx/s for ``seconds`` to a running scorer; percentiles of latency."""
     topic_in = run.name("latency-tx")
     topic_scores = run.name("latency-scores")
-    create_topic(bootstrap_servers, topic_in, partitions)
-    create_topic(
+    ensure_topics(
         bootstrap_servers,
-        topic_scores,
-        partitions,
-        configs={"message.timestamp.type": "LogAppendTime"},
+        {topic_in: partitions, topic_scores: partitions},
+        configs={topic_scores: {"message.timestamp.type": "LogAppendTime"}},
     )
     scorer_settings = {
         **settings,
@@ -1053,6 +838,7 @@ def run_pipeline_bench(
     """Run every step of the benchmark and return the results (see the module docstring)."""
     import platform
 
+    from fraudstream.bench.naive import measure_naive
     from fraudstream.service.model import FraudModel
     from fraudstream.service.registry import ModelRegistry
 
@@ -1096,9 +882,8 @@ def run_pipeline_bench(
             metrics_port=0,
             publish_scores=False,
         )
-        for name in ("alerts", "scores", "dlq", "labels", "labels-dlq", "naive-scores"):
-            create_topic(bootstrap, run.name(name), config.partitions)
-        create_topic(bootstrap, topic, config.partitions)
+        names = ("alerts", "scores", "dlq", "labels", "labels-dlq", "naive-scores", "transactions")
+        ensure_topics(bootstrap, {run.name(name): config.partitions for name in names})
 
         progress("training and publishing the default model")
         version, labels, frauds = train_and_publish(
@@ -1151,7 +936,6 @@ def run_pipeline_bench(
                 run.name("naive-scores"),
                 min(config.naive_events, config.events),
                 model,
-                model.feature_names,
                 naive_settings,
                 f"{run.prefix}naive",
                 run.name("naive"),
