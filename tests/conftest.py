@@ -278,6 +278,34 @@ def spawn_service(tmp_path: Path) -> Iterator[Callable[..., Any]]:
             process.kill()
 
 
+def _group_members(bootstrap: str, group: str) -> dict[str, int]:
+    """Client id of each live member of a consumer group -> partitions it owns."""
+    from kafka.errors import KafkaError
+
+    from fraudstream.service.kafka import make_admin
+
+    admin = make_admin(bootstrap)
+    try:
+        try:
+            described = admin.describe_groups([group])[group]
+        except KafkaError:  # coordinator not there yet: the group is still forming
+            return {}
+        out: dict[str, int] = {}
+        for member in described["members"]:
+            assignment = member["member_assignment"] or {}
+            owned = sum(len(a["partitions"]) for a in assignment.get("assigned_partitions", []))
+            out[member["client_id"]] = out.get(member["client_id"], 0) + owned
+        return out
+    finally:
+        admin.close()
+
+
+@pytest.fixture
+def group_members() -> Callable[[str, str], dict[str, int]]:
+    """``group_members(bootstrap, group)``: client id of each live member -> partitions owned."""
+    return _group_members
+
+
 @pytest.fixture
 def wait_for() -> Callable[..., None]:
     """``wait_for(predicate, timeout_s, what)``: poll until true, else fail naming ``what``.
