@@ -19,7 +19,11 @@ calls :func:`run_pipeline_bench`, which
      (consumer group, :class:`~fraudstream.service.pipeline.Pipeline`, Redis feature store,
      snapshots, alerts produced and flushed, offsets committed) in its own
      process, from its first processed batch to the last record; the process's
-     peak RSS (``VmHWM``) and CPU time are reported;
+     peak RSS (``VmHWM``) and CPU time are reported, and so are the CPU of Redis
+     and of the broker over the same span (:mod:`fraudstream.bench.cpu`); with
+     ``scorers=(1, 2)`` the same again with two processes in one group;
+   * **peer** (``peer="quix"``): the same job as a Quix Streams application
+     (:mod:`fraudstream.bench.peer_quix`) in its own process, timed the same way;
    * **naive**: a per-event loop on fewer events (auto-commit, one Redis call per
      feature, River ``predict_proba_one``, one produce and flush per event);
    * **latency**: a fresh topic fed at a fixed offered rate (2,000 tx/s) with a
