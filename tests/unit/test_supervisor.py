@@ -181,3 +181,13 @@ def test_child_specs_need_a_scoring_role() -> None:
     settings = Settings(_env_file=None, role=Role.LEARNER)  # type: ignore[call-arg]
     with pytest.raises(ValueError, match="needs role all or scorer"):
         child_specs(settings, 2)
+
+
+def test_serve_refuses_several_scorers_for_the_learner_role() -> None:
+    from click.testing import CliRunner
+
+    from fraudstream.cli import main
+
+    result = CliRunner().invoke(main, ["serve", "--role", "learner", "--scorers", "2"])
+    assert result.exit_code == 2
+    assert "--scorers needs role all or scorer: the learner runs once per model" in result.output
