@@ -40,12 +40,18 @@ def test_serve_with_two_scorers_scores_each_transaction_once_and_stops_on_sigter
             and sum(members.values()) == 4
         )
 
-    wait_for(shared, 180, "both scorer processes to own partitions")
-    wait_for(
-        lambda: list(group_members(bootstrap, settings.learner_group)) == ["fs-learner"],
-        120,
-        "the one learner to join its group",
-    )
+    log_path = tmp_path / "serve-0.log"
+    try:
+        wait_for(shared, 300, "both scorer processes to own partitions")
+        wait_for(
+            lambda: list(group_members(bootstrap, settings.learner_group)) == ["fs-learner"],
+            180,
+            "the one learner to join its group",
+        )
+    except AssertionError as exc:
+        members = group_members(bootstrap, settings.consumer_group)
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])
+        raise AssertionError(f"{exc}; scorer group now {members}; serve log:\n{tail}") from exc
 
     records = [
         make_transaction(
@@ -62,7 +68,7 @@ def test_serve_with_two_scorers_scores_each_transaction_once_and_stops_on_sigter
     assert service.poll() is None, "the supervisor exited early"
     service.send_signal(signal.SIGTERM)
     assert service.wait(timeout=120) == 0
-    log = (tmp_path / "serve-0.log").read_text()
+    log = log_path.read_text()
     for name in ("scorer-1", "scorer-2", "learner"):
         assert f"started {name} (pid" in log
     assert "crashed" not in log and "did not stop" not in log, log[-3000:]
