@@ -64,13 +64,29 @@ def schemas(output_dir: Path) -> None:
     default=None,
     help="Override FRAUDSTREAM_ROLE: all (default), scorer or learner.",
 )
+@click.option(
+    "--scorers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Scorer processes in one consumer group (plus one learner process unless "
+    "--role scorer), supervised: metrics ports count up from FRAUDSTREAM_METRICS_PORT.",
+)
 @click.pass_obj
-def serve(settings: Settings, role: str | None) -> None:
-    """Run the service: score transactions, publish alerts, learn from labels."""
-    from fraudstream.service.app import Application
+def serve(settings: Settings, role: str | None, scorers: int) -> None:
+    """Run the service: score transactions, publish alerts, learn from labels.
 
+    With --scorers N (N > 1) this process supervises N scorer processes and the
+    learner: SIGTERM/SIGINT stops them all; a crashed one is reported and
+    restarted (5 crashes of one child within 60 s stop everything, exit 1).
+    """
     if role is not None:
         settings = settings.model_copy(update={"role": Role(role)})
+    if scorers > 1:
+        _supervise(settings, scorers)
+        return
+    from fraudstream.service.app import Application
+
     app = Application(settings)
     app.install_signal_handlers()
     click.echo(
@@ -79,6 +95,26 @@ def serve(settings: Settings, role: str | None) -> None:
         err=True,
     )
     app.run()
+
+
+def _supervise(settings: Settings, scorers: int) -> None:
+    from fraudstream.service.supervisor import Supervisor, child_specs
+
+    try:
+        specs = child_specs(settings, scorers)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    supervisor = Supervisor(specs)
+    supervisor.install_signal_handlers()
+    click.echo(
+        f"fraudstream serving with {scorers} scorer processes"
+        f"{' and a learner' if settings.role is Role.ALL else ''} in group "
+        f"{settings.consumer_group} on {settings.bootstrap_servers}",
+        err=True,
+    )
+    code = supervisor.run()
+    if code:
+        raise click.exceptions.Exit(code)
 
 
 #: The service's commands, mounted by :mod:`fraudstream.cli`.

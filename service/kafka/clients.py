@@ -157,11 +157,27 @@ def ensure_topics(
     replication: int = 1,
     create: bool = True,
     timeout_s: float = 30.0,
+    configs: Mapping[str, Mapping[str, str]] | None = None,
 ) -> list[str]:
-    """Make sure topics exist; return the ones created.
+    """Make sure topics exist and every partition has a leader; return the ones created.
 
-    With ``create=False`` a missing topic is a :class:`ConfigurationError`
-    (never silently assumed).
+    Parameters
+    ----------
+    bootstrap_servers
+        ``host:port[,host:port]``.
+    partitions_by_topic
+        Topic name -> partitions of the topic when it is created.
+    replication
+        Replication factor of created topics (default 1).
+    create
+        Create missing topics (default); ``False`` makes a missing topic a
+        :class:`ConfigurationError` (never silently assumed).
+    timeout_s
+        How long creation and the wait for leaders may take (default 30 s).
+    configs
+        Topic name -> topic-level configs applied when the topic is created
+        (e.g. ``{"message.timestamp.type": "LogAppendTime"}``); an existing
+        topic is left as it is. Default: none.
     """
     admin = make_admin(bootstrap_servers)
     try:
@@ -174,7 +190,16 @@ def ensure_topics(
             )
         created: list[str] = []
         if missing:
-            new = [NewTopic(n, partitions_by_topic[n], replication) for n in missing]
+            topic_configs = configs or {}
+            new = [
+                NewTopic(
+                    n,
+                    partitions_by_topic[n],
+                    replication,
+                    topic_configs=dict(topic_configs.get(n, {})),
+                )
+                for n in missing
+            ]
             try:
                 admin.create_topics(new, timeout_ms=int(timeout_s * 1000))
                 created = missing
