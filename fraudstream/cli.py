@@ -20,7 +20,9 @@ from fraudstream.devstack.cli import COMMANDS as DEV_COMMANDS
 from fraudstream.evaluation.cli import compare_cmd
 from fraudstream.producers.cli import COMMANDS as PRODUCER_COMMANDS
 from fraudstream.service.cli import COMMANDS as SERVICE_COMMANDS
+from fraudstream.service.cli_alerts import COMMANDS as ALERT_COMMANDS
 from fraudstream.service.cli_model import model as model_group
+from fraudstream.service.cli_status import COMMANDS as STATUS_COMMANDS
 from fraudstream.service.errors import FraudstreamError
 from fraudstream.service.logs import configure_logging
 from fraudstream.service.settings import Settings
@@ -96,7 +98,13 @@ def main(ctx: click.Context) -> None:
 model_group.add_command(compare_cmd)
 main.add_command(model_group)
 main.add_command(bench_group)
-for _command in (*SERVICE_COMMANDS, *PRODUCER_COMMANDS, *DEV_COMMANDS):
+for _command in (
+    *SERVICE_COMMANDS,
+    *ALERT_COMMANDS,
+    *STATUS_COMMANDS,
+    *PRODUCER_COMMANDS,
+    *DEV_COMMANDS,
+):
     main.add_command(_command)
 
 if __name__ == "__main__":  # pragma: no cover
