@@ -461,7 +461,7 @@ class Application:
                 records = loop.poll()
                 if time.monotonic() >= next_lag:
                     self._report_lag(consumer)
-                    next_lag = time.monotonic() + 5.0
+                    next_lag = time.monotonic() + 1.0
                 if not records:
                     # Idle: still pick up new model versions, so the next batch
                     # after a quiet spell is scored with the newest one.
@@ -516,15 +516,18 @@ class Application:
         m.observe_latencies_ms(outcome.latencies_ms)
 
     def _report_lag(self, consumer: KafkaConsumer, role: str = "scorer") -> None:
+        assigned = list(consumer.assignment())
+        ends = {tp: consumer.highwater(tp) for tp in assigned}
+        unknown = [tp for tp, end in ends.items() if end is None]
+        if unknown:  # no fetch response has told the end yet (e.g. nothing new to fetch)
+            with contextlib.suppress(Exception):
+                ends.update(consumer.end_offsets(unknown, timeout_ms=1000))
         lags: dict[tuple[str, int], int] = {}
-        for tp in consumer.assignment():
-            highwater = consumer.highwater(tp)
-            if highwater is None:
-                continue
+        for tp, end in ends.items():
             with contextlib.suppress(Exception):
                 position = consumer.position(tp, timeout_ms=1000)
-                if position is not None:
-                    lags[(tp.topic, tp.partition)] = max(0, highwater - position)
+                if position is not None and end is not None:
+                    lags[(tp.topic, tp.partition)] = max(0, end - position)
         self.metrics.report_lag(role, lags)
 
     # -- learner --------------------------------------------------------------
@@ -545,7 +548,7 @@ class Application:
                 records = loop.poll()
                 if time.monotonic() >= next_lag:
                     self._report_lag(consumer, "learner")
-                    next_lag = time.monotonic() + 5.0
+                    next_lag = time.monotonic() + 1.0
                 try:
                     if records:
                         self._learn_batch(loop, learner, records)
