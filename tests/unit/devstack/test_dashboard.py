@@ -37,8 +37,8 @@ def _recording(scrapes: int = 30) -> Recording:
         m.report_lag("learner", {("labels", 0): 2})
         m.model_version.set(0 if i < 10 else 3)
         if i >= 10:
-            m.model_published(3, {"roc_auc": 0.9, "average_precision": 0.5, "precision": 0.6,
-                                  "recall": 0.4, "n": 1000, "positives": 10, "alerts": 20})  # fmt: skip
+            report = {"roc_auc": 0.9, "average_precision": 0.5, "precision": 0.6, "recall": 0.4}
+            m.model_published(3, {**report, "n": 1000, "positives": 10, "alerts": 20})
         samples = [
             (s.name, s.labels, None if math.isnan(s.value) else s.value)
             for family in m.registry.collect()
