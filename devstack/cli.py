@@ -119,7 +119,7 @@ def dev_fetch(cache_dir: Path) -> None:
     from fraudstream.devstack.kafka import find_java
 
     find_java()
-    libs = fetch_kafka_jars(cache_dir)
+    libs = fetch_kafka_jars(cache_dir, progress=lambda line: click.echo(line, err=True))
     click.echo(f"kafka jars: {libs} ({len(list(libs.glob('*.jar')))} jars)")
     click.echo(f"redis-server: {ensure_redis_installed()}")
 
