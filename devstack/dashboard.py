@@ -394,10 +394,11 @@ def render(dashboard: dict[str, Any], recording: Recording, output: Path) -> Pat
 
     panels = dashboard.get("panels", [])
     rows = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in panels)
-    unit_h, width_in = 0.42, 20.0
+    unit_h, width_in = 0.5, 20.0
     fig = plt.figure(figsize=(width_in, rows * unit_h + 0.8), facecolor="#111217")
     fig.suptitle(
-        f"{dashboard.get('title', '')} — Grafana dashboard panels, drawn from a demo run's metrics",
+        f"{dashboard.get('title', '')} — the Grafana dashboard's panels, drawn from a demo run's "
+        "metrics (x: seconds into the run)",
         color="#d8d9da",
         fontsize=14,
         x=0.01,
@@ -407,11 +408,16 @@ def render(dashboard: dict[str, Any], recording: Recording, output: Path) -> Pat
     elapsed = recording.times - recording.times[0]
     for panel in panels:
         g = panel["gridPos"]
-        pad_x, pad_y = 0.006, 0.012
-        left = g["x"] / 24 + pad_x
-        width = g["w"] / 24 - 2 * pad_x
-        height = g["h"] / rows * top - 2 * pad_y
-        bottom = top - (g["y"] + g["h"]) / rows * top + pad_y
+        is_stat = panel.get("type") == "stat"
+        # Room inside the panel's cell for the title, tick labels and axis label.
+        pad_left = 0.006 if is_stat else 0.04
+        pad_right, pad_top = 0.006, 0.45 / g["h"]
+        pad_bottom = 0.012 if is_stat else 0.65 / g["h"]
+        cell_height = g["h"] / rows * top
+        left = g["x"] / 24 + pad_left
+        width = g["w"] / 24 - pad_left - pad_right
+        bottom = top - (g["y"] + g["h"]) / rows * top + pad_bottom * cell_height
+        height = cell_height * (1 - pad_bottom - pad_top)
         ax = fig.add_axes((left, bottom, width, height), facecolor="#181b1f")
         for spine in ax.spines.values():
             spine.set_color("#2c3235")
@@ -419,7 +425,7 @@ def render(dashboard: dict[str, Any], recording: Recording, output: Path) -> Pat
         ax.set_title(panel.get("title", ""), color="#d8d9da", fontsize=10, loc="left")
         defaults = panel.get("fieldConfig", {}).get("defaults", {})
         unit = defaults.get("unit", "none")
-        if panel.get("type") == "stat":
+        if is_stat:
             target = panel["targets"][0]
             vector = evaluate(target["expr"], recording)
             last = float("nan")
@@ -446,7 +452,7 @@ def render(dashboard: dict[str, Any], recording: Recording, output: Path) -> Pat
                 )
                 color += 1
         ax.grid(color="#2c3235", linewidth=0.6)
-        ax.set_xlabel("seconds into the demo run", color="#9fa7b3", fontsize=8)
+        ax.set_xlim(0, max(float(elapsed[-1]), 1.0))
         suffix = {"s": " (s)", "percentunit": " (%)", "ops": " (/s)"}.get(unit, "")
         if suffix:
             ax.set_ylabel(suffix.strip(" ()"), color="#9fa7b3", fontsize=8)

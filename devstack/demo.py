@@ -12,6 +12,7 @@ and can be recorded for the dashboard picture (``--record-metrics``).
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -140,6 +141,10 @@ def _record(out: Any, app: Application) -> None:
 
 
 def _run(settings: Settings, plan: DemoPlan, echo: Callable[[str], None]) -> None:
+    if logging.getLogger().getEffectiveLevel() >= logging.INFO:
+        # The demo tells the story itself (model switch, status lines): the service's
+        # own lifecycle lines would interleave with it; warnings still show.
+        logging.getLogger("fraudstream.service").setLevel(logging.WARNING)
     app = Application(settings)
     app.ensure_topics()
     service = threading.Thread(target=app.run, name="service", daemon=True)

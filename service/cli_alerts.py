@@ -10,6 +10,8 @@ never disturbs a real downstream consumer (see ``examples/case_queue.py``).
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -156,6 +158,17 @@ def format_alert(alert: dict[str, Any], color: bool = True) -> str:
     return "  ".join(fields)
 
 
+def _close_quietly(consumer: KafkaConsumer) -> None:
+    """Close without kafka-python's "Metadata refresh: failed Cancelled" on the way out."""
+    kafka_log = logging.getLogger("kafka")
+    level = kafka_log.level
+    kafka_log.setLevel(logging.CRITICAL)
+    try:
+        consumer.close()
+    finally:
+        kafka_log.setLevel(level)
+
+
 @click.group("alerts")
 def alerts() -> None:
     """Read the alerts the service publishes (topic FRAUDSTREAM_TOPIC_ALERTS)."""
@@ -221,9 +234,10 @@ def tail(
     except KeyboardInterrupt:
         pass
     except BrokenPipeError:  # `| head` closed the pipe: a normal way to stop
-        sys.stderr.close()
+        # Python would complain when flushing stdout at exit; send the rest nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     finally:
-        consumer.close()
+        _close_quietly(consumer)
     if not json_lines:
         click.echo(f"{shown:,} alert(s) shown", err=True)
 
