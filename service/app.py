@@ -461,7 +461,7 @@ class Application:
                 records = loop.poll()
                 if time.monotonic() >= next_lag:
                     self._report_lag(consumer)
-                    next_lag = time.monotonic() + 1.0
+                    next_lag = time.monotonic() + 5.0
                 if not records:
                     # Idle: still pick up new model versions, so the next batch
                     # after a quiet spell is scored with the newest one.
@@ -548,7 +548,7 @@ class Application:
                 records = loop.poll()
                 if time.monotonic() >= next_lag:
                     self._report_lag(consumer, "learner")
-                    next_lag = time.monotonic() + 1.0
+                    next_lag = time.monotonic() + 5.0
                 try:
                     if records:
                         self._learn_batch(loop, learner, records)

@@ -145,7 +145,7 @@ def running(
         producer.close()
         wait_until("fraudstream_learner_model_version", 1)
         deadline = time.monotonic() + 30
-        while {"scorer", "learner"} - {  # lag is reported each second once partitions are assigned
+        while {"scorer", "learner"} - {  # lag is reported every 5 s once partitions are assigned
             dict(labels).get("role")
             for name, labels in parse_exposition(_metrics(url))
             if name == "fraudstream_consumer_lag"
