@@ -47,6 +47,13 @@ class DecisionMode(StrEnum):
     BUDGET = "budget"
 
 
+class LogFormat(StrEnum):
+    """How log lines are written."""
+
+    TEXT = "text"
+    JSON = "json"
+
+
 class Settings(BaseSettings):
     """All options of fraudstream, documented one by one.
 
@@ -187,6 +194,10 @@ class Settings(BaseSettings):
     )
     metrics_host: str = Field("127.0.0.1", description="Interface the metrics endpoint binds to.")
     log_level: str = Field("INFO", description="Log level (DEBUG, INFO, WARNING, ERROR).")
+    log_format: LogFormat = Field(
+        LogFormat.TEXT,
+        description="text (for people) or json (one JSON object per line, for log collectors).",
+    )
 
     @field_validator("windows_s", "terminal_windows_days")
     @classmethod
