@@ -7,7 +7,9 @@ import os
 import re
 import shutil
 import subprocess
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -43,11 +45,17 @@ def find_java() -> str:
     )
 
 
-def fetch_kafka_jars(cache_dir: Path, version: str = KAFKA_VERSION) -> Path:
+def fetch_kafka_jars(
+    cache_dir: Path,
+    version: str = KAFKA_VERSION,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
     """Download Kafka's broker jars with Maven into ``cache_dir`` (once) and return the folder.
 
     The jars land in ``cache_dir/kafka-<version>/libs``; Maven's own local
     repository (``~/.m2``) keeps them across clones, so a warm fetch only copies.
+    ``progress`` receives a line every few seconds while Maven downloads
+    (files and megabytes so far), so a cold fetch is not silent.
     """
     cache_dir = cache_dir.resolve()
     libs = cache_dir / f"kafka-{version}" / "libs"
@@ -66,24 +74,19 @@ def fetch_kafka_jars(cache_dir: Path, version: str = KAFKA_VERSION) -> Path:
     (work / "pom.xml").write_text(pom.replace("@KAFKA_VERSION@", version))
     if libs.exists():
         shutil.rmtree(libs)
-    result = subprocess.run(
-        [
-            mvn,
-            "-B",
-            "-q",
-            "-f",
-            str(work / "pom.xml"),
-            "dependency:copy-dependencies",
-            f"-DoutputDirectory={libs}",
-            "-DincludeScope=runtime",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        lines = [line for line in (result.stdout + result.stderr).splitlines() if "ERROR" in line]
-        detail = lines[0] if lines else (result.stdout + result.stderr).strip()[-300:]
+    command = [
+        mvn,
+        "-B",
+        "-f",
+        str(work / "pom.xml"),
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={libs}",
+        "-DincludeScope=runtime",
+    ]
+    returncode, output = _run_maven(command, progress)
+    if returncode != 0:
+        lines = [line for line in output.splitlines() if "ERROR" in line]
+        detail = lines[0] if lines else output.strip()[-300:]
         raise DevStackError(
             f"Maven could not fetch org.apache.kafka:kafka_2.13:{version} ({detail}): "
             "check network access to Maven Central (or a mirror in ~/.m2/settings.xml)."
@@ -92,6 +95,33 @@ def fetch_kafka_jars(cache_dir: Path, version: str = KAFKA_VERSION) -> Path:
         raise DevStackError(f"Maven finished but no Kafka jar is in {libs}.")
     marker.write_text(version)
     return libs
+
+
+_DOWNLOADED = re.compile(r"^(?:\[INFO\] )?Downloaded from \S+: \S+ \(([\d.]+) (B|kB|MB)")
+_SIZE = {"B": 1e-6, "kB": 1e-3, "MB": 1.0}
+
+
+def _run_maven(command: list[str], progress: Callable[[str], None] | None) -> tuple[int, str]:
+    """Run Maven; report downloads to ``progress`` every 3 s; return (exit code, output)."""
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    )
+    assert process.stdout is not None
+    lines: list[str] = []
+    files, megabytes, last_report = 0, 0.0, time.monotonic()
+    for line in process.stdout:
+        lines.append(line)
+        found = _DOWNLOADED.match(line)
+        if found:
+            files += 1
+            megabytes += float(found.group(1)) * _SIZE[found.group(2)]
+        if progress is not None and files and time.monotonic() - last_report >= 3:
+            progress(f"maven: {files} files downloaded ({megabytes:.1f} MB)...")
+            last_report = time.monotonic()
+    returncode = process.wait()
+    if progress is not None and files:
+        progress(f"maven: {files} files downloaded ({megabytes:.1f} MB)")
+    return returncode, "".join(lines)
 
 
 def _random_cluster_id() -> str:

@@ -56,11 +56,19 @@ class RedisServer(ManagedServer):
         TCP port on 127.0.0.1.
     persistent
         Append-only persistence (the demo); tests run without any persistence.
+    cluster_port
+        When set, the node runs in cluster mode (``--cluster-enabled yes``) with
+        its cluster bus on this port (see
+        :class:`~fraudstream.devstack.redis_cluster.RedisCluster`).
+    cluster_node_timeout_ms
+        How long a cluster node may be unreachable before it is failed over.
     """
 
     port: int = 6379
     persistent: bool = False
     host: str = "127.0.0.1"
+    cluster_port: int | None = None
+    cluster_node_timeout_ms: int = 1000
 
     name = "redis-server"
     pid_name = "redis.pid"
@@ -76,11 +84,12 @@ class RedisServer(ManagedServer):
         if self.running_pid() is not None:
             return
         binary = ensure_redis_installed()
-        if not port_is_free(self.port, self.host):
-            raise DevStackError(
-                f"Redis port {self.port} is taken by another process: stop it or choose "
-                "another port (--redis-port)."
-            )
+        for port in (self.port, self.cluster_port):
+            if port is not None and not port_is_free(port, self.host):
+                raise DevStackError(
+                    f"Redis port {port} is taken by another process: stop it or choose "
+                    "another port (--redis-port)."
+                )
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
             binary,
@@ -101,6 +110,17 @@ class RedisServer(ManagedServer):
             "--daemonize",
             "no",
         ]
+        if self.cluster_port is not None:
+            args += [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-port",
+                str(self.cluster_port),
+                "--cluster-config-file",
+                str(self.data_dir / "nodes.conf"),
+                "--cluster-node-timeout",
+                str(self.cluster_node_timeout_ms),
+            ]
         self._launch(args)
         self._await_ready(self.ping, "PING", timeout_s, every_s=0.05)
 

@@ -10,8 +10,6 @@ commands come from the parts that own them: the service (``serve``,
 
 from __future__ import annotations
 
-import logging
-import sys
 from typing import Any
 
 import click
@@ -22,20 +20,45 @@ from fraudstream.devstack.cli import COMMANDS as DEV_COMMANDS
 from fraudstream.evaluation.cli import compare_cmd
 from fraudstream.producers.cli import COMMANDS as PRODUCER_COMMANDS
 from fraudstream.service.cli import COMMANDS as SERVICE_COMMANDS
+from fraudstream.service.cli_alerts import COMMANDS as ALERT_COMMANDS
 from fraudstream.service.cli_model import model as model_group
+from fraudstream.service.cli_status import COMMANDS as STATUS_COMMANDS
 from fraudstream.service.errors import FraudstreamError
+from fraudstream.service.logs import configure_logging
 from fraudstream.service.settings import Settings
 
+#: Where ``main`` leaves the settings that failed validation, for ``config`` to show.
+INVALID_SETTINGS = "fraudstream.invalid_settings"
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
-def _settings_error(exc: ValidationError) -> click.ClickException:
-    first = exc.errors(include_url=False)[0]
-    field = ".".join(str(part) for part in first["loc"])
-    if not field:  # about the settings as a whole (e.g. an unknown variable)
-        return click.ClickException(str(first["msg"]).removeprefix("Value error, "))
+
+def _invalid_settings(exc: ValidationError) -> dict[str, tuple[object, str]]:
+    """``{field: (value given, what is wrong)}`` of every setting that failed validation."""
+    invalid: dict[str, tuple[object, str]] = {}
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        invalid.setdefault(field, (error.get("input"), error["msg"]))
+    return invalid
+
+
+def _settings_error(invalid: dict[str, tuple[object, str]]) -> click.ClickException:
+    field, (value, message) = next(iter(invalid.items()))
+    more = f" (and {len(invalid) - 1} more)" if len(invalid) > 1 else ""
+    variable = field if field.startswith("FRAUDSTREAM_") else f"FRAUDSTREAM_{field.upper()}"
     return click.ClickException(
-        f"invalid setting FRAUDSTREAM_{field.upper()}: {first['msg']} "
-        f"(got {first.get('input')!r}); see `fraudstream config`"
+        f"invalid setting {variable}={value!s}: {message}{more}; "
+        "fix or unset it (environment or .env); `fraudstream config` shows every setting"
     )
+
+
+def _lenient_settings(invalid: dict[str, tuple[object, str]]) -> Settings:
+    """The settings with each invalid value replaced by its default (for ``config`` only)."""
+    defaults = {
+        name: Settings.model_fields[name].default
+        for name in invalid
+        if name in Settings.model_fields
+    }
+    return Settings(**defaults)
 
 
 class _Group(click.Group):
@@ -56,23 +79,38 @@ def main(ctx: click.Context) -> None:
     try:
         settings = Settings()
     except ValidationError as exc:
-        raise _settings_error(exc) from exc
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("kafka").setLevel(logging.WARNING)
-    # kafka-python 3 warns whenever another thread holds the GIL for >100 ms;
-    # with a scorer and a learner in one process that is expected, not a fault.
-    logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
+        invalid = _invalid_settings(exc)
+        if ctx.invoked_subcommand != "config":
+            raise _settings_error(invalid) from exc
+        # `config` must always show the configuration, and which settings are wrong.
+        ctx.meta[INVALID_SETTINGS] = invalid
+        settings = _lenient_settings(invalid)
+    unknown = Settings.unknown_variables()
+    if unknown:
+        if ctx.invoked_subcommand != "config":
+            raise _settings_error(dict(unknown))
+        ctx.meta.setdefault(INVALID_SETTINGS, {}).update(unknown)
+    level = settings.log_level.upper()
+    if level not in _LOG_LEVELS:
+        problem = f"should be one of {', '.join(_LOG_LEVELS)}"
+        if ctx.invoked_subcommand != "config":
+            raise _settings_error({"log_level": (settings.log_level, problem)})
+        ctx.meta.setdefault(INVALID_SETTINGS, {})["log_level"] = (settings.log_level, problem)
+        level = "INFO"
+    configure_logging(level, settings.log_format.value)
     ctx.obj = settings
 
 
 model_group.add_command(compare_cmd)
 main.add_command(model_group)
 main.add_command(bench_group)
-for _command in (*SERVICE_COMMANDS, *PRODUCER_COMMANDS, *DEV_COMMANDS):
+for _command in (
+    *SERVICE_COMMANDS,
+    *ALERT_COMMANDS,
+    *STATUS_COMMANDS,
+    *PRODUCER_COMMANDS,
+    *DEV_COMMANDS,
+):
     main.add_command(_command)
 
 if __name__ == "__main__":  # pragma: no cover

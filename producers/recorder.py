@@ -29,7 +29,7 @@ from kafka import TopicPartition
 from fraudstream.producers.files import FileFormatError, json_lines, open_output
 from fraudstream.producers.sink import progress_bar
 from fraudstream.service.errors import ConfigurationError
-from fraudstream.service.kafka import make_consumer
+from fraudstream.service.kafka import check_reachable, make_consumer
 from fraudstream.service.settings import Settings
 
 FORMAT_VERSION = 1
@@ -99,6 +99,7 @@ def record_topic(
         Give up waiting after this long without a record (a safety net: the
         end offsets are normally reached first).
     """
+    check_reachable(settings.bootstrap_servers)
     consumer = make_consumer(
         settings.bootstrap_servers,
         client_id=f"{settings.client_id}-recorder",

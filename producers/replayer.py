@@ -24,7 +24,7 @@ from fraudstream.producers.pacing import Pacer
 from fraudstream.producers.recorder import read_recording
 from fraudstream.producers.sink import KafkaSink, progress_bar
 from fraudstream.service.errors import ConfigurationError
-from fraudstream.service.kafka import ensure_topics, make_admin
+from fraudstream.service.kafka import check_reachable, ensure_topics, make_admin
 from fraudstream.service.settings import Settings
 
 
@@ -85,6 +85,7 @@ def replay_file(
         Injected pacer (tests); built from ``speed`` otherwise.
     """
     meta, records = read_recording(path)
+    check_reachable(settings.bootstrap_servers)
     targets = {topic} if topic else {r["topic"] for r in records} or {meta.get("topic", "")}
     targets.discard("")
     if targets:

@@ -391,7 +391,7 @@ class Pipeline:
         batch = self.features.update_and_compute(transactions)
         active = self.active_scorer()
         scores, _ = active.scorer.score_many(batch.values, reasons_at=np.inf)
-        is_alert, threshold = self.policy.decide(scores)
+        is_alert, threshold = self.policy.decide(scores, active.version)
         alert_rows = np.flatnonzero(is_alert)
         reasons_by_row: dict[int, list] = {}
         if len(alert_rows):

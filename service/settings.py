@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Seconds per day, used for the label-delay and TTL defaults.
@@ -31,14 +32,17 @@ DAY_S = 86_400
 ENV_PREFIX = "FRAUDSTREAM_"
 
 
-def unknown_variables(names: list[str], known: set[str]) -> list[str]:
-    """Why each ``FRAUDSTREAM_*`` name that is not a setting is wrong, with the closest setting.
+def unknown_variables(names: Mapping[str, str], known: set[str]) -> dict[str, tuple[str, str]]:
+    """``{variable: (value, problem)}`` of each ``FRAUDSTREAM_*`` name that is not a setting.
 
-    >>> unknown_variables(["FRAUDSTREAM_MAX_BATCH", "HOME", "FRAUDSTREAM_ROLE"],
+    The problem names the closest setting, so a misspelt variable is a clear
+    error instead of a silently ignored one.
+
+    >>> unknown_variables({"FRAUDSTREAM_MAX_BATCH": "5", "HOME": "/", "FRAUDSTREAM_ROLE": "all"},
     ...                   {"max_batch_size", "role"})
-    ['FRAUDSTREAM_MAX_BATCH is not a setting (did you mean FRAUDSTREAM_MAX_BATCH_SIZE?)']
+    {'FRAUDSTREAM_MAX_BATCH': ('5', 'not a setting (did you mean FRAUDSTREAM_MAX_BATCH_SIZE?)')}
     """
-    problems = []
+    problems: dict[str, tuple[str, str]] = {}
     variables = {f"{ENV_PREFIX}{name.upper()}" for name in known}
     for name in sorted(names):
         upper = name.upper()
@@ -46,7 +50,7 @@ def unknown_variables(names: list[str], known: set[str]) -> list[str]:
             continue
         close = difflib.get_close_matches(upper, sorted(variables), n=1, cutoff=0.6)
         hint = f" (did you mean {close[0]}?)" if close else ""
-        problems.append(f"{name} is not a setting{hint}")
+        problems[name] = (names[name], f"not a setting{hint}")
     return problems
 
 
@@ -70,6 +74,13 @@ class DecisionMode(StrEnum):
 
     THRESHOLD = "threshold"
     BUDGET = "budget"
+
+
+class LogFormat(StrEnum):
+    """How log lines are written."""
+
+    TEXT = "text"
+    JSON = "json"
 
 
 class Settings(BaseSettings):
@@ -218,21 +229,10 @@ class Settings(BaseSettings):
     )
     metrics_host: str = Field("127.0.0.1", description="Interface the metrics endpoint binds to.")
     log_level: str = Field("INFO", description="Log level (DEBUG, INFO, WARNING, ERROR).")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_unknown_variables(cls, data: Any) -> Any:
-        """A misspelt ``FRAUDSTREAM_*`` variable is an error, not silently ignored."""
-        names = list(os.environ)
-        env_file = cls.model_config.get("env_file")
-        if isinstance(env_file, str | Path) and Path(env_file).is_file():
-            from dotenv import dotenv_values  # pydantic-settings' own .env reader
-
-            names += [k for k in dotenv_values(env_file) if k]
-        problems = unknown_variables(names, set(cls.model_fields))
-        if problems:
-            raise ValueError("; ".join(problems) + " (`fraudstream config` lists the settings)")
-        return data
+    log_format: LogFormat = Field(
+        LogFormat.TEXT,
+        description="text (for people) or json (one JSON object per line, for log collectors).",
+    )
 
     @field_validator("windows_s", "terminal_windows_days")
     @classmethod
@@ -259,6 +259,21 @@ class Settings(BaseSettings):
     def history_retention_s(self) -> int:
         """How long a card's raw history is kept: longest window plus allowed lateness."""
         return max(self.window_lengths_s) + self.allowed_lateness_s
+
+    @classmethod
+    def unknown_variables(cls) -> dict[str, tuple[str, str]]:
+        """``FRAUDSTREAM_*`` variables of the environment and ``.env`` that are not settings.
+
+        ``{variable: (value, problem)}``; the ``fraudstream`` command refuses to
+        run with any (``config`` shows them).
+        """
+        names = dict(os.environ)
+        env_file = cls.model_config.get("env_file")
+        if isinstance(env_file, str | Path) and Path(env_file).is_file():
+            from dotenv import dotenv_values  # pydantic-settings' own .env reader
+
+            names.update({k: v or "" for k, v in dotenv_values(env_file).items() if k})
+        return unknown_variables(names, set(cls.model_fields))
 
     def masked(self) -> dict[str, object]:
         """Options with current values, secrets shown as ``**********``."""

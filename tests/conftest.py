@@ -3,6 +3,8 @@
 Both start on free ports in a temporary folder and stop at the end. To keep
 servers running between runs, start them yourself (``fraudstream dev up``) and
 export ``TEST_BOOTSTRAP_SERVERS`` / ``TEST_REDIS_URL``.
+A real local Redis Cluster (3 masters, 3 replicas) starts only for the tests
+that ask for ``redis_cluster_url`` (or use ``TEST_REDIS_CLUSTER_URL``).
 Each test gets fresh topic names, a fresh consumer group and a fresh Redis
 key prefix, so tests never see each other's data.
 """
@@ -20,7 +22,11 @@ import orjson
 import pytest
 import redis
 
-from fraudstream.devstack import kafka_given_or_started, redis_given_or_started
+from fraudstream.devstack import (
+    kafka_given_or_started,
+    redis_cluster_given_or_started,
+    redis_given_or_started,
+)
 from fraudstream.service.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -42,6 +48,19 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of a real Redis server for this session (no persistence)."""
     with redis_given_or_started(
         os.environ.get("TEST_REDIS_URL"), data_dir=tmp_path_factory.mktemp("redis")
+    ) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of one node of a real Redis Cluster (3 masters + 3 replicas) for this session.
+
+    ``redis.cluster.RedisCluster.from_url(redis_cluster_url)`` finds the other nodes.
+    """
+    with redis_cluster_given_or_started(
+        os.environ.get("TEST_REDIS_CLUSTER_URL"),
+        data_dir=tmp_path_factory.mktemp("redis-cluster"),
     ) as url:
         yield url
 
@@ -261,6 +280,34 @@ def spawn_service(tmp_path: Path) -> Iterator[Callable[..., Any]]:
             process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+def _group_members(bootstrap: str, group: str) -> dict[str, int]:
+    """Client id of each live member of a consumer group -> partitions it owns."""
+    from kafka.errors import KafkaError
+
+    from fraudstream.service.kafka import make_admin
+
+    admin = make_admin(bootstrap)
+    try:
+        try:
+            described = admin.describe_groups([group])[group]
+        except KafkaError:  # coordinator not there yet: the group is still forming
+            return {}
+        out: dict[str, int] = {}
+        for member in described["members"]:
+            assignment = member["member_assignment"] or {}
+            owned = sum(len(a["partitions"]) for a in assignment.get("assigned_partitions", []))
+            out[member["client_id"]] = out.get(member["client_id"], 0) + owned
+        return out
+    finally:
+        admin.close()
+
+
+@pytest.fixture
+def group_members() -> Callable[[str, str], dict[str, int]]:
+    """``group_members(bootstrap, group)``: client id of each live member -> partitions owned."""
+    return _group_members
 
 
 @pytest.fixture

@@ -157,11 +157,27 @@ def ensure_topics(
     replication: int = 1,
     create: bool = True,
     timeout_s: float = 30.0,
+    configs: Mapping[str, Mapping[str, str]] | None = None,
 ) -> list[str]:
-    """Make sure topics exist; return the ones created.
+    """Make sure topics exist and every partition has a leader; return the ones created.
 
-    With ``create=False`` a missing topic is a :class:`ConfigurationError`
-    (never silently assumed).
+    Parameters
+    ----------
+    bootstrap_servers
+        ``host:port[,host:port]``.
+    partitions_by_topic
+        Topic name -> partitions of the topic when it is created.
+    replication
+        Replication factor of created topics (default 1).
+    create
+        Create missing topics (default); ``False`` makes a missing topic a
+        :class:`ConfigurationError` (never silently assumed).
+    timeout_s
+        How long creation and the wait for leaders may take (default 30 s).
+    configs
+        Topic name -> topic-level configs applied when the topic is created
+        (e.g. ``{"message.timestamp.type": "LogAppendTime"}``); an existing
+        topic is left as it is. Default: none.
     """
     admin = make_admin(bootstrap_servers)
     try:
@@ -174,7 +190,16 @@ def ensure_topics(
             )
         created: list[str] = []
         if missing:
-            new = [NewTopic(n, partitions_by_topic[n], replication) for n in missing]
+            topic_configs = configs or {}
+            new = [
+                NewTopic(
+                    n,
+                    partitions_by_topic[n],
+                    replication,
+                    topic_configs=dict(topic_configs.get(n, {})),
+                )
+                for n in missing
+            ]
             try:
                 admin.create_topics(new, timeout_ms=int(timeout_s * 1000))
                 created = missing
@@ -224,6 +249,8 @@ class DeliveryTracker:
         self.flush_every = flush_every
         self._pending: list[FutureRecordMetadata] = []
         self.delivered = 0
+        #: Topic -> (partition, offset) of the last record delivered to it, in send order.
+        self.last_delivered: dict[str, tuple[int, int]] = {}
 
     def send(
         self,
@@ -276,6 +303,8 @@ class DeliveryTracker:
                 failures.append(repr(future.exception))
             elif future.succeeded():
                 count += 1
+                meta = future.value
+                self.last_delivered[meta.topic] = (meta.partition, meta.offset)
             else:
                 failures.append("not delivered before flush timeout")
         self._pending.clear()
@@ -283,6 +312,31 @@ class DeliveryTracker:
         if failures:
             raise DeliveryError(f"{len(failures)} record(s) not delivered, first: {failures[0]}")
         return count
+
+
+def check_reachable(bootstrap_servers: str, timeout_s: float = 2.0) -> None:
+    """Fail fast, in one line, when no bootstrap server accepts TCP connections.
+
+    kafka-python would retry for ~30 s and log each attempt before giving up;
+    a command-line tool should say at once that nothing is there.
+
+    Raises
+    ------
+    UnavailableError
+        Naming the servers and how to start a local broker.
+    """
+    servers = [s.strip() for s in bootstrap_servers.split(",") if s.strip()]
+    for server in servers:
+        host, _, port = server.rpartition(":")
+        if port.isdigit() and accepts_connections(
+            int(port), host.strip("[]") or "127.0.0.1", timeout_s
+        ):
+            return
+    raise UnavailableError(
+        f"Kafka at {bootstrap_servers} is not reachable (nothing accepts connections there): "
+        "is the broker running? Start a local one with `fraudstream dev up`, or set "
+        "FRAUDSTREAM_BOOTSTRAP_SERVERS"
+    )
 
 
 def accepts_connections(port: int, host: str = "127.0.0.1", timeout_s: float = 0.5) -> bool:

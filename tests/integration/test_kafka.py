@@ -55,6 +55,34 @@ def test_ensure_topics_is_idempotent(
     assert ensure_topics(kafka_bootstrap, {topic: 1}) == []
 
 
+def test_ensure_topics_applies_topic_configs_on_creation(
+    kafka_bootstrap: str, unique_name: Callable[[str], str]
+) -> None:
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    from fraudstream.service.kafka import make_admin
+
+    topic, plain = unique_name("append-time"), unique_name("plain")
+    created = ensure_topics(
+        kafka_bootstrap,
+        {topic: 2, plain: 1},
+        configs={topic: {"message.timestamp.type": "LogAppendTime"}},
+    )
+    assert sorted(created) == sorted([topic, plain])
+    admin = make_admin(kafka_bootstrap)
+    try:
+        described = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, name) for name in (topic, plain)]
+        )
+    finally:
+        admin.close()
+    # Only configs that differ from the broker's defaults are listed.
+    by_name = next(iter(described.values()))  # the one resource type asked for: topics
+    modified = {name: by_name[name] for name in (topic, plain)}
+    assert modified[topic]["message.timestamp.type"]["value"] == "LogAppendTime"
+    assert "message.timestamp.type" not in modified[plain]
+
+
 def test_group_commit_then_resume_from_committed_offset(
     kafka_bootstrap: str, unique_name: Callable[[str], str]
 ) -> None:
