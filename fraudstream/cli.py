@@ -22,6 +22,7 @@ from fraudstream.producers.cli import COMMANDS as PRODUCER_COMMANDS
 from fraudstream.service.cli import COMMANDS as SERVICE_COMMANDS
 from fraudstream.service.cli_alerts import COMMANDS as ALERT_COMMANDS
 from fraudstream.service.cli_model import model as model_group
+from fraudstream.service.cli_state import state as state_group
 from fraudstream.service.cli_status import COMMANDS as STATUS_COMMANDS
 from fraudstream.service.errors import FraudstreamError
 from fraudstream.service.logs import configure_logging
@@ -103,6 +104,7 @@ def main(ctx: click.Context) -> None:
 
 model_group.add_command(compare_cmd)
 main.add_command(model_group)
+main.add_command(state_group)
 main.add_command(bench_group)
 for _command in (
     *SERVICE_COMMANDS,

@@ -55,6 +55,10 @@ _HEADER = struct.Struct("<B8sIIfqHHH")
 
 _VERSION_BYTE = bytes([SNAPSHOT_VERSION])
 
+#: Model version of a snapshot written by a state rebuild (``fraudstream state
+#: rebuild``): its features are exact, but no model scored it (score NaN).
+REBUILT_MODEL_VERSION = 0xFFFFFFFF
+
 #: Outcomes of :meth:`SnapshotStore.claim_many_ids`, one per transaction.
 CLAIM_NEW, CLAIM_REPLAY, CLAIM_CONFLICT = 0, 1, 2
 
@@ -100,13 +104,19 @@ return 1
 #: Writes a batch of snapshots in one call. Per-command pipelining cost the
 #: scorer ~10 µs of Python per transaction in redis-py (half the batch time in
 #: the profile); one script call with flat arguments costs well under 1 µs.
-#: ARGV: ttl, one '0'/'1' per key (1 = keep an existing snapshot; an id claim
-#: alone is not one), the values.
+#: ARGV: ttl, one '0'/'1' per key (1 = keep an existing snapshot), the values.
+#: An id claim alone, or a snapshot a state rebuild wrote (model version
+#: 0xFFFFFFFF at bytes 13-16), is not kept: the scorer's own snapshot replaces it.
 _PUT_LUA = """
 local ttl = ARGV[1]
 local keep = ARGV[2]
 for i = 1, #KEYS do
-  if string.byte(keep, i) ~= 49 or redis.call('STRLEN', KEYS[i]) <= 9 then
+  local write = string.byte(keep, i) ~= 49
+  if not write then
+    local version = redis.call('GETRANGE', KEYS[i], 13, 16)
+    write = #version < 4 or version == '\\255\\255\\255\\255'
+  end
+  if write then
     redis.call('SET', KEYS[i], ARGV[i + 2], 'EX', ttl)
   end
 end
