@@ -22,6 +22,7 @@ from fraudstream.producers.cli import COMMANDS as PRODUCER_COMMANDS
 from fraudstream.service.cli import COMMANDS as SERVICE_COMMANDS
 from fraudstream.service.cli_alerts import COMMANDS as ALERT_COMMANDS
 from fraudstream.service.cli_model import model as model_group
+from fraudstream.service.cli_state import state as state_group
 from fraudstream.service.cli_status import COMMANDS as STATUS_COMMANDS
 from fraudstream.service.errors import FraudstreamError
 from fraudstream.service.logs import configure_logging
@@ -44,8 +45,9 @@ def _invalid_settings(exc: ValidationError) -> dict[str, tuple[object, str]]:
 def _settings_error(invalid: dict[str, tuple[object, str]]) -> click.ClickException:
     field, (value, message) = next(iter(invalid.items()))
     more = f" (and {len(invalid) - 1} more)" if len(invalid) > 1 else ""
+    variable = field if field.startswith("FRAUDSTREAM_") else f"FRAUDSTREAM_{field.upper()}"
     return click.ClickException(
-        f"invalid setting FRAUDSTREAM_{field.upper()}={value!s}: {message}{more}; "
+        f"invalid setting {variable}={value!s}: {message}{more}; "
         "fix or unset it (environment or .env); `fraudstream config` shows every setting"
     )
 
@@ -84,6 +86,11 @@ def main(ctx: click.Context) -> None:
         # `config` must always show the configuration, and which settings are wrong.
         ctx.meta[INVALID_SETTINGS] = invalid
         settings = _lenient_settings(invalid)
+    unknown = Settings.unknown_variables()
+    if unknown:
+        if ctx.invoked_subcommand != "config":
+            raise _settings_error(dict(unknown))
+        ctx.meta.setdefault(INVALID_SETTINGS, {}).update(unknown)
     level = settings.log_level.upper()
     if level not in _LOG_LEVELS:
         problem = f"should be one of {', '.join(_LOG_LEVELS)}"
@@ -97,6 +104,7 @@ def main(ctx: click.Context) -> None:
 
 model_group.add_command(compare_cmd)
 main.add_command(model_group)
+main.add_command(state_group)
 main.add_command(bench_group)
 for _command in (
     *SERVICE_COMMANDS,

@@ -446,6 +446,9 @@ class RowParser:
         for name in ("lat", "lon", "merchant_category", "channel", "country"):
             if tx.get(name) == "":  # an empty CSV cell means "not given"
                 tx[name] = None
+        for name in ("amount", "lat", "lon"):
+            if name in tx:  # CSV cells are text; the contract wants JSON numbers
+                tx[name] = _number(tx[name])
         try:
             model = Transaction.model_validate(tx)
         except ValidationError as exc:
@@ -459,6 +462,20 @@ class RowParser:
             transaction_id=model.transaction_id,
             is_fraud=label,
         )
+
+
+def _number(value: Any) -> Any:
+    """A number from a CSV cell (``"12.5"`` -> ``12.5``); anything else unchanged.
+
+    >>> _number("12.5"), _number(" 3 "), _number("lots"), _number(7)
+    (12.5, 3.0, 'lots', 7)
+    """
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _parse_bool(value: Any, line: int, name: str) -> bool | None:

@@ -41,6 +41,7 @@ from fraudstream.service.kafka import (
     DeliveryError,
     DeliveryTracker,
     accepts_connections,
+    committed_offsets,
     ensure_topics,
     make_consumer,
     make_producer,
@@ -62,6 +63,7 @@ from fraudstream.service.rules import RulesPrior
 from fraudstream.service.schemas import LABEL_BATCH, Label
 from fraudstream.service.settings import DecisionMode, DeliveryGuarantee, Role, Settings
 from fraudstream.service.snapshots import SnapshotStore
+from fraudstream.service.state import StateLostError, ensure_state, lost_message, marker_key
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +254,10 @@ class Application:
         self._watcher: ModelWatcher | None = None
         self._scorer_checkpoint: Checkpoint | None = None
         self._failures: list[BaseException] = []
+        # Why the Redis state cannot be used at start (lost), and whether the
+        # state marker was found or created (then its loss is watched).
+        self._state_problem: str | None = None
+        self._state_known = False
         self.health_port: int | None = None
         self._bootstrap = [
             (host, int(port))
@@ -286,13 +292,17 @@ class Application:
         return True, "ready"
 
     def _redis_problem(self) -> str | None:
-        """Why Redis cannot be used right now, or ``None`` when it answers."""
+        """Why Redis cannot be used right now, or ``None`` when it answers with our state."""
+        if self._state_problem is not None:
+            return self._state_problem
         try:
-            if self._redis is not None and self._redis.ping():
-                return None
+            if self._redis is None or not self._redis.ping():
+                return "redis not connected"
+            if self._state_known and not self._redis.exists(marker_key(self.settings.redis_prefix)):
+                return lost_message(self.settings.redis_prefix)
         except redis.RedisError as exc:
             return f"redis unreachable: {exc}"
-        return "redis not connected"
+        return None
 
     def _redis_ok(self) -> bool:
         return self._redis_problem() is None
@@ -329,7 +339,12 @@ class Application:
                 server.start()
                 self.health_port = server.port
                 stack.callback(server.stop)
-            features = RedisFeatureStore(self._redis, FeatureConfig.from_settings(s))
+            self._wait_for_state()
+            if self.stopping.is_set():
+                return
+            features = RedisFeatureStore(
+                self._redis, FeatureConfig.from_settings(s), check_state=True
+            )
             threads: list[threading.Thread] = []
             if s.role in (Role.ALL, Role.LEARNER):
                 learner = threading.Thread(
@@ -357,6 +372,46 @@ class Application:
                 self.stopping.set()
 
         return run
+
+    def _wait_for_state(self) -> None:
+        """Find the state marker (or create it for a fresh deployment); wait while it is lost.
+
+        While the state is lost the service is not ready and says why; it goes
+        on once ``fraudstream state rebuild`` has written a new marker.
+        """
+        s = self.settings
+        assert self._redis is not None
+        attempt = 0
+        while not self.stopping.is_set():
+            try:
+                marker = ensure_state(
+                    self._redis,
+                    s.redis_prefix,
+                    lambda: bool(
+                        committed_offsets(
+                            s.bootstrap_servers, s.consumer_group, s.topic_transactions
+                        )
+                    ),
+                )
+            except StateLostError as exc:
+                self._state_problem = str(exc)
+                self.metrics.errors.labels("redis").inc()
+                log.error("%s", exc)
+            except (redis.RedisError, KafkaError) as exc:
+                self._state_problem = f"cannot check the feature state: {exc}"
+                log.warning("%s; retrying", self._state_problem)
+            else:
+                self._state_problem = None
+                self._state_known = True
+                log.info(
+                    "feature state of prefix %r: generation %s (%s)",
+                    s.redis_prefix,
+                    marker.generation,
+                    marker.origin,
+                )
+                return
+            self.stopping.wait(min(30.0, 0.5 * 2**attempt))
+            attempt += 1
 
     def _wait_for_redis(self) -> None:
         attempt = 0
@@ -452,6 +507,7 @@ class Application:
             topic_scores=s.topic_scores if s.publish_scores else None,
             topic_dlq=s.topic_transactions_dlq,
             max_message_bytes=s.max_message_bytes,
+            dead_letter_max_bytes=s.dead_letter_max_bytes,
         )
         with self._scorer_clients() as (consumer, producer, checkpoint):
             loop = self._loop("scorer", consumer, producer, checkpoint, s.max_batch_wait_ms)
@@ -574,13 +630,19 @@ class Application:
             records, s.max_message_bytes, Label, LABEL_BATCH
         )
         now_ms = int(time.time() * 1000)
-        letters = [dead_letter_of(records[i], error, now_ms) for i, error in failures]
+        letters = [
+            dead_letter_of(records[i], error, now_ms, s.dead_letter_max_bytes)
+            for i, error in failures
+        ]
         outcome = learner.learn_many(labels)
         record_of = {id(label): records[i] for label, i in zip(labels, indices, strict=True)}
         for rejected in outcome.rejected:
             letters.append(
                 dead_letter_of(
-                    record_of[id(rejected.label)], MissingSnapshotError(rejected.reason), now_ms
+                    record_of[id(rejected.label)],
+                    MissingSnapshotError(rejected.reason),
+                    now_ms,
+                    s.dead_letter_max_bytes,
                 )
             )
         loop.send([Outgoing(s.topic_labels_dlq, x.key, x.value, x.headers) for x in letters])

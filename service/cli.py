@@ -72,8 +72,14 @@ def config(ctx: click.Context, markdown: bool) -> None:
             value = masked[name]
             click.echo(f"FRAUDSTREAM_{name.upper()}={getattr(value, 'value', value)}")
         click.echo(f"    {field.description}")
+    for variable, (given, problem) in invalid.items():
+        if variable not in Settings.model_fields:  # a FRAUDSTREAM_* variable that is no setting
+            click.echo(f"{variable}={given}  " + click.style(f"<- INVALID: {problem}", fg="red"))
     if invalid:
-        names = ", ".join(f"FRAUDSTREAM_{name.upper()}" for name in invalid)
+        names = ", ".join(
+            name if name.startswith("FRAUDSTREAM_") else f"FRAUDSTREAM_{name.upper()}"
+            for name in invalid
+        )
         raise click.ClickException(
             f"{len(invalid)} invalid setting(s): {names}; fix or unset them "
             "(environment or .env) before running other commands"

@@ -103,8 +103,7 @@ def tail_alerts(
                     score = float(fields["score"])
                 except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                     click.echo(
-                        f"skipped {record.topic}[{record.partition}]@{record.offset}: "
-                        "not an alert",
+                        f"skipped {record.topic}[{record.partition}]@{record.offset}: not an alert",
                         err=True,
                     )
                     continue
@@ -192,9 +191,7 @@ def alerts() -> None:
     help="Only alerts scored at least this high.",
 )
 @click.option("--topic", help="Alerts topic (default from settings).")
-@click.option(
-    "--max-alerts", "-n", type=click.IntRange(min=1), help="Stop after this many alerts."
-)
+@click.option("--max-alerts", "-n", type=click.IntRange(min=1), help="Stop after this many alerts.")
 @click.option(
     "--idle-timeout",
     type=click.FloatRange(min=0, min_open=True),

@@ -50,3 +50,46 @@ class CheckpointError(FraudstreamError):
 
 class UnavailableError(FraudstreamError):
     """Kafka or Redis cannot be reached; the caller backs off and retries."""
+
+
+class IdConflictError(InvalidEventError):
+    """A transaction id arrived again with other content (another card, time, amount...)."""
+
+
+class UnprocessableEventError(InvalidEventError):
+    """A valid-looking event made a processing step fail; it is dead-lettered alone."""
+
+
+def is_dependency_error(exc: BaseException) -> bool:
+    """Whether ``exc`` says a dependency (Redis, Kafka) is unwell, not that the input is bad.
+
+    Such errors are retried after a back-off with nothing committed; any other
+    error raised while processing one record is that record's fault and makes
+    it a dead letter.
+
+    >>> import redis
+    >>> is_dependency_error(redis.ConnectionError("gone")), is_dependency_error(ValueError("x"))
+    (True, False)
+    >>> is_dependency_error(redis.ResponseError("OOM command not allowed when used memory"))
+    True
+    """
+    import redis  # local: keeps this module importable without the client libraries
+    from kafka.errors import KafkaError
+
+    if isinstance(exc, UnavailableError | MemoryError | KafkaError):
+        return True
+    if isinstance(
+        exc,
+        redis.ConnectionError
+        | redis.TimeoutError
+        | redis.exceptions.OutOfMemoryError
+        | redis.exceptions.ReadOnlyError
+        | redis.exceptions.ClusterError
+        | redis.exceptions.TryAgainError
+        | redis.exceptions.AskError,
+    ):
+        return True
+    # Servers that answer without the specific error class (e.g. over a proxy).
+    return isinstance(exc, redis.ResponseError) and str(exc).startswith(
+        ("OOM", "LOADING", "BUSY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "READONLY")
+    )

@@ -23,6 +23,7 @@ learnt again by the next one rather than lost.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -247,8 +248,10 @@ class Learner:
         names = self.model.feature_names
         frauds = 0
         for label, snap in fresh:
-            # Prequential: the score given before the label existed, then learn.
-            self.metrics.update(snap.score, label.is_fraud)
+            # Prequential: the score given before the label existed, then learn. A
+            # snapshot rebuilt from Kafka after a state loss has no score (NaN).
+            if math.isfinite(snap.score):
+                self.metrics.update(snap.score, label.is_fraud)
             self.model.learn_one(snap.x(names), label.is_fraud)
             frauds += int(label.is_fraud)
 

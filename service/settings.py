@@ -15,7 +15,11 @@ Examples
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Mapping
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
@@ -23,6 +27,31 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Seconds per day, used for the label-delay and TTL defaults.
 DAY_S = 86_400
+
+#: Prefix of every environment variable (and ``.env`` entry) fraudstream reads.
+ENV_PREFIX = "FRAUDSTREAM_"
+
+
+def unknown_variables(names: Mapping[str, str], known: set[str]) -> dict[str, tuple[str, str]]:
+    """``{variable: (value, problem)}`` of each ``FRAUDSTREAM_*`` name that is not a setting.
+
+    The problem names the closest setting, so a misspelt variable is a clear
+    error instead of a silently ignored one.
+
+    >>> unknown_variables({"FRAUDSTREAM_MAX_BATCH": "5", "HOME": "/", "FRAUDSTREAM_ROLE": "all"},
+    ...                   {"max_batch_size", "role"})
+    {'FRAUDSTREAM_MAX_BATCH': ('5', 'not a setting (did you mean FRAUDSTREAM_MAX_BATCH_SIZE?)')}
+    """
+    problems: dict[str, tuple[str, str]] = {}
+    variables = {f"{ENV_PREFIX}{name.upper()}" for name in known}
+    for name in sorted(names):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in variables:
+            continue
+        close = difflib.get_close_matches(upper, sorted(variables), n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        problems[name] = (names[name], f"not a setting{hint}")
+    return problems
 
 
 class Role(StrEnum):
@@ -118,6 +147,12 @@ class Settings(BaseSettings):
     )
     max_message_bytes: Annotated[int, Field(ge=1024)] = Field(
         64 * 1024, description="Transactions larger than this are dead-lettered as oversize."
+    )
+    dead_letter_max_bytes: Annotated[int, Field(ge=16 * 1024)] = Field(
+        1_000_000,
+        description="Largest dead letter (key, value, headers): bigger records are cut to fit, "
+        "with headers giving the original size and SHA-256. Keep it below the dead-letter "
+        "topics' max.message.bytes.",
     )
 
     # --- Redis -------------------------------------------------------------
@@ -224,6 +259,21 @@ class Settings(BaseSettings):
     def history_retention_s(self) -> int:
         """How long a card's raw history is kept: longest window plus allowed lateness."""
         return max(self.window_lengths_s) + self.allowed_lateness_s
+
+    @classmethod
+    def unknown_variables(cls) -> dict[str, tuple[str, str]]:
+        """``FRAUDSTREAM_*`` variables of the environment and ``.env`` that are not settings.
+
+        ``{variable: (value, problem)}``; the ``fraudstream`` command refuses to
+        run with any (``config`` shows them).
+        """
+        names = dict(os.environ)
+        env_file = cls.model_config.get("env_file")
+        if isinstance(env_file, str | Path) and Path(env_file).is_file():
+            from dotenv import dotenv_values  # pydantic-settings' own .env reader
+
+            names.update({k: v or "" for k, v in dotenv_values(env_file).items() if k})
+        return unknown_variables(names, set(cls.model_fields))
 
     def masked(self) -> dict[str, object]:
         """Options with current values, secrets shown as ``**********``."""

@@ -2,9 +2,9 @@
 
 Both start on free ports in a temporary folder and stop at the end. To keep
 servers running between runs, start them yourself (``fraudstream dev up``) and
-export ``FRAUDSTREAM_TEST_BOOTSTRAP_SERVERS`` / ``FRAUDSTREAM_TEST_REDIS_URL``.
+export ``TEST_BOOTSTRAP_SERVERS`` / ``TEST_REDIS_URL``.
 A real local Redis Cluster (3 masters, 3 replicas) starts only for the tests
-that ask for ``redis_cluster_url`` (or use ``FRAUDSTREAM_TEST_REDIS_CLUSTER_URL``).
+that ask for ``redis_cluster_url`` (or use ``TEST_REDIS_CLUSTER_URL``).
 Each test gets fresh topic names, a fresh consumer group and a fresh Redis
 key prefix, so tests never see each other's data.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Bootstrap servers of a real Kafka broker for this session."""
     with kafka_given_or_started(
-        os.environ.get("FRAUDSTREAM_TEST_BOOTSTRAP_SERVERS"),
+        os.environ.get("TEST_BOOTSTRAP_SERVERS"),
         cache_dir=REPO_ROOT / ".cache",
         data_dir=tmp_path_factory.mktemp("kafka"),
     ) as bootstrap:
@@ -47,7 +47,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of a real Redis server for this session (no persistence)."""
     with redis_given_or_started(
-        os.environ.get("FRAUDSTREAM_TEST_REDIS_URL"), data_dir=tmp_path_factory.mktemp("redis")
+        os.environ.get("TEST_REDIS_URL"), data_dir=tmp_path_factory.mktemp("redis")
     ) as url:
         yield url
 
@@ -59,7 +59,7 @@ def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
     ``redis.cluster.RedisCluster.from_url(redis_cluster_url)`` finds the other nodes.
     """
     with redis_cluster_given_or_started(
-        os.environ.get("FRAUDSTREAM_TEST_REDIS_CLUSTER_URL"),
+        os.environ.get("TEST_REDIS_CLUSTER_URL"),
         data_dir=tmp_path_factory.mktemp("redis-cluster"),
     ) as url:
         yield url
@@ -147,12 +147,16 @@ def make_transaction() -> Callable[..., tuple[bytes, bytes]]:
     return _transaction
 
 
-def _produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None]]) -> None:
+def _produce(bootstrap: str, topic: str, records: Sequence[tuple[Any, ...]]) -> None:
+    """Send ``(key, value)`` or ``(key, value, headers)`` records and wait for each delivery."""
     from fraudstream.service.kafka import make_producer
 
     producer = make_producer(bootstrap, client_id="test-feeder")
     try:
-        futures = [producer.send(topic, key=key, value=value) for key, value in records]
+        futures = [
+            producer.send(topic, key=r[0], value=r[1], headers=r[2] if len(r) > 2 else None)
+            for r in records
+        ]
         producer.flush(timeout=30)
         for future in futures:
             future.get(timeout=30)  # raises if any record was not delivered
@@ -200,7 +204,7 @@ def _consume(
 
 @pytest.fixture
 def produce() -> Callable[..., None]:
-    """``produce(bootstrap, topic, [(key, value), ...])``; waits for every delivery."""
+    """``produce(bootstrap, topic, [(key, value[, headers]), ...])``; waits for every delivery."""
     return _produce
 
 

@@ -3,6 +3,7 @@
 -- KEYS[2i-1] = card key of label i, KEYS[2i] = its terminal key.
 -- ARGV[1] = 10-byte needles (id hash u32, event time u48), concatenated
 -- ARGV[2] = card retention (ms), ARGV[3] = terminal day slots, ARGV[4] = terminal TTL (ms)
+-- ARGV[5] = '1' when the last KEY is the state marker (as in update.lua).
 --
 -- The card record of the labelled transaction gets its fraud flag (bit 0 of byte
 -- 10, 0-based, of the record). The terminal bucket of the transaction's day gets
@@ -10,6 +11,10 @@
 -- counts once. Records older than the card's retention count as absent.
 -- Labels are few, so this script favours clarity over speed.
 -- Returns the number of terminal increments.
+
+if ARGV[5] == '1' and redis.call('EXISTS', KEYS[#KEYS]) == 0 then
+  return redis.error_reply('FRAUDSTREAM_STATE_LOST')
+end
 
 local needles = ARGV[1]
 local retention = tonumber(ARGV[2])

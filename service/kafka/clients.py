@@ -346,3 +346,17 @@ def accepts_connections(port: int, host: str = "127.0.0.1", timeout_s: float = 0
             return True
     except OSError:
         return False
+
+
+def committed_offsets(bootstrap_servers: str, group: str, topic: str) -> dict[int, int]:
+    """Offsets ``group`` has committed on ``topic``, by partition (empty: none yet)."""
+    admin = make_admin(bootstrap_servers)
+    try:
+        offsets = admin.list_group_offsets({group: None}).get(group, {})
+    finally:
+        admin.close()
+    return {
+        tp.partition: meta.offset
+        for tp, meta in offsets.items()
+        if tp.topic == topic and meta.offset >= 0
+    }

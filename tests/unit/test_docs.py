@@ -48,9 +48,10 @@ def test_readme_shows_the_dashboard_picture_and_the_tested_examples() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "![fraudstream dashboard](docs/dashboard.png)" in readme
     assert (ROOT / "docs" / "dashboard.png").read_bytes()[:4] == b"\x89PNG"
-    assert "make dashboard-picture" in readme and "dashboard-picture:" in (
-        ROOT / "Makefile"
-    ).read_text()
+    assert (
+        "make dashboard-picture" in readme
+        and "dashboard-picture:" in (ROOT / "Makefile").read_text()
+    )
     case_queue = (ROOT / "examples" / "case_queue.py").read_text()
     for snippet in ("INSERT OR IGNORE", 'isolation_level="read_committed"', "consumer.commit()"):
         assert snippet in readme.replace("'", '"') or snippet in readme, snippet

@@ -64,9 +64,7 @@ def test_values_are_what_promql_would_give() -> None:
     recording = _recording()
     rate = evaluate("sum(rate(fraudstream_transactions_processed_total[10s]))", recording)
     assert rate[()][-1] == pytest.approx(500.0)  # 1000 per 2 s
-    per_min = evaluate(
-        "sum by (scorer) (rate(fraudstream_alerts_total[10s])) * 60", recording
-    )
+    per_min = evaluate("sum by (scorer) (rate(fraudstream_alerts_total[10s])) * 60", recording)
     assert per_min[(("scorer", "model"),)][-1] == pytest.approx(300.0)
     p50 = evaluate(
         "histogram_quantile(0.5, sum by (le) "
@@ -76,9 +74,7 @@ def test_values_are_what_promql_would_give() -> None:
     assert 0.002 < p50 < 0.005  # exponential, mean 5 ms: median ~3.5 ms
     lag = evaluate('sum(fraudstream_consumer_lag{role="scorer"})', recording)[()]
     assert lag[-1] == 5 * 29 + 3
-    since = evaluate(
-        "time() - max(fraudstream_learner_last_publish_timestamp_seconds)", recording
-    )
+    since = evaluate("time() - max(fraudstream_learner_last_publish_timestamp_seconds)", recording)
     assert np.isfinite(since[()][-1])
 
 
