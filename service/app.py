@@ -34,13 +34,12 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, Topic
 from kafka.errors import KafkaError
 
 from fraudstream.service.alerts import BudgetPolicy, DecisionPolicy, ThresholdPolicy
-from fraudstream.service.checkpoint import Checkpoint
+from fraudstream.service.checkpoint import Checkpoint, Span
 from fraudstream.service.errors import CheckpointError, MissingSnapshotError, UnavailableError
 from fraudstream.service.features.definitions import FeatureConfig
 from fraudstream.service.features.redis_store import RedisFeatureStore
 from fraudstream.service.kafka import (
     DeliveryError,
-    DeliveryTracker,
     accepts_connections,
     ensure_topics,
     make_consumer,
@@ -191,28 +190,21 @@ class _Loop:
     stopping: threading.Event
     max_records: int
     wait_ms: int
-    last_offsets: list[tuple[str, int, int]] = field(default_factory=list)
+    spans: dict[TopicPartition, Span] = field(default_factory=dict)
 
     def poll(self) -> list[Any]:
         batches = self.consumer.poll(timeout_ms=self.wait_ms, max_records=self.max_records)
         records = [r for batch in batches.values() for r in batch]
-        # Records of a partition come in offset order: its last one is the one to commit.
-        self.last_offsets = [
-            (tp.topic, tp.partition, batch[-1].offset) for tp, batch in batches.items() if batch
-        ]
+        # Records of a partition come in offset order.
+        self.spans = {
+            tp: Span(batch[0].offset, batch[-1].offset) for tp, batch in batches.items() if batch
+        }
         self.metrics.last_loop_s.set(time.time())
         return records
 
-    def send(self, outgoing: Sequence[Outgoing]) -> None:
-        """Produce and wait for every delivery (raises on any failure)."""
-        tracker = DeliveryTracker(self.producer)
-        for record in outgoing:
-            tracker.send(record.topic, record.value, key=record.key, headers=record.headers)
-        tracker.flush(timeout_s=60)
-
-    def rewind(self, records: Sequence[ConsumedRecord]) -> None:
-        """Seek back to the first record of a failed batch so it is processed again."""
-        first: dict[TopicPartition, int] = {}
+    def rewind(self, records: Sequence[ConsumedRecord], resume: dict[TopicPartition, int]) -> None:
+        """Seek back to where the failed work began so it is processed again."""
+        first = dict(resume)
         for r in records:
             tp = TopicPartition(r.topic, r.partition)
             first[tp] = min(first.get(tp, r.offset), r.offset)
@@ -418,13 +410,12 @@ class Application:
         if exactly_once:
             producer.init_transactions()
         consumer = self._group_consumer("scorer", s.consumer_group)
-        checkpoint = Checkpoint(consumer, producer if exactly_once else None)
+        checkpoint = Checkpoint(consumer, producer, exactly_once=exactly_once)
         self._scorer_checkpoint = checkpoint
         subscribe(consumer, [s.topic_transactions], listener=_Rebalance(lambda: checkpoint))
         try:
             yield consumer, producer, checkpoint
-            if not exactly_once:
-                checkpoint.commit_all()  # waits: nothing async left in flight at exit
+            checkpoint.commit()  # waits: nothing async left in flight at exit
         finally:
             with contextlib.suppress(Exception):
                 producer.flush(timeout=30)
@@ -471,11 +462,10 @@ class Application:
                     continue
                 started = time.perf_counter()
                 try:
-                    checkpoint.begin()
                     outcome = pipeline.process(records)
-                    loop.send(outcome.outgoing)
-                    checkpoint.track_many(loop.last_offsets)
-                    # Asynchronous: everything the batch caused is already durable,
+                    checkpoint.produce(outcome.outgoing)
+                    checkpoint.track(loop.spans)
+                    # Asynchronous: the checkpoint confirms every delivery first,
                     # and a later commit (or the final one) covers a lost request.
                     checkpoint.commit(wait=False)
                     attempt = 0
@@ -497,9 +487,10 @@ class Application:
             type(exc).__name__,
             exc,
         )
+        resume: dict[TopicPartition, int] = {}
         with contextlib.suppress(Exception):
-            loop.checkpoint.abort()
-        loop.rewind(records)
+            resume = loop.checkpoint.abort()
+        loop.rewind(records, resume)
         loop.back_off(attempt, self._redis_ok)
 
     def _count(self, outcome: BatchOutcome, consumed: int, seconds: float) -> None:
@@ -536,7 +527,7 @@ class Application:
         learner = Learner.from_settings(s, self._redis, features, features.names)
         producer = make_producer(s.bootstrap_servers, client_id=f"{s.client_id}-learner")
         consumer = self._group_consumer("learner", s.learner_group)
-        checkpoint = Checkpoint(consumer)
+        checkpoint = Checkpoint(consumer, producer)
         subscribe(consumer, [s.topic_labels], listener=_Rebalance(lambda: checkpoint))
         loop = self._loop("learner", consumer, producer, checkpoint, wait_ms=200)
         try:
@@ -577,8 +568,10 @@ class Application:
                     record_of[id(rejected.label)], MissingSnapshotError(rejected.reason), now_ms
                 )
             )
-        loop.send([Outgoing(s.topic_labels_dlq, x.key, x.value, x.headers) for x in letters])
-        loop.checkpoint.track_many(loop.last_offsets)
+        loop.checkpoint.produce(
+            [Outgoing(s.topic_labels_dlq, x.key, x.value, x.headers) for x in letters]
+        )
+        loop.checkpoint.track(loop.spans)
         m = self.metrics
         m.consumed.labels(s.topic_labels).inc(len(records))
         m.labels_learnt.inc(outcome.learnt)
