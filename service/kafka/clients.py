@@ -116,10 +116,36 @@ def make_consumer(
         consumer = KafkaConsumer(**config)
     except _UNREACHABLE as exc:
         raise _unavailable(bootstrap_servers, exc) from exc
+    if group_id is not None:
+        _finish_pending_joins(consumer)
     topic_list = list(topics)
     if topic_list:
         subscribe(consumer, topic_list)
     return consumer
+
+
+def _finish_pending_joins(consumer: KafkaConsumer) -> None:
+    """Make kafka-python finish a rebalance that outlived the ``poll`` that started it.
+
+    kafka-python 3.0 joins in a task that survives a ``poll`` timeout and is
+    taken up by the next ``poll``, but only while ``need_rejoin()`` is true. A
+    rejoin caused by a metadata change (the leader's assignment snapshot
+    differs from the metadata) stops being "needed" as soon as the new
+    assignment is computed, inside that very task: the next ``poll`` then
+    never collects the finished join, the member stays ``REBALANCING`` with
+    its partitions marked for revocation, and nothing is fetched again, ever.
+    Seen as a scorer or learner that joined a fresh topic and then consumed
+    nothing. The Java client asks ``rejoinNeededOrPending()``; so do we.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is None or not hasattr(coordinator, "rejoining"):
+        return  # another kafka-python: nothing to fix
+    need_rejoin = coordinator.need_rejoin
+
+    def need_rejoin_or_pending() -> bool:
+        return bool(need_rejoin() or coordinator.rejoining)
+
+    coordinator.need_rejoin = need_rejoin_or_pending
 
 
 def subscribe(
