@@ -459,6 +459,11 @@ class Application:
                     # after a quiet spell is scored with the newest one.
                     with contextlib.suppress(redis.RedisError):
                         self._watcher.current()
+                    try:
+                        checkpoint.commit(wait=False)  # offsets coalesced while one was out
+                    except _TRANSIENT as exc:
+                        self._on_transient(loop, records, exc, attempt)
+                        attempt += 1
                     continue
                 started = time.perf_counter()
                 try:

@@ -17,6 +17,16 @@ idempotent per transaction id and alert ids derive from transaction ids, so a
 replay counts nothing twice and downstream can dedupe alerts. In
 ``exactly_once`` mode ``read_committed`` readers see each alert once.
 
+At-least-once commits are asynchronous with **at most one request in
+flight**: kafka-python sends them on the coordinator connection, which takes
+``max_in_flight_requests_per_connection`` (5) requests at a time and refuses
+more (``NodeNotReadyError: Node paused: {'max_in_flight'}``). Offsets of
+batches finished while a request is out are coalesced into the next one
+(offsets are cumulative). The first commit, and the first after a failed
+request or a rebalance, is synchronous: it waits for the coordinator to be
+known and loaded (``NotCoordinatorError`` right after a broker start) and
+retries what the broker calls retriable.
+
 An offset that goes backwards is a bug and raises
 :class:`InvalidStoredOffsetError`; after a failure :meth:`Checkpoint.abort`
 forgets the work in hand and says where each partition must resume.
@@ -26,9 +36,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.future import Future
 from kafka.structs import OffsetAndMetadata
 
 from fraudstream.service.errors import FraudstreamError
@@ -49,9 +61,16 @@ class Span(NamedTuple):
     last: int
 
 
-def _log_failed_commit(offsets: Any, response: Any) -> None:
-    if isinstance(response, Exception):
-        log.warning("asynchronous offset commit failed (a later commit covers it): %s", response)
+@dataclass(frozen=True, slots=True)
+class _InFlight:
+    """An asynchronous commit request the coordinator has not answered yet."""
+
+    future: Future
+    offsets: dict[TopicPartition, int]
+
+
+def _payload(offsets: Mapping[TopicPartition, int]) -> dict[Any, Any]:
+    return {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()}
 
 
 class Checkpoint:
@@ -69,6 +88,8 @@ class Checkpoint:
         commit them to the consumer group).
     flush_timeout_s
         Longest wait for deliveries at each commit (default 60 s).
+    commit_timeout_s
+        Longest wait for a synchronous commit (default 30 s).
     """
 
     def __init__(
@@ -78,11 +99,13 @@ class Checkpoint:
         *,
         exactly_once: bool = False,
         flush_timeout_s: float = 60.0,
+        commit_timeout_s: float = 30.0,
     ) -> None:
         self.consumer = consumer
         self.producer = producer
         self.exactly_once = exactly_once
         self.flush_timeout_s = flush_timeout_s
+        self.commit_timeout_s = commit_timeout_s
         self._tracker = DeliveryTracker(producer)
         #: Per partition: the offset after the last record handed over.
         self._next: dict[TopicPartition, int] = {}
@@ -90,8 +113,11 @@ class Checkpoint:
         self._start: dict[TopicPartition, int] = {}
         #: Per partition: the offset up to which work is durable (safe to commit).
         self._done: dict[TopicPartition, int] = {}
-        #: Per partition: the offset committed (sent to the coordinator or the transaction).
+        #: Per partition: the offset the coordinator (or the transaction) confirmed.
         self._committed: dict[TopicPartition, int] = {}
+        self._in_flight: _InFlight | None = None
+        #: The next group commit waits for the coordinator (first, or after a failure).
+        self._sync_next = True
         self._in_transaction = False
 
     # -- work handed over --------------------------------------------------------
@@ -122,7 +148,8 @@ class Checkpoint:
             self._next[tp] = span.last + 1
 
     def pending(self) -> dict[TopicPartition, int]:
-        """Offsets tracked and not committed yet."""
+        """Offsets tracked and not confirmed committed yet."""
+        self._settle()
         return {tp: off for tp, off in self._next.items() if self._committed.get(tp) != off}
 
     # -- the order ----------------------------------------------------------------
@@ -131,9 +158,11 @@ class Checkpoint:
         """Flush and confirm every delivery, then commit the tracked offsets.
 
         ``wait=False`` (at-least-once mode) sends the commit without waiting for
-        the coordinator's answer: offsets are cumulative, so a failed request is
-        covered by the next commit, and at worst a restart replays a batch whose
-        effects are idempotent. Returns the offsets committed.
+        the coordinator's answer, unless a request is still out: then the
+        offsets go with the next call (call it when idle too). Offsets are
+        cumulative, so a failed request is covered by the next commit, and at
+        worst a restart replays a batch whose effects are idempotent. Returns
+        the offsets committed or sent.
 
         Raises
         ------
@@ -146,25 +175,55 @@ class Checkpoint:
         self._done.update(self._next)
         self._start.clear()
         # 2. Offsets.
+        self._settle()
         offsets = {tp: off for tp, off in self._done.items() if self._committed.get(tp) != off}
-        payload: dict[Any, Any] = {
-            tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()
-        }
         if self.exactly_once:
             if not offsets and not self._in_transaction:
                 return {}
             self._begin()
-            if payload:
-                self.producer.send_offsets_to_transaction(payload, self.consumer.group_metadata())
+            if offsets:
+                self.producer.send_offsets_to_transaction(
+                    _payload(offsets), self.consumer.group_metadata()
+                )
             self.producer.commit_transaction()
             self._in_transaction = False
-        elif wait and self._done:
-            # Everything, not only what changed: covers an asynchronous request that was lost.
-            self.consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in self._done.items()})
-        elif payload:
-            self.consumer.commit_async(payload, callback=_log_failed_commit)
-        self._committed.update(offsets)
+        elif not offsets:
+            return {}
+        elif wait or self._sync_next:
+            # Synchronous: waits for the coordinator and retries what is retriable.
+            self.consumer.commit(_payload(offsets), timeout_ms=int(self.commit_timeout_s * 1000))
+            self._sync_next = False
+        elif self._in_flight is not None:
+            return {}  # coalesced: sent once the request out is answered
+        else:
+            future = self.consumer.commit_async(_payload(offsets))
+            self._in_flight = _InFlight(future, offsets)
+            return offsets
+        self._confirm(offsets)
         return offsets
+
+    def _settle(self) -> None:
+        """Take in the answer to the asynchronous request out, if it came."""
+        in_flight = self._in_flight
+        if in_flight is None or not in_flight.future.is_done:
+            return
+        self._in_flight = None
+        if in_flight.future.succeeded():
+            self._confirm(in_flight.offsets)
+            return
+        exc = in_flight.future.exception
+        self._sync_next = True
+        log.warning(
+            "offset commit not accepted (%s: %s); the offsets go again with the next "
+            "commit, which waits for the coordinator",
+            type(exc).__name__,
+            exc,
+        )
+
+    def _confirm(self, offsets: Mapping[TopicPartition, int]) -> None:
+        for tp, offset in offsets.items():
+            if tp in self._done:  # still ours: not forgotten after a rebalance meanwhile
+                self._committed[tp] = max(offset, self._committed.get(tp, offset))
 
     def abort(self) -> dict[TopicPartition, int]:
         """Give up the work in hand; return where each partition with such work must resume.
@@ -188,6 +247,7 @@ class Checkpoint:
         for tp in partitions:
             for offsets in (self._next, self._start, self._done, self._committed):
                 offsets.pop(tp, None)
+        self._sync_next = True
 
     def _begin(self) -> None:
         if not self._in_transaction:

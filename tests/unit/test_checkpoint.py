@@ -63,7 +63,7 @@ def test_produce_flush_confirm_then_commit_in_that_order() -> None:
 
     assert committed == {TP0: 10, TP1: 8}
     assert _names(calls) == ["producer.send", "producer.send", "producer.flush", "consumer.commit"]
-    consumer.commit.assert_called_once_with(_offsets(p0=10, p1=8))
+    consumer.commit.assert_called_once_with(_offsets(p0=10, p1=8), timeout_ms=30_000)
     assert checkpoint.pending() == {}
     # The next batch continues from there; only what changed is committed asynchronously.
     checkpoint.track({TP0: Span(10, 19)})
@@ -197,3 +197,53 @@ def test_forget_after_revocation_drops_the_partitions() -> None:
     # Assigned again later, the partition starts from wherever the group committed.
     checkpoint.track({TP1: Span(4, 5)})
     assert checkpoint.pending() == {TP1: 6}
+
+
+def test_at_most_one_asynchronous_commit_in_flight_later_offsets_coalesced() -> None:
+    consumer, producer, _ = _clients()
+    answers: list[Future] = []
+
+    def commit_async(*args: object, **kwargs: object) -> Future:
+        answers.append(Future())
+        return answers[-1]
+
+    consumer.commit_async.side_effect = commit_async
+    checkpoint = Checkpoint(consumer, producer)
+    # The first commit waits for the coordinator (it may still be loading after a start).
+    checkpoint.track({TP0: Span(0, 9)})
+    checkpoint.commit(wait=False)
+    consumer.commit.assert_called_once_with(_offsets(p0=10), timeout_ms=30_000)
+
+    checkpoint.track({TP0: Span(10, 19)})
+    assert checkpoint.commit(wait=False) == {TP0: 20}
+    for first in range(20, 50, 10):  # three more batches while the request is out
+        checkpoint.track({TP0: Span(first, first + 9), TP1: Span(first, first)})
+        assert checkpoint.commit(wait=False) == {}
+    assert consumer.commit_async.call_count == 1
+
+    answers[0].success(None)
+    assert checkpoint.commit(wait=False) == {TP0: 50, TP1: 41}  # all three in one request
+    assert consumer.commit_async.call_args.args[0] == _offsets(p0=50, p1=41)
+    answers[1].success(None)
+    assert checkpoint.pending() == {}
+    assert checkpoint.commit(wait=False) == {}  # idle: nothing to send
+    assert consumer.commit_async.call_count == 2
+
+
+def test_a_refused_asynchronous_commit_is_sent_again_synchronously() -> None:
+    consumer, producer, _ = _clients()
+    checkpoint = Checkpoint(consumer, producer)
+    checkpoint.track({TP0: Span(0, 9)})
+    checkpoint.commit(wait=False)  # synchronous, the first
+    consumer.commit_async.side_effect = lambda *a, **k: Future().failure(
+        KafkaTimeoutError("coordinator moved")
+    )
+    checkpoint.track({TP0: Span(10, 19)})
+    checkpoint.commit(wait=False)
+    assert checkpoint.pending() == {TP0: 20}  # refused: not taken for committed
+
+    checkpoint.track({TP0: Span(20, 29)})
+    assert checkpoint.commit(wait=False) == {TP0: 30}
+    assert consumer.commit.call_count == 2
+    assert consumer.commit.call_args.args[0] == _offsets(p0=30)
+    assert checkpoint.pending() == {}
