@@ -35,7 +35,7 @@ from kafka.errors import KafkaError
 
 from fraudstream.service.alerts import BudgetPolicy, DecisionPolicy, ThresholdPolicy
 from fraudstream.service.checkpoint import Checkpoint, Span
-from fraudstream.service.errors import CheckpointError, MissingSnapshotError, UnavailableError
+from fraudstream.service.errors import MissingSnapshotError, UnavailableError
 from fraudstream.service.features.definitions import FeatureConfig
 from fraudstream.service.features.redis_store import RedisFeatureStore
 from fraudstream.service.kafka import (
@@ -48,8 +48,8 @@ from fraudstream.service.kafka import (
 )
 from fraudstream.service.learner import Learner
 from fraudstream.service.metrics import HealthServer, Metrics
+from fraudstream.service.model_watcher import ModelWatcher, ServingPolicy
 from fraudstream.service.pipeline import (
-    ActiveScorer,
     BatchOutcome,
     ConsumedRecord,
     Outgoing,
@@ -58,7 +58,6 @@ from fraudstream.service.pipeline import (
     validate_records,
 )
 from fraudstream.service.registry import ModelRegistry
-from fraudstream.service.rules import RulesPrior
 from fraudstream.service.schemas import LABEL_BATCH, Label
 from fraudstream.service.settings import DecisionMode, DeliveryGuarantee, Role, Settings
 from fraudstream.service.snapshots import SnapshotStore
@@ -95,72 +94,6 @@ def decision_policy(settings: Settings) -> DecisionPolicy:
             fallback_threshold=settings.alert_threshold,
         )
     return ThresholdPolicy(settings.alert_threshold)
-
-
-class ModelWatcher:
-    """Keeps the active scorer current: the newest verified model, or the rules prior.
-
-    A version is used for scoring once it has learnt ``min_labels`` labels with
-    at least one fraud; before that the transparent rules prior scores. A
-    checkpoint that fails verification is refused (logged and counted) and the
-    scorer in use stays.
-    """
-
-    def __init__(
-        self,
-        registry: ModelRegistry,
-        feature_names: Sequence[str],
-        *,
-        min_labels: int,
-        poll_s: float,
-        metrics: Metrics,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.registry = registry
-        self.feature_names = tuple(feature_names)
-        self.min_labels = min_labels
-        self.poll_s = poll_s
-        self.metrics = metrics
-        self.clock = clock
-        self.active = ActiveScorer(RulesPrior(self.feature_names), "rules", 0)
-        self._seen_version = 0
-        self._next_poll = 0.0
-
-    def current(self) -> ActiveScorer:
-        """The scorer to use for the next batch (polls the registry every ``poll_s``)."""
-        now = self.clock()
-        if now >= self._next_poll:
-            self._next_poll = now + self.poll_s
-            self.refresh()
-        return self.active
-
-    def refresh(self) -> None:
-        latest = self.registry.latest_version()
-        if latest is None or latest == self._seen_version:
-            return
-        self._seen_version = latest
-        try:
-            checkpoint = self.registry.load(latest)
-        except CheckpointError as exc:
-            self.metrics.model_refused.inc()
-            log.error(
-                "model version %s refused, keeping version %s: %s", latest, self.active.version, exc
-            )
-            return
-        model = checkpoint.model
-        if model.feature_names != self.feature_names:
-            self.metrics.model_refused.inc()
-            log.error("model version %s was trained on other features; not used", latest)
-            return
-        if model.labels_learnt >= self.min_labels and model.frauds_learnt > 0:
-            self.active = ActiveScorer(model, "model", latest)
-            self.metrics.model_version.set(latest)
-            log.info(
-                "scoring with model version %s (%s labels, %s frauds)",
-                latest,
-                model.labels_learnt,
-                model.frauds_learnt,
-            )
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -431,7 +364,7 @@ class Application:
         self._watcher = ModelWatcher(
             registry,
             features.names,
-            min_labels=s.min_labels_for_model,
+            policy=ServingPolicy(s.min_labels_for_model),
             poll_s=s.model_poll_s,
             metrics=self.metrics,
         )
