@@ -28,8 +28,8 @@ highest maximum score that day, the share with a fraud that day; averaged over
 days) and, at the alert threshold, alerts per day, precision and recall.
 
 Differences from the real service, on purpose: models are updated at batch
-boundaries (the service publishes a version every ``checkpoint_every_labels``
-labels or ``checkpoint_every_s`` seconds, which at real-time pace is fresher
+boundaries (the service publishes a version every ``publish_every_labels``
+labels or ``publish_every_s`` seconds, which at real-time pace is fresher
 than one simulated hour), and nothing goes through Kafka (the transport does
 not change the scores).
 

@@ -393,14 +393,14 @@ class Application:
                     self._count_labels(outcome, len(polled.records))
                 # Offsets are committed only once a published version holds
                 # what was learnt: a crash before that relearns, never loses.
-                if learner.maybe_checkpoint() is not None:
+                if learner.maybe_publish() is not None:
                     checkpoint.commit()
                     self._after_publish(learner)
                 attempt = 0
             except _TRANSIENT as exc:
                 loop.recover(polled, exc, attempt, self._redis_ok)
                 attempt += 1
-        if learner.checkpoint() is not None:
+        if learner.publish() is not None:
             checkpoint.commit()
             self._after_publish(learner)
 

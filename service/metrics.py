@@ -72,8 +72,8 @@ class Metrics:
             registry=r,
         )
         self.model_refused = Counter(
-            "fraudstream_model_checkpoints_refused",
-            "Checkpoints refused (unsigned, tampered or unreadable).",
+            "fraudstream_model_versions_refused",
+            "Model versions refused (unsigned, tampered or unreadable).",
             registry=r,
         )
         self.errors = Counter(

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from fraudstream.service.errors import CheckpointError
+from fraudstream.service.errors import ModelVersionError
 from fraudstream.service.metrics import Metrics
 from fraudstream.service.model import FraudModel
 from fraudstream.service.pipeline import ActiveScorer
@@ -111,14 +111,14 @@ class ModelWatcher:
             return
         self._seen_version = latest
         try:
-            checkpoint = self.registry.load(latest)
-        except CheckpointError as exc:
+            loaded = self.registry.load(latest)
+        except ModelVersionError as exc:
             self.metrics.model_refused.inc()
             log.error(
                 "model version %s refused, keeping version %s: %s", latest, self.active.version, exc
             )
             return
-        model = checkpoint.model
+        model = loaded.model
         if model.feature_names != self.feature_names:
             self.metrics.model_refused.inc()
             log.error("model version %s was trained on other features; not used", latest)

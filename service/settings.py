@@ -146,12 +146,12 @@ class Settings(BaseSettings):
     )
     model_signing_key: SecretStr = Field(
         SecretStr("dev-only-insecure-key-change-me"),
-        description="HMAC-SHA256 key that signs model checkpoints. Change it in production.",
+        description="HMAC-SHA256 key that signs model versions. Change it in production.",
     )
-    checkpoint_every_labels: Annotated[int, Field(ge=1)] = Field(
+    publish_every_labels: Annotated[int, Field(ge=1)] = Field(
         1000, description="Publish a new model version after this many new labels."
     )
-    checkpoint_every_s: Annotated[float, Field(gt=0)] = Field(
+    publish_every_s: Annotated[float, Field(gt=0)] = Field(
         60.0, description="...or after this many seconds with at least one new label."
     )
     model_versions_kept: Annotated[int, Field(ge=1)] = Field(

@@ -58,8 +58,8 @@ def test_learner_crash_and_restart_continue_versions_and_a_new_scorer_uses_them(
     redis_url: str,
 ) -> None:
     settings = make_settings(
-        checkpoint_every_labels=40,
-        checkpoint_every_s=1.0,
+        publish_every_labels=40,
+        publish_every_s=1.0,
         min_labels_for_model=100,
         publish_scores=True,
     )
@@ -130,7 +130,7 @@ def test_labels_without_snapshot_or_malformed_go_to_the_labels_dlq(
     produce: Callable[..., None],
     consume: Callable[..., list[Any]],
 ) -> None:
-    settings = make_settings(role="learner", checkpoint_every_s=1.0)
+    settings = make_settings(role="learner", publish_every_s=1.0)
     app = run_app(settings)
     ghost = orjson.dumps(
         {

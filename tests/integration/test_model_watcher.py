@@ -1,5 +1,5 @@
 """The scorer's view of the registry: hot swap, the rules prior until trained, refusal
-of tampered or foreign checkpoints (the version in use stays)."""
+of tampered or foreign model versions (the version in use stays)."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def test_rules_prior_until_trained_then_hot_swap_between_polls(
     assert metrics.model_version._value.get() == version
 
 
-def test_tampered_or_foreign_checkpoint_is_refused_and_the_current_model_stays(
+def test_tampered_or_foreign_version_is_refused_and_the_current_model_stays(
     redis_client: redis.Redis, redis_prefix: str
 ) -> None:
     registry = ModelRegistry(redis_client, redis_prefix, SecretStr("the-key"))

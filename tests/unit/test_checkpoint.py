@@ -148,9 +148,7 @@ def test_exactly_once_commits_offsets_inside_the_transaction() -> None:
         "producer.send_offsets_to_transaction",
         "producer.commit_transaction",
     ]
-    producer.send_offsets_to_transaction.assert_called_once_with(
-        _offsets(p0=5), "group-metadata"
-    )
+    producer.send_offsets_to_transaction.assert_called_once_with(_offsets(p0=5), "group-metadata")
     consumer.commit.assert_not_called()
     consumer.commit_async.assert_not_called()
     # A batch that produced nothing still commits its offsets in a transaction.
