@@ -6,6 +6,17 @@ dependency is away, has the checkpoint abort, seeks back to where the failed
 work began and waits (exponentially, up to 30 s) with its partitions paused,
 polling to stay in the group.
 
+Two rules keep every record:
+
+* **No record returned by a poll is dropped.** The caller processes what
+  :meth:`ConsumeLoop.poll` returns or hands it back to :meth:`ConsumeLoop.recover`;
+  a poll made while backing off (partitions assigned in a rebalance meanwhile
+  are not paused yet) seeks back to the first record it returned.
+* **After a rebalance, positions come from committed offsets.** Every
+  partition is revoked and assigned again (eager protocol), kafka-python
+  fetches the group's committed offset for it, and the checkpoint forgets what
+  it tracked; partitions assigned during a back-off are paused at once.
+
 The work itself (what a batch means, when to commit) is the caller's: the
 scorer and learner loops in :mod:`fraudstream.service.app`.
 """
@@ -39,7 +50,10 @@ class Polled:
 
 
 class _Rebalance(ConsumerRebalanceListener):
-    """Forgets the offsets of partitions this member loses."""
+    """Forgets the offsets of partitions this member loses; pauses new ones during a back-off.
+
+    kafka-python calls it on its network thread while the loop's thread waits in ``poll``.
+    """
 
     def __init__(self, loop: ConsumeLoop) -> None:
         self._loop = loop
@@ -48,10 +62,13 @@ class _Rebalance(ConsumerRebalanceListener):
         self._loop.checkpoint.forget(revoked)
 
     def on_partitions_assigned(self, assigned: Any) -> None:
+        if self._loop.backing_off and assigned:
+            self._loop.consumer.pause(*assigned)
         log.info(
-            "%s assigned %s",
+            "%s assigned %s%s",
             self._loop.name,
             sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned),
+            " (paused: backing off)" if self._loop.backing_off else "",
         )
 
 
@@ -94,6 +111,7 @@ class ConsumeLoop:
         self.wait_ms = wait_ms
         self.stopping = stopping
         self.metrics = metrics
+        self.backing_off = False
         self._next_lag_s = 0.0
 
     def subscribe(self, topics: list[str]) -> None:
@@ -101,8 +119,11 @@ class ConsumeLoop:
         subscribe(self.consumer, topics, listener=_Rebalance(self))
 
     def poll(self) -> Polled:
-        """One bounded batch (possibly empty)."""
-        batches = self.consumer.poll(timeout_ms=self.wait_ms, max_records=self.max_records)
+        """One bounded batch (possibly empty): process it, or hand it to :meth:`recover`."""
+        return self._poll(self.wait_ms)
+
+    def _poll(self, timeout_ms: int) -> Polled:
+        batches = self.consumer.poll(timeout_ms=timeout_ms, max_records=self.max_records)
         records = [r for batch in batches.values() for r in batch]
         # Records of a partition come in offset order.
         spans = {
@@ -125,35 +146,42 @@ class ConsumeLoop:
             exc,
         )
         resume: dict[TopicPartition, int] = {}
-        with contextlib.suppress(Exception):
+        try:
             resume = self.checkpoint.abort()
+        except Exception as abort_exc:  # the batch is replayed either way
+            log.warning("%s: abort failed (%s)", self.name, abort_exc)
         self._rewind(polled.records, resume)
         self._back_off(attempt, healthy)
 
     def _rewind(self, records: Sequence[Any], resume: dict[TopicPartition, int]) -> None:
-        """Seek back to where the failed work began so it is processed again."""
+        """Seek back to where unfinished work began so it is processed again."""
         first = dict(resume)
         for r in records:
             tp = TopicPartition(r.topic, r.partition)
             first[tp] = min(first.get(tp, r.offset), r.offset)
         assigned = self.consumer.assignment()
         for tp, offset in first.items():
+            # A partition lost meanwhile starts, for its next owner, from the committed offset.
             if tp in assigned:
                 self.consumer.seek(tp, offset)
 
     def _back_off(self, attempt: int, healthy: Callable[[], bool]) -> None:
         """Wait (exponentially, up to 30 s) with partitions paused, staying in the group."""
         delay = min(30.0, 0.5 * 2**attempt)
-        paused = list(self.consumer.assignment())
-        self.consumer.pause(*paused)
+        deadline = time.monotonic() + delay
+        self.backing_off = True
         try:
-            deadline = time.monotonic() + delay
             while time.monotonic() < deadline and not self.stopping.is_set():
-                self.consumer.poll(timeout_ms=200)  # keeps the membership alive
+                # Partitions assigned in a rebalance meanwhile are paused too...
+                self.consumer.pause(*self.consumer.assignment())
+                polled = self._poll(200)  # keeps the membership alive
+                # ...and whatever a poll returns anyway is read again later, never dropped.
+                self._rewind(polled.records, {})
                 if healthy():
                     break
         finally:
-            self.consumer.resume(*paused)
+            self.backing_off = False
+            self.consumer.resume(*self.consumer.paused())
 
     def report_lag(self, every_s: float = 5.0) -> None:
         """Set the lag gauge of every owned partition (at most every ``every_s``)."""

@@ -179,6 +179,33 @@ def _consume(
         consumer.close()
 
 
+def read_all(bootstrap: str, topic: str, *, read_committed: bool = False) -> list[Any]:
+    """Every record of ``topic`` up to its current end (committed records only if asked)."""
+    import time
+
+    from kafka import TopicPartition
+
+    from fraudstream.service.kafka import make_consumer
+
+    consumer = make_consumer(
+        bootstrap, client_id="test-reader", group_id=None, read_committed=read_committed
+    )
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning()
+        ends = consumer.end_offsets(partitions)
+        records: list[Any] = []
+        deadline = time.monotonic() + 60
+        while any(consumer.position(tp) < ends[tp] for tp in partitions):
+            assert time.monotonic() < deadline, f"could not read {topic} to its end in 60 s"
+            for batch in consumer.poll(timeout_ms=200).values():
+                records.extend(batch)
+        return records
+    finally:
+        consumer.close()
+
+
 @pytest.fixture
 def produce() -> Callable[..., None]:
     """``produce(bootstrap, topic, [(key, value), ...])``; waits for every delivery."""
@@ -276,3 +303,160 @@ def wait_for() -> Callable[..., None]:
         raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
     return wait
+
+
+# --- Fault-test helpers: what "nothing lost, nothing counted twice" means ----
+
+
+@pytest.fixture
+def card_stream(
+    make_transaction: Callable[..., tuple[bytes, bytes]],
+) -> Callable[..., list[tuple[bytes, bytes]]]:
+    """``card_stream(prefix, cards, per_card, first=0)``: transactions of ``cards`` cards,
+    ``per_card`` each, in each card's event-time order (ids ``{prefix}c{card}-{i}``)."""
+    from datetime import UTC, datetime, timedelta
+
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=20)
+
+    def build(prefix: str, cards: int, per_card: int, first: int = 0) -> list[tuple[bytes, bytes]]:
+        records = []
+        for i in range(first, first + per_card):
+            for c in range(cards):
+                at = start + timedelta(minutes=10 * i, seconds=c)
+                amount = 10.0 + (i * 13 + c) % 50
+                card = f"{prefix}c{c}"
+                records.append(make_transaction(f"{card}-{i}", card, f"T{(c + i) % 7}", amount, at))
+        return records
+
+    return build
+
+
+def transaction_ids(records: list[tuple[bytes, bytes]]) -> list[str]:
+    """The transaction ids of ``(key, value)`` records, in order."""
+    return [orjson.loads(value)["transaction_id"] for _, value in records]
+
+
+@pytest.fixture
+def counting_problems(redis_url: str) -> Iterator[Callable[..., list[str]]]:
+    """``counting_problems(settings, records, redis_url=None)``: transactions not counted exactly
+    once in the card history, empty when every one of ``records`` (a ``card_stream``) was.
+
+    A transaction's 30-day count, as stored in its feature snapshot, is its rank in
+    its card's history: a transaction lost or counted twice before it shows there.
+    """
+    from fraudstream.service.features.definitions import FeatureConfig, feature_names
+    from fraudstream.service.snapshots import SnapshotStore
+
+    clients: list[redis.Redis] = []
+
+    def problems(settings: Settings, records: list[Any], url: str | None = None) -> list[str]:
+        client = redis.Redis.from_url(url or redis_url)
+        clients.append(client)
+        snapshots = SnapshotStore(client, settings.redis_prefix, settings.snapshot_ttl_s)
+        count_30d = feature_names(FeatureConfig.from_settings(settings)).index("card_tx_count_30d")
+        ids = transaction_ids(records)
+        seen: dict[str, int] = {}
+        out = []
+        for tx_id, snapshot in zip(ids, snapshots.get_many(ids), strict=True):
+            card = tx_id.rsplit("-", 1)[0]
+            seen[card] = seen.get(card, 0) + 1
+            if snapshot is None:
+                out.append(f"{tx_id} never scored")
+            elif snapshot.features[count_30d] != seen[card]:
+                out.append(
+                    f"{tx_id} counted as #{snapshot.features[count_30d]:.0f}, is #{seen[card]}"
+                )
+        return out
+
+    yield problems
+    for client in clients:
+        client.close()
+
+
+def committed_offsets(settings: Settings) -> tuple[dict[Any, int], dict[Any, int]]:
+    """The scorer group's committed offset and the end offset of each ``transactions`` partition."""
+    from kafka import TopicPartition
+
+    from fraudstream.service.kafka import make_consumer
+
+    topic = settings.topic_transactions
+    group = make_consumer(
+        settings.bootstrap_servers, client_id="test-committed", group_id=settings.consumer_group
+    )
+    try:
+        partitions = [TopicPartition(topic, p) for p in group.partitions_for_topic(topic) or ()]
+        committed = {tp: group.committed(tp) or 0 for tp in partitions}
+        return committed, dict(group.end_offsets(partitions))
+    finally:
+        group.close(autocommit=False)
+
+
+@pytest.fixture
+def group_lag() -> Callable[[Settings], int]:
+    """``group_lag(settings)``: records of ``transactions`` beyond the scorer group's commits."""
+
+    def lag(settings: Settings) -> int:
+        committed, ends = committed_offsets(settings)
+        return sum(ends[tp] - committed[tp] for tp in ends)
+
+    return lag
+
+
+@pytest.fixture
+def committed_past_unscored(redis_url: str) -> Iterator[Callable[..., list[str]]]:
+    """``committed_past_unscored(settings, redis_url=None)``: transactions below the scorer
+    group's committed offsets that have no feature snapshot (empty when none)."""
+    from kafka import TopicPartition
+
+    from fraudstream.service.snapshots import SnapshotStore
+
+    clients: list[redis.Redis] = []
+
+    def problems(settings: Settings, url: str | None = None) -> list[str]:
+        client = redis.Redis.from_url(url or redis_url)
+        clients.append(client)
+        snapshots = SnapshotStore(client, settings.redis_prefix, settings.snapshot_ttl_s)
+        committed, _ = committed_offsets(settings)
+        below = [
+            r
+            for r in read_all(settings.bootstrap_servers, settings.topic_transactions)
+            if r.offset < committed[TopicPartition(r.topic, r.partition)]
+        ]
+        ids = [orjson.loads(r.value)["transaction_id"] for r in below]
+        return [
+            f"{tx_id} ({r.topic}[{r.partition}]@{r.offset}) is below the committed offset "
+            "and was never scored"
+            for tx_id, r, snap in zip(ids, below, snapshots.get_many(ids), strict=True)
+            if snap is None
+        ]
+
+    yield problems
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def group_members() -> Callable[[str, str], dict[str, int]]:
+    """``group_members(bootstrap, group)``: client id of each live member -> partitions it owns."""
+    return _group_members
+
+
+def _group_members(bootstrap: str, group: str) -> dict[str, int]:
+    from kafka.errors import KafkaError
+
+    from fraudstream.service.kafka import make_admin
+
+    admin = make_admin(bootstrap)
+    try:
+        try:
+            described = admin.describe_groups([group])[group]
+        except KafkaError:  # coordinator not there yet: the group is still forming
+            return {}
+        out: dict[str, int] = {}
+        for member in described["members"]:
+            assignment = member["member_assignment"] or {}
+            owned = sum(len(a["partitions"]) for a in assignment.get("assigned_partitions", []))
+            out[member["client_id"]] = out.get(member["client_id"], 0) + owned
+        return out
+    finally:
+        admin.close()
