@@ -169,15 +169,16 @@ class Checkpoint:
         DeliveryError
             When a record was not delivered: nothing is committed; call
             :meth:`abort` and replay.
+        KafkaError
+            When the commit (or the transaction) failed, e.g. this member was
+            fenced after a rebalance: call :meth:`abort` and replay.
         """
-        # 1. Every record the tracked batches caused is durable, or nothing is committed.
+        # 1. Every record the tracked batches caused is delivered, or nothing is committed.
         self._tracker.flush(timeout_s=self.flush_timeout_s)
-        self._done.update(self._next)
-        self._start.clear()
-        # 2. Offsets.
-        self._settle()
-        offsets = {tp: off for tp, off in self._done.items() if self._committed.get(tp) != off}
         if self.exactly_once:
+            # 2. The offsets go into the transaction; its records and offsets become
+            # durable together when it commits, and not before.
+            offsets = {tp: off for tp, off in self._next.items() if self._committed.get(tp) != off}
             if not offsets and not self._in_transaction:
                 return {}
             self._begin()
@@ -187,7 +188,15 @@ class Checkpoint:
                 )
             self.producer.commit_transaction()
             self._in_transaction = False
-        elif not offsets:
+            self._mark_done()
+            self._confirm(offsets)
+            return offsets
+        # Delivered is durable at least once: later failures replay from here.
+        self._mark_done()
+        # 2. Offsets.
+        self._settle()
+        offsets = {tp: off for tp, off in self._done.items() if self._committed.get(tp) != off}
+        if not offsets:
             return {}
         elif wait or self._sync_next:
             # Synchronous: waits for the coordinator and retries what is retriable.
@@ -201,6 +210,10 @@ class Checkpoint:
             return offsets
         self._confirm(offsets)
         return offsets
+
+    def _mark_done(self) -> None:
+        self._done.update(self._next)
+        self._start.clear()
 
     def _settle(self) -> None:
         """Take in the answer to the asynchronous request out, if it came."""

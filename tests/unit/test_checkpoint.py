@@ -245,3 +245,26 @@ def test_a_refused_asynchronous_commit_is_sent_again_synchronously() -> None:
     assert consumer.commit.call_count == 2
     assert consumer.commit.call_args.args[0] == _offsets(p0=30)
     assert checkpoint.pending() == {}
+
+
+def test_a_transaction_that_fails_to_commit_is_replayed_from_its_first_record() -> None:
+    from kafka.errors import CommitFailedError
+
+    consumer, producer, _ = _clients()
+    checkpoint = Checkpoint(consumer, producer, exactly_once=True)
+    checkpoint.produce([ALERT])
+    checkpoint.track({TP0: Span(0, 9)})
+    checkpoint.commit()
+    # The member was fenced (the broker restarted and forgot it): the offsets are refused.
+    producer.send_offsets_to_transaction.side_effect = CommitFailedError("UnknownMemberIdError")
+    checkpoint.produce([ALERT])
+    checkpoint.track({TP0: Span(10, 19)})
+    with pytest.raises(CommitFailedError):
+        checkpoint.commit()
+
+    assert checkpoint.abort() == {TP0: 10}  # not taken for done: its records were aborted
+    producer.abort_transaction.assert_called_once_with()
+    producer.send_offsets_to_transaction.side_effect = None
+    checkpoint.produce([ALERT])
+    checkpoint.track({TP0: Span(10, 19)})
+    assert checkpoint.commit() == {TP0: 20}
