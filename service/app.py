@@ -27,6 +27,7 @@ import logging
 import signal
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -50,7 +51,7 @@ from fraudstream.service.kafka import (
 )
 from fraudstream.service.label_pipeline import LabelBatchOutcome, LabelPipeline
 from fraudstream.service.learner import Learner
-from fraudstream.service.loop import ConsumeLoop
+from fraudstream.service.loop import ConsumeLoop, LoopHealth
 from fraudstream.service.metrics import HealthServer, Metrics
 from fraudstream.service.model_watcher import ModelWatcher, ServingPolicy
 from fraudstream.service.pipeline import BatchOutcome, Pipeline
@@ -92,6 +93,22 @@ def decision_policy(settings: Settings) -> DecisionPolicy:
     return ThresholdPolicy(settings.alert_threshold)
 
 
+def masked_url(url: str) -> str:
+    """``url`` with its password, if any, shown as ``****`` (for logs and errors).
+
+    >>> masked_url("redis://:s3cret@cache.internal:6380/2")
+    'redis://:****@cache.internal:6380/2'
+    >>> masked_url("redis://127.0.0.1:6379/0")
+    'redis://127.0.0.1:6379/0'
+    """
+    parts = urllib.parse.urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    user = userinfo.partition(":")[0]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:****@{host}"))
+
+
 def _close_producer(producer: KafkaProducer) -> None:
     with contextlib.suppress(Exception):
         producer.flush(timeout=30)
@@ -112,7 +129,9 @@ class Application:
         self.metrics = Metrics()
         self.stopping = threading.Event()
         self._redis: redis.Redis | None = None
+        self._loops: list[ConsumeLoop] = []
         self._watcher: ModelWatcher | None = None
+        self._phase = "starting"
         self._failures: list[BaseException] = []
         self.health_port: int | None = None
         self._bootstrap = [
@@ -133,19 +152,32 @@ class Application:
         signal.signal(signal.SIGINT, self.stop)
 
     def ready(self) -> tuple[bool, str]:
-        """Readiness: Redis answers, a Kafka bootstrap server accepts connections,
-        no loop has failed, and (scorer role) a scorer is loaded."""
+        """Readiness: Redis answers, a Kafka bootstrap server accepts connections, no
+        loop has failed, and every loop is ready: the scorer has partitions assigned
+        and its last batch committed, or nothing to do (:class:`LoopHealth`)."""
         if self._redis is None:
-            return False, "starting"
+            return False, self._phase
         if (problem := self._redis_problem()) is not None:
             return False, problem
         if not any(accepts_connections(port, host) for host, port in self._bootstrap):
             return False, f"kafka unreachable at {self.settings.bootstrap_servers}"
         if self._failures:
             return False, f"failed: {self._failures[0]}"
-        if self.settings.role is not Role.LEARNER and self._watcher is None:
-            return False, "scorer not started"
+        if self._phase != "running":
+            return False, self._phase
+        for loop in self._loops:
+            ok, reason = loop.health.ready()
+            if not ok:
+                return False, reason
         return True, "ready"
+
+    def live(self) -> tuple[bool, str]:
+        """Liveness: no loop is hung, nor stalled with records waiting (``/healthz``)."""
+        for loop in self._loops:
+            ok, reason = loop.health.live()
+            if not ok:
+                return False, reason
+        return True, "ok" if self._phase == "running" else f"ok ({self._phase})"
 
     def _redis_problem(self) -> str | None:
         """Why Redis cannot be used right now, or ``None`` when it answers."""
@@ -182,15 +214,21 @@ class Application:
         """Run until :meth:`stop` (or a signal); re-raises a loop's fatal error."""
         s = self.settings
         with contextlib.ExitStack() as stack:
-            self._redis = redis_client(s)
-            stack.callback(self._redis.close)
-            self._wait_for_redis()
-            self.ensure_topics()
             if s.metrics_port:
-                server = HealthServer(self.metrics, self.ready, s.metrics_host, s.metrics_port)
+                # First: /healthz and /readyz answer while the dependencies are awaited.
+                server = HealthServer(
+                    self.metrics, self.ready, self.live, s.metrics_host, s.metrics_port
+                )
                 server.start()
                 self.health_port = server.port
                 stack.callback(server.stop)
+            self._redis = redis_client(s)
+            stack.callback(self._redis.close)
+            if not self._wait_for_redis():
+                return  # stopped while waiting
+            self._phase = "creating topics"
+            self.ensure_topics()
+            self._phase = "joining the consumer groups"
             features = RedisFeatureStore(self._redis, FeatureConfig.from_settings(s))
             threads: list[threading.Thread] = []
             if s.role in (Role.ALL, Role.LEARNER):
@@ -202,8 +240,11 @@ class Application:
                 )
                 learner.start()
                 threads.append(learner)
+                self._phase = "running"
             if s.role in (Role.ALL, Role.SCORER):
-                self._guard(self._score, self._scorer_loop(stack), features)()
+                scorer_loop = self._scorer_loop(stack)
+                self._phase = "running"
+                self._guard(self._score, scorer_loop, features)()
             for thread in threads:
                 while thread.is_alive():
                     thread.join(timeout=0.5)
@@ -223,15 +264,26 @@ class Application:
 
         return run
 
-    def _wait_for_redis(self) -> None:
+    def _wait_for_redis(self) -> bool:
+        """Wait until Redis answers (``False``: stopped meanwhile); one line per attempt."""
+        url = masked_url(self.settings.redis_url.get_secret_value())
+        self._phase = f"waiting for redis at {url}"
         attempt = 0
-        while not self._redis_ok():
-            if self.stopping.is_set():
-                return
+        while (problem := self._redis_problem()) is not None:
             self.metrics.errors.labels("redis").inc()
-            log.warning("redis not reachable yet; retrying")
-            time.sleep(min(10.0, 0.5 * 2**attempt))
+            delay_s = min(30.0, 0.5 * 2**attempt)
             attempt += 1
+            log.warning(
+                "%s (%s); is Redis running there? Set FRAUDSTREAM_REDIS_URL to its address "
+                "(`fraudstream dev up` starts a local one). Attempt %d, next in %.1f s",
+                problem,
+                url,
+                attempt,
+                delay_s,
+            )
+            if self.stopping.wait(delay_s):
+                return False
+        return True
 
     # -- clients --------------------------------------------------------------
 
@@ -270,16 +322,21 @@ class Application:
         consumer = self._group_consumer(role, group)
         stack.callback(consumer.close, autocommit=False)
         checkpoint = Checkpoint(consumer, producer, exactly_once=transactional_id is not None)
+        health = LoopHealth(
+            role, needs_partitions=role == "scorer", stall_after_s=s.stall_timeout_s
+        )
         loop = ConsumeLoop(
             role,
             consumer,
             checkpoint,
+            health,
             max_records=s.max_batch_size,
             wait_ms=wait_ms,
             stopping=self.stopping,
             metrics=self.metrics,
         )
         loop.subscribe([topic])
+        self._loops.append(loop)
         return loop
 
     def _scorer_loop(self, stack: contextlib.ExitStack) -> ConsumeLoop:
@@ -330,7 +387,6 @@ class Application:
         attempt = 0
         while not self.stopping.is_set():
             polled = loop.poll()
-            loop.report_lag()
             started = time.perf_counter()
             try:
                 if polled.records:
@@ -346,6 +402,7 @@ class Application:
                 # a later commit (or the final one) covers a lost request. Idle
                 # turns send offsets coalesced while a request was out.
                 checkpoint.commit(wait=False)
+                loop.health.done(len(polled.records))
                 attempt = 0
             except _TRANSIENT as exc:
                 loop.recover(polled, exc, attempt, self._redis_ok)
@@ -396,6 +453,7 @@ class Application:
                 if learner.maybe_publish() is not None:
                     checkpoint.commit()
                     self._after_publish(learner)
+                loop.health.done(len(polled.records))
                 attempt = 0
             except _TRANSIENT as exc:
                 loop.recover(polled, exc, attempt, self._redis_ok)

@@ -17,6 +17,10 @@ Two rules keep every record:
   fetches the group's committed offset for it, and the checkpoint forgets what
   it tracked; partitions assigned during a back-off are paused at once.
 
+:class:`LoopHealth` turns what the loop sees into readiness (partitions
+assigned and the last batch committed, or idle with nothing to do) and
+liveness (records waiting and no progress for ``stall_after_s`` is a stall).
+
 The work itself (what a batch means, when to commit) is the caller's: the
 scorer and learner loops in :mod:`fraudstream.service.app`.
 """
@@ -33,12 +37,19 @@ from typing import Any
 
 import redis
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
+from kafka.structs import MemberState
 
 from fraudstream.service.checkpoint import Checkpoint, Span
-from fraudstream.service.kafka import subscribe
+from fraudstream.service.kafka import group_coordinator_known, subscribe
 from fraudstream.service.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+#: A loop that has not polled for this long is hung, whatever else it says.
+_HUNG_AFTER_S = 60.0
+
+#: Membership while the group coordinator is unknown (no commit can succeed).
+_COORDINATOR_UNKNOWN = "coordinator unknown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +58,125 @@ class Polled:
 
     records: list[Any]
     spans: dict[TopicPartition, Span]
+
+
+class LoopHealth:
+    """What one loop tells ``/readyz`` and ``/healthz``.
+
+    Parameters
+    ----------
+    name
+        ``scorer`` or ``learner``.
+    needs_partitions
+        Ready only with partitions assigned (the scorer; a standby learner
+        without partitions is healthy).
+    stall_after_s
+        Records waiting and no batch done for this long is a stall.
+    clock
+        Monotonic seconds (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        needs_partitions: bool,
+        stall_after_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.needs_partitions = needs_partitions
+        self.stall_after_s = stall_after_s
+        self.clock = clock
+        now = clock()
+        self._polled_at = now
+        self._progress_at = now
+        self._member = "not in the group yet"
+        self._partitions = 0
+        self._turn = "starting"
+        self._failure: str | None = None
+        self._lag: int | None = None
+        self._lag_problem = "not measured yet"
+
+    # -- what the loop reports ------------------------------------------------
+
+    def polled(self, membership: str, partitions: int) -> None:
+        """The loop polled; ``membership`` is the member's state, ``partitions`` it owns."""
+        self._polled_at = self.clock()
+        self._member = membership
+        if partitions != self._partitions:
+            self._progress_at = self._polled_at  # new partitions get a fair start
+        self._partitions = partitions
+
+    def done(self, records: int) -> None:
+        """A turn ended well: its ``records`` committed (the learner: learnt and tracked)."""
+        self._failure = None
+        if records:
+            self._progress_at = self.clock()
+            self._turn = "done"
+        else:
+            self._turn = "idle"
+
+    def failed(self, reason: str) -> None:
+        """A batch failed and will be retried after a back-off."""
+        self._turn = "failed"
+        self._failure = reason
+
+    def lag(self, total: int | None, problem: str = "") -> None:
+        """Records behind the end of the owned partitions (``None``: unknown, and why)."""
+        self._lag = total
+        self._lag_problem = problem
+        if total == 0:
+            self._progress_at = self.clock()  # caught up: nothing to do is progress
+
+    # -- what it means -------------------------------------------------------------
+
+    @property
+    def waiting(self) -> int | None:
+        """Records waiting in the owned partitions, as last measured."""
+        return self._lag
+
+    def ready(self) -> tuple[bool, str]:
+        """Partitions assigned, and the last batch committed or nothing to do."""
+        if self.needs_partitions and self._member != MemberState.STABLE:
+            return False, f"{self.name}: {self._member_text()}"
+        if self.needs_partitions and self._partitions == 0:
+            return False, f"{self.name}: no partitions assigned"
+        if self._turn == "failed":
+            return False, f"{self.name}: retrying a batch ({self._failure})"
+        if self._turn == "starting":
+            return False, f"{self.name}: starting"
+        if self._turn == "idle" and self._partitions:
+            if self._lag is None:
+                return False, f"{self.name}: lag unknown ({self._lag_problem})"
+            if self._lag > 0:
+                return False, f"{self.name}: {self._lag} records waiting, none processed yet"
+        return True, "ready"
+
+    def live(self) -> tuple[bool, str]:
+        """Not hung, and not stalled with records waiting."""
+        now = self.clock()
+        if now - self._polled_at > _HUNG_AFTER_S:
+            return False, f"{self.name}: loop has not turned for {now - self._polled_at:.0f} s"
+        idle_s = now - self._progress_at
+        waiting = self._failure is not None or (self._lag or 0) > 0
+        if waiting and idle_s > self.stall_after_s:
+            lag = "unknown" if self._lag is None else str(self._lag)
+            why = f"; last error: {self._failure}" if self._failure else ""
+            return False, (
+                f"{self.name}: stalled, no batch done for {idle_s:.0f} s "
+                f"with {lag} records waiting{why}"
+            )
+        return True, "ok"
+
+    def _member_text(self) -> str:
+        if self._member == MemberState.REBALANCING:
+            return "group rebalancing"
+        if self._member == MemberState.UNJOINED:
+            return "not in the group yet"
+        if self._member == _COORDINATOR_UNKNOWN:
+            return "group coordinator unknown (broker away or restarting)"
+        return str(self._member)
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -60,6 +190,7 @@ class _Rebalance(ConsumerRebalanceListener):
 
     def on_partitions_revoked(self, revoked: Any) -> None:
         self._loop.checkpoint.forget(revoked)
+        self._loop.forget_lag(revoked)
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         if self._loop.backing_off and assigned:
@@ -83,6 +214,8 @@ class ConsumeLoop:
         The group consumer (auto-commit off).
     checkpoint
         Commits what the caller hands it; told about lost partitions.
+    health
+        Where the loop reports what it sees.
     max_records
         Most records per poll (bounds the time per batch).
     wait_ms
@@ -98,6 +231,7 @@ class ConsumeLoop:
         name: str,
         consumer: KafkaConsumer,
         checkpoint: Checkpoint,
+        health: LoopHealth,
         *,
         max_records: int,
         wait_ms: int,
@@ -107,12 +241,15 @@ class ConsumeLoop:
         self.name = name
         self.consumer = consumer
         self.checkpoint = checkpoint
+        self.health = health
         self.max_records = max_records
         self.wait_ms = wait_ms
         self.stopping = stopping
         self.metrics = metrics
         self.backing_off = False
-        self._next_lag_s = 0.0
+        self._lag_at = -1e9
+        self._lag_stale = True
+        self._lag_labels: set[TopicPartition] = set()
 
     def subscribe(self, topics: list[str]) -> None:
         """Join the group for ``topics``, with this loop's rebalance listener."""
@@ -120,7 +257,15 @@ class ConsumeLoop:
 
     def poll(self) -> Polled:
         """One bounded batch (possibly empty): process it, or hand it to :meth:`recover`."""
-        return self._poll(self.wait_ms)
+        # No batch in hand here (the last one was committed or sought back): the
+        # positions are where processing stands.
+        self.measure_lag(every_s=5.0)
+        polled = self._poll(self.wait_ms)
+        if not polled.records:
+            # Idle: nothing in hand either; readiness needs a fresh "nothing to do".
+            self.measure_lag(every_s=0.0 if self._lag_stale else 1.0)
+        self._lag_stale = bool(polled.records)
+        return polled
 
     def _poll(self, timeout_ms: int) -> Polled:
         batches = self.consumer.poll(timeout_ms=timeout_ms, max_records=self.max_records)
@@ -130,6 +275,10 @@ class ConsumeLoop:
             tp: Span(batch[0].offset, batch[-1].offset) for tp, batch in batches.items() if batch
         }
         self.metrics.last_loop_s.set(time.time())
+        membership = self.consumer.group_metadata().state
+        if not group_coordinator_known(self.consumer):
+            membership = _COORDINATOR_UNKNOWN
+        self.health.polled(membership, len(self.consumer.assignment()))
         return Polled(records, spans)
 
     def recover(
@@ -138,12 +287,13 @@ class ConsumeLoop:
         """After a failed batch: abort, seek back to where the work began, back off."""
         dependency = "redis" if isinstance(exc, redis.RedisError) else "kafka"
         self.metrics.errors.labels(dependency).inc()
+        reason = f"{type(exc).__name__}: {exc}"
+        self.health.failed(reason)
         log.warning(
-            "%s batch of %d not committed (%s: %s); retrying after back-off",
+            "%s batch of %d not committed (%s); retrying after back-off",
             self.name,
             len(polled.records),
-            type(exc).__name__,
-            exc,
+            reason,
         )
         resume: dict[TopicPartition, int] = {}
         try:
@@ -177,22 +327,43 @@ class ConsumeLoop:
                 polled = self._poll(200)  # keeps the membership alive
                 # ...and whatever a poll returns anyway is read again later, never dropped.
                 self._rewind(polled.records, {})
+                self.measure_lag(every_s=1.0)
                 if healthy():
                     break
         finally:
             self.backing_off = False
             self.consumer.resume(*self.consumer.paused())
 
-    def report_lag(self, every_s: float = 5.0) -> None:
-        """Set the lag gauge of every owned partition (at most every ``every_s``)."""
-        if time.monotonic() < self._next_lag_s:
+    def measure_lag(self, every_s: float = 5.0) -> None:
+        """Records behind the log end per owned partition (at most every ``every_s``).
+
+        Call with no batch in hand, so positions say where processing stands.
+        Measured against the broker's end offsets, not the last fetch's high
+        watermark, so paused partitions and a stuck batch show their true lag.
+        """
+        now = time.monotonic()
+        if now - self._lag_at < every_s:
             return
-        self._next_lag_s = time.monotonic() + every_s
-        for tp in self.consumer.assignment():
-            highwater = self.consumer.highwater(tp)
-            if highwater is None:
-                continue
-            with contextlib.suppress(Exception):
-                position = self.consumer.position(tp, timeout_ms=1000)
-                if position is not None:
-                    self.metrics.lag.labels(tp.topic, str(tp.partition)).set(highwater - position)
+        self._lag_at = now
+        owned = list(self.consumer.assignment())
+        if not owned:
+            self.health.lag(0)
+            return
+        try:
+            ends = self.consumer.end_offsets(owned, timeout_ms=2000)
+            behind = {tp: ends[tp] - self.consumer.position(tp, timeout_ms=2000) for tp in owned}
+        except Exception as exc:  # broker away, or positions not fetched yet
+            self.health.lag(None, f"{type(exc).__name__}: {exc}")
+            return
+        for tp, lag in behind.items():
+            self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, lag))
+        self._lag_labels.update(behind)
+        self.health.lag(sum(max(0, lag) for lag in behind.values()))
+
+    def forget_lag(self, partitions: Sequence[TopicPartition]) -> None:
+        """Drop the lag gauges of partitions this member no longer owns."""
+        for tp in partitions:
+            if tp in self._lag_labels:
+                self._lag_labels.discard(tp)
+                with contextlib.suppress(KeyError):
+                    self.metrics.lag.remove(tp.topic, str(tp.partition))

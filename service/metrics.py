@@ -3,19 +3,22 @@
 Each :class:`Metrics` owns its own registry (no global state), so several
 applications can run in one process (tests) without clashing. One small HTTP
 server serves ``/metrics`` (Prometheus text format), ``/healthz`` (liveness:
-the loop is turning) and ``/readyz`` (readiness: Kafka and Redis reachable and
-a scorer loaded).
+the loops turn and make progress when records wait) and ``/readyz``
+(readiness: Kafka and Redis reachable, partitions assigned and the last batch
+committed, or nothing to do).
 """
 
 from __future__ import annotations
 
+import errno
 import threading
-import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from fraudstream.service.errors import ConfigurationError
 
 _LATENCY_BUCKETS_MS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)
 _BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
@@ -115,23 +118,38 @@ class HealthServer:
         What ``/metrics`` shows.
     ready
         Returns ``(ready, reason)``; ``/readyz`` answers 200 or 503 with the reason.
-    live_within_s
-        ``/healthz`` fails when the loop has not turned for this long.
+    live
+        Returns ``(alive, reason)``; ``/healthz`` answers 200 or 503 with the reason.
+    host, port
+        Where to listen (``port`` 0: any free port, see :attr:`port`).
+
+    Raises
+    ------
+    ConfigurationError
+        When the port is taken, naming it and the setting that chooses it.
     """
 
     def __init__(
         self,
         metrics: Metrics,
         ready: Callable[[], tuple[bool, str]],
+        live: Callable[[], tuple[bool, str]],
         host: str,
         port: int,
-        live_within_s: float = 60.0,
     ) -> None:
         self.metrics = metrics
         self.ready = ready
-        self.live_within_s = live_within_s
+        self.live = live
         handler = self._handler()
-        self._server = ThreadingHTTPServer((host, port), handler)
+        try:
+            self._server = ThreadingHTTPServer((host, port), handler)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise ConfigurationError(
+                f"metrics port {port} on {host} is taken by another process: stop it, or choose "
+                "another port with FRAUDSTREAM_METRICS_PORT (0 turns the endpoint off)"
+            ) from exc
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="health", daemon=True
@@ -149,9 +167,8 @@ class HealthServer:
                 if self.path.startswith("/metrics"):
                     self._reply(200, outer.metrics.exposition(), CONTENT_TYPE_LATEST)
                 elif self.path.startswith("/healthz"):
-                    last = outer.metrics.last_loop_s._value.get()
-                    alive = last == 0 or time.time() - last < outer.live_within_s
-                    self._reply(200 if alive else 503, b"ok\n" if alive else b"stalled\n")
+                    alive, reason = outer.live()
+                    self._reply(200 if alive else 503, (reason + "\n").encode())
                 elif self.path.startswith("/readyz"):
                     ok, reason = outer.ready()
                     self._reply(200 if ok else 503, (reason + "\n").encode())

@@ -186,6 +186,11 @@ class Settings(BaseSettings):
         9108, description="Port of the Prometheus /metrics, /healthz and /readyz endpoint (0: off)."
     )
     metrics_host: str = Field("127.0.0.1", description="Interface the metrics endpoint binds to.")
+    stall_timeout_s: Annotated[float, Field(gt=0)] = Field(
+        120.0,
+        description="/healthz fails when records wait and no batch was done for this long "
+        "(a batch stuck retrying, a consumer that stopped fetching).",
+    )
     log_level: str = Field("INFO", description="Log level (DEBUG, INFO, WARNING, ERROR).")
 
     @field_validator("windows_s", "terminal_windows_days")

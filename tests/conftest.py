@@ -207,6 +207,12 @@ def read_all(bootstrap: str, topic: str, *, read_committed: bool = False) -> lis
 
 
 @pytest.fixture
+def read_topic() -> Callable[..., list[Any]]:
+    """``read_topic(bootstrap, topic, read_committed=False)``: every record up to the end."""
+    return read_all
+
+
+@pytest.fixture
 def produce() -> Callable[..., None]:
     """``produce(bootstrap, topic, [(key, value), ...])``; waits for every delivery."""
     return _produce
@@ -331,11 +337,6 @@ def card_stream(
     return build
 
 
-def transaction_ids(records: list[tuple[bytes, bytes]]) -> list[str]:
-    """The transaction ids of ``(key, value)`` records, in order."""
-    return [orjson.loads(value)["transaction_id"] for _, value in records]
-
-
 @pytest.fixture
 def counting_problems(redis_url: str) -> Iterator[Callable[..., list[str]]]:
     """``counting_problems(settings, records, redis_url=None)``: transactions not counted exactly
@@ -354,7 +355,7 @@ def counting_problems(redis_url: str) -> Iterator[Callable[..., list[str]]]:
         clients.append(client)
         snapshots = SnapshotStore(client, settings.redis_prefix, settings.snapshot_ttl_s)
         count_30d = feature_names(FeatureConfig.from_settings(settings)).index("card_tx_count_30d")
-        ids = transaction_ids(records)
+        ids = [orjson.loads(value)["transaction_id"] for _, value in records]
         seen: dict[str, int] = {}
         out = []
         for tx_id, snapshot in zip(ids, snapshots.get_many(ids), strict=True):
