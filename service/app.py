@@ -342,7 +342,10 @@ class Application:
     def _scorer_loop(self, stack: contextlib.ExitStack) -> ConsumeLoop:
         s = self.settings
         exactly_once = s.guarantee is DeliveryGuarantee.EXACTLY_ONCE
-        transactional_id = f"{s.client_id}-scorer-{uuid.uuid4().hex[:12]}"
+        # A stable id lets a restarted scorer fence its predecessor and abort its
+        # open transaction at once; a random one leaves that transaction holding
+        # read_committed readers back until it times out.
+        transactional_id = s.transactional_id or f"{s.client_id}-scorer-{uuid.uuid4().hex[:12]}"
         return self._enter_loop(
             stack,
             "scorer",

@@ -97,6 +97,14 @@ class Settings(BaseSettings):
         DeliveryGuarantee.AT_LEAST_ONCE,
         description="at_least_once (idempotent side effects) or exactly_once (Kafka transactions).",
     )
+    transactional_id: str = Field(
+        "",
+        description="exactly_once: this scorer's Kafka transactional id, stable across restarts "
+        "and different for each scorer (e.g. the pod name), so a restarted scorer aborts its "
+        "predecessor's open transaction at once. Empty: a random id per process; a killed "
+        "scorer's open transaction then holds read_committed readers back until it times out "
+        "(60 s).",
+    )
     max_batch_size: Annotated[int, Field(ge=1, le=100_000)] = Field(
         2000, description="Most records processed per batch (bounds time per batch)."
     )

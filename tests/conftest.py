@@ -386,6 +386,8 @@ def committed_offsets(settings: Settings) -> tuple[dict[Any, int], dict[Any, int
     )
     try:
         partitions = [TopicPartition(topic, p) for p in group.partitions_for_topic(topic) or ()]
+        if not partitions:
+            return {}, {}
         committed = {tp: group.committed(tp) or 0 for tp in partitions}
         return committed, dict(group.end_offsets(partitions))
     finally:
