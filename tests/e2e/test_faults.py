@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 import redis
 
 from fraudstream.devstack import RedisServer, free_port
@@ -56,37 +55,61 @@ class _Feeder(threading.Thread):
             producer.close(timeout=10)
 
 
-def _kill_again_and_again(
-    settings: Any,
-    spawn: Callable[..., Any],
-    scored: Callable[[], int],
-    committed_past_unscored: Callable[..., list[str]],
-    rng: random.Random,
-    kills: list[str],
-) -> Any:
-    """SIGKILL the scorer ``KILLS`` times, restarting it each time; the last one lives."""
-    process = spawn(settings, "--role", "scorer", name=f"scorer-{settings.guarantee.value}")
-    for k in range(KILLS):
-        if k % 2:  # mid-stream: once the restarted scorer scores again
-            before, deadline = scored(), time.monotonic() + 60
-            while scored() == before and time.monotonic() < deadline:
-                time.sleep(0.1)
-            time.sleep(rng.uniform(0.0, 1.0))
-            kills.append("mid-stream" if scored() > before else "idle")
-        else:  # anywhere: starting, joining the group, or scoring
-            time.sleep(rng.uniform(0.3, 4.0))
-            kills.append("anywhere")
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
-        problems = committed_past_unscored(settings)
-        assert problems == [], f"after kill {k + 1}: {problems[:5]}"
-        process = spawn(settings, "--role", "scorer", name=f"scorer-{settings.guarantee.value}")
-    return process
+class _KillRun:
+    """One scorer group under SIGKILL while its stream flows."""
+
+    def __init__(self, settings: Any, stream: list[tuple[bytes, bytes]], redis_url: str) -> None:
+        Application(settings).ensure_topics()
+        self.settings, self.stream, self.ids = settings, stream, _ids(stream)
+        self.client = redis.Redis.from_url(redis_url)
+        self.snapshots = SnapshotStore(self.client, settings.redis_prefix, settings.snapshot_ttl_s)
+        self.kills: list[str] = []
+        self.error: BaseException | None = None
+        self.took_s = 0.0
+
+    def scored(self) -> int:
+        return sum(s is not None for s in self.snapshots.get_many(self.ids))
+
+    def run(
+        self,
+        spawn: Callable[..., Any],
+        committed_past_unscored: Callable[..., list[str]],
+        rng: random.Random,
+    ) -> None:
+        """SIGKILL the scorer ``KILLS`` times, restarting it each time; the last one lives."""
+        try:
+            started = time.monotonic()
+            feeder = _Feeder(
+                self.settings.bootstrap_servers, self.settings.topic_transactions, self.stream
+            )
+            feeder.start()
+            name = f"scorer-{self.settings.guarantee.value}"
+            process = spawn(self.settings, "--role", "scorer", name=name)
+            for k in range(KILLS):
+                if k % 2:  # mid-stream: once the restarted scorer scores again
+                    before, deadline = self.scored(), time.monotonic() + 60
+                    while self.scored() == before and time.monotonic() < deadline:
+                        time.sleep(0.1)
+                    time.sleep(rng.uniform(0.0, 1.0))
+                    self.kills.append("mid-stream" if self.scored() > before else "idle")
+                else:  # anywhere: starting, joining the group, or scoring
+                    time.sleep(rng.uniform(0.3, 4.0))
+                    self.kills.append("anywhere")
+                process.send_signal(signal.SIGKILL)
+                process.wait(timeout=30)
+                problems = committed_past_unscored(self.settings)
+                assert problems == [], f"after kill {k + 1}: {problems[:5]}"
+                process = spawn(self.settings, "--role", "scorer", name=name)
+            feeder.join(timeout=120)
+            self.took_s = time.monotonic() - started
+        except BaseException as exc:
+            self.error = exc
+
+    def close(self) -> None:
+        self.client.close()
 
 
-@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
-def test_scorer_sigkilled_ten_times_while_a_stream_flows(
-    guarantee: str,
+def test_scorer_sigkilled_ten_times_in_each_mode_while_streams_flow(
     make_settings: Callable[..., Any],
     card_stream: Callable[..., list[tuple[bytes, bytes]]],
     spawn_service: Callable[..., Any],
@@ -98,57 +121,69 @@ def test_scorer_sigkilled_ten_times_while_a_stream_flows(
     unique_name: Callable[[str], str],
     redis_url: str,
 ) -> None:
-    settings = make_settings(
-        guarantee=guarantee,
-        transactional_id=unique_name("scorer"),  # a restart fences the killed one's transaction
-        publish_scores=True,
-        alert_threshold=0.0,  # every decision is an alert too
-        max_batch_size=20,
-        session_timeout_ms=6000,
-        topic_partitions=3,
-    )
-    Application(settings).ensure_topics()
-    stream = card_stream("k", cards=24, per_card=28)
-    ids = _ids(stream)
-    client = redis.Redis.from_url(redis_url)
-    snapshots = SnapshotStore(client, settings.redis_prefix, settings.snapshot_ttl_s)
-
-    def scored() -> int:
-        return sum(s is not None for s in snapshots.get_many(ids))
-
-    feeder = _Feeder(settings.bootstrap_servers, settings.topic_transactions, stream)
-    feeder.start()
-    kills: list[str] = []
-    try:
-        started = time.monotonic()
-        _kill_again_and_again(
-            settings, spawn_service, scored, committed_past_unscored, random.Random(7), kills
+    """Both modes at once, each with its own topics, group and scorer process."""
+    runs = {
+        guarantee: _KillRun(
+            make_settings(
+                guarantee=guarantee,
+                consumer_group=unique_name(f"scorer-{guarantee}"),
+                topic_transactions=unique_name(f"transactions-{guarantee}"),
+                topic_scores=unique_name(f"scores-{guarantee}"),
+                topic_alerts=unique_name(f"alerts-{guarantee}"),
+                # A restart fences the killed scorer's open transaction.
+                transactional_id=unique_name(f"scorer-{guarantee}"),
+                publish_scores=True,
+                alert_threshold=0.0,  # every decision is an alert too
+                max_batch_size=20,
+                session_timeout_ms=6000,
+                topic_partitions=3,
+            ),
+            card_stream(guarantee[0], cards=24, per_card=28),
+            redis_url,
         )
-        feeder.join(timeout=120)
-        wait_for(lambda: scored() == len(ids), 120, "every transaction scored")
-        wait_for(lambda: group_lag(settings) == 0, 60, "every offset committed")
-        took_s = time.monotonic() - started
-        print(f"{guarantee}: {len(kills)} kills ({Counter(kills)}) in {took_s:.0f} s")
-    finally:
-        client.close()
-
-    assert len(kills) == KILLS
-    assert counting_problems(settings, stream) == []
-    assert committed_past_unscored(settings) == []
-    if guarantee == "exactly_once":
-        for topic in (settings.topic_scores, settings.topic_alerts):
-            seen = Counter(
-                orjson.loads(r.value)["transaction_id"]
-                for r in read_topic(settings.bootstrap_servers, topic, read_committed=True)
+        for guarantee in ("at_least_once", "exactly_once")
+    }
+    threads = [
+        threading.Thread(
+            target=run.run,
+            args=(spawn_service, committed_past_unscored, random.Random(seed)),
+            name=f"kills-{guarantee}",
+        )
+        for seed, (guarantee, run) in enumerate(runs.items())
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    try:
+        for guarantee, run in runs.items():
+            assert run.error is None, f"{guarantee}: {run.error!r}"
+            settings, ids = run.settings, run.ids
+            wait_for(lambda run=run: run.scored() == len(run.ids), 120, f"{guarantee}: all scored")
+            wait_for(lambda s=settings: group_lag(s) == 0, 60, f"{guarantee}: all committed")
+            print(
+                f"{guarantee}: {len(run.kills)} kills ({Counter(run.kills)}) in {run.took_s:.0f} s"
             )
-            assert sorted(seen) == sorted(ids), f"{topic}: lost {set(ids) - set(seen)}"
-            assert [tx for tx, n in seen.items() if n > 1] == [], f"{topic}: seen twice"
-    else:
-        seen = {
-            orjson.loads(r.value)["transaction_id"]
-            for r in read_topic(settings.bootstrap_servers, settings.topic_alerts)
-        }
-        assert seen == set(ids)  # at least once; a replay may repeat an alert, same alert_id
+            assert len(run.kills) == KILLS
+            assert counting_problems(settings, run.stream) == []
+            assert committed_past_unscored(settings) == []
+            if guarantee == "exactly_once":
+                for topic in (settings.topic_scores, settings.topic_alerts):
+                    seen = Counter(
+                        orjson.loads(r.value)["transaction_id"]
+                        for r in read_topic(settings.bootstrap_servers, topic, read_committed=True)
+                    )
+                    assert sorted(seen) == sorted(ids), f"{topic}: lost {set(ids) - set(seen)}"
+                    assert [tx for tx, n in seen.items() if n > 1] == [], f"{topic}: seen twice"
+            else:
+                seen = {
+                    orjson.loads(r.value)["transaction_id"]
+                    for r in read_topic(settings.bootstrap_servers, settings.topic_alerts)
+                }
+                assert seen == set(ids)  # at least once: a replay may repeat an alert (same id)
+    finally:
+        for run in runs.values():
+            run.close()
 
 
 def test_scorers_one_to_three_to_one_the_scale_in_while_redis_is_down(

@@ -71,10 +71,12 @@ def test_scale_in_during_a_redis_outage_loses_nothing_and_counts_nothing_twice(
         time.sleep(8)  # scorer-a polls through its back-off with the new partitions
 
         server.start()
+        back_at = time.monotonic()
         after = card_stream("out", cards=16, per_card=1, first=12)
         produce(settings.bootstrap_servers, settings.topic_transactions, after)
         stream += after
         wait_for(lambda: group_lag(settings) == 0, 90, "every partition committed to its end")
+        print(f"redis back -> every partition committed: {time.monotonic() - back_at:.1f} s")
         assert committed_past_unscored(settings, server.url) == []
         assert counting_problems(settings, stream, server.url) == []
     finally:
