@@ -39,7 +39,7 @@ from kafka.errors import KafkaError
 
 from fraudstream.service.alerts import BudgetPolicy, DecisionPolicy, ThresholdPolicy
 from fraudstream.service.checkpoint import Checkpoint
-from fraudstream.service.errors import UnavailableError
+from fraudstream.service.errors import FraudstreamError, UnavailableError
 from fraudstream.service.features.definitions import FeatureConfig
 from fraudstream.service.features.redis_store import RedisFeatureStore
 from fraudstream.service.kafka import (
@@ -257,6 +257,10 @@ class Application:
         def run() -> None:
             try:
                 loop(*args)
+            except FraudstreamError as exc:  # says what is wrong: no traceback
+                log.error("%s stopped: %s", loop.__name__, exc)
+                self._failures.append(exc)
+                self.stopping.set()
             except BaseException as exc:
                 log.exception("%s stopped on an error", loop.__name__)
                 self._failures.append(exc)

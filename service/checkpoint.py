@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError, ProducerFencedError
 from kafka.future import Future
 from kafka.structs import OffsetAndMetadata
 
@@ -52,6 +53,11 @@ log = logging.getLogger(__name__)
 
 class InvalidStoredOffsetError(FraudstreamError):
     """An offset to commit went backwards: a bug, never silently accepted."""
+
+
+class ProducerFailedError(FraudstreamError):
+    """The transactional producer cannot go on (fenced by another scorer, or in a fatal
+    state): the scorer stops, and a restart starts a new one."""
 
 
 class Span(NamedTuple):
@@ -248,7 +254,10 @@ class Checkpoint:
         """
         if self.exactly_once and self._in_transaction:
             self._in_transaction = False
-            self.producer.abort_transaction()
+            try:
+                self.producer.abort_transaction()
+            except KafkaError as exc:  # only a producer in a fatal state cannot abort
+                raise ProducerFailedError(self._fatal_reason(exc)) from exc
         self._tracker = DeliveryTracker(self.producer)
         resume = dict(self._start)
         self._next = dict(self._done)
@@ -261,6 +270,16 @@ class Checkpoint:
             for offsets in (self._next, self._start, self._done, self._committed):
                 offsets.pop(tp, None)
         self._sync_next = True
+
+    def _fatal_reason(self, exc: KafkaError) -> str:
+        transactional_id = getattr(self.producer, "config", {}).get("transactional_id")
+        manager = getattr(self.producer, "_transaction_manager", None)
+        if isinstance(getattr(manager, "last_error", None), ProducerFencedError):
+            return (
+                f"another scorer took over transactional id {transactional_id}: give each "
+                "scorer its own FRAUDSTREAM_TRANSACTIONAL_ID; this one stops"
+            )
+        return f"the transactional producer {transactional_id} cannot go on ({exc}); stopping"
 
     def _begin(self) -> None:
         if not self._in_transaction:

@@ -39,7 +39,7 @@ import redis
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.structs import MemberState
 
-from fraudstream.service.checkpoint import Checkpoint, Span
+from fraudstream.service.checkpoint import Checkpoint, ProducerFailedError, Span
 from fraudstream.service.kafka import group_coordinator_known, subscribe
 from fraudstream.service.metrics import Metrics
 
@@ -298,6 +298,8 @@ class ConsumeLoop:
         resume: dict[TopicPartition, int] = {}
         try:
             resume = self.checkpoint.abort()
+        except ProducerFailedError:
+            raise  # no retry can help: the scorer stops
         except Exception as abort_exc:  # the batch is replayed either way
             log.warning("%s: abort failed (%s)", self.name, abort_exc)
         self._rewind(polled.records, resume)

@@ -268,3 +268,16 @@ def test_a_transaction_that_fails_to_commit_is_replayed_from_its_first_record() 
     checkpoint.produce([ALERT])
     checkpoint.track({TP0: Span(10, 19)})
     assert checkpoint.commit() == {TP0: 20}
+
+
+def test_a_producer_that_cannot_abort_stops_the_scorer() -> None:
+    from kafka.errors import KafkaError
+
+    from fraudstream.service.checkpoint import ProducerFailedError
+
+    consumer, producer, _ = _clients()
+    producer.abort_transaction.side_effect = KafkaError("in an error state: ProducerFencedError")
+    checkpoint = Checkpoint(consumer, producer, exactly_once=True)
+    checkpoint.produce([ALERT])
+    with pytest.raises(ProducerFailedError, match="cannot go on"):
+        checkpoint.abort()
