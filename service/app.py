@@ -405,6 +405,7 @@ class Application:
                     # after a quiet spell is scored with the newest one.
                     with contextlib.suppress(redis.RedisError):
                         watcher.current()
+                    loop.confirm_membership()
                 # Asynchronous: the checkpoint confirms every delivery first, and
                 # a later commit (or the final one) covers a lost request. Idle
                 # turns send offsets coalesced while a request was out.

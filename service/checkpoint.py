@@ -244,6 +244,34 @@ class Checkpoint:
             if tp in self._done:  # still ours: not forgotten after a rebalance meanwhile
                 self._committed[tp] = max(offset, self._committed.get(tp, offset))
 
+    def confirm(self, positions: Mapping[TopicPartition, int]) -> None:
+        """Commit ``positions`` synchronously with no work in hand (an idle scorer
+        proving its membership after Kafka was away); a refusal raises as a commit does.
+
+        In both modes this is a group commit: the positions are what the last
+        commit (or transaction) left, and it cannot block for ever.
+
+        Raises
+        ------
+        InvalidStoredOffsetError
+            When work is in hand, or a position is behind what is done.
+        """
+        if self._next != self._done or self._in_transaction:
+            raise InvalidStoredOffsetError("confirm() with work in hand would commit past it")
+        for tp, offset in positions.items():
+            if offset < self._done.get(tp, offset):
+                raise InvalidStoredOffsetError(
+                    f"offset of {tp.topic}[{tp.partition}] would go back from "
+                    f"{self._done[tp]} to {offset}"
+                )
+        # A group commit in both modes: nothing was produced since the last commit, and
+        # unlike kafka-python's transactional calls it has a timeout.
+        self.consumer.commit(_payload(positions), timeout_ms=int(self.commit_timeout_s * 1000))
+        self._sync_next = False
+        self._done.update(positions)
+        self._next.update(positions)
+        self._confirm(positions)
+
     def abort(self) -> dict[TopicPartition, int]:
         """Give up the work in hand; return where each partition with such work must resume.
 

@@ -97,6 +97,8 @@ class LoopHealth:
         self._failure: str | None = None
         self._lag: int | None = None
         self._lag_problem = "not measured yet"
+        #: No commit has succeeded since Kafka was last away (or since the start).
+        self.unconfirmed = True
 
     # -- what the loop reports ------------------------------------------------
 
@@ -104,6 +106,8 @@ class LoopHealth:
         """The loop polled; ``membership`` is the member's state, ``partitions`` it owns."""
         self._polled_at = self.clock()
         self._member = membership
+        if membership == _COORDINATOR_UNKNOWN:
+            self.unconfirmed = True
         if partitions != self._partitions:
             self._progress_at = self._polled_at  # new partitions get a fair start
         self._partitions = partitions
@@ -114,6 +118,7 @@ class LoopHealth:
         if records:
             self._progress_at = self.clock()
             self._turn = "done"
+            self.unconfirmed = False
         else:
             self._turn = "idle"
 
@@ -121,11 +126,18 @@ class LoopHealth:
         """A batch failed and will be retried after a back-off."""
         self._turn = "failed"
         self._failure = reason
+        self.unconfirmed = True
+
+    def confirmed(self) -> None:
+        """A commit succeeded while idle: the group still knows this member."""
+        self.unconfirmed = False
 
     def lag(self, total: int | None, problem: str = "") -> None:
         """Records behind the end of the owned partitions (``None``: unknown, and why)."""
         self._lag = total
         self._lag_problem = problem
+        if total is None:
+            self.unconfirmed = True
         if total == 0:
             self._progress_at = self.clock()  # caught up: nothing to do is progress
 
@@ -146,6 +158,8 @@ class LoopHealth:
             return False, f"{self.name}: retrying a batch ({self._failure})"
         if self._turn == "starting":
             return False, f"{self.name}: starting"
+        if self.needs_partitions and self.unconfirmed:
+            return False, f"{self.name}: no commit accepted since Kafka was last away"
         if self._turn == "idle" and self._partitions:
             if self._lag is None:
                 return False, f"{self.name}: lag unknown ({self._lag_problem})"
@@ -335,6 +349,24 @@ class ConsumeLoop:
         finally:
             self.backing_off = False
             self.consumer.resume(*self.consumer.paused())
+
+    def confirm_membership(self) -> None:
+        """When idle after Kafka was away: commit the positions to prove the group still
+        knows this member (after a broker restart it may not, until a heartbeat says so).
+
+        Call only with no work in hand: the positions are then what is committed anyway.
+        """
+        if (
+            not self.health.unconfirmed
+            or self.consumer.group_metadata().state != MemberState.STABLE
+        ):
+            return
+        owned = list(self.consumer.assignment())
+        if not owned:
+            return
+        positions = {tp: self.consumer.position(tp, timeout_ms=2000) for tp in owned}
+        self.checkpoint.confirm(positions)
+        self.health.confirmed()
 
     def measure_lag(self, every_s: float = 5.0) -> None:
         """Records behind the log end per owned partition (at most every ``every_s``).

@@ -113,7 +113,7 @@ def test_broker_killed_under_an_exactly_once_scorer(
         print(
             f"broker back -> ready {ready_at - restarted_at:.1f} s, ready -> probe {scored_s:.1f} s"
         )
-        assert scored_s < 5.0, "ready long before scoring resumed"
+        assert scored_s < 8.0, "ready long before scoring resumed"
 
         feeder.join(timeout=120)
         producer.flush(timeout=60)

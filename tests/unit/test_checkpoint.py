@@ -281,3 +281,21 @@ def test_a_producer_that_cannot_abort_stops_the_scorer() -> None:
     checkpoint.produce([ALERT])
     with pytest.raises(ProducerFailedError, match="cannot go on"):
         checkpoint.abort()
+
+
+def test_confirm_commits_the_positions_when_idle_and_refuses_with_work_in_hand() -> None:
+    consumer, producer, _ = _clients()
+    checkpoint = Checkpoint(consumer, producer)
+    checkpoint.confirm({TP0: 7, TP1: 0})
+    consumer.commit.assert_called_once_with(_offsets(p0=7, p1=0), timeout_ms=30_000)
+    checkpoint.track({TP0: Span(7, 9)})
+    with pytest.raises(InvalidStoredOffsetError, match="work in hand"):
+        checkpoint.confirm({TP0: 10})
+    checkpoint.commit()
+    with pytest.raises(InvalidStoredOffsetError, match="from 10 to 8"):
+        checkpoint.confirm({TP0: 8})
+
+    # Exactly-once too: no transaction (nothing to produce), a group commit with a timeout.
+    eos_consumer, eos_producer, calls = _clients()
+    Checkpoint(eos_consumer, eos_producer, exactly_once=True).confirm({TP0: 3})
+    assert _names(calls) == ["consumer.commit"]
