@@ -226,7 +226,10 @@ def consume() -> Callable[..., list[Any]]:
 
 @pytest.fixture
 def run_app() -> Iterator[Callable[[Settings], Any]]:
-    """Start ``Application(settings)`` in a thread; every started app is stopped at the end."""
+    """Start ``Application(settings)`` in a thread; every started app is stopped at the end.
+
+    The error ``run()`` ended with, if any, is ``app.run_error``.
+    """
     import threading
 
     from fraudstream.service.app import Application
@@ -236,7 +239,14 @@ def run_app() -> Iterator[Callable[[Settings], Any]]:
     def start(settings: Settings) -> Any:
         app = Application(settings)
         app.ensure_topics()
-        thread = threading.Thread(target=app.run, name="app-under-test", daemon=True)
+
+        def run() -> None:
+            try:
+                app.run()
+            except Exception as exc:  # a test that stops an app on purpose reads it here
+                app.run_error = exc
+
+        thread = threading.Thread(target=run, name="app-under-test", daemon=True)
         thread.start()
         started.append((app, thread))
         return app

@@ -78,8 +78,8 @@ def test_a_scorer_fenced_by_another_with_its_transactional_id_stops_with_one_cle
     run_app(settings.model_copy(update={"consumer_group": unique_name("other-scorers")}))
     time.sleep(3)  # it has fenced the first
     produce(settings.bootstrap_servers, settings.topic_transactions, _stream(make_transaction, "b"))
-    wait_for(lambda: bool(first._failures), 60, "the fenced scorer to stop")
-    assert str(first._failures[0]) == (
+    wait_for(lambda: hasattr(first, "run_error"), 60, "the fenced scorer to stop")
+    assert str(first.run_error) == (
         f"another scorer took over transactional id {settings.transactional_id}: "
         "give each scorer its own FRAUDSTREAM_TRANSACTIONAL_ID; this one stops"
     )
