@@ -418,7 +418,7 @@ class Application:
                 continue
             if polled.records:
                 self._count(outcome, len(polled.records), time.perf_counter() - started)
-        checkpoint.commit()  # waits: nothing left in flight at exit
+        self._final_commit(loop)
 
     def _count(self, outcome: BatchOutcome, consumed: int, seconds: float) -> None:
         m = self.metrics
@@ -466,9 +466,27 @@ class Application:
             except _TRANSIENT as exc:
                 loop.recover(polled, exc, attempt, self._redis_ok)
                 attempt += 1
-        if learner.publish() is not None:
-            checkpoint.commit()
+        try:
+            published = learner.publish()
+        except _TRANSIENT as exc:
+            log.warning("learner: last version not published at stop (%s); relearnt at start", exc)
+            return
+        if published is not None and self._final_commit(loop):
             self._after_publish(learner)
+
+    def _final_commit(self, loop: ConsumeLoop) -> bool:
+        """Commit what is done and wait (at stop); a dependency away only costs a replay."""
+        try:
+            loop.checkpoint.commit()
+        except _TRANSIENT as exc:
+            log.warning(
+                "%s: last offsets not committed at stop (%s: %s); they are processed again",
+                loop.name,
+                type(exc).__name__,
+                exc,
+            )
+            return False
+        return True
 
     def _count_labels(self, outcome: LabelBatchOutcome, consumed: int) -> None:
         s, m = self.settings, self.metrics
