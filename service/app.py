@@ -230,9 +230,11 @@ class Application:
             self.ensure_topics()
             self._phase = "joining the consumer groups"
             features = RedisFeatureStore(self._redis, FeatureConfig.from_settings(s))
+            learner_loop = self._learner_loop(stack) if s.role is not Role.SCORER else None
+            scorer_loop = self._scorer_loop(stack) if s.role is not Role.LEARNER else None
+            self._phase = "running"
             threads: list[threading.Thread] = []
-            if s.role in (Role.ALL, Role.LEARNER):
-                learner_loop = self._learner_loop(stack)
+            if learner_loop is not None:
                 learner = threading.Thread(
                     target=self._guard(self._learn, learner_loop, features),
                     name="learner",
@@ -240,10 +242,7 @@ class Application:
                 )
                 learner.start()
                 threads.append(learner)
-                self._phase = "running"
-            if s.role in (Role.ALL, Role.SCORER):
-                scorer_loop = self._scorer_loop(stack)
-                self._phase = "running"
+            if scorer_loop is not None:
                 self._guard(self._score, scorer_loop, features)()
             for thread in threads:
                 while thread.is_alive():
