@@ -30,8 +30,12 @@ import numpy as np
 from fraudstream.service.cli_status import histogram_quantile
 
 #: Where the dashboard lives in the repository.
-DASHBOARD = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "dashboards" / (
-    "fraudstream.json"
+DASHBOARD = (
+    Path(__file__).resolve().parent.parent
+    / "deploy"
+    / "grafana"
+    / "dashboards"
+    / ("fraudstream.json")
 )
 #: ``$__rate_interval`` when evaluating recorded scrapes (taken every ~2 s).
 RATE_INTERVAL = "20s"

@@ -84,9 +84,7 @@ class _Seen:
     model_announced: bool = False
 
 
-def _quality_summary(
-    simulation: Simulation, seen: _Seen, days: int, budget: str
-) -> list[str]:
+def _quality_summary(simulation: Simulation, seen: _Seen, days: int, budget: str) -> list[str]:
     """Frauds planted and caught, precision of alerts and alerts per day, by scorer."""
     fraud_rows = np.flatnonzero(simulation.is_fraud)
     fraud_ids = {simulation.transaction_id(int(i)) for i in fraud_rows}

@@ -14,8 +14,8 @@ batches (default one simulated hour):
    scorer does) and is scored by the rules prior alone, and by each catalogue
    model *as the service would* -- the rules prior until the model has learnt
    ``min_labels_for_model`` labels with at least one fraud
-   (:class:`fraudstream.service.app.ModelWatcher`), then the model -- and by each model on
-   its own ("model only", whatever it has learnt).
+   (:class:`fraudstream.service.model_watcher.ServingPolicy`, the service's own rule),
+   then the model -- and by each model on its own ("model only", whatever it has learnt).
 
 A transaction's label therefore never reaches the model, nor the features,
 before the transaction was scored, and no label is used before it arrives.
@@ -28,8 +28,8 @@ highest maximum score that day, the share with a fraud that day; averaged over
 days) and, at the alert threshold, alerts per day, precision and recall.
 
 Differences from the real service, on purpose: models are updated at batch
-boundaries (the service publishes a version every ``checkpoint_every_labels``
-labels or ``checkpoint_every_s`` seconds, which at real-time pace is fresher
+boundaries (the service publishes a version every ``publish_every_labels``
+labels or ``publish_every_s`` seconds, which at real-time pace is fresher
 than one simulated hour), and nothing goes through Kafka (the transport does
 not change the scores).
 
@@ -66,6 +66,7 @@ from fraudstream.service.features.definitions import FeatureConfig
 from fraudstream.service.features.reference import ReferenceFeatureStore
 from fraudstream.service.features.store import FeatureStore, LabelFact
 from fraudstream.service.model import FraudModel
+from fraudstream.service.model_watcher import ServingPolicy
 from fraudstream.service.progressive import average_precision, roc_auc
 from fraudstream.service.rules import RulesPrior
 from fraudstream.service.schemas import Transaction
@@ -468,10 +469,10 @@ class _Run:
         t1 = time.perf_counter()
         self.rules_scores[lo:hi] = self.prior.score_many(X, reasons_at=2.0)[0]
         self.delivered_at_score[lo:hi] = self.delivered
-        minimum = self.config.min_labels_for_model
+        policy = ServingPolicy(self.config.min_labels_for_model)
         for name, model in self.models.items():
             self.model_scores[name][lo:hi] = model.proba_many(X)
-            self.active[name][lo:hi] = model.labels_learnt >= minimum and model.frauds_learnt > 0
+            self.active[name][lo:hi] = policy.may_serve(model)
             self.learnt_at_score[name][lo:hi] = model.labels_learnt
         self.timings["features"] += t1 - t0
         self.timings["scoring"] += time.perf_counter() - t1

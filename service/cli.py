@@ -19,14 +19,14 @@ from fraudstream.service.settings import Role, Settings
 log = logging.getLogger(__name__)
 
 INSECURE_KEY_WARNING = (
-    "INSECURE: model checkpoints are signed with the built-in development key, so anyone "
+    "INSECURE: model versions are signed with the built-in development key, so anyone "
     "can forge a model this service will load; set FRAUDSTREAM_MODEL_SIGNING_KEY to a secret "
     "(e.g. `openssl rand -hex 32`) - only `fraudstream demo` is meant to run without one"
 )
 
 
 def uses_default_signing_key(settings: Settings) -> bool:
-    """Whether checkpoints are signed with the published default key (or an empty one)."""
+    """Whether model versions are signed with the published default key (or an empty one)."""
     default = Settings.model_fields["model_signing_key"].default
     key = settings.model_signing_key.get_secret_value()
     return key in ("", default.get_secret_value())

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from fraudstream.service.errors import CheckpointError, FraudstreamError
+from fraudstream.service.errors import FraudstreamError
 from fraudstream.service.model import CATALOGUE, describe
 from fraudstream.service.registry import ModelRegistry
 
@@ -39,7 +39,7 @@ def _registry() -> Iterator[ModelRegistry]:
         yield ModelRegistry(
             client, settings.redis_prefix, settings.model_signing_key, settings.model_versions_kept
         )
-    except (CheckpointError, FraudstreamError) as exc:
+    except FraudstreamError as exc:
         raise click.ClickException(str(exc)) from exc
     except redis.RedisError as exc:
         raise click.ClickException(f"Redis unavailable: {exc}") from exc

@@ -275,7 +275,7 @@ def render(url: str, info: dict[str, Any]) -> list[str]:
     if info["insecure_signing_key"]:
         lines.append(
             click.style("  WARNING      ", fg="red", bold=True)
-            + "model checkpoints are signed with the default development key "
+            + "model versions are signed with the default development key "
             "(set FRAUDSTREAM_MODEL_SIGNING_KEY)"
         )
     return lines

@@ -1,8 +1,8 @@
 """Exceptions of fraudstream.
 
 One root, :class:`FraudstreamError`, and a few subclasses that mean something to
-the caller. A bad *input* (an event, a label, a checkpoint) never crashes the
-service: it becomes a dead letter or a refused checkpoint carrying the error's
+the caller. A bad *input* (an event, a label, a model version) never crashes the
+service: it becomes a dead letter or a refused model version carrying the error's
 class name and message.
 """
 
@@ -44,8 +44,12 @@ class MissingSnapshotError(FraudstreamError):
     """A label arrived for a transaction whose feature snapshot is missing or expired."""
 
 
-class CheckpointError(FraudstreamError):
-    """A model checkpoint is unsigned, tampered, signed with another key, or unreadable."""
+class ModelVersionError(FraudstreamError):
+    """A model version is missing or unreadable; the version in use stays."""
+
+
+class SignatureError(ModelVersionError):
+    """A model version is unsigned, tampered or signed with another key: never unpickled."""
 
 
 class UnavailableError(FraudstreamError):

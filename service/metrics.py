@@ -3,12 +3,14 @@
 Each :class:`Metrics` owns its own registry (no global state), so several
 applications can run in one process (tests) without clashing. One small HTTP
 server serves ``/metrics`` (Prometheus text format), ``/healthz`` (liveness:
-the loop is turning) and ``/readyz`` (readiness: Kafka and Redis reachable and
-a scorer loaded).
+the loops turn and make progress when records wait) and ``/readyz``
+(readiness: Kafka and Redis reachable, partitions assigned and the last batch
+committed, or nothing to do).
 """
 
 from __future__ import annotations
 
+import errno
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -17,6 +19,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from fraudstream.service.errors import ConfigurationError
 
 #: End-to-end latency buckets in seconds: fine around the targets (p50 5 ms, p99 25 ms),
 #: coarse up to a minute for a scorer catching up on a backlog.
@@ -152,8 +156,8 @@ class Metrics:
             registry=r,
         )
         self.model_refused = Counter(
-            "fraudstream_model_checkpoints_refused",
-            "Checkpoints refused (unsigned, tampered or unreadable).",
+            "fraudstream_model_versions_refused",
+            "Model versions refused (unsigned, tampered or unreadable).",
             registry=r,
         )
         self.errors = Counter(
@@ -193,7 +197,7 @@ class Metrics:
             gauge.set(float("nan"))  # undefined until the learner publishes
         self.insecure_signing_key = Gauge(
             "fraudstream_insecure_signing_key",
-            "1 when model checkpoints are signed with the built-in development key.",
+            "1 when model versions are signed with the built-in development key.",
             registry=r,
         )
         self.last_loop_s = Gauge(
@@ -255,23 +259,38 @@ class HealthServer:
         What ``/metrics`` shows.
     ready
         Returns ``(ready, reason)``; ``/readyz`` answers 200 or 503 with the reason.
-    live_within_s
-        ``/healthz`` fails when the loop has not turned for this long.
+    live
+        Returns ``(alive, reason)``; ``/healthz`` answers 200 or 503 with the reason.
+    host, port
+        Where to listen (``port`` 0: any free port, see :attr:`port`).
+
+    Raises
+    ------
+    ConfigurationError
+        When the port is taken, naming it and the setting that chooses it.
     """
 
     def __init__(
         self,
         metrics: Metrics,
         ready: Callable[[], tuple[bool, str]],
+        live: Callable[[], tuple[bool, str]],
         host: str,
         port: int,
-        live_within_s: float = 60.0,
     ) -> None:
         self.metrics = metrics
         self.ready = ready
-        self.live_within_s = live_within_s
+        self.live = live
         handler = self._handler()
-        self._server = ThreadingHTTPServer((host, port), handler)
+        try:
+            self._server = ThreadingHTTPServer((host, port), handler)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise ConfigurationError(
+                f"metrics port {port} on {host} is taken by another process: stop it, or choose "
+                "another port with FRAUDSTREAM_METRICS_PORT (0 turns the endpoint off)"
+            ) from exc
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="health", daemon=True
@@ -289,9 +308,8 @@ class HealthServer:
                 if self.path.startswith("/metrics"):
                     self._reply(200, outer.metrics.exposition(), CONTENT_TYPE_LATEST)
                 elif self.path.startswith("/healthz"):
-                    last = outer.metrics.last_loop_s._value.get()
-                    alive = last == 0 or time.time() - last < outer.live_within_s
-                    self._reply(200 if alive else 503, b"ok\n" if alive else b"stalled\n")
+                    alive, reason = outer.live()
+                    self._reply(200 if alive else 503, (reason + "\n").encode())
                 elif self.path.startswith("/readyz"):
                     ok, reason = outer.ready()
                     self._reply(200 if ok else 503, (reason + "\n").encode())

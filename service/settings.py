@@ -133,6 +133,14 @@ class Settings(BaseSettings):
         DeliveryGuarantee.AT_LEAST_ONCE,
         description="at_least_once (idempotent side effects) or exactly_once (Kafka transactions).",
     )
+    transactional_id: str = Field(
+        "",
+        description="exactly_once: this scorer's Kafka transactional id, stable across restarts "
+        "and different for each scorer (e.g. the pod name), so a restarted scorer aborts its "
+        "predecessor's open transaction at once. Empty: a random id per process; a killed "
+        "scorer's open transaction then holds read_committed readers back until it times out "
+        "(60 s).",
+    )
     max_batch_size: Annotated[int, Field(ge=1, le=100_000)] = Field(
         2000, description="Most records processed per batch (bounds time per batch)."
     )
@@ -188,12 +196,12 @@ class Settings(BaseSettings):
     )
     model_signing_key: SecretStr = Field(
         SecretStr("dev-only-insecure-key-change-me"),
-        description="HMAC-SHA256 key that signs model checkpoints. Change it in production.",
+        description="HMAC-SHA256 key that signs model versions. Change it in production.",
     )
-    checkpoint_every_labels: Annotated[int, Field(ge=1)] = Field(
+    publish_every_labels: Annotated[int, Field(ge=1)] = Field(
         1000, description="Publish a new model version after this many new labels."
     )
-    checkpoint_every_s: Annotated[float, Field(gt=0)] = Field(
+    publish_every_s: Annotated[float, Field(gt=0)] = Field(
         60.0, description="...or after this many seconds with at least one new label."
     )
     model_versions_kept: Annotated[int, Field(ge=1)] = Field(
@@ -228,6 +236,11 @@ class Settings(BaseSettings):
         9108, description="Port of the Prometheus /metrics, /healthz and /readyz endpoint (0: off)."
     )
     metrics_host: str = Field("127.0.0.1", description="Interface the metrics endpoint binds to.")
+    stall_timeout_s: Annotated[float, Field(gt=0)] = Field(
+        120.0,
+        description="/healthz fails when records wait and no batch was done for this long "
+        "(a batch stuck retrying, a consumer that stopped fetching).",
+    )
     log_level: str = Field("INFO", description="Log level (DEBUG, INFO, WARNING, ERROR).")
     log_format: LogFormat = Field(
         LogFormat.TEXT,

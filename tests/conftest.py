@@ -202,6 +202,39 @@ def _consume(
         consumer.close()
 
 
+def read_all(bootstrap: str, topic: str, *, read_committed: bool = False) -> list[Any]:
+    """Every record of ``topic`` up to its current end (committed records only if asked)."""
+    import time
+
+    from kafka import TopicPartition
+
+    from fraudstream.service.kafka import make_consumer
+
+    consumer = make_consumer(
+        bootstrap, client_id="test-reader", group_id=None, read_committed=read_committed
+    )
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning()
+        ends = consumer.end_offsets(partitions)
+        records: list[Any] = []
+        deadline = time.monotonic() + 60
+        while any(consumer.position(tp) < ends[tp] for tp in partitions):
+            assert time.monotonic() < deadline, f"could not read {topic} to its end in 60 s"
+            for batch in consumer.poll(timeout_ms=200).values():
+                records.extend(batch)
+        return records
+    finally:
+        consumer.close()
+
+
+@pytest.fixture
+def read_topic() -> Callable[..., list[Any]]:
+    """``read_topic(bootstrap, topic, read_committed=False)``: every record up to the end."""
+    return read_all
+
+
 @pytest.fixture
 def produce() -> Callable[..., None]:
     """``produce(bootstrap, topic, [(key, value[, headers]), ...])``; waits for every delivery."""
@@ -216,7 +249,10 @@ def consume() -> Callable[..., list[Any]]:
 
 @pytest.fixture
 def run_app() -> Iterator[Callable[[Settings], Any]]:
-    """Start ``Application(settings)`` in a thread; every started app is stopped at the end."""
+    """Start ``Application(settings)`` in a thread; every started app is stopped at the end.
+
+    The error ``run()`` ended with, if any, is ``app.run_error``.
+    """
     import threading
 
     from fraudstream.service.app import Application
@@ -226,7 +262,14 @@ def run_app() -> Iterator[Callable[[Settings], Any]]:
     def start(settings: Settings) -> Any:
         app = Application(settings)
         app.ensure_topics()
-        thread = threading.Thread(target=app.run, name="app-under-test", daemon=True)
+
+        def run() -> None:
+            try:
+                app.run()
+            except Exception as exc:  # a test that stops an app on purpose reads it here
+                app.run_error = exc
+
+        thread = threading.Thread(target=run, name="app-under-test", daemon=True)
         thread.start()
         started.append((app, thread))
         return app
@@ -327,3 +370,130 @@ def wait_for() -> Callable[..., None]:
         raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
     return wait
+
+
+# --- Fault-test helpers: what "nothing lost, nothing counted twice" means ----
+
+
+@pytest.fixture
+def card_stream(
+    make_transaction: Callable[..., tuple[bytes, bytes]],
+) -> Callable[..., list[tuple[bytes, bytes]]]:
+    """``card_stream(prefix, cards, per_card, first=0)``: transactions of ``cards`` cards,
+    ``per_card`` each, in each card's event-time order (ids ``{prefix}c{card}-{i}``)."""
+    from datetime import UTC, datetime, timedelta
+
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=20)
+
+    def build(prefix: str, cards: int, per_card: int, first: int = 0) -> list[tuple[bytes, bytes]]:
+        records = []
+        for i in range(first, first + per_card):
+            for c in range(cards):
+                at = start + timedelta(minutes=10 * i, seconds=c)
+                amount = 10.0 + (i * 13 + c) % 50
+                card = f"{prefix}c{c}"
+                records.append(make_transaction(f"{card}-{i}", card, f"T{(c + i) % 7}", amount, at))
+        return records
+
+    return build
+
+
+@pytest.fixture
+def counting_problems(redis_url: str) -> Iterator[Callable[..., list[str]]]:
+    """``counting_problems(settings, records, redis_url=None)``: transactions not counted exactly
+    once in the card history, empty when every one of ``records`` (a ``card_stream``) was.
+
+    A transaction's 30-day count, as stored in its feature snapshot, is its rank in
+    its card's history: a transaction lost or counted twice before it shows there.
+    """
+    from fraudstream.service.features.definitions import FeatureConfig, feature_names
+    from fraudstream.service.snapshots import SnapshotStore
+
+    clients: list[redis.Redis] = []
+
+    def problems(settings: Settings, records: list[Any], url: str | None = None) -> list[str]:
+        client = redis.Redis.from_url(url or redis_url)
+        clients.append(client)
+        snapshots = SnapshotStore(client, settings.redis_prefix, settings.snapshot_ttl_s)
+        count_30d = feature_names(FeatureConfig.from_settings(settings)).index("card_tx_count_30d")
+        ids = [orjson.loads(value)["transaction_id"] for _, value in records]
+        seen: dict[str, int] = {}
+        out = []
+        for tx_id, snapshot in zip(ids, snapshots.get_many(ids), strict=True):
+            card = tx_id.rsplit("-", 1)[0]
+            seen[card] = seen.get(card, 0) + 1
+            if snapshot is None:
+                out.append(f"{tx_id} never scored")
+            elif snapshot.features[count_30d] != seen[card]:
+                out.append(
+                    f"{tx_id} counted as #{snapshot.features[count_30d]:.0f}, is #{seen[card]}"
+                )
+        return out
+
+    yield problems
+    for client in clients:
+        client.close()
+
+
+def committed_offsets(settings: Settings) -> tuple[dict[Any, int], dict[Any, int]]:
+    """The scorer group's committed offset and the end offset of each ``transactions`` partition."""
+    from kafka import TopicPartition
+
+    from fraudstream.service.kafka import make_consumer
+
+    topic = settings.topic_transactions
+    group = make_consumer(
+        settings.bootstrap_servers, client_id="test-committed", group_id=settings.consumer_group
+    )
+    try:
+        partitions = [TopicPartition(topic, p) for p in group.partitions_for_topic(topic) or ()]
+        if not partitions:
+            return {}, {}
+        committed = {tp: group.committed(tp) or 0 for tp in partitions}
+        return committed, dict(group.end_offsets(partitions))
+    finally:
+        group.close(autocommit=False)
+
+
+@pytest.fixture
+def group_lag() -> Callable[[Settings], int]:
+    """``group_lag(settings)``: records of ``transactions`` beyond the scorer group's commits."""
+
+    def lag(settings: Settings) -> int:
+        committed, ends = committed_offsets(settings)
+        return sum(ends[tp] - committed[tp] for tp in ends)
+
+    return lag
+
+
+@pytest.fixture
+def committed_past_unscored(redis_url: str) -> Iterator[Callable[..., list[str]]]:
+    """``committed_past_unscored(settings, redis_url=None)``: transactions below the scorer
+    group's committed offsets that have no feature snapshot (empty when none)."""
+    from kafka import TopicPartition
+
+    from fraudstream.service.snapshots import SnapshotStore
+
+    clients: list[redis.Redis] = []
+
+    def problems(settings: Settings, url: str | None = None) -> list[str]:
+        client = redis.Redis.from_url(url or redis_url)
+        clients.append(client)
+        snapshots = SnapshotStore(client, settings.redis_prefix, settings.snapshot_ttl_s)
+        committed, _ = committed_offsets(settings)
+        below = [
+            r
+            for r in read_all(settings.bootstrap_servers, settings.topic_transactions)
+            if r.offset < committed[TopicPartition(r.topic, r.partition)]
+        ]
+        ids = [orjson.loads(r.value)["transaction_id"] for r in below]
+        return [
+            f"{tx_id} ({r.topic}[{r.partition}]@{r.offset}) is below the committed offset "
+            "and was never scored"
+            for tx_id, r, snap in zip(ids, below, snapshots.get_many(ids), strict=True)
+            if snap is None
+        ]
+
+    yield problems
+    for client in clients:
+        client.close()

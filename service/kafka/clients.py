@@ -22,6 +22,11 @@ from fraudstream.service.errors import ConfigurationError, FraudstreamError, Una
 #: What kafka-python raises when no broker answers while a client is built.
 _UNREACHABLE = (KafkaTimeoutError, KafkaConnectionError)
 
+#: Longest wait between reconnection attempts: a restarted broker is found within
+#: a second (kafka-python's default backs off to 30 s, so clients sat idle for
+#: half a minute after the broker was back).
+_RECONNECT_BACKOFF_MAX_MS = 1000
+
 
 class DeliveryError(FraudstreamError):
     """One or more records could not be delivered to Kafka."""
@@ -67,6 +72,7 @@ def make_producer(
         "max_request_size": 2 * 1024 * 1024,
         "retries": 2**31 - 1,
         "delivery_timeout_ms": 120_000,
+        "reconnect_backoff_max_ms": _RECONNECT_BACKOFF_MAX_MS,
     }
     if transactional_id is not None:
         config["transactional_id"] = transactional_id
@@ -110,16 +116,55 @@ def make_consumer(
         # New partitions (and a missed metadata change) are seen within 30 s,
         # not kafka-python's default 5 minutes.
         "metadata_max_age_ms": 30_000,
+        "reconnect_backoff_max_ms": _RECONNECT_BACKOFF_MAX_MS,
     }
     config.update(overrides)
     try:
         consumer = KafkaConsumer(**config)
     except _UNREACHABLE as exc:
         raise _unavailable(bootstrap_servers, exc) from exc
+    if group_id is not None:
+        _finish_pending_joins(consumer)
     topic_list = list(topics)
     if topic_list:
         subscribe(consumer, topic_list)
     return consumer
+
+
+def _finish_pending_joins(consumer: KafkaConsumer) -> None:
+    """Make kafka-python finish a rebalance that outlived the ``poll`` that started it.
+
+    kafka-python 3.0 joins in a task that survives a ``poll`` timeout and is
+    taken up by the next ``poll``, but only while ``need_rejoin()`` is true. A
+    rejoin caused by a metadata change (the leader's assignment snapshot
+    differs from the metadata) stops being "needed" as soon as the new
+    assignment is computed, inside that very task: the next ``poll`` then
+    never collects the finished join, the member stays ``REBALANCING`` with
+    its partitions marked for revocation, and nothing is fetched again, ever.
+    Seen as a scorer or learner that joined a fresh topic and then consumed
+    nothing. The Java client asks ``rejoinNeededOrPending()``; so do we.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is None or not hasattr(coordinator, "rejoining"):
+        return  # another kafka-python: nothing to fix
+    need_rejoin = coordinator.need_rejoin
+
+    def need_rejoin_or_pending() -> bool:
+        return bool(need_rejoin() or coordinator.rejoining)
+
+    coordinator.need_rejoin = need_rejoin_or_pending
+
+
+def group_coordinator_known(consumer: KafkaConsumer) -> bool:
+    """Whether the consumer knows its group's coordinator and can reach it.
+
+    A member whose coordinator is unknown (the broker restarted, or the
+    coordinator moved) cannot commit; kafka-python still calls it ``STABLE``
+    until a heartbeat reaches the new coordinator.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    unknown = getattr(coordinator, "coordinator_unknown", None)
+    return True if unknown is None else not unknown()
 
 
 def subscribe(

@@ -97,7 +97,7 @@ def running(
         metrics_port=port,
         log_format="json",
         min_labels_for_model=100,
-        checkpoint_every_labels=300,
+        publish_every_labels=300,
         alert_threshold=0.3,
     )
     log = tmp_path_factory.mktemp("ops") / "serve.log"
@@ -224,7 +224,7 @@ def test_json_logs_one_line_per_lifecycle_event(running: Running) -> None:
     lines = running.log.read_text().splitlines()
     entries = [json.loads(line) for line in lines]  # every line is a JSON object
     messages = [e["message"] for e in entries]
-    assert any(m.startswith("INSECURE: model checkpoints are signed") for m in messages)
+    assert any(m.startswith("INSECURE: model versions are signed") for m in messages)
     assert any(m.startswith("fraudstream serving (role all)") for m in messages)
     assert any(m.startswith("published model version") for m in messages)
     # lifecycle only: far fewer lines than the thousands of transactions scored

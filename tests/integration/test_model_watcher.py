@@ -1,14 +1,14 @@
 """The scorer's view of the registry: hot swap, the rules prior until trained, refusal
-of tampered or foreign checkpoints (the version in use stays)."""
+of tampered or foreign model versions (the version in use stays)."""
 
 from __future__ import annotations
 
 import redis
 from pydantic import SecretStr
 
-from fraudstream.service.app import ModelWatcher
 from fraudstream.service.metrics import Metrics
 from fraudstream.service.model import FraudModel
+from fraudstream.service.model_watcher import ModelWatcher, ServingPolicy
 from fraudstream.service.registry import ModelRegistry
 
 NAMES = ("amount", "card_amount_zscore", "card_tx_count_1h")
@@ -38,7 +38,9 @@ def _trained(labels: int) -> FraudModel:
 
 
 def _watcher(registry: ModelRegistry, metrics: Metrics, clock: _Clock) -> ModelWatcher:
-    return ModelWatcher(registry, NAMES, min_labels=100, poll_s=1.0, metrics=metrics, clock=clock)
+    return ModelWatcher(
+        registry, NAMES, policy=ServingPolicy(100), poll_s=1.0, metrics=metrics, clock=clock
+    )
 
 
 def test_rules_prior_until_trained_then_hot_swap_between_polls(
@@ -61,7 +63,7 @@ def test_rules_prior_until_trained_then_hot_swap_between_polls(
     assert metrics.model_version._value.get() == version
 
 
-def test_tampered_or_foreign_checkpoint_is_refused_and_the_current_model_stays(
+def test_tampered_or_foreign_version_is_refused_and_the_current_model_stays(
     redis_client: redis.Redis, redis_prefix: str
 ) -> None:
     registry = ModelRegistry(redis_client, redis_prefix, SecretStr("the-key"))
