@@ -244,6 +244,8 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDSTREAM_")}
     for name, value in settings.model_dump().items():
+        if value is None:  # unset
+            continue
         if isinstance(value, SecretStr):
             value = value.get_secret_value()
         env[f"FRAUDSTREAM_{name.upper()}"] = str(getattr(value, "value", value))
