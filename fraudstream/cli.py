@@ -14,6 +14,7 @@ import difflib
 from typing import Any
 
 import click
+import redis
 from pydantic import SecretStr, ValidationError
 
 from fraudstream.bench.cli import bench as bench_group
@@ -27,6 +28,7 @@ from fraudstream.service.cli_state import state as state_group
 from fraudstream.service.cli_status import COMMANDS as STATUS_COMMANDS
 from fraudstream.service.errors import FraudstreamError
 from fraudstream.service.logs import configure_logging
+from fraudstream.service.redis_client import redis_problem
 from fraudstream.service.settings import Settings, env_name, masked_url
 
 #: Where ``main`` leaves the settings that failed validation, for ``config`` to show.
@@ -127,13 +129,18 @@ def _lenient_settings(invalid: dict[str, tuple[object, str]]) -> Settings:
 
 
 class _Group(click.Group):
-    """Turns fraudstream's own errors into one clear line and exit code 1."""
+    """Turns fraudstream's own errors, and Redis's, into one clear line and exit code 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except FraudstreamError as exc:
             raise click.ClickException(str(exc)) from exc
+        except redis.RedisError as exc:
+            if not isinstance(ctx.obj, Settings):
+                raise
+            # e.g. "Redis at redis://:***@host:6379/0: authentication failed (...)"
+            raise click.ClickException(redis_problem(exc, ctx.obj)) from exc
 
 
 @click.group(cls=_Group)

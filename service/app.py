@@ -58,6 +58,12 @@ from fraudstream.service.pipeline import (
     dead_letter_of,
     validate_records,
 )
+from fraudstream.service.redis_client import (
+    is_authentication_error,
+    redis_client,
+    redis_error,
+    redis_problem,
+)
 from fraudstream.service.registry import ModelRegistry
 from fraudstream.service.rules import RulesPrior
 from fraudstream.service.schemas import LABEL_BATCH, Label
@@ -76,16 +82,6 @@ _TRANSIENT = (
     DeliveryError,
     UnavailableError,
 )
-
-
-def redis_client(settings: Settings) -> redis.Redis:
-    """A Redis client with timeouts, so a dead server is noticed instead of hanging."""
-    return redis.Redis.from_url(
-        settings.redis_url.get_secret_value(),
-        socket_timeout=10,
-        socket_connect_timeout=5,
-        health_check_interval=30,
-    )
 
 
 def decision_policy(settings: Settings) -> DecisionPolicy:
@@ -301,7 +297,7 @@ class Application:
             if self._state_known and not self._redis.exists(marker_key(self.settings.redis_prefix)):
                 return lost_message(self.settings.redis_prefix)
         except redis.RedisError as exc:
-            return f"redis unreachable: {exc}"
+            return redis_problem(exc, self.settings)
         return None
 
     def _redis_ok(self) -> bool:
@@ -414,14 +410,25 @@ class Application:
             attempt += 1
 
     def _wait_for_redis(self) -> None:
+        """Wait for Redis; a refused password is a configuration error, not a wait."""
         attempt = 0
-        while not self._redis_ok():
+        while (problem := self._redis_problem()) is not None:
             if self.stopping.is_set():
                 return
+            self._refuse_credentials()
             self.metrics.errors.labels("redis").inc()
-            log.warning("redis not reachable yet; retrying")
+            log.warning("%s; retrying", problem)
             time.sleep(min(10.0, 0.5 * 2**attempt))
             attempt += 1
+
+    def _refuse_credentials(self) -> None:
+        """Raise when Redis refuses the credentials: retrying cannot help."""
+        assert self._redis is not None
+        try:
+            self._redis.ping()
+        except redis.RedisError as exc:
+            if is_authentication_error(exc):
+                raise redis_error(exc, self.settings) from exc
 
     # -- scorer ---------------------------------------------------------------
 
