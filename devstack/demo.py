@@ -199,7 +199,7 @@ def _run(settings: Settings, plan: DemoPlan, echo: Callable[[str], None]) -> Non
     )
 
     alerts = make_consumer(
-        settings.bootstrap_servers, client_id="demo-alerts", group_id=None, read_committed=True
+        settings, client_id="demo-alerts", group_id=None, read_committed=True
     )
     partitions = alerts.partitions_for_topic(settings.topic_alerts) or {0}
     alerts.assign([TopicPartition(settings.topic_alerts, p) for p in sorted(partitions)])

@@ -306,7 +306,7 @@ class Application:
     def ensure_topics(self) -> None:
         s = self.settings
         ensure_topics(
-            s.bootstrap_servers,
+            s,
             {
                 name: s.topic_partitions
                 for name in (
@@ -383,11 +383,7 @@ class Application:
                 marker = ensure_state(
                     self._redis,
                     s.redis_prefix,
-                    lambda: bool(
-                        committed_offsets(
-                            s.bootstrap_servers, s.consumer_group, s.topic_transactions
-                        )
-                    ),
+                    lambda: bool(committed_offsets(s, s.consumer_group, s.topic_transactions)),
                 )
             except StateLostError as exc:
                 self._state_problem = str(exc)
@@ -436,7 +432,7 @@ class Application:
         """A consumer of ``group`` with the batch and liveness bounds of the settings."""
         s = self.settings
         return make_consumer(
-            s.bootstrap_servers,
+            s,
             client_id=f"{s.client_id}-{role}",
             group_id=group,
             max_poll_interval_ms=s.max_poll_interval_ms,
@@ -470,7 +466,7 @@ class Application:
         s = self.settings
         exactly_once = s.guarantee is DeliveryGuarantee.EXACTLY_ONCE
         producer = make_producer(
-            s.bootstrap_servers,
+            s,
             client_id=f"{s.client_id}-scorer",
             transactional_id=f"{s.client_id}-scorer-{uuid.uuid4().hex[:12]}"
             if exactly_once
@@ -599,7 +595,7 @@ class Application:
         s = self.settings
         assert self._redis is not None
         learner = Learner.from_settings(s, self._redis, features, features.names)
-        producer = make_producer(s.bootstrap_servers, client_id=f"{s.client_id}-learner")
+        producer = make_producer(s, client_id=f"{s.client_id}-learner")
         consumer = self._group_consumer("learner", s.learner_group)
         checkpoint = Checkpoint(consumer)
         subscribe(consumer, [s.topic_labels], listener=_Rebalance(lambda: checkpoint))

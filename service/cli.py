@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from fraudstream.service.kafka.connection import KafkaConnection
 from fraudstream.service.schemas import json_schemas
 from fraudstream.service.settings import Role, Settings
 
@@ -140,7 +141,7 @@ def serve(settings: Settings, role: str | None, scorers: int) -> None:
     log.info(
         "fraudstream serving (role %s) on %s; metrics on http://%s:%s/metrics",
         settings.role.value,
-        settings.bootstrap_servers,
+        KafkaConnection.from_settings(settings).describe(),  # never a secret
         settings.metrics_host,
         settings.metrics_port,
     )

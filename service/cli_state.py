@@ -93,7 +93,7 @@ def rebuild_cmd(settings: Settings, since: str | None, force: bool) -> None:
     since_ms = _parse_since(since, settings)
     client = redis_client(settings)
     consumer = make_consumer(
-        settings.bootstrap_servers, client_id=f"{settings.client_id}-rebuild", group_id=None
+        settings, client_id=f"{settings.client_id}-rebuild", group_id=None
     )
     try:
         marker = StateMarker.read(client, settings.redis_prefix)
