@@ -156,6 +156,15 @@ def subscribe(
     assignor then hands this member no partitions, and nothing triggers a new
     rebalance until the next metadata refresh. Loading the metadata first
     makes the first assignment the right one.
+
+    Its group coordinator also keeps a snapshot of the subscribed topics'
+    partitions, rebuilt on metadata updates only, and rejoins when the snapshot
+    it assigned with differs from the current one. One more metadata update
+    after subscribing builds the snapshot before the first join; without it a
+    refresh landing after the first assignment made every new member rejoin at
+    once, and kafka-python 3.0.12 can drop the assignment of such a rejoin
+    when a short poll times out mid-join (the member then holds no partitions
+    and stops heartbeating until the group evicts it).
     """
     for topic in topics:
         consumer.partitions_for_topic(topic)
@@ -163,6 +172,7 @@ def subscribe(
         consumer.subscribe(topics)
     else:
         consumer.subscribe(topics, listener=listener)
+    consumer.topics()  # a metadata update with the subscription in place
 
 
 def make_admin(kafka: KafkaTarget, *, client_id: str = "fraudstream-admin") -> KafkaAdminClient:
