@@ -81,6 +81,18 @@ class KafkaConnection:
     ssl_keyfile_password: SecretStr | None = None
     ssl_check_hostname: bool = True
 
+    def __post_init__(self) -> None:
+        if self.security_protocol.uses_sasl and None in (
+            self.sasl_mechanism,
+            self.sasl_username,
+            self.sasl_password,
+        ):
+            raise ConfigurationError(
+                f"{self.security_protocol.value} needs a SASL mechanism, username and password "
+                f"({env_name('kafka_sasl_mechanism')}, {env_name('kafka_sasl_username')}, "
+                f"{env_name('kafka_sasl_password')})"
+            )
+
     @classmethod
     def from_settings(cls, settings: Settings) -> KafkaConnection:
         """The connection the settings describe (``FRAUDSTREAM_BOOTSTRAP_SERVERS``,
