@@ -49,6 +49,8 @@ from fraudstream.service.features.definitions import (
     window_label,
 )
 from fraudstream.service.kafka import make_consumer, make_producer
+from fraudstream.service.kafka.clients import KafkaTarget
+from fraudstream.service.redis_client import redis_client
 from fraudstream.service.schemas import Transaction
 
 
@@ -201,8 +203,7 @@ class NaiveScorer:
 
 
 def measure_naive(
-    bootstrap_servers: str,
-    redis_url: str,
+    kafka: KafkaTarget,
     topic: str,
     topic_scores: str,
     expected: int,
@@ -213,15 +214,15 @@ def measure_naive(
 ) -> dict[str, float]:
     """Run :class:`NaiveScorer` on the first ``expected`` records of ``topic``.
 
-    ``settings`` gives the windows, lateness, snapshot TTL and threshold;
-    ``prefix`` the Redis key prefix of this run.
+    ``kafka`` is where the topics are; ``settings`` gives Redis, the windows,
+    lateness, snapshot TTL and threshold; ``prefix`` the Redis key prefix of this run.
     """
     from fraudstream.bench.pipeline import rate_per_s
 
-    client = redis.Redis.from_url(redis_url)
-    producer = make_producer(bootstrap_servers, client_id="fraudstream-bench-naive")
+    client = redis_client(settings)
+    producer = make_producer(kafka, client_id="fraudstream-bench-naive")
     consumer = make_consumer(
-        bootstrap_servers,
+        kafka,
         client_id="fraudstream-bench-naive",
         group_id=group,
         enable_auto_commit=True,

@@ -66,7 +66,17 @@ from kafka import KafkaConsumer, TopicPartition
 from pydantic import SecretStr
 
 from fraudstream.bench.cpu import CpuSampler
-from fraudstream.service.kafka import DeliveryTracker, ensure_topics, make_consumer, make_producer
+from fraudstream.service.errors import ConfigurationError
+from fraudstream.service.kafka import (
+    DeliveryTracker,
+    KafkaConnection,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+)
+from fraudstream.service.kafka.clients import KafkaTarget
+from fraudstream.service.redis_client import redis_client
+from fraudstream.service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -552,10 +562,10 @@ def simulate_records(count: int, seed: int = 0) -> BenchData:
 
 
 def preload(
-    bootstrap_servers: str, topic: str, keys: Sequence[bytes], values: Sequence[bytes]
+    kafka: KafkaTarget, topic: str, keys: Sequence[bytes], values: Sequence[bytes]
 ) -> float:
     """Produce every record (delivery confirmed); returns the produce rate in records/s."""
-    producer = make_producer(bootstrap_servers, client_id="fraudstream-bench-load", linger_ms=20)
+    producer = make_producer(kafka, client_id="fraudstream-bench-load", linger_ms=20)
     try:
         tracker = DeliveryTracker(producer)
         started = time.perf_counter()
@@ -631,11 +641,11 @@ def _assign_all(consumer: KafkaConsumer, topic: str) -> None:
 
 
 def measure_raw_consume(
-    bootstrap_servers: str, topic: str, expected: int, max_records: int
+    kafka: KafkaTarget, topic: str, expected: int, max_records: int
 ) -> dict[str, float]:
     """A plain consumer loop that only counts records: Kafka + kafka-python's ceiling."""
     consumer = make_consumer(
-        bootstrap_servers,
+        kafka,
         client_id="fraudstream-bench-raw",
         group_id=None,
         max_poll_records=max_records,
@@ -992,7 +1002,7 @@ def _scorer_main(spec_path: str) -> None:
 
 
 def measure_latency(
-    bootstrap_servers: str,
+    kafka: KafkaTarget,
     settings: Mapping[str, Any],
     keys: Sequence[bytes],
     values: Sequence[bytes],
@@ -1006,7 +1016,7 @@ def measure_latency(
     topic_in = run.name("latency-tx")
     topic_scores = run.name("latency-scores")
     ensure_topics(
-        bootstrap_servers,
+        kafka,
         {topic_in: partitions, topic_scores: partitions},
         configs={topic_scores: {"message.timestamp.type": "LogAppendTime"}},
     )
@@ -1032,9 +1042,7 @@ def measure_latency(
 
         thread = threading.Thread(target=scorer, name="bench-latency-scorer")
         thread.start()
-        producer = make_producer(
-            bootstrap_servers, client_id="fraudstream-bench-latency", linger_ms=5
-        )
+        producer = make_producer(kafka, client_id="fraudstream-bench-latency", linger_ms=5)
         sent_ms: dict[bytes, int] = {}
         warmup = 0
         total = int(rate * seconds)
@@ -1065,7 +1073,7 @@ def measure_latency(
             offered_s = time.perf_counter() - started
             producer.flush(timeout=60)
             sent, latencies, scorer_ms = _collect_latencies(
-                bootstrap_servers, topic_scores, sent_ms, timeout_s=60
+                kafka, topic_scores, sent_ms, timeout_s=60
             )
         finally:
             producer.close(timeout=30)
@@ -1092,7 +1100,7 @@ def measure_latency(
 
 
 def _collect_latencies(
-    bootstrap_servers: str, topic: str, sent_ms: Mapping[bytes, int], timeout_s: float
+    kafka: KafkaTarget, topic: str, sent_ms: Mapping[bytes, int], timeout_s: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Read the scores topic: for every transaction sent, ``(sent_ms, end-to-end ms, scorer ms)``.
 
@@ -1100,7 +1108,7 @@ def _collect_latencies(
     own figure is the ``latency_ms`` it wrote (scored time minus record timestamp,
     before producing).
     """
-    consumer = make_consumer(bootstrap_servers, client_id="fraudstream-bench-lat", group_id=None)
+    consumer = make_consumer(kafka, client_id="fraudstream-bench-lat", group_id=None)
     out: dict[bytes, tuple[float, float, float]] = {}
     try:
         _assign_all(consumer, topic)
@@ -1193,7 +1201,7 @@ def scorer_figures(group: Mapping[str, Any], sampler: CpuSampler) -> dict[str, f
 
 
 def measure_peer_quix(
-    bootstrap_servers: str,
+    kafka: KafkaTarget,
     topic: str,
     alerts_topic: str,
     group: str,
@@ -1201,8 +1209,17 @@ def measure_peer_quix(
     settings: Mapping[str, Any],
     target: int,
 ) -> dict[str, Any]:
-    """Run the Quix Streams peer (:mod:`fraudstream.bench.peer_quix`) on ``topic`` in a child."""
+    """Run the Quix Streams peer (:mod:`fraudstream.bench.peer_quix`) on ``topic`` in a child.
+
+    The peer connects over PLAINTEXT only (it is a benchmark of a local broker).
+    """
     import pickle
+
+    connection = KafkaConnection.of(kafka)
+    if connection.secured:
+        raise ConfigurationError(
+            f"the Quix Streams peer connects over PLAINTEXT only, not to {connection.describe()}"
+        )
 
     with tempfile.TemporaryDirectory(prefix="fraudstream-bench-peer-") as tmp:
         model_path = Path(tmp) / "model.pkl"
@@ -1211,7 +1228,7 @@ def measure_peer_quix(
         peer = run_child(
             "fraudstream.bench.peer_quix",
             {
-                "bootstrap_servers": bootstrap_servers,
+                "bootstrap_servers": connection.bootstrap_servers,
                 "group": group,
                 "topic": topic,
                 "alerts_topic": alerts_topic,
@@ -1269,9 +1286,14 @@ def run_pipeline_bench(
         bootstrap,
         redis_url,
     ):
-        client = redis.Redis.from_url(redis_url)
+        # Servers this run started are plain: the security settings are for given ones.
+        values = settings_values(
+            base_settings.with_local_servers(
+                bootstrap_servers=bootstrap if config.bootstrap_servers is None else None,
+                redis_url=redis_url if config.redis_url is None else None,
+            )
+        )
         topic = run.name("transactions")
-        values = settings_values(base_settings)
         values.update(
             bootstrap_servers=bootstrap,
             redis_url=redis_url,
@@ -1298,7 +1320,10 @@ def run_pipeline_bench(
             "transactions",
             "peer-alerts",
         )
-        ensure_topics(bootstrap, {run.name(name): config.partitions for name in names})
+        bench_settings = Settings(_env_file=None, **values)
+        kafka = KafkaConnection.from_settings(bench_settings)
+        client = redis_client(bench_settings)
+        ensure_topics(kafka, {run.name(name): config.partitions for name in names})
 
         progress("training and publishing the default model")
         version, labels, frauds = train_and_publish(
@@ -1308,12 +1333,12 @@ def run_pipeline_bench(
 
         progress(f"pre-loading {config.events:,} transactions into {topic}")
         result["preload_tx_per_s"] = preload(
-            bootstrap, topic, data.keys[: config.events], data.values[: config.events]
+            kafka, topic, data.keys[: config.events], data.values[: config.events]
         )
 
         progress("raw consume")
         result.update(
-            measure_raw_consume(bootstrap, topic, config.events, base_settings.max_batch_size)
+            measure_raw_consume(kafka, topic, config.events, base_settings.max_batch_size)
         )
 
         registry = ModelRegistry(client, run.prefix, SecretStr(str(values["model_signing_key"])))
@@ -1373,7 +1398,7 @@ def run_pipeline_bench(
             progress("peer: a Quix Streams application on the same topic (child process)")
             with sampler.running():
                 peer = measure_peer_quix(
-                    bootstrap,
+                    kafka,
                     topic,
                     run.name("peer-alerts"),
                     run.name("peer-quix"),
@@ -1396,18 +1421,14 @@ def run_pipeline_bench(
             )
 
         progress(f"naive per-event loop on {config.naive_events:,} events")
-        from fraudstream.service.settings import Settings
-
-        naive_settings = Settings(_env_file=None, **values)
         result.update(
             measure_naive(
-                bootstrap,
-                redis_url,
+                kafka,
                 topic,
                 run.name("naive-scores"),
                 min(config.naive_events, config.events),
                 model,
-                naive_settings,
+                bench_settings,
                 f"{run.prefix}naive",
                 run.name("naive"),
             )
@@ -1432,7 +1453,7 @@ def run_pipeline_bench(
             )
             result.update(
                 measure_latency(
-                    bootstrap,
+                    kafka,
                     values,
                     data.keys[config.events :],
                     data.values[config.events :],

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from pydantic import SecretStr
 
 from fraudstream.devstack.stack import DevStack
 from fraudstream.service.settings import DecisionMode, Settings
@@ -169,12 +168,11 @@ def demo(
         "expected_tx_per_day": per_day,
         "alert_budget_per_day": max(1, per_day // 100),
     }
-    settings = settings.model_copy(
-        update={
-            "bootstrap_servers": stack.kafka.bootstrap_servers,
-            "redis_url": SecretStr(stack.redis.url),
-            **{k: v for k, v in demo_decision.items() if k not in settings.model_fields_set},
-        }
+    # The dev stack's own servers: plain, whatever security settings are around.
+    settings = settings.with_local_servers(
+        bootstrap_servers=stack.kafka.bootstrap_servers, redis_url=stack.redis.url
+    ).model_copy(
+        update={k: v for k, v in demo_decision.items() if k not in settings.model_fields_set}
     )
     plan = DemoPlan(
         customers=customers,

@@ -196,9 +196,7 @@ def _run(settings: Settings, plan: DemoPlan, echo: Callable[[str], None]) -> Non
         f"showing about one alert every {plan.alert_every_s:g} s"
     )
 
-    alerts = make_consumer(
-        settings.bootstrap_servers, client_id="demo-alerts", group_id=None, read_committed=True
-    )
+    alerts = make_consumer(settings, client_id="demo-alerts", group_id=None, read_committed=True)
     partitions = alerts.partitions_for_topic(settings.topic_alerts) or {0}
     alerts.assign([TopicPartition(settings.topic_alerts, p) for p in sorted(partitions)])
     alerts.seek_to_end()

@@ -4,6 +4,9 @@
 :func:`kafka_given_or_started`, :func:`redis_given_or_started` and
 :func:`redis_cluster_given_or_started` are context managers that yield an
 address. The test fixtures, the benchmarks and the evaluation all use them.
+:func:`secured_kafka_started` and :func:`secured_redis_started` start servers
+with SASL and TLS (certificates from :func:`fraudstream.devstack.tls.make_test_pki`)
+for the security tests.
 :func:`started_pid` tells the process id of a server started here (the
 benchmarks read its CPU time from ``/proc``).
 """
@@ -16,10 +19,11 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from fraudstream.devstack.kafka import KafkaServer
+from fraudstream.devstack.kafka import BrokerSecurity, KafkaServer
 from fraudstream.devstack.ports import free_port
-from fraudstream.devstack.redis import RedisServer
+from fraudstream.devstack.redis import RedisServer, RedisTls
 from fraudstream.devstack.redis_cluster import RedisCluster
+from fraudstream.devstack.tls import TestPki
 
 log = logging.getLogger(__name__)
 
@@ -164,3 +168,68 @@ def redis_cluster_given_or_started(
             yield cluster.url
         finally:
             cluster.stop()
+
+
+@contextlib.contextmanager
+def secured_kafka_started(
+    pki: TestPki,
+    users: dict[str, str],
+    *,
+    cache_dir: Path,
+    data_dir: Path | None = None,
+    heap_mb: int = 384,
+    timeout_s: float = 120.0,
+) -> Iterator[KafkaServer]:
+    """Start a broker with SASL_PLAINTEXT, SSL and SASL_SSL listeners; stop it after.
+
+    SSL is mutual TLS (a client certificate signed by ``pki``'s CA is
+    required); SASL accepts PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512 for every
+    user of ``users`` (name -> password). The PLAINTEXT listener stays open.
+    ``server.bootstrap_for("SASL_SSL")`` gives a listener's address.
+    """
+    security = BrokerSecurity(
+        users=users,
+        keystore=pki.server_keystore,
+        truststore=pki.ca_cert,
+        sasl_port=free_port(),
+        ssl_port=free_port(),
+        sasl_ssl_port=free_port(),
+    )
+    with _home(data_dir, "fraudstream-kafka-secured-") as home:
+        server = KafkaServer(
+            data_dir=home,
+            cache_dir=cache_dir,
+            port=free_port(),
+            controller_port=free_port(),
+            heap_mb=heap_mb,
+            security=security,
+        )
+        server.start(timeout_s=timeout_s)
+        server.await_group_coordinator(timeout_s)
+        log.info("started kafka with secured listeners %s", server.listener_ports())
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+@contextlib.contextmanager
+def secured_redis_started(
+    pki: TestPki, password: str, *, data_dir: Path | None = None, auth_clients: str = "optional"
+) -> Iterator[RedisServer]:
+    """Start a ``redis-server`` with ``requirepass`` and a TLS port; stop it after.
+
+    ``server.url`` is its plain port, ``server.tls_url`` its TLS port (both with
+    the password). ``auth_clients``: ``tls-auth-clients`` (``"optional"``: a
+    client certificate is checked when one is given).
+    """
+    with _home(data_dir, "fraudstream-redis-secured-") as home:
+        tls = RedisTls(
+            free_port(), pki.server_cert, pki.server_key, pki.ca_cert, auth_clients=auth_clients
+        )
+        server = RedisServer(data_dir=home, port=free_port(), password=password, tls=tls)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()

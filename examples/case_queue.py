@@ -15,8 +15,11 @@ Run it next to a running service::
 
     python examples/case_queue.py --bootstrap-servers 127.0.0.1:9092 --db cases.sqlite
 
-It needs only ``kafka-python`` and, for validating alerts, ``fraudstream``'s
-public :class:`fraudstream.Alert` model.
+It needs only ``kafka-python`` and, from ``fraudstream``, the public
+:class:`fraudstream.Alert` model and the connection settings: it reads
+``FRAUDSTREAM_BOOTSTRAP_SERVERS`` and ``FRAUDSTREAM_KAFKA_*`` (TLS, SASL) as the
+service does, and :class:`fraudstream.KafkaConnection` turns them into
+kafka-python options.
 """
 
 from __future__ import annotations
@@ -24,14 +27,15 @@ from __future__ import annotations
 import argparse
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kafka import KafkaConsumer
 from pydantic import ValidationError
 
-from fraudstream import Alert
+from fraudstream import Alert, KafkaConnection, Settings
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS cases (
@@ -111,17 +115,22 @@ def _batches(consumer: KafkaConsumer, idle_timeout_s: float | None) -> Iterator[
 
 
 def run(
-    bootstrap_servers: str,
+    kafka: str | Mapping[str, Any],
     queue: CaseQueue,
     *,
     topic: str = "fraud-alerts",
     group: str = "case-management",
     idle_timeout_s: float | None = None,
 ) -> Stats:
-    """Move alerts into ``queue`` until ``idle_timeout_s`` without new ones (or forever)."""
+    """Move alerts into ``queue`` until ``idle_timeout_s`` without new ones (or forever).
+
+    ``kafka`` is the bootstrap servers, or kafka-python connection options
+    (``KafkaConnection.from_settings(settings).options()``: servers, TLS, SASL).
+    """
+    options = {"bootstrap_servers": kafka} if isinstance(kafka, str) else dict(kafka)
     consumer = KafkaConsumer(
         topic,
-        bootstrap_servers=bootstrap_servers,
+        **options,
         group_id=group,
         enable_auto_commit=False,  # commit only after the cases are stored
         auto_offset_reset="earliest",
@@ -150,16 +159,22 @@ def run(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bootstrap-servers", default="127.0.0.1:9092")
+    parser.add_argument(
+        "--bootstrap-servers", default=None, help="default: FRAUDSTREAM_BOOTSTRAP_SERVERS"
+    )
     parser.add_argument("--topic", default="fraud-alerts")
     parser.add_argument("--group", default="case-management")
     parser.add_argument("--db", default="cases.sqlite")
     parser.add_argument("--idle-timeout", type=float, default=None)
     args = parser.parse_args()
+    # The service's own connection settings: servers, TLS and SASL (FRAUDSTREAM_KAFKA_*).
+    settings = Settings()
+    if args.bootstrap_servers:
+        settings = settings.model_copy(update={"bootstrap_servers": args.bootstrap_servers})
     queue = CaseQueue(args.db)
     try:
         stats = run(
-            args.bootstrap_servers,
+            KafkaConnection.from_settings(settings).options(),
             queue,
             topic=args.topic,
             group=args.group,

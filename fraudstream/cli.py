@@ -10,10 +10,12 @@ commands come from the parts that own them: the service (``serve``,
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 import click
-from pydantic import ValidationError
+import redis
+from pydantic import SecretStr, ValidationError
 
 from fraudstream.bench.cli import bench as bench_group
 from fraudstream.devstack.cli import COMMANDS as DEV_COMMANDS
@@ -26,7 +28,8 @@ from fraudstream.service.cli_state import state as state_group
 from fraudstream.service.cli_status import COMMANDS as STATUS_COMMANDS
 from fraudstream.service.errors import FraudstreamError
 from fraudstream.service.logs import configure_logging
-from fraudstream.service.settings import Settings
+from fraudstream.service.redis_client import redis_problem
+from fraudstream.service.settings import Settings, env_name, masked_url
 
 #: Where ``main`` leaves the settings that failed validation, for ``config`` to show.
 INVALID_SETTINGS = "fraudstream.invalid_settings"
@@ -34,12 +37,59 @@ _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def _invalid_settings(exc: ValidationError) -> dict[str, tuple[object, str]]:
-    """``{field: (value given, what is wrong)}`` of every setting that failed validation."""
+    """``{field: (value given, what is wrong)}`` of every setting that failed validation.
+
+    Settings that are wrong together (e.g. SASL_SSL without a password) name
+    the setting to fix in the error's context.
+    """
     invalid: dict[str, tuple[object, str]] = {}
     for error in exc.errors():
-        field = str(error["loc"][0]) if error["loc"] else "?"
-        invalid.setdefault(field, (error.get("input"), error["msg"]))
+        if error["loc"]:
+            field = str(error["loc"][0])
+            given = error.get("input")
+        else:
+            field = str((error.get("ctx") or {}).get("setting", "?"))
+            inputs = error.get("input")
+            given = inputs.get(field) if isinstance(inputs, dict) else None
+            if given is None and field in Settings.model_fields:  # left at its default
+                given = Settings.model_fields[field].default
+        invalid.setdefault(field, (shown_value(field, given), error["msg"]))
     return invalid
+
+
+def shown_value(field: str, value: object) -> object:
+    """A setting's value as it may be shown: secrets masked, the Redis URL's password only."""
+    if field == "redis_url" and value is not None:
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+        return masked_url(raw)
+    annotation = Settings.model_fields[field].annotation if field in Settings.model_fields else None
+    if value is not None and annotation in (SecretStr, SecretStr | None):
+        return "**********"
+    return "(unset)" if value is None else value
+
+
+#: Words that make the value of a misspelt variable a secret, never shown.
+_SECRET_WORDS = ("PASS", "PWD", "SECRET", "KEY", "TOKEN")
+
+
+def _shown_unknown(variable: str, value: str) -> str:
+    """The value of a ``FRAUDSTREAM_*`` variable that is no setting, as it may be shown.
+
+    A misspelt secret (``FRAUDSTREAM_KAFKA_SASL_PASWORD``: close to a secret
+    setting, or a name that sounds secret) is masked; a URL keeps everything
+    but its password.
+    """
+    secrets = [
+        env_name(name)
+        for name, field in Settings.model_fields.items()
+        if field.annotation in (SecretStr, SecretStr | None)
+    ]
+    upper = variable.upper()
+    if any(word in upper for word in _SECRET_WORDS) or difflib.get_close_matches(
+        upper, secrets, n=1, cutoff=0.8
+    ):
+        return "**********"
+    return masked_url(value) if "://" in value else value
 
 
 def _settings_error(invalid: dict[str, tuple[object, str]]) -> click.ClickException:
@@ -53,23 +103,44 @@ def _settings_error(invalid: dict[str, tuple[object, str]]) -> click.ClickExcept
 
 
 def _lenient_settings(invalid: dict[str, tuple[object, str]]) -> Settings:
-    """The settings with each invalid value replaced by its default (for ``config`` only)."""
+    """The settings with each invalid value replaced by its default (for ``config`` only).
+
+    Replacing one value can reveal another conflict (settings wrong together),
+    whose setting is then reset too; all defaults is the last resort.
+    """
     defaults = {
         name: Settings.model_fields[name].default
         for name in invalid
         if name in Settings.model_fields
     }
-    return Settings(**defaults)
+    for _ in range(len(Settings.model_fields)):
+        try:
+            return Settings(**defaults)
+        except ValidationError as exc:
+            more = {
+                name: Settings.model_fields[name].default
+                for name in _invalid_settings(exc)
+                if name in Settings.model_fields and name not in defaults
+            }
+            if not more:
+                break
+            defaults.update(more)
+    return Settings.model_construct()
 
 
 class _Group(click.Group):
-    """Turns fraudstream's own errors into one clear line and exit code 1."""
+    """Turns fraudstream's own errors, and Redis's, into one clear line and exit code 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except FraudstreamError as exc:
             raise click.ClickException(str(exc)) from exc
+        except redis.RedisError as exc:
+            if not isinstance(ctx.obj, Settings):
+                raise
+            # e.g. "Redis at redis://:***@host:6379/0: authentication failed (...)"
+            raise click.ClickException(redis_problem(exc, ctx.obj)) from exc
 
 
 @click.group(cls=_Group)
@@ -86,7 +157,10 @@ def main(ctx: click.Context) -> None:
         # `config` must always show the configuration, and which settings are wrong.
         ctx.meta[INVALID_SETTINGS] = invalid
         settings = _lenient_settings(invalid)
-    unknown = Settings.unknown_variables()
+    unknown = {
+        name: (_shown_unknown(name, value), problem)
+        for name, (value, problem) in Settings.unknown_variables().items()
+    }
     if unknown:
         if ctx.invoked_subcommand != "config":
             raise _settings_error(dict(unknown))

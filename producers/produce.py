@@ -146,7 +146,7 @@ def produce_file(
     rows = _checked_rows(
         path, fmt, mapping, keep_unmapped, RowParser(assume_utc=assume_utc), on_bad_row
     )
-    check_reachable(settings.bootstrap_servers)
+    check_reachable(settings)
     delay = label_delay or LabelDelay()
     rng = random.Random(seed)
     topic_tx = topic or settings.topic_transactions
@@ -154,7 +154,7 @@ def produce_file(
     if send_labels:
         topics[settings.topic_labels] = settings.topic_partitions
     ensure_topics(
-        settings.bootstrap_servers,
+        settings,
         topics,
         replication=settings.topic_replication,
         create=settings.create_topics,

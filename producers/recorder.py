@@ -99,9 +99,9 @@ def record_topic(
         Give up waiting after this long without a record (a safety net: the
         end offsets are normally reached first).
     """
-    check_reachable(settings.bootstrap_servers)
+    check_reachable(settings)
     consumer = make_consumer(
-        settings.bootstrap_servers,
+        settings,
         client_id=f"{settings.client_id}-recorder",
         group_id=None,
     )

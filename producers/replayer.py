@@ -85,12 +85,12 @@ def replay_file(
         Injected pacer (tests); built from ``speed`` otherwise.
     """
     meta, records = read_recording(path)
-    check_reachable(settings.bootstrap_servers)
+    check_reachable(settings)
     targets = {topic} if topic else {r["topic"] for r in records} or {meta.get("topic", "")}
     targets.discard("")
     if targets:
         ensure_topics(
-            settings.bootstrap_servers,
+            settings,
             dict.fromkeys(targets, settings.topic_partitions),
             replication=settings.topic_replication,
             create=settings.create_topics,
@@ -130,7 +130,7 @@ def _check_partitions(settings: Settings, records: list[dict[str, Any]], topic: 
     for rec in records:
         name = topic or rec["topic"]
         needed[name] = max(needed.get(name, 0), rec["partition"] + 1)
-    admin = make_admin(settings.bootstrap_servers)
+    admin = make_admin(settings)
     try:
         for described in admin.describe_topics(list(needed)):
             have = len(described.get("partitions") or [])

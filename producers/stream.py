@@ -209,9 +209,9 @@ def stream_simulation(
     sim = simulate(config)
     labels = label_simulation(sim, label_delay) if label_delay is not None else None
     topics = [settings.topic_transactions] + ([settings.topic_labels] if labels else [])
-    check_reachable(settings.bootstrap_servers)
+    check_reachable(settings)
     ensure_topics(
-        settings.bootstrap_servers,
+        settings,
         dict.fromkeys(topics, settings.topic_partitions),
         replication=settings.topic_replication,
         create=settings.create_topics,

@@ -27,7 +27,6 @@ import logging
 import signal
 import threading
 import time
-import urllib.parse
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -55,8 +54,20 @@ from fraudstream.service.loop import ConsumeLoop, LoopHealth
 from fraudstream.service.metrics import HealthServer, Metrics
 from fraudstream.service.model_watcher import ModelWatcher, ServingPolicy
 from fraudstream.service.pipeline import BatchOutcome, Pipeline
+from fraudstream.service.redis_client import (
+    is_authentication_error,
+    redis_client,
+    redis_error,
+    redis_problem,
+)
 from fraudstream.service.registry import ModelRegistry
-from fraudstream.service.settings import DecisionMode, DeliveryGuarantee, Role, Settings
+from fraudstream.service.settings import (
+    DecisionMode,
+    DeliveryGuarantee,
+    Role,
+    Settings,
+    masked_url,
+)
 from fraudstream.service.snapshots import SnapshotStore
 from fraudstream.service.state import StateLostError, ensure_state, lost_message, marker_key
 
@@ -69,16 +80,6 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(exc, DeliveryError) or is_dependency_error(exc)
 
 
-def redis_client(settings: Settings) -> redis.Redis:
-    """A Redis client with timeouts, so a dead server is noticed instead of hanging."""
-    return redis.Redis.from_url(
-        settings.redis_url.get_secret_value(),
-        socket_timeout=10,
-        socket_connect_timeout=5,
-        health_check_interval=30,
-    )
-
-
 def decision_policy(settings: Settings) -> DecisionPolicy:
     """The alert policy chosen in the settings."""
     if settings.decision is DecisionMode.BUDGET:
@@ -88,22 +89,6 @@ def decision_policy(settings: Settings) -> DecisionPolicy:
             fallback_threshold=settings.alert_threshold,
         )
     return ThresholdPolicy(settings.alert_threshold)
-
-
-def masked_url(url: str) -> str:
-    """``url`` with its password, if any, shown as ``****`` (for logs and errors).
-
-    >>> masked_url("redis://:s3cret@cache.internal:6380/2")
-    'redis://:****@cache.internal:6380/2'
-    >>> masked_url("redis://127.0.0.1:6379/0")
-    'redis://127.0.0.1:6379/0'
-    """
-    parts = urllib.parse.urlsplit(url)
-    userinfo, at, host = parts.netloc.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    user = userinfo.partition(":")[0]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:****@{host}"))
 
 
 def _close_producer(producer: KafkaProducer) -> None:
@@ -190,7 +175,7 @@ class Application:
             if self._state_known and not self._redis.exists(marker_key(self.settings.redis_prefix)):
                 return lost_message(self.settings.redis_prefix)
         except redis.RedisError as exc:
-            return f"redis unreachable: {exc}"
+            return redis_problem(exc, self.settings)
         return None
 
     def _redis_ok(self) -> bool:
@@ -199,7 +184,7 @@ class Application:
     def ensure_topics(self) -> None:
         s = self.settings
         ensure_topics(
-            s.bootstrap_servers,
+            s,
             {
                 name: s.topic_partitions
                 for name in (
@@ -280,14 +265,14 @@ class Application:
         self._phase = f"waiting for redis at {url}"
         attempt = 0
         while (problem := self._redis_problem()) is not None:
+            self._refuse_credentials()
             self.metrics.dependency_error("redis")
             delay_s = min(30.0, 0.5 * 2**attempt)
             attempt += 1
             log.warning(
-                "%s (%s); is Redis running there? Set FRAUDSTREAM_REDIS_URL to its address "
+                "%s; is Redis running there? Set FRAUDSTREAM_REDIS_URL to its address "
                 "(`fraudstream dev up` starts a local one). Attempt %d, next in %.1f s",
                 problem,
-                url,
                 attempt,
                 delay_s,
             )
@@ -311,11 +296,7 @@ class Application:
                 marker = ensure_state(
                     self._redis,
                     s.redis_prefix,
-                    lambda: bool(
-                        committed_offsets(
-                            s.bootstrap_servers, s.consumer_group, s.topic_transactions
-                        )
-                    ),
+                    lambda: bool(committed_offsets(s, s.consumer_group, s.topic_transactions)),
                 )
             except StateLostError as exc:
                 self._state_problem = str(exc)
@@ -338,13 +319,22 @@ class Application:
             attempt += 1
         return False
 
+    def _refuse_credentials(self) -> None:
+        """Raise when Redis refuses the credentials: retrying cannot help."""
+        assert self._redis is not None
+        try:
+            self._redis.ping()
+        except redis.RedisError as exc:
+            if is_authentication_error(exc):
+                raise redis_error(exc, self.settings) from exc
+
     # -- clients --------------------------------------------------------------
 
     def _group_consumer(self, role: str, group: str) -> KafkaConsumer:
         """A consumer of ``group`` with the batch and liveness bounds of the settings."""
         s = self.settings
         return make_consumer(
-            s.bootstrap_servers,
+            s,
             client_id=f"{s.client_id}-{role}",
             group_id=group,
             max_poll_interval_ms=s.max_poll_interval_ms,
@@ -365,7 +355,7 @@ class Application:
         """Build a loop's producer, consumer and checkpoint; closed when ``stack`` exits."""
         s = self.settings
         producer = make_producer(
-            s.bootstrap_servers,
+            s,
             client_id=f"{s.client_id}-{role}",
             transactional_id=transactional_id,
         )

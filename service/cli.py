@@ -11,8 +11,8 @@ import logging
 from pathlib import Path
 
 import click
-from pydantic import SecretStr
 
+from fraudstream.service.kafka.connection import KafkaConnection
 from fraudstream.service.schemas import json_schemas
 from fraudstream.service.settings import Role, Settings
 
@@ -38,8 +38,8 @@ def settings_table() -> str:
     rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
     for name, field in Settings.model_fields.items():
         default = defaults[name]
-        shown = getattr(default, "value", default)
-        rows.append(f"| `FRAUDSTREAM_{name.upper()}` | `{shown}` | {field.description} |")
+        shown = "(unset)" if default is None else f"`{getattr(default, 'value', default)}`"
+        rows.append(f"| `FRAUDSTREAM_{name.upper()}` | {shown} | {field.description} |")
     return "\n".join(rows)
 
 
@@ -62,15 +62,15 @@ def config(ctx: click.Context, markdown: bool) -> None:
     masked = settings.masked()
     for name, field in Settings.model_fields.items():
         if name in invalid:
-            given, problem = invalid[name]
-            shown = "**********" if field.annotation is SecretStr else given
+            given, problem = invalid[name]  # already masked by the `fraudstream` group
             click.echo(
-                f"FRAUDSTREAM_{name.upper()}={shown}  "
+                f"FRAUDSTREAM_{name.upper()}={given}  "
                 + click.style(f"<- INVALID: {problem}", fg="red", bold=True)
             )
         else:
             value = masked[name]
-            click.echo(f"FRAUDSTREAM_{name.upper()}={getattr(value, 'value', value)}")
+            shown = "" if value is None else getattr(value, "value", value)  # empty: unset
+            click.echo(f"FRAUDSTREAM_{name.upper()}={shown}")
         click.echo(f"    {field.description}")
     for variable, (given, problem) in invalid.items():
         if variable not in Settings.model_fields:  # a FRAUDSTREAM_* variable that is no setting
@@ -141,7 +141,7 @@ def serve(settings: Settings, role: str | None, scorers: int) -> None:
     log.info(
         "fraudstream serving (role %s) on %s; metrics on http://%s:%s/metrics",
         settings.role.value,
-        settings.bootstrap_servers,
+        KafkaConnection.from_settings(settings).describe(),  # never a secret
         settings.metrics_host,
         settings.metrics_port,
     )

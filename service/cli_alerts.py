@@ -49,9 +49,9 @@ def open_alerts(settings: Settings, topic: str, *, from_beginning: bool) -> Kafk
     ConfigurationError
         The topic does not exist (the service creates it when it starts).
     """
-    check_reachable(settings.bootstrap_servers)
+    check_reachable(settings)
     consumer = make_consumer(
-        settings.bootstrap_servers,
+        settings,
         client_id=f"{settings.client_id}-alerts-tail",
         group_id=None,
         read_committed=True,

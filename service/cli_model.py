@@ -31,7 +31,7 @@ def _settings() -> Any:
 def _registry() -> Iterator[ModelRegistry]:
     import redis  # local: `model catalogue` works without Redis
 
-    from fraudstream.service.app import redis_client
+    from fraudstream.service.redis_client import redis_client, redis_problem
 
     settings = _settings()
     client = redis_client(settings)
@@ -42,7 +42,7 @@ def _registry() -> Iterator[ModelRegistry]:
     except FraudstreamError as exc:
         raise click.ClickException(str(exc)) from exc
     except redis.RedisError as exc:
-        raise click.ClickException(f"Redis unavailable: {exc}") from exc
+        raise click.ClickException(redis_problem(exc, settings)) from exc
     finally:
         client.close()
 

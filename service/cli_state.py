@@ -46,7 +46,7 @@ def state() -> None:
 @click.pass_obj
 def status_cmd(settings: Settings) -> None:
     """Show the state marker (exit 1 when it is missing)."""
-    from fraudstream.service.app import redis_client
+    from fraudstream.service.redis_client import redis_client
     from fraudstream.service.state import StateMarker, lost_message
 
     client = redis_client(settings)
@@ -83,18 +83,16 @@ def rebuild_cmd(settings: Settings, since: str | None, force: bool) -> None:
     Scorers pause while the marker is missing and resume by themselves once the
     rebuild has written a new one.
     """
-    from fraudstream.service.app import redis_client
     from fraudstream.service.features.definitions import FeatureConfig
     from fraudstream.service.features.redis_store import RedisFeatureStore
     from fraudstream.service.kafka import make_consumer
+    from fraudstream.service.redis_client import redis_client
     from fraudstream.service.snapshots import SnapshotStore
     from fraudstream.service.state import StateMarker, rebuild_state
 
     since_ms = _parse_since(since, settings)
     client = redis_client(settings)
-    consumer = make_consumer(
-        settings.bootstrap_servers, client_id=f"{settings.client_id}-rebuild", group_id=None
-    )
+    consumer = make_consumer(settings, client_id=f"{settings.client_id}-rebuild", group_id=None)
     try:
         marker = StateMarker.read(client, settings.redis_prefix)
         if marker is not None and not force:

@@ -17,6 +17,14 @@ class ConfigurationError(FraudstreamError):
     """The settings or the environment do not allow the requested operation."""
 
 
+class AuthenticationFailedError(ConfigurationError):
+    """Kafka or Redis refused the credentials (password, client certificate) it was given.
+
+    The message says "authentication failed", where, and which setting holds
+    the credentials; retrying does not help until the setting is fixed.
+    """
+
+
 class DevStackError(FraudstreamError):
     """The local Kafka/Redis stack could not be installed, started or stopped.
 

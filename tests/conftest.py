@@ -4,7 +4,10 @@ Both start on free ports in a temporary folder and stop at the end. To keep
 servers running between runs, start them yourself (``fraudstream dev up``) and
 export ``TEST_BOOTSTRAP_SERVERS`` / ``TEST_REDIS_URL``.
 A real local Redis Cluster (3 masters, 3 replicas) starts only for the tests
-that ask for ``redis_cluster_url`` (or use ``TEST_REDIS_CLUSTER_URL``).
+that ask for ``redis_cluster_url`` (or use ``TEST_REDIS_CLUSTER_URL``), and a
+broker with SASL and TLS listeners and a Redis with a password and a TLS port
+(certificates made by ``openssl``) only for the tests that ask for
+``secured_kafka`` / ``secured_redis``.
 Each test gets fresh topic names, a fresh consumer group and a fresh Redis
 key prefix, so tests never see each other's data.
 """
@@ -23,9 +26,15 @@ import pytest
 import redis
 
 from fraudstream.devstack import (
+    KafkaServer,
+    RedisServer,
+    TestPki,
     kafka_given_or_started,
+    make_test_pki,
     redis_cluster_given_or_started,
     redis_given_or_started,
+    secured_kafka_started,
+    secured_redis_started,
 )
 from fraudstream.service.settings import Settings
 
@@ -63,6 +72,46 @@ def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
         data_dir=tmp_path_factory.mktemp("redis-cluster"),
     ) as url:
         yield url
+
+
+#: SASL users of the secured broker (PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512).
+KAFKA_USERS = {"fraudstream": "kafka-pass-1"}
+#: ``requirepass`` of the secured Redis.
+REDIS_PASSWORD = "redis-pass-1"
+
+
+@pytest.fixture(scope="session")
+def test_pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
+    """A CA, a server certificate (localhost, 127.0.0.1) and a client certificate
+    (its key encrypted), made by ``openssl`` for this session."""
+    return make_test_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="session")
+def secured_kafka(
+    test_pki: TestPki, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[KafkaServer]:
+    """A broker with SASL_PLAINTEXT, SSL (mutual TLS) and SASL_SSL listeners (users:
+    :data:`KAFKA_USERS`); ``secured_kafka.bootstrap_for("SSL")`` is a listener's address."""
+    with secured_kafka_started(
+        test_pki,
+        KAFKA_USERS,
+        cache_dir=REPO_ROOT / ".cache",
+        data_dir=tmp_path_factory.mktemp("kafka-secured"),
+    ) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def secured_redis(
+    test_pki: TestPki, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RedisServer]:
+    """A Redis with ``requirepass`` :data:`REDIS_PASSWORD` and a TLS port
+    (``secured_redis.url``, ``secured_redis.tls_url``)."""
+    with secured_redis_started(
+        test_pki, REDIS_PASSWORD, data_dir=tmp_path_factory.mktemp("redis-secured")
+    ) as server:
+        yield server
 
 
 @pytest.fixture
@@ -147,8 +196,11 @@ def make_transaction() -> Callable[..., tuple[bytes, bytes]]:
     return _transaction
 
 
-def _produce(bootstrap: str, topic: str, records: Sequence[tuple[Any, ...]]) -> None:
-    """Send ``(key, value)`` or ``(key, value, headers)`` records and wait for each delivery."""
+def _produce(bootstrap: Any, topic: str, records: Sequence[tuple[Any, ...]]) -> None:
+    """Send ``(key, value)`` or ``(key, value, headers)`` records and wait for each delivery.
+
+    ``bootstrap``: bootstrap servers, or settings (their security options too).
+    """
     from fraudstream.service.kafka import make_producer
 
     producer = make_producer(bootstrap, client_id="test-feeder")
@@ -165,7 +217,7 @@ def _produce(bootstrap: str, topic: str, records: Sequence[tuple[Any, ...]]) -> 
 
 
 def _consume(
-    bootstrap: str,
+    bootstrap: Any,
     topic: str,
     *,
     at_least: int,
@@ -173,7 +225,10 @@ def _consume(
     settle_s: float = 0.0,
     read_committed: bool = False,
 ) -> list[Any]:
-    """Read a whole topic from the beginning until ``at_least`` records (then ``settle_s`` more)."""
+    """Read a whole topic from the beginning until ``at_least`` records (then ``settle_s`` more).
+
+    ``bootstrap``: bootstrap servers, or settings (their security options too).
+    """
     import time
 
     from kafka import TopicPartition
@@ -287,6 +342,8 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDSTREAM_")}
     for name, value in settings.model_dump().items():
+        if value is None:  # unset
+            continue
         if isinstance(value, SecretStr):
             value = value.get_secret_value()
         env[f"FRAUDSTREAM_{name.upper()}"] = str(getattr(value, "value", value))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
@@ -18,6 +18,14 @@ from kafka.errors import (
 from kafka.producer.future import FutureRecordMetadata
 
 from fraudstream.service.errors import ConfigurationError, FraudstreamError, UnavailableError
+from fraudstream.service.kafka.connection import KafkaConnection, verify
+
+if TYPE_CHECKING:
+    from fraudstream.service.settings import Settings
+
+#: What every client builder takes: the settings, a connection, or bare bootstrap
+#: servers (PLAINTEXT; tests and tools on a local broker).
+KafkaTarget: TypeAlias = "Settings | KafkaConnection | str"
 
 #: What kafka-python raises when no broker answers while a client is built.
 _UNREACHABLE = (KafkaTimeoutError, KafkaConnectionError)
@@ -32,15 +40,27 @@ class DeliveryError(FraudstreamError):
     """One or more records could not be delivered to Kafka."""
 
 
-def _unavailable(bootstrap_servers: str, exc: Exception) -> UnavailableError:
+def _unavailable(connection: KafkaConnection, exc: Exception) -> UnavailableError:
     return UnavailableError(
-        f"Kafka at {bootstrap_servers} is not reachable ({type(exc).__name__}: {exc}); "
+        f"Kafka at {connection.describe()} is not reachable ({type(exc).__name__}: {exc}); "
         "is the broker running? (`fraudstream dev up` starts a local one)"
     )
 
 
+def _connect(kafka: KafkaTarget) -> KafkaConnection:
+    """The connection of ``kafka``, verified first when it uses TLS or SASL.
+
+    A refused password or an untrusted certificate is then one clear error at
+    once, where kafka-python would retry until its bootstrap timeout.
+    """
+    connection = KafkaConnection.of(kafka)
+    if connection.secured:
+        verify(connection)
+    return connection
+
+
 def make_producer(
-    bootstrap_servers: str,
+    kafka: KafkaTarget,
     *,
     client_id: str,
     transactional_id: str | None = None,
@@ -51,8 +71,9 @@ def make_producer(
 
     Parameters
     ----------
-    bootstrap_servers
-        ``host:port[,host:port]``.
+    kafka
+        The settings (bootstrap servers and security options), a
+        :class:`KafkaConnection`, or ``host:port[,host:port]`` (PLAINTEXT).
     client_id
         Shows up in broker logs and metrics.
     transactional_id
@@ -62,8 +83,9 @@ def make_producer(
     **overrides
         Any other kafka-python producer option.
     """
+    connection = _connect(kafka)
     config: dict[str, Any] = {
-        "bootstrap_servers": bootstrap_servers,
+        **connection.options(),
         "client_id": client_id,
         "acks": "all",
         "enable_idempotence": True,
@@ -80,11 +102,11 @@ def make_producer(
     try:
         return KafkaProducer(**config)
     except _UNREACHABLE as exc:
-        raise _unavailable(bootstrap_servers, exc) from exc
+        raise _unavailable(connection, exc) from exc
 
 
 def make_consumer(
-    bootstrap_servers: str,
+    kafka: KafkaTarget,
     *,
     client_id: str,
     group_id: str | None,
@@ -97,6 +119,8 @@ def make_consumer(
 
     Parameters
     ----------
+    kafka
+        The settings, a :class:`KafkaConnection`, or bootstrap servers (PLAINTEXT).
     group_id
         Consumer group, or ``None`` for a group-less reader (recorder, tests).
     topics
@@ -104,8 +128,9 @@ def make_consumer(
     read_committed
         Only see records of committed transactions.
     """
+    connection = _connect(kafka)
     config: dict[str, Any] = {
-        "bootstrap_servers": bootstrap_servers,
+        **connection.options(),
         "client_id": client_id,
         "group_id": group_id,
         "enable_auto_commit": False,
@@ -122,7 +147,7 @@ def make_consumer(
     try:
         consumer = KafkaConsumer(**config)
     except _UNREACHABLE as exc:
-        raise _unavailable(bootstrap_servers, exc) from exc
+        raise _unavailable(connection, exc) from exc
     if group_id is not None:
         _finish_pending_joins(consumer)
     topic_list = list(topics)
@@ -176,6 +201,15 @@ def subscribe(
     assignor then hands this member no partitions, and nothing triggers a new
     rebalance until the next metadata refresh. Loading the metadata first
     makes the first assignment the right one.
+
+    Its group coordinator also keeps a snapshot of the subscribed topics'
+    partitions, rebuilt on metadata updates only, and rejoins when the snapshot
+    it assigned with differs from the current one. One more metadata update
+    after subscribing builds the snapshot before the first join; without it a
+    refresh landing after the first assignment made every new member rejoin at
+    once, and kafka-python 3.0.12 can drop the assignment of such a rejoin
+    when a short poll times out mid-join (the member then holds no partitions
+    and stops heartbeating until the group evicts it).
     """
     for topic in topics:
         consumer.partitions_for_topic(topic)
@@ -183,20 +217,22 @@ def subscribe(
         consumer.subscribe(topics)
     else:
         consumer.subscribe(topics, listener=listener)
+    consumer.topics()  # a metadata update with the subscription in place
 
 
-def make_admin(bootstrap_servers: str, *, client_id: str = "fraudstream-admin") -> KafkaAdminClient:
+def make_admin(kafka: KafkaTarget, *, client_id: str = "fraudstream-admin") -> KafkaAdminClient:
     """An admin client, with a clear error when the broker is unreachable."""
+    connection = _connect(kafka)
     try:
         return KafkaAdminClient(
-            bootstrap_servers=bootstrap_servers, client_id=client_id, request_timeout_ms=15_000
+            **connection.options(), client_id=client_id, request_timeout_ms=15_000
         )
     except _UNREACHABLE as exc:
-        raise _unavailable(bootstrap_servers, exc) from exc
+        raise _unavailable(connection, exc) from exc
 
 
 def ensure_topics(
-    bootstrap_servers: str,
+    kafka: KafkaTarget,
     partitions_by_topic: Mapping[str, int],
     *,
     replication: int = 1,
@@ -208,8 +244,8 @@ def ensure_topics(
 
     Parameters
     ----------
-    bootstrap_servers
-        ``host:port[,host:port]``.
+    kafka
+        The settings, a :class:`KafkaConnection`, or bootstrap servers (PLAINTEXT).
     partitions_by_topic
         Topic name -> partitions of the topic when it is created.
     replication
@@ -224,13 +260,14 @@ def ensure_topics(
         (e.g. ``{"message.timestamp.type": "LogAppendTime"}``); an existing
         topic is left as it is. Default: none.
     """
-    admin = make_admin(bootstrap_servers)
+    connection = KafkaConnection.of(kafka)
+    admin = make_admin(connection)
     try:
         existing = set(admin.list_topics())
         missing = [name for name in partitions_by_topic if name not in existing]
         if missing and not create:
             raise ConfigurationError(
-                f"topics missing on {bootstrap_servers}: {', '.join(missing)} "
+                f"topics missing on {connection.bootstrap_servers}: {', '.join(missing)} "
                 "(create them, or set FRAUDSTREAM_CREATE_TOPICS=true)"
             )
         created: list[str] = []
@@ -359,29 +396,25 @@ class DeliveryTracker:
         return count
 
 
-def check_reachable(bootstrap_servers: str, timeout_s: float = 2.0) -> None:
-    """Fail fast, in one line, when no bootstrap server accepts TCP connections.
+def check_reachable(kafka: KafkaTarget, timeout_s: float = 2.0) -> None:
+    """Fail fast, in one line, when Kafka cannot be used as configured.
 
-    kafka-python would retry for ~30 s and log each attempt before giving up;
-    a command-line tool should say at once that nothing is there.
+    Connects to the first bootstrap server that accepts TCP connections the
+    way the clients will (TLS, SASL login) and asks for metadata
+    (:func:`~fraudstream.service.kafka.connection.verify`). kafka-python would
+    retry for ~30 s and log each attempt before giving up; a command-line tool
+    should say at once that nothing is there, or that the password is wrong.
 
     Raises
     ------
     UnavailableError
-        Naming the servers and how to start a local broker.
+        Nothing accepts connections: naming the servers and how to start a
+        local broker.
+    ConfigurationError
+        TLS, SASL or protocol problems (``AuthenticationFailedError`` for a
+        refused login), naming the setting to fix.
     """
-    servers = [s.strip() for s in bootstrap_servers.split(",") if s.strip()]
-    for server in servers:
-        host, _, port = server.rpartition(":")
-        if port.isdigit() and accepts_connections(
-            int(port), host.strip("[]") or "127.0.0.1", timeout_s
-        ):
-            return
-    raise UnavailableError(
-        f"Kafka at {bootstrap_servers} is not reachable (nothing accepts connections there): "
-        "is the broker running? Start a local one with `fraudstream dev up`, or set "
-        "FRAUDSTREAM_BOOTSTRAP_SERVERS"
-    )
+    verify(kafka, timeout_s)
 
 
 def accepts_connections(port: int, host: str = "127.0.0.1", timeout_s: float = 0.5) -> bool:
@@ -393,9 +426,9 @@ def accepts_connections(port: int, host: str = "127.0.0.1", timeout_s: float = 0
         return False
 
 
-def committed_offsets(bootstrap_servers: str, group: str, topic: str) -> dict[int, int]:
+def committed_offsets(kafka: KafkaTarget, group: str, topic: str) -> dict[int, int]:
     """Offsets ``group`` has committed on ``topic``, by partition (empty: none yet)."""
-    admin = make_admin(bootstrap_servers)
+    admin = make_admin(kafka)
     try:
         offsets = admin.list_group_offsets({group: None}).get(group, {})
     finally:

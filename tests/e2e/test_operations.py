@@ -43,6 +43,8 @@ Completed = subprocess.CompletedProcess[str]
 def _env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDSTREAM_")}
     for name, setting in settings.model_dump().items():
+        if setting is None:  # unset
+            continue
         if isinstance(setting, SecretStr):
             setting = setting.get_secret_value()
         env[f"FRAUDSTREAM_{name.upper()}"] = str(getattr(setting, "value", setting))

@@ -23,6 +23,8 @@ def test_application_with_its_own_service_package_embeds_fraudstream(
     settings = make_settings()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDSTREAM_")}
     for name, value in settings.model_dump().items():
+        if value is None:  # unset
+            continue
         if isinstance(value, SecretStr):
             value = value.get_secret_value()
         env[f"FRAUDSTREAM_{name.upper()}"] = str(getattr(value, "value", value))
