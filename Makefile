@@ -2,7 +2,7 @@
 #   make demo   run fraudstream on a simulated stream (Kafka + Redis started locally)
 #   make test   run the whole test suite against real Kafka and Redis
 # Both install what they need on first use (scripts/bootstrap.sh).
-.PHONY: demo test lint bench bootstrap up down status clean
+.PHONY: demo test lint bench bootstrap up down status clean dashboard-picture
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -11,13 +11,19 @@ demo: bootstrap
 	.venv/bin/fraudstream demo
 
 test: bootstrap
-	.venv/bin/ruff check fraudstream/*.py service producers evaluation bench devstack tests
+	.venv/bin/ruff check fraudstream/*.py service producers evaluation bench devstack tests examples
 	.venv/bin/mypy
 	.venv/bin/pytest
 
 lint: bootstrap
-	.venv/bin/ruff check fraudstream/*.py service producers evaluation bench devstack tests
+	.venv/bin/ruff check fraudstream/*.py service producers evaluation bench devstack tests examples
 	.venv/bin/mypy
+
+# Run the demo recording its metrics, then draw the Grafana dashboard's panels
+# from them into docs/dashboard.png (the picture in the README).
+dashboard-picture: bootstrap
+	.venv/bin/fraudstream demo --record-metrics .cache/demo-metrics.jsonl
+	.venv/bin/fraudstream dev dashboard-picture --metrics .cache/demo-metrics.jsonl --output docs/dashboard.png
 
 bench: bootstrap
 	.venv/bin/fraudstream bench pipeline

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from fraudstream.bench.peer_quix import INSTALL_HINT, quix_available
 from fraudstream.bench.pipeline import (
     PipelineBenchConfig,
     public_result,
@@ -20,6 +21,21 @@ from fraudstream.bench.pipeline import (
     write_results,
 )
 from fraudstream.service.settings import Settings
+
+
+def _counts(value: str) -> tuple[int, ...]:
+    """``"1,2"`` -> ``(1, 2)``; a clear usage error otherwise.
+
+    >>> _counts("1, 2"), _counts("3")
+    ((1, 2), (3,))
+    """
+    try:
+        counts = tuple(int(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        counts = ()
+    if not counts or any(n < 1 for n in counts):
+        raise click.BadParameter(f"expected positive whole numbers like 1,2; got {value!r}")
+    return counts
 
 
 @click.group()
@@ -75,6 +91,24 @@ def bench() -> None:
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
+    "--scorers",
+    "scorer_counts",
+    default="1",
+    show_default=True,
+    callback=lambda ctx, param, value: _counts(value),
+    help="Scorer process counts to measure one after the other, comma separated (e.g. 1,2): "
+    "N processes in one consumer group on the same topic, aggregate rate; the first is "
+    "the headline figure.",
+)
+@click.option(
+    "--peer",
+    type=click.Choice(["none", "quix"]),
+    default="none",
+    show_default=True,
+    help="Also run a Quix Streams application doing the same job on the same topic "
+    "(needs the bench extra: pip install -e '.[bench]').",
+)
+@click.option(
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
     default=Path("bench/results/pipeline.json"),
@@ -97,15 +131,21 @@ def pipeline(
     profile: bool,
     profile_events: int | None,
     seed: int,
+    scorer_counts: tuple[int, ...],
+    peer: str,
     output: Path,
     as_json: bool,
 ) -> None:
-    """Throughput, latency and memory of one scorer process vs a naive per-event loop.
+    """Throughput, latency and memory of the scorer vs a peer and a naive per-event loop.
 
     Starts its own Kafka and Redis (unless given), pre-loads simulated
-    transactions and measures, in one run: a raw consume loop, the real scorer,
-    a naive per-event loop, latency at a fixed offered rate, and Redis memory.
+    transactions and measures, in one run: a raw consume loop, the real scorer
+    (for each --scorers count), the Quix Streams peer (--peer quix), a naive
+    per-event loop, latency at a fixed offered rate, Redis memory, and CPU per
+    transaction of the scorer, Redis and the broker.
     """
+    if peer == "quix" and not quix_available():
+        raise click.UsageError(f"--peer quix needs Quix Streams: {INSTALL_HINT}")
     settings = ctx.find_object(Settings)
     if settings is None:
         settings = Settings()
@@ -127,6 +167,8 @@ def pipeline(
         profile_events=profile_events,
         seed=seed,
         results_dir=output.parent,
+        scorers=scorer_counts,
+        peer=None if peer == "none" else peer,
     )
     result = run_pipeline_bench(
         config, settings, progress=lambda message: click.echo(f"bench: {message}", err=True)

@@ -19,7 +19,11 @@ calls :func:`run_pipeline_bench`, which
      (consumer group, :class:`~fraudstream.service.pipeline.Pipeline`, Redis feature store,
      snapshots, alerts produced and flushed, offsets committed) in its own
      process, from its first processed batch to the last record; the process's
-     peak RSS (``VmHWM``) and CPU time are reported;
+     peak RSS (``VmHWM``) and CPU time are reported, and so are the CPU of Redis
+     and of the broker over the same span (:mod:`fraudstream.bench.cpu`); with
+     ``scorers=(1, 2)`` the same again with two processes in one group;
+   * **peer** (``peer="quix"``): the same job as a Quix Streams application
+     (:mod:`fraudstream.bench.peer_quix`) in its own process, timed the same way;
    * **naive**: a per-event loop on fewer events (auto-commit, one Redis call per
      feature, River ``predict_proba_one``, one produce and flush per event);
    * **latency**: a fresh topic fed at a fixed offered rate (2,000 tx/s) with a
@@ -59,12 +63,20 @@ import numpy as np
 import orjson
 import redis
 from kafka import KafkaConsumer, TopicPartition
-from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
 from pydantic import SecretStr
 
-from fraudstream.service.kafka import DeliveryTracker, make_consumer, make_producer
-from fraudstream.service.kafka.clients import make_admin
+from fraudstream.bench.cpu import CpuSampler
+from fraudstream.service.errors import ConfigurationError
+from fraudstream.service.kafka import (
+    DeliveryTracker,
+    KafkaConnection,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+)
+from fraudstream.service.kafka.clients import KafkaTarget
+from fraudstream.service.redis_client import redis_client
+from fraudstream.service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +86,15 @@ LATENCY_RATE_PER_S = 2_000
 TARGETS: dict[str, tuple[str, float]] = {
     "scorer_tx_per_s": (">=", 50_000.0),
     "speedup_vs_naive": (">=", 20.0),
+    "scorer_vs_peer": (">=", 1.5),
     "latency_p50_ms": ("<=", 5.0),
     "latency_p99_ms": ("<=", 25.0),
     "redis_bytes_per_card": ("<=", 2048.0),
     "snapshot_bytes_per_tx": ("<=", 300.0),
     "scorer_rss_mb": ("<=", 300.0),
 }
+#: Least share of the events a scorer-group span must cover for its rate to count.
+MIN_TIMED_SHARE = 0.25
 _TX_PER_CARD_DAY = 2.0  # the handbook's mean of U(0, 4) transactions per customer and day
 _SIM_DAYS = 30
 
@@ -157,9 +172,14 @@ def _fmt(value: Any) -> str:
     return f"{value:.3g}"
 
 
+#: "times", as the README writes ratios.
+_X = "\N{MULTIPLICATION SIGN}"
+
 #: Rows of the summary table: key, label, unit.
 _ROWS: tuple[tuple[str, str, str], ...] = (
     ("scorer_tx_per_s", "scorer throughput (real Application loop)", "tx/s"),
+    ("peer_tx_per_s", "Quix Streams peer (same topic, same run)", "tx/s"),
+    ("scorer_vs_peer", "scorer / peer", "x"),
     ("naive_tx_per_s", "naive per-event loop", "tx/s"),
     ("speedup_vs_naive", "scorer / naive", "x"),
     ("raw_consume_tx_per_s", "raw kafka-python consume loop", "tx/s"),
@@ -176,8 +196,37 @@ _ROWS: tuple[tuple[str, str, str], ...] = (
     ("scorer_rss_mb", "scorer peak RSS (VmHWM)", "MB"),
     ("scorer_cpu_us_per_tx", "scorer process CPU per transaction", "µs"),
     ("redis_cpu_us_per_tx", "Redis server CPU per transaction (scorer run)", "µs"),
+    ("broker_cpu_us_per_tx", "Kafka broker CPU per transaction (scorer run)", "µs"),
+    ("peer_rss_mb", "peer peak RSS (VmHWM)", "MB"),
+    ("peer_cpu_us_per_tx", "peer process CPU per transaction", "µs"),
+    ("peer_broker_cpu_us_per_tx", "Kafka broker CPU per transaction (peer run)", "µs"),
     ("scorer_alert_share", "share of transactions alerted", ""),
 )
+
+
+def _scaling_rows(result: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """Rows for every scorer count measured after the first, and its ratio to the first.
+
+    >>> for row in _scaling_rows({"scorer_runs": [{"scorers": 1}, {"scorers": 2}]}):
+    ...     print(row)
+    ('scorers_2_tx_per_s', '2 scorer processes, one group (aggregate)', 'tx/s')
+    ('scorers_2_vs_1', '2 scorers / 1 scorer', 'x')
+    """
+    runs = result.get("scorer_runs") or []
+    rows: list[tuple[str, str, str]] = []
+    for run in runs[1:]:
+        n, first = run["scorers"], runs[0]["scorers"]
+        rows.append(
+            (f"scorers_{n}_tx_per_s", f"{n} scorer processes, one group (aggregate)", "tx/s")
+        )
+        rows.append(
+            (
+                f"scorers_{n}_vs_{first}",
+                f"{n} scorers / {first} scorer{'s' if first > 1 else ''}",
+                "x",
+            )
+        )
+    return rows
 
 
 def format_summary(result: Mapping[str, Any], profile_lines: int = 60) -> str:
@@ -202,12 +251,13 @@ def format_summary(result: Mapping[str, Any], profile_lines: int = 60) -> str:
         f"{_fmt(result.get('latency_offered_tx_per_s'))} tx/s offered for "
         f"{_fmt(result.get('latency_seconds'))} s. The scorer scored with: "
         f"{result.get('scorer_kind', '?')!s} (version {result.get('model_version', '?')}), "
-        f"batch size {result.get('max_batch_size', '?')}.",
+        f"batch size {result.get('max_batch_size', '?')}, "
+        f"{result.get('scorer_processes', 1)} scorer process(es) for the headline figure.",
         "",
         "| measure | value | target | met |",
         "|---|---|---|---|",
     ]
-    for key, label, unit in _ROWS:
+    for key, label, unit in (*_ROWS[:1], *_scaling_rows(result), *_ROWS[1:]):
         if key not in result:
             continue
         value = result[key]
@@ -236,6 +286,121 @@ def format_summary(result: Mapping[str, Any], profile_lines: int = 60) -> str:
     flat = result.get("profile_flat_text")
     if flat:
         out += ["", "## Self time by function (top 25)", "", "```", *flat.splitlines()[:30], "```"]
+    return "\n".join(out) + "\n"
+
+
+def format_readme_table(result: Mapping[str, Any]) -> str:
+    """The README's benchmark table (measure, result, target, met) from one run's result.
+
+    Examples
+    --------
+    >>> table = format_readme_table({"scorer_tx_per_s": 30000.0, "peer_tx_per_s": 20000.0,
+    ...                              "scorer_vs_peer": 1.5})
+    >>> print(table.splitlines()[3].replace("per-card windows in RocksDB, ", ""))
+    | Quix Streams 3.28 peer (River score, alerts) | 20,000 tx/s |  |  |
+    >>> table.splitlines()[4].startswith("| scorer / peer | **1.50")
+    True
+    """
+
+    def verdict(key: str) -> str:
+        return {"yes": "met", "no": "not met", "": ""}[meets(key, result.get(key, math.nan))]
+
+    def get(key: str) -> Any:
+        return result.get(key, math.nan)
+
+    rows = [
+        (
+            "scorer throughput",
+            f"**{_fmt(get('scorer_tx_per_s'))} tx/s**",
+            "≥ 50,000",
+            verdict("scorer_tx_per_s"),
+        ),
+    ]
+    if "peer_tx_per_s" in result:
+        rows += [
+            (
+                "Quix Streams 3.28 peer (per-card windows in RocksDB, River score, alerts)",
+                f"{_fmt(get('peer_tx_per_s'))} tx/s",
+                "",
+                "",
+            ),
+            (
+                "scorer / peer",
+                f"**{_fmt(get('scorer_vs_peer'))}{_X}**",
+                f"≥ 1.5{_X}",
+                verdict("scorer_vs_peer"),
+            ),
+        ]
+    for key, label, _ in _scaling_rows(result):
+        unit = " tx/s" if key.endswith("tx_per_s") else _X
+        rows.append((label, f"{_fmt(get(key))}{unit}", "", ""))
+    if "naive_tx_per_s" in result:
+        rows += [
+            (
+                "naive per-event loop (per-feature Redis calls, produce+flush per event, "
+                "auto-commit)",
+                f"{_fmt(get('naive_tx_per_s'))} tx/s",
+                "",
+                "",
+            ),
+            (
+                "scorer / naive",
+                f"**{_fmt(get('speedup_vs_naive'))}{_X}**",
+                f"≥ 20{_X}",
+                verdict("speedup_vs_naive"),
+            ),
+        ]
+    if "raw_consume_tx_per_s" in result:
+        rows.append(
+            (
+                "raw kafka-python consume loop (crc32c)",
+                f"{_fmt(get('raw_consume_tx_per_s'))} tx/s (scorer = "
+                f"{_fmt(get('scorer_vs_raw_consume'))}{_X})",
+                "",
+                "",
+            )
+        )
+    if "latency_p50_ms" in result:
+        ok = verdict("latency_p50_ms") == verdict("latency_p99_ms") == "met"
+        rows.append(
+            (
+                f"latency event-in → decision-out at "
+                f"{_fmt(get('latency_offered_tx_per_s'))} tx/s offered",
+                f"p50 **{_fmt(get('latency_p50_ms'))} ms**, p99 "
+                f"**{_fmt(get('latency_p99_ms'))} ms**",
+                "p50 ≤ 5, p99 ≤ 25",
+                "met" if ok else "not met",
+            )
+        )
+    for key, label, target in (
+        ("redis_bytes_per_card", "Redis per active card", "≤ 2 KB"),
+        ("snapshot_bytes_per_tx", "feature snapshot per transaction (in Redis)", "≤ 300 B"),
+    ):
+        if key in result:
+            rows.append((label, f"**{_fmt(get(key))} B**", target, verdict(key)))
+    if "scorer_rss_mb" in result:
+        rows.append(
+            (
+                "scorer peak RSS",
+                f"**{_fmt(get('scorer_rss_mb'))} MB**",
+                "≤ 300 MB",
+                verdict("scorer_rss_mb"),
+            )
+        )
+    cpu = [
+        f"{name} {_fmt(get(key))} µs"
+        for key, name in (
+            ("scorer_cpu_us_per_tx", "scorer"),
+            ("redis_cpu_us_per_tx", "Redis"),
+            ("broker_cpu_us_per_tx", "broker"),
+            ("peer_cpu_us_per_tx", "peer"),
+        )
+        if key in result
+    ]
+    if cpu:
+        rows.append(("CPU per transaction", ", ".join(cpu), "", ""))
+    out = ["| measure | result | target | |", "|---|---|---|---|"]
+    out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     return "\n".join(out) + "\n"
 
 
@@ -294,6 +459,13 @@ class PipelineBenchConfig:
         Simulation seed.
     cache_dir
         Where the Kafka jars are cached.
+    results_dir
+        Where the results go.
+    scorers
+        Scorer process counts measured one after the other, each in one consumer
+        group on the same topic (default ``(1,)``); the first is the headline figure.
+    peer
+        ``"quix"``: also run the Quix Streams peer on the same topic; ``None``: no peer.
     """
 
     events: int = 200_000
@@ -308,6 +480,8 @@ class PipelineBenchConfig:
     seed: int = 0
     cache_dir: Path = Path(".cache")
     results_dir: Path = Path("bench/results")
+    scorers: tuple[int, ...] = (1,)
+    peer: str | None = None
 
 
 @dataclass
@@ -339,29 +513,6 @@ def bench_servers(
         kafka_given_or_started(bootstrap_servers, cache_dir=cache_dir, heap_mb=768) as bootstrap,
     ):
         yield bootstrap, redis_address
-
-
-def create_topic(
-    bootstrap_servers: str,
-    name: str,
-    partitions: int,
-    *,
-    replication: int = 1,
-    configs: Mapping[str, str] | None = None,
-) -> None:
-    """Create a topic with topic-level configs and wait until every partition has a leader."""
-    from fraudstream.service.kafka import ensure_topics
-
-    admin = make_admin(bootstrap_servers, client_id="fraudstream-bench")
-    try:
-        with contextlib.suppress(TopicAlreadyExistsError):
-            admin.create_topics(
-                [NewTopic(name, partitions, replication, topic_configs=dict(configs or {}))],
-                timeout_ms=30_000,
-            )
-    finally:
-        admin.close()
-    ensure_topics(bootstrap_servers, {name: partitions}, replication=replication)
 
 
 # -- data --------------------------------------------------------------------------
@@ -411,10 +562,10 @@ def simulate_records(count: int, seed: int = 0) -> BenchData:
 
 
 def preload(
-    bootstrap_servers: str, topic: str, keys: Sequence[bytes], values: Sequence[bytes]
+    kafka: KafkaTarget, topic: str, keys: Sequence[bytes], values: Sequence[bytes]
 ) -> float:
     """Produce every record (delivery confirmed); returns the produce rate in records/s."""
-    producer = make_producer(bootstrap_servers, client_id="fraudstream-bench-load", linger_ms=20)
+    producer = make_producer(kafka, client_id="fraudstream-bench-load", linger_ms=20)
     try:
         tracker = DeliveryTracker(producer)
         started = time.perf_counter()
@@ -490,11 +641,11 @@ def _assign_all(consumer: KafkaConsumer, topic: str) -> None:
 
 
 def measure_raw_consume(
-    bootstrap_servers: str, topic: str, expected: int, max_records: int
+    kafka: KafkaTarget, topic: str, expected: int, max_records: int
 ) -> dict[str, float]:
     """A plain consumer loop that only counts records: Kafka + kafka-python's ceiling."""
     consumer = make_consumer(
-        bootstrap_servers,
+        kafka,
         client_id="fraudstream-bench-raw",
         group_id=None,
         max_poll_records=max_records,
@@ -525,10 +676,51 @@ def measure_raw_consume(
 
 def settings_values(settings: Any) -> dict[str, Any]:
     """Every field of a :class:`~fraudstream.service.settings.Settings`, secrets in clear."""
-    values = {}
-    for name, value in settings.model_dump().items():
-        values[name] = value.get_secret_value() if isinstance(value, SecretStr) else value
-    return json.loads(json.dumps(values, default=str))
+    from fraudstream.service.supervisor import settings_payload
+
+    values: dict[str, Any] = json.loads(settings_payload(settings))
+    return values
+
+
+def run_child(
+    module: str,
+    spec: Mapping[str, Any],
+    *,
+    what: str,
+    timeout_s: float = 600.0,
+    stop: threading.Event | None = None,
+) -> dict[str, Any]:
+    """Run ``python -m <module> <spec.json>`` and return the JSON of its last stdout line.
+
+    The child is sent SIGTERM when ``stop`` is set, killed after ``timeout_s``.
+    """
+    with tempfile.TemporaryDirectory(prefix="fraudstream-bench-child-") as tmp:
+        spec_path, out_path, err_path = (Path(tmp) / n for n in ("spec.json", "out", "err"))
+        spec_path.write_text(json.dumps(spec))
+        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+            child = subprocess.Popen(
+                [sys.executable, "-m", module, str(spec_path)],
+                stdout=out,
+                stderr=err,
+                cwd=str(Path(__file__).resolve().parent.parent),
+            )
+            deadline = time.monotonic() + timeout_s
+            while child.poll() is None:
+                if stop is not None and stop.is_set():
+                    child.terminate()
+                    break
+                if time.monotonic() > deadline:
+                    child.kill()
+                    break
+                time.sleep(0.05)
+            child.wait(timeout=120)
+        stdout = out_path.read_text(errors="replace")
+        stderr = err_path.read_text(errors="replace")
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    if child.returncode not in (0, -15) or not lines:
+        raise RuntimeError(f"{what} process failed (exit {child.returncode}):\n{stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
 
 
 def run_scorer_process(
@@ -537,48 +729,175 @@ def run_scorer_process(
     target: int | None,
     profile_path: Path | None = None,
     ready_file: Path | None = None,
+    status_file: Path | None = None,
+    barrier: tuple[Path, int] | None = None,
     timeout_s: float = 600.0,
     stop: threading.Event | None = None,
 ) -> dict[str, Any]:
     """Run the real scorer in a child process until ``target`` transactions are scored.
 
     Without ``target`` it runs until ``stop`` is set (it is then sent SIGTERM).
-    Returns the child's JSON result.
+    With ``status_file`` the child keeps its processed count there (every 20 ms);
+    with ``barrier`` (folder, count) it starts consuming only once ``count``
+    children have arrived there.
+    Returns the child's JSON result, whose ``timeline`` lists
+    ``[monotonic time, processed, CPU seconds]`` each time the count grew.
     """
     spec = {
         "settings": dict(settings),
         "target": target,
         "profile_path": str(profile_path) if profile_path else None,
         "ready_file": str(ready_file) if ready_file else None,
+        "status_file": str(status_file) if status_file else None,
+        "barrier": {"dir": str(barrier[0]), "count": barrier[1]} if barrier else None,
     }
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
-        json.dump(spec, handle)
-        spec_path = handle.name
-    try:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "fraudstream.bench.pipeline", spec_path],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=str(Path(__file__).resolve().parent.parent),
-        )
-        deadline = time.monotonic() + timeout_s
-        while child.poll() is None:
-            if stop is not None and stop.is_set():
-                child.terminate()
-                break
-            if time.monotonic() > deadline:
-                child.kill()
-                break
-            time.sleep(0.05)
-        stdout, stderr = child.communicate(timeout=120)
-    finally:
-        os.unlink(spec_path)
-    lines = [line for line in stdout.splitlines() if line.startswith("{")]
-    if child.returncode not in (0, -15) or not lines:
-        raise RuntimeError(f"scorer process failed (exit {child.returncode}):\n{stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(lines[-1])
-    return result
+    return run_child(
+        "fraudstream.bench.pipeline", spec, what="scorer", timeout_s=timeout_s, stop=stop
+    )
+
+
+def aggregate_timelines(
+    timelines: Sequence[Sequence[Sequence[float]]], target: int
+) -> dict[str, float]:
+    """Aggregate rate and CPU of scorers that shared one topic, from their timelines.
+
+    Each timeline lists ``[time, processed, cpu_s]`` samples of one process (its
+    counts are cumulative). The span starts when **every** process that took part
+    has finished its first batch (so the group join and the rebalances it causes
+    are not counted, as for one scorer) and ends when the processes together
+    reached ``target`` (or at the last sample). Empty timelines (a process that
+    got no partition) are ignored. When the span covers less than
+    :data:`MIN_TIMED_SHARE` of ``target``, the rate is NaN (too few batches).
+
+    Examples
+    --------
+    >>> one = [[1.0, 100, 0.5], [2.0, 1100, 1.0], [3.0, 2100, 1.5]]
+    >>> r = aggregate_timelines([one], 2100)
+    >>> r["start"], r["end"], r["counted"], r["tx_per_s"], r["cpu_s"], r["processes"]
+    (1.0, 3.0, 2000.0, 1000.0, 1.0, 1)
+    >>> two = [[1.5, 50, 0.2], [2.5, 1050, 0.7]]
+    >>> r = aggregate_timelines([one, two], 3000)  # both busy from 1.5; 3,150 done at 3.0
+    >>> r["start"], r["end"], r["counted"], r["tx_per_s"], r["processes"]
+    (1.5, 3.0, 3000.0, 2000.0, 2)
+    >>> late = [[3.0, 10, 0.1], [3.1, 20, 0.2]]  # joined when the work was done
+    >>> aggregate_timelines([one, late], 2120)["tx_per_s"]
+    nan
+    """
+    used = [sorted((float(t), float(n), float(c)) for t, n, c in tl) for tl in timelines if tl]
+    if not used:
+        return {"tx_per_s": math.nan, "processes": 0}
+    start = max(tl[0][0] for tl in used)
+    events = sorted((t, i, n, c) for i, tl in enumerate(used) for t, n, c in tl)
+    latest = [0.0] * len(used)
+    end = events[-1][0]
+    for t, i, n, _ in events:
+        latest[i] = n
+        if t >= start and sum(latest) >= target:
+            end = t
+            break
+
+    def at(tl: list[tuple[float, float, float]], when: float) -> tuple[float, float]:
+        before = [(n, c) for t, n, c in tl if t <= when]
+        return before[-1] if before else (0.0, tl[0][2])
+
+    counted = sum(at(tl, end)[0] - at(tl, start)[0] for tl in used)
+    cpu_s = sum(at(tl, end)[1] - at(tl, start)[1] for tl in used)
+    timed_share = counted / target if target else math.nan
+    return {
+        "start": start,
+        "end": end,
+        "counted": counted,
+        # A span that covers too little of the run (one process joined late) is
+        # a handful of batches: no rate is better than a wrong one.
+        "tx_per_s": rate_per_s(int(counted), end - start)
+        if timed_share >= MIN_TIMED_SHARE
+        else math.nan,
+        "cpu_s": cpu_s,
+        "processes": len(used),
+        "timed_share": timed_share,
+    }
+
+
+def run_scorer_group(
+    settings: Mapping[str, Any], *, scorers: int, target: int, timeout_s: float = 600.0
+) -> dict[str, Any]:
+    """``scorers`` scorer processes in one consumer group until together they scored ``target``.
+
+    One process stops by itself at ``target``; several keep a status file each,
+    and are sent SIGTERM once their counts add up to ``target``. Returns the
+    aggregate (:func:`aggregate_timelines`) with each process's peak RSS and the
+    scorer kind and model version they scored with.
+    """
+    if scorers == 1:
+        children = [run_scorer_process(settings, target=target, timeout_s=timeout_s)]
+    else:
+        stop = threading.Event()
+        outcomes: list[dict[str, Any]] = [{} for _ in range(scorers)]
+        with tempfile.TemporaryDirectory(prefix="fraudstream-bench-group-") as tmp:
+            status = [Path(tmp) / f"scorer-{i}.count" for i in range(scorers)]
+
+            def one(i: int) -> None:
+                try:
+                    outcomes[i]["result"] = run_scorer_process(
+                        {**settings, "client_id": f"{settings['client_id']}-{i + 1}"},
+                        target=None,
+                        status_file=status[i],
+                        barrier=(Path(tmp) / "barrier", scorers),
+                        timeout_s=timeout_s,
+                        stop=stop,
+                    )
+                except BaseException as exc:
+                    outcomes[i]["error"] = exc
+                    stop.set()
+
+            threads = [
+                threading.Thread(target=one, args=(i,), name=f"bench-scorer-{i + 1}")
+                for i in range(scorers)
+            ]
+            for thread in threads:
+                thread.start()
+            deadline = time.monotonic() + timeout_s
+            while not stop.is_set() and time.monotonic() < deadline:
+                done = 0
+                for path in status:
+                    with contextlib.suppress(OSError, ValueError):
+                        done += int(path.read_text() or 0)
+                if done >= target:
+                    break
+                time.sleep(0.02)
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=180)
+        errors = [o["error"] for o in outcomes if "error" in o]
+        if errors:
+            raise errors[0]
+        children = [o["result"] for o in outcomes]
+    aggregate = aggregate_timelines([c.get("timeline", []) for c in children], target)
+    return {
+        **aggregate,
+        "scorers": scorers,
+        "processed": sum(c.get("processed", 0.0) for c in children),
+        "rss_mb": max(c["rss_mb"] for c in children),
+        "cpu_us_per_tx": 1e6
+        * aggregate.get("cpu_s", math.nan)
+        / max(aggregate.get("counted", 0), 1),
+        "alerts": sum(c.get("alerts", 0.0) for c in children),
+        "scorer_kind": children[0].get("scorer_kind"),
+        "model_version": children[0].get("model_version"),
+    }
+
+
+def _meet(folder: Path, count: int, timeout_s: float = 120.0) -> None:
+    """Wait until ``count`` processes have arrived in ``folder`` (a start line for the group).
+
+    Every scorer of a group starts its consumer at about the same moment, so they
+    join the group together rather than one taking every partition first.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / str(os.getpid())).touch()
+    deadline = time.monotonic() + timeout_s
+    while len(list(folder.iterdir())) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def _scorer_main(spec_path: str) -> None:
@@ -599,15 +918,25 @@ def _scorer_main(spec_path: str) -> None:
             app.metrics.registry.get_sample_value("fraudstream_transactions_processed_total") or 0.0
         )
 
+    timeline: list[list[float]] = []  # [monotonic time, processed, CPU s] when the count grew
+
     def watch() -> None:
         ready_file = spec.get("ready_file")
+        status_file = Path(spec["status_file"]) if spec.get("status_file") else None
+        reported_at = 0.0
         while not app.stopping.is_set():
             n = processed()
-            now = time.perf_counter()
+            now = time.monotonic()
+            if n and (not timeline or n > timeline[-1][1]):
+                timeline.append([now, n, _cpu_s()])
             if n and "first_at" not in marks:
                 marks.update(first_at=now, first_count=n, first_cpu=_cpu_s())
                 if ready_file:
                     Path(ready_file).write_text("ready")
+            if status_file is not None and now - reported_at >= 0.02:
+                status_file.with_suffix(".tmp").write_text(str(int(n)))
+                status_file.with_suffix(".tmp").replace(status_file)
+                reported_at = now
             if target is not None and n >= target:
                 marks.update(last_at=now, last_count=n, last_cpu=_cpu_s())
                 app.stop()
@@ -621,6 +950,8 @@ def _scorer_main(spec_path: str) -> None:
 
         profiler = Profiler(interval=0.001)
         profiler.start()
+    if spec.get("barrier"):
+        _meet(Path(spec["barrier"]["dir"]), int(spec["barrier"]["count"]))
     started = time.perf_counter()
     watcher.start()
     app.run()
@@ -642,6 +973,7 @@ def _scorer_main(spec_path: str) -> None:
         or 0.0,
         "model_version": app._watcher.active.version if app._watcher else None,
         "scorer_kind": app._watcher.active.kind if app._watcher else None,
+        "timeline": timeline,
     }
     if "last_at" in marks:
         seconds = marks["last_at"] - marks["first_at"]
@@ -666,198 +998,11 @@ def _scorer_main(spec_path: str) -> None:
     print(json.dumps(result), flush=True)
 
 
-# -- naive loop --------------------------------------------------------------------
-
-
-class NaiveScorer:
-    """What one writes first: per-event Redis calls, River per event, produce+flush per event.
-
-    Per event: ``SET NX`` (dedupe); ``ZADD`` + ``PEXPIRE`` of the card history;
-    one ``ZCOUNT`` per card window; one ``ZRANGEBYSCORE`` of the longest window
-    (amount sums, previous event, z-score); ``SISMEMBER`` + ``SADD`` (new
-    terminal); ``GET`` of the card's fraud-label count; ``HINCRBY`` of the
-    terminal's day; one ``HMGET`` per terminal window for counts and one for
-    fraud labels; ``SET`` of the snapshot -- each its own round trip. Then
-    ``predict_proba_one`` and one produce of the score record, flushed.
-    """
-
-    def __init__(
-        self,
-        client: redis.Redis,
-        producer: Any,
-        model: Any,
-        names: Sequence[str],
-        prefix: str,
-        topic_scores: str,
-        windows_s: Sequence[int],
-        terminal_days: Sequence[int],
-        threshold: float,
-    ) -> None:
-        self.client = client
-        self.producer = producer
-        self.model = model
-        self.names = tuple(names)
-        self.prefix = prefix
-        self.topic_scores = topic_scores
-        self.windows_ms = [w * 1000 for w in windows_s]
-        self.terminal_days = tuple(terminal_days)
-        self.threshold = threshold
-        self.alerts = 0
-
-    def process(self, value: bytes) -> None:
-        from fraudstream.service.alerts import encode_score_record
-        from fraudstream.service.schemas import Transaction
-
-        tx = Transaction.model_validate_json(value)
-        r, p = self.client, self.prefix
-        t = tx.event_time_ms
-        if not r.set(f"{p}:dedupe:{tx.transaction_id}", 1, nx=True, ex=86400):
-            return
-        card = f"{p}:card:{tx.card_id}"
-        member = f"{tx.transaction_id}|{tx.amount}|{tx.lat}|{tx.lon}"
-        r.zadd(card, {member: t})
-        r.pexpire(card, max(self.windows_ms) + 86_400_000)
-        x: dict[str, float] = {}
-        counts = [float(r.zcount(card, t - w + 1, t)) for w in self.windows_ms]
-        history: list[tuple[bytes, float]] = r.zrangebyscore(  # type: ignore[assignment]
-            card, t - max(self.windows_ms) + 1, t, withscores=True
-        )
-        rows = [(m.decode().split("|"), float(s)) for m, s in history]
-        for w, count, label in zip(self.windows_ms, counts, self._labels(), strict=True):
-            total = sum(float(f[1]) for f, s in rows if s > t - w)
-            x[f"card_tx_count_{label}"] = count
-            x[f"card_amount_sum_{label}"] = total
-            x[f"card_amount_mean_{label}"] = total / max(count, 1.0)
-        earlier = [(f, s) for f, s in rows if f[0] != tx.transaction_id]
-        amounts = [float(f[1]) for f, _ in earlier]
-        if earlier:
-            prev, prev_ts = earlier[-1]
-            gap_s = (t - prev_ts) / 1000.0
-            x["card_seconds_since_prev"] = gap_s
-            if prev[2] != "None" and tx.lat is not None and tx.lon is not None:
-                from fraudstream.service.features.definitions import haversine_km
-
-                d = haversine_km(float(prev[2]), float(prev[3]), tx.lat, tx.lon)
-                x["card_distance_km_prev"] = d
-                x["card_speed_kmh_prev"] = d / max(gap_s / 3600.0, 1 / 60)
-        else:
-            x["card_seconds_since_prev"] = float(max(self.windows_ms) / 1000 + 86400)
-        if len(amounts) >= 2:
-            mean = sum(amounts) / len(amounts)
-            std = max(1.0, (sum((a - mean) ** 2 for a in amounts) / len(amounts)) ** 0.5)
-            x["card_amount_zscore"] = (tx.amount - mean) / std
-        seen = f"{p}:seen:{tx.card_id}"
-        x["card_new_terminal"] = 0.0 if r.sismember(seen, tx.terminal_id) else 1.0
-        r.sadd(seen, tx.terminal_id)
-        x["card_fraud_labels_30d"] = float(r.get(f"{p}:cardfraud:{tx.card_id}") or 0)
-        day = t // 86_400_000
-        term = f"{p}:term:{tx.terminal_id}"
-        r.hincrby(term, str(day), 1)
-        for d in self.terminal_days:
-            fields = [str(day - i) for i in range(d)]
-            count = float(sum(int(v or 0) for v in r.hmget(term, fields)))
-            frauds = float(sum(int(v or 0) for v in r.hmget(f"{term}:fraud", fields)))
-            x[f"terminal_tx_count_{d}d"] = count
-            x[f"terminal_fraud_labels_{d}d"] = frauds
-            x[f"terminal_fraud_rate_{d}d"] = min(1.0, frauds / count) if count else 0.0
-        hour = (t % 86_400_000) // 3_600_000
-        x.update(
-            amount=tx.amount,
-            hour_of_day=float(hour),
-            is_night=float(hour < 6),
-            is_weekend=float((day + 3) % 7 >= 5),
-        )
-        score = self.model.predict_proba_one(x)[True]
-        r.set(f"{p}:snap:{tx.transaction_id}", orjson.dumps(x), ex=86400 * 45)
-        alert = score >= self.threshold
-        self.alerts += alert
-        record = encode_score_record(
-            transaction_id=tx.transaction_id,
-            card_id=tx.card_id,
-            terminal_id=tx.terminal_id,
-            amount=tx.amount,
-            event_time_ms=t,
-            score=score,
-            threshold=self.threshold,
-            is_alert=alert,
-            scorer="model",
-            model_version=1,
-            reasons=[],
-            scored_at_ms=time.time() * 1000,
-            latency_ms=0.0,
-        )
-        self.producer.send(self.topic_scores, value=record, key=tx.card_id.encode())
-        self.producer.flush()
-
-    def _labels(self) -> list[str]:
-        from fraudstream.service.features.definitions import window_label
-
-        return [window_label(w // 1000) for w in self.windows_ms]
-
-
-def measure_naive(
-    bootstrap_servers: str,
-    redis_url: str,
-    topic: str,
-    topic_scores: str,
-    expected: int,
-    model: Any,
-    names: Sequence[str],
-    settings: Any,
-    prefix: str,
-    group: str,
-) -> dict[str, float]:
-    """Run :class:`NaiveScorer` on the first ``expected`` records of ``topic``."""
-    client = redis.Redis.from_url(redis_url)
-    producer = make_producer(bootstrap_servers, client_id="fraudstream-bench-naive")
-    consumer = make_consumer(
-        bootstrap_servers,
-        client_id="fraudstream-bench-naive",
-        group_id=group,
-        enable_auto_commit=True,
-        topics=[topic],
-    )
-    naive = NaiveScorer(
-        client,
-        producer,
-        model,
-        names,
-        prefix,
-        topic_scores,
-        settings.window_lengths_s,
-        settings.terminal_window_days,
-        settings.alert_threshold,
-    )
-    try:
-        count = 0
-        first_at = 0.0
-        cpu0 = 0.0
-        deadline = time.monotonic() + 600
-        for record in consumer:
-            naive.process(record.value)
-            count += 1
-            if count == 1:
-                first_at, cpu0 = time.perf_counter(), _cpu_s()
-            if count >= expected or time.monotonic() > deadline:
-                break
-        seconds = time.perf_counter() - first_at
-        return {
-            "naive_tx_per_s": rate_per_s(count - 1, seconds),
-            "naive_events": count,
-            "naive_cpu_us_per_tx": 1e6 * (_cpu_s() - cpu0) / max(count - 1, 1),
-            "naive_alerts": naive.alerts,
-        }
-    finally:
-        consumer.close()
-        producer.close(timeout=30)
-        client.close()
-
-
 # -- latency -----------------------------------------------------------------------
 
 
 def measure_latency(
-    bootstrap_servers: str,
+    kafka: KafkaTarget,
     settings: Mapping[str, Any],
     keys: Sequence[bytes],
     values: Sequence[bytes],
@@ -870,12 +1015,10 @@ def measure_latency(
     """Offer ``rate`` tx/s for ``seconds`` to a running scorer; percentiles of latency."""
     topic_in = run.name("latency-tx")
     topic_scores = run.name("latency-scores")
-    create_topic(bootstrap_servers, topic_in, partitions)
-    create_topic(
-        bootstrap_servers,
-        topic_scores,
-        partitions,
-        configs={"message.timestamp.type": "LogAppendTime"},
+    ensure_topics(
+        kafka,
+        {topic_in: partitions, topic_scores: partitions},
+        configs={topic_scores: {"message.timestamp.type": "LogAppendTime"}},
     )
     scorer_settings = {
         **settings,
@@ -899,9 +1042,7 @@ def measure_latency(
 
         thread = threading.Thread(target=scorer, name="bench-latency-scorer")
         thread.start()
-        producer = make_producer(
-            bootstrap_servers, client_id="fraudstream-bench-latency", linger_ms=5
-        )
+        producer = make_producer(kafka, client_id="fraudstream-bench-latency", linger_ms=5)
         sent_ms: dict[bytes, int] = {}
         warmup = 0
         total = int(rate * seconds)
@@ -932,7 +1073,7 @@ def measure_latency(
             offered_s = time.perf_counter() - started
             producer.flush(timeout=60)
             sent, latencies, scorer_ms = _collect_latencies(
-                bootstrap_servers, topic_scores, sent_ms, timeout_s=60
+                kafka, topic_scores, sent_ms, timeout_s=60
             )
         finally:
             producer.close(timeout=30)
@@ -959,7 +1100,7 @@ def measure_latency(
 
 
 def _collect_latencies(
-    bootstrap_servers: str, topic: str, sent_ms: Mapping[bytes, int], timeout_s: float
+    kafka: KafkaTarget, topic: str, sent_ms: Mapping[bytes, int], timeout_s: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Read the scores topic: for every transaction sent, ``(sent_ms, end-to-end ms, scorer ms)``.
 
@@ -967,7 +1108,7 @@ def _collect_latencies(
     own figure is the ``latency_ms`` it wrote (scored time minus record timestamp,
     before producing).
     """
-    consumer = make_consumer(bootstrap_servers, client_id="fraudstream-bench-lat", group_id=None)
+    consumer = make_consumer(kafka, client_id="fraudstream-bench-lat", group_id=None)
     out: dict[bytes, tuple[float, float, float]] = {}
     try:
         _assign_all(consumer, topic)
@@ -1037,9 +1178,75 @@ def measure_memory(client: redis.Redis, prefix: str, sample: int = 500) -> dict[
     }
 
 
-def _redis_cpu_s(client: redis.Redis) -> float:
-    info = client.info("cpu")
-    return float(info.get("used_cpu_sys", 0.0)) + float(info.get("used_cpu_user", 0.0))
+# -- per-transaction CPU and the peer ---------------------------------------------
+
+
+def scorer_figures(group: Mapping[str, Any], sampler: CpuSampler) -> dict[str, float]:
+    """Rate and CPU per transaction (scorers, Redis, broker) of one scorer-group run."""
+    counted = max(float(group.get("counted", 0.0)), 1.0)
+    spent = (
+        sampler.seconds_between(group["start"], group["end"])
+        if "start" in group
+        else {"redis": math.nan, "broker": math.nan}
+    )
+    return {
+        "tx_per_s": float(group.get("tx_per_s", math.nan)),
+        "cpu_us_per_tx": float(group.get("cpu_us_per_tx", math.nan)),
+        "redis_cpu_us_per_tx": 1e6 * spent["redis"] / counted,
+        "broker_cpu_us_per_tx": 1e6 * spent["broker"] / counted,
+        "rss_mb": float(group.get("rss_mb", math.nan)),
+        "processes_timed": float(group.get("processes", 0)),
+        "timed_share": float(group.get("timed_share", math.nan)),
+    }
+
+
+def measure_peer_quix(
+    kafka: KafkaTarget,
+    topic: str,
+    alerts_topic: str,
+    group: str,
+    model: Any,
+    settings: Mapping[str, Any],
+    target: int,
+) -> dict[str, Any]:
+    """Run the Quix Streams peer (:mod:`fraudstream.bench.peer_quix`) on ``topic`` in a child.
+
+    The peer connects over PLAINTEXT only (it is a benchmark of a local broker).
+    """
+    import pickle
+
+    connection = KafkaConnection.of(kafka)
+    if connection.secured:
+        raise ConfigurationError(
+            f"the Quix Streams peer connects over PLAINTEXT only, not to {connection.describe()}"
+        )
+
+    with tempfile.TemporaryDirectory(prefix="fraudstream-bench-peer-") as tmp:
+        model_path = Path(tmp) / "model.pkl"
+        model_path.write_bytes(pickle.dumps(model))
+        windows = [int(w) for w in str(settings["windows_s"]).split(",")]
+        peer = run_child(
+            "fraudstream.bench.peer_quix",
+            {
+                "bootstrap_servers": connection.bootstrap_servers,
+                "group": group,
+                "topic": topic,
+                "alerts_topic": alerts_topic,
+                "windows_s": windows,
+                "threshold": settings["alert_threshold"],
+                "model_path": str(model_path),
+                "target": target,
+            },
+            what="Quix Streams peer",
+        )
+    return {
+        "peer": "quixstreams",
+        "peer_tx_per_s": peer.get("tx_per_s", math.nan),
+        "peer_processed": peer.get("processed"),
+        "peer_cpu_us_per_tx": peer.get("cpu_us_per_tx", math.nan),
+        "peer_rss_mb": peer.get("rss_mb", math.nan),
+        "window": peer.get("window"),
+    }
 
 
 # -- the whole run -----------------------------------------------------------------
@@ -1053,6 +1260,8 @@ def run_pipeline_bench(
     """Run every step of the benchmark and return the results (see the module docstring)."""
     import platform
 
+    from fraudstream.bench.naive import measure_naive
+    from fraudstream.devstack import started_pid
     from fraudstream.service.model import FraudModel
     from fraudstream.service.registry import ModelRegistry
 
@@ -1077,9 +1286,14 @@ def run_pipeline_bench(
         bootstrap,
         redis_url,
     ):
-        client = redis.Redis.from_url(redis_url)
+        # Servers this run started are plain: the security settings are for given ones.
+        values = settings_values(
+            base_settings.with_local_servers(
+                bootstrap_servers=bootstrap if config.bootstrap_servers is None else None,
+                redis_url=redis_url if config.redis_url is None else None,
+            )
+        )
         topic = run.name("transactions")
-        values = settings_values(base_settings)
         values.update(
             bootstrap_servers=bootstrap,
             redis_url=redis_url,
@@ -1096,9 +1310,20 @@ def run_pipeline_bench(
             metrics_port=0,
             publish_scores=False,
         )
-        for name in ("alerts", "scores", "dlq", "labels", "labels-dlq", "naive-scores"):
-            create_topic(bootstrap, run.name(name), config.partitions)
-        create_topic(bootstrap, topic, config.partitions)
+        names = (
+            "alerts",
+            "scores",
+            "dlq",
+            "labels",
+            "labels-dlq",
+            "naive-scores",
+            "transactions",
+            "peer-alerts",
+        )
+        bench_settings = Settings(_env_file=None, **values)
+        kafka = KafkaConnection.from_settings(bench_settings)
+        client = redis_client(bench_settings)
+        ensure_topics(kafka, {run.name(name): config.partitions for name in names})
 
         progress("training and publishing the default model")
         version, labels, frauds = train_and_publish(
@@ -1108,51 +1333,102 @@ def run_pipeline_bench(
 
         progress(f"pre-loading {config.events:,} transactions into {topic}")
         result["preload_tx_per_s"] = preload(
-            bootstrap, topic, data.keys[: config.events], data.values[: config.events]
+            kafka, topic, data.keys[: config.events], data.values[: config.events]
         )
 
         progress("raw consume")
         result.update(
-            measure_raw_consume(bootstrap, topic, config.events, base_settings.max_batch_size)
+            measure_raw_consume(kafka, topic, config.events, base_settings.max_batch_size)
         )
 
-        progress("scorer (real Application loop, child process)")
-        redis_cpu0 = _redis_cpu_s(client)
-        scorer = run_scorer_process(values, target=config.events)
-        redis_cpu = _redis_cpu_s(client) - redis_cpu0
-        result.update(
-            scorer_tx_per_s=scorer.get("tx_per_s", math.nan),
-            scorer_seconds=scorer.get("seconds", math.nan),
-            scorer_processed=scorer.get("processed"),
-            scorer_rss_mb=scorer["rss_mb"],
-            scorer_cpu_us_per_tx=scorer.get("cpu_us_per_tx", math.nan),
-            redis_cpu_us_per_tx=1e6 * redis_cpu / max(config.events, 1),
-            scorer_kind=scorer.get("scorer_kind"),
-            scorer_alerts=scorer.get("alerts"),
-            scorer_alert_share=ratio(scorer.get("alerts", 0.0), scorer.get("processed", 0.0)),
-        )
-        result["notes"].append(
-            "redis_cpu_us_per_tx covers the whole scorer run (start-up included); "
-            "scorer_cpu_us_per_tx covers the timed part only."
-        )
-        result.update(measure_memory(client, run.prefix))
-
-        progress(f"naive per-event loop on {config.naive_events:,} events")
         registry = ModelRegistry(client, run.prefix, SecretStr(str(values["model_signing_key"])))
         model: FraudModel = registry.load(version).model
-        from fraudstream.service.settings import Settings
+        sampler = CpuSampler(client, started_pid(bootstrap))
+        result["broker_pid_known"] = sampler.broker_pid is not None
+        for i, scorers in enumerate(config.scorers):
+            progress(
+                f"{scorers} scorer process{'es' if scorers > 1 else ''} "
+                "(real Application loop, child processes, one consumer group)"
+            )
+            scorer_values = dict(values)
+            if i:  # a fresh group and fresh Redis state (with the model) for every count
+                scorer_values.update(
+                    consumer_group=run.name(f"scorer-x{scorers}-{i}"),
+                    redis_prefix=f"{run.prefix}x{i}",
+                )
+                ModelRegistry(
+                    client,
+                    scorer_values["redis_prefix"],
+                    SecretStr(str(values["model_signing_key"])),
+                ).publish(model, extra={"trained_by": "fraudstream bench"})
+            with sampler.running():
+                group = run_scorer_group(scorer_values, scorers=scorers, target=config.events)
+            figures = scorer_figures(group, sampler)
+            if i == 0:
+                result.update(
+                    scorer_processes=scorers,
+                    scorer_tx_per_s=figures["tx_per_s"],
+                    scorer_seconds=group.get("end", math.nan) - group.get("start", math.nan),
+                    scorer_processed=group["processed"],
+                    scorer_rss_mb=group["rss_mb"],
+                    scorer_cpu_us_per_tx=figures["cpu_us_per_tx"],
+                    redis_cpu_us_per_tx=figures["redis_cpu_us_per_tx"],
+                    broker_cpu_us_per_tx=figures["broker_cpu_us_per_tx"],
+                    scorer_kind=group.get("scorer_kind"),
+                    scorer_alerts=group.get("alerts"),
+                    scorer_alert_share=ratio(group.get("alerts", 0.0), group["processed"]),
+                )
+                result.update(measure_memory(client, run.prefix))
+            result.setdefault("scorer_runs", []).append({"scorers": scorers, **figures})
+            result[f"scorers_{scorers}_tx_per_s"] = figures["tx_per_s"]
+        if len(config.scorers) > 1:
+            base = result["scorer_runs"][0]
+            for other in result["scorer_runs"][1:]:
+                result[f"scorers_{other['scorers']}_vs_{base['scorers']}"] = ratio(
+                    other["tx_per_s"], base["tx_per_s"]
+                )
+        result["notes"].append(
+            "CPU per transaction (scorer, Redis, broker) is measured over the timed span of "
+            "each scorer run, on one clock; broker CPU is read from /proc when this run "
+            "started the broker. With several scorers the span starts once every scorer has "
+            "finished its first batch (after the group's rebalances)."
+        )
 
-        naive_settings = Settings(_env_file=None, **values)
+        if config.peer == "quix":
+            progress("peer: a Quix Streams application on the same topic (child process)")
+            with sampler.running():
+                peer = measure_peer_quix(
+                    kafka,
+                    topic,
+                    run.name("peer-alerts"),
+                    run.name("peer-quix"),
+                    model,
+                    values,
+                    config.events,
+                )
+            window = peer.pop("window", None)
+            if window:
+                spent = sampler.seconds_between(window[0], window[1])
+                counted = max(config.events - 1, 1)
+                peer["peer_broker_cpu_us_per_tx"] = 1e6 * spent["broker"] / counted
+            result.update(peer)
+            result["scorer_vs_peer"] = ratio(result["scorer_tx_per_s"], result["peer_tx_per_s"])
+            result["notes"].append(
+                "The peer (bench/peer_quix.py) is timed from its first processed record to "
+                "the last; it computes card windows and time since last in RocksDB state and "
+                "a River score, with no terminal, label, z-score, location or new-terminal "
+                "features, no dedupe and no snapshots (generous to the peer)."
+            )
+
+        progress(f"naive per-event loop on {config.naive_events:,} events")
         result.update(
             measure_naive(
-                bootstrap,
-                redis_url,
+                kafka,
                 topic,
                 run.name("naive-scores"),
                 min(config.naive_events, config.events),
                 model,
-                model.feature_names,
-                naive_settings,
+                bench_settings,
                 f"{run.prefix}naive",
                 run.name("naive"),
             )
@@ -1177,7 +1453,7 @@ def run_pipeline_bench(
             )
             result.update(
                 measure_latency(
-                    bootstrap,
+                    kafka,
                     values,
                     data.keys[config.events :],
                     data.values[config.events :],

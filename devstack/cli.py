@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from pydantic import SecretStr
 
 from fraudstream.devstack.stack import DevStack
 from fraudstream.service.settings import DecisionMode, Settings
@@ -119,7 +118,7 @@ def dev_fetch(cache_dir: Path) -> None:
     from fraudstream.devstack.kafka import find_java
 
     find_java()
-    libs = fetch_kafka_jars(cache_dir)
+    libs = fetch_kafka_jars(cache_dir, progress=lambda line: click.echo(line, err=True))
     click.echo(f"kafka jars: {libs} ({len(list(libs.glob('*.jar')))} jars)")
     click.echo(f"redis-server: {ensure_redis_installed()}")
 
@@ -137,6 +136,12 @@ def dev_fetch(cache_dir: Path) -> None:
     help="Event seconds per wall second (20,000: a day in ~4 s).",
 )
 @click.option("--seed", type=int, default=None, help="Simulation seed (default: random).")
+@click.option(
+    "--record-metrics",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Record the service's metrics every 2 s to this JSON Lines file "
+    "(input of `fraudstream dev dashboard-picture`).",
+)
 @click.pass_obj
 def demo(
     settings: Settings,
@@ -145,6 +150,7 @@ def demo(
     days: int,
     speed: float,
     seed: int | None,
+    record_metrics: Path | None,
     **dev_options: Any,
 ) -> None:
     """Bring up Kafka and Redis, run the service on a simulated stream, show alerts."""
@@ -162,12 +168,11 @@ def demo(
         "expected_tx_per_day": per_day,
         "alert_budget_per_day": max(1, per_day // 100),
     }
-    settings = settings.model_copy(
-        update={
-            "bootstrap_servers": stack.kafka.bootstrap_servers,
-            "redis_url": SecretStr(stack.redis.url),
-            **{k: v for k, v in demo_decision.items() if k not in settings.model_fields_set},
-        }
+    # The dev stack's own servers: plain, whatever security settings are around.
+    settings = settings.with_local_servers(
+        bootstrap_servers=stack.kafka.bootstrap_servers, redis_url=stack.redis.url
+    ).model_copy(
+        update={k: v for k, v in demo_decision.items() if k not in settings.model_fields_set}
     )
     plan = DemoPlan(
         customers=customers,
@@ -175,8 +180,49 @@ def demo(
         days=days,
         speed=speed,
         seed=random.randrange(1_000_000) if seed is None else seed,
+        metrics_out=record_metrics,
     )
     run_demo(settings, stack, plan)
+
+
+@dev.command("dashboard-picture")
+@click.option(
+    "--metrics",
+    "metrics_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Metrics recorded by `fraudstream demo --record-metrics FILE`.",
+)
+@click.option(
+    "--dashboard",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Grafana dashboard JSON (default: deploy/grafana/dashboards/fraudstream.json).",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("docs/dashboard.png"),
+    show_default=True,
+)
+def dashboard_picture(metrics_file: Path, dashboard: Path | None, output: Path) -> None:
+    """Draw the Grafana dashboard's panels from recorded metrics into a PNG."""
+    import json
+
+    from fraudstream.devstack.dashboard import DASHBOARD, Recording, render
+
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise click.ClickException(
+            "matplotlib is needed to draw the picture: pip install 'fraudstream[dev]'"
+        ) from None
+    board = json.loads((dashboard or DASHBOARD).read_text())
+    recording = Recording.load(metrics_file)
+    if len(recording.times) < 2:
+        raise click.ClickException(f"{metrics_file}: fewer than two scrapes recorded")
+    click.echo(f"wrote {render(board, recording, output)}")
 
 
 #: The dev-stack commands, mounted by :mod:`fraudstream.cli`.

@@ -2,26 +2,34 @@
 
 Brings up the local dev stack (real Kafka and Redis), runs the service (scorer
 and learner) in this process, feeds it a simulated card network with delayed
-labels at accelerated event time, and prints alerts as they are published and
-a status line every few seconds (throughput, alerts, dead letters, model
-version). Metrics are on ``/metrics`` while it runs.
+labels at accelerated event time, and prints a sample of the alerts spread over
+the run (the first alert of the learnt model is always shown), a status line
+every few seconds (throughput, alerts, dead letters, model version), and at the
+end a quality summary: frauds planted and caught, precision of the alerts,
+alerts per day against the budget. Metrics are on ``/metrics`` while it runs,
+and can be recorded for the dashboard picture (``--record-metrics``).
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import click
+import numpy as np
 import orjson
 from kafka import TopicPartition
 
 from fraudstream.devstack.stack import DevStack
 from fraudstream.producers.labels import LabelDelay
-from fraudstream.producers.simulator import SimulationConfig
+from fraudstream.producers.simulator import Simulation, SimulationConfig, simulate
 from fraudstream.producers.stream import StreamStats, stream_simulation
 from fraudstream.service.app import Application
 from fraudstream.service.kafka import make_consumer
@@ -30,7 +38,7 @@ from fraudstream.service.settings import DecisionMode, Settings
 
 @dataclass(frozen=True)
 class DemoPlan:
-    """How big and how fast the demo is."""
+    """How big and how fast the demo is, and what it shows."""
 
     customers: int = 1000
     terminals: int = 2000
@@ -38,7 +46,12 @@ class DemoPlan:
     speed: float = 20_000.0
     seed: int = 0
     label_delay_days: float = 7.0
-    max_alert_lines: int = 40
+    #: Alert lines are sampled: at most one per this many wall seconds (the
+    #: first alert of each scorer is always shown), so the whole run is covered.
+    alert_every_s: float = 1.5
+    #: Where to record the metrics every ``record_every_s`` (for the dashboard picture).
+    metrics_out: Path | None = None
+    record_every_s: float = 2.0
 
 
 def _value(metric: object) -> float:
@@ -51,14 +64,54 @@ def _value(metric: object) -> float:
     return total
 
 
-def _alert_line(raw: bytes) -> str:
-    alert = orjson.loads(raw)
+def _alert_line(alert: dict[str, Any]) -> str:
     reasons = ", ".join(f"{r['feature']}={r['value']:.4g}" for r in alert.get("reasons", [])[:3])
+    scorer = f"model v{alert['model_version']}" if alert["scorer"] == "model" else "rules"
     return (
-        f"ALERT card {alert['card_id']:>8} amount {alert['amount']:>9.2f} at "
-        f"{alert['event_time'][:16]}  score {alert['score']:.3f} ({alert['scorer']} "
-        f"v{alert['model_version']})  {alert['latency_ms']:.0f} ms  [{reasons}]"
+        f"ALERT card {alert['card_id']:>8} amount {float(alert['amount']):>9.2f} at "
+        f"{str(alert['event_time'])[:16]}  score {float(alert['score']):.3f} "
+        f"({scorer})  {float(alert['latency_ms']):.0f} ms  [{reasons}]"
     )
+
+
+@dataclass
+class _Seen:
+    """Every alert of the run (for the summary) and what was printed."""
+
+    by_scorer: dict[str, list[str]] = field(default_factory=dict)  # scorer -> transaction ids
+    shown: int = 0
+    last_shown_s: float = 0.0
+    model_announced: bool = False
+
+
+def _quality_summary(simulation: Simulation, seen: _Seen, days: int, budget: str) -> list[str]:
+    """Frauds planted and caught, precision of alerts and alerts per day, by scorer."""
+    fraud_rows = np.flatnonzero(simulation.is_fraud)
+    fraud_ids = {simulation.transaction_id(int(i)) for i in fraud_rows}
+    card_of = {simulation.transaction_id(int(i)): int(simulation.customer[i]) for i in fraud_rows}
+    fraud_cards = set(card_of.values())
+    alerted = {tx for txs in seen.by_scorer.values() for tx in txs}
+    caught = alerted & fraud_ids
+    cards_caught = {card_of[tx] for tx in caught}
+    total = sum(len(txs) for txs in seen.by_scorer.values())
+    precision = len(caught) / len(alerted) if alerted else float("nan")
+    share = len(fraud_ids) / max(1, len(simulation))
+    lines = [
+        f"quality: {len(fraud_ids):,} frauds planted ({share:.2%}"
+        f" of {len(simulation):,} transactions, on {len(fraud_cards):,} cards); "
+        f"{len(caught):,} caught ({len(caught) / max(1, len(fraud_ids)):.0%}), "
+        f"{len(cards_caught):,} of the cards flagged",
+        f"alerts: {total:,} in {days} days = {total / days:.1f} a day ({budget}); "
+        f"precision {precision:.0%} ({len(caught):,} of {len(alerted):,} alerted transactions "
+        "were fraud)",
+    ]
+    parts = []
+    for scorer, txs in sorted(seen.by_scorer.items()):
+        hits = len(set(txs) & fraud_ids)
+        parts.append(f"{scorer} {len(txs):,} alerts, precision {hits / max(1, len(set(txs))):.0%}")
+    if parts:
+        lines.append("by scorer: " + "; ".join(parts))
+    return lines
 
 
 def run_demo(
@@ -75,14 +128,28 @@ def run_demo(
             stack.down()
 
 
+def _record(out: Any, app: Application) -> None:
+    samples = [
+        [s.name, s.labels, None if math.isnan(s.value) else s.value]
+        for family in app.metrics.registry.collect()
+        for s in family.samples
+        if not s.name.endswith("_created")
+    ]
+    out.write(orjson.dumps({"t": time.time(), "samples": samples}) + b"\n")
+
+
 def _run(settings: Settings, plan: DemoPlan, echo: Callable[[str], None]) -> None:
+    if logging.getLogger().getEffectiveLevel() >= logging.INFO:
+        # The demo tells the story itself (model switch, status lines): the service's
+        # own lifecycle lines would interleave with it; warnings still show.
+        logging.getLogger("fraudstream.service").setLevel(logging.WARNING)
     app = Application(settings)
     app.ensure_topics()
     service = threading.Thread(target=app.run, name="service", daemon=True)
     service.start()
     echo(
         f"service running; metrics at http://{settings.metrics_host}:{settings.metrics_port}"
-        "/metrics (health: /healthz, /readyz)"
+        "/metrics (health: /healthz, /readyz); `fraudstream status` summarises them"
     )
 
     start = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -114,37 +181,42 @@ def _run(settings: Settings, plan: DemoPlan, echo: Callable[[str], None]) -> Non
     feeder = threading.Thread(target=feed, name="simulator", daemon=True)
     feeder.start()
     if settings.decision is DecisionMode.BUDGET:
+        budget = f"budget {settings.alert_budget_per_day} a day"
         echo(
             f"alerts: budget mode, about {settings.alert_budget_per_day} a day of "
             f"~{settings.expected_tx_per_day:,} transactions "
             "(FRAUDSTREAM_DECISION=threshold for a fixed threshold)"
         )
     else:
+        budget = f"threshold {settings.alert_threshold}"
         echo(f"alerts: score >= {settings.alert_threshold} (threshold mode)")
     echo(
         f"simulating {plan.customers} cards at {plan.terminals} terminals over {plan.days} "
-        f"days at {plan.speed:,.0f}x event time (labels {plan.label_delay_days:g} days later)"
+        f"days at {plan.speed:,.0f}x event time (labels {plan.label_delay_days:g} days later); "
+        f"showing about one alert every {plan.alert_every_s:g} s"
     )
 
-    alerts = make_consumer(settings.bootstrap_servers, client_id="demo-alerts", group_id=None)
+    alerts = make_consumer(settings, client_id="demo-alerts", group_id=None, read_committed=True)
     partitions = alerts.partitions_for_topic(settings.topic_alerts) or {0}
     alerts.assign([TopicPartition(settings.topic_alerts, p) for p in sorted(partitions)])
     alerts.seek_to_end()
-    shown = 0
+    seen = _Seen()
     next_status = time.monotonic() + 5
+    next_record = 0.0
     idle_since: float | None = None
     m = app.metrics
+    recording = open(plan.metrics_out, "wb") if plan.metrics_out else None  # noqa: SIM115
     try:
         while service.is_alive():
             for batch in alerts.poll(timeout_ms=500).values():
                 for record in batch:
-                    if shown < plan.max_alert_lines:
-                        echo(_alert_line(record.value))
-                    elif shown == plan.max_alert_lines:
-                        echo("... (further alerts counted in the status line)")
-                    shown += 1
-            if time.monotonic() >= next_status:
-                next_status = time.monotonic() + 5
+                    _show(orjson.loads(record.value), seen, plan, echo)
+            now = time.monotonic()
+            if recording is not None and now >= next_record:
+                next_record = now + plan.record_every_s
+                _record(recording, app)
+            if now >= next_status:
+                next_status = now + 5
                 echo(
                     f"status: {_value(m.processed):,.0f} scored, {_value(m.alerts):,.0f} alerts, "
                     f"{_value(m.dead_lettered):,.0f} dead letters, {_value(m.labels_learnt):,.0f}"
@@ -162,6 +234,9 @@ def _run(settings: Settings, plan: DemoPlan, echo: Callable[[str], None]) -> Non
         alerts.close()
         app.stop()
         service.join(timeout=60)
+        if recording is not None:
+            _record(recording, app)
+            recording.close()
     stats = fed[0] if fed else None
     if stats:
         echo(
@@ -169,3 +244,25 @@ def _run(settings: Settings, plan: DemoPlan, echo: Callable[[str], None]) -> Non
             f"{stats.labels:,} labels fed; {_value(m.processed):,.0f} scored, "
             f"{_value(m.alerts):,.0f} alerts, model version {_value(m.model_version):.0f}"
         )
+        for line in _quality_summary(simulate(simulation), seen, plan.days, budget):
+            echo(line)
+    if plan.metrics_out:
+        echo(f"metrics recorded to {plan.metrics_out}")
+
+
+def _show(alert: dict[str, Any], seen: _Seen, plan: DemoPlan, echo: Callable[[str], None]) -> None:
+    """Remember every alert; print a sample spread over the run."""
+    scorer = str(alert.get("scorer"))
+    seen.by_scorer.setdefault(scorer, []).append(str(alert.get("transaction_id")))
+    now = time.monotonic()
+    first_of_model = scorer == "model" and not seen.model_announced
+    if first_of_model:
+        seen.model_announced = True
+        echo(
+            f"--- the learnt model (version {alert.get('model_version')}) now scores; "
+            "alerts below come from it ---"
+        )
+    if first_of_model or seen.shown == 0 or now - seen.last_shown_s >= plan.alert_every_s:
+        echo(_alert_line(alert))
+        seen.shown += 1
+        seen.last_shown_s = now

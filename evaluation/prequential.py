@@ -25,8 +25,8 @@ every model side by side. :func:`replay` returns every transaction's scores;
 :mod:`fraudstream.evaluation.report` turns them into the handbook's metrics.
 
 Differences from the deployed service, on purpose: models are refreshed at
-batch boundaries (the learner publishes every ``checkpoint_every_labels``
-labels or ``checkpoint_every_s`` seconds), and nothing goes through Kafka
+batch boundaries (the learner publishes every ``publish_every_labels``
+labels or ``publish_every_s`` seconds), and nothing goes through Kafka
 (``fraudstream evaluate --via kafka`` runs that path,
 :mod:`fraudstream.evaluation.via_kafka`). Once a model serves it keeps
 serving: the service's watcher would keep the last version allowed to serve.

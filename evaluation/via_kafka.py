@@ -11,7 +11,7 @@ in-process :func:`~fraudstream.evaluation.prequential.replay`, so the report is
 the same.
 
 What differs from in-process, by nature: the learner publishes a model
-version every ``checkpoint_every_labels`` labels or ``checkpoint_every_s``
+version every ``publish_every_labels`` labels or ``publish_every_s``
 seconds, and scorers poll the registry every ``model_poll_s``, so how fresh a
 model is depends on wall time; and a label is counted in the terminal features
 when the learner gets to it, not at an exact event time. Figures agree with
@@ -52,8 +52,8 @@ KAFKA_CACHE = Path(".cache")
 #: Settings of the applications under evaluation: versions published and picked
 #: up within a second of wall time, since event time runs fast.
 FAST_LEARNING = {
-    "checkpoint_every_labels": 500,
-    "checkpoint_every_s": 1.0,
+    "publish_every_labels": 500,
+    "publish_every_s": 1.0,
     "model_poll_s": 0.5,
     "publish_scores": True,
     "metrics_port": 0,
@@ -113,7 +113,7 @@ def replay_via_kafka(
         )
         per_app = {name: _app_settings(base, run, name, config.policy) for name in scorers}
         ensure_topics(
-            bootstrap,
+            base,
             {
                 base.topic_transactions: base.topic_partitions,
                 base.topic_labels: base.topic_partitions,
@@ -269,9 +269,7 @@ def _collect(
     seen = {name: np.zeros(n, dtype=bool) for name in apps}
     consumers = {}
     for name, s in apps.items():
-        consumer = make_consumer(
-            s.bootstrap_servers, client_id=f"{s.client_id}-collect", group_id=None
-        )
+        consumer = make_consumer(s, client_id=f"{s.client_id}-collect", group_id=None)
         parts = consumer.partitions_for_topic(s.topic_scores) or set()
         consumer.assign([TopicPartition(s.topic_scores, p) for p in parts])
         consumer.seek_to_beginning()

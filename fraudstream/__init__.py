@@ -24,6 +24,7 @@ from fraudstream.producers.simulator import Simulation, SimulationConfig, simula
 from fraudstream.producers.stream import stream_simulation
 from fraudstream.service.app import Application
 from fraudstream.service.errors import FraudstreamError
+from fraudstream.service.kafka.connection import KafkaConnection
 from fraudstream.service.model import CATALOGUE, FraudModel
 from fraudstream.service.schemas import Alert, Label, Reason, ScoreRecord, Transaction
 from fraudstream.service.settings import Settings
@@ -34,6 +35,7 @@ __all__ = [
     "Application",
     "FraudModel",
     "FraudstreamError",
+    "KafkaConnection",
     "Label",
     "Reason",
     "ScoreRecord",

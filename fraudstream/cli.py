@@ -10,40 +10,137 @@ commands come from the parts that own them: the service (``serve``,
 
 from __future__ import annotations
 
-import logging
-import sys
+import difflib
 from typing import Any
 
 import click
-from pydantic import ValidationError
+import redis
+from pydantic import SecretStr, ValidationError
 
 from fraudstream.bench.cli import bench as bench_group
 from fraudstream.devstack.cli import COMMANDS as DEV_COMMANDS
 from fraudstream.evaluation.cli import evaluate_cmd
 from fraudstream.producers.cli import COMMANDS as PRODUCER_COMMANDS
 from fraudstream.service.cli import COMMANDS as SERVICE_COMMANDS
+from fraudstream.service.cli_alerts import COMMANDS as ALERT_COMMANDS
 from fraudstream.service.cli_model import model as model_group
+from fraudstream.service.cli_state import state as state_group
+from fraudstream.service.cli_status import COMMANDS as STATUS_COMMANDS
 from fraudstream.service.errors import FraudstreamError
-from fraudstream.service.settings import Settings
+from fraudstream.service.logs import configure_logging
+from fraudstream.service.redis_client import redis_problem
+from fraudstream.service.settings import Settings, env_name, masked_url
+
+#: Where ``main`` leaves the settings that failed validation, for ``config`` to show.
+INVALID_SETTINGS = "fraudstream.invalid_settings"
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
-def _settings_error(exc: ValidationError) -> click.ClickException:
-    first = exc.errors()[0]
-    field = ".".join(str(part) for part in first["loc"])
+def _invalid_settings(exc: ValidationError) -> dict[str, tuple[object, str]]:
+    """``{field: (value given, what is wrong)}`` of every setting that failed validation.
+
+    Settings that are wrong together (e.g. SASL_SSL without a password) name
+    the setting to fix in the error's context.
+    """
+    invalid: dict[str, tuple[object, str]] = {}
+    for error in exc.errors():
+        if error["loc"]:
+            field = str(error["loc"][0])
+            given = error.get("input")
+        else:
+            field = str((error.get("ctx") or {}).get("setting", "?"))
+            inputs = error.get("input")
+            given = inputs.get(field) if isinstance(inputs, dict) else None
+            if given is None and field in Settings.model_fields:  # left at its default
+                given = Settings.model_fields[field].default
+        invalid.setdefault(field, (shown_value(field, given), error["msg"]))
+    return invalid
+
+
+def shown_value(field: str, value: object) -> object:
+    """A setting's value as it may be shown: secrets masked, the Redis URL's password only."""
+    if field == "redis_url" and value is not None:
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+        return masked_url(raw)
+    annotation = Settings.model_fields[field].annotation if field in Settings.model_fields else None
+    if value is not None and annotation in (SecretStr, SecretStr | None):
+        return "**********"
+    return "(unset)" if value is None else value
+
+
+#: Words that make the value of a misspelt variable a secret, never shown.
+_SECRET_WORDS = ("PASS", "PWD", "SECRET", "KEY", "TOKEN")
+
+
+def _shown_unknown(variable: str, value: str) -> str:
+    """The value of a ``FRAUDSTREAM_*`` variable that is no setting, as it may be shown.
+
+    A misspelt secret (``FRAUDSTREAM_KAFKA_SASL_PASWORD``: close to a secret
+    setting, or a name that sounds secret) is masked; a URL keeps everything
+    but its password.
+    """
+    secrets = [
+        env_name(name)
+        for name, field in Settings.model_fields.items()
+        if field.annotation in (SecretStr, SecretStr | None)
+    ]
+    upper = variable.upper()
+    if any(word in upper for word in _SECRET_WORDS) or difflib.get_close_matches(
+        upper, secrets, n=1, cutoff=0.8
+    ):
+        return "**********"
+    return masked_url(value) if "://" in value else value
+
+
+def _settings_error(invalid: dict[str, tuple[object, str]]) -> click.ClickException:
+    field, (value, message) = next(iter(invalid.items()))
+    more = f" (and {len(invalid) - 1} more)" if len(invalid) > 1 else ""
+    variable = field if field.startswith("FRAUDSTREAM_") else f"FRAUDSTREAM_{field.upper()}"
     return click.ClickException(
-        f"invalid setting FRAUDSTREAM_{field.upper()}: {first['msg']} "
-        f"(got {first.get('input')!r}); see `fraudstream config`"
+        f"invalid setting {variable}={value!s}: {message}{more}; "
+        "fix or unset it (environment or .env); `fraudstream config` shows every setting"
     )
 
 
+def _lenient_settings(invalid: dict[str, tuple[object, str]]) -> Settings:
+    """The settings with each invalid value replaced by its default (for ``config`` only).
+
+    Replacing one value can reveal another conflict (settings wrong together),
+    whose setting is then reset too; all defaults is the last resort.
+    """
+    defaults = {
+        name: Settings.model_fields[name].default
+        for name in invalid
+        if name in Settings.model_fields
+    }
+    for _ in range(len(Settings.model_fields)):
+        try:
+            return Settings(**defaults)
+        except ValidationError as exc:
+            more = {
+                name: Settings.model_fields[name].default
+                for name in _invalid_settings(exc)
+                if name in Settings.model_fields and name not in defaults
+            }
+            if not more:
+                break
+            defaults.update(more)
+    return Settings.model_construct()
+
+
 class _Group(click.Group):
-    """Turns fraudstream's own errors into one clear line and exit code 1."""
+    """Turns fraudstream's own errors, and Redis's, into one clear line and exit code 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except FraudstreamError as exc:
             raise click.ClickException(str(exc)) from exc
+        except redis.RedisError as exc:
+            if not isinstance(ctx.obj, Settings):
+                raise
+            # e.g. "Redis at redis://:***@host:6379/0: authentication failed (...)"
+            raise click.ClickException(redis_problem(exc, ctx.obj)) from exc
 
 
 @click.group(cls=_Group)
@@ -54,23 +151,42 @@ def main(ctx: click.Context) -> None:
     try:
         settings = Settings()
     except ValidationError as exc:
-        raise _settings_error(exc) from exc
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("kafka").setLevel(logging.WARNING)
-    # kafka-python 3 warns whenever another thread holds the GIL for >100 ms;
-    # with a scorer and a learner in one process that is expected, not a fault.
-    logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
+        invalid = _invalid_settings(exc)
+        if ctx.invoked_subcommand != "config":
+            raise _settings_error(invalid) from exc
+        # `config` must always show the configuration, and which settings are wrong.
+        ctx.meta[INVALID_SETTINGS] = invalid
+        settings = _lenient_settings(invalid)
+    unknown = {
+        name: (_shown_unknown(name, value), problem)
+        for name, (value, problem) in Settings.unknown_variables().items()
+    }
+    if unknown:
+        if ctx.invoked_subcommand != "config":
+            raise _settings_error(dict(unknown))
+        ctx.meta.setdefault(INVALID_SETTINGS, {}).update(unknown)
+    level = settings.log_level.upper()
+    if level not in _LOG_LEVELS:
+        problem = f"should be one of {', '.join(_LOG_LEVELS)}"
+        if ctx.invoked_subcommand != "config":
+            raise _settings_error({"log_level": (settings.log_level, problem)})
+        ctx.meta.setdefault(INVALID_SETTINGS, {})["log_level"] = (settings.log_level, problem)
+        level = "INFO"
+    configure_logging(level, settings.log_format.value)
     ctx.obj = settings
 
 
 main.add_command(model_group)
 main.add_command(evaluate_cmd)
+main.add_command(state_group)
 main.add_command(bench_group)
-for _command in (*SERVICE_COMMANDS, *PRODUCER_COMMANDS, *DEV_COMMANDS):
+for _command in (
+    *SERVICE_COMMANDS,
+    *ALERT_COMMANDS,
+    *STATUS_COMMANDS,
+    *PRODUCER_COMMANDS,
+    *DEV_COMMANDS,
+):
     main.add_command(_command)
 
 if __name__ == "__main__":  # pragma: no cover

@@ -25,11 +25,16 @@ from fraudstream.producers.files import (
     BadRowError,
     FileFormatError,
     detect_format,
+    display_name,
+    is_stdio,
 )
 from fraudstream.producers.labels import LabelDelay
 from fraudstream.producers.simulator import EXTRA_SCENARIOS, SimulationConfig, simulate
 from fraudstream.service.errors import FraudstreamError
 from fraudstream.service.settings import DAY_S, Settings
+
+#: Bad rows printed one by one before the rest are only counted.
+_BAD_ROWS_SHOWN = 10
 
 
 def _settings() -> Settings:
@@ -47,7 +52,8 @@ def _errors() -> Iterator[None]:
     except FraudstreamError as exc:
         raise click.ClickException(str(exc)) from exc
     except OSError as exc:
-        raise click.ClickException(f"{exc.filename or ''}: {exc.strerror or exc}") from exc
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise click.ClickException(f"{where}{exc.strerror or exc}") from exc
 
 
 def _parse_time(value: str, name: str) -> datetime:
@@ -129,14 +135,14 @@ def _delay(days: float, early: float) -> LabelDelay:
 @click.option(
     "--output",
     "-o",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
     help="Write transactions (with is_fraud, fraud_scenario) as JSON Lines "
-    "(.gz compresses) instead of sending to Kafka.",
+    "(.gz compresses; - is standard output) instead of sending to Kafka.",
 )
 @click.option(
     "--labels-output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Write the delayed labels as JSON Lines, in arrival order.",
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    help="Write the delayed labels as JSON Lines, in arrival order (- is standard output).",
 )
 @_delay_options
 @_speed_option
@@ -177,6 +183,9 @@ def simulate_cmd(
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+    both_stdout = [output, labels_output].count(Path("-")) == 2
+    if both_stdout:
+        raise click.UsageError("--output and --labels-output cannot both be - (standard output)")
     delay = _delay(label_delay_days, early_fraud_prob)
     with _errors():
         if output is not None or labels_output is not None:
@@ -214,7 +223,9 @@ def _parse_mapping(preset: str | None, pairs: tuple[str, ...]) -> dict[str, str]
 
 
 @click.command("produce")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument(
+    "file", type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path)
+)
 @click.option(
     "--format",
     "fmt",
@@ -269,13 +280,26 @@ def produce_cmd(
     speed: float | None,
     progress: bool,
 ) -> None:
-    """Send a JSON Lines or CSV file (gzip ok) to the transactions topic (and labels)."""
+    """Send a JSON Lines or CSV file (gzip ok) to the transactions topic (and labels).
+
+    FILE `-` reads standard input (JSON Lines unless --format csv; gzip is
+    recognised). The file is checked before anything is sent: a damaged gzip
+    file, a CSV header without a required column, or first rows that are all
+    invalid stop the run with nothing sent.
+    """
     from fraudstream.producers.produce import produce_file
 
     mapping = _parse_mapping(preset, pairs)
+    name = display_name(file)
+    reported = 0
 
     def report(exc: BadRowError) -> None:
-        click.echo(f"{file}:{exc.line}: {exc.reason}", err=True)
+        nonlocal reported
+        reported += 1
+        if reported <= _BAD_ROWS_SHOWN:
+            click.echo(f"{name}:{exc.line}: {exc.reason}", err=True)
+        elif reported == _BAD_ROWS_SHOWN + 1:
+            click.echo(f"{name}: more bad rows; counted, not shown", err=True)
 
     with _errors():
         try:
@@ -295,10 +319,6 @@ def produce_cmd(
                 on_bad_row=report,
                 topic=topic,
             )
-        except BadRowError as exc:
-            raise click.ClickException(
-                f"{file}:{exc.line}: {exc.reason} (stopped; --on-error skip skips bad rows)"
-            ) from exc
         except FileFormatError as exc:
             raise click.ClickException(str(exc)) from exc
     click.echo(
@@ -314,8 +334,8 @@ def produce_cmd(
     "--output",
     "-o",
     required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Recording file (JSON Lines; .gz compresses).",
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    help="Recording file (JSON Lines; .gz compresses; - is standard output).",
 )
 @click.option("--from-time", help="Start at the first record at/after this time (ISO or epoch ms).")
 @click.option("--from-offset", type=click.IntRange(min=0), help="Start offset in every partition.")
@@ -380,13 +400,15 @@ def record_cmd(
         )
     click.echo(
         f"recorded {stats.records:,} records from {stats.partitions} partition(s) "
-        f"to {output} in {stats.wall_s:.1f} s",
+        f"to {'<stdout>' if is_stdio(output) else output} in {stats.wall_s:.1f} s",
         err=True,
     )
 
 
 @click.command("replay")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument(
+    "file", type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path)
+)
 @click.option("--topic", help="Target topic (default: each record's original topic).")
 @_speed_option
 @click.option(
@@ -408,7 +430,10 @@ def replay_cmd(
     keep_timestamps: bool,
     progress: bool,
 ) -> None:
-    """Play a recording back, per-key order kept, inter-arrival times scaled by --speed."""
+    """Play a recording back, per-key order kept, inter-arrival times scaled by --speed.
+
+    FILE `-` reads the recording from standard input.
+    """
     from fraudstream.producers.replayer import replay_file
 
     with _errors():

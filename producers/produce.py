@@ -12,20 +12,36 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import chain, islice
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
 
-from fraudstream.producers.files import BadRowError, ParsedRow, RowParser, read_rows
+from fraudstream.producers.files import (
+    BadRowError,
+    CorruptFileError,
+    FileFormatError,
+    ParsedRow,
+    RowParser,
+    display_name,
+    read_rows,
+    verify_gzip,
+)
 from fraudstream.producers.labels import DelayedQueue, LabelDelay
 from fraudstream.producers.pacing import Pacer
 from fraudstream.producers.simulator import format_times_ms
 from fraudstream.producers.sink import KafkaSink, progress_bar
-from fraudstream.service.kafka import ensure_topics
+from fraudstream.service.errors import FraudstreamError
+from fraudstream.service.kafka import check_reachable, ensure_topics
 from fraudstream.service.settings import Settings
+
+#: Rows read and checked before anything is sent: if none of them is a valid
+#: transaction, the file is refused whole (a misspelt column, a wrong format).
+HEAD_ROWS = 100
 
 
 @dataclass
@@ -38,6 +54,33 @@ class ProduceStats:
     bad_rows: int = 0
     first_errors: list[BadRowError] = field(default_factory=list)
     wall_s: float = 0.0
+    last_line: int = 0  # line of the last transaction sent
+    last_offset: tuple[str, int, int] | None = None  # (topic, partition, offset) of the last one
+    labels_held: int = 0  # labels not sent because the run stopped early
+
+    def summary(self) -> str:
+        """What was sent, for a message about a run that stopped early."""
+        where = ""
+        if self.last_offset is not None:
+            topic, partition, offset = self.last_offset
+            where = f", the last from line {self.last_line:,} at {topic} partition {partition} "
+            where += f"offset {offset:,}"
+        held = f"; {self.labels_held:,} labels held back were not sent" if self.labels_held else ""
+        return f"sent {self.transactions:,} transactions{where}, and {self.labels:,} labels{held}"
+
+
+class ProduceInterruptedError(FraudstreamError):
+    """A file run stopped part-way; the message says what was sent before it stopped."""
+
+    def __init__(self, message: str, stats: ProduceStats) -> None:
+        super().__init__(message)
+        self.stats = stats
+
+
+_RESEND = (
+    "Repair or re-create the file and send it again: transactions and labels already "
+    "sent are recognised by id and not counted twice."
+)
 
 
 def _label_value(row: ParsedRow, labeled_ms: int, source: str) -> bytes:
@@ -93,6 +136,17 @@ def produce_file(
     topic
         Transactions topic (default ``settings.topic_transactions``).
     """
+    name = display_name(path)
+    # The file first, Kafka second, so a bad file is refused before anything is sent:
+    # a damaged gzip file, a header without a required column, or rows that are all bad.
+    try:
+        verify_gzip(path)
+    except CorruptFileError as exc:
+        raise CorruptFileError(f"{exc}; nothing was sent", exc.after_line) from None
+    rows = _checked_rows(
+        path, fmt, mapping, keep_unmapped, RowParser(assume_utc=assume_utc), on_bad_row
+    )
+    check_reachable(settings)
     delay = label_delay or LabelDelay()
     rng = random.Random(seed)
     topic_tx = topic or settings.topic_transactions
@@ -100,12 +154,11 @@ def produce_file(
     if send_labels:
         topics[settings.topic_labels] = settings.topic_partitions
     ensure_topics(
-        settings.bootstrap_servers,
+        settings,
         topics,
         replication=settings.topic_replication,
         create=settings.create_topics,
     )
-    parser = RowParser(assume_utc=assume_utc)
     pacer = Pacer(speed)
     pending: DelayedQueue[tuple[ParsedRow, str]] = DelayedQueue()
     stats = ProduceStats()
@@ -116,36 +169,89 @@ def produce_file(
             sink.send(settings.topic_labels, _label_value(held, due_ms, source), key=held.key)
             stats.labels += 1
 
+    def stop(message: str) -> ProduceInterruptedError:
+        sink.flush()  # what was handed to the producer is delivered (or raises)
+        if topic_tx in sink.last_delivered:
+            stats.last_offset = (topic_tx, *sink.last_delivered[topic_tx])
+        stats.labels_held = len(pending)
+        stats.wall_s = time.perf_counter() - start
+        return ProduceInterruptedError(f"{message}; {stats.summary()}. {_RESEND}", stats)
+
     with (
         KafkaSink(settings, client_suffix="file-producer") as sink,
-        progress_bar(None, enabled=progress, desc=path.name, unit="row") as bar,
+        progress_bar(None, enabled=progress, desc=Path(name).name, unit="row") as bar,
     ):
         sink.warm_up(list(topics))
-        for line, raw in read_rows(path, fmt, mapping=mapping, keep_unmapped=keep_unmapped):
-            stats.rows += 1
-            bar.update(1)
-            try:
-                if isinstance(raw, BadRowError):
-                    raise raw
-                row = parser.parse(line, raw)
-            except BadRowError as exc:
-                stats.bad_rows += 1
-                if len(stats.first_errors) < 20:
-                    stats.first_errors.append(exc)
-                if on_bad_row is not None:
-                    on_bad_row(exc)
-                if stop_on_error:
-                    sink.flush()
-                    raise
-                continue
-            pacer.wait(row.event_ms)
-            send_labels_due(pending.pop_due(row.event_ms))
-            sink.send(topic_tx, row.value, key=row.key)
-            stats.transactions += 1
-            if send_labels and row.is_fraud is not None:
-                delay_ms, source = delay.sample_one(rng, row.is_fraud)
-                pending.push(row.event_ms + delay_ms, (row, source))
+        try:
+            for line, row in rows:
+                stats.rows += 1
+                bar.update(1)
+                if isinstance(row, BadRowError):
+                    stats.bad_rows += 1
+                    if len(stats.first_errors) < 20:
+                        stats.first_errors.append(row)
+                    if stop_on_error:
+                        raise stop(f"{name}:{line}: {row.reason} (stopped: --on-error stop)")
+                    continue
+                pacer.wait(row.event_ms)
+                send_labels_due(pending.pop_due(row.event_ms))
+                sink.send(topic_tx, row.value, key=row.key)
+                stats.transactions += 1
+                stats.last_line = line
+                if send_labels and row.is_fraud is not None:
+                    delay_ms, source = delay.sample_one(rng, row.is_fraud)
+                    pending.push(row.event_ms + delay_ms, (row, source))
+        except FileFormatError as exc:  # the file breaks part-way (stdin, or changed meanwhile)
+            raise stop(str(exc)) from exc
         send_labels_due(pending.pop_all())
         sink.flush()
+    if topic_tx in sink.last_delivered:
+        stats.last_offset = (topic_tx, *sink.last_delivered[topic_tx])
     stats.wall_s = time.perf_counter() - start
     return stats
+
+
+def _checked_rows(
+    path: Path,
+    fmt: str,
+    mapping: Mapping[str, str] | None,
+    keep_unmapped: bool,
+    parser: RowParser,
+    on_bad_row: Callable[[BadRowError], None] | None,
+) -> Iterator[tuple[int, ParsedRow | BadRowError]]:
+    """Parsed rows of the file, after checking that its first rows hold valid transactions.
+
+    The first :data:`HEAD_ROWS` rows are read (and the CSV header checked) at
+    once; if none is valid the whole file is refused with the first reason,
+    before anything is sent. Bad rows are passed to ``on_bad_row`` as they
+    come.
+    """
+    raw_rows = read_rows(path, fmt, mapping=mapping, keep_unmapped=keep_unmapped)
+
+    def parse(line: int, raw: dict[str, Any] | BadRowError) -> ParsedRow | BadRowError:
+        if isinstance(raw, BadRowError):
+            return raw
+        try:
+            return parser.parse(line, raw)
+        except BadRowError as exc:
+            return exc
+
+    head = [(line, parse(line, raw)) for line, raw in islice(raw_rows, HEAD_ROWS)]
+    if head and all(isinstance(row, BadRowError) for _, row in head):
+        line, first = head[0]
+        assert isinstance(first, BadRowError)
+        hint = ""
+        if "timezone" in first.reason:
+            hint = " (timestamps without an offset need --assume-utc)"
+        raise FileFormatError(
+            f"{display_name(path)}: none of the first {len(head)} rows is a valid transaction "
+            f"(line {line}: {first.reason}){hint}; nothing was sent"
+        )
+
+    def rows() -> Iterator[tuple[int, ParsedRow | BadRowError]]:
+        for line, raw in chain(head, ((n, parse(n, r)) for n, r in raw_rows)):
+            if isinstance(raw, BadRowError) and on_bad_row is not None:
+                on_bad_row(raw)
+            yield line, raw
+
+    return rows()

@@ -29,7 +29,7 @@ from kafka import TopicPartition
 from fraudstream.producers.files import FileFormatError, json_lines, open_output
 from fraudstream.producers.sink import progress_bar
 from fraudstream.service.errors import ConfigurationError
-from fraudstream.service.kafka import make_consumer
+from fraudstream.service.kafka import check_reachable, make_consumer
 from fraudstream.service.settings import Settings
 
 FORMAT_VERSION = 1
@@ -99,8 +99,9 @@ def record_topic(
         Give up waiting after this long without a record (a safety net: the
         end offsets are normally reached first).
     """
+    check_reachable(settings)
     consumer = make_consumer(
-        settings.bootstrap_servers,
+        settings,
         client_id=f"{settings.client_id}-recorder",
         group_id=None,
     )

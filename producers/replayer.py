@@ -24,7 +24,7 @@ from fraudstream.producers.pacing import Pacer
 from fraudstream.producers.recorder import read_recording
 from fraudstream.producers.sink import KafkaSink, progress_bar
 from fraudstream.service.errors import ConfigurationError
-from fraudstream.service.kafka import ensure_topics, make_admin
+from fraudstream.service.kafka import check_reachable, ensure_topics, make_admin
 from fraudstream.service.settings import Settings
 
 
@@ -85,11 +85,12 @@ def replay_file(
         Injected pacer (tests); built from ``speed`` otherwise.
     """
     meta, records = read_recording(path)
+    check_reachable(settings)
     targets = {topic} if topic else {r["topic"] for r in records} or {meta.get("topic", "")}
     targets.discard("")
     if targets:
         ensure_topics(
-            settings.bootstrap_servers,
+            settings,
             dict.fromkeys(targets, settings.topic_partitions),
             replication=settings.topic_replication,
             create=settings.create_topics,
@@ -129,7 +130,7 @@ def _check_partitions(settings: Settings, records: list[dict[str, Any]], topic: 
     for rec in records:
         name = topic or rec["topic"]
         needed[name] = max(needed.get(name, 0), rec["partition"] + 1)
-    admin = make_admin(settings.bootstrap_servers)
+    admin = make_admin(settings)
     try:
         for described in admin.describe_topics(list(needed)):
             have = len(described.get("partitions") or [])

@@ -51,7 +51,7 @@ class KafkaSink(DeliveryTracker):
         **producer_overrides: Any,
     ) -> None:
         producer = make_producer(
-            settings.bootstrap_servers,
+            settings,
             client_id=f"{settings.client_id}-{client_suffix}",
             linger_ms=linger_ms,
             **producer_overrides,

@@ -26,7 +26,7 @@ from fraudstream.producers.labels import SOURCES, LabelDelay
 from fraudstream.producers.pacing import Pacer
 from fraudstream.producers.simulator import Simulation, SimulationConfig, format_times_ms, simulate
 from fraudstream.producers.sink import KafkaSink, progress_bar
-from fraudstream.service.kafka import ensure_topics
+from fraudstream.service.kafka import check_reachable, ensure_topics
 from fraudstream.service.settings import Settings
 
 _DEFAULT_DELAY = LabelDelay()
@@ -209,8 +209,9 @@ def stream_simulation(
     sim = simulate(config)
     labels = label_simulation(sim, label_delay) if label_delay is not None else None
     topics = [settings.topic_transactions] + ([settings.topic_labels] if labels else [])
+    check_reachable(settings)
     ensure_topics(
-        settings.bootstrap_servers,
+        settings,
         dict.fromkeys(topics, settings.topic_partitions),
         replication=settings.topic_replication,
         create=settings.create_topics,

@@ -25,7 +25,17 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv || die "could not create a venv (apt-get install python3-venv)."
   mkdir -p .cache
   log=.cache/pip-install.log
-  { .venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install -e '.[dev]'; } >"$log" 2>&1 \
+  # The full pip output goes to the log; one line per package fetched shows progress.
+  set +e
+  { .venv/bin/python -m pip install --progress-bar off --upgrade pip \
+      && .venv/bin/python -m pip install --progress-bar off -e '.[dev]'; } 2>&1 \
+    | tee "$log" \
+    | awk '/^(Collecting|Installing collected packages|Successfully installed)/ {
+             line = $0; if (length(line) > 110) line = substr(line, 1, 107) "...";
+             print "[bootstrap] pip: " line; fflush() }' >&2
+  status=${PIPESTATUS[0]}
+  set -e
+  [ "$status" = 0 ] \
     || { tail -n 20 "$log" >&2; die "pip could not install the project (is PyPI reachable?); full log: $log"; }
   echo "$want" > "$stamp"
 fi
@@ -45,4 +55,8 @@ fi
 
 command -v java >/dev/null 2>&1 || [ -n "${JAVA_HOME:-}" ] || die "Java 17+ is needed for the local Kafka broker (apt-get install openjdk-17-jre-headless)."
 command -v mvn >/dev/null 2>&1 || [ -f .cache/kafka-4.1.1/libs/.complete ] || die "Maven is needed to fetch the Kafka jars (apt-get install maven)."
-.venv/bin/fraudstream dev fetch >/dev/null
+if [ ! -f .cache/kafka-4.1.1/libs/.complete ]; then
+  say "fetching Kafka 4.1.1's broker jars with Maven (first run only; ~45 s on a cold ~/.m2)"
+fi
+# Maven's progress goes to stderr; the summary on stdout is not needed here.
+.venv/bin/fraudstream dev fetch 2> >(sed -u 's/^/[bootstrap] /' >&2) >/dev/null

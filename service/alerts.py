@@ -5,9 +5,10 @@ Two policies:
 * :class:`ThresholdPolicy` alerts on every score at or above a fixed threshold.
 * :class:`BudgetPolicy` keeps about ``k`` alerts per day, because a fraud team
   can only review so many cards: the threshold is the ``1 - k / n`` quantile
-  of the recent scores (``n`` transactions per day), re-estimated every batch
-  over a ring buffer. Several scorers each see a share of the traffic with the
-  same score distribution, so together they still raise about ``k``.
+  of the recent scores of the scorer in use (``n`` transactions per day),
+  re-estimated every batch over about a day of scores. Several scorers each
+  see a share of the traffic with the same score distribution, so together
+  they still raise about ``k``.
 
 Examples
 --------
@@ -30,8 +31,9 @@ from fraudstream.service.schemas import SCHEMA_VERSION, Alert, Reason, Scorer
 class DecisionPolicy(Protocol):
     """Turns a batch of scores into alert flags and the thresholds used."""
 
-    def decide(self, scores: np.ndarray) -> tuple[np.ndarray, float]:
-        """Alert mask and threshold for this batch."""
+    def decide(self, scores: np.ndarray, scorer_version: int = 0) -> tuple[np.ndarray, float]:
+        """Alert mask and threshold for this batch, scored by ``scorer_version``
+        (0: the rules prior)."""
         ...
 
 
@@ -41,12 +43,27 @@ class ThresholdPolicy:
     def __init__(self, threshold: float) -> None:
         self.threshold = float(threshold)
 
-    def decide(self, scores: np.ndarray) -> tuple[np.ndarray, float]:
+    def decide(self, scores: np.ndarray, scorer_version: int = 0) -> tuple[np.ndarray, float]:
         return scores >= self.threshold, self.threshold
 
 
 class BudgetPolicy:
     """Alert on about ``budget_per_day`` of ``expected_per_day`` transactions.
+
+    The threshold is the ``1 - budget/expected`` quantile of the recent scores
+    **of the scorer in use**. Two things keep the alert rate on budget:
+
+    * the ring of recent scores holds about one day of transactions and is
+      emptied when the scorer changes (the rules prior and each model version
+      score on their own scales: a quantile over a mix of them was the reason
+      a demo raised 2.5x its budget, far below it under the rules prior and
+      4x above it once the model's scores spread upwards). Until the new scorer
+      has ``min_history`` scores, the threshold of the previous model version
+      is kept (consecutive versions score alike), or for a first model the
+      quantile of the scores seen so far, or ``fallback_threshold``;
+    * ties at the threshold (the rules prior gives few distinct scores) are
+      alerted on at random in the share that fills the budget, instead of all
+      (a flood) or none (the prior raised a quarter of its budget).
 
     Parameters
     ----------
@@ -55,9 +72,13 @@ class BudgetPolicy:
     expected_per_day
         Transactions per day (all scorers together).
     fallback_threshold
-        Used until ``min_history`` scores have been seen.
+        Used before any scores have been seen.
     history
-        Size of the ring buffer of recent scores.
+        Most recent scores kept (default: one day, at most 100,000).
+    min_history
+        Scores of the current scorer needed before its own quantile is trusted.
+    seed
+        Seed of the tie-breaking draws.
 
     Examples
     --------
@@ -65,6 +86,10 @@ class BudgetPolicy:
     >>> rng = np.random.default_rng(0)
     >>> flags = [policy.decide(rng.random(500))[0].sum() for _ in range(20)]
     >>> bool(3 <= np.mean(flags[2:]) <= 8)   # about 1% of 500 per batch
+    True
+    >>> ties = np.r_[np.full(990, 0.1), np.full(500, 0.3), np.full(10, 0.9)]
+    >>> flags = [policy.decide(rng.permutation(ties), 1)[0].sum() for _ in range(20)]
+    >>> bool(10 <= np.mean(flags[2:]) <= 20)   # 1% of 1,500: all 10 above plus ~5 of the ties
     True
     """
 
@@ -74,15 +99,21 @@ class BudgetPolicy:
         expected_per_day: int,
         *,
         fallback_threshold: float,
-        history: int = 100_000,
-        min_history: int = 1000,
+        history: int | None = None,
+        min_history: int = 200,
+        seed: int = 0,
     ) -> None:
         self.quantile = max(0.0, 1.0 - budget_per_day / expected_per_day)
         self.fallback_threshold = fallback_threshold
         self.min_history = min_history
-        self._ring = np.zeros(history)
+        size = history if history is not None else min(100_000, expected_per_day)
+        self._ring = np.zeros(max(size, min_history))
         self._filled = 0
         self._cursor = 0
+        self._version: int | None = None
+        self._threshold = fallback_threshold
+        self._trusted = False
+        self._rng = np.random.default_rng(seed)
 
     def _remember(self, scores: np.ndarray) -> None:
         size = len(self._ring)
@@ -97,14 +128,34 @@ class BudgetPolicy:
         self._cursor = end % size
         self._filled = min(size, self._filled + len(scores))
 
-    def decide(self, scores: np.ndarray) -> tuple[np.ndarray, float]:
+    def _switch(self, version: int) -> None:
+        """A new scorer: forget the old one's scores (their scale is not this one's)."""
+        keep_threshold = self._version is not None and self._version > 0 and version > 0
+        if not keep_threshold and self._version is not None:
+            self._threshold = self.fallback_threshold
+        self._version = version
+        self._filled = 0
+        self._cursor = 0
+        self._trusted = keep_threshold  # a previous model version's threshold stands in
+
+    def decide(self, scores: np.ndarray, scorer_version: int = 0) -> tuple[np.ndarray, float]:
+        if scorer_version != self._version:
+            self._switch(scorer_version)
         self._remember(scores)
-        if self._filled < self.min_history:
-            threshold = self.fallback_threshold
-        else:
-            threshold = float(np.quantile(self._ring[: self._filled], self.quantile))
-        # Ties at a degenerate quantile (e.g. many equal scores) must not flood the team.
-        return scores > threshold if threshold > 0 else scores >= 1.0, threshold
+        recent = self._ring[: self._filled]
+        if self._filled >= self.min_history or (not self._trusted and self._filled >= 20):
+            self._threshold = float(np.quantile(recent, self.quantile))
+        threshold = self._threshold
+        alert = scores > threshold
+        tied = scores == threshold
+        if tied.any() and self._filled >= 20:
+            # Fill the budget's share with a random part of the ties, never more.
+            above = float(np.mean(recent > threshold))
+            at = float(np.mean(recent == threshold))
+            share = (1.0 - self.quantile - above) / at if at > 0 else 0.0
+            if share > 0:
+                alert |= tied & (self._rng.random(len(scores)) < min(1.0, share))
+        return alert, threshold
 
 
 def _iso(ms: float) -> str:

@@ -1,19 +1,23 @@
 """The fraudstream application: owns clients, loops, signals and shutdown.
 
 ``Application(settings).run()`` enters everything through one ``ExitStack``
-(Redis, health endpoint, Kafka clients) and runs the roles asked for:
+(Redis, the health endpoint, the Kafka clients of both loops) and runs the
+roles asked for:
 
 * the **scorer loop** (main thread): poll a bounded batch → :class:`Pipeline`
-  → produce and flush → commit (:mod:`fraudstream.service.checkpoint`); a new model
-  version is picked up between batches;
+  → hand the records to produce and the offsets to the checkpoint, which
+  flushes, confirms and commits (:mod:`fraudstream.service.checkpoint`); a new
+  model version is picked up between batches;
 * the **learner loop** (a thread when both roles run in one process): poll
-  labels → :class:`Learner` → publish a model version every N labels or T
-  seconds → commit the labels' offsets only once a version holding them is
-  published, so a crash relearns instead of losing.
+  labels → :class:`LabelPipeline` → hand dead letters and offsets to the
+  checkpoint → publish a model version every N labels or T seconds → commit
+  the labels' offsets only once a version holding them is published, so a
+  crash relearns instead of losing.
 
-SIGINT/SIGTERM call :meth:`Application.stop`: the batch in hand is finished
-and committed, or, when it failed, abandoned without commit; producers are
-flushed and consumers closed.
+Polling, rebalances and back-off are :class:`ConsumeLoop`'s
+(:mod:`fraudstream.service.loop`). SIGINT/SIGTERM call :meth:`Application.stop`:
+the batch in hand is finished and committed, or, when it failed, abandoned
+without commit; producers are flushed and consumers closed.
 """
 
 from __future__ import annotations
@@ -24,68 +28,57 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import redis
-from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 
 from fraudstream.service.alerts import BudgetPolicy, DecisionPolicy, ThresholdPolicy
 from fraudstream.service.checkpoint import Checkpoint
-from fraudstream.service.errors import CheckpointError, MissingSnapshotError, UnavailableError
+from fraudstream.service.errors import FraudstreamError, is_dependency_error
 from fraudstream.service.features.definitions import FeatureConfig
 from fraudstream.service.features.redis_store import RedisFeatureStore
 from fraudstream.service.kafka import (
     DeliveryError,
-    DeliveryTracker,
     accepts_connections,
+    committed_offsets,
     ensure_topics,
     make_consumer,
     make_producer,
-    subscribe,
 )
+from fraudstream.service.label_pipeline import LabelBatchOutcome, LabelPipeline
 from fraudstream.service.learner import Learner
+from fraudstream.service.loop import ConsumeLoop, LoopHealth
 from fraudstream.service.metrics import HealthServer, Metrics
-from fraudstream.service.pipeline import (
-    ActiveScorer,
-    BatchOutcome,
-    ConsumedRecord,
-    Outgoing,
-    Pipeline,
-    dead_letter_of,
-    validate_records,
+from fraudstream.service.model_watcher import ModelWatcher
+from fraudstream.service.pipeline import BatchOutcome, Pipeline
+from fraudstream.service.redis_client import (
+    is_authentication_error,
+    redis_client,
+    redis_error,
+    redis_problem,
 )
 from fraudstream.service.registry import ModelRegistry
-from fraudstream.service.rules import RulesPrior
-from fraudstream.service.schemas import LABEL_BATCH, Label
 from fraudstream.service.serving import ServingPolicy
-from fraudstream.service.settings import DecisionMode, DeliveryGuarantee, Role, Settings
+from fraudstream.service.settings import (
+    DecisionMode,
+    DeliveryGuarantee,
+    Role,
+    Settings,
+    masked_url,
+)
 from fraudstream.service.snapshots import SnapshotStore
+from fraudstream.service.state import StateLostError, ensure_state, lost_message, marker_key
 
 log = logging.getLogger(__name__)
 
-#: Errors after which a batch is retried from its first offset once the
-#: dependency is back: nothing of it was committed.
-_TRANSIENT = (
-    redis.ConnectionError,
-    redis.TimeoutError,
-    KafkaError,
-    DeliveryError,
-    UnavailableError,
-)
 
-
-def redis_client(settings: Settings) -> redis.Redis:
-    """A Redis client with timeouts, so a dead server is noticed instead of hanging."""
-    return redis.Redis.from_url(
-        settings.redis_url.get_secret_value(),
-        socket_timeout=10,
-        socket_connect_timeout=5,
-        health_check_interval=30,
-    )
+def _transient(exc: BaseException) -> bool:
+    """Whether a batch that failed with ``exc`` is retried from its first offset once
+    the dependency is back (nothing of it was committed); otherwise the loop stops."""
+    return isinstance(exc, DeliveryError) or is_dependency_error(exc)
 
 
 def decision_policy(settings: Settings) -> DecisionPolicy:
@@ -99,148 +92,10 @@ def decision_policy(settings: Settings) -> DecisionPolicy:
     return ThresholdPolicy(settings.alert_threshold)
 
 
-class ModelWatcher:
-    """Keeps the active scorer current: the newest verified model, or the rules prior.
-
-    A version is used for scoring once :class:`ServingPolicy` lets it (it has
-    learnt ``min_labels`` labels and ranks its recent labels at least as well
-    as the rules prior); before that the transparent rules prior scores. A
-    checkpoint that fails verification is refused (logged and counted) and the
-    scorer in use stays.
-    """
-
-    def __init__(
-        self,
-        registry: ModelRegistry,
-        feature_names: Sequence[str],
-        *,
-        min_labels: int,
-        poll_s: float,
-        metrics: Metrics,
-        clock: Callable[[], float] = time.monotonic,
-        policy: ServingPolicy | None = None,
-    ) -> None:
-        self.registry = registry
-        self.feature_names = tuple(feature_names)
-        self.min_labels = min_labels
-        self.policy = policy or ServingPolicy(min_labels=min_labels)
-        self.poll_s = poll_s
-        self.metrics = metrics
-        self.clock = clock
-        self.active = ActiveScorer(RulesPrior(self.feature_names), "rules", 0)
-        self._seen_version = 0
-        self._next_poll = 0.0
-
-    def current(self) -> ActiveScorer:
-        """The scorer to use for the next batch (polls the registry every ``poll_s``)."""
-        now = self.clock()
-        if now >= self._next_poll:
-            self._next_poll = now + self.poll_s
-            self.refresh()
-        return self.active
-
-    def refresh(self) -> None:
-        latest = self.registry.latest_version()
-        if latest is None or latest == self._seen_version:
-            return
-        self._seen_version = latest
-        try:
-            checkpoint = self.registry.load(latest)
-        except CheckpointError as exc:
-            self.metrics.model_refused.inc()
-            log.error(
-                "model version %s refused, keeping version %s: %s", latest, self.active.version, exc
-            )
-            return
-        model = checkpoint.model
-        if model.feature_names != self.feature_names:
-            self.metrics.model_refused.inc()
-            log.error("model version %s was trained on other features; not used", latest)
-            return
-        why_not = self.policy.reason(model)
-        if why_not is not None:
-            log.info("model version %s not used yet: %s", latest, why_not)
-        else:
-            self.active = ActiveScorer(model, "model", latest)
-            self.metrics.model_version.set(latest)
-            log.info(
-                "scoring with model version %s (%s labels, %s frauds)",
-                latest,
-                model.labels_learnt,
-                model.frauds_learnt,
-            )
-
-
-class _Rebalance(ConsumerRebalanceListener):
-    """Forgets offsets of partitions this member loses."""
-
-    def __init__(self, checkpoint: Callable[[], Checkpoint | None]) -> None:
-        self._checkpoint = checkpoint
-
-    def on_partitions_revoked(self, revoked: Any) -> None:
-        checkpoint = self._checkpoint()
-        if checkpoint is not None:
-            checkpoint.forget(revoked)
-
-    def on_partitions_assigned(self, assigned: Any) -> None:
-        log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
-
-
-@dataclass
-class _Loop:
-    """What the scorer and learner loops share: polling, sending, retrying."""
-
-    name: str
-    consumer: KafkaConsumer
-    producer: KafkaProducer
-    checkpoint: Checkpoint
-    metrics: Metrics
-    stopping: threading.Event
-    max_records: int
-    wait_ms: int
-    last_offsets: list[tuple[str, int, int]] = field(default_factory=list)
-
-    def poll(self) -> list[Any]:
-        batches = self.consumer.poll(timeout_ms=self.wait_ms, max_records=self.max_records)
-        records = [r for batch in batches.values() for r in batch]
-        # Records of a partition come in offset order: its last one is the one to commit.
-        self.last_offsets = [
-            (tp.topic, tp.partition, batch[-1].offset) for tp, batch in batches.items() if batch
-        ]
-        self.metrics.last_loop_s.set(time.time())
-        return records
-
-    def send(self, outgoing: Sequence[Outgoing]) -> None:
-        """Produce and wait for every delivery (raises on any failure)."""
-        tracker = DeliveryTracker(self.producer)
-        for record in outgoing:
-            tracker.send(record.topic, record.value, key=record.key, headers=record.headers)
-        tracker.flush(timeout_s=60)
-
-    def rewind(self, records: Sequence[ConsumedRecord]) -> None:
-        """Seek back to the first record of a failed batch so it is processed again."""
-        first: dict[TopicPartition, int] = {}
-        for r in records:
-            tp = TopicPartition(r.topic, r.partition)
-            first[tp] = min(first.get(tp, r.offset), r.offset)
-        assigned = self.consumer.assignment()
-        for tp, offset in first.items():
-            if tp in assigned:
-                self.consumer.seek(tp, offset)
-
-    def back_off(self, attempt: int, healthy: Callable[[], bool]) -> None:
-        """Wait (exponentially, up to 30 s) with partitions paused, staying in the group."""
-        delay = min(30.0, 0.5 * 2**attempt)
-        paused = list(self.consumer.assignment())
-        self.consumer.pause(*paused)
-        try:
-            deadline = time.monotonic() + delay
-            while time.monotonic() < deadline and not self.stopping.is_set():
-                self.consumer.poll(timeout_ms=200)  # keeps the membership alive
-                if healthy():
-                    break
-        finally:
-            self.consumer.resume(*paused)
+def _close_producer(producer: KafkaProducer) -> None:
+    with contextlib.suppress(Exception):
+        producer.flush(timeout=30)
+    producer.close(timeout=30)
 
 
 class Application:
@@ -257,9 +112,14 @@ class Application:
         self.metrics = Metrics()
         self.stopping = threading.Event()
         self._redis: redis.Redis | None = None
+        self._loops: list[ConsumeLoop] = []
         self._watcher: ModelWatcher | None = None
-        self._scorer_checkpoint: Checkpoint | None = None
+        self._phase = "starting"
         self._failures: list[BaseException] = []
+        # Why the Redis state cannot be used at start (lost), and whether the
+        # state marker was found or created (then its loss is watched).
+        self._state_problem: str | None = None
+        self._state_known = False
         self.health_port: int | None = None
         self._bootstrap = [
             (host, int(port))
@@ -279,28 +139,45 @@ class Application:
         signal.signal(signal.SIGINT, self.stop)
 
     def ready(self) -> tuple[bool, str]:
-        """Readiness: Redis answers, a Kafka bootstrap server accepts connections,
-        no loop has failed, and (scorer role) a scorer is loaded."""
+        """Readiness: Redis answers, a Kafka bootstrap server accepts connections, no
+        loop has failed, and every loop is ready: the scorer has partitions assigned
+        and its last batch committed, or nothing to do (:class:`LoopHealth`)."""
         if self._redis is None:
-            return False, "starting"
+            return False, self._phase
         if (problem := self._redis_problem()) is not None:
             return False, problem
         if not any(accepts_connections(port, host) for host, port in self._bootstrap):
             return False, f"kafka unreachable at {self.settings.bootstrap_servers}"
         if self._failures:
             return False, f"failed: {self._failures[0]}"
-        if self.settings.role is not Role.LEARNER and self._watcher is None:
-            return False, "scorer not started"
+        if self._phase != "running":
+            return False, self._phase
+        for loop in self._loops:
+            ok, reason = loop.health.ready()
+            if not ok:
+                return False, reason
         return True, "ready"
 
+    def live(self) -> tuple[bool, str]:
+        """Liveness: no loop is hung, nor stalled with records waiting (``/healthz``)."""
+        for loop in self._loops:
+            ok, reason = loop.health.live()
+            if not ok:
+                return False, reason
+        return True, "ok" if self._phase == "running" else f"ok ({self._phase})"
+
     def _redis_problem(self) -> str | None:
-        """Why Redis cannot be used right now, or ``None`` when it answers."""
+        """Why Redis cannot be used right now, or ``None`` when it answers with our state."""
+        if self._state_problem is not None:
+            return self._state_problem
         try:
-            if self._redis is not None and self._redis.ping():
-                return None
+            if self._redis is None or not self._redis.ping():
+                return "redis not connected"
+            if self._state_known and not self._redis.exists(marker_key(self.settings.redis_prefix)):
+                return lost_message(self.settings.redis_prefix)
         except redis.RedisError as exc:
-            return f"redis unreachable: {exc}"
-        return "redis not connected"
+            return redis_problem(exc, self.settings)
+        return None
 
     def _redis_ok(self) -> bool:
         return self._redis_problem() is None
@@ -308,7 +185,7 @@ class Application:
     def ensure_topics(self) -> None:
         s = self.settings
         ensure_topics(
-            s.bootstrap_servers,
+            s,
             {
                 name: s.topic_partitions
                 for name in (
@@ -328,25 +205,38 @@ class Application:
         """Run until :meth:`stop` (or a signal); re-raises a loop's fatal error."""
         s = self.settings
         with contextlib.ExitStack() as stack:
-            self._redis = redis_client(s)
-            stack.callback(self._redis.close)
-            self._wait_for_redis()
-            self.ensure_topics()
             if s.metrics_port:
-                server = HealthServer(self.metrics, self.ready, s.metrics_host, s.metrics_port)
+                # First: /healthz and /readyz answer while the dependencies are awaited.
+                server = HealthServer(
+                    self.metrics, self.ready, self.live, s.metrics_host, s.metrics_port
+                )
                 server.start()
                 self.health_port = server.port
                 stack.callback(server.stop)
-            features = RedisFeatureStore(self._redis, FeatureConfig.from_settings(s))
+            self._redis = redis_client(s)
+            stack.callback(self._redis.close)
+            if not self._wait_for_redis() or not self._wait_for_state():
+                return  # stopped while waiting
+            self._phase = "creating topics"
+            self.ensure_topics()
+            self._phase = "joining the consumer groups"
+            features = RedisFeatureStore(
+                self._redis, FeatureConfig.from_settings(s), check_state=True
+            )
+            learner_loop = self._learner_loop(stack) if s.role is not Role.SCORER else None
+            scorer_loop = self._scorer_loop(stack) if s.role is not Role.LEARNER else None
+            self._phase = "running"
             threads: list[threading.Thread] = []
-            if s.role in (Role.ALL, Role.LEARNER):
+            if learner_loop is not None:
                 learner = threading.Thread(
-                    target=self._guard(self._learner_loop, features), name="learner", daemon=True
+                    target=self._guard(self._learn, learner_loop, features),
+                    name="learner",
+                    daemon=True,
                 )
                 learner.start()
                 threads.append(learner)
-            if s.role in (Role.ALL, Role.SCORER):
-                self._guard(self._scorer_loop, features)()
+            if scorer_loop is not None:
+                self._guard(self._score, scorer_loop, features)()
             for thread in threads:
                 while thread.is_alive():
                     thread.join(timeout=0.5)
@@ -359,6 +249,10 @@ class Application:
         def run() -> None:
             try:
                 loop(*args)
+            except FraudstreamError as exc:  # says what is wrong: no traceback
+                log.error("%s stopped: %s", loop.__name__, exc)
+                self._failures.append(exc)
+                self.stopping.set()
             except BaseException as exc:
                 log.exception("%s stopped on an error", loop.__name__)
                 self._failures.append(exc)
@@ -366,23 +260,82 @@ class Application:
 
         return run
 
-    def _wait_for_redis(self) -> None:
+    def _wait_for_redis(self) -> bool:
+        """Wait until Redis answers (``False``: stopped meanwhile); one line per attempt."""
+        url = masked_url(self.settings.redis_url.get_secret_value())
+        self._phase = f"waiting for redis at {url}"
         attempt = 0
-        while not self._redis_ok():
-            if self.stopping.is_set():
-                return
-            self.metrics.errors.labels("redis").inc()
-            log.warning("redis not reachable yet; retrying")
-            time.sleep(min(10.0, 0.5 * 2**attempt))
+        while (problem := self._redis_problem()) is not None:
+            self._refuse_credentials()
+            self.metrics.dependency_error("redis")
+            delay_s = min(30.0, 0.5 * 2**attempt)
             attempt += 1
+            log.warning(
+                "%s; is Redis running there? Set FRAUDSTREAM_REDIS_URL to its address "
+                "(`fraudstream dev up` starts a local one). Attempt %d, next in %.1f s",
+                problem,
+                attempt,
+                delay_s,
+            )
+            if self.stopping.wait(delay_s):
+                return False
+        return True
 
-    # -- scorer ---------------------------------------------------------------
+    def _wait_for_state(self) -> bool:
+        """Find the state marker (or create it for a fresh deployment); wait while it is lost.
+
+        While the state is lost the service is not ready and says why; it goes
+        on once ``fraudstream state rebuild`` has written a new marker.
+        ``False``: stopped meanwhile.
+        """
+        s = self.settings
+        assert self._redis is not None
+        self._phase = "checking the feature state"
+        attempt = 0
+        while not self.stopping.is_set():
+            try:
+                marker = ensure_state(
+                    self._redis,
+                    s.redis_prefix,
+                    lambda: bool(committed_offsets(s, s.consumer_group, s.topic_transactions)),
+                )
+            except StateLostError as exc:
+                self._state_problem = str(exc)
+                self.metrics.dependency_error("redis")
+                log.error("%s", exc)
+            except (redis.RedisError, KafkaError) as exc:
+                self._state_problem = f"cannot check the feature state: {exc}"
+                log.warning("%s; retrying", self._state_problem)
+            else:
+                self._state_problem = None
+                self._state_known = True
+                log.info(
+                    "feature state of prefix %r: generation %s (%s)",
+                    s.redis_prefix,
+                    marker.generation,
+                    marker.origin,
+                )
+                return True
+            self.stopping.wait(min(30.0, 0.5 * 2**attempt))
+            attempt += 1
+        return False
+
+    def _refuse_credentials(self) -> None:
+        """Raise when Redis refuses the credentials: retrying cannot help."""
+        assert self._redis is not None
+        try:
+            self._redis.ping()
+        except redis.RedisError as exc:
+            if is_authentication_error(exc):
+                raise redis_error(exc, self.settings) from exc
+
+    # -- clients --------------------------------------------------------------
 
     def _group_consumer(self, role: str, group: str) -> KafkaConsumer:
         """A consumer of ``group`` with the batch and liveness bounds of the settings."""
         s = self.settings
         return make_consumer(
-            s.bootstrap_servers,
+            s,
             client_id=f"{s.client_id}-{role}",
             group_id=group,
             max_poll_interval_ms=s.max_poll_interval_ms,
@@ -391,124 +344,124 @@ class Application:
             max_poll_records=s.max_batch_size,
         )
 
-    def _loop(
+    def _enter_loop(
         self,
+        stack: contextlib.ExitStack,
         role: str,
-        consumer: KafkaConsumer,
-        producer: KafkaProducer,
-        checkpoint: Checkpoint,
+        group: str,
+        topic: str,
         wait_ms: int,
-    ) -> _Loop:
-        """A poll/send/retry loop with the batch bound of the settings."""
-        return _Loop(
+        transactional_id: str | None = None,
+    ) -> ConsumeLoop:
+        """Build a loop's producer, consumer and checkpoint; closed when ``stack`` exits."""
+        s = self.settings
+        producer = make_producer(
+            s,
+            client_id=f"{s.client_id}-{role}",
+            transactional_id=transactional_id,
+        )
+        stack.callback(_close_producer, producer)
+        if transactional_id is not None:
+            producer.init_transactions()
+        consumer = self._group_consumer(role, group)
+        stack.callback(consumer.close, autocommit=False)
+        checkpoint = Checkpoint(consumer, producer, exactly_once=transactional_id is not None)
+        health = LoopHealth(
+            role, needs_partitions=role == "scorer", stall_after_s=s.stall_timeout_s
+        )
+        loop = ConsumeLoop(
             role,
             consumer,
-            producer,
             checkpoint,
-            self.metrics,
-            self.stopping,
-            self.settings.max_batch_size,
-            wait_ms,
+            health,
+            max_records=s.max_batch_size,
+            wait_ms=wait_ms,
+            stopping=self.stopping,
+            metrics=self.metrics,
         )
+        loop.subscribe([topic])
+        self._loops.append(loop)
+        return loop
 
-    @contextlib.contextmanager
-    def _scorer_clients(self) -> Iterator[tuple[KafkaConsumer, KafkaProducer, Checkpoint]]:
+    def _scorer_loop(self, stack: contextlib.ExitStack) -> ConsumeLoop:
         s = self.settings
         exactly_once = s.guarantee is DeliveryGuarantee.EXACTLY_ONCE
-        producer = make_producer(
-            s.bootstrap_servers,
-            client_id=f"{s.client_id}-scorer",
-            transactional_id=f"{s.client_id}-scorer-{uuid.uuid4().hex[:12]}"
-            if exactly_once
-            else None,
+        # A stable id lets a restarted scorer fence its predecessor and abort its
+        # open transaction at once; a random one leaves that transaction holding
+        # read_committed readers back until it times out.
+        transactional_id = s.transactional_id or f"{s.client_id}-scorer-{uuid.uuid4().hex[:12]}"
+        return self._enter_loop(
+            stack,
+            "scorer",
+            s.consumer_group,
+            s.topic_transactions,
+            s.max_batch_wait_ms,
+            transactional_id if exactly_once else None,
         )
-        if exactly_once:
-            producer.init_transactions()
-        consumer = self._group_consumer("scorer", s.consumer_group)
-        checkpoint = Checkpoint(consumer, producer if exactly_once else None)
-        self._scorer_checkpoint = checkpoint
-        subscribe(consumer, [s.topic_transactions], listener=_Rebalance(lambda: checkpoint))
-        try:
-            yield consumer, producer, checkpoint
-            if not exactly_once:
-                checkpoint.commit_all()  # waits: nothing async left in flight at exit
-        finally:
-            with contextlib.suppress(Exception):
-                producer.flush(timeout=30)
-            producer.close(timeout=30)
-            consumer.close(autocommit=False)
 
-    def _scorer_loop(self, features: RedisFeatureStore) -> None:
+    def _learner_loop(self, stack: contextlib.ExitStack) -> ConsumeLoop:
+        s = self.settings
+        return self._enter_loop(stack, "learner", s.learner_group, s.topic_labels, wait_ms=200)
+
+    # -- scorer ---------------------------------------------------------------
+
+    def _score(self, loop: ConsumeLoop, features: RedisFeatureStore) -> None:
+        """The scorer loop: poll → pipeline → produce and track → commit."""
         s = self.settings
         assert self._redis is not None
         registry = ModelRegistry(
             self._redis, s.redis_prefix, s.model_signing_key, s.model_versions_kept
         )
-        self._watcher = ModelWatcher(
+        watcher = ModelWatcher(
             registry,
             features.names,
-            min_labels=s.min_labels_for_model,
+            policy=ServingPolicy.from_settings(s),
             poll_s=s.model_poll_s,
             metrics=self.metrics,
-            policy=ServingPolicy.from_settings(s),
         )
+        self._watcher = watcher
         pipeline = Pipeline(
             features=features,
-            active_scorer=self._watcher.current,
+            active_scorer=watcher.current,
             snapshots=SnapshotStore(self._redis, s.redis_prefix, s.snapshot_ttl_s),
             policy=decision_policy(s),
             topic_alerts=s.topic_alerts,
             topic_scores=s.topic_scores if s.publish_scores else None,
             topic_dlq=s.topic_transactions_dlq,
             max_message_bytes=s.max_message_bytes,
+            dead_letter_max_bytes=s.dead_letter_max_bytes,
         )
-        with self._scorer_clients() as (consumer, producer, checkpoint):
-            loop = self._loop("scorer", consumer, producer, checkpoint, s.max_batch_wait_ms)
-            attempt = 0
-            next_lag = 0.0
-            while not self.stopping.is_set():
-                records = loop.poll()
-                if time.monotonic() >= next_lag:
-                    self._report_lag(consumer)
-                    next_lag = time.monotonic() + 5.0
-                if not records:
+        checkpoint = loop.checkpoint
+        attempt = 0
+        while not self.stopping.is_set():
+            polled = loop.poll()
+            started = time.perf_counter()
+            try:
+                if polled.records:
+                    outcome = pipeline.process(polled.records)
+                    checkpoint.produce(outcome.outgoing)
+                    checkpoint.track(polled.spans)
+                else:
                     # Idle: still pick up new model versions, so the next batch
                     # after a quiet spell is scored with the newest one.
                     with contextlib.suppress(redis.RedisError):
-                        self._watcher.current()
-                    continue
-                started = time.perf_counter()
-                try:
-                    checkpoint.begin()
-                    outcome = pipeline.process(records)
-                    loop.send(outcome.outgoing)
-                    checkpoint.track_many(loop.last_offsets)
-                    # Asynchronous: everything the batch caused is already durable,
-                    # and a later commit (or the final one) covers a lost request.
-                    checkpoint.commit(wait=False)
-                    attempt = 0
-                except _TRANSIENT as exc:
-                    self._on_transient(loop, records, exc, attempt)
-                    attempt += 1
-                    continue
-                self._count(outcome, len(records), time.perf_counter() - started)
-
-    def _on_transient(
-        self, loop: _Loop, records: Sequence[Any], exc: BaseException, attempt: int
-    ) -> None:
-        dependency = "redis" if isinstance(exc, redis.RedisError) else "kafka"
-        self.metrics.errors.labels(dependency).inc()
-        log.warning(
-            "%s batch of %d not committed (%s: %s); retrying after back-off",
-            loop.name,
-            len(records),
-            type(exc).__name__,
-            exc,
-        )
-        with contextlib.suppress(Exception):
-            loop.checkpoint.abort()
-        loop.rewind(records)
-        loop.back_off(attempt, self._redis_ok)
+                        watcher.current()
+                    loop.confirm_membership()
+                # Asynchronous: the checkpoint confirms every delivery first, and
+                # a later commit (or the final one) covers a lost request. Idle
+                # turns send offsets coalesced while a request was out.
+                checkpoint.commit(wait=False)
+                loop.health.done(len(polled.records))
+                attempt = 0
+            except Exception as exc:
+                if not _transient(exc):
+                    raise
+                loop.recover(polled, exc, attempt, self._redis_ok)
+                attempt += 1
+                continue
+            if polled.records:
+                self._count(outcome, len(polled.records), time.perf_counter() - started)
+        self._final_commit(loop)
 
     def _count(self, outcome: BatchOutcome, consumed: int, seconds: float) -> None:
         m = self.metrics
@@ -521,88 +474,83 @@ class Application:
             m.dead_lettered.labels(self.settings.topic_transactions_dlq, letter.error_class).inc()
         m.batch_size.observe(consumed)
         m.batch_seconds.observe(seconds)
-        if len(outcome.latencies_ms):
-            # One observation per percentile-ish sample keeps metrics cheap at 50k tx/s.
-            for value in np.percentile(outcome.latencies_ms, (10, 50, 90, 99)).tolist():
-                m.end_to_end_ms.observe(value)
-
-    def _report_lag(self, consumer: KafkaConsumer) -> None:
-        for tp in consumer.assignment():
-            highwater = consumer.highwater(tp)
-            if highwater is None:
-                continue
-            with contextlib.suppress(Exception):
-                position = consumer.position(tp, timeout_ms=1000)
-                if position is not None:
-                    self.metrics.lag.labels(tp.topic, str(tp.partition)).set(highwater - position)
+        # One observation per transaction, bucketed with numpy in one call per batch.
+        m.observe_latencies_ms(outcome.latencies_ms)
 
     # -- learner --------------------------------------------------------------
 
-    def _learner_loop(self, features: RedisFeatureStore) -> None:
+    def _learn(self, loop: ConsumeLoop, features: RedisFeatureStore) -> None:
+        """The learner loop: poll → label pipeline → produce and track → publish → commit."""
         s = self.settings
         assert self._redis is not None
         learner = Learner.from_settings(s, self._redis, features, features.names)
-        producer = make_producer(s.bootstrap_servers, client_id=f"{s.client_id}-learner")
-        consumer = self._group_consumer("learner", s.learner_group)
-        checkpoint = Checkpoint(consumer)
-        subscribe(consumer, [s.topic_labels], listener=_Rebalance(lambda: checkpoint))
-        loop = self._loop("learner", consumer, producer, checkpoint, wait_ms=200)
-        try:
-            attempt = 0
-            while not self.stopping.is_set():
-                records = loop.poll()
-                try:
-                    if records:
-                        self._learn_batch(loop, learner, records)
-                    # Offsets are committed only once a published version holds
-                    # what was learnt: a crash before that relearns, never loses.
-                    if learner.maybe_checkpoint() is not None:
-                        self._after_publish(learner, checkpoint)
-                    attempt = 0
-                except _TRANSIENT as exc:
-                    self._on_transient(loop, records, exc, attempt)
-                    attempt += 1
-            if learner.checkpoint() is not None:
-                self._after_publish(learner, checkpoint)
-        finally:
-            with contextlib.suppress(Exception):
-                producer.flush(timeout=30)
-            producer.close(timeout=30)
-            consumer.close(autocommit=False)
-
-    def _learn_batch(self, loop: _Loop, learner: Learner, records: Sequence[Any]) -> None:
-        s = self.settings
-        labels, indices, failures = validate_records(
-            records, s.max_message_bytes, Label, LABEL_BATCH
+        labels = LabelPipeline(
+            learner,
+            topic_dlq=s.topic_labels_dlq,
+            max_message_bytes=s.max_message_bytes,
+            dead_letter_max_bytes=s.dead_letter_max_bytes,
         )
-        now_ms = int(time.time() * 1000)
-        letters = [dead_letter_of(records[i], error, now_ms) for i, error in failures]
-        outcome = learner.learn_many(labels)
-        record_of = {id(label): records[i] for label, i in zip(labels, indices, strict=True)}
-        for rejected in outcome.rejected:
-            letters.append(
-                dead_letter_of(
-                    record_of[id(rejected.label)], MissingSnapshotError(rejected.reason), now_ms
-                )
+        checkpoint = loop.checkpoint
+        attempt = 0
+        while not self.stopping.is_set():
+            polled = loop.poll()
+            try:
+                if polled.records:
+                    outcome = labels.process(polled.records)
+                    checkpoint.produce(outcome.outgoing)
+                    checkpoint.track(polled.spans)
+                    self._count_labels(outcome, len(polled.records))
+                # Offsets are committed only once a published version holds
+                # what was learnt: a crash before that relearns, never loses.
+                if learner.maybe_publish() is not None:
+                    checkpoint.commit()
+                    self._after_publish(learner)
+                loop.health.done(len(polled.records))
+                attempt = 0
+            except Exception as exc:
+                if not _transient(exc):
+                    raise
+                loop.recover(polled, exc, attempt, self._redis_ok)
+                attempt += 1
+        try:
+            published = learner.publish()
+        except Exception as exc:
+            if not _transient(exc):
+                raise
+            log.warning("learner: last version not published at stop (%s); relearnt at start", exc)
+            return
+        if published is not None and self._final_commit(loop):
+            self._after_publish(learner)
+
+    def _final_commit(self, loop: ConsumeLoop) -> bool:
+        """Commit what is done and wait (at stop); a dependency away only costs a replay."""
+        try:
+            loop.checkpoint.commit()
+        except Exception as exc:
+            if not _transient(exc):
+                raise
+            log.warning(
+                "%s: last offsets not committed at stop (%s: %s); they are processed again",
+                loop.name,
+                type(exc).__name__,
+                exc,
             )
-        loop.send([Outgoing(s.topic_labels_dlq, x.key, x.value, x.headers) for x in letters])
-        loop.checkpoint.track_many(loop.last_offsets)
-        m = self.metrics
-        m.consumed.labels(s.topic_labels).inc(len(records))
+            return False
+        return True
+
+    def _count_labels(self, outcome: LabelBatchOutcome, consumed: int) -> None:
+        s, m = self.settings, self.metrics
+        m.consumed.labels(s.topic_labels).inc(consumed)
         m.labels_learnt.inc(outcome.learnt)
         if outcome.duplicates:
             m.labels_rejected.labels("duplicate").inc(outcome.duplicates)
-        for letter in letters:
+        for letter in outcome.dead_letters:
             m.dead_lettered.labels(s.topic_labels_dlq, letter.error_class).inc()
-        if outcome.rejected:
-            m.labels_rejected.labels("missing_snapshot").inc(len(outcome.rejected))
+        if outcome.missing_snapshots:
+            m.labels_rejected.labels("missing_snapshot").inc(outcome.missing_snapshots)
 
-    def _after_publish(self, learner: Learner, checkpoint: Checkpoint) -> None:
-        checkpoint.commit()
-        report = learner.metrics.report()
-        for name, value in report.items():
-            if isinstance(value, int | float) and np.isfinite(value):
-                self.metrics.progressive.labels(name).set(float(value))
+    def _after_publish(self, learner: Learner) -> None:
+        self.metrics.model_published(learner.version, learner.metrics.report())
         log.info(
             "published model version %s (%s labels learnt)",
             learner.version,

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from fraudstream.service.errors import CheckpointError, FraudstreamError
+from fraudstream.service.errors import FraudstreamError
 from fraudstream.service.model import CATALOGUE, describe
 from fraudstream.service.registry import ModelRegistry
 
@@ -31,7 +31,7 @@ def _settings() -> Any:
 def _registry() -> Iterator[ModelRegistry]:
     import redis  # local: `model catalogue` works without Redis
 
-    from fraudstream.service.app import redis_client
+    from fraudstream.service.redis_client import redis_client, redis_problem
 
     settings = _settings()
     client = redis_client(settings)
@@ -39,10 +39,10 @@ def _registry() -> Iterator[ModelRegistry]:
         yield ModelRegistry(
             client, settings.redis_prefix, settings.model_signing_key, settings.model_versions_kept
         )
-    except (CheckpointError, FraudstreamError) as exc:
+    except FraudstreamError as exc:
         raise click.ClickException(str(exc)) from exc
     except redis.RedisError as exc:
-        raise click.ClickException(f"Redis unavailable: {exc}") from exc
+        raise click.ClickException(redis_problem(exc, settings)) from exc
     finally:
         client.close()
 

@@ -1,8 +1,8 @@
 """Exceptions of fraudstream.
 
 One root, :class:`FraudstreamError`, and a few subclasses that mean something to
-the caller. A bad *input* (an event, a label, a checkpoint) never crashes the
-service: it becomes a dead letter or a refused checkpoint carrying the error's
+the caller. A bad *input* (an event, a label, a model version) never crashes the
+service: it becomes a dead letter or a refused model version carrying the error's
 class name and message.
 """
 
@@ -15,6 +15,14 @@ class FraudstreamError(Exception):
 
 class ConfigurationError(FraudstreamError):
     """The settings or the environment do not allow the requested operation."""
+
+
+class AuthenticationFailedError(ConfigurationError):
+    """Kafka or Redis refused the credentials (password, client certificate) it was given.
+
+    The message says "authentication failed", where, and which setting holds
+    the credentials; retrying does not help until the setting is fixed.
+    """
 
 
 class DevStackError(FraudstreamError):
@@ -44,9 +52,56 @@ class MissingSnapshotError(FraudstreamError):
     """A label arrived for a transaction whose feature snapshot is missing or expired."""
 
 
-class CheckpointError(FraudstreamError):
-    """A model checkpoint is unsigned, tampered, signed with another key, or unreadable."""
+class ModelVersionError(FraudstreamError):
+    """A model version is missing or unreadable; the version in use stays."""
+
+
+class SignatureError(ModelVersionError):
+    """A model version is unsigned, tampered or signed with another key: never unpickled."""
 
 
 class UnavailableError(FraudstreamError):
     """Kafka or Redis cannot be reached; the caller backs off and retries."""
+
+
+class IdConflictError(InvalidEventError):
+    """A transaction id arrived again with other content (another card, time, amount...)."""
+
+
+class UnprocessableEventError(InvalidEventError):
+    """A valid-looking event made a processing step fail; it is dead-lettered alone."""
+
+
+def is_dependency_error(exc: BaseException) -> bool:
+    """Whether ``exc`` says a dependency (Redis, Kafka) is unwell, not that the input is bad.
+
+    Such errors are retried after a back-off with nothing committed; any other
+    error raised while processing one record is that record's fault and makes
+    it a dead letter.
+
+    >>> import redis
+    >>> is_dependency_error(redis.ConnectionError("gone")), is_dependency_error(ValueError("x"))
+    (True, False)
+    >>> is_dependency_error(redis.ResponseError("OOM command not allowed when used memory"))
+    True
+    """
+    import redis  # local: keeps this module importable without the client libraries
+    from kafka.errors import KafkaError
+
+    if isinstance(exc, UnavailableError | MemoryError | KafkaError):
+        return True
+    if isinstance(
+        exc,
+        redis.ConnectionError
+        | redis.TimeoutError
+        | redis.exceptions.OutOfMemoryError
+        | redis.exceptions.ReadOnlyError
+        | redis.exceptions.ClusterError
+        | redis.exceptions.TryAgainError
+        | redis.exceptions.AskError,
+    ):
+        return True
+    # Servers that answer without the specific error class (e.g. over a proxy).
+    return isinstance(exc, redis.ResponseError) and str(exc).startswith(
+        ("OOM", "LOADING", "BUSY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "READONLY")
+    )

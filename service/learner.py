@@ -14,8 +14,8 @@ For a batch of labels, :meth:`Learner.learn_many`
    those rows for the serving policy) -- the model never sees a label before the
    transaction was scored, nor features from after it.
 
-:meth:`Learner.maybe_checkpoint` publishes a version every
-``checkpoint_every_labels`` labels, or after ``checkpoint_every_s`` with at
+:meth:`Learner.maybe_publish` publishes a version every
+``publish_every_labels`` labels, or after ``publish_every_s`` with at
 least one new label. The Kafka loop around it (the lead's) should commit the
 ``labels`` offsets only after a publish: claims are tagged with the pending
 version, so labels learnt by a learner that crashed before publishing are
@@ -25,6 +25,7 @@ learnt again by the next one rather than lost.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fraudstream.service.errors import CheckpointError, ConfigurationError, MissingSnapshotError
+from fraudstream.service.errors import ConfigurationError, MissingSnapshotError, ModelVersionError
 from fraudstream.service.features.store import LabelFact
 from fraudstream.service.model import FraudModel
 from fraudstream.service.progressive import ProgressiveMetrics
@@ -85,7 +86,7 @@ class Learner:
         Where versions are published.
     feature_store
         Receives the label facts (terminal fraud rates).
-    checkpoint_every_labels, checkpoint_every_s
+    publish_every_labels, publish_every_s
         Publish after this many new labels, or this long with at least one.
     metrics_window, alert_threshold
         Progressive metrics parameters.
@@ -102,8 +103,8 @@ class Learner:
         registry: ModelRegistry,
         feature_store: LabelSink,
         *,
-        checkpoint_every_labels: int = 1000,
-        checkpoint_every_s: float = 60.0,
+        publish_every_labels: int = 1000,
+        publish_every_s: float = 60.0,
         metrics_window: int = 10_000,
         alert_threshold: float = 0.5,
         version: int = 0,
@@ -113,8 +114,8 @@ class Learner:
         self.snapshots = snapshots
         self.registry = registry
         self.feature_store = feature_store
-        self.checkpoint_every_labels = checkpoint_every_labels
-        self.checkpoint_every_s = checkpoint_every_s
+        self.publish_every_labels = publish_every_labels
+        self.publish_every_s = publish_every_s
         self.metrics = ProgressiveMetrics(metrics_window, alert_threshold)
         self.version = version
         self.clock = clock
@@ -126,8 +127,8 @@ class Learner:
         # belongs to a learner that died, so its label claims may be retaken.
         self._stale = [str(v) for v in registry.abandoned_versions()]
         self._pending = registry.reserve_version()
-        self._since_checkpoint = 0
-        self._last_checkpoint_s = clock()
+        self._since_publish = 0
+        self._last_publish_s = clock()
         self._unfinished: set[str] = set()
 
     # -- construction ----------------------------------------------------------
@@ -150,7 +151,7 @@ class Learner:
         for version in reversed(registry.versions()):
             try:
                 cp = registry.load(version)
-            except CheckpointError as exc:
+            except ModelVersionError as exc:
                 log.error("model version %d refused: %s", version, exc)
                 continue
             if cp.model.feature_names != tuple(feature_names):
@@ -183,8 +184,8 @@ class Learner:
             feature_store,
             model_name=settings.model,
             feature_names=feature_names,
-            checkpoint_every_labels=settings.checkpoint_every_labels,
-            checkpoint_every_s=settings.checkpoint_every_s,
+            publish_every_labels=settings.publish_every_labels,
+            publish_every_s=settings.publish_every_s,
             metrics_window=settings.metrics_window,
             alert_threshold=settings.alert_threshold,
             clock=clock,
@@ -253,36 +254,39 @@ class Learner:
 
         frauds = 0
         if fresh:
-            # Prequential: the scores given before the labels existed, then learn.
+            # Prequential: the scores given before the labels existed, then learn. A
+            # snapshot rebuilt from Kafka after a state loss has no score (NaN).
             y = np.array([label.is_fraud for label, _ in fresh], dtype=bool)
-            self.metrics.update_many([snap.score for _, snap in fresh], y.tolist())
+            scored = [(snap.score, label.is_fraud) for label, snap in fresh]
+            scored = [(sc, fraud) for sc, fraud in scored if math.isfinite(sc)]
+            self.metrics.update_many([sc for sc, _ in scored], [fraud for _, fraud in scored])
             X = np.stack([snap.features for _, snap in fresh]).astype(np.float64)
             learn_labelled(self.model, self._prior, X, y)
             frauds = int(y.sum())
 
-        self._since_checkpoint += len(fresh)
+        self._since_publish += len(fresh)
         self.duplicates += duplicates
         self.rejected += len(rejected)
         return LearnOutcome(len(fresh), frauds, duplicates, tuple(rejected))
 
-    # -- checkpoints -------------------------------------------------------------
+    # -- publishing ---------------------------------------------------------------
 
     @property
-    def labels_since_checkpoint(self) -> int:
+    def labels_since_publish(self) -> int:
         """Labels learnt but not yet in a published version."""
-        return self._since_checkpoint
+        return self._since_publish
 
-    def maybe_checkpoint(self) -> int | None:
+    def maybe_publish(self) -> int | None:
         """Publish a version if enough labels or time have passed; the new version or None."""
-        if self._since_checkpoint == 0:
+        if self._since_publish == 0:
             return None
-        due_by_count = self._since_checkpoint >= self.checkpoint_every_labels
-        due_by_time = self.clock() - self._last_checkpoint_s >= self.checkpoint_every_s
-        return self.checkpoint() if due_by_count or due_by_time else None
+        due_by_count = self._since_publish >= self.publish_every_labels
+        due_by_time = self.clock() - self._last_publish_s >= self.publish_every_s
+        return self.publish() if due_by_count or due_by_time else None
 
-    def checkpoint(self) -> int | None:
+    def publish(self) -> int | None:
         """Publish now if anything was learnt since the last version (call on shutdown)."""
-        if self._since_checkpoint == 0:
+        if self._since_publish == 0:
             return None
         version = self.registry.publish(
             self.model,
@@ -292,6 +296,6 @@ class Learner:
         )
         self.version = version
         self._pending = self.registry.reserve_version()
-        self._since_checkpoint = 0
-        self._last_checkpoint_s = self.clock()
+        self._since_publish = 0
+        self._last_publish_s = self.clock()
         return version

@@ -3,26 +3,105 @@
 Each :class:`Metrics` owns its own registry (no global state), so several
 applications can run in one process (tests) without clashing. One small HTTP
 server serves ``/metrics`` (Prometheus text format), ``/healthz`` (liveness:
-the loop is turning) and ``/readyz`` (readiness: Kafka and Redis reachable and
-a scorer loaded).
+the loops turn and make progress when records wait) and ``/readyz``
+(readiness: Kafka and Redis reachable, partitions assigned and the last batch
+committed, or nothing to do).
 """
 
 from __future__ import annotations
 
+import errno
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-_LATENCY_BUCKETS_MS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)
+from fraudstream.service.errors import ConfigurationError
+
+#: End-to-end latency buckets in seconds: fine around the targets (p50 5 ms, p99 25 ms),
+#: coarse up to a minute for a scorer catching up on a backlog.
+LATENCY_BUCKETS_S = (
+    0.001, 0.002, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+_BATCH_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
+
+#: Progressive (prequential) metrics of the learner: report key -> (gauge name, help).
+PROGRESSIVE_GAUGES: dict[str, tuple[str, str]] = {
+    "roc_auc": (
+        "fraudstream_progressive_roc_auc",
+        "Learner's prequential ROC AUC over its rolling window of labels (ratio).",
+    ),
+    "average_precision": (
+        "fraudstream_progressive_average_precision",
+        "Learner's prequential average precision over its rolling window (ratio).",
+    ),
+    "precision": (
+        "fraudstream_progressive_precision",
+        "Share of window transactions scored at/above the alert threshold that were fraud.",
+    ),
+    "recall": (
+        "fraudstream_progressive_recall",
+        "Share of window frauds scored at/above the alert threshold.",
+    ),
+    "n": ("fraudstream_progressive_window_labels", "Labels in the rolling window (count)."),
+    "positives": ("fraudstream_progressive_window_frauds", "Frauds in the rolling window (count)."),
+    "alerts": (
+        "fraudstream_progressive_window_alerts",
+        "Window transactions scored at/above the alert threshold (count).",
+    ),
+}
+
+
+class BatchHistogram(Histogram):
+    """A :class:`~prometheus_client.Histogram` that takes a whole batch of values at once.
+
+    ``observe_many`` gives the same buckets, ``_count`` and ``_sum`` as one
+    ``observe`` per value, in a handful of numpy calls: ``searchsorted`` finds
+    each value's bucket (the first upper bound ``>=`` the value, as ``observe``
+    does), ``bincount`` counts them, and each non-empty bucket and the sum are
+    incremented once. It relies on two attributes of prometheus-client's
+    ``Histogram`` (``_upper_bounds``, the sorted bounds ending in ``+Inf``, and
+    ``_buckets``/``_sum``, per-bucket and sum values), stable since 0.4 and
+    checked against ``observe`` by a unit test. Non-finite values are ignored.
+
+    Examples
+    --------
+    >>> from prometheus_client import CollectorRegistry
+    >>> h = BatchHistogram("x_seconds", "x", buckets=(0.1, 1), registry=CollectorRegistry())
+    >>> h.observe_many(np.array([0.05, 0.1, 0.5, 3.0]))
+    >>> [(s.labels.get("le"), s.value) for s in h.collect()[0].samples if s.name.endswith("bucket")]
+    [('0.1', 2.0), ('1.0', 3.0), ('+Inf', 4.0)]
+    """
+
+    def observe_many(self, values: np.ndarray | Sequence[float]) -> None:
+        """Observe every value of ``values`` (one call per batch, not per value)."""
+        array = np.asarray(values, dtype=np.float64)
+        array = array[np.isfinite(array)]
+        if not len(array):
+            return
+        self._raise_if_not_observable()
+        bounds = np.asarray(self._upper_bounds, dtype=np.float64)
+        counts = np.bincount(np.searchsorted(bounds, array, side="left"), minlength=len(bounds))
+        self._sum.inc(float(array.sum()))
+        for bucket, count in zip(self._buckets, counts.tolist(), strict=False):
+            if count:
+                bucket.inc(count)
 
 
 class Metrics:
-    """Every metric fraudstream exports, in one registry."""
+    """Every metric fraudstream exports, in one registry.
+
+    Names follow Prometheus conventions: counters end in ``_total`` when
+    exposed, durations are in seconds, ratios and counts are separate gauges.
+    Label values known in advance (scorer kinds, dependencies, roles) are
+    created at start, so every series exists, at zero, before its first event.
+    """
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -41,7 +120,12 @@ class Metrics:
         self.dead_lettered = Counter(
             "fraudstream_dead_letters", "Records dead-lettered.", ["topic", "error"], registry=r
         )
-        self.alerts = Counter("fraudstream_alerts", "Alerts published.", ["scorer"], registry=r)
+        self.alerts = Counter(
+            "fraudstream_alerts",
+            "Alerts published, by scorer (rules prior or model).",
+            ["scorer"],
+            registry=r,
+        )
         self.batch_size = Histogram(
             "fraudstream_batch_size",
             "Records per processed batch.",
@@ -51,19 +135,19 @@ class Metrics:
         self.batch_seconds = Histogram(
             "fraudstream_batch_processing_seconds",
             "Time to process one batch, poll excluded.",
-            buckets=tuple(b / 1000 for b in _LATENCY_BUCKETS_MS),
+            buckets=_BATCH_SECONDS_BUCKETS,
             registry=r,
         )
-        self.end_to_end_ms = Histogram(
-            "fraudstream_end_to_end_latency_ms",
-            "Record produce time to decision, per transaction.",
-            buckets=_LATENCY_BUCKETS_MS,
+        self.end_to_end_s = BatchHistogram(
+            "fraudstream_end_to_end_latency_seconds",
+            "Record produce time to decision, one observation per scored transaction.",
+            buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
         self.lag = Gauge(
             "fraudstream_consumer_lag",
-            "Records behind the end of a partition.",
-            ["topic", "partition"],
+            "Records behind the end of a partition, per consuming role (scorer, learner).",
+            ["role", "topic", "partition"],
             registry=r,
         )
         self.model_version = Gauge(
@@ -72,13 +156,19 @@ class Metrics:
             registry=r,
         )
         self.model_refused = Counter(
-            "fraudstream_model_checkpoints_refused",
-            "Checkpoints refused (unsigned, tampered or unreadable).",
+            "fraudstream_model_versions_refused",
+            "Model versions refused (unsigned, tampered or unreadable).",
             registry=r,
         )
         self.errors = Counter(
             "fraudstream_dependency_errors",
             "Errors talking to Kafka or Redis.",
+            ["dependency"],
+            registry=r,
+        )
+        self.last_error_s = Gauge(
+            "fraudstream_dependency_last_error_timestamp_seconds",
+            "Wall time of the last error talking to a dependency (0: none yet).",
             ["dependency"],
             registry=r,
         )
@@ -89,10 +179,25 @@ class Metrics:
             ["reason"],
             registry=r,
         )
-        self.progressive = Gauge(
-            "fraudstream_progressive_metric",
-            "Prequential metrics of the learner over its rolling window.",
-            ["metric"],
+        self.learner_version = Gauge(
+            "fraudstream_learner_model_version",
+            "Last model version the learner published (0: none yet).",
+            registry=r,
+        )
+        self.learner_published_s = Gauge(
+            "fraudstream_learner_last_publish_timestamp_seconds",
+            "Wall time the learner last published a model version (0: never).",
+            registry=r,
+        )
+        self.progressive = {
+            key: Gauge(name, help_text, registry=r)
+            for key, (name, help_text) in PROGRESSIVE_GAUGES.items()
+        }
+        for gauge in self.progressive.values():
+            gauge.set(float("nan"))  # undefined until the learner publishes
+        self.insecure_signing_key = Gauge(
+            "fraudstream_insecure_signing_key",
+            "1 when model versions are signed with the built-in development key.",
             registry=r,
         )
         self.last_loop_s = Gauge(
@@ -100,6 +205,45 @@ class Metrics:
             "Wall time of the last turn of the processing loop.",
             registry=r,
         )
+        for scorer in ("rules", "model"):
+            self.alerts.labels(scorer)
+        for dependency in ("kafka", "redis"):
+            self.errors.labels(dependency)
+            self.last_error_s.labels(dependency)
+
+    def observe_latencies_ms(self, latencies_ms: np.ndarray) -> None:
+        """One end-to-end latency observation per transaction of a batch (milliseconds in)."""
+        self.end_to_end_s.observe_many(np.asarray(latencies_ms, dtype=np.float64) / 1000.0)
+
+    def dependency_error(self, dependency: str) -> None:
+        """Count an error talking to ``kafka`` or ``redis`` and remember when it happened."""
+        self.errors.labels(dependency).inc()
+        self.last_error_s.labels(dependency).set(time.time())
+
+    def model_published(self, version: int, report: Mapping[str, object]) -> None:
+        """The learner published ``version``; ``report`` holds its progressive metrics."""
+        self.learner_version.set(version)
+        self.learner_published_s.set(time.time())
+        for key, gauge in self.progressive.items():
+            value = report.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                gauge.set(float(value))
+
+    def report_lag(self, role: str, lags: Mapping[tuple[str, int], int]) -> None:
+        """Set the lag of every partition ``role`` consumes; forget partitions it lost."""
+        current = {(role, topic, str(partition)) for topic, partition in lags}
+        for labels in list(self._lag_labels()):
+            if labels[0] == role and labels not in current:
+                self.lag.remove(*labels)
+        for (topic, partition), lag in lags.items():
+            self.lag.labels(role, topic, str(partition)).set(lag)
+
+    def _lag_labels(self) -> list[tuple[str, str, str]]:
+        return [
+            (s.labels["role"], s.labels["topic"], s.labels["partition"])
+            for family in self.lag.collect()
+            for s in family.samples
+        ]
 
     def exposition(self) -> bytes:
         """The registry in Prometheus text format."""
@@ -115,23 +259,38 @@ class HealthServer:
         What ``/metrics`` shows.
     ready
         Returns ``(ready, reason)``; ``/readyz`` answers 200 or 503 with the reason.
-    live_within_s
-        ``/healthz`` fails when the loop has not turned for this long.
+    live
+        Returns ``(alive, reason)``; ``/healthz`` answers 200 or 503 with the reason.
+    host, port
+        Where to listen (``port`` 0: any free port, see :attr:`port`).
+
+    Raises
+    ------
+    ConfigurationError
+        When the port is taken, naming it and the setting that chooses it.
     """
 
     def __init__(
         self,
         metrics: Metrics,
         ready: Callable[[], tuple[bool, str]],
+        live: Callable[[], tuple[bool, str]],
         host: str,
         port: int,
-        live_within_s: float = 60.0,
     ) -> None:
         self.metrics = metrics
         self.ready = ready
-        self.live_within_s = live_within_s
+        self.live = live
         handler = self._handler()
-        self._server = ThreadingHTTPServer((host, port), handler)
+        try:
+            self._server = ThreadingHTTPServer((host, port), handler)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise ConfigurationError(
+                f"metrics port {port} on {host} is taken by another process: stop it, or choose "
+                "another port with FRAUDSTREAM_METRICS_PORT (0 turns the endpoint off)"
+            ) from exc
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="health", daemon=True
@@ -149,9 +308,8 @@ class HealthServer:
                 if self.path.startswith("/metrics"):
                     self._reply(200, outer.metrics.exposition(), CONTENT_TYPE_LATEST)
                 elif self.path.startswith("/healthz"):
-                    last = outer.metrics.last_loop_s._value.get()
-                    alive = last == 0 or time.time() - last < outer.live_within_s
-                    self._reply(200 if alive else 503, b"ok\n" if alive else b"stalled\n")
+                    alive, reason = outer.live()
+                    self._reply(200 if alive else 503, (reason + "\n").encode())
                 elif self.path.startswith("/readyz"):
                     ok, reason = outer.ready()
                     self._reply(200 if ok else 503, (reason + "\n").encode())

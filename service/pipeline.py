@@ -21,6 +21,7 @@ with in-memory doubles and the ordering guarantee in one place.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,13 +32,34 @@ import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from fraudstream.service.alerts import DecisionPolicy, encode_score_record
+from fraudstream.service.deadletter import DEFAULT_MAX_BYTES as DEFAULT_DEAD_LETTER_BYTES
 from fraudstream.service.deadletter import DeadLetter
-from fraudstream.service.errors import DecodeError, OversizeEventError, ValidationFailedError
+from fraudstream.service.errors import (
+    DecodeError,
+    IdConflictError,
+    OversizeEventError,
+    UnprocessableEventError,
+    ValidationFailedError,
+    is_dependency_error,
+)
 from fraudstream.service.features.store import FeatureStore
 from fraudstream.service.model import BatchScorer
 from fraudstream.service.schemas import TRANSACTION_BATCH, Scorer, Transaction, condense
+from fraudstream.service.snapshots import CLAIM_CONFLICT
 
 M = TypeVar("M", bound=BaseModel)
+
+log = logging.getLogger(__name__)
+
+#: JSON names of the types a JSON document decodes to.
+_JSON_TYPES = {
+    list: "an array",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "a boolean",
+    type(None): "null",
+}
 
 
 class ConsumedRecord(Protocol):
@@ -54,6 +76,10 @@ class ConsumedRecord(Protocol):
 
 class SnapshotWriter(Protocol):
     """Stores what each transaction was scored with (see :mod:`fraudstream.service.snapshots`)."""
+
+    def claim_many_ids(self, transactions: Sequence[Transaction]) -> np.ndarray:
+        """Claim each transaction id with its content: new, replay or conflict per row."""
+        ...
 
     def put_many(
         self,
@@ -144,8 +170,8 @@ def validate_records(
         batch = batch_adapter.validate_json(b"[" + b",".join(values) + b"]")
         if len(batch) == len(candidates):
             return batch, candidates, failures
-    except ValidationError:
-        pass  # something in the batch is bad: find out what, one record at a time
+    except Exception:
+        pass
     messages: list[M] = []
     indices: list[int] = []
     for i, value in zip(candidates, values, strict=True):
@@ -155,21 +181,27 @@ def validate_records(
             failures.append((i, DecodeError(f"not UTF-8 JSON: {exc}")))
             continue
         if not isinstance(document, dict):
-            failures.append(
-                (i, ValidationFailedError(f"expected a JSON object, got {type(document).__name__}"))
-            )
+            kind = _JSON_TYPES.get(type(document), type(document).__name__)
+            failures.append((i, ValidationFailedError(f"expected a JSON object, got {kind}")))
             continue
         try:
             messages.append(model.model_validate(document))
             indices.append(i)
         except ValidationError as exc:
             failures.append((i, ValidationFailedError(condense(exc))))
+        except Exception as exc:
+            failures.append((i, ValidationFailedError(f"{type(exc).__name__}: {exc}")))
     failures.sort(key=lambda item: item[0])
     return messages, indices, failures
 
 
-def dead_letter_of(record: ConsumedRecord, error: BaseException, now_ms: int) -> DeadLetter:
-    """The dead letter of a consumed record, with its original bytes and headers."""
+def dead_letter_of(
+    record: ConsumedRecord,
+    error: BaseException,
+    now_ms: int,
+    max_bytes: int = DEFAULT_DEAD_LETTER_BYTES,
+) -> DeadLetter:
+    """The dead letter of a consumed record, with its original bytes and headers (cut to fit)."""
     return DeadLetter.of(
         error,
         topic=record.topic,
@@ -179,6 +211,7 @@ def dead_letter_of(record: ConsumedRecord, error: BaseException, now_ms: int) ->
         value=record.value,
         now_ms=now_ms,
         original_headers=record.headers,
+        max_bytes=max_bytes,
     )
 
 
@@ -200,6 +233,9 @@ class Pipeline:
         Output topics; ``topic_scores=None`` publishes alerts only.
     max_message_bytes
         Larger records are dead-lettered.
+    dead_letter_max_bytes
+        Bound of a dead letter: larger records are cut to fit
+        (see :mod:`~fraudstream.service.deadletter`).
     clock_ms
         Wall clock in epoch milliseconds (injectable for tests).
     """
@@ -215,6 +251,7 @@ class Pipeline:
         topic_scores: str | None,
         topic_dlq: str,
         max_message_bytes: int,
+        dead_letter_max_bytes: int = DEFAULT_DEAD_LETTER_BYTES,
         clock_ms: Callable[[], float] = lambda: time.time() * 1000.0,
     ) -> None:
         self.features = features
@@ -225,27 +262,136 @@ class Pipeline:
         self.topic_scores = topic_scores
         self.topic_dlq = topic_dlq
         self.max_message_bytes = max_message_bytes
+        self.dead_letter_max_bytes = dead_letter_max_bytes
         self.clock_ms = clock_ms
 
     def process(self, records: Sequence[ConsumedRecord]) -> BatchOutcome:
-        """Process one batch; nothing here commits or produces."""
+        """Process one batch; nothing here commits or produces.
+
+        Whatever a single record causes ends as its dead letter: validation
+        errors, and any error a later step raises because of one record (found
+        by :meth:`_isolate`). Errors of a dependency (Redis down) are raised for
+        the caller to back off and retry the batch.
+        """
         outcome = BatchOutcome()
         transactions: list[Transaction]
         transactions, indices, failures = validate_records(records, self.max_message_bytes)
-        now_ms = int(self.clock_ms())
         for i, error in failures:
-            letter = dead_letter_of(records[i], error, now_ms)
-            outcome.dead_letters.append(letter)
-            outcome.outgoing.append(
-                Outgoing(self.topic_dlq, letter.key, letter.value, letter.headers)
-            )
-        if not transactions:
-            return outcome
+            self._dead_letter(records[i], error, outcome)
+        if transactions:
+            transactions, indices = self._drop_conflicts(records, transactions, indices, outcome)
+        if transactions:
+            try:
+                self._process_valid(records, transactions, indices, outcome)
+            except Exception as exc:
+                if is_dependency_error(exc):
+                    raise
+                self._isolate(records, transactions, indices, outcome, exc)
+        return outcome
 
+    def _drop_conflicts(
+        self,
+        records: Sequence[ConsumedRecord],
+        transactions: list[Transaction],
+        indices: list[int],
+        outcome: BatchOutcome,
+    ) -> tuple[list[Transaction], list[int]]:
+        """Dead-letter transactions whose id was seen before with other content."""
+        claims = self.snapshots.claim_many_ids(transactions)
+        conflict = claims == CLAIM_CONFLICT
+        if not conflict.any():
+            return transactions, indices
+        kept: list[Transaction] = []
+        kept_indices: list[int] = []
+        for tx, i, bad in zip(transactions, indices, conflict.tolist(), strict=True):
+            if bad:
+                self._dead_letter(
+                    records[i],
+                    IdConflictError(
+                        f"transaction_id {tx.transaction_id!r} was seen before with other "
+                        "content (card, terminal, time, amount or currency); ids must be unique"
+                    ),
+                    outcome,
+                )
+            else:
+                kept.append(tx)
+                kept_indices.append(i)
+        return kept, kept_indices
+
+    def _dead_letter(
+        self, record: ConsumedRecord, error: BaseException, outcome: BatchOutcome
+    ) -> None:
+        letter = dead_letter_of(record, error, int(self.clock_ms()), self.dead_letter_max_bytes)
+        outcome.dead_letters.append(letter)
+        outcome.outgoing.append(Outgoing(self.topic_dlq, letter.key, letter.value, letter.headers))
+
+    def _isolate(
+        self,
+        records: Sequence[ConsumedRecord],
+        transactions: list[Transaction],
+        indices: list[int],
+        outcome: BatchOutcome,
+        error: Exception,
+    ) -> None:
+        """Find the records that make a step fail: halve the batch until each fails alone.
+
+        Every record that fails on its own becomes a dead letter carrying the
+        error; the others are processed. Processing is idempotent per
+        transaction id, so running part of a batch again counts nothing twice.
+        When a batch of several records fails record by record, the fault is
+        not in the input (a bug, or a dependency): the first error is raised.
+        """
+        failed: list[tuple[int, Exception]] = []
+
+        def run(part: list[int], part_error: Exception | None) -> None:
+            if part_error is None:
+                try:
+                    self._process_valid(
+                        records,
+                        [transactions[k] for k in part],
+                        [indices[k] for k in part],
+                        outcome,
+                    )
+                    return
+                except Exception as exc:
+                    if is_dependency_error(exc):
+                        raise
+                    part_error = exc
+            if len(part) == 1:
+                failed.append((part[0], part_error))
+                return
+            middle = len(part) // 2
+            run(part[:middle], None)
+            run(part[middle:], None)
+
+        run(list(range(len(transactions))), error)
+        if len(transactions) > 1 and len(failed) == len(transactions):
+            raise error
+        for k, exc in failed:
+            log.error(
+                "transaction %r could not be processed and is dead-lettered: %s: %s",
+                transactions[k].transaction_id,
+                type(exc).__name__,
+                exc,
+            )
+            self._dead_letter(
+                records[indices[k]],
+                UnprocessableEventError(f"{type(exc).__name__}: {exc}"),
+                outcome,
+            )
+
+    def _process_valid(
+        self,
+        records: Sequence[ConsumedRecord],
+        transactions: list[Transaction],
+        indices: list[int],
+        outcome: BatchOutcome,
+    ) -> None:
+        """Features, score, decision, snapshots and outgoing records of valid transactions."""
         batch = self.features.update_and_compute(transactions)
         active = self.active_scorer()
         scores, _ = active.scorer.score_many(batch.values, reasons_at=np.inf)
-        is_alert, threshold = self.policy.decide(scores)
+        is_alert, threshold = self.policy.decide(scores, active.version)
         alert_rows = np.flatnonzero(is_alert)
         reasons_by_row: dict[int, list] = {}
         if len(alert_rows):
@@ -287,9 +433,8 @@ class Pipeline:
                 outcome.outgoing.append(Outgoing(self.topic_alerts, key, value))
             if self.topic_scores:
                 outcome.outgoing.append(Outgoing(self.topic_scores, key, value))
-        outcome.scored = len(transactions)
-        outcome.duplicates = int(batch.is_duplicate.sum())
-        outcome.alerts = len(alert_rows)
-        outcome.latencies_ms = latencies
+        outcome.scored += len(transactions)
+        outcome.duplicates += int(batch.is_duplicate.sum())
+        outcome.alerts += len(alert_rows)
+        outcome.latencies_ms = np.concatenate([outcome.latencies_ms, latencies])
         outcome.scorer_kind = active.kind
-        return outcome

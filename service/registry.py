@@ -1,9 +1,9 @@
-"""Model registry in Redis: versioned, HMAC-signed checkpoints of :class:`FraudModel`.
+"""Model registry in Redis: versioned, HMAC-signed model versions of :class:`FraudModel`.
 
-A checkpoint is a pickle, and unpickling runs code: so every checkpoint is
+A model version is a pickle, and unpickling runs code: so every version is
 signed with HMAC-SHA256 under ``Settings.model_signing_key`` and the signature
 is checked (``hmac.compare_digest``) *before* the bytes reach ``pickle``. An
-unsigned, tampered or other-key checkpoint raises :class:`CheckpointError`
+unsigned, tampered or other-key version raises :class:`SignatureError`
 and is never unpickled.
 
 Keys (one hash tag, so every script runs on one Redis Cluster slot)::
@@ -21,7 +21,7 @@ label claims as stale (see :mod:`fraudstream.service.snapshots`).
 
 Rollback and import publish an existing payload as a *new* latest version, so
 scorers pick it up by polling. A running learner keeps learning from its own
-model and its next checkpoint supersedes a rollback: stop the learner before
+model and its next version supersedes a rollback: stop the learner before
 rolling back, it resumes from the rolled-back version when restarted.
 """
 
@@ -43,9 +43,10 @@ from typing import Any
 import river
 from pydantic import SecretStr
 
-from fraudstream.service.errors import CheckpointError
+from fraudstream.service.errors import ConfigurationError, ModelVersionError, SignatureError
 from fraudstream.service.model import FraudModel
 
+#: Signed into every version; a stable constant (changing it refuses every stored version).
 _DOMAIN = b"fraudstream-checkpoint-v1\x00"
 _EXPORT_FORMAT = "fraudstream-model-v1"
 
@@ -72,7 +73,7 @@ return 1
 
 
 def sign(key: bytes, meta: bytes, payload: bytes) -> str:
-    """HMAC-SHA256 of a checkpoint (metadata and payload), hex.
+    """HMAC-SHA256 of a model version (metadata and payload), hex.
 
     >>> sign(b"k", b"{}", b"x") == sign(b"k", b"{}", b"x") != sign(b"k2", b"{}", b"x")
     True
@@ -86,26 +87,26 @@ def sign(key: bytes, meta: bytes, payload: bytes) -> str:
 
 
 def verify(key: bytes, meta: bytes, payload: bytes, sig: str | bytes | None) -> None:
-    """Raise :class:`CheckpointError` unless ``sig`` signs ``meta`` and ``payload`` under ``key``.
+    """Raise :class:`SignatureError` unless ``sig`` signs ``meta`` and ``payload`` under ``key``.
 
     >>> verify(b"k", b"{}", b"x", sign(b"k", b"{}", b"x"))
     >>> verify(b"other", b"{}", b"x", sign(b"k", b"{}", b"x"))  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    fraudstream.service.errors.CheckpointError: checkpoint signature does not match ...
+    fraudstream.service.errors.SignatureError: model version signature does not match ...
     """
     if not sig:
-        raise CheckpointError("checkpoint is not signed")
+        raise SignatureError("model version is not signed")
     if isinstance(sig, bytes):
         sig = sig.decode("ascii", "replace")
     if not hmac.compare_digest(sign(key, meta, payload), sig):
-        raise CheckpointError(
-            "checkpoint signature does not match (tampered or signed with another key)"
+        raise SignatureError(
+            "model version signature does not match (tampered or signed with another key)"
         )
 
 
 @dataclass(frozen=True, slots=True)
-class Checkpoint:
+class ModelVersion:
     """A verified, loaded model version."""
 
     version: int
@@ -136,7 +137,9 @@ class ModelRegistry:
         self.keep = keep
         self._key = signing_key.get_secret_value().encode()
         if not self._key:
-            raise CheckpointError("model signing key is empty")
+            raise ConfigurationError(
+                "model signing key is empty: set FRAUDSTREAM_MODEL_SIGNING_KEY"
+            )
         self._publish = client.register_script(_PUBLISH_LUA)
 
     # -- keys -----------------------------------------------------------------
@@ -178,37 +181,37 @@ class ModelRegistry:
         raw = self.client.hmget(self._vkey(version), "meta", "payload", "sig")
         meta, payload, sig = raw
         if meta is None or payload is None:
-            raise CheckpointError(f"model version {version} does not exist")
+            raise ModelVersionError(f"model version {version} does not exist")
         verify(self._key, meta, payload, sig)
         return meta, payload
 
-    def load(self, version: int | None = None) -> Checkpoint:
+    def load(self, version: int | None = None) -> ModelVersion:
         """Verify, then unpickle a version (the latest by default)."""
         if version is None:
             version = self.latest_version()
             if version is None:
-                raise CheckpointError("no model version has been published yet")
+                raise ModelVersionError("no model version has been published yet")
         meta_raw, payload = self._raw(version)
         meta = json.loads(meta_raw)
         if meta.get("version") != version:
-            # A valid checkpoint copied under another version's key.
-            raise CheckpointError(
-                f"checkpoint stored as version {version} says {meta.get('version')}"
-            )
-        return Checkpoint(version, meta, self._unpickle(payload))
+            # A valid version copied under another version's key.
+            raise SignatureError(f"model version stored as {version} says {meta.get('version')}")
+        return ModelVersion(version, meta, self._unpickle(payload))
 
     @staticmethod
     def _unpickle(payload: bytes) -> FraudModel:
         # Only reached with a verified signature.
         model = pickle.loads(payload)
         if not isinstance(model, FraudModel):
-            raise CheckpointError(f"checkpoint holds a {type(model).__name__}, not a FraudModel")
+            raise ModelVersionError(
+                f"model version holds a {type(model).__name__}, not a FraudModel"
+            )
         return model
 
     # -- writing --------------------------------------------------------------
 
     def reserve_version(self) -> int:
-        """Take the next version number for a learner's coming checkpoint."""
+        """Take the next version number for a learner's coming version."""
         version = int(self.client.incr(self._k("seq")))
         self.client.sadd(self._k("reserved"), version)
         return version
@@ -287,12 +290,12 @@ class ModelRegistry:
         try:
             doc = json.loads(Path(path).read_text())
             if doc.get("format") != _EXPORT_FORMAT:
-                raise CheckpointError(f"{path} is not a fraudstream model export")
+                raise ModelVersionError(f"{path} is not a fraudstream model export")
             meta = doc["meta"].encode()
             payload = base64.b64decode(doc["payload"], validate=True)
             sig = doc.get("sig")
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise CheckpointError(f"cannot read model export {path}: {exc}") from exc
+            raise ModelVersionError(f"cannot read model export {path}: {exc}") from exc
         verify(self._key, meta, payload, sig)
         self._unpickle(payload)
         original = json.loads(meta).get("version")

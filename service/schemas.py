@@ -18,6 +18,7 @@ Examples
 
 from __future__ import annotations
 
+import hashlib
 import math
 import uuid
 from datetime import UTC, datetime
@@ -43,6 +44,25 @@ SCHEMA_VERSION = 1
 #: mistake (seconds sent as milliseconds or the reverse).
 _MIN_EVENT_TIME = datetime(2000, 1, 1, tzinfo=UTC)
 _MAX_EVENT_TIME = datetime(2100, 1, 1, tzinfo=UTC)
+_MIN_EVENT_TIME_MS = int(_MIN_EVENT_TIME.timestamp() * 1000)
+_MAX_EVENT_TIME_MS = int(_MAX_EVENT_TIME.timestamp() * 1000)
+
+#: Largest accepted amount, in currency units. Card histories store amounts as
+#: float32 (about 7 significant digits, overflowing above 3.4e38); no card
+#: payment comes near a billion units, so anything larger is a unit or encoding
+#: mistake and is dead-lettered rather than allowed to skew the card's windows.
+MAX_AMOUNT = 1_000_000_000.0
+
+#: Longest accepted id (characters) and optional text field.
+MAX_ID_LENGTH = 128
+MAX_TEXT_LENGTH = 256
+
+#: Characters refused in ids and text fields: control characters (Cc: NUL, line
+#: breaks, escapes), format characters (Cf: bidi overrides, zero-width spaces,
+#: BOM) and line/paragraph separators. They make ids that look alike but differ, break logs and
+#: terminals, or cannot be written to Redis. Evaluated by pydantic-core's Rust
+#: regex engine, which knows Unicode categories.
+_PRINTABLE = r"^[^\p{Cc}\p{Cf}\p{Zl}\p{Zp}]*$"
 
 #: Namespace of alert ids: an alert id is derived from its transaction id, so a
 #: replayed transaction produces the same alert id and downstream can dedupe.
@@ -50,13 +70,33 @@ _ALERT_NAMESPACE = uuid.UUID("6f1c2a52-3c1e-4d55-9a43-4f0c8d1e2b7a")
 
 
 def _parse_event_time(value: Any) -> Any:
-    """Accept epoch milliseconds (int/float) or an RFC 3339 string with an offset."""
+    """Accept epoch milliseconds (a JSON number) or an RFC 3339 string with an offset.
+
+    Numbers are range-checked *before* any conversion, so no value (``10**30``,
+    ``1e300``, ``-1e20``) can raise anything but a validation error.
+
+    >>> _parse_event_time(1522540800000).isoformat()
+    '2018-04-01T00:00:00+00:00'
+    >>> _parse_event_time(10**30)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: timestamp 1000000000000000000000000000000 is not epoch milliseconds between ...
+    """
     if isinstance(value, bool):
         raise ValueError("timestamp must be epoch milliseconds or an RFC 3339 string")
     if isinstance(value, int | float):
-        if not math.isfinite(value):
-            raise ValueError("timestamp must be finite")
+        if not (math.isfinite(value) and _MIN_EVENT_TIME_MS <= value < _MAX_EVENT_TIME_MS):
+            raise ValueError(
+                f"timestamp {value!r} is not epoch milliseconds between 2000-01-01 and "
+                "2100-01-01 (seconds sent as milliseconds?)"
+            )
         return datetime.fromtimestamp(value / 1000.0, tz=UTC)
+    if isinstance(value, str) and value.strip().lstrip("+-").replace(".", "", 1).isdigit():
+        # pydantic would guess seconds or milliseconds from a digit string's size.
+        raise ValueError(
+            "timestamp must be a JSON number (epoch milliseconds) or an RFC 3339 string, "
+            f"not the digit string {value[:40]!r}"
+        )
     return value
 
 
@@ -70,8 +110,16 @@ def _require_aware_utc(value: datetime) -> datetime:
 
 
 EventTime = Annotated[datetime, BeforeValidator(_parse_event_time)]
-Identifier = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
+Identifier = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True, min_length=1, max_length=MAX_ID_LENGTH, pattern=_PRINTABLE
+    ),
+]
+Text = Annotated[str, StringConstraints(max_length=MAX_TEXT_LENGTH, pattern=_PRINTABLE)]
 CurrencyCode = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
+#: A JSON number (int or float): strings and booleans are refused.
+Number = Annotated[float, Field(strict=True)]
 
 
 class Transaction(BaseModel):
@@ -85,16 +133,20 @@ class Transaction(BaseModel):
     transaction_id: Identifier = Field(description="Unique id of the transaction.")
     card_id: Identifier = Field(description="Card (customer) id; the Kafka key.")
     terminal_id: Identifier = Field(description="Terminal or merchant id.")
-    amount: float = Field(gt=0, description="Amount in `currency`, > 0 and finite.")
+    amount: Number = Field(
+        ge=0,
+        le=MAX_AMOUNT,
+        description="Amount in `currency`: a JSON number, 0 (card verification) to 1e9, finite.",
+    )
     currency: CurrencyCode = Field("EUR", description="ISO 4217 code.")
     timestamp: EventTime = Field(
         description="Event time: RFC 3339 with an offset, or epoch milliseconds."
     )
-    merchant_category: str | None = Field(None, description="Merchant category code.")
-    channel: str | None = Field(None, description="e.g. pos, ecom, atm.")
-    country: str | None = Field(None, description="ISO 3166 country of the terminal.")
-    lat: float | None = Field(None, ge=-90, le=90, description="Latitude of the terminal.")
-    lon: float | None = Field(None, ge=-180, le=180, description="Longitude of the terminal.")
+    merchant_category: Text | None = Field(None, description="Merchant category code.")
+    channel: Text | None = Field(None, description="e.g. pos, ecom, atm.")
+    country: Text | None = Field(None, description="ISO 3166 country of the terminal.")
+    lat: Number | None = Field(None, ge=-90, le=90, description="Latitude of the terminal.")
+    lon: Number | None = Field(None, ge=-180, le=180, description="Longitude of the terminal.")
 
     _check_time = field_validator("timestamp")(_require_aware_utc)
 
@@ -109,6 +161,32 @@ class Transaction(BaseModel):
         """Event time in epoch milliseconds (computed once: the hot path reads it often)."""
         return round(self.timestamp.timestamp() * 1000)
 
+    @cached_property
+    def content_digest(self) -> bytes:
+        """8 bytes that identify what the transaction says (card, terminal, time, amount, currency).
+
+        A transaction id that arrives again with the same digest is a replay; with
+        another digest it is a conflict (an id reused for another transaction).
+
+        >>> a = Transaction(transaction_id="t", card_id="c", terminal_id="m", amount=5,
+        ...                 timestamp=1522540800000)
+        >>> b = a.model_copy(update={"card_id": "other"})
+        >>> len(a.content_digest), a.content_digest == a.model_copy().content_digest
+        (8, True)
+        >>> a.content_digest == b.content_digest
+        False
+        """
+        text = "\x1f".join(
+            (
+                self.card_id,
+                self.terminal_id,
+                str(self.event_time_ms),
+                repr(self.amount),
+                self.currency,
+            )
+        )
+        return hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+
 
 class Label(BaseModel):
     """A verdict on a transaction, arriving days later (topic ``labels``)."""
@@ -116,9 +194,9 @@ class Label(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
     transaction_id: Identifier = Field(description="The labelled transaction.")
-    is_fraud: bool = Field(description="True for fraud.")
+    is_fraud: bool = Field(strict=True, description="True for fraud (a JSON boolean).")
     labeled_at: EventTime = Field(description="When the verdict was given (event time).")
-    source: str = Field("unknown", description="e.g. chargeback, analyst.")
+    source: Text = Field("unknown", description="e.g. chargeback, analyst.")
 
     _check_time = field_validator("labeled_at")(_require_aware_utc)
 
@@ -205,5 +283,10 @@ def condense(error: ValidationError, whole: str = "record") -> str:
     parts = []
     for item in error.errors(include_url=False):
         where = ".".join(str(p) for p in item["loc"]) or whole
-        parts.append(f"{where}: {item['msg']}")
+        message = item["msg"]
+        if item["type"] == "string_pattern_mismatch" and item.get("ctx", {}).get("pattern") == (
+            _PRINTABLE
+        ):
+            message = "must not contain control or invisible formatting characters"
+        parts.append(f"{where}: {message}")
     return "; ".join(parts)

@@ -15,14 +15,45 @@ Examples
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Mapping
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Seconds per day, used for the label-delay and TTL defaults.
 DAY_S = 86_400
+
+#: Prefix of every environment variable (and ``.env`` entry) fraudstream reads.
+ENV_PREFIX = "FRAUDSTREAM_"
+
+
+def unknown_variables(names: Mapping[str, str], known: set[str]) -> dict[str, tuple[str, str]]:
+    """``{variable: (value, problem)}`` of each ``FRAUDSTREAM_*`` name that is not a setting.
+
+    The problem names the closest setting, so a misspelt variable is a clear
+    error instead of a silently ignored one.
+
+    >>> unknown_variables({"FRAUDSTREAM_MAX_BATCH": "5", "HOME": "/", "FRAUDSTREAM_ROLE": "all"},
+    ...                   {"max_batch_size", "role"})
+    {'FRAUDSTREAM_MAX_BATCH': ('5', 'not a setting (did you mean FRAUDSTREAM_MAX_BATCH_SIZE?)')}
+    """
+    problems: dict[str, tuple[str, str]] = {}
+    variables = {f"{ENV_PREFIX}{name.upper()}" for name in known}
+    for name in sorted(names):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in variables:
+            continue
+        close = difflib.get_close_matches(upper, sorted(variables), n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        problems[name] = (names[name], f"not a setting{hint}")
+    return problems
 
 
 class Role(StrEnum):
@@ -45,6 +76,79 @@ class DecisionMode(StrEnum):
 
     THRESHOLD = "threshold"
     BUDGET = "budget"
+
+
+class SecurityProtocol(StrEnum):
+    """How clients talk to the Kafka brokers (Kafka's ``security.protocol``)."""
+
+    PLAINTEXT = "PLAINTEXT"
+    SSL = "SSL"
+    SASL_PLAINTEXT = "SASL_PLAINTEXT"
+    SASL_SSL = "SASL_SSL"
+
+    @property
+    def uses_tls(self) -> bool:
+        return self in (SecurityProtocol.SSL, SecurityProtocol.SASL_SSL)
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self in (SecurityProtocol.SASL_PLAINTEXT, SecurityProtocol.SASL_SSL)
+
+
+class SaslMechanism(StrEnum):
+    """SASL mechanisms fraudstream's Kafka clients can authenticate with."""
+
+    PLAIN = "PLAIN"
+    SCRAM_SHA_256 = "SCRAM-SHA-256"
+    SCRAM_SHA_512 = "SCRAM-SHA-512"
+
+
+def env_name(setting: str) -> str:
+    """The environment variable of a setting.
+
+    >>> env_name("kafka_sasl_password")
+    'FRAUDSTREAM_KAFKA_SASL_PASSWORD'
+    """
+    return f"{ENV_PREFIX}{setting.upper()}"
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``: safe to log.
+
+    >>> masked_url("rediss://:s3cret@redis.example:6380/0")
+    'rediss://:***@redis.example:6380/0'
+    >>> masked_url("redis://app:pw@h:6379/1"), masked_url("redis://h:6379/0")
+    ('redis://app:***@h:6379/1', 'redis://h:6379/0')
+    """
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+#: Schemes of the Redis URLs redis-py understands.
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+class SettingsConflict(ValueError):
+    """Settings that are valid one by one but not together.
+
+    ``setting`` names the one to fix (the ``fraudstream`` command shows its
+    variable and value).
+    """
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
+class LogFormat(StrEnum):
+    """How log lines are written."""
+
+    TEXT = "text"
+    JSON = "json"
 
 
 class Settings(BaseSettings):
@@ -97,6 +201,14 @@ class Settings(BaseSettings):
         DeliveryGuarantee.AT_LEAST_ONCE,
         description="at_least_once (idempotent side effects) or exactly_once (Kafka transactions).",
     )
+    transactional_id: str = Field(
+        "",
+        description="exactly_once: this scorer's Kafka transactional id, stable across restarts "
+        "and different for each scorer (e.g. the pod name), so a restarted scorer aborts its "
+        "predecessor's open transaction at once. Empty: a random id per process; a killed "
+        "scorer's open transaction then holds read_committed readers back until it times out "
+        "(60 s).",
+    )
     max_batch_size: Annotated[int, Field(ge=1, le=100_000)] = Field(
         2000, description="Most records processed per batch (bounds time per batch)."
     )
@@ -112,11 +224,78 @@ class Settings(BaseSettings):
     max_message_bytes: Annotated[int, Field(ge=1024)] = Field(
         64 * 1024, description="Transactions larger than this are dead-lettered as oversize."
     )
+    dead_letter_max_bytes: Annotated[int, Field(ge=16 * 1024)] = Field(
+        1_000_000,
+        description="Largest dead letter (key, value, headers): bigger records are cut to fit, "
+        "with headers giving the original size and SHA-256. Keep it below the dead-letter "
+        "topics' max.message.bytes.",
+    )
+
+    # --- Kafka security ------------------------------------------------------
+    kafka_security_protocol: SecurityProtocol = Field(
+        SecurityProtocol.PLAINTEXT,
+        description="How Kafka clients connect: PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or "
+        "SASL_SSL (SASL over TLS, the usual choice for a managed cluster).",
+    )
+    kafka_sasl_mechanism: SaslMechanism | None = Field(
+        None,
+        description="SASL mechanism (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512); required with "
+        "SASL_PLAINTEXT and SASL_SSL.",
+    )
+    kafka_sasl_username: str | None = Field(
+        None, description="SASL username; required with SASL_PLAINTEXT and SASL_SSL."
+    )
+    kafka_sasl_password: SecretStr | None = Field(
+        None, description="SASL password (masked); required with SASL_PLAINTEXT and SASL_SSL."
+    )
+    kafka_ssl_cafile: Path | None = Field(
+        None,
+        description="PEM file of the CA certificates that sign the brokers' certificates "
+        "(SSL, SASL_SSL); unset: the system's trusted CAs.",
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        None,
+        description="PEM client certificate for mutual TLS (SSL, SASL_SSL); may hold the key too.",
+    )
+    kafka_ssl_keyfile: Path | None = Field(
+        None, description="PEM private key of the client certificate (when not in the certfile)."
+    )
+    kafka_ssl_keyfile_password: SecretStr | None = Field(
+        None, description="Password of an encrypted client key (masked)."
+    )
+    kafka_ssl_check_hostname: bool = Field(
+        True,
+        description="Check that a broker's certificate names the host connected to; turn off "
+        "only for brokers reached by an address their certificate does not list.",
+    )
 
     # --- Redis -------------------------------------------------------------
     redis_url: SecretStr = Field(
         SecretStr("redis://127.0.0.1:6379/0"),
-        description="Redis URL (may hold a password, so it is masked in logs).",
+        description="Redis URL: redis://[[user]:password@]host:port/db, or rediss:// for TLS "
+        "(its password is masked wherever it is shown).",
+    )
+    redis_ssl_ca_certs: Path | None = Field(
+        None,
+        description="PEM file of the CA certificates that sign the Redis server's certificate "
+        "(rediss:// URLs); unset: the system's trusted CAs.",
+    )
+    redis_ssl_certfile: Path | None = Field(
+        None,
+        description="PEM client certificate for a Redis that checks clients' certificates "
+        "(tls-auth-clients; rediss://); may hold the key too.",
+    )
+    redis_ssl_keyfile: Path | None = Field(
+        None,
+        description="PEM private key of the Redis client certificate (when not in the certfile).",
+    )
+    redis_ssl_keyfile_password: SecretStr | None = Field(
+        None, description="Password of an encrypted Redis client key (masked)."
+    )
+    redis_ssl_check_hostname: bool = Field(
+        True,
+        description="Check that the Redis server's certificate names the host connected to "
+        "(rediss://); the certificate itself is always verified.",
     )
     redis_prefix: str = Field("fs", description="Prefix of every Redis key fraudstream writes.")
     snapshot_ttl_s: Annotated[int, Field(ge=60)] = Field(
@@ -162,12 +341,12 @@ class Settings(BaseSettings):
     )
     model_signing_key: SecretStr = Field(
         SecretStr("dev-only-insecure-key-change-me"),
-        description="HMAC-SHA256 key that signs model checkpoints. Change it in production.",
+        description="HMAC-SHA256 key that signs model versions. Change it in production.",
     )
-    checkpoint_every_labels: Annotated[int, Field(ge=1)] = Field(
+    publish_every_labels: Annotated[int, Field(ge=1)] = Field(
         1000, description="Publish a new model version after this many new labels."
     )
-    checkpoint_every_s: Annotated[float, Field(gt=0)] = Field(
+    publish_every_s: Annotated[float, Field(gt=0)] = Field(
         60.0, description="...or after this many seconds with at least one new label."
     )
     model_versions_kept: Annotated[int, Field(ge=1)] = Field(
@@ -202,7 +381,16 @@ class Settings(BaseSettings):
         9108, description="Port of the Prometheus /metrics, /healthz and /readyz endpoint (0: off)."
     )
     metrics_host: str = Field("127.0.0.1", description="Interface the metrics endpoint binds to.")
+    stall_timeout_s: Annotated[float, Field(gt=0)] = Field(
+        120.0,
+        description="/healthz fails when records wait and no batch was done for this long "
+        "(a batch stuck retrying, a consumer that stopped fetching).",
+    )
     log_level: str = Field("INFO", description="Log level (DEBUG, INFO, WARNING, ERROR).")
+    log_format: LogFormat = Field(
+        LogFormat.TEXT,
+        description="text (for people) or json (one JSON object per line, for log collectors).",
+    )
 
     @field_validator("windows_s", "terminal_windows_days", "terminal_label_windows_days")
     @classmethod
@@ -214,6 +402,154 @@ class Settings(BaseSettings):
         if not parts or any(p <= 0 for p in parts):
             raise ValueError(f"expected positive whole numbers, got {value!r}")
         return ",".join(str(p) for p in sorted(set(parts)))
+
+    @field_validator(
+        "kafka_sasl_mechanism",
+        "kafka_sasl_username",
+        "kafka_sasl_password",
+        "kafka_ssl_cafile",
+        "kafka_ssl_certfile",
+        "kafka_ssl_keyfile",
+        "kafka_ssl_keyfile_password",
+        "redis_ssl_ca_certs",
+        "redis_ssl_certfile",
+        "redis_ssl_keyfile",
+        "redis_ssl_keyfile_password",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """``FRAUDSTREAM_KAFKA_SSL_CAFILE=`` (empty) means unset, as for any optional setting."""
+        if (
+            isinstance(value, str | SecretStr)
+            and not str(value.get_secret_value() if isinstance(value, SecretStr) else value).strip()
+        ):
+            return None
+        return value
+
+    @field_validator(
+        "kafka_ssl_cafile",
+        "kafka_ssl_certfile",
+        "kafka_ssl_keyfile",
+        "redis_ssl_ca_certs",
+        "redis_ssl_certfile",
+        "redis_ssl_keyfile",
+    )
+    @classmethod
+    def _readable_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        if not value.is_file():
+            problem = "is a folder, not a file" if value.is_dir() else "does not exist"
+            raise ValueError(f"{value} {problem}")
+        if not os.access(value, os.R_OK):
+            raise ValueError(f"{value} is not readable by this user")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: SecretStr) -> SecretStr:
+        scheme = urlsplit(value.get_secret_value()).scheme
+        if scheme not in REDIS_SCHEMES:
+            raise ValueError(
+                f"the URL must start with redis://, rediss:// (TLS) or unix://, not {scheme!r}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _security_combinations(self) -> Settings:
+        """Security settings that only make sense together, checked before anything connects."""
+        try:
+            self._check_kafka_security()
+            self._check_redis_tls()
+        except SettingsConflict as conflict:
+            raise PydanticCustomError(
+                "settings_conflict",
+                "{message}",
+                {"message": str(conflict), "setting": conflict.setting},
+            ) from conflict
+        return self
+
+    def _check_kafka_security(self) -> None:
+        protocol = self.kafka_security_protocol
+        if protocol.uses_sasl:
+            missing = [
+                env_name(name)
+                for name in ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password")
+                if getattr(self, name) is None
+            ]
+            if missing:
+                raise SettingsConflict(
+                    "kafka_security_protocol",
+                    f"{protocol.value} needs {_and(missing)} "
+                    f"(the mechanism is {_or([m.value for m in SaslMechanism])})",
+                )
+        else:
+            given = [
+                env_name(name)
+                for name in ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password")
+                if getattr(self, name) is not None
+            ]
+            if given:
+                raise SettingsConflict(
+                    "kafka_security_protocol",
+                    f"{protocol.value} does not use SASL, yet {_and(given)} "
+                    f"{'is' if len(given) == 1 else 'are'} set: "
+                    "use SASL_SSL (or SASL_PLAINTEXT), or unset them",
+                )
+        tls_files = [
+            name
+            for name in (
+                "kafka_ssl_cafile",
+                "kafka_ssl_certfile",
+                "kafka_ssl_keyfile",
+                "kafka_ssl_keyfile_password",
+            )
+            if getattr(self, name) is not None
+        ]
+        if tls_files and not protocol.uses_tls:
+            raise SettingsConflict(
+                "kafka_security_protocol",
+                f"{protocol.value} does not use TLS, yet {_and([env_name(n) for n in tls_files])} "
+                f"{'is' if len(tls_files) == 1 else 'are'} set: use SSL or SASL_SSL, or unset them",
+            )
+        if self.kafka_ssl_keyfile is not None and self.kafka_ssl_certfile is None:
+            raise SettingsConflict(
+                "kafka_ssl_keyfile",
+                f"a client key needs its certificate: set {env_name('kafka_ssl_certfile')}",
+            )
+        if self.kafka_ssl_keyfile_password is not None and self.kafka_ssl_certfile is None:
+            raise SettingsConflict(
+                "kafka_ssl_keyfile_password",
+                f"a key password needs a client certificate and key: set "
+                f"{env_name('kafka_ssl_certfile')} (and {env_name('kafka_ssl_keyfile')})",
+            )
+
+    def _check_redis_tls(self) -> None:
+        scheme = urlsplit(self.redis_url.get_secret_value()).scheme
+        tls_files = [
+            name
+            for name in (
+                "redis_ssl_ca_certs",
+                "redis_ssl_certfile",
+                "redis_ssl_keyfile",
+                "redis_ssl_keyfile_password",
+            )
+            if getattr(self, name) is not None
+        ]
+        if tls_files and scheme != "rediss":
+            raise SettingsConflict(
+                tls_files[0],
+                f"TLS files are used with rediss:// URLs only, and {env_name('redis_url')} "
+                f"is a {scheme}:// URL: write rediss://host:port/db, or unset "
+                f"{_and([env_name(n) for n in tls_files])}",
+            )
+        for name in ("redis_ssl_keyfile", "redis_ssl_keyfile_password"):
+            if getattr(self, name) is not None and self.redis_ssl_certfile is None:
+                raise SettingsConflict(
+                    name,
+                    f"a client key needs its certificate: set {env_name('redis_ssl_certfile')}",
+                )
 
     @property
     def window_lengths_s(self) -> tuple[int, ...]:
@@ -235,9 +571,84 @@ class Settings(BaseSettings):
         """How long a card's raw history is kept: longest window plus allowed lateness."""
         return max(self.window_lengths_s) + self.allowed_lateness_s
 
+    def with_local_servers(
+        self, *, bootstrap_servers: str | None = None, redis_url: str | None = None
+    ) -> Settings:
+        """A copy pointed at servers started on this machine, which have no security.
+
+        The Kafka security settings are reset with ``bootstrap_servers``, the Redis
+        TLS settings with ``redis_url`` (the demo and the benchmarks use this for
+        the servers they start themselves).
+
+        >>> s = Settings(_env_file=None, kafka_security_protocol="SSL")
+        >>> s.with_local_servers(bootstrap_servers="127.0.0.1:1").kafka_security_protocol.value
+        'PLAINTEXT'
+        """
+        update: dict[str, object] = {}
+        if bootstrap_servers is not None:
+            update["bootstrap_servers"] = bootstrap_servers
+            update.update({name: _default(name) for name in KAFKA_SECURITY_SETTINGS})
+        if redis_url is not None:
+            update["redis_url"] = SecretStr(redis_url)
+            update.update({name: _default(name) for name in REDIS_TLS_SETTINGS})
+        return self.model_copy(update=update)
+
+    @classmethod
+    def unknown_variables(cls) -> dict[str, tuple[str, str]]:
+        """``FRAUDSTREAM_*`` variables of the environment and ``.env`` that are not settings.
+
+        ``{variable: (value, problem)}``; the ``fraudstream`` command refuses to
+        run with any (``config`` shows them).
+        """
+        names = dict(os.environ)
+        env_file = cls.model_config.get("env_file")
+        if isinstance(env_file, str | Path) and Path(env_file).is_file():
+            from dotenv import dotenv_values  # pydantic-settings' own .env reader
+
+            names.update({k: v or "" for k, v in dotenv_values(env_file).items() if k})
+        return unknown_variables(names, set(cls.model_fields))
+
     def masked(self) -> dict[str, object]:
-        """Options with current values, secrets shown as ``**********``."""
-        return {
-            name: ("**********" if isinstance(value, SecretStr) else value)
-            for name, value in self.model_dump().items()
-        }
+        """Options with current values, secrets shown as ``**********``.
+
+        The Redis URL keeps its scheme, host, port and database, only its
+        password is masked: it says where Redis is without saying the secret.
+
+        >>> shown = Settings(_env_file=None, redis_url="redis://:pw@h:1/0",
+        ...                  model_signing_key="k").masked()
+        >>> shown["redis_url"], shown["model_signing_key"]
+        ('redis://:***@h:1/0', '**********')
+        """
+        shown: dict[str, object] = {}
+        for name, value in self.model_dump().items():
+            if name == "redis_url":
+                shown[name] = masked_url(self.redis_url.get_secret_value())
+            elif isinstance(value, SecretStr):
+                shown[name] = "**********"
+            else:
+                shown[name] = value
+        return shown
+
+
+#: The settings of Kafka's security (their defaults: PLAINTEXT).
+KAFKA_SECURITY_SETTINGS = tuple(
+    name
+    for name in Settings.model_fields
+    if name.startswith(("kafka_security_", "kafka_sasl_", "kafka_ssl_"))
+)
+
+#: The settings of Redis's TLS (used with ``rediss://`` URLs).
+REDIS_TLS_SETTINGS = tuple(name for name in Settings.model_fields if name.startswith("redis_ssl_"))
+
+
+def _default(name: str) -> object:
+    return Settings.model_fields[name].default
+
+
+def _and(names: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def _or(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"

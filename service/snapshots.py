@@ -6,10 +6,21 @@ saw, and the learner learns from that (no look-ahead).
 
 Encoding (little endian, version byte first so the layout can evolve)::
 
-    u8  version (=1)      u32 feature-set id (CRC32 of the names)
+    u8  version (=2)      8 bytes content digest of the transaction
+    u32 feature-set id (CRC32 of the names)
     u32 model version     f32 score          i64 event_time_ms
     u16 n features        u16 len(card_id)   u16 len(terminal_id)
     card_id, terminal_id (UTF-8), n x f32 features
+
+Version 1 (no digest) is still read. The first 9 bytes alone (version and
+digest) are an **id claim**: before a batch is counted, the scorer claims every
+transaction id with its :attr:`~fraudstream.service.schemas.Transaction.content_digest`
+(:meth:`SnapshotStore.claim_many_ids`). An id seen before with the same digest
+is a replay (harmless: nothing is counted twice); with another digest it is a
+conflict, and the transaction is dead-lettered instead of being counted as a
+second transaction with the same id (and the same alert id). The snapshot
+written after scoring replaces the claim; a claim never followed by a
+snapshot reads as "no snapshot".
 
 Keys: ``{prefix}:{x:<transaction_id>}`` for the snapshot and
 ``{prefix}:{x:<transaction_id>}:claim`` for the label claim. The hash tag makes
@@ -35,9 +46,44 @@ import numpy as np
 from fraudstream.service.schemas import Transaction
 
 #: Layout version written in the first byte.
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
+#: Bytes of an id claim: the version byte and the content digest.
+CLAIM_BYTES = 9
 
-_HEADER = struct.Struct("<BIIfqHHH")
+_HEADER_V1 = struct.Struct("<BIIfqHHH")
+_HEADER = struct.Struct("<B8sIIfqHHH")
+
+_VERSION_BYTE = bytes([SNAPSHOT_VERSION])
+
+#: Model version of a snapshot written by a state rebuild (``fraudstream state
+#: rebuild``): its features are exact, but no model scored it (score NaN).
+REBUILT_MODEL_VERSION = 0xFFFFFFFF
+
+#: Outcomes of :meth:`SnapshotStore.claim_many_ids`, one per transaction.
+CLAIM_NEW, CLAIM_REPLAY, CLAIM_CONFLICT = 0, 1, 2
+
+# KEYS[i] = snapshot key of transaction i; ARGV[1] = ttl_s, ARGV[2] = the 9-byte
+# claims (version byte + content digest), concatenated in key order.
+# Returns one byte per key: 0 new (claimed now), 1 replay (same digest, or a
+# version-1 snapshot, which has none), 2 conflict (another digest).
+_CLAIM_IDS_LUA = """
+local ttl = ARGV[1]
+local claims = ARGV[2]
+local out = {}
+for i = 1, #KEYS do
+  local claim = string.sub(claims, (i - 1) * 9 + 1, i * 9)
+  local held = redis.call('GETRANGE', KEYS[i], 0, 8)
+  if held == '' then
+    redis.call('SET', KEYS[i], claim, 'EX', ttl)
+    out[i] = '\\0'
+  elseif held == claim or string.byte(held, 1) == 1 then
+    out[i] = '\\1'
+  else
+    out[i] = '\\2'
+  end
+end
+return table.concat(out)
+"""
 
 # KEYS[1] = claim key; ARGV = token, ttl_s, stale tokens...
 # Returns 1 if the label is now claimed by ``token``, 0 if it was already claimed.
@@ -59,13 +105,18 @@ return 1
 #: scorer ~10 µs of Python per transaction in redis-py (half the batch time in
 #: the profile); one script call with flat arguments costs well under 1 µs.
 #: ARGV: ttl, one '0'/'1' per key (1 = keep an existing snapshot), the values.
+#: An id claim alone, or a snapshot a state rebuild wrote (model version
+#: 0xFFFFFFFF at bytes 13-16), is not kept: the scorer's own snapshot replaces it.
 _PUT_LUA = """
 local ttl = ARGV[1]
 local keep = ARGV[2]
 for i = 1, #KEYS do
-  if string.byte(keep, i) == 49 then
-    redis.call('SET', KEYS[i], ARGV[i + 2], 'EX', ttl, 'NX')
-  else
+  local write = string.byte(keep, i) ~= 49
+  if not write then
+    local version = redis.call('GETRANGE', KEYS[i], 13, 16)
+    write = #version < 4 or version == '\\255\\255\\255\\255'
+  end
+  if write then
     redis.call('SET', KEYS[i], ARGV[i + 2], 'EX', ttl)
   end
 end
@@ -110,12 +161,13 @@ def encode(
     model_version: int,
     feature_set: int,
     features: np.ndarray,
+    digest: bytes = bytes(8),
 ) -> bytes:
-    """Binary snapshot of one transaction.
+    """Binary snapshot of one transaction (``digest``: its content digest).
 
     >>> b = encode("c1", "t1", 1522540800000, 0.25, 3, 7, np.array([1.5, 2.0]))
     >>> len(b), decode("tx", b).features.tolist(), decode("tx", b).score
-    (39, [1.5, 2.0], 0.25)
+    (47, [1.5, 2.0], 0.25)
     """
     card = card_id.encode()
     term = terminal_id.encode()
@@ -123,6 +175,7 @@ def encode(
     return (
         _HEADER.pack(
             SNAPSHOT_VERSION,
+            digest,
             feature_set,
             model_version,
             score,
@@ -138,11 +191,21 @@ def encode(
 
 
 def decode(transaction_id: str, data: bytes) -> Snapshot:
-    """Inverse of :func:`encode`; ``ValueError`` on an unknown version or a bad length."""
-    if not data or data[0] != SNAPSHOT_VERSION:
+    """Inverse of :func:`encode` (versions 1 and 2).
+
+    ``ValueError`` on an unknown version, a bad length, or an id claim without
+    a snapshot.
+    """
+    if not data or data[0] not in (1, SNAPSHOT_VERSION):
         raise ValueError(f"unknown snapshot version {data[:1]!r}")
-    _, fset, mver, score, t_ms, n, lc, lt = _HEADER.unpack_from(data)
-    off = _HEADER.size
+    if data[0] == 1:
+        _, fset, mver, score, t_ms, n, lc, lt = _HEADER_V1.unpack_from(data)
+        off = _HEADER_V1.size
+    else:
+        if len(data) <= CLAIM_BYTES:
+            raise ValueError("an id claim, no snapshot yet")
+        _, _, fset, mver, score, t_ms, n, lc, lt = _HEADER.unpack_from(data)
+        off = _HEADER.size
     if len(data) != off + lc + lt + 4 * n:
         raise ValueError("snapshot has the wrong length")
     card = data[off : off + lc].decode()
@@ -169,6 +232,7 @@ class SnapshotStore:
         self.prefix = prefix
         self.ttl_s = int(ttl_s)
         self._claim = client.register_script(_CLAIM_LUA)
+        self._claim_ids = client.register_script(_CLAIM_IDS_LUA)
         self._put = client.register_script(_PUT_LUA)
 
     def key(self, transaction_id: str) -> str:
@@ -178,6 +242,25 @@ class SnapshotStore:
     def claim_key(self, transaction_id: str) -> str:
         """Redis key of a label claim (same slot as the snapshot)."""
         return f"{self.prefix}:{{x:{transaction_id}}}:claim"
+
+    def claim_many_ids(self, transactions: Sequence[Transaction]) -> np.ndarray:
+        """Claim each transaction id with its content digest, in one round trip.
+
+        Returns
+        -------
+        numpy.ndarray
+            One of :data:`CLAIM_NEW`, :data:`CLAIM_REPLAY`, :data:`CLAIM_CONFLICT`
+            per transaction (``uint8``). Within a batch, a later transaction with
+            an id already claimed by an earlier one is judged against it.
+        """
+        if not transactions:
+            return np.zeros(0, np.uint8)
+        keys = [self.key(tx.transaction_id) for tx in transactions]
+        claims = b"".join(_VERSION_BYTE + tx.content_digest for tx in transactions)
+        # Single node: one call. Keys are hash-tagged per transaction, so a cluster
+        # deployment calls this once per node with that node's keys.
+        reply = self._claim_ids(keys=keys, args=[self.ttl_s, claims])
+        return np.frombuffer(reply, dtype=np.uint8)
 
     def put_many(
         self,
@@ -191,9 +274,9 @@ class SnapshotStore:
         """Store the snapshot of every transaction of a scored batch (one round trip).
 
         Rows flagged in ``keep_existing`` (replayed transactions) are written only
-        if no snapshot exists (SET NX): the first snapshot is what the transaction
-        was scored with when it was new, and a replay may see a little more of
-        its day at the terminal. A replay after a crash that came before the
+        if no snapshot exists (an id claim alone is not one): the first snapshot
+        is what the transaction was scored with when it was new, and a replay may
+        see a little more of its day at the terminal. A replay after a crash that came before the
         snapshot was written still stores one, so its label is not lost.
         """
         if len(transactions) != len(X) or len(X) != len(scores):
@@ -203,7 +286,16 @@ class SnapshotStore:
         keep = np.zeros(len(X), bool) if keep_existing is None else np.asarray(keep_existing)
         keys = [self.key(tx.transaction_id) for tx in transactions]
         values = [
-            encode(tx.card_id, tx.terminal_id, tx.event_time_ms, score, model_version, fset, row)
+            encode(
+                tx.card_id,
+                tx.terminal_id,
+                tx.event_time_ms,
+                score,
+                model_version,
+                fset,
+                row,
+                tx.content_digest,
+            )
             for tx, row, score in zip(transactions, X32, np.asarray(scores).tolist(), strict=True)
         ]
         if keys:

@@ -2,7 +2,12 @@
 
 Both start on free ports in a temporary folder and stop at the end. To keep
 servers running between runs, start them yourself (``fraudstream dev up``) and
-export ``FRAUDSTREAM_TEST_BOOTSTRAP_SERVERS`` / ``FRAUDSTREAM_TEST_REDIS_URL``.
+export ``TEST_BOOTSTRAP_SERVERS`` / ``TEST_REDIS_URL``.
+A real local Redis Cluster (3 masters, 3 replicas) starts only for the tests
+that ask for ``redis_cluster_url`` (or use ``TEST_REDIS_CLUSTER_URL``), and a
+broker with SASL and TLS listeners and a Redis with a password and a TLS port
+(certificates made by ``openssl``) only for the tests that ask for
+``secured_kafka`` / ``secured_redis``.
 Each test gets fresh topic names, a fresh consumer group and a fresh Redis
 key prefix, so tests never see each other's data.
 """
@@ -11,7 +16,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +25,17 @@ import orjson
 import pytest
 import redis
 
-from fraudstream.devstack import kafka_given_or_started, redis_given_or_started
+from fraudstream.devstack import (
+    KafkaServer,
+    RedisServer,
+    TestPki,
+    kafka_given_or_started,
+    make_test_pki,
+    redis_cluster_given_or_started,
+    redis_given_or_started,
+    secured_kafka_started,
+    secured_redis_started,
+)
 from fraudstream.service.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -30,7 +45,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Bootstrap servers of a real Kafka broker for this session."""
     with kafka_given_or_started(
-        os.environ.get("FRAUDSTREAM_TEST_BOOTSTRAP_SERVERS"),
+        os.environ.get("TEST_BOOTSTRAP_SERVERS"),
         cache_dir=REPO_ROOT / ".cache",
         data_dir=tmp_path_factory.mktemp("kafka"),
     ) as bootstrap:
@@ -41,9 +56,62 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of a real Redis server for this session (no persistence)."""
     with redis_given_or_started(
-        os.environ.get("FRAUDSTREAM_TEST_REDIS_URL"), data_dir=tmp_path_factory.mktemp("redis")
+        os.environ.get("TEST_REDIS_URL"), data_dir=tmp_path_factory.mktemp("redis")
     ) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of one node of a real Redis Cluster (3 masters + 3 replicas) for this session.
+
+    ``redis.cluster.RedisCluster.from_url(redis_cluster_url)`` finds the other nodes.
+    """
+    with redis_cluster_given_or_started(
+        os.environ.get("TEST_REDIS_CLUSTER_URL"),
+        data_dir=tmp_path_factory.mktemp("redis-cluster"),
+    ) as url:
+        yield url
+
+
+#: SASL users of the secured broker (PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512).
+KAFKA_USERS = {"fraudstream": "kafka-pass-1"}
+#: ``requirepass`` of the secured Redis.
+REDIS_PASSWORD = "redis-pass-1"
+
+
+@pytest.fixture(scope="session")
+def test_pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
+    """A CA, a server certificate (localhost, 127.0.0.1) and a client certificate
+    (its key encrypted), made by ``openssl`` for this session."""
+    return make_test_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="session")
+def secured_kafka(
+    test_pki: TestPki, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[KafkaServer]:
+    """A broker with SASL_PLAINTEXT, SSL (mutual TLS) and SASL_SSL listeners (users:
+    :data:`KAFKA_USERS`); ``secured_kafka.bootstrap_for("SSL")`` is a listener's address."""
+    with secured_kafka_started(
+        test_pki,
+        KAFKA_USERS,
+        cache_dir=REPO_ROOT / ".cache",
+        data_dir=tmp_path_factory.mktemp("kafka-secured"),
+    ) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def secured_redis(
+    test_pki: TestPki, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RedisServer]:
+    """A Redis with ``requirepass`` :data:`REDIS_PASSWORD` and a TLS port
+    (``secured_redis.url``, ``secured_redis.tls_url``)."""
+    with secured_redis_started(
+        test_pki, REDIS_PASSWORD, data_dir=tmp_path_factory.mktemp("redis-secured")
+    ) as server:
+        yield server
 
 
 @pytest.fixture
@@ -128,12 +196,19 @@ def make_transaction() -> Callable[..., tuple[bytes, bytes]]:
     return _transaction
 
 
-def _produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None]]) -> None:
+def _produce(bootstrap: Any, topic: str, records: Sequence[tuple[Any, ...]]) -> None:
+    """Send ``(key, value)`` or ``(key, value, headers)`` records and wait for each delivery.
+
+    ``bootstrap``: bootstrap servers, or settings (their security options too).
+    """
     from fraudstream.service.kafka import make_producer
 
     producer = make_producer(bootstrap, client_id="test-feeder")
     try:
-        futures = [producer.send(topic, key=key, value=value) for key, value in records]
+        futures = [
+            producer.send(topic, key=r[0], value=r[1], headers=r[2] if len(r) > 2 else None)
+            for r in records
+        ]
         producer.flush(timeout=30)
         for future in futures:
             future.get(timeout=30)  # raises if any record was not delivered
@@ -142,7 +217,7 @@ def _produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes
 
 
 def _consume(
-    bootstrap: str,
+    bootstrap: Any,
     topic: str,
     *,
     at_least: int,
@@ -150,7 +225,10 @@ def _consume(
     settle_s: float = 0.0,
     read_committed: bool = False,
 ) -> list[Any]:
-    """Read a whole topic from the beginning until ``at_least`` records (then ``settle_s`` more)."""
+    """Read a whole topic from the beginning until ``at_least`` records (then ``settle_s`` more).
+
+    ``bootstrap``: bootstrap servers, or settings (their security options too).
+    """
     import time
 
     from kafka import TopicPartition
@@ -179,9 +257,42 @@ def _consume(
         consumer.close()
 
 
+def read_all(bootstrap: str, topic: str, *, read_committed: bool = False) -> list[Any]:
+    """Every record of ``topic`` up to its current end (committed records only if asked)."""
+    import time
+
+    from kafka import TopicPartition
+
+    from fraudstream.service.kafka import make_consumer
+
+    consumer = make_consumer(
+        bootstrap, client_id="test-reader", group_id=None, read_committed=read_committed
+    )
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning()
+        ends = consumer.end_offsets(partitions)
+        records: list[Any] = []
+        deadline = time.monotonic() + 60
+        while any(consumer.position(tp) < ends[tp] for tp in partitions):
+            assert time.monotonic() < deadline, f"could not read {topic} to its end in 60 s"
+            for batch in consumer.poll(timeout_ms=200).values():
+                records.extend(batch)
+        return records
+    finally:
+        consumer.close()
+
+
+@pytest.fixture
+def read_topic() -> Callable[..., list[Any]]:
+    """``read_topic(bootstrap, topic, read_committed=False)``: every record up to the end."""
+    return read_all
+
+
 @pytest.fixture
 def produce() -> Callable[..., None]:
-    """``produce(bootstrap, topic, [(key, value), ...])``; waits for every delivery."""
+    """``produce(bootstrap, topic, [(key, value[, headers]), ...])``; waits for every delivery."""
     return _produce
 
 
@@ -193,7 +304,10 @@ def consume() -> Callable[..., list[Any]]:
 
 @pytest.fixture
 def run_app() -> Iterator[Callable[[Settings], Any]]:
-    """Start ``Application(settings)`` in a thread; every started app is stopped at the end."""
+    """Start ``Application(settings)`` in a thread; every started app is stopped at the end.
+
+    The error ``run()`` ended with, if any, is ``app.run_error``.
+    """
     import threading
 
     from fraudstream.service.app import Application
@@ -203,7 +317,14 @@ def run_app() -> Iterator[Callable[[Settings], Any]]:
     def start(settings: Settings) -> Any:
         app = Application(settings)
         app.ensure_topics()
-        thread = threading.Thread(target=app.run, name="app-under-test", daemon=True)
+
+        def run() -> None:
+            try:
+                app.run()
+            except Exception as exc:  # a test that stops an app on purpose reads it here
+                app.run_error = exc
+
+        thread = threading.Thread(target=run, name="app-under-test", daemon=True)
         thread.start()
         started.append((app, thread))
         return app
@@ -221,6 +342,8 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDSTREAM_")}
     for name, value in settings.model_dump().items():
+        if value is None:  # unset
+            continue
         if isinstance(value, SecretStr):
             value = value.get_secret_value()
         env[f"FRAUDSTREAM_{name.upper()}"] = str(getattr(value, "value", value))
@@ -259,6 +382,34 @@ def spawn_service(tmp_path: Path) -> Iterator[Callable[..., Any]]:
             process.kill()
 
 
+def _group_members(bootstrap: str, group: str) -> dict[str, int]:
+    """Client id of each live member of a consumer group -> partitions it owns."""
+    from kafka.errors import KafkaError
+
+    from fraudstream.service.kafka import make_admin
+
+    admin = make_admin(bootstrap)
+    try:
+        try:
+            described = admin.describe_groups([group])[group]
+        except KafkaError:  # coordinator not there yet: the group is still forming
+            return {}
+        out: dict[str, int] = {}
+        for member in described["members"]:
+            assignment = member["member_assignment"] or {}
+            owned = sum(len(a["partitions"]) for a in assignment.get("assigned_partitions", []))
+            out[member["client_id"]] = out.get(member["client_id"], 0) + owned
+        return out
+    finally:
+        admin.close()
+
+
+@pytest.fixture
+def group_members() -> Callable[[str, str], dict[str, int]]:
+    """``group_members(bootstrap, group)``: client id of each live member -> partitions owned."""
+    return _group_members
+
+
 @pytest.fixture
 def wait_for() -> Callable[..., None]:
     """``wait_for(predicate, timeout_s, what)``: poll until true, else fail naming ``what``.
@@ -276,3 +427,130 @@ def wait_for() -> Callable[..., None]:
         raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
     return wait
+
+
+# --- Fault-test helpers: what "nothing lost, nothing counted twice" means ----
+
+
+@pytest.fixture
+def card_stream(
+    make_transaction: Callable[..., tuple[bytes, bytes]],
+) -> Callable[..., list[tuple[bytes, bytes]]]:
+    """``card_stream(prefix, cards, per_card, first=0)``: transactions of ``cards`` cards,
+    ``per_card`` each, in each card's event-time order (ids ``{prefix}c{card}-{i}``)."""
+    from datetime import UTC, datetime, timedelta
+
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=20)
+
+    def build(prefix: str, cards: int, per_card: int, first: int = 0) -> list[tuple[bytes, bytes]]:
+        records = []
+        for i in range(first, first + per_card):
+            for c in range(cards):
+                at = start + timedelta(minutes=10 * i, seconds=c)
+                amount = 10.0 + (i * 13 + c) % 50
+                card = f"{prefix}c{c}"
+                records.append(make_transaction(f"{card}-{i}", card, f"T{(c + i) % 7}", amount, at))
+        return records
+
+    return build
+
+
+@pytest.fixture
+def counting_problems(redis_url: str) -> Iterator[Callable[..., list[str]]]:
+    """``counting_problems(settings, records, redis_url=None)``: transactions not counted exactly
+    once in the card history, empty when every one of ``records`` (a ``card_stream``) was.
+
+    A transaction's 30-day count, as stored in its feature snapshot, is its rank in
+    its card's history: a transaction lost or counted twice before it shows there.
+    """
+    from fraudstream.service.features.definitions import FeatureConfig, feature_names
+    from fraudstream.service.snapshots import SnapshotStore
+
+    clients: list[redis.Redis] = []
+
+    def problems(settings: Settings, records: list[Any], url: str | None = None) -> list[str]:
+        client = redis.Redis.from_url(url or redis_url)
+        clients.append(client)
+        snapshots = SnapshotStore(client, settings.redis_prefix, settings.snapshot_ttl_s)
+        count_30d = feature_names(FeatureConfig.from_settings(settings)).index("card_tx_count_30d")
+        ids = [orjson.loads(value)["transaction_id"] for _, value in records]
+        seen: dict[str, int] = {}
+        out = []
+        for tx_id, snapshot in zip(ids, snapshots.get_many(ids), strict=True):
+            card = tx_id.rsplit("-", 1)[0]
+            seen[card] = seen.get(card, 0) + 1
+            if snapshot is None:
+                out.append(f"{tx_id} never scored")
+            elif snapshot.features[count_30d] != seen[card]:
+                out.append(
+                    f"{tx_id} counted as #{snapshot.features[count_30d]:.0f}, is #{seen[card]}"
+                )
+        return out
+
+    yield problems
+    for client in clients:
+        client.close()
+
+
+def committed_offsets(settings: Settings) -> tuple[dict[Any, int], dict[Any, int]]:
+    """The scorer group's committed offset and the end offset of each ``transactions`` partition."""
+    from kafka import TopicPartition
+
+    from fraudstream.service.kafka import make_consumer
+
+    topic = settings.topic_transactions
+    group = make_consumer(
+        settings.bootstrap_servers, client_id="test-committed", group_id=settings.consumer_group
+    )
+    try:
+        partitions = [TopicPartition(topic, p) for p in group.partitions_for_topic(topic) or ()]
+        if not partitions:
+            return {}, {}
+        committed = {tp: group.committed(tp) or 0 for tp in partitions}
+        return committed, dict(group.end_offsets(partitions))
+    finally:
+        group.close(autocommit=False)
+
+
+@pytest.fixture
+def group_lag() -> Callable[[Settings], int]:
+    """``group_lag(settings)``: records of ``transactions`` beyond the scorer group's commits."""
+
+    def lag(settings: Settings) -> int:
+        committed, ends = committed_offsets(settings)
+        return sum(ends[tp] - committed[tp] for tp in ends)
+
+    return lag
+
+
+@pytest.fixture
+def committed_past_unscored(redis_url: str) -> Iterator[Callable[..., list[str]]]:
+    """``committed_past_unscored(settings, redis_url=None)``: transactions below the scorer
+    group's committed offsets that have no feature snapshot (empty when none)."""
+    from kafka import TopicPartition
+
+    from fraudstream.service.snapshots import SnapshotStore
+
+    clients: list[redis.Redis] = []
+
+    def problems(settings: Settings, url: str | None = None) -> list[str]:
+        client = redis.Redis.from_url(url or redis_url)
+        clients.append(client)
+        snapshots = SnapshotStore(client, settings.redis_prefix, settings.snapshot_ttl_s)
+        committed, _ = committed_offsets(settings)
+        below = [
+            r
+            for r in read_all(settings.bootstrap_servers, settings.topic_transactions)
+            if r.offset < committed[TopicPartition(r.topic, r.partition)]
+        ]
+        ids = [orjson.loads(r.value)["transaction_id"] for r in below]
+        return [
+            f"{tx_id} ({r.topic}[{r.partition}]@{r.offset}) is below the committed offset "
+            "and was never scored"
+            for tx_id, r, snap in zip(ids, below, snapshots.get_many(ids), strict=True)
+            if snap is None
+        ]
+
+    yield problems
+    for client in clients:
+        client.close()

@@ -4,6 +4,7 @@
 -- ARGV[1] = 10-byte needles (id hash u32, event time u48), concatenated
 -- ARGV[2] = one byte per label, '1' for fraud, '0' for genuine
 -- ARGV[3] = card retention (ms), ARGV[4] = terminal day slots, ARGV[5] = terminal TTL (ms)
+-- ARGV[6] = '1' when the last KEY is the state marker (as in update.lua).
 --
 -- The card record of the labelled transaction gets its "labelled" flag (bit 2
 -- of byte 10, 0-based, of the record), and its fraud flag (bit 0) for a fraud.
@@ -12,6 +13,10 @@
 -- already carried the labelled flag: a repeated label counts once. Records
 -- older than the card's retention count as absent.
 -- Returns the number of terminal increments.
+
+if ARGV[6] == '1' and redis.call('EXISTS', KEYS[#KEYS]) == 0 then
+  return redis.error_reply('FRAUDSTREAM_STATE_LOST')
+end
 
 local needles = ARGV[1]
 local kinds = ARGV[2]

@@ -100,6 +100,7 @@ from fraudstream.service.features.definitions import (
 )
 from fraudstream.service.features.store import FeatureBatch, LabelFact
 from fraudstream.service.schemas import Transaction
+from fraudstream.service.state import StateLostError, lost_message, marker_key
 
 #: Size of one card history record (see the module docstring).
 RECORD_SIZE = 28
@@ -174,12 +175,17 @@ def haversine_km_np(
 _PRELUDE = "buckets.lua"
 
 
+#: The error a script returns when the state marker is missing (see service/state.py).
+_STATE_LOST = "FRAUDSTREAM_STATE_LOST"
+
+
 class _Script:
     """A Lua script (after :data:`_PRELUDE`) run by EVALSHA, loaded again when the
     server lost it (NOSCRIPT)."""
 
-    def __init__(self, client: redis.Redis, name: str) -> None:
+    def __init__(self, client: redis.Redis, name: str, lost_message: str = "") -> None:
         self._client = client
+        self._lost_message = lost_message
         folder = resources.files("fraudstream.service.features")
         self._source = "".join(
             folder.joinpath(part).read_text("utf-8") for part in (_PRELUDE, name)
@@ -188,11 +194,16 @@ class _Script:
 
     def __call__(self, keys: list[str], args: list[Any]) -> Any:
         try:
-            return self._client.evalsha(self.sha, len(keys), *keys, *args)
-        except redis.exceptions.NoScriptError:
-            # The server restarted or ran SCRIPT FLUSH. Nothing ran, so retrying is safe.
-            self._client.script_load(self._source)
-            return self._client.evalsha(self.sha, len(keys), *keys, *args)
+            try:
+                return self._client.evalsha(self.sha, len(keys), *keys, *args)
+            except redis.exceptions.NoScriptError:
+                # The server restarted or ran SCRIPT FLUSH. Nothing ran: retrying is safe.
+                self._client.script_load(self._source)
+                return self._client.evalsha(self.sha, len(keys), *keys, *args)
+        except redis.ResponseError as exc:
+            if str(exc).startswith(_STATE_LOST):
+                raise StateLostError(self._lost_message) from None
+            raise
 
 
 class RedisFeatureStore:
@@ -204,6 +215,11 @@ class RedisFeatureStore:
         A Redis client (bytes responses, i.e. ``decode_responses=False``).
     config
         Windows, lateness and key prefix.
+    check_state
+        Refuse to count anything when the state marker of the prefix is missing
+        (:class:`~fraudstream.service.state.StateLostError`), checked atomically in
+        each script call. On in the service; off for a rebuild, benchmarks and
+        evaluations, which build their state from nothing.
 
     Attributes
     ----------
@@ -211,13 +227,19 @@ class RedisFeatureStore:
         What this instance did: inserted, duplicates, too late, terminal dropped.
     """
 
-    def __init__(self, client: redis.Redis, config: FeatureConfig) -> None:
+    def __init__(
+        self, client: redis.Redis, config: FeatureConfig, *, check_state: bool = False
+    ) -> None:
         self.config = config
         self.counters = StoreCounters()
         self._client = client
         self._names = feature_names(config)
-        self._update = _Script(client, "update.lua")
-        self._labels = _Script(client, "labels.lua")
+        lost = lost_message(config.prefix)
+        self._update = _Script(client, "update.lua", lost)
+        self._labels = _Script(client, "labels.lua", lost)
+        # The marker goes last in KEYS, with a flag in the last ARGV.
+        self._marker = [marker_key(config.prefix)] if check_state else []
+        self._check = [b"1" if check_state else b"0"]
         self._card_key = f"{config.prefix}:{{c:%s}}"
         self._terminal_key = f"{config.prefix}:{{t:%s}}"
         self._slots = config.terminal_slots
@@ -252,7 +274,9 @@ class RedisFeatureStore:
         if n == 0:
             return FeatureBatch(self._names, np.empty((0, len(self._names))), np.zeros(0, bool))
         batch = _BatchColumns(transactions, self._card_key, self._terminal_key)
-        reply = self._update(batch.keys, [batch.records.tobytes(), *self._fixed_args])
+        reply = self._update(
+            batch.keys + self._marker, [batch.records.tobytes(), *self._fixed_args, *self._check]
+        )
         status = np.frombuffer(reply[0], dtype=np.uint8)
         outcome, counted = status & 3, (status & 4) != 0
         self._count(outcome, counted)
@@ -461,13 +485,14 @@ class RedisFeatureStore:
             keys += [self.card_key(label.card_id), self.terminal_key(label.terminal_id)]
             needles.append(pack_needle(stable_hash32(label.transaction_id), label.event_time_ms))
         self._labels(
-            keys,
+            keys + self._marker,
             [
                 b"".join(needles),
                 bytes(49 if label.is_fraud else 48 for label in labels),
                 self.config.retention_s * 1000,
                 self._slots,
                 self.config.terminal_ttl_s * 1000,
+                *self._check,
             ],
         )
 

@@ -7,6 +7,8 @@
 -- ARGV[1] = the batch's 28-byte records, concatenated, in batch order
 -- ARGV[2] = card retention (ms), ARGV[3] = card TTL (ms)
 -- ARGV[4] = terminal day slots, ARGV[5] = terminal TTL (ms)
+-- ARGV[6] = '1' when the last KEY is the state marker: without it nothing is
+-- counted and the call fails with FRAUDSTREAM_STATE_LOST (see service/state.py).
 --
 -- Returns {status_string, terminal_1 .. terminal_n, history_1 .. history_n}.
 -- status byte i = card outcome + 4 * (counted at the terminal); card outcome:
@@ -19,6 +21,10 @@
 -- (Redis hashes whole strings), so the common case, an in-order event, creates
 -- no string from the history other than the one GET that is returned, and
 -- writes with APPEND. Duplicates and out-of-order events take the slow path.
+
+if ARGV[6] == '1' and redis.call('EXISTS', KEYS[#KEYS]) == 0 then
+  return redis.error_reply('FRAUDSTREAM_STATE_LOST')
+end
 
 local recs = ARGV[1]
 local retention = tonumber(ARGV[2])

@@ -3,27 +3,38 @@
 No business logic lives here: only client construction with fraudstream's
 defaults (idempotent producer, manual commits, bounded polls), topic creation,
 and delivery tracking that turns a failed send into an exception instead of a
-silent loss.
+silent loss. Every builder takes the settings (or a :class:`KafkaConnection`),
+so every client gets the security options (TLS, SASL); a secured connection
+is verified (:func:`verify`) before a client is built.
 """
 
 from fraudstream.service.kafka.clients import (
     DeliveryError,
     DeliveryTracker,
     accepts_connections,
+    check_reachable,
+    committed_offsets,
     ensure_topics,
+    group_coordinator_known,
     make_admin,
     make_consumer,
     make_producer,
     subscribe,
 )
+from fraudstream.service.kafka.connection import KafkaConnection, verify
 
 __all__ = [
     "DeliveryError",
     "DeliveryTracker",
+    "KafkaConnection",
     "accepts_connections",
+    "check_reachable",
+    "committed_offsets",
     "ensure_topics",
+    "group_coordinator_known",
     "make_admin",
     "make_consumer",
     "make_producer",
     "subscribe",
+    "verify",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
@@ -18,24 +18,49 @@ from kafka.errors import (
 from kafka.producer.future import FutureRecordMetadata
 
 from fraudstream.service.errors import ConfigurationError, FraudstreamError, UnavailableError
+from fraudstream.service.kafka.connection import KafkaConnection, verify
+
+if TYPE_CHECKING:
+    from fraudstream.service.settings import Settings
+
+#: What every client builder takes: the settings, a connection, or bare bootstrap
+#: servers (PLAINTEXT; tests and tools on a local broker).
+KafkaTarget: TypeAlias = "Settings | KafkaConnection | str"
 
 #: What kafka-python raises when no broker answers while a client is built.
 _UNREACHABLE = (KafkaTimeoutError, KafkaConnectionError)
+
+#: Longest wait between reconnection attempts: a restarted broker is found within
+#: a second (kafka-python's default backs off to 30 s, so clients sat idle for
+#: half a minute after the broker was back).
+_RECONNECT_BACKOFF_MAX_MS = 1000
 
 
 class DeliveryError(FraudstreamError):
     """One or more records could not be delivered to Kafka."""
 
 
-def _unavailable(bootstrap_servers: str, exc: Exception) -> UnavailableError:
+def _unavailable(connection: KafkaConnection, exc: Exception) -> UnavailableError:
     return UnavailableError(
-        f"Kafka at {bootstrap_servers} is not reachable ({type(exc).__name__}: {exc}); "
+        f"Kafka at {connection.describe()} is not reachable ({type(exc).__name__}: {exc}); "
         "is the broker running? (`fraudstream dev up` starts a local one)"
     )
 
 
+def _connect(kafka: KafkaTarget) -> KafkaConnection:
+    """The connection of ``kafka``, verified first when it uses TLS or SASL.
+
+    A refused password or an untrusted certificate is then one clear error at
+    once, where kafka-python would retry until its bootstrap timeout.
+    """
+    connection = KafkaConnection.of(kafka)
+    if connection.secured:
+        verify(connection)
+    return connection
+
+
 def make_producer(
-    bootstrap_servers: str,
+    kafka: KafkaTarget,
     *,
     client_id: str,
     transactional_id: str | None = None,
@@ -46,8 +71,9 @@ def make_producer(
 
     Parameters
     ----------
-    bootstrap_servers
-        ``host:port[,host:port]``.
+    kafka
+        The settings (bootstrap servers and security options), a
+        :class:`KafkaConnection`, or ``host:port[,host:port]`` (PLAINTEXT).
     client_id
         Shows up in broker logs and metrics.
     transactional_id
@@ -57,8 +83,9 @@ def make_producer(
     **overrides
         Any other kafka-python producer option.
     """
+    connection = _connect(kafka)
     config: dict[str, Any] = {
-        "bootstrap_servers": bootstrap_servers,
+        **connection.options(),
         "client_id": client_id,
         "acks": "all",
         "enable_idempotence": True,
@@ -67,6 +94,7 @@ def make_producer(
         "max_request_size": 2 * 1024 * 1024,
         "retries": 2**31 - 1,
         "delivery_timeout_ms": 120_000,
+        "reconnect_backoff_max_ms": _RECONNECT_BACKOFF_MAX_MS,
     }
     if transactional_id is not None:
         config["transactional_id"] = transactional_id
@@ -74,11 +102,11 @@ def make_producer(
     try:
         return KafkaProducer(**config)
     except _UNREACHABLE as exc:
-        raise _unavailable(bootstrap_servers, exc) from exc
+        raise _unavailable(connection, exc) from exc
 
 
 def make_consumer(
-    bootstrap_servers: str,
+    kafka: KafkaTarget,
     *,
     client_id: str,
     group_id: str | None,
@@ -91,6 +119,8 @@ def make_consumer(
 
     Parameters
     ----------
+    kafka
+        The settings, a :class:`KafkaConnection`, or bootstrap servers (PLAINTEXT).
     group_id
         Consumer group, or ``None`` for a group-less reader (recorder, tests).
     topics
@@ -98,8 +128,9 @@ def make_consumer(
     read_committed
         Only see records of committed transactions.
     """
+    connection = _connect(kafka)
     config: dict[str, Any] = {
-        "bootstrap_servers": bootstrap_servers,
+        **connection.options(),
         "client_id": client_id,
         "group_id": group_id,
         "enable_auto_commit": False,
@@ -110,16 +141,55 @@ def make_consumer(
         # New partitions (and a missed metadata change) are seen within 30 s,
         # not kafka-python's default 5 minutes.
         "metadata_max_age_ms": 30_000,
+        "reconnect_backoff_max_ms": _RECONNECT_BACKOFF_MAX_MS,
     }
     config.update(overrides)
     try:
         consumer = KafkaConsumer(**config)
     except _UNREACHABLE as exc:
-        raise _unavailable(bootstrap_servers, exc) from exc
+        raise _unavailable(connection, exc) from exc
+    if group_id is not None:
+        _finish_pending_joins(consumer)
     topic_list = list(topics)
     if topic_list:
         subscribe(consumer, topic_list)
     return consumer
+
+
+def _finish_pending_joins(consumer: KafkaConsumer) -> None:
+    """Make kafka-python finish a rebalance that outlived the ``poll`` that started it.
+
+    kafka-python 3.0 joins in a task that survives a ``poll`` timeout and is
+    taken up by the next ``poll``, but only while ``need_rejoin()`` is true. A
+    rejoin caused by a metadata change (the leader's assignment snapshot
+    differs from the metadata) stops being "needed" as soon as the new
+    assignment is computed, inside that very task: the next ``poll`` then
+    never collects the finished join, the member stays ``REBALANCING`` with
+    its partitions marked for revocation, and nothing is fetched again, ever.
+    Seen as a scorer or learner that joined a fresh topic and then consumed
+    nothing. The Java client asks ``rejoinNeededOrPending()``; so do we.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is None or not hasattr(coordinator, "rejoining"):
+        return  # another kafka-python: nothing to fix
+    need_rejoin = coordinator.need_rejoin
+
+    def need_rejoin_or_pending() -> bool:
+        return bool(need_rejoin() or coordinator.rejoining)
+
+    coordinator.need_rejoin = need_rejoin_or_pending
+
+
+def group_coordinator_known(consumer: KafkaConsumer) -> bool:
+    """Whether the consumer knows its group's coordinator and can reach it.
+
+    A member whose coordinator is unknown (the broker restarted, or the
+    coordinator moved) cannot commit; kafka-python still calls it ``STABLE``
+    until a heartbeat reaches the new coordinator.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    unknown = getattr(coordinator, "coordinator_unknown", None)
+    return True if unknown is None else not unknown()
 
 
 def subscribe(
@@ -131,6 +201,15 @@ def subscribe(
     assignor then hands this member no partitions, and nothing triggers a new
     rebalance until the next metadata refresh. Loading the metadata first
     makes the first assignment the right one.
+
+    Its group coordinator also keeps a snapshot of the subscribed topics'
+    partitions, rebuilt on metadata updates only, and rejoins when the snapshot
+    it assigned with differs from the current one. One more metadata update
+    after subscribing builds the snapshot before the first join; without it a
+    refresh landing after the first assignment made every new member rejoin at
+    once, and kafka-python 3.0.12 can drop the assignment of such a rejoin
+    when a short poll times out mid-join (the member then holds no partitions
+    and stops heartbeating until the group evicts it).
     """
     for topic in topics:
         consumer.partitions_for_topic(topic)
@@ -138,43 +217,71 @@ def subscribe(
         consumer.subscribe(topics)
     else:
         consumer.subscribe(topics, listener=listener)
+    consumer.topics()  # a metadata update with the subscription in place
 
 
-def make_admin(bootstrap_servers: str, *, client_id: str = "fraudstream-admin") -> KafkaAdminClient:
+def make_admin(kafka: KafkaTarget, *, client_id: str = "fraudstream-admin") -> KafkaAdminClient:
     """An admin client, with a clear error when the broker is unreachable."""
+    connection = _connect(kafka)
     try:
         return KafkaAdminClient(
-            bootstrap_servers=bootstrap_servers, client_id=client_id, request_timeout_ms=15_000
+            **connection.options(), client_id=client_id, request_timeout_ms=15_000
         )
     except _UNREACHABLE as exc:
-        raise _unavailable(bootstrap_servers, exc) from exc
+        raise _unavailable(connection, exc) from exc
 
 
 def ensure_topics(
-    bootstrap_servers: str,
+    kafka: KafkaTarget,
     partitions_by_topic: Mapping[str, int],
     *,
     replication: int = 1,
     create: bool = True,
     timeout_s: float = 30.0,
+    configs: Mapping[str, Mapping[str, str]] | None = None,
 ) -> list[str]:
-    """Make sure topics exist; return the ones created.
+    """Make sure topics exist and every partition has a leader; return the ones created.
 
-    With ``create=False`` a missing topic is a :class:`ConfigurationError`
-    (never silently assumed).
+    Parameters
+    ----------
+    kafka
+        The settings, a :class:`KafkaConnection`, or bootstrap servers (PLAINTEXT).
+    partitions_by_topic
+        Topic name -> partitions of the topic when it is created.
+    replication
+        Replication factor of created topics (default 1).
+    create
+        Create missing topics (default); ``False`` makes a missing topic a
+        :class:`ConfigurationError` (never silently assumed).
+    timeout_s
+        How long creation and the wait for leaders may take (default 30 s).
+    configs
+        Topic name -> topic-level configs applied when the topic is created
+        (e.g. ``{"message.timestamp.type": "LogAppendTime"}``); an existing
+        topic is left as it is. Default: none.
     """
-    admin = make_admin(bootstrap_servers)
+    connection = KafkaConnection.of(kafka)
+    admin = make_admin(connection)
     try:
         existing = set(admin.list_topics())
         missing = [name for name in partitions_by_topic if name not in existing]
         if missing and not create:
             raise ConfigurationError(
-                f"topics missing on {bootstrap_servers}: {', '.join(missing)} "
+                f"topics missing on {connection.bootstrap_servers}: {', '.join(missing)} "
                 "(create them, or set FRAUDSTREAM_CREATE_TOPICS=true)"
             )
         created: list[str] = []
         if missing:
-            new = [NewTopic(n, partitions_by_topic[n], replication) for n in missing]
+            topic_configs = configs or {}
+            new = [
+                NewTopic(
+                    n,
+                    partitions_by_topic[n],
+                    replication,
+                    topic_configs=dict(topic_configs.get(n, {})),
+                )
+                for n in missing
+            ]
             try:
                 admin.create_topics(new, timeout_ms=int(timeout_s * 1000))
                 created = missing
@@ -224,6 +331,8 @@ class DeliveryTracker:
         self.flush_every = flush_every
         self._pending: list[FutureRecordMetadata] = []
         self.delivered = 0
+        #: Topic -> (partition, offset) of the last record delivered to it, in send order.
+        self.last_delivered: dict[str, tuple[int, int]] = {}
 
     def send(
         self,
@@ -276,6 +385,8 @@ class DeliveryTracker:
                 failures.append(repr(future.exception))
             elif future.succeeded():
                 count += 1
+                meta = future.value
+                self.last_delivered[meta.topic] = (meta.partition, meta.offset)
             else:
                 failures.append("not delivered before flush timeout")
         self._pending.clear()
@@ -285,6 +396,27 @@ class DeliveryTracker:
         return count
 
 
+def check_reachable(kafka: KafkaTarget, timeout_s: float = 2.0) -> None:
+    """Fail fast, in one line, when Kafka cannot be used as configured.
+
+    Connects to the first bootstrap server that accepts TCP connections the
+    way the clients will (TLS, SASL login) and asks for metadata
+    (:func:`~fraudstream.service.kafka.connection.verify`). kafka-python would
+    retry for ~30 s and log each attempt before giving up; a command-line tool
+    should say at once that nothing is there, or that the password is wrong.
+
+    Raises
+    ------
+    UnavailableError
+        Nothing accepts connections: naming the servers and how to start a
+        local broker.
+    ConfigurationError
+        TLS, SASL or protocol problems (``AuthenticationFailedError`` for a
+        refused login), naming the setting to fix.
+    """
+    verify(kafka, timeout_s)
+
+
 def accepts_connections(port: int, host: str = "127.0.0.1", timeout_s: float = 0.5) -> bool:
     """Whether something accepts TCP connections on ``host:port``."""
     try:
@@ -292,3 +424,17 @@ def accepts_connections(port: int, host: str = "127.0.0.1", timeout_s: float = 0
             return True
     except OSError:
         return False
+
+
+def committed_offsets(kafka: KafkaTarget, group: str, topic: str) -> dict[int, int]:
+    """Offsets ``group`` has committed on ``topic``, by partition (empty: none yet)."""
+    admin = make_admin(kafka)
+    try:
+        offsets = admin.list_group_offsets({group: None}).get(group, {})
+    finally:
+        admin.close()
+    return {
+        tp.partition: meta.offset
+        for tp, meta in offsets.items()
+        if tp.topic == topic and meta.offset >= 0
+    }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -53,3 +54,33 @@ def test_alerts_are_seen_once_by_read_committed_readers_and_not_repeated_after_r
     after = read_committed(settings.topic_scores, at_least=93, timeout_s=180, settle_s=3)
     transaction_ids = [orjson.loads(r.value)["transaction_id"] for r in after]
     assert len(transaction_ids) == 93 and len(set(transaction_ids)) == 93
+
+
+def test_a_scorer_fenced_by_another_with_its_transactional_id_stops_with_one_clear_error(
+    make_settings: Callable[..., Any],
+    make_transaction: Callable[..., tuple[bytes, bytes]],
+    run_app: Callable[..., Any],
+    produce: Callable[..., None],
+    consume: Callable[..., list[Any]],
+    unique_name: Callable[[str], str],
+    wait_for: Callable[..., None],
+) -> None:
+    settings = make_settings(
+        guarantee="exactly_once",
+        publish_scores=True,
+        role="scorer",
+        transactional_id=unique_name("scorer"),
+    )
+    first = run_app(settings)
+    produce(settings.bootstrap_servers, settings.topic_transactions, _stream(make_transaction, "a"))
+    consume(settings.bootstrap_servers, settings.topic_scores, at_least=90, read_committed=True)
+    # Misconfigured: a second scorer (another group) with the same transactional id.
+    run_app(settings.model_copy(update={"consumer_group": unique_name("other-scorers")}))
+    time.sleep(3)  # it has fenced the first
+    produce(settings.bootstrap_servers, settings.topic_transactions, _stream(make_transaction, "b"))
+    wait_for(lambda: hasattr(first, "run_error"), 60, "the fenced scorer to stop")
+    assert str(first.run_error) == (
+        f"another scorer took over transactional id {settings.transactional_id}: "
+        "give each scorer its own FRAUDSTREAM_TRANSACTIONAL_ID; this one stops"
+    )
+    assert first.ready()[0] is False

@@ -12,10 +12,8 @@ from typing import Any
 
 import orjson
 import redis
-from kafka.errors import KafkaError
 
 from fraudstream.service.features.definitions import FeatureConfig, feature_names
-from fraudstream.service.kafka import make_admin
 from fraudstream.service.snapshots import SnapshotStore
 
 START = datetime.now(UTC).replace(microsecond=0) - timedelta(days=3)
@@ -33,30 +31,13 @@ def _stream(
     return records
 
 
-def _members(bootstrap: str, group: str) -> dict[str, int]:
-    """Client id of each live member of the group -> partitions it owns."""
-    admin = make_admin(bootstrap)
-    try:
-        try:
-            described = admin.describe_groups([group])[group]
-        except KafkaError:  # coordinator not there yet: the group is still forming
-            return {}
-        out: dict[str, int] = {}
-        for member in described["members"]:
-            assignment = member["member_assignment"] or {}
-            owned = sum(len(a["partitions"]) for a in assignment.get("assigned_partitions", []))
-            out[member["client_id"]] = out.get(member["client_id"], 0) + owned
-        return out
-    finally:
-        admin.close()
-
-
 def test_two_scorers_share_partitions_and_a_crash_double_counts_nothing(
     make_settings: Callable[..., Any],
     make_transaction: Callable[..., tuple[bytes, bytes]],
     spawn_service: Callable[..., Any],
     produce: Callable[..., None],
     wait_for: Callable[..., None],
+    group_members: Callable[[str, str], dict[str, int]],
     redis_url: str,
 ) -> None:
     settings = make_settings(topic_partitions=4, max_batch_size=50, role="scorer")
@@ -65,7 +46,7 @@ def test_two_scorers_share_partitions_and_a_crash_double_counts_nothing(
     second = spawn_service(settings.model_copy(update={"client_id": "scorer-b"}), name="scorer-b")
 
     def shared() -> bool:
-        members = _members(settings.bootstrap_servers, settings.consumer_group)
+        members = group_members(settings.bootstrap_servers, settings.consumer_group)
         return (
             len(members) == 2
             and all(owned > 0 for owned in members.values())

@@ -55,6 +55,34 @@ def test_ensure_topics_is_idempotent(
     assert ensure_topics(kafka_bootstrap, {topic: 1}) == []
 
 
+def test_ensure_topics_applies_topic_configs_on_creation(
+    kafka_bootstrap: str, unique_name: Callable[[str], str]
+) -> None:
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    from fraudstream.service.kafka import make_admin
+
+    topic, plain = unique_name("append-time"), unique_name("plain")
+    created = ensure_topics(
+        kafka_bootstrap,
+        {topic: 2, plain: 1},
+        configs={topic: {"message.timestamp.type": "LogAppendTime"}},
+    )
+    assert sorted(created) == sorted([topic, plain])
+    admin = make_admin(kafka_bootstrap)
+    try:
+        described = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, name) for name in (topic, plain)]
+        )
+    finally:
+        admin.close()
+    # Only configs that differ from the broker's defaults are listed.
+    by_name = next(iter(described.values()))  # the one resource type asked for: topics
+    modified = {name: by_name[name] for name in (topic, plain)}
+    assert modified[topic]["message.timestamp.type"]["value"] == "LogAppendTime"
+    assert "message.timestamp.type" not in modified[plain]
+
+
 def test_group_commit_then_resume_from_committed_offset(
     kafka_bootstrap: str, unique_name: Callable[[str], str]
 ) -> None:
@@ -133,3 +161,49 @@ def test_first_join_assigns_every_partition_of_a_fresh_topic(
         assert consumer.assignment() == {TopicPartition(topic, p) for p in range(3)}
     finally:
         consumer.close()
+
+
+def test_a_rebalance_that_outlives_the_poll_that_started_it_is_completed(
+    kafka_bootstrap: str, unique_name: Callable[[str], str]
+) -> None:
+    """kafka-python 3.0 lost such a join when a metadata change caused it: the member
+    stayed "rebalancing" and never fetched again (see ``make_consumer``)."""
+    import time
+
+    from kafka.structs import MemberState
+
+    from fraudstream.service.kafka import make_admin
+
+    topic = unique_name("grows")
+    ensure_topics(kafka_bootstrap, {topic: 1})
+    consumer = make_consumer(
+        kafka_bootstrap,
+        client_id="test",
+        group_id=unique_name("group"),
+        topics=[topic],
+        metadata_max_age_ms=300,  # sees the new partition within a third of a second
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not consumer.assignment() and time.monotonic() < deadline:
+            consumer.poll(timeout_ms=200)
+        assert consumer.assignment() == {TopicPartition(topic, 0)}
+
+        admin = make_admin(kafka_bootstrap)
+        admin.create_partitions({topic: 2})
+        admin.close()
+        # The leader rejoins for the new partition, in a poll too short to finish the join...
+        deadline = time.monotonic() + 30
+        while consumer.group_metadata().state == MemberState.STABLE:
+            assert time.monotonic() < deadline, "no rebalance after adding a partition"
+            consumer.poll(timeout_ms=0)
+            time.sleep(0.02)
+        time.sleep(1.0)  # ...which finishes in the background, computing the new assignment.
+
+        deadline = time.monotonic() + 20
+        while len(consumer.assignment()) < 2 and time.monotonic() < deadline:
+            consumer.poll(timeout_ms=500)
+        assert consumer.assignment() == {TopicPartition(topic, 0), TopicPartition(topic, 1)}
+        assert consumer.group_metadata().state == MemberState.STABLE
+    finally:
+        consumer.close(autocommit=False)

@@ -63,12 +63,12 @@ def test_restart_continues_version_and_count(redis_client: redis.Redis, redis_pr
             FakeFeatureStore(),
             model_name="logreg",
             feature_names=NAMES,
-            checkpoint_every_labels=100,
+            publish_every_labels=100,
         )
 
     first = start()
     first.learn_many(_labels(0, 250))
-    v1 = first.maybe_checkpoint()
+    v1 = first.maybe_publish()
     assert v1 is not None and first.model.labels_learnt == 250
     first.learn_many(_labels(250, 300))  # learnt, not published: lost in the "crash"
 
@@ -77,7 +77,7 @@ def test_restart_continues_version_and_count(redis_client: redis.Redis, redis_pr
     out = second.learn_many(_labels(0, 400))
     # 0..249 are in v1 (duplicates); 250..299 were claimed by the dead learner: learnt again.
     assert (out.learnt, out.duplicates) == (150, 250)
-    v2 = second.maybe_checkpoint()
+    v2 = second.maybe_publish()
     assert v2 is not None and v2 > v1
     assert reg.load().model.labels_learnt == 400 == reg.load().meta["labels_learnt"]
 
@@ -85,7 +85,7 @@ def test_restart_continues_version_and_count(redis_client: redis.Redis, redis_pr
 def test_learn_many_throughput(redis_client: redis.Redis, redis_prefix: str) -> None:
     snaps, reg = _setup(redis_client, redis_prefix)
     learner = Learner(
-        FraudModel("logreg", NAMES), snaps, reg, FakeFeatureStore(), checkpoint_every_labels=10**9
+        FraudModel("logreg", NAMES), snaps, reg, FakeFeatureStore(), publish_every_labels=10**9
     )
     labels = _labels(0, len(X))
     t0 = time.perf_counter()

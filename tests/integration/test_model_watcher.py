@@ -1,5 +1,5 @@
 """The scorer's view of the registry: hot swap, the rules prior until a version ranks
-recent labels at least as well, refusal of tampered or foreign checkpoints (the
+recent labels at least as well, refusal of tampered or foreign model versions (the
 version in use stays)."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import numpy as np
 import redis
 from pydantic import SecretStr
 
-from fraudstream.service.app import ModelWatcher
 from fraudstream.service.metrics import Metrics
 from fraudstream.service.model import FraudModel
+from fraudstream.service.model_watcher import ModelWatcher
 from fraudstream.service.registry import ModelRegistry
 from fraudstream.service.rules import RulesPrior
 from fraudstream.service.serving import RecentQuality, ServingPolicy, learn_labelled
@@ -54,9 +54,7 @@ def _trained(labels: int) -> FraudModel:
 
 def _watcher(registry: ModelRegistry, metrics: Metrics, clock: _Clock) -> ModelWatcher:
     policy = ServingPolicy(min_labels=100, min_frauds=5)
-    return ModelWatcher(
-        registry, NAMES, min_labels=100, poll_s=1.0, metrics=metrics, clock=clock, policy=policy
-    )
+    return ModelWatcher(registry, NAMES, policy=policy, poll_s=1.0, metrics=metrics, clock=clock)
 
 
 def test_rules_prior_until_trained_then_hot_swap_between_polls(
@@ -88,7 +86,7 @@ def test_rules_prior_until_trained_then_hot_swap_between_polls(
     assert metrics.model_version._value.get() == version
 
 
-def test_tampered_or_foreign_checkpoint_is_refused_and_the_current_model_stays(
+def test_tampered_or_foreign_version_is_refused_and_the_current_model_stays(
     redis_client: redis.Redis, redis_prefix: str
 ) -> None:
     registry = ModelRegistry(redis_client, redis_prefix, SecretStr("the-key"))

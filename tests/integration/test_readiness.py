@@ -1,4 +1,5 @@
-"""Readiness needs Redis and a reachable Kafka bootstrap server, not only a live process."""
+"""Readiness needs Redis, a reachable Kafka bootstrap server and running loops, not only
+a live process."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from fraudstream.devstack import free_port
 from fraudstream.service.app import Application, redis_client
 
 
-def test_ready_only_when_redis_and_kafka_answer(
-    make_settings: Callable[..., Any], kafka_bootstrap: str
+def test_ready_only_when_redis_and_kafka_answer_and_the_loops_run(
+    make_settings: Callable[..., Any],
+    run_app: Callable[..., Any],
+    wait_for: Callable[..., None],
 ) -> None:
     nothing_there = f"127.0.0.1:{free_port()}"
     app = Application(make_settings(role="learner", bootstrap_servers=nothing_there))
@@ -21,9 +24,5 @@ def test_ready_only_when_redis_and_kafka_answer(
     finally:
         app._redis.close()
 
-    reachable = Application(make_settings(role="learner", bootstrap_servers=kafka_bootstrap))
-    reachable._redis = redis_client(reachable.settings)
-    try:
-        assert reachable.ready() == (True, "ready")
-    finally:
-        reachable._redis.close()
+    running = run_app(make_settings(role="learner"))
+    wait_for(lambda: running.ready() == (True, "ready"), 60, "the learner to be ready")

@@ -11,7 +11,7 @@ import redis
 from pydantic import SecretStr
 
 from fraudstream.evaluation.synthetic import synthetic_stream
-from fraudstream.service.errors import CheckpointError
+from fraudstream.service.errors import ModelVersionError, SignatureError
 from fraudstream.service.model import FraudModel
 from fraudstream.service.registry import ModelRegistry
 
@@ -29,7 +29,7 @@ def _model(n: int) -> FraudModel:
 def test_publish_load_keep_last_k(redis_client: redis.Redis, redis_prefix: str) -> None:
     reg = ModelRegistry(redis_client, redis_prefix, KEY, keep=3)
     assert reg.latest_version() is None
-    with pytest.raises(CheckpointError, match="no model version"):
+    with pytest.raises(ModelVersionError, match="no model version"):
         reg.load()
     published = [
         reg.publish(_model(10 * (i + 1)), {"roc_auc": 0.9, "x": float("nan")}) for i in range(5)
@@ -41,7 +41,7 @@ def test_publish_load_keep_last_k(redis_client: redis.Redis, redis_prefix: str) 
     assert cp.version == published[-1] and cp.model.labels_learnt == 50
     assert cp.meta["feature_names"] == list(NAMES) and cp.meta["metrics"]["x"] is None
     np.testing.assert_array_equal(cp.model.proba_many(X), _model(50).proba_many(X))
-    with pytest.raises(CheckpointError, match="does not exist"):
+    with pytest.raises(ModelVersionError, match="does not exist"):
         reg.load(published[0])
     assert [m["version"] for m in reg.list()] == published[-3:]
 
@@ -54,21 +54,21 @@ def test_tampered_or_other_key_refused(redis_client: redis.Redis, redis_prefix: 
     payload = bytearray(redis_client.hget(vkey, "payload"))
     payload[len(payload) // 2] ^= 0x01
     redis_client.hset(vkey, "payload", bytes(payload))
-    with pytest.raises(CheckpointError, match="signature"):
+    with pytest.raises(SignatureError, match="signature"):
         reg.load(bad)
     assert reg.load(good).model.labels_learnt == 20  # the previous version stays loadable
     other = ModelRegistry(redis_client, redis_prefix, SecretStr("another-key"))
-    with pytest.raises(CheckpointError, match="signature"):
+    with pytest.raises(SignatureError, match="signature"):
         other.load(good)
     redis_client.hdel(vkey, "sig")
-    with pytest.raises(CheckpointError, match="not signed"):
+    with pytest.raises(SignatureError, match="not signed"):
         reg.load(bad)
     # Metadata is signed too.
     gkey = f"{redis_prefix}:{{models}}:v:{good}"
     meta = json.loads(redis_client.hget(gkey, "meta"))
     meta["labels_learnt"] = 1
     redis_client.hset(gkey, "meta", json.dumps(meta))
-    with pytest.raises(CheckpointError):
+    with pytest.raises(SignatureError):
         reg.load(good)
 
 
@@ -89,15 +89,15 @@ def test_rollback_export_import(
     assert other.load(v).model.labels_learnt == 40
     assert other.load(v).meta["imported_version"] == v2
     # Import verifies with the importer's key, and refuses edits.
-    with pytest.raises(CheckpointError, match="signature"):
+    with pytest.raises(SignatureError, match="signature"):
         ModelRegistry(redis_client, redis_prefix + "c", SecretStr("k2")).import_(path)
     doc = json.loads(path.read_text())
     doc["meta"] = doc["meta"].replace('"labels_learnt": 40', '"labels_learnt": 41')
     path.write_text(json.dumps(doc))
-    with pytest.raises(CheckpointError, match="signature"):
+    with pytest.raises(SignatureError, match="signature"):
         other.import_(path)
     path.write_text("not json")
-    with pytest.raises(CheckpointError, match="cannot read"):
+    with pytest.raises(ModelVersionError, match="cannot read"):
         other.import_(path)
-    with pytest.raises(CheckpointError, match="does not exist"):
+    with pytest.raises(ModelVersionError, match="does not exist"):
         reg.rollback(999)

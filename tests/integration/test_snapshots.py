@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 import redis
 
 from fraudstream.evaluation.synthetic import synthetic_stream
 from fraudstream.service.schemas import Transaction
-from fraudstream.service.snapshots import SnapshotStore, feature_set_id
+from fraudstream.service.snapshots import (
+    CLAIM_CONFLICT,
+    CLAIM_NEW,
+    CLAIM_REPLAY,
+    SnapshotStore,
+    feature_set_id,
+)
 
 NAMES, X, _ = synthetic_stream(200, seed=5)
 NAMES30 = tuple(f"f{i}" for i in range(30))
@@ -87,3 +95,43 @@ def test_replayed_rows_keep_the_first_snapshot_but_fill_a_missing_one(
     assert [s.model_version for s in snaps if s is not None] == [1, 1, 2]
     assert snaps[0] is not None
     np.testing.assert_allclose(snaps[0].features, first[0].astype(np.float32))
+
+
+def test_ids_are_claimed_with_their_content(redis_client: redis.Redis, redis_prefix: str) -> None:
+    store = SnapshotStore(redis_client, redis_prefix, ttl_s=3600)
+    a, b = _txs(2)
+    other_card = a.model_copy(update={"card_id": "someone-else"})
+    other_amount = a.model_copy(update={"amount": a.amount + 0.01})
+    claims = store.claim_many_ids([a, b, a, other_card])
+    assert claims.tolist() == [CLAIM_NEW, CLAIM_NEW, CLAIM_REPLAY, CLAIM_CONFLICT]
+    assert store.claim_many_ids([other_amount, b]).tolist() == [CLAIM_CONFLICT, CLAIM_REPLAY]
+    assert 3500 < redis_client.ttl(store.key(a.transaction_id)) <= 3600
+    # A claim alone is no snapshot: the learner sees it as missing.
+    assert store.get_many([a.transaction_id]) == [None]
+    # The snapshot written after scoring replaces the claim and keeps the content check.
+    store.put_many([a], X[:1], np.array([0.5]), 1, NAMES, keep_existing=np.array([True]))
+    snap = store.get_many([a.transaction_id])[0]
+    assert snap is not None and snap.model_version == 1
+    assert store.claim_many_ids([a, other_card]).tolist() == [CLAIM_REPLAY, CLAIM_CONFLICT]
+
+
+def test_snapshots_of_the_previous_layout_are_still_read_and_count_as_replays(
+    redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    store = SnapshotStore(redis_client, redis_prefix, ttl_s=3600)
+    (tx,) = _txs(1)
+    row = X[0].astype("<f4")
+    card, term = tx.card_id.encode(), tx.terminal_id.encode()
+    v1 = (
+        struct.pack(
+            "<BIIfqHHH", 1, feature_set_id(NAMES), 4, 0.25, tx.event_time_ms, len(row),
+            len(card), len(term),
+        )
+        + card
+        + term
+        + row.tobytes()
+    )  # fmt: skip
+    redis_client.set(store.key(tx.transaction_id), v1)
+    snap = store.get_many([tx.transaction_id])[0]
+    assert snap is not None and snap.model_version == 4 and snap.card_id == tx.card_id
+    assert store.claim_many_ids([tx]).tolist() == [CLAIM_REPLAY]

@@ -1,4 +1,4 @@
-"""Learner logic with in-memory doubles: delayed labels, no look-ahead, claims, checkpoints."""
+"""Learner logic with in-memory doubles: delayed labels, no look-ahead, claims, versions."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from fraudstream.service.features.store import LabelFact
 from fraudstream.service.learner import Learner
 from fraudstream.service.model import FraudModel
 from fraudstream.service.progressive import roc_auc
-from fraudstream.service.registry import Checkpoint
+from fraudstream.service.registry import ModelVersion
 from fraudstream.service.schemas import Label
 from fraudstream.service.snapshots import Snapshot, feature_set_id
 
@@ -74,11 +74,11 @@ class FakeRegistry:
     def versions(self) -> list[int]:
         return sorted(self.published)
 
-    def load(self, version: int) -> Checkpoint:
+    def load(self, version: int) -> ModelVersion:
         import pickle
 
         model, metrics = self.published[version]
-        return Checkpoint(version, {"metrics": metrics}, pickle.loads(pickle.dumps(model)))
+        return ModelVersion(version, {"metrics": metrics}, pickle.loads(pickle.dumps(model)))
 
     def publish(self, model, metrics=None, version=None, extra=None) -> int:
         import pickle
@@ -181,25 +181,25 @@ def test_duplicates_and_missing_snapshots() -> None:
     assert learner.model.labels_learnt == 3
 
 
-def test_checkpoint_by_count_and_by_time() -> None:
+def test_publish_by_count_and_by_time() -> None:
     clock = Clock()
-    learner, snaps, reg, _ = make(clock, checkpoint_every_labels=10, checkpoint_every_s=60.0)
+    learner, snaps, reg, _ = make(clock, publish_every_labels=10, publish_every_s=60.0)
     for i in range(30):
         snaps.put(str(i), X[i], 0.2)
-    assert learner.maybe_checkpoint() is None  # nothing learnt
+    assert learner.maybe_publish() is None  # nothing learnt
     learner.learn_many([label(i, bool(Y[i])) for i in range(9)])
-    assert learner.maybe_checkpoint() is None
+    assert learner.maybe_publish() is None
     learner.learn_many([label(9, True)])
-    v1 = learner.maybe_checkpoint()
+    v1 = learner.maybe_publish()
     assert v1 == 1 and reg.published[1][0].labels_learnt == 10
     learner.learn_many([label(10, False)])
     clock.t = 59.0
-    assert learner.maybe_checkpoint() is None
+    assert learner.maybe_publish() is None
     clock.t = 61.0
-    v2 = learner.maybe_checkpoint()
+    v2 = learner.maybe_publish()
     assert v2 is not None and v2 > v1 and learner.version == v2
     clock.t = 500.0
-    assert learner.maybe_checkpoint() is None  # time alone is not enough
+    assert learner.maybe_publish() is None  # time alone is not enough
 
 
 def test_crashed_learner_claims_are_retaken() -> None:
@@ -207,7 +207,7 @@ def test_crashed_learner_claims_are_retaken() -> None:
     for i in range(5):
         snaps.put(str(i), X[i], 0.2)
     learner.learn_many([label(0, True), label(1, False)])
-    learner.checkpoint()
+    learner.publish()
     learner.learn_many([label(2, True)])  # claimed, never published: the learner "crashes"
     successor = Learner.resume(
         snaps,
@@ -226,7 +226,7 @@ def test_resume_refuses_other_features() -> None:
     learner, snaps, reg, _ = make()
     snaps.put("0", X[0], 0.2)
     learner.learn_many([label(0, True)])
-    learner.checkpoint()
+    learner.publish()
     with pytest.raises(Exception, match="other features"):
         Learner.resume(
             snaps,

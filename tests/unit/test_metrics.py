@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import time
+import socket
 import urllib.error
 import urllib.request
 
+import pytest
+
 from fraudstream.devstack import free_port
+from fraudstream.service.errors import ConfigurationError
 from fraudstream.service.metrics import HealthServer, Metrics
 
 
@@ -20,9 +23,12 @@ def _get(url: str) -> tuple[int, str]:
 
 def test_metrics_healthz_and_readyz() -> None:
     metrics = Metrics()
-    state = {"ready": (False, "redis unreachable: connection refused")}
+    state = {
+        "ready": (False, "redis unreachable: connection refused"),
+        "live": (True, "ok"),
+    }
     server = HealthServer(
-        metrics, lambda: state["ready"], "127.0.0.1", free_port(), live_within_s=30
+        metrics, lambda: state["ready"], lambda: state["live"], "127.0.0.1", free_port()
     )
     server.start()
     base = f"http://127.0.0.1:{server.port}"
@@ -41,9 +47,22 @@ def test_metrics_healthz_and_readyz() -> None:
         state["ready"] = (True, "ready")
         assert _get(f"{base}/readyz") == (200, "ready\n")
 
-        assert _get(f"{base}/healthz")[0] == 200  # the loop has not started: alive
-        metrics.last_loop_s.set(time.time() - 120)  # a loop stalled for two minutes
-        assert _get(f"{base}/healthz") == (503, "stalled\n")
+        assert _get(f"{base}/healthz") == (200, "ok\n")
+        state["live"] = (False, "scorer: stalled, no batch done for 130 s with 40 records waiting")
+        assert _get(f"{base}/healthz") == (503, state["live"][1] + "\n")
         assert _get(f"{base}/nope")[0] == 404
     finally:
         server.stop()
+
+
+def test_a_taken_port_is_one_clear_error_naming_the_setting() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigurationError) as error:
+            HealthServer(Metrics(), lambda: (True, ""), lambda: (True, ""), "127.0.0.1", port)
+    assert str(error.value) == (
+        f"metrics port {port} on 127.0.0.1 is taken by another process: stop it, or choose "
+        "another port with FRAUDSTREAM_METRICS_PORT (0 turns the endpoint off)"
+    )

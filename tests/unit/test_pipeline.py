@@ -4,18 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import orjson
 import pytest
+import redis
+from hostile_corpus import corpus
 
 from fraudstream.service.alerts import BudgetPolicy, ThresholdPolicy
 from fraudstream.service.features.definitions import FeatureConfig, feature_names
 from fraudstream.service.features.reference import ReferenceFeatureStore
+from fraudstream.service.features.store import FeatureBatch, FeatureStore, LabelFact
 from fraudstream.service.pipeline import ActiveScorer, Pipeline, validate_records
 from fraudstream.service.rules import RulesPrior
 from fraudstream.service.schemas import Alert, Transaction
 from fraudstream.service.settings import Settings
+from fraudstream.service.snapshots import CLAIM_CONFLICT, CLAIM_REPLAY
 
 
 @dataclass
@@ -32,6 +37,14 @@ class Record:
 @dataclass
 class Snapshots:
     stored: dict[str, tuple[np.ndarray, float, int]] = field(default_factory=dict)
+    digests: dict[str, bytes] = field(default_factory=dict)
+
+    def claim_many_ids(self, transactions: Sequence[Transaction]) -> np.ndarray:
+        out = []
+        for tx in transactions:
+            held = self.digests.setdefault(tx.transaction_id, tx.content_digest)
+            out.append(CLAIM_REPLAY if held == tx.content_digest else CLAIM_CONFLICT)
+        return np.array(out, dtype=np.uint8)
 
     def put_many(
         self,
@@ -63,10 +76,14 @@ def _tx(
 
 
 def _pipeline(
-    policy: object = None, scores_topic: str | None = "scores"
+    policy: object = None,
+    scores_topic: str | None = "scores",
+    store: FeatureStore | None = None,
+    max_message_bytes: int = 4096,
+    dead_letter_max_bytes: int = 1_000_000,
 ) -> tuple[Pipeline, Snapshots]:
     config = FeatureConfig.from_settings(Settings(_env_file=None))  # type: ignore[call-arg]
-    store = ReferenceFeatureStore(config)
+    store = store or ReferenceFeatureStore(config)
     snapshots = Snapshots()
     active = ActiveScorer(RulesPrior(feature_names(config)), "rules", 0)
     pipeline = Pipeline(
@@ -77,7 +94,8 @@ def _pipeline(
         topic_alerts="alerts",
         topic_scores=scores_topic,
         topic_dlq="dlq",
-        max_message_bytes=4096,
+        max_message_bytes=max_message_bytes,
+        dead_letter_max_bytes=dead_letter_max_bytes,
         clock_ms=lambda: 1_700_000_000_050.0,
     )
     return pipeline, snapshots
@@ -174,3 +192,116 @@ def test_budget_mode_keeps_alerts_near_the_budget() -> None:
         ]
         alerts += pipeline.process(records).alerts
     assert alerts <= 0.03 * 2000  # about 1 %, never a flood
+
+
+# -- whatever one record causes ends as its dead letter ----------------------------------
+
+
+def _dead_letters_by_offset(outcome: Any) -> dict[int, dict[str, bytes]]:
+    return {
+        int(dict(letter.headers)["fraudstream.source.offset"]): dict(letter.headers)
+        for letter in outcome.dead_letters
+    }
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 1000])
+def test_every_hostile_record_is_scored_or_dead_lettered_as_documented(batch_size: int) -> None:
+    cases = corpus(max_message_bytes=65_536)
+    pipeline, _ = _pipeline(max_message_bytes=65_536, dead_letter_max_bytes=200_000)
+    records = [
+        Record(c.value, offset=i, key=c.key, headers=list(c.headers)) for i, c in enumerate(cases)
+    ]
+    scored: list[str] = []
+    letters: dict[int, dict[str, bytes]] = {}
+    sizes: list[int] = []
+    for start in range(0, len(records), batch_size):
+        outcome = pipeline.process(records[start : start + batch_size])
+        scored += [
+            orjson.loads(o.value or b"")["transaction_id"]
+            for o in outcome.outgoing
+            if o.topic == "scores"
+        ]
+        letters.update(_dead_letters_by_offset(outcome))
+        sizes += [letter.size for letter in outcome.dead_letters]
+
+    assert len(cases) >= 40
+    for i, case in enumerate(cases):
+        if case.expect == "scored":
+            assert i not in letters, f"{case.name}: dead-lettered {letters.get(i)}"
+            assert orjson.loads(case.value or b"")["transaction_id"] in scored, case.name
+        else:
+            assert i in letters, f"{case.name}: not dead-lettered"
+            assert letters[i]["fraudstream.error.class"].decode() == case.expect, case.name
+    assert max(sizes) <= 200_000
+    assert sum(c.expect == "scored" for c in cases) + len(letters) == len(cases)
+
+
+class _Poisoned:
+    """A feature store that fails for one card, as a record-specific bug would."""
+
+    def __init__(self, inner: FeatureStore, poison: str, error: Exception) -> None:
+        self.inner, self.poison, self.error = inner, poison, error
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.inner.names
+
+    def update_and_compute(self, transactions: Sequence[Transaction]) -> FeatureBatch:
+        if any(tx.card_id == self.poison for tx in transactions):
+            raise self.error
+        return self.inner.update_and_compute(transactions)
+
+    def record_labels(self, labels: Sequence[LabelFact]) -> None:
+        self.inner.record_labels(labels)
+
+
+def _reference() -> ReferenceFeatureStore:
+    return ReferenceFeatureStore(
+        FeatureConfig.from_settings(Settings(_env_file=None))  # type: ignore[call-arg]
+    )
+
+
+def test_a_record_that_breaks_a_later_step_is_dead_lettered_alone() -> None:
+    store = _Poisoned(_reference(), "poison", OverflowError("math range error"))
+    pipeline, snapshots = _pipeline(store=store)
+    records = [Record(_tx(i, card=f"c{i % 3}", minute=i), offset=i) for i in range(9)]
+    records.insert(4, Record(_tx(50, card="poison"), offset=50))
+    outcome = pipeline.process(records)
+
+    assert outcome.scored == 9
+    assert set(snapshots.stored) == {f"t{i}" for i in range(9)}
+    letters = _dead_letters_by_offset(outcome)
+    assert list(letters) == [50]
+    assert letters[50]["fraudstream.error.class"] == b"UnprocessableEventError"
+    assert b"OverflowError: math range error" in letters[50]["fraudstream.error.message"]
+
+
+def test_a_dependency_error_is_raised_for_a_retry_not_dead_lettered() -> None:
+    store = _Poisoned(_reference(), "c1", redis.ConnectionError("Redis went away"))
+    pipeline, _ = _pipeline(store=store)
+    with pytest.raises(redis.ConnectionError):
+        pipeline.process([Record(_tx(0, card="c1")), Record(_tx(1, card="c2"))])
+
+
+def test_a_batch_failing_record_by_record_is_a_bug_not_bad_input() -> None:
+    store = _Poisoned(_reference(), "c1", TypeError("a bug"))
+    pipeline, _ = _pipeline(store=store)
+    with pytest.raises(TypeError):
+        pipeline.process([Record(_tx(i, card="c1", minute=i), offset=i) for i in range(3)])
+
+
+def test_an_id_reused_with_other_content_is_a_conflict_and_counted_once() -> None:
+    pipeline, snapshots = _pipeline()
+    first = pipeline.process([Record(_tx(1, card="c1"), offset=0)])
+    again = pipeline.process(
+        [
+            Record(_tx(1, card="c1"), offset=1),  # a replay: same content
+            Record(_tx(1, card="c2"), offset=2),  # the same id on another card
+            Record(_tx(1, card="c1", amount=99.0), offset=3),  # the same id, another amount
+        ]
+    )
+    assert first.scored == 1 and again.scored == 1 and again.duplicates == 1
+    letters = _dead_letters_by_offset(again)
+    assert sorted(letters) == [2, 3]
+    assert {h["fraudstream.error.class"] for h in letters.values()} == {b"IdConflictError"}
+    assert list(snapshots.stored) == ["t1"]

@@ -14,6 +14,7 @@ from fraudstream.bench.cli import bench
 from fraudstream.bench.pipeline import (
     TARGETS,
     by_second,
+    format_readme_table,
     format_summary,
     meets,
     percentiles,
@@ -184,6 +185,97 @@ def test_small_benchmark_run_end_to_end(tmp_path: Path) -> None:
         "latency_p99_ms",
         "redis_bytes_per_card",
         "scorer_rss_mb",
+        "scorer_cpu_us_per_tx",
+        "redis_cpu_us_per_tx",
+        "broker_cpu_us_per_tx",
+        "scorer_runs",
     ):
         assert key in last
     assert last["scorer_processed"] >= 3000
+
+
+def test_summary_and_readme_table_show_the_peer_and_the_scaling() -> None:
+    result = {
+        **_result(),
+        "peer_tx_per_s": 20_000.0,
+        "scorer_vs_peer": 2.06,
+        "peer_cpu_us_per_tx": 45.0,
+        "peer_rss_mb": 190.0,
+        "broker_cpu_us_per_tx": 12.0,
+        "scorer_cpu_us_per_tx": 30.0,
+        "redis_cpu_us_per_tx": 15.0,
+        "scorer_runs": [{"scorers": 1}, {"scorers": 2}],
+        "scorers_2_tx_per_s": 70_000.0,
+        "scorers_2_vs_1": 1.7,
+    }
+    text = format_summary(result)
+    assert "| Quix Streams peer (same topic, same run) | 20,000 tx/s |  |  |" in text
+    assert "| scorer / peer | 2.06 x | >= 1.50 | yes |" in text
+    assert "| 2 scorer processes, one group (aggregate) | 70,000 tx/s |  |  |" in text
+    assert "| 2 scorers / 1 scorer | 1.70 x |  |  |" in text
+    assert "| Kafka broker CPU per transaction (scorer run) | 12.00 µs |" in text
+    assert "| peer peak RSS (VmHWM) | 190.00 MB |" in text
+    table = format_readme_table(result)
+    assert (
+        "| scorer / peer | **2.06\N{MULTIPLICATION SIGN}** | ≥ 1.5\N{MULTIPLICATION SIGN} | met |"
+        in table
+    )
+    assert "| 2 scorer processes, one group (aggregate) | 70,000 tx/s |  |  |" in table
+    assert (
+        "| CPU per transaction | scorer 30.00 µs, Redis 15.00 µs, broker 12.00 µs, peer 45.00 µs |"
+        in table
+    )
+    assert "| scorer throughput | **41,235 tx/s** | ≥ 50,000 | not met |" in table
+
+
+def test_cli_parses_scorer_counts_and_refuses_bad_ones() -> None:
+    result = CliRunner().invoke(bench, ["pipeline", "--scorers", "1,x"])
+    assert result.exit_code == 2
+    assert "expected positive whole numbers like 1,2; got '1,x'" in result.output
+
+
+def test_cli_says_in_one_line_how_to_get_the_peer(monkeypatch: pytest.MonkeyPatch) -> None:
+    import fraudstream.bench.cli as cli
+
+    monkeypatch.setattr(cli, "quix_available", lambda: False)
+    result = CliRunner().invoke(bench, ["pipeline", "--peer", "quix"])
+    assert result.exit_code == 2
+    assert "--peer quix needs Quix Streams: pip install -e '.[bench]' (quixstreams==3.28.*)" in (
+        result.output
+    )
+
+
+def test_the_peers_card_windows_match_the_reference_store() -> None:
+    """What the Quix peer computes (counts, sums, time since last) has the service's semantics."""
+    import random
+
+    from fraudstream.bench.peer_quix import CardWindows
+    from fraudstream.service.features.definitions import FeatureConfig
+    from fraudstream.service.features.reference import ReferenceFeatureStore
+    from fraudstream.service.schemas import Transaction
+
+    rng = random.Random(4)
+    config = FeatureConfig(windows_s=(600, 3600, 21600), allowed_lateness_s=0)
+    stream = [
+        Transaction(
+            transaction_id=f"p{i}",
+            card_id=f"c{rng.randrange(5)}",
+            terminal_id="t",
+            amount=float(rng.randrange(1, 500)),  # exact in float32 too
+            timestamp=1_522_540_800_000 + rng.randrange(2 * 86_400) * 1000,
+        )
+        for i in range(400)
+    ]
+    stream.sort(key=lambda tx: tx.event_time_ms)
+    want = ReferenceFeatureStore(config).update_and_compute(stream)
+    windows = CardWindows(config.windows_s)
+    histories: dict[str, dict[str, list[float]]] = {}
+    names = want.names
+    for row, tx in zip(want.values, stream, strict=True):
+        history = histories.setdefault(tx.card_id, {"ts": [], "amount": []})
+        counts, sums, previous_s = windows.update(history, tx.event_time_ms, tx.amount)
+        for label, count, total in zip(("600s", "1h", "6h"), counts, sums, strict=True):
+            assert count == row[names.index(f"card_tx_count_{label}")]
+            assert total == pytest.approx(row[names.index(f"card_amount_sum_{label}")])
+        since = row[names.index("card_seconds_since_prev")]
+        assert (previous_s if previous_s is not None else 21600.0) == pytest.approx(since)

@@ -1,0 +1,404 @@
+"""The poll → work → commit cycle of one consumer group, and how it survives failures.
+
+A :class:`ConsumeLoop` polls bounded batches, tells the checkpoint which
+partitions this member lost in a rebalance, and, when a batch fails because a
+dependency is away, has the checkpoint abort, seeks back to where the failed
+work began and waits (exponentially, up to 30 s) with its partitions paused,
+polling to stay in the group.
+
+Two rules keep every record:
+
+* **No record returned by a poll is dropped.** The caller processes what
+  :meth:`ConsumeLoop.poll` returns or hands it back to :meth:`ConsumeLoop.recover`;
+  a poll made while backing off (partitions assigned in a rebalance meanwhile
+  are not paused yet) seeks back to the first record it returned.
+* **After a rebalance, positions come from committed offsets.** Every
+  partition is revoked and assigned again (eager protocol), kafka-python
+  fetches the group's committed offset for it, and the checkpoint forgets what
+  it tracked; partitions assigned during a back-off are paused at once.
+
+:class:`LoopHealth` turns what the loop sees into readiness (partitions
+assigned and the last batch committed, or idle with nothing to do) and
+liveness (records waiting and no progress for ``stall_after_s`` is a stall).
+
+The work itself (what a batch means, when to commit) is the caller's: the
+scorer and learner loops in :mod:`fraudstream.service.app`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
+from kafka.structs import MemberState
+
+from fraudstream.service.checkpoint import Checkpoint, ProducerFailedError, Span
+from fraudstream.service.kafka import group_coordinator_known, subscribe
+from fraudstream.service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+#: A loop that has not polled for this long is hung, whatever else it says.
+_HUNG_AFTER_S = 60.0
+
+#: Membership while the group coordinator is unknown (no commit can succeed).
+_COORDINATOR_UNKNOWN = "coordinator unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Polled:
+    """What one poll returned: the records, and per partition their first and last offset."""
+
+    records: list[Any]
+    spans: dict[TopicPartition, Span]
+
+
+class LoopHealth:
+    """What one loop tells ``/readyz`` and ``/healthz``.
+
+    Parameters
+    ----------
+    name
+        ``scorer`` or ``learner``.
+    needs_partitions
+        Ready only with partitions assigned (the scorer; a standby learner
+        without partitions is healthy).
+    stall_after_s
+        Records waiting and no batch done for this long is a stall.
+    clock
+        Monotonic seconds (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        needs_partitions: bool,
+        stall_after_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.needs_partitions = needs_partitions
+        self.stall_after_s = stall_after_s
+        self.clock = clock
+        now = clock()
+        self._polled_at = now
+        self._progress_at = now
+        self._member = "not in the group yet"
+        self._partitions = 0
+        self._turn = "starting"
+        self._failure: str | None = None
+        self._lag: int | None = None
+        self._lag_problem = "not measured yet"
+        #: No commit has succeeded since Kafka was last away (or since the start).
+        self.unconfirmed = True
+
+    # -- what the loop reports ------------------------------------------------
+
+    def polled(self, membership: str, partitions: int) -> None:
+        """The loop polled; ``membership`` is the member's state, ``partitions`` it owns."""
+        self._polled_at = self.clock()
+        self._member = membership
+        if membership == _COORDINATOR_UNKNOWN:
+            self.unconfirmed = True
+        if partitions != self._partitions:
+            self._progress_at = self._polled_at  # new partitions get a fair start
+        self._partitions = partitions
+
+    def done(self, records: int) -> None:
+        """A turn ended well: its ``records`` committed (the learner: learnt and tracked)."""
+        self._failure = None
+        if records:
+            self._progress_at = self.clock()
+            self._turn = "done"
+            self.unconfirmed = False
+        else:
+            self._turn = "idle"
+
+    def failed(self, reason: str) -> None:
+        """A batch failed and will be retried after a back-off."""
+        self._turn = "failed"
+        self._failure = reason
+        self.unconfirmed = True
+
+    def confirmed(self) -> None:
+        """A commit succeeded while idle: the group still knows this member."""
+        self.unconfirmed = False
+
+    def lag(self, total: int | None, problem: str = "") -> None:
+        """Records behind the end of the owned partitions (``None``: unknown, and why)."""
+        self._lag = total
+        self._lag_problem = problem
+        if total is None:
+            self.unconfirmed = True
+        if total == 0:
+            self._progress_at = self.clock()  # caught up: nothing to do is progress
+
+    # -- what it means -------------------------------------------------------------
+
+    @property
+    def waiting(self) -> int | None:
+        """Records waiting in the owned partitions, as last measured."""
+        return self._lag
+
+    def ready(self) -> tuple[bool, str]:
+        """Partitions assigned, and the last batch committed or nothing to do."""
+        if self.needs_partitions and self._member != MemberState.STABLE:
+            return False, f"{self.name}: {self._member_text()}"
+        if self.needs_partitions and self._partitions == 0:
+            return False, f"{self.name}: no partitions assigned"
+        if self._turn == "failed":
+            return False, f"{self.name}: retrying a batch ({self._failure})"
+        if self._turn == "starting":
+            return False, f"{self.name}: starting"
+        if self.needs_partitions and self.unconfirmed:
+            return False, f"{self.name}: no commit accepted since Kafka was last away"
+        if self._turn == "idle" and self._partitions:
+            if self._lag is None:
+                return False, f"{self.name}: lag unknown ({self._lag_problem})"
+            if self._lag > 0:
+                return False, f"{self.name}: {self._lag} records waiting, none processed yet"
+        return True, "ready"
+
+    def live(self) -> tuple[bool, str]:
+        """Not hung, and not stalled with records waiting."""
+        now = self.clock()
+        if now - self._polled_at > _HUNG_AFTER_S:
+            return False, f"{self.name}: loop has not turned for {now - self._polled_at:.0f} s"
+        idle_s = now - self._progress_at
+        waiting = self._failure is not None or (self._lag or 0) > 0
+        if waiting and idle_s > self.stall_after_s:
+            lag = "unknown" if self._lag is None else str(self._lag)
+            why = f"; last error: {self._failure}" if self._failure else ""
+            return False, (
+                f"{self.name}: stalled, no batch done for {idle_s:.0f} s "
+                f"with {lag} records waiting{why}"
+            )
+        return True, "ok"
+
+    def _member_text(self) -> str:
+        if self._member == MemberState.REBALANCING:
+            return "group rebalancing"
+        if self._member == MemberState.UNJOINED:
+            return "not in the group yet"
+        if self._member == _COORDINATOR_UNKNOWN:
+            return "group coordinator unknown (broker away or restarting)"
+        return str(self._member)
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    """Forgets the offsets of partitions this member loses; pauses new ones during a back-off.
+
+    kafka-python calls it on its network thread while the loop's thread waits in ``poll``.
+    """
+
+    def __init__(self, loop: ConsumeLoop) -> None:
+        self._loop = loop
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        self._loop.checkpoint.forget(revoked)
+        self._loop.forget_lag(revoked)
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        if self._loop.backing_off and assigned:
+            self._loop.consumer.pause(*assigned)
+        log.info(
+            "%s assigned %s%s",
+            self._loop.name,
+            sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned),
+            " (paused: backing off)" if self._loop.backing_off else "",
+        )
+
+
+class ConsumeLoop:
+    """Polling, rebalances and retries of one consumer, for the scorer or the learner.
+
+    Parameters
+    ----------
+    name
+        ``scorer`` or ``learner`` (logs and metrics).
+    consumer
+        The group consumer (auto-commit off).
+    checkpoint
+        Commits what the caller hands it; told about lost partitions.
+    health
+        Where the loop reports what it sees.
+    max_records
+        Most records per poll (bounds the time per batch).
+    wait_ms
+        Longest wait for a batch to fill.
+    stopping
+        Set when the application stops; ends a back-off early.
+    metrics
+        Dependency errors, lag and loop liveness.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        consumer: KafkaConsumer,
+        checkpoint: Checkpoint,
+        health: LoopHealth,
+        *,
+        max_records: int,
+        wait_ms: int,
+        stopping: threading.Event,
+        metrics: Metrics,
+    ) -> None:
+        self.name = name
+        self.consumer = consumer
+        self.checkpoint = checkpoint
+        self.health = health
+        self.max_records = max_records
+        self.wait_ms = wait_ms
+        self.stopping = stopping
+        self.metrics = metrics
+        self.backing_off = False
+        self._lag_at = -1e9
+        self._lag_stale = True
+        self._lag_labels: set[TopicPartition] = set()
+
+    def subscribe(self, topics: list[str]) -> None:
+        """Join the group for ``topics``, with this loop's rebalance listener."""
+        subscribe(self.consumer, topics, listener=_Rebalance(self))
+
+    def poll(self) -> Polled:
+        """One bounded batch (possibly empty): process it, or hand it to :meth:`recover`."""
+        # No batch in hand here (the last one was committed or sought back): the
+        # positions are where processing stands.
+        self.measure_lag(every_s=5.0)
+        polled = self._poll(self.wait_ms)
+        if not polled.records:
+            # Idle: nothing in hand either; readiness needs a fresh "nothing to do".
+            self.measure_lag(every_s=0.0 if self._lag_stale else 1.0)
+        self._lag_stale = bool(polled.records)
+        return polled
+
+    def _poll(self, timeout_ms: int) -> Polled:
+        batches = self.consumer.poll(timeout_ms=timeout_ms, max_records=self.max_records)
+        records = [r for batch in batches.values() for r in batch]
+        # Records of a partition come in offset order.
+        spans = {
+            tp: Span(batch[0].offset, batch[-1].offset) for tp, batch in batches.items() if batch
+        }
+        self.metrics.last_loop_s.set(time.time())
+        membership = self.consumer.group_metadata().state
+        if not group_coordinator_known(self.consumer):
+            membership = _COORDINATOR_UNKNOWN
+        self.health.polled(membership, len(self.consumer.assignment()))
+        return Polled(records, spans)
+
+    def recover(
+        self, polled: Polled, exc: BaseException, attempt: int, healthy: Callable[[], bool]
+    ) -> None:
+        """After a failed batch: abort, seek back to where the work began, back off."""
+        dependency = "redis" if isinstance(exc, redis.RedisError) else "kafka"
+        self.metrics.dependency_error(dependency)
+        reason = f"{type(exc).__name__}: {exc}"
+        self.health.failed(reason)
+        log.warning(
+            "%s batch of %d not committed (%s); retrying after back-off",
+            self.name,
+            len(polled.records),
+            reason,
+        )
+        resume: dict[TopicPartition, int] = {}
+        try:
+            resume = self.checkpoint.abort()
+        except ProducerFailedError:
+            raise  # no retry can help: the scorer stops
+        except Exception as abort_exc:  # the batch is replayed either way
+            log.warning("%s: abort failed (%s)", self.name, abort_exc)
+        self._rewind(polled.records, resume)
+        self._back_off(attempt, healthy)
+
+    def _rewind(self, records: Sequence[Any], resume: dict[TopicPartition, int]) -> None:
+        """Seek back to where unfinished work began so it is processed again."""
+        first = dict(resume)
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            first[tp] = min(first.get(tp, r.offset), r.offset)
+        assigned = self.consumer.assignment()
+        for tp, offset in first.items():
+            # A partition lost meanwhile starts, for its next owner, from the committed offset.
+            if tp in assigned:
+                self.consumer.seek(tp, offset)
+
+    def _back_off(self, attempt: int, healthy: Callable[[], bool]) -> None:
+        """Wait (exponentially, up to 30 s) with partitions paused, staying in the group."""
+        delay = min(30.0, 0.5 * 2**attempt)
+        deadline = time.monotonic() + delay
+        self.backing_off = True
+        try:
+            while time.monotonic() < deadline and not self.stopping.is_set():
+                # Partitions assigned in a rebalance meanwhile are paused too...
+                self.consumer.pause(*self.consumer.assignment())
+                polled = self._poll(200)  # keeps the membership alive
+                # ...and whatever a poll returns anyway is read again later, never dropped.
+                self._rewind(polled.records, {})
+                self.measure_lag(every_s=1.0)
+                if healthy():
+                    break
+        finally:
+            self.backing_off = False
+            self.consumer.resume(*self.consumer.paused())
+
+    def confirm_membership(self) -> None:
+        """When idle after Kafka was away: commit the positions to prove the group still
+        knows this member (after a broker restart it may not, until a heartbeat says so).
+
+        Call only with no work in hand: the positions are then what is committed anyway.
+        """
+        if (
+            not self.health.unconfirmed
+            or self.consumer.group_metadata().state != MemberState.STABLE
+        ):
+            return
+        owned = list(self.consumer.assignment())
+        if not owned:
+            return
+        positions = {tp: self.consumer.position(tp, timeout_ms=2000) for tp in owned}
+        self.checkpoint.confirm(positions)
+        self.health.confirmed()
+
+    def measure_lag(self, every_s: float = 5.0) -> None:
+        """Records behind the log end per owned partition (at most every ``every_s``).
+
+        Call with no batch in hand, so positions say where processing stands.
+        Measured against the broker's end offsets, not the last fetch's high
+        watermark, so paused partitions and a stuck batch show their true lag.
+        """
+        now = time.monotonic()
+        if now - self._lag_at < every_s:
+            return
+        self._lag_at = now
+        owned = list(self.consumer.assignment())
+        if not owned:
+            self.health.lag(0)
+            return
+        try:
+            ends = self.consumer.end_offsets(owned, timeout_ms=2000)
+            behind = {tp: ends[tp] - self.consumer.position(tp, timeout_ms=2000) for tp in owned}
+        except Exception as exc:  # broker away, or positions not fetched yet
+            self.health.lag(None, f"{type(exc).__name__}: {exc}")
+            return
+        self.metrics.report_lag(
+            self.name, {(tp.topic, tp.partition): max(0, lag) for tp, lag in behind.items()}
+        )
+        self._lag_labels.update(behind)
+        self.health.lag(sum(max(0, lag) for lag in behind.values()))
+
+    def forget_lag(self, partitions: Sequence[TopicPartition]) -> None:
+        """Drop the lag gauges of partitions this member no longer owns."""
+        for tp in partitions:
+            if tp in self._lag_labels:
+                self._lag_labels.discard(tp)
+                with contextlib.suppress(KeyError):
+                    self.metrics.lag.remove(self.name, tp.topic, str(tp.partition))

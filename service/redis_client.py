@@ -1,0 +1,198 @@
+"""The one way fraudstream builds a Redis client, and says what is wrong with Redis.
+
+:func:`redis_client` builds every client of the service and of the commands
+from the settings: the URL (``redis://``, or ``rediss://`` for TLS, with the
+password in it) and the TLS files. Server certificates are always verified
+(against ``FRAUDSTREAM_REDIS_SSL_CA_CERTS``, else the system's CAs), and the
+host name is checked unless ``FRAUDSTREAM_REDIS_SSL_CHECK_HOSTNAME=false``.
+
+:func:`redis_problem` turns a Redis error into one line that names the
+setting to fix, the URL shown with its password masked: a refused password
+says "authentication failed", never "not reachable".
+"""
+
+from __future__ import annotations
+
+import re
+import ssl
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis
+
+from fraudstream.service.errors import (
+    AuthenticationFailedError,
+    ConfigurationError,
+    UnavailableError,
+)
+from fraudstream.service.settings import Settings, env_name, masked_url
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    """A Redis client with timeouts, so a dead server is noticed instead of hanging.
+
+    Raises
+    ------
+    ConfigurationError
+        A TLS client certificate or key cannot be loaded (checked here, so
+        that OpenSSL never asks for a key password on the terminal).
+    """
+    return redis.Redis.from_url(settings.redis_url.get_secret_value(), **redis_options(settings))
+
+
+def redis_options(settings: Settings) -> dict[str, Any]:
+    """redis-py keyword arguments besides the URL: timeouts, and TLS for ``rediss://``."""
+    options: dict[str, Any] = {
+        "socket_timeout": 10,
+        "socket_connect_timeout": 5,
+        "health_check_interval": 30,
+    }
+    if urlsplit(settings.redis_url.get_secret_value()).scheme != "rediss":
+        return options
+    password = settings.redis_ssl_keyfile_password
+    options.update(
+        ssl_cert_reqs="required",
+        ssl_check_hostname=settings.redis_ssl_check_hostname,
+        ssl_ca_certs=_str(settings.redis_ssl_ca_certs),
+        ssl_certfile=_str(settings.redis_ssl_certfile),
+        ssl_keyfile=_str(settings.redis_ssl_keyfile),
+        # Never None with a client key: OpenSSL would prompt for a password.
+        ssl_password=password.get_secret_value() if password is not None else "",
+    )
+    if settings.redis_ssl_certfile is not None:
+        _check_client_certificate(settings)
+    return options
+
+
+#: Where in CPython's ``_ssl.c`` an error was raised: noise in a message.
+_SSL_SOURCE = re.compile(r"\s*\(_ssl\.c:\d+\)")
+
+
+def _str(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _check_client_certificate(settings: Settings) -> None:
+    password = settings.redis_ssl_keyfile_password
+    try:
+        ssl.create_default_context().load_cert_chain(
+            str(settings.redis_ssl_certfile),
+            _str(settings.redis_ssl_keyfile),
+            password.get_secret_value() if password is not None else "",
+        )
+    except (ssl.SSLError, OSError) as exc:
+        reason = str(exc.args[-1])
+        hint = (
+            f"is {env_name('redis_ssl_keyfile_password')} right?"
+            if password is not None
+            else f"is the key encrypted (set {env_name('redis_ssl_keyfile_password')}), "
+            "or does it not match the certificate?"
+        )
+        raise ConfigurationError(
+            f"the Redis client certificate {settings.redis_ssl_certfile} and key "
+            f"{settings.redis_ssl_keyfile} cannot be loaded ({_SSL_SOURCE.sub('', reason)}): "
+            f"{hint}"
+        ) from exc
+
+
+def is_authentication_error(exc: BaseException) -> bool:
+    """Whether Redis refused the credentials (wrong or missing password, unknown user)."""
+    return isinstance(
+        exc, redis.AuthenticationError | redis.exceptions.AuthenticationWrongNumberOfArgsError
+    )
+
+
+def redis_problem(exc: BaseException, settings: Settings) -> str:
+    """What ``exc`` says about Redis, in one line naming the setting to fix.
+
+    >>> s = Settings(_env_file=None, redis_url="redis://:wrong@127.0.0.1:6379/0")
+    >>> redis_problem(redis.AuthenticationError("invalid username-password pair"), s)
+    'Redis at redis://:***@127.0.0.1:6379/0: authentication failed (invalid \
+username-password pair): fix the password in FRAUDSTREAM_REDIS_URL \
+(redis://[user]:password@host:port/db)'
+    >>> redis_problem(redis.ConnectionError("Error 111 connecting. Connection refused."), s)
+    'Redis at redis://:***@127.0.0.1:6379/0 is not reachable (Error 111 connecting. \
+Connection refused.)'
+    """
+    url = settings.redis_url.get_secret_value()
+    where = f"Redis at {masked_url(url)}"
+    text = str(exc).strip()
+    if is_authentication_error(exc):
+        return (
+            f"{where}: authentication failed ({text.rstrip('.')}): fix the password in "
+            f"{env_name('redis_url')} (redis://[user]:password@host:port/db)"
+        )
+    tls = urlsplit(url).scheme == "rediss"
+    if tls and ("CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text):
+        if "mismatch" in text:
+            return (
+                f"{where} presented a certificate for another host ({_ssl_reason(text)}): "
+                f"connect by a name it lists, or set {env_name('redis_ssl_check_hostname')}=false"
+            )
+        return (
+            f"{where} presented a certificate this client does not trust "
+            f"({_ssl_reason(text)}): set {env_name('redis_ssl_ca_certs')} to the CA that signed it"
+        )
+    if tls and ("WRONG_VERSION_NUMBER" in text or "record layer failure" in text):
+        return (
+            f"TLS with {where} failed ({_ssl_reason(text)}): is it a TLS port? (rediss:// URLs "
+            "are for tls-port, redis:// for port)"
+        )
+    if tls and ("certificate required" in text or "CERTIFICATE_REQUIRED" in text):
+        return (
+            f"{where} requires a client certificate: authentication failed; set "
+            f"{env_name('redis_ssl_certfile')} and {env_name('redis_ssl_keyfile')}"
+        )
+    if not tls and ("Connection closed by server" in text or "reset by peer" in text):
+        return (
+            f"{where} closed the connection ({text}): is it a TLS port? (write rediss:// "
+            f"in {env_name('redis_url')} for TLS)"
+        )
+    if tls and isinstance(exc, redis.TimeoutError):
+        return (
+            f"{where} did not answer the TLS handshake ({text}): is it a TLS port? (rediss:// "
+            "URLs are for tls-port, redis:// for port)"
+        )
+    return f"{where} is not reachable ({text})"
+
+
+def _ssl_reason(text: str) -> str:
+    """``certificate verify failed: unable to get local issuer certificate`` out of
+    redis-py's ``Error 1 connecting to h:p. [SSL: ...] ... (_ssl.c:1006).``"""
+    reason = text.partition("] ")[2] or text
+    return _SSL_SOURCE.sub("", reason).rstrip(".")
+
+
+def check_redis(settings: Settings) -> None:
+    """Connect and PING once; raise the problem as one line.
+
+    Raises
+    ------
+    AuthenticationFailedError
+        Redis refused the password.
+    ConfigurationError
+        TLS problems (untrusted certificate, a TLS port reached without TLS...)
+        or an unusable client certificate.
+    UnavailableError
+        Redis does not answer.
+    """
+    from fraudstream.service.errors import UnavailableError
+
+    client = redis_client(settings)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise redis_error(exc, settings) from exc
+    finally:
+        client.close()
+    _ = UnavailableError
+
+
+def redis_error(exc: redis.RedisError, settings: Settings) -> Exception:
+    """``exc`` as fraudstream's error of the right kind, with :func:`redis_problem`'s line."""
+    message = redis_problem(exc, settings)
+    if is_authentication_error(exc):
+        return AuthenticationFailedError(message)
+    if "certificate" in message or "TLS" in message:
+        return ConfigurationError(message)
+    return UnavailableError(message)

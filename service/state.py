@@ -1,0 +1,298 @@
+"""Redis holds a view of the stream; Kafka holds the truth. Lost state is noticed and rebuilt.
+
+Card histories, terminal day buckets, feature snapshots and id claims live in
+Redis. A Redis restarted without persistence, or a flushed database, loses
+them: a scorer that went on would score every card as new, silently. So:
+
+* a **state marker** (``{prefix}:{state}``, a hash: ``generation``, ``origin``,
+  ``created_at_ms``...) is written when the state is first created (a fresh
+  deployment: the marker is missing and the scorers' group has committed
+  nothing on ``transactions``) and when it is rebuilt;
+* every feature script call checks the marker in the same atomic step and
+  refuses to count anything when it is gone (:class:`StateLostError`): the
+  scorer backs off with nothing committed, reports not ready and says why;
+* :func:`rebuild_state` (``fraudstream state rebuild``) replays ``transactions``
+  from *now - longest card window - allowed lateness* (by record timestamp)
+  into the feature store, with snapshots so that pending labels can still be
+  learnt, then ``labels`` from the same time into the label-aware features,
+  and writes a new marker: the scorers resume where their offsets are, and
+  what the rebuild already counted is recognised as a replay.
+
+Model versions live in Redis too and are not in Kafka: after a loss the
+learner starts a fresh model unless versions were exported
+(``fraudstream model export``) and imported back. Run Redis with persistence
+(``appendonly yes``) in production; the rebuild is the way back, not the plan.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from kafka import KafkaConsumer, TopicPartition
+
+from fraudstream.service.errors import ConfigurationError, UnavailableError
+from fraudstream.service.features.store import FeatureStore, LabelFact
+from fraudstream.service.pipeline import validate_records
+from fraudstream.service.schemas import LABEL_BATCH, Label, Transaction
+from fraudstream.service.snapshots import CLAIM_CONFLICT, REBUILT_MODEL_VERSION, SnapshotStore
+
+log = logging.getLogger(__name__)
+
+
+class StateLostError(UnavailableError):
+    """The Redis state fraudstream built is gone (no state marker): nothing is counted.
+
+    A dependency error: the scorer backs off with nothing committed until the
+    state is rebuilt (``fraudstream state rebuild``).
+    """
+
+
+def marker_key(prefix: str) -> str:
+    """Redis key of the state marker of ``prefix``.
+
+    >>> marker_key("fs")
+    'fs:{state}'
+    """
+    return f"{prefix}:{{state}}"
+
+
+def lost_message(prefix: str) -> str:
+    """What to tell an operator when the state marker is missing."""
+    return (
+        f"Redis state of prefix {prefix!r} is missing (no marker {marker_key(prefix)}): Redis "
+        "restarted without persistence or was flushed. Scoring is paused; run "
+        "`fraudstream state rebuild` to rebuild it from Kafka"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StateMarker:
+    """The marker's fields: which state this is, and where it came from."""
+
+    generation: str
+    origin: str  # "fresh" (first start) or "rebuilt"
+    created_at_ms: int
+    details: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, client: Any, prefix: str) -> StateMarker | None:
+        """The marker, or ``None`` when it is missing."""
+        raw = client.hgetall(marker_key(prefix))
+        if not raw:
+            return None
+        fields = {k.decode(): v.decode() for k, v in raw.items()}
+        return cls(
+            generation=fields.pop("generation", ""),
+            origin=fields.pop("origin", "unknown"),
+            created_at_ms=int(fields.pop("created_at_ms", "0")),
+            details=fields,
+        )
+
+    @classmethod
+    def write(cls, client: Any, prefix: str, origin: str, **details: object) -> StateMarker:
+        """Write a new marker (a new generation) and return it."""
+        marker = cls(
+            generation=uuid.uuid4().hex,
+            origin=origin,
+            created_at_ms=int(time.time() * 1000),
+            details={k: str(v) for k, v in details.items()},
+        )
+        key = marker_key(prefix)
+        pipe = client.pipeline(transaction=True)
+        pipe.delete(key)
+        pipe.hset(
+            key,
+            mapping={
+                "generation": marker.generation,
+                "origin": marker.origin,
+                "created_at_ms": str(marker.created_at_ms),
+                **marker.details,
+            },
+        )
+        pipe.execute()
+        return marker
+
+
+def ensure_state(client: Any, prefix: str, group_has_offsets: Callable[[], bool]) -> StateMarker:
+    """The state marker at start-up: found, created for a fresh deployment, or lost.
+
+    Parameters
+    ----------
+    client
+        Redis client.
+    prefix
+        Key prefix of the deployment.
+    group_has_offsets
+        Whether the scorers' consumer group has committed offsets on the
+        transactions topic: called only when the marker is missing. A missing
+        marker with committed offsets means the state was built and lost.
+
+    Raises
+    ------
+    StateLostError
+        When the marker is missing but the group has processed transactions.
+    """
+    marker = StateMarker.read(client, prefix)
+    if marker is not None:
+        return marker
+    if group_has_offsets():
+        raise StateLostError(lost_message(prefix))
+    # HSETNX-style creation: two scorers starting together write one generation.
+    generation = uuid.uuid4().hex
+    created = client.hsetnx(marker_key(prefix), "generation", generation)
+    if created:
+        client.hset(
+            marker_key(prefix),
+            mapping={"origin": "fresh", "created_at_ms": str(int(time.time() * 1000))},
+        )
+        log.info("new feature state for prefix %r (generation %s)", prefix, generation)
+    found = StateMarker.read(client, prefix)
+    assert found is not None
+    return found
+
+
+# -- rebuild ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class RebuildReport:
+    """What :func:`rebuild_state` did."""
+
+    since_ms: int
+    transactions_read: int = 0
+    transactions_counted: int = 0
+    transactions_invalid: int = 0
+    labels_read: int = 0
+    fraud_labels_recorded: int = 0
+    labels_without_transaction: int = 0
+    seconds: float = 0.0
+    generation: str = ""
+
+
+def _partitions(consumer: KafkaConsumer, topic: str) -> list[TopicPartition]:
+    partitions = consumer.partitions_for_topic(topic)
+    if not partitions:
+        raise ConfigurationError(f"topic {topic!r} does not exist or has no partitions")
+    return [TopicPartition(topic, p) for p in sorted(partitions)]
+
+
+def read_since(
+    consumer: KafkaConsumer, topic: str, since_ms: int, batch: int
+) -> Iterator[list[Any]]:
+    """Batches of the records of ``topic`` from ``since_ms`` (record time) to its end now.
+
+    The end is the end offset of each partition when the call starts: records
+    produced meanwhile are left to the scorers, which see them as new.
+    """
+    partitions = _partitions(consumer, topic)
+    consumer.assign(partitions)
+    starts = consumer.offsets_for_times({tp: since_ms for tp in partitions})
+    ends = consumer.end_offsets(partitions)
+    remaining: dict[TopicPartition, int] = {}
+    for tp in partitions:
+        found = starts.get(tp)
+        start = ends[tp] if found is None else found.offset
+        if start < ends[tp]:
+            consumer.seek(tp, start)
+            remaining[tp] = ends[tp]
+        else:
+            consumer.pause(tp)
+    while remaining:
+        polled = consumer.poll(timeout_ms=500, max_records=batch)
+        out = []
+        for tp, records in polled.items():
+            end = remaining.get(tp)
+            if end is None:
+                continue
+            kept = [r for r in records if r.offset < end]
+            out += kept
+            if records and records[-1].offset + 1 >= end:
+                del remaining[tp]
+                consumer.pause(tp)
+        if out:
+            yield out
+
+
+def rebuild_state(
+    client: Any,
+    consumer: KafkaConsumer,
+    features: FeatureStore,
+    snapshots: SnapshotStore,
+    *,
+    prefix: str,
+    topic_transactions: str,
+    topic_labels: str,
+    since_ms: int,
+    max_message_bytes: int,
+    batch: int = 2000,
+    progress: Callable[[str], None] = lambda _: None,
+) -> RebuildReport:
+    """Rebuild the feature state from Kafka (see the module docstring) and write a new marker.
+
+    ``features`` must not check the marker (it is missing until the end). A
+    lock key keeps two rebuilds of one prefix from running together.
+    """
+    lock = f"{marker_key(prefix)}:rebuilding"
+    if not client.set(lock, str(uuid.uuid4()), nx=True, ex=6 * 3600):
+        raise ConfigurationError(
+            f"a rebuild of prefix {prefix!r} is already running (lock {lock}); "
+            "wait for it, or delete the lock if that process died"
+        )
+    report = RebuildReport(since_ms=since_ms)
+    started = time.monotonic()
+    try:
+        for records in read_since(consumer, topic_transactions, since_ms, batch):
+            report.transactions_read += len(records)
+            transactions: list[Transaction]
+            transactions, _, failures = validate_records(records, max_message_bytes)
+            report.transactions_invalid += len(failures)
+            if not transactions:
+                continue
+            claims = snapshots.claim_many_ids(transactions)
+            conflict = (claims == CLAIM_CONFLICT).tolist()
+            usable = [tx for tx, bad in zip(transactions, conflict, strict=True) if not bad]
+            computed = features.update_and_compute(usable)
+            report.transactions_counted += int((~computed.is_duplicate).sum())
+            snapshots.put_many(
+                usable,
+                computed.values,
+                np.full(len(usable), np.nan),
+                REBUILT_MODEL_VERSION,
+                computed.names,
+                keep_existing=computed.is_duplicate,
+            )
+            progress(f"transactions: {report.transactions_read:,} read")
+        for records in read_since(consumer, topic_labels, since_ms, batch):
+            report.labels_read += len(records)
+            labels: Sequence[Label]
+            labels, _, _ = validate_records(records, max_message_bytes, Label, LABEL_BATCH)
+            frauds = [lb for lb in labels if lb.is_fraud]
+            snaps = snapshots.get_many([lb.transaction_id for lb in frauds])
+            facts = [
+                LabelFact(lb.transaction_id, s.card_id, s.terminal_id, s.event_time_ms, True)
+                for lb, s in zip(frauds, snaps, strict=True)
+                if s is not None
+            ]
+            report.labels_without_transaction += len(frauds) - len(facts)
+            features.record_labels(facts)
+            report.fraud_labels_recorded += len(facts)
+            progress(f"labels: {report.labels_read:,} read")
+        report.seconds = time.monotonic() - started
+        marker = StateMarker.write(
+            client,
+            prefix,
+            "rebuilt",
+            rebuilt_since_ms=since_ms,
+            transactions_counted=report.transactions_counted,
+            fraud_labels_recorded=report.fraud_labels_recorded,
+        )
+        report.generation = marker.generation
+        return report
+    finally:
+        client.delete(lock)

@@ -1,0 +1,142 @@
+"""The Kafka broker killed under an exactly-once scorer while transactions flow.
+
+On its own broker (killed with SIGKILL and restarted from the same data): the
+scorer reports not ready while it cannot score, is ready again only once it
+scores, loses no transaction, counts none twice, and ``read_committed`` readers
+see every decision and alert once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+
+from fraudstream.devstack import KafkaServer, free_port
+from fraudstream.service.kafka import make_producer
+from fraudstream.service.snapshots import SnapshotStore
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def own_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaServer]:
+    """A broker of this module's own, to kill."""
+    server = KafkaServer(
+        data_dir=tmp_path_factory.mktemp("own-kafka"),
+        cache_dir=REPO_ROOT / ".cache",
+        port=free_port(),
+        controller_port=free_port(),
+    )
+    server.start(timeout_s=120)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _kill(server: KafkaServer) -> None:
+    pid = server.running_pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    server.stop()  # reaps the process and forgets its pid file
+
+
+def test_broker_killed_under_an_exactly_once_scorer(
+    own_kafka: KafkaServer,
+    make_settings: Callable[..., Any],
+    card_stream: Callable[..., list[tuple[bytes, bytes]]],
+    make_transaction: Callable[..., tuple[bytes, bytes]],
+    run_app: Callable[..., Any],
+    wait_for: Callable[..., None],
+    counting_problems: Callable[..., list[str]],
+    committed_past_unscored: Callable[..., list[str]],
+    read_topic: Callable[..., list[Any]],
+    redis_url: str,
+) -> None:
+    settings = make_settings(
+        bootstrap_servers=own_kafka.bootstrap_servers,
+        guarantee="exactly_once",
+        publish_scores=True,
+        alert_threshold=0.0,  # every decision is an alert: each must be seen once
+        role="scorer",
+        max_batch_size=50,
+        session_timeout_ms=6000,
+    )
+    bootstrap = settings.bootstrap_servers
+    app = run_app(settings)
+    wait_for(lambda: app.ready()[0], 120, "the scorer to be ready")
+    stream = card_stream("k", cards=20, per_card=30)
+    producer = make_producer(bootstrap, client_id="test-feeder")
+    stop_feeding = threading.Event()
+
+    def feed() -> None:  # 20 transactions every 0.1 s, through the outage
+        for i in range(0, len(stream), 20):
+            for key, value in stream[i : i + 20]:
+                producer.send(settings.topic_transactions, key=key, value=value)
+            if stop_feeding.wait(0.1):
+                return
+
+    feeder = threading.Thread(target=feed, name="feeder", daemon=True)
+    feeder.start()
+    client = redis.Redis.from_url(redis_url)
+    snapshots = SnapshotStore(client, settings.redis_prefix, settings.snapshot_ttl_s)
+    try:
+        time.sleep(0.8)  # a few batches in
+        _kill(own_kafka)
+        wait_for(lambda: not app.ready()[0], 30, "not ready while the broker is away")
+        own_kafka.start(timeout_s=120)
+        restarted_at = time.monotonic()
+
+        # Ready again means scoring again: a transaction sent the moment /readyz
+        # says so is scored at once, not after the consumer finds its way back.
+        deadline = time.monotonic() + 120
+        while not app.ready()[0]:
+            assert time.monotonic() < deadline, f"not ready 120 s after restart: {app.ready()}"
+            time.sleep(0.1)
+        ready_at = time.monotonic()
+        probe = make_transaction("probe", "probe-card", "T1", 20.0, datetime.now(UTC))
+        producer.send(settings.topic_transactions, key=probe[0], value=probe[1])
+        producer.flush(timeout=30)
+        wait_for(lambda: snapshots.get_many(["probe"])[0] is not None, 60, "the probe scored")
+        scored_s = time.monotonic() - ready_at
+        print(
+            f"broker back -> ready {ready_at - restarted_at:.1f} s, ready -> probe {scored_s:.1f} s"
+        )
+        assert scored_s < 8.0, "ready long before scoring resumed"
+
+        feeder.join(timeout=120)
+        producer.flush(timeout=60)
+        wait_for(lambda: not counting_problems(settings, stream), 120, "every transaction scored")
+        assert counting_problems(settings, stream) == []
+        assert committed_past_unscored(settings) == []
+
+        ids = [orjson.loads(value)["transaction_id"] for _, value in stream] + ["probe"]
+        for topic in (settings.topic_scores, settings.topic_alerts):
+            wait_for(
+                lambda topic=topic: (
+                    len(read_topic(bootstrap, topic, read_committed=True)) >= len(ids)
+                ),
+                60,
+                f"every decision committed to {topic}",
+            )
+            seen = Counter(
+                orjson.loads(r.value)["transaction_id"]
+                for r in read_topic(bootstrap, topic, read_committed=True)
+            )
+            assert sorted(seen) == sorted(ids), f"{topic}: lost {set(ids) - set(seen)}"
+            assert [tx for tx, n in seen.items() if n > 1] == [], f"{topic}: seen twice"
+    finally:
+        stop_feeding.set()
+        producer.close(timeout=10)
+        client.close()

@@ -1,0 +1,76 @@
+"""A hostile stream on real Kafka and Redis: every record is scored or dead-lettered as
+documented (``tests/hostile_corpus.py``), no dead letter stalls the scorer, and the
+service stays up and keeps scoring."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from hostile_corpus import corpus
+
+
+def test_a_hostile_stream_is_scored_or_dead_lettered_and_the_service_stays_up(
+    make_settings: Callable[..., Any],
+    make_transaction: Callable[..., tuple[bytes, bytes]],
+    run_app: Callable[..., Any],
+    produce: Callable[..., None],
+    consume: Callable[..., list[Any]],
+    wait_for: Callable[..., None],
+) -> None:
+    settings = make_settings(publish_scores=True, topic_partitions=1, role="scorer")
+    cases = corpus(settings.max_message_bytes)
+    app = run_app(settings)
+    produce(
+        settings.bootstrap_servers,
+        settings.topic_transactions,
+        [(c.key, c.value, c.headers or None) for c in cases],
+    )
+    expected_letters = {i: c for i, c in enumerate(cases) if c.expect != "scored"}
+    expected_scored = [
+        orjson.loads(c.value or b"")["transaction_id"] for c in cases if c.expect == "scored"
+    ]
+
+    letters = consume(
+        settings.bootstrap_servers,
+        settings.topic_transactions_dlq,
+        at_least=len(expected_letters),
+        timeout_s=180,
+        settle_s=2,
+    )
+    by_offset = {int(dict(r.headers)["fraudstream.source.offset"]): r for r in letters}
+    assert sorted(by_offset) == sorted(expected_letters), "dead letters differ from the corpus"
+    assert len(letters) == len(expected_letters)
+    for offset, case in expected_letters.items():
+        record = by_offset[offset]
+        headers = dict(record.headers)
+        assert headers["fraudstream.error.class"].decode() == case.expect, case.name
+        assert headers["fraudstream.error.message"], case.name
+        if "fraudstream.value.truncated" not in headers:
+            assert record.value == case.value, f"{case.name}: value changed"
+    near_limit = next(i for i, c in expected_letters.items() if c.name == "near_broker_limit")
+    cut = dict(by_offset[near_limit].headers)
+    assert cut["fraudstream.value.truncated"] == b"true"
+    assert int(cut["fraudstream.value.original_bytes"]) == len(cases[near_limit].value or b"")
+
+    # The service is still up: a probe sent after the whole corpus is scored.
+    probe = make_transaction("probe-after-hostile", "probe-card", "T1", 12.0, _recent())
+    produce(settings.bootstrap_servers, settings.topic_transactions, [probe])
+    scores = consume(
+        settings.bootstrap_servers,
+        settings.topic_scores,
+        at_least=len(expected_scored) + 1,
+        timeout_s=180,
+        settle_s=2,
+    )
+    scored = [orjson.loads(r.value)["transaction_id"] for r in scores]
+    assert sorted(scored) == sorted([*expected_scored, "probe-after-hostile"])
+    assert not app._failures
+    wait_for(lambda: app.ready()[0], 60, "the scorer to be ready")
+
+
+def _recent() -> Any:
+    from datetime import UTC, datetime, timedelta
+
+    return datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)

@@ -1,0 +1,75 @@
+"""``fraudstream serve --scorers 2`` as a real process tree on real Kafka and Redis:
+both scorers own partitions, the learner runs once, every transaction is scored
+exactly once, and SIGTERM stops everything with exit code 0."""
+
+from __future__ import annotations
+
+import signal
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+START = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
+
+
+def test_serve_with_two_scorers_scores_each_transaction_once_and_stops_on_sigterm(
+    make_settings: Callable[..., Any],
+    make_transaction: Callable[..., tuple[bytes, bytes]],
+    spawn_service: Callable[..., Any],
+    produce: Callable[..., None],
+    consume: Callable[..., list[Any]],
+    wait_for: Callable[..., None],
+    group_members: Callable[[str, str], dict[str, int]],
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(
+        topic_partitions=4, max_batch_size=50, publish_scores=True, client_id="fs"
+    )
+    service = spawn_service(settings, "--scorers", "2")
+    bootstrap = settings.bootstrap_servers
+
+    def shared() -> bool:
+        members = group_members(bootstrap, settings.consumer_group)
+        return (
+            sorted(members) == ["fs-1-scorer", "fs-2-scorer"]
+            and all(owned > 0 for owned in members.values())
+            and sum(members.values()) == 4
+        )
+
+    log_path = tmp_path / "serve-0.log"
+    try:
+        wait_for(shared, 300, "both scorer processes to own partitions")
+        wait_for(
+            lambda: list(group_members(bootstrap, settings.learner_group)) == ["fs-learner"],
+            180,
+            "the one learner to join its group",
+        )
+    except AssertionError as exc:
+        members = group_members(bootstrap, settings.consumer_group)
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])
+        raise AssertionError(f"{exc}; scorer group now {members}; serve log:\n{tail}") from exc
+
+    records = [
+        make_transaction(
+            f"s{c}-{i}", f"card{c}", f"T{i % 5}", 5.0 + i, START + timedelta(minutes=i, seconds=c)
+        )
+        for i in range(15)
+        for c in range(16)
+    ]
+    produce(bootstrap, settings.topic_transactions, records)
+    scores = consume(bootstrap, settings.topic_scores, at_least=len(records), settle_s=3.0)
+    scored = Counter(orjson.loads(r.value)["transaction_id"] for r in scores)
+    assert set(scored) == {orjson.loads(v)["transaction_id"] for _, v in records}
+    assert set(scored.values()) == {1}, "a transaction was scored more than once"
+    assert service.poll() is None, "the supervisor exited early"
+    service.send_signal(signal.SIGTERM)
+    assert service.wait(timeout=120) == 0
+    log = log_path.read_text()
+    for name in ("scorer-1", "scorer-2", "learner"):
+        assert f"started {name} (pid" in log
+    assert "crashed" not in log and "did not stop" not in log, log[-3000:]
+    assert log.count(") stopped\n") == 3, log[-3000:]

@@ -1,0 +1,180 @@
+"""Broken input files and an absent broker: one line naming the file, exit 1, nothing sent.
+
+The broker address here is closed, so any error that is not about Kafka shows
+that the file was refused before a connection was even tried.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+from pathlib import Path
+
+import click
+import orjson
+import pytest
+from click.testing import CliRunner, Result
+
+from fraudstream.producers.cli import COMMANDS
+from fraudstream.service.settings import Settings
+
+CLOSED = "127.0.0.1:1"
+
+
+@pytest.fixture
+def cli() -> click.Group:
+    @click.group()
+    @click.pass_context
+    def main(ctx: click.Context) -> None:
+        ctx.obj = Settings(_env_file=None, bootstrap_servers=CLOSED)  # type: ignore[call-arg]
+
+    for command in COMMANDS:
+        main.add_command(command)
+    return main
+
+
+def _rows(n: int) -> list[dict[str, object]]:
+    return [
+        {
+            "transaction_id": f"t{i}",
+            "card_id": f"c{i % 7}",
+            "terminal_id": f"m{i % 5}",
+            "amount": 10 + i,
+            "timestamp": f"2024-01-01T00:{i // 60 % 60:02d}:{i % 60:02d}Z",
+            "is_fraud": i % 50 == 0,
+        }
+        for i in range(n)
+    ]
+
+
+def _jsonl(rows: list[dict[str, object]]) -> bytes:
+    return b"".join(orjson.dumps(r) + b"\n" for r in rows)
+
+
+def _error_line(result: Result) -> str:
+    """The one line the command printed on stderr (asserts there is exactly one)."""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_csv_with_a_misspelt_column_is_refused_before_sending(
+    cli: click.Group, tmp_path: Path
+) -> None:
+    path = tmp_path / "tx.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["transaction_id", "card_id", "terminal_id", "amount", "timestmp"])
+        for r in _rows(3000):
+            writer.writerow([r["transaction_id"], r["card_id"], r["terminal_id"], r["amount"],
+                             r["timestamp"]])  # fmt: skip
+    result = CliRunner().invoke(cli, ["produce", str(path), "--no-progress"])
+    assert result.exit_code == 1
+    assert _error_line(result) == (
+        f"Error: {path}: the header has no timestamp column (a transaction needs "
+        "transaction_id, card_id, terminal_id, amount, timestamp; the header is "
+        "transaction_id, card_id, terminal_id, amount, timestmp); did you mean "
+        "--map timestmp=timestamp? Nothing was sent."
+    )
+
+
+def test_jsonl_whose_first_rows_are_all_bad_is_refused(cli: click.Group, tmp_path: Path) -> None:
+    rows = [{("timestmp" if k == "timestamp" else k): v for k, v in r.items()} for r in _rows(500)]
+    path = tmp_path / "tx.jsonl"
+    path.write_bytes(_jsonl(rows))
+    result = CliRunner().invoke(cli, ["produce", str(path), "--no-progress"])
+    assert result.exit_code == 1
+    assert _error_line(result) == (
+        f"Error: {path}: none of the first 100 rows is a valid transaction "
+        "(line 1: timestamp: Field required); nothing was sent"
+    )
+
+
+def test_truncated_gzip_is_refused_naming_the_last_intact_line(
+    cli: click.Group, tmp_path: Path
+) -> None:
+    data = gzip.compress(_jsonl(_rows(20_000)))
+    path = tmp_path / "tx.jsonl.gz"
+    path.write_bytes(data[: len(data) // 2])
+    result = CliRunner().invoke(cli, ["produce", str(path), "--no-progress"])
+    assert result.exit_code == 1
+    line = _error_line(result)
+    assert line.startswith(f"Error: {path}: the gzip data ends early after line ")
+    assert line.endswith(" (the file is truncated); nothing was sent")
+    intact = int(line.split("after line ")[1].split(" ")[0].replace(",", ""))
+    assert 5_000 < intact < 20_000
+
+
+def test_bit_flipped_gzip_is_refused_naming_the_file(cli: click.Group, tmp_path: Path) -> None:
+    data = bytearray(gzip.compress(_jsonl(_rows(5_000))))
+    data[-6] ^= 0x01  # a bit of the stored CRC: every byte decompresses, the check fails
+    path = tmp_path / "tx.jsonl.gz"
+    path.write_bytes(bytes(data))
+    result = CliRunner().invoke(cli, ["produce", str(path), "--no-progress"])
+    assert result.exit_code == 1
+    line = _error_line(result)
+    assert line.startswith(f"Error: {path}: the gzip checksum does not match, so its data")
+    assert line.endswith("nothing was sent")
+
+
+def test_flipped_bit_in_the_compressed_data_is_refused(cli: click.Group, tmp_path: Path) -> None:
+    data = bytearray(gzip.compress(_jsonl(_rows(5_000))))
+    data[len(data) // 2] ^= 0x10
+    path = tmp_path / "tx.jsonl.gz"
+    path.write_bytes(bytes(data))
+    result = CliRunner().invoke(cli, ["produce", str(path), "--no-progress"])
+    assert result.exit_code == 1
+    line = _error_line(result)
+    assert line.startswith(f"Error: {path}: the gzip ") and "nothing was sent" in line
+
+
+def test_file_named_gz_that_is_not_gzip_is_refused(cli: click.Group, tmp_path: Path) -> None:
+    path = tmp_path / "tx.jsonl.gz"
+    path.write_bytes(_jsonl(_rows(10)))
+    result = CliRunner().invoke(cli, ["produce", str(path), "--no-progress"])
+    assert result.exit_code == 1
+    assert _error_line(result) == (
+        f"Error: {path}: named .gz but not gzip-compressed (it starts with "
+        "b'{\"transactio'); rename it without .gz, or compress it (gzip)"
+    )
+
+
+def test_kafka_down_is_one_fast_line(
+    cli: click.Group, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Fast because it is found before any Kafka client is built (kafka-python's
+    # own bootstrap retries took ~30 s): building one fails this test.
+    from fraudstream.service.kafka import clients
+
+    def no_client(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a Kafka client was built although nothing listens")
+
+    for name in ("KafkaProducer", "KafkaConsumer", "KafkaAdminClient"):
+        monkeypatch.setattr(clients, name, no_client)
+    path = tmp_path / "tx.jsonl"
+    path.write_bytes(_jsonl(_rows(10)))
+    result = CliRunner().invoke(cli, ["produce", str(path), "--no-progress"])
+    assert result.exit_code == 1
+    assert _error_line(result) == (
+        f"Error: Kafka at {CLOSED} is not reachable (nothing accepts connections there): "
+        "is the broker running? Start a local one with `fraudstream dev up`, or set "
+        "FRAUDSTREAM_BOOTSTRAP_SERVERS"
+    )
+    for args in (["record", "-o", str(tmp_path / "r.jsonl")], ["simulate", "--days", "1"]):
+        result = CliRunner().invoke(cli, [*args, "--no-progress"])
+        assert result.exit_code == 1
+        assert _error_line(result).startswith(f"Error: Kafka at {CLOSED} is not reachable")
+
+
+def test_simulate_output_dash_is_stdout(
+    cli: click.Group, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = ["simulate", "--customers", "100", "--terminals", "400", "--days", "2", "-o", "-"]
+    result = CliRunner().invoke(cli, [*args, "--no-progress"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines and all(orjson.loads(line)["transaction_id"] for line in lines)
+    assert not (tmp_path / "-").exists()
+    both = CliRunner().invoke(cli, ["simulate", "-o", "-", "--labels-output", "-"])
+    assert both.exit_code == 2 and "cannot both be -" in both.output
