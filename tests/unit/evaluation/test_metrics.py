@@ -162,3 +162,31 @@ def test_assess_reports_handbook_figures_on_a_hand_example() -> None:
     # Day 0: card 1 (fraud) found; day 1: card 1 left out, card 2 (0.3, fraud) top.
     assert m["card_precision_at_k"] == 1.0
     assert math.isnan(assess(scores[:0], labels[:0], scores[:0], scores[:0], scores[:0])["roc_auc"])
+
+
+def test_card_precision_with_known_and_detected_cards_left_out_on_a_hand_example() -> None:
+    # Two test weeks from day 100, labels 7 days late, k = 1: the whole chain the
+    # report runs (test mask, then card precision with detected cards left out).
+    plan = Assessment(start_day=100, weeks=2, delay_days=7)
+    rows = [  # (day, card, score, fraud)
+        (90, 1, 0.10, True),  # before the test: card 1 known in week 0 (90 in [86, D - 8])
+        (100, 1, 0.99, True),  # left out: card 1 known compromised
+        (100, 2, 0.90, True),  # day 100's top card: a fraud, card 2 detected
+        (100, 3, 0.50, False),
+        (101, 2, 0.95, True),  # kept (fraud not known yet), but card 2 was detected
+        (101, 3, 0.60, False),  # day 101's top card: genuine
+        (107, 1, 0.70, False),  # week 1: card 1's day-90 fraud is out of [93, 99]
+        (107, 2, 0.80, True),  # day 100's fraud not known yet (100 > 99): top, a fraud
+        (108, 2, 0.99, True),  # left out: the day-100 fraud is known from day 108
+        (108, 1, 0.30, True),  # left out: card 1's day-100 fraud is known too
+        (108, 3, 0.40, False),  # day 108's only card: genuine
+    ]
+    day, card, score, fraud = (np.array(col) for col in zip(*rows, strict=True))
+    mask = plan.test_mask(day, card, fraud.astype(bool))
+    assert mask.tolist() == [False, False, True, True, True, True, True, True, False, False, True]
+    week = plan.week_of(day)[mask]
+    d = card_precision_per_day(
+        day[mask], card[mask], score[mask], fraud[mask].astype(bool), k=1, week=week
+    )
+    assert d.precision.tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert d.mean == 0.5
