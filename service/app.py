@@ -29,6 +29,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -50,7 +52,7 @@ from fraudstream.service.kafka import (
 )
 from fraudstream.service.label_pipeline import LabelBatchOutcome, LabelPipeline
 from fraudstream.service.learner import Learner
-from fraudstream.service.loop import ConsumeLoop, LoopHealth
+from fraudstream.service.loop import ConsumeLoop, LoopHealth, Polled
 from fraudstream.service.metrics import HealthServer, Metrics
 from fraudstream.service.model_watcher import ModelWatcher, ServingPolicy
 from fraudstream.service.pipeline import BatchOutcome, Pipeline
@@ -72,6 +74,23 @@ from fraudstream.service.snapshots import SnapshotStore
 from fraudstream.service.state import StateLostError, ensure_state, lost_message, marker_key
 
 log = logging.getLogger(__name__)
+
+#: An empty poll (the scorer is stopping: the batch in hand is finished, nothing new read).
+_NOTHING = Polled([], {})
+
+
+@dataclass(frozen=True, slots=True)
+class _InHand:
+    """A batch handed to the scorer's worker thread and not committed yet."""
+
+    polled: Polled
+    future: Future[BatchOutcome]
+    started: float
+    #: The loop's revocation count when the batch was polled.
+    revocations: int
+    #: At least half as many records as a poll may return: the scorer is
+    #: behind the stream, so it reads ahead.
+    behind: bool
 
 
 def _transient(exc: BaseException) -> bool:
@@ -430,6 +449,16 @@ class Application:
             max_message_bytes=s.max_message_bytes,
             dead_letter_max_bytes=s.dead_letter_max_bytes,
         )
+        if s.overlap_batches and s.guarantee is DeliveryGuarantee.AT_LEAST_ONCE:
+            self._score_overlapped(loop, pipeline, watcher)
+        else:
+            self._score_one_at_a_time(loop, pipeline, watcher)
+        self._final_commit(loop)
+
+    def _score_one_at_a_time(
+        self, loop: ConsumeLoop, pipeline: Pipeline, watcher: ModelWatcher
+    ) -> None:
+        """Poll, process, produce, commit; then the next batch."""
         checkpoint = loop.checkpoint
         attempt = 0
         while not self.stopping.is_set():
@@ -441,11 +470,7 @@ class Application:
                     checkpoint.produce(outcome.outgoing)
                     checkpoint.track(polled.spans)
                 else:
-                    # Idle: still pick up new model versions, so the next batch
-                    # after a quiet spell is scored with the newest one.
-                    with contextlib.suppress(redis.RedisError):
-                        watcher.current()
-                    loop.confirm_membership()
+                    self._idle_turn(loop, watcher)
                 # Asynchronous: the checkpoint confirms every delivery first, and
                 # a later commit (or the final one) covers a lost request. Idle
                 # turns send offsets coalesced while a request was out.
@@ -460,7 +485,89 @@ class Application:
                 continue
             if polled.records:
                 self._count(outcome, len(polled.records), time.perf_counter() - started)
-        self._final_commit(loop)
+
+    def _score_overlapped(
+        self, loop: ConsumeLoop, pipeline: Pipeline, watcher: ModelWatcher
+    ) -> None:
+        """Behind the stream, batch ``k`` is processed in a worker thread while
+        batch ``k + 1`` is polled.
+
+        The scorer then waits less for Redis: its round trips run while the main
+        thread decodes the next fetch. Only after a large batch (at least half
+        of ``max_batch_size``: records are waiting): a scorer keeping up
+        finishes each batch before polling again, so its alerts do not wait for
+        the next poll (reading ahead after every batch doubled the p50 latency
+        at 2,000 tx/s). The order towards Kafka does not change: batch ``k``'s
+        records are produced, flushed and its offsets committed only after its
+        Redis effects are done (the worker returned), and batch ``k + 1`` is
+        handed to the worker only after that. A batch in hand during a
+        rebalance that took partitions away is dropped with the batch just
+        polled, and both are read again (their effects are idempotent).
+        """
+        checkpoint = loop.checkpoint
+        attempt = 0
+        in_hand: _InHand | None = None
+        with ThreadPoolExecutor(1, thread_name_prefix="scorer-batch") as worker:
+            while in_hand is not None or not self.stopping.is_set():
+                polled = self._poll_next(loop, in_hand)
+                batch, in_hand = in_hand, None
+                try:
+                    if batch is not None and not self._finish(loop, batch, polled or _NOTHING):
+                        continue  # both read again
+                    batch = None
+                    if polled is None:
+                        continue  # the next turn polls
+                    if polled.records:
+                        future = worker.submit(pipeline.process, polled.records)
+                        behind = 2 * len(polled.records) >= loop.max_records
+                        in_hand = _InHand(
+                            polled, future, time.perf_counter(), loop.revocations, behind
+                        )
+                    else:
+                        self._idle_turn(loop, watcher)
+                        checkpoint.commit(wait=False)
+                        loop.health.done(0)
+                    attempt = 0
+                except Exception as exc:
+                    if not _transient(exc):
+                        raise
+                    earlier = batch.polled.records if batch is not None else []
+                    failed = Polled(earlier + (polled or _NOTHING).records, {})
+                    loop.recover(failed, exc, attempt, self._redis_ok)
+                    attempt += 1
+
+    def _poll_next(self, loop: ConsumeLoop, in_hand: _InHand | None) -> Polled | None:
+        """The next batch, or ``None`` (first finish the one in hand, or stop)."""
+        if self.stopping.is_set():
+            return None
+        if in_hand is None:
+            return loop.poll()
+        # Read ahead only what is fetched already: the batch in hand must not
+        # wait for the next one to fill.
+        return loop.poll(wait=False) if in_hand.behind else None
+
+    def _finish(self, loop: ConsumeLoop, batch: _InHand, polled: Polled) -> bool:
+        """Produce, track and commit a processed batch; ``False`` if it must be read again."""
+        outcome = batch.future.result()
+        if loop.revocations != batch.revocations:
+            # Partitions were revoked while it was processed: their positions
+            # were reset or moved to another member. Read both batches again.
+            log.info("scorer: batch processed during a rebalance is read again")
+            loop.read_again(batch.polled.records + polled.records)
+            return False
+        loop.checkpoint.produce(outcome.outgoing)
+        loop.checkpoint.track(batch.polled.spans)
+        loop.checkpoint.commit(wait=False)
+        loop.health.done(len(batch.polled.records))
+        self._count(outcome, len(batch.polled.records), time.perf_counter() - batch.started)
+        return True
+
+    def _idle_turn(self, loop: ConsumeLoop, watcher: ModelWatcher) -> None:
+        """Nothing polled: pick up new model versions (the next batch after a quiet
+        spell is scored with the newest one) and prove the membership if needed."""
+        with contextlib.suppress(redis.RedisError):
+            watcher.current()
+        loop.confirm_membership()
 
     def _count(self, outcome: BatchOutcome, consumed: int, seconds: float) -> None:
         m = self.metrics

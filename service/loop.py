@@ -203,6 +203,8 @@ class _Rebalance(ConsumerRebalanceListener):
         self._loop = loop
 
     def on_partitions_revoked(self, revoked: Any) -> None:
+        if revoked:
+            self._loop.revocations += 1
         self._loop.checkpoint.forget(revoked)
         self._loop.forget_lag(revoked)
 
@@ -261,6 +263,8 @@ class ConsumeLoop:
         self.stopping = stopping
         self.metrics = metrics
         self.backing_off = False
+        #: Times partitions were revoked (a batch in hand across one is read again).
+        self.revocations = 0
         self._lag_at = -1e9
         self._lag_stale = True
         self._lag_labels: set[TopicPartition] = set()
@@ -269,13 +273,17 @@ class ConsumeLoop:
         """Join the group for ``topics``, with this loop's rebalance listener."""
         subscribe(self.consumer, topics, listener=_Rebalance(self))
 
-    def poll(self) -> Polled:
-        """One bounded batch (possibly empty): process it, or hand it to :meth:`recover`."""
-        # No batch in hand here (the last one was committed or sought back): the
-        # positions are where processing stands.
+    def poll(self, *, wait: bool = True) -> Polled:
+        """One bounded batch (possibly empty): process it, or hand it to :meth:`recover`.
+
+        ``wait=False`` returns at once with what is already fetched (a batch is
+        in hand and waits to be finished).
+        """
+        # The positions are where processing stands, or (a batch in hand, the
+        # scorer overlapping batches) one batch ahead of it: lag is that much low.
         self.measure_lag(every_s=5.0)
-        polled = self._poll(self.wait_ms)
-        if not polled.records:
+        polled = self._poll(self.wait_ms if wait else 0)
+        if wait and not polled.records:
             # Idle: nothing in hand either; readiness needs a fresh "nothing to do".
             self.measure_lag(every_s=0.0 if self._lag_stale else 1.0)
         self._lag_stale = bool(polled.records)
@@ -318,6 +326,10 @@ class ConsumeLoop:
             log.warning("%s: abort failed (%s)", self.name, abort_exc)
         self._rewind(polled.records, resume)
         self._back_off(attempt, healthy)
+
+    def read_again(self, records: Sequence[Any]) -> None:
+        """Seek the owned partitions of ``records`` back to their first record."""
+        self._rewind(records, {})
 
     def _rewind(self, records: Sequence[Any], resume: dict[TopicPartition, int]) -> None:
         """Seek back to where unfinished work began so it is processed again."""
