@@ -70,16 +70,22 @@ _CLAIM_IDS_LUA = """
 local ttl = ARGV[1]
 local claims = ARGV[2]
 local out = {}
+local call, sub = redis.call, string.sub
 for i = 1, #KEYS do
-  local claim = string.sub(claims, (i - 1) * 9 + 1, i * 9)
-  local held = redis.call('GETRANGE', KEYS[i], 0, 8)
-  if held == '' then
-    redis.call('SET', KEYS[i], claim, 'EX', ttl)
+  local claim = sub(claims, (i - 1) * 9 + 1, i * 9)
+  -- A new id (the common case) costs one call.
+  if call('SET', KEYS[i], claim, 'NX', 'EX', ttl) then
     out[i] = '\\0'
-  elseif held == claim or string.byte(held, 1) == 1 then
-    out[i] = '\\1'
   else
-    out[i] = '\\2'
+    local held = call('GETRANGE', KEYS[i], 0, 8)
+    if held == '' then
+      call('SET', KEYS[i], claim, 'EX', ttl)
+      out[i] = '\\0'
+    elseif held == claim or string.byte(held, 1) == 1 then
+      out[i] = '\\1'
+    else
+      out[i] = '\\2'
+    end
   end
 end
 return table.concat(out)
