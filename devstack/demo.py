@@ -32,7 +32,9 @@ from fraudstream.producers.labels import LabelDelay
 from fraudstream.producers.simulator import Simulation, SimulationConfig, simulate
 from fraudstream.producers.stream import StreamStats, stream_simulation
 from fraudstream.service.app import Application
-from fraudstream.service.kafka import make_consumer
+from fraudstream.service.errors import ConfigurationError
+from fraudstream.service.kafka import make_admin, make_consumer
+from fraudstream.service.redis_client import redis_client
 from fraudstream.service.settings import DecisionMode, Settings
 
 
@@ -114,6 +116,73 @@ def _quality_summary(simulation: Simulation, seen: _Seen, days: int, budget: str
     return lines
 
 
+def demo_topics(settings: Settings) -> list[str]:
+    """Every topic the demo's service reads or writes."""
+    s = settings
+    return [
+        s.topic_transactions,
+        s.topic_labels,
+        s.topic_alerts,
+        s.topic_scores,
+        s.topic_transactions_dlq,
+        s.topic_labels_dlq,
+    ]
+
+
+def clear_earlier_demo(settings: Settings) -> bool:
+    """Forget what an earlier demo left in the dev stack; ``True`` when there was something.
+
+    The simulated stream of a demo started the same day has the same transaction
+    ids: against the earlier run's Redis state they would all be replays, and the
+    earlier run's events would be scored again. So the demo's topics are emptied
+    (records deleted up to their end, the topics kept), its consumer groups
+    deleted and its Redis keys (``<prefix>:*``, model versions and the state
+    marker included) removed. Only ever called on the local dev stack.
+    """
+    cleared = False
+    admin = make_admin(settings, client_id="fraudstream-demo")
+    try:
+        present = set(admin.list_topics()) & set(demo_topics(settings))
+        if present:
+            reader = make_consumer(settings, client_id="fraudstream-demo", group_id=None)
+            try:
+                partitions = [
+                    TopicPartition(topic, p)
+                    for topic in sorted(present)
+                    for p in sorted(reader.partitions_for_topic(topic) or ())
+                ]
+                ends = reader.end_offsets(partitions)
+                starts = reader.beginning_offsets(partitions)
+            finally:
+                reader.close()
+            to_delete = {tp: end for tp, end in ends.items() if end > starts[tp]}
+            if to_delete:
+                admin.delete_records(to_delete, timeout_ms=30_000)
+                cleared = True
+        known = {group["group_id"] for group in admin.list_groups()}
+        groups = [g for g in (settings.consumer_group, settings.learner_group) if g in known]
+        for group, result in (admin.delete_groups(groups) if groups else {}).items():
+            if result == "OK":
+                cleared = True
+            elif result != "GroupIdNotFoundError":
+                raise ConfigurationError(
+                    f"cannot clear the earlier demo's consumer group {group!r} ({result}): "
+                    "is a service still running against the dev stack? Stop it, or run "
+                    "`fraudstream dev down` first"
+                )
+    finally:
+        admin.close()
+    client = redis_client(settings)
+    try:
+        keys = list(client.scan_iter(match=f"{settings.redis_prefix}:*", count=1000))
+        for start in range(0, len(keys), 1000):
+            client.unlink(*keys[start : start + 1000])
+        cleared = cleared or bool(keys)
+    finally:
+        client.close()
+    return cleared
+
+
 def run_demo(
     settings: Settings, stack: DevStack, plan: DemoPlan, echo: Callable[[str], None] = click.echo
 ) -> None:
@@ -143,6 +212,8 @@ def _run(settings: Settings, plan: DemoPlan, echo: Callable[[str], None]) -> Non
         # The demo tells the story itself (model switch, status lines): the service's
         # own lifecycle lines would interleave with it; warnings still show.
         logging.getLogger("fraudstream.service").setLevel(logging.WARNING)
+    if clear_earlier_demo(settings):
+        echo("cleared what an earlier demo left in the dev stack (topics, groups, Redis state)")
     app = Application(settings)
     app.ensure_topics()
     service = threading.Thread(target=app.run, name="service", daemon=True)
