@@ -37,7 +37,8 @@ from kafka.errors import KafkaError
 
 from fraudstream.service.alerts import BudgetPolicy, DecisionPolicy, ThresholdPolicy
 from fraudstream.service.checkpoint import Checkpoint
-from fraudstream.service.errors import FraudstreamError, is_dependency_error
+from fraudstream.service.deadletter import dead_letter_record_limit
+from fraudstream.service.errors import ConfigurationError, FraudstreamError, is_dependency_error
 from fraudstream.service.features.definitions import FeatureConfig
 from fraudstream.service.features.redis_store import RedisFeatureStore
 from fraudstream.service.kafka import (
@@ -47,6 +48,7 @@ from fraudstream.service.kafka import (
     ensure_topics,
     make_consumer,
     make_producer,
+    max_message_bytes,
 )
 from fraudstream.service.label_pipeline import LabelBatchOutcome, LabelPipeline
 from fraudstream.service.learner import Learner
@@ -182,7 +184,19 @@ class Application:
         return self._redis_problem() is None
 
     def ensure_topics(self) -> None:
+        """Create missing topics (if allowed) and check the dead-letter topics take a
+        dead letter of ``dead_letter_max_bytes``: otherwise the first big bad record
+        would be undeliverable and stall its partition.
+
+        Raises
+        ------
+        ConfigurationError
+            A topic is missing and may not be created, or a dead-letter topic's
+            ``max.message.bytes`` is below what a dead letter may need.
+        """
         s = self.settings
+        dead_letter_topics = (s.topic_transactions_dlq, s.topic_labels_dlq)
+        needed = dead_letter_record_limit(s.dead_letter_max_bytes)
         ensure_topics(
             s,
             {
@@ -192,13 +206,26 @@ class Application:
                     s.topic_labels,
                     s.topic_alerts,
                     s.topic_scores,
-                    s.topic_transactions_dlq,
-                    s.topic_labels_dlq,
+                    *dead_letter_topics,
                 )
             },
             replication=s.topic_replication,
             create=s.create_topics,
+            # Never below Kafka's default (1 MiB and a bit).
+            configs={
+                name: {"max.message.bytes": str(max(needed, 1_048_588))}
+                for name in dead_letter_topics
+            },
         )
+        for topic, limit in max_message_bytes(s, dead_letter_topics).items():
+            if limit < needed:
+                raise ConfigurationError(
+                    f"dead-letter topic {topic!r} takes records up to {limit:,} bytes "
+                    f"(max.message.bytes), but a dead letter may need {needed:,} "
+                    f"(FRAUDSTREAM_DEAD_LETTER_MAX_BYTES={s.dead_letter_max_bytes:,}): raise the "
+                    f"topic's max.message.bytes or lower FRAUDSTREAM_DEAD_LETTER_MAX_BYTES "
+                    f"below {limit - (needed - s.dead_letter_max_bytes):,}"
+                )
 
     def run(self) -> None:
         """Run until :meth:`stop` (or a signal); re-raises a loop's fatal error."""
@@ -358,6 +385,10 @@ class Application:
             s,
             client_id=f"{s.client_id}-{role}",
             transactional_id=transactional_id,
+            # A dead letter of dead_letter_max_bytes always fits a request.
+            max_request_size=max(
+                2 * 1024 * 1024, dead_letter_record_limit(s.dead_letter_max_bytes)
+            ),
         )
         stack.callback(_close_producer, producer)
         if transactional_id is not None:

@@ -227,8 +227,8 @@ class Settings(BaseSettings):
     dead_letter_max_bytes: Annotated[int, Field(ge=16 * 1024)] = Field(
         1_000_000,
         description="Largest dead letter (key, value, headers): bigger records are cut to fit, "
-        "with headers giving the original size and SHA-256. Keep it below the dead-letter "
-        "topics' max.message.bytes.",
+        "with headers giving the original size and SHA-256. Dead-letter topics the service "
+        "creates take it; an existing one too small for it is refused at start.",
     )
 
     # --- Kafka security ------------------------------------------------------

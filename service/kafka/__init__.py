@@ -19,6 +19,7 @@ from fraudstream.service.kafka.clients import (
     make_admin,
     make_consumer,
     make_producer,
+    max_message_bytes,
     subscribe,
 )
 from fraudstream.service.kafka.connection import KafkaConnection, verify
@@ -35,6 +36,7 @@ __all__ = [
     "make_admin",
     "make_consumer",
     "make_producer",
+    "max_message_bytes",
     "subscribe",
     "verify",
 ]

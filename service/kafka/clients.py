@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer
-from kafka.admin import NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import (
     KafkaConnectionError,
     KafkaError,
@@ -291,6 +291,29 @@ def ensure_topics(
         return created
     finally:
         admin.close()
+
+
+def max_message_bytes(kafka: KafkaTarget, topics: Iterable[str]) -> dict[str, int]:
+    """The largest record each topic accepts (its effective ``max.message.bytes``).
+
+    The topic's own setting when it has one, otherwise the broker default
+    (``message.max.bytes``), as the broker reports it.
+    """
+    names = list(topics)
+    admin = make_admin(kafka)
+    try:
+        described = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, name) for name in names],
+            config_filter="all",
+        )
+    finally:
+        admin.close()
+    found = described.get("topic", {})
+    return {
+        name: int(found[name]["max.message.bytes"]["value"])
+        for name in names
+        if "max.message.bytes" in found.get(name, {})
+    }
 
 
 def _wait_for_topics(admin: KafkaAdminClient, topics: list[str], timeout_s: float) -> None:
