@@ -35,6 +35,7 @@ def _run_once(
     produce: Callable[..., None],
     read_topic: Callable[..., list[Any]],
     wait_for: Callable[..., None],
+    group_members: Callable[[str, str], dict[str, int]],
 ) -> float:
     """Run the service over ``stream``; return how many it took for replays."""
     app = run_app(settings)
@@ -53,6 +54,12 @@ def _run_once(
         "the offsets committed",
     )
     app.stop()
+    for group in (settings.consumer_group, settings.learner_group):
+        wait_for(
+            lambda group=group: group_members(settings.bootstrap_servers, group) == {},
+            60,
+            f"the service to leave {group}",
+        )
     replays = app.metrics.registry.get_sample_value("fraudstream_transactions_duplicate_total")
     return float(replays or 0.0)
 
@@ -64,6 +71,7 @@ def test_a_second_demo_scores_the_same_stream_again_from_a_clean_state(
     produce: Callable[..., None],
     read_topic: Callable[..., list[Any]],
     wait_for: Callable[..., None],
+    group_members: Callable[[str, str], dict[str, int]],
 ) -> None:
     settings = make_settings(publish_scores=True, max_batch_wait_ms=20)
     stream = [
@@ -72,7 +80,7 @@ def test_a_second_demo_scores_the_same_stream_again_from_a_clean_state(
     ]
     assert not clear_earlier_demo(settings)  # nothing there yet: nothing said
 
-    assert _run_once(settings, stream, run_app, produce, read_topic, wait_for) == 0
+    assert _run_once(settings, stream, run_app, produce, read_topic, wait_for, group_members) == 0
     assert clear_earlier_demo(settings)
 
     # Topics kept but empty, groups gone, no Redis key left under the prefix.
@@ -90,6 +98,6 @@ def test_a_second_demo_scores_the_same_stream_again_from_a_clean_state(
         client.close()
 
     # The same stream again: every transaction scored as new, none taken for a replay.
-    assert _run_once(settings, stream, run_app, produce, read_topic, wait_for) == 0
+    assert _run_once(settings, stream, run_app, produce, read_topic, wait_for, group_members) == 0
     ids = _scored_ids(read_topic, settings)
     assert sorted(ids) == sorted(f"demo-{i}" for i in range(12))
