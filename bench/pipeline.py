@@ -405,7 +405,7 @@ def format_readme_table(result: Mapping[str, Any]) -> str:
 
 
 def flat_without_self_rows(flat: str) -> str:
-    r"""pyinstrument's flat view minus its synthetic ``[self]`` rows.
+    r"""Pyinstrument's flat view minus its synthetic ``[self]`` rows.
 
     In flat mode pyinstrument merges the ``[self]`` pseudo-frames of many files
     under one file name, which reads as a hot spot that is not one.

@@ -97,6 +97,7 @@ class Recording:
     def from_scrapes(
         cls, scrapes: Iterable[tuple[float, Sequence[tuple[str, dict[str, str], float | None]]]]
     ) -> Recording:
+        """A recording from ``(time, samples)`` scrapes."""
         rows = list(scrapes)
         times = np.array([t for t, _ in rows], dtype=np.float64)
         series: dict[tuple[str, LabelSet], np.ndarray] = {}

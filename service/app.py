@@ -75,8 +75,11 @@ log = logging.getLogger(__name__)
 
 
 def _transient(exc: BaseException) -> bool:
-    """Whether a batch that failed with ``exc`` is retried from its first offset once
-    the dependency is back (nothing of it was committed); otherwise the loop stops."""
+    """Whether a batch that failed with ``exc`` is retried.
+
+    A retried batch starts again from its first offset once the dependency is back (nothing of it
+    was committed); otherwise the loop stops.
+    """
     return isinstance(exc, DeliveryError) or is_dependency_error(exc)
 
 
@@ -134,13 +137,17 @@ class Application:
         self.stopping.set()
 
     def install_signal_handlers(self) -> None:
+        """Stop on SIGTERM and SIGINT."""
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
 
     def ready(self) -> tuple[bool, str]:
-        """Readiness: Redis answers, a Kafka bootstrap server accepts connections, no
-        loop has failed, and every loop is ready: the scorer has partitions assigned
-        and its last batch committed, or nothing to do (:class:`LoopHealth`)."""
+        """Readiness, with the reason when not ready.
+
+        Ready when Redis answers, a Kafka bootstrap server accepts connections, no loop has failed,
+        and every loop is ready: the scorer has partitions assigned and its last batch committed,
+        or nothing to do (:class:`LoopHealth`).
+        """
         if self._redis is None:
             return False, self._phase
         if (problem := self._redis_problem()) is not None:
@@ -182,6 +189,7 @@ class Application:
         return self._redis_problem() is None
 
     def ensure_topics(self) -> None:
+        """Create the topics the settings name, when missing."""
         s = self.settings
         ensure_topics(
             s,

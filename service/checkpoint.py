@@ -56,8 +56,11 @@ class InvalidStoredOffsetError(FraudstreamError):
 
 
 class ProducerFailedError(FraudstreamError):
-    """The transactional producer cannot go on (fenced by another scorer, or in a fatal
-    state): the scorer stops, and a restart starts a new one."""
+    """The transactional producer cannot go on.
+
+    It was fenced by another scorer, or is in a fatal state: the scorer stops, and a restart starts
+    a new one.
+    """
 
 
 class Span(NamedTuple):
@@ -245,8 +248,10 @@ class Checkpoint:
                 self._committed[tp] = max(offset, self._committed.get(tp, offset))
 
     def confirm(self, positions: Mapping[TopicPartition, int]) -> None:
-        """Commit ``positions`` synchronously with no work in hand (an idle scorer
-        proving its membership after Kafka was away); a refusal raises as a commit does.
+        """Commit ``positions`` synchronously with no work in hand.
+
+        An idle scorer proves its membership this way after Kafka was away; a refusal raises as a
+        commit does.
 
         In both modes this is a group commit: the positions are what the last
         commit (or transaction) left, and it cannot block for ever.

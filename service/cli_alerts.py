@@ -112,13 +112,13 @@ def tail_alerts(
 
 
 def format_alert(alert: dict[str, Any], color: bool = True) -> str:
-    """One readable line: time, score against threshold, card, amount, terminal, reasons.
+    r"""One readable line: time, score against threshold, card, amount, terminal, reasons.
 
     >>> print(format_alert({"event_time": "2024-05-01T10:00:00.000+00:00", "score": 0.93,
     ...     "threshold": 0.5, "card_id": "C1", "amount": 412.5, "terminal_id": "T9",
     ...     "scorer": "model", "model_version": 4, "latency_ms": 6.2,
     ...     "reasons": [{"feature": "amount_z", "value": 4.1, "contribution": 1.7}]},
-    ...     color=False).replace("  ", "\\n"))
+    ...     color=False).replace("  ", "\n"))
     2024-05-01 10:00:00
     score 0.930 (>= 0.500)
     card C1

@@ -33,10 +33,14 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record: ``ts``, ``level``, ``logger``, ``message``, extras,
-    and ``exception`` (the traceback as one string) when there is one."""
+    """One JSON object per record.
+
+    Keys: ``ts``, ``level``, ``logger``, ``message``, extras, and ``exception`` (the traceback as
+    one string) when there is one.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
+        """The record as one JSON line."""
         entry: dict[str, object] = {
             "ts": datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,

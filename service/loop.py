@@ -351,8 +351,10 @@ class ConsumeLoop:
             self.consumer.resume(*self.consumer.paused())
 
     def confirm_membership(self) -> None:
-        """When idle after Kafka was away: commit the positions to prove the group still
-        knows this member (after a broker restart it may not, until a heartbeat says so).
+        """When idle after Kafka was away, commit the positions.
+
+        This proves the group still knows this member (after a broker restart it may not, until a
+        heartbeat says so).
 
         Call only with no work in hand: the positions are then what is committed anyway.
         """

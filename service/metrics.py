@@ -298,6 +298,7 @@ class HealthServer:
 
     @property
     def port(self) -> int:
+        """The port the server listens on."""
         return int(self._server.server_address[1])
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
@@ -329,8 +330,10 @@ class HealthServer:
         return Handler
 
     def start(self) -> None:
+        """Serve in a daemon thread."""
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop serving and close the socket."""
         self._server.shutdown()
         self._server.server_close()

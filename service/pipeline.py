@@ -89,7 +89,9 @@ class SnapshotWriter(Protocol):
         model_version: int,
         feature_names: Sequence[str],
         keep_existing: np.ndarray | None = None,
-    ) -> None: ...
+    ) -> None:
+        """Store each row's features and score for the label path."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,7 @@
-"""Operating fraudstream, end to end on real Kafka and Redis with `fraudstream serve` as a
-process: the dashboard's metrics exist on /metrics, `status` reads the endpoint,
-`alerts tail --json` follows the alerts, the logs are JSON lines without per-event
+"""Operating fraudstream, end to end on real Kafka and Redis.
+
+With `fraudstream serve` as a process: the dashboard's metrics exist on /metrics, `status` reads
+the endpoint, `alerts tail --json` follows the alerts, the logs are JSON lines without per-event
 spam, and the README's case-queue consumer keeps one case per alert id.
 
 One service and one stream serve every test of the module (starting them is

@@ -1,5 +1,8 @@
-"""Redis down mid-stream: the scorer reports not ready, commits nothing it could
-not process, and once Redis is back scores every transaction without loss."""
+"""Redis down mid-stream.
+
+The scorer reports not ready, commits nothing it could not process, and once Redis is back scores
+every transaction without loss.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
-"""The README's embedding example: an application with its own package named `service`
-runs fraudstream.Application in its process, on real Kafka and Redis."""
+"""The README's embedding example.
+
+An application with its own package named `service` runs fraudstream.Application in its process, on
+real Kafka and Redis.
+"""
 
 from __future__ import annotations
 
