@@ -900,7 +900,7 @@ def _meet(folder: Path, count: int, timeout_s: float = 120.0) -> None:
         time.sleep(0.01)
 
 
-def _scorer_main(spec_path: str) -> None:
+def _scorer_main(spec_path: str) -> None:  # noqa: C901 - bench owner to split (issue 9)
     """Entry of the scorer child process (``python -m fraudstream.bench.pipeline spec.json``)."""
     from fraudstream.service.app import Application
     from fraudstream.service.settings import Settings
