@@ -62,7 +62,6 @@ from typing import Any
 import numpy as np
 import orjson
 import redis
-from kafka import KafkaConsumer, TopicPartition
 from pydantic import SecretStr
 
 from fraudstream.bench.cpu import CpuSampler
@@ -75,6 +74,7 @@ from fraudstream.service.kafka import (
     make_producer,
 )
 from fraudstream.service.kafka.clients import KafkaTarget
+from fraudstream.service.kafka.protocols import Consumer, TopicPartition
 from fraudstream.service.redis_client import redis_client
 from fraudstream.service.settings import Settings
 
@@ -633,7 +633,7 @@ def _delete_prefix(client: redis.Redis, prefix: str) -> None:
 # -- raw consume -------------------------------------------------------------------
 
 
-def _assign_all(consumer: KafkaConsumer, topic: str) -> None:
+def _assign_all(consumer: Consumer, topic: str) -> None:
     partitions = consumer.partitions_for_topic(topic) or set()
     tps = [TopicPartition(topic, p) for p in sorted(partitions)]
     consumer.assign(tps)
@@ -1117,7 +1117,7 @@ def _collect_latencies(
         while len(out) < len(sent_ms) and time.monotonic() < deadline:
             for batch in consumer.poll(timeout_ms=500, max_records=5000).values():
                 for record in batch:
-                    value = record.value
+                    value = record.value or b""
                     start = value.find(needle) + len(needle)
                     tx_id = value[start : value.find(b'"', start)]
                     sent = sent_ms.get(tx_id)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from fraudstream.service.cli_status import histogram_quantile
 
@@ -338,7 +339,7 @@ def _quantile(q: float, buckets: Vector, length: int) -> Vector:
 
 
 def _binary(op: str, left: Value, right: Value) -> Value:
-    def apply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    def apply(a: NDArray[np.float64], b: NDArray[np.float64]) -> NDArray[np.float64]:
         with np.errstate(all="ignore"):
             if op == "+":
                 return a + b

@@ -25,7 +25,6 @@ from typing import Any
 import click
 import numpy as np
 import orjson
-from kafka import TopicPartition
 
 from fraudstream.devstack.stack import DevStack
 from fraudstream.producers.labels import LabelDelay
@@ -33,6 +32,7 @@ from fraudstream.producers.simulator import Simulation, SimulationConfig, simula
 from fraudstream.producers.stream import StreamStats, stream_simulation
 from fraudstream.service.app import Application
 from fraudstream.service.kafka import make_consumer
+from fraudstream.service.kafka.protocols import TopicPartition
 from fraudstream.service.settings import DecisionMode, Settings
 
 
@@ -270,7 +270,8 @@ def _watch_alerts(
         while service.is_alive():
             for batch in alerts.poll(timeout_ms=500).values():
                 for record in batch:
-                    _show(orjson.loads(record.value), seen, plan, echo)
+                    if record.value is not None:  # no tombstones on the alerts topic
+                        _show(orjson.loads(record.value), seen, plan, echo)
             now = time.monotonic()
             if recording is not None and now >= next_record:
                 next_record = now + plan.record_every_s

@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
-from kafka import TopicPartition
 
 from fraudstream.producers.files import FileFormatError, json_lines, open_output
 from fraudstream.producers.sink import progress_bar
 from fraudstream.service.errors import ConfigurationError
 from fraudstream.service.kafka import check_reachable, make_consumer
+from fraudstream.service.kafka.protocols import Consumer, ConsumerRecord, TopicPartition
 from fraudstream.service.settings import Settings
 
 FORMAT_VERSION = 1
@@ -50,7 +50,7 @@ def _b64(data: bytes | None) -> str | None:
     return None if data is None else base64.b64encode(data).decode("ascii")
 
 
-def encode_record(record: Any) -> bytes:
+def encode_record(record: ConsumerRecord) -> bytes:
     """One consumed record (kafka-python ``ConsumerRecord``) as a recording line (no newline)."""
     return orjson.dumps(
         {
@@ -154,7 +154,7 @@ def record_topic(
 
 
 def _chosen_partitions(
-    consumer: Any, settings: Settings, topic: str, partitions: list[int] | None
+    consumer: Consumer, settings: Settings, topic: str, partitions: list[int] | None
 ) -> list[int]:
     """The partitions to record (default: all), refused when the topic or one is missing."""
     found = consumer.partitions_for_topic(topic)
@@ -168,7 +168,7 @@ def _chosen_partitions(
 
 
 def _range(
-    consumer: Any,
+    consumer: Consumer,
     tps: list[TopicPartition],
     *,
     from_time_ms: int | None,
@@ -199,7 +199,7 @@ def _range(
 
 
 def _copy(
-    consumer: Any,
+    consumer: Consumer,
     out: BinaryIO,
     bar: Any,
     active: set[TopicPartition],
@@ -225,13 +225,16 @@ def _copy(
         for tp in list(active):
             limit = stop[tp]
             # Positions, not offsets seen: transaction markers leave gaps.
-            if limit is not None and consumer.position(tp) >= limit:
+            position = consumer.position(tp)
+            if limit is not None and position is not None and position >= limit:
                 active.discard(tp)
         if time.monotonic() - last_data > idle_timeout_s:
             break
 
 
-def _lines_within(records: Iterable[Any], limit: int | None, room: int | None) -> list[bytes]:
+def _lines_within(
+    records: Iterable[ConsumerRecord], limit: int | None, room: int | None
+) -> list[bytes]:
     """Recording lines of the records before offset ``limit``, at most ``room`` of them."""
     lines: list[bytes] = []
     for rec in records:
@@ -244,11 +247,11 @@ def _lines_within(records: Iterable[Any], limit: int | None, room: int | None) -
 
 
 def _offsets_at(
-    consumer: Any, tps: list[TopicPartition], time_ms: int, end: dict[TopicPartition, int]
+    consumer: Consumer, tps: list[TopicPartition], time_ms: int, end: dict[TopicPartition, int]
 ) -> dict[TopicPartition, int]:
     """First offset at or after ``time_ms`` per partition (the end when there is none)."""
     found = consumer.offsets_for_times(dict.fromkeys(tps, time_ms))
-    return {tp: found[tp].offset if found.get(tp) is not None else end[tp] for tp in tps}
+    return {tp: end[tp] if (at := found.get(tp)) is None else at.offset for tp in tps}
 
 
 def read_recording(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:

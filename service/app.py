@@ -32,7 +32,6 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 
 from fraudstream.service.alerts import BudgetPolicy, DecisionPolicy, ThresholdPolicy
@@ -48,6 +47,7 @@ from fraudstream.service.kafka import (
     make_consumer,
     make_producer,
 )
+from fraudstream.service.kafka.protocols import Consumer, Producer
 from fraudstream.service.label_pipeline import LabelBatchOutcome, LabelPipeline
 from fraudstream.service.learner import Learner
 from fraudstream.service.loop import ConsumeLoop, LoopHealth
@@ -94,7 +94,7 @@ def decision_policy(settings: Settings) -> DecisionPolicy:
     return ThresholdPolicy(settings.alert_threshold)
 
 
-def _close_producer(producer: KafkaProducer) -> None:
+def _close_producer(producer: Producer) -> None:
     with contextlib.suppress(Exception):
         producer.flush(timeout=30)
     producer.close(timeout=30)
@@ -338,7 +338,7 @@ class Application:
 
     # -- clients --------------------------------------------------------------
 
-    def _group_consumer(self, role: str, group: str) -> KafkaConsumer:
+    def _group_consumer(self, role: str, group: str) -> Consumer:
         """A consumer of ``group`` with the batch and liveness bounds of the settings."""
         s = self.settings
         return make_consumer(

@@ -37,15 +37,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError, ProducerFencedError
-from kafka.future import Future
-from kafka.structs import OffsetAndMetadata
 
 from fraudstream.service.errors import FraudstreamError
 from fraudstream.service.kafka import DeliveryTracker
+from fraudstream.service.kafka.protocols import (
+    CommitFuture,
+    Consumer,
+    OffsetAndMetadata,
+    Producer,
+    TopicPartition,
+)
 from fraudstream.service.pipeline import Outgoing
 
 log = logging.getLogger(__name__)
@@ -74,11 +78,11 @@ class Span(NamedTuple):
 class _InFlight:
     """An asynchronous commit request the coordinator has not answered yet."""
 
-    future: Future
+    future: CommitFuture
     offsets: dict[TopicPartition, int]
 
 
-def _payload(offsets: Mapping[TopicPartition, int]) -> dict[Any, Any]:
+def _payload(offsets: Mapping[TopicPartition, int]) -> dict[TopicPartition, OffsetAndMetadata]:
     return {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()}
 
 
@@ -103,8 +107,8 @@ class Checkpoint:
 
     def __init__(
         self,
-        consumer: KafkaConsumer,
-        producer: KafkaProducer,
+        consumer: Consumer,
+        producer: Producer,
         *,
         exactly_once: bool = False,
         flush_timeout_s: float = 60.0,

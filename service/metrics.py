@@ -85,7 +85,7 @@ class BatchHistogram(Histogram):
         array = array[np.isfinite(array)]
         if not len(array):
             return
-        self._raise_if_not_observable()
+        self._raise_if_not_observable()  # type: ignore[no-untyped-call]  # prometheus-client's own check
         bounds = np.asarray(self._upper_bounds, dtype=np.float64)
         counts = np.bincount(np.searchsorted(bounds, array, side="left"), minlength=len(bounds))
         self._sum.inc(float(array.sum()))
