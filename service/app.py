@@ -50,7 +50,7 @@ from fraudstream.service.kafka import (
 from fraudstream.service.kafka.protocols import Consumer, Producer
 from fraudstream.service.label_pipeline import LabelBatchOutcome, LabelPipeline
 from fraudstream.service.learner import Learner
-from fraudstream.service.loop import ConsumeLoop, LoopHealth
+from fraudstream.service.loop import ConsumeLoop, LoopHealth, Polled
 from fraudstream.service.metrics import HealthServer, Metrics
 from fraudstream.service.model_watcher import ModelWatcher, ServingPolicy
 from fraudstream.service.pipeline import BatchOutcome, Pipeline
@@ -439,35 +439,27 @@ class Application:
             dead_letter_max_bytes=s.dead_letter_max_bytes,
         )
         checkpoint = loop.checkpoint
-        attempt = 0
-        while not self.stopping.is_set():
-            polled = loop.poll()
+
+        def turn(polled: Polled) -> None:
             started = time.perf_counter()
-            try:
-                if polled.records:
-                    outcome = pipeline.process(polled.records)
-                    checkpoint.produce(outcome.outgoing)
-                    checkpoint.track(polled.spans)
-                else:
-                    # Idle: still pick up new model versions, so the next batch
-                    # after a quiet spell is scored with the newest one.
-                    with contextlib.suppress(redis.RedisError):
-                        watcher.current()
-                    loop.confirm_membership()
-                # Asynchronous: the checkpoint confirms every delivery first, and
-                # a later commit (or the final one) covers a lost request. Idle
-                # turns send offsets coalesced while a request was out.
+            if not polled.records:
+                # Idle: still pick up new model versions, so the next batch
+                # after a quiet spell is scored with the newest one.
+                with contextlib.suppress(redis.RedisError):
+                    watcher.current()
+                loop.confirm_membership()
+                # Sends offsets coalesced while a request was out.
                 checkpoint.commit(wait=False)
-                loop.health.done(len(polled.records))
-                attempt = 0
-            except Exception as exc:
-                if not _transient(exc):
-                    raise
-                loop.recover(polled, exc, attempt, self._redis_ok)
-                attempt += 1
-                continue
-            if polled.records:
-                self._count(outcome, len(polled.records), time.perf_counter() - started)
+                return
+            outcome = pipeline.process(polled.records)
+            checkpoint.produce(outcome.outgoing)
+            checkpoint.track(polled.spans)
+            # Asynchronous: the checkpoint confirms every delivery first, and a
+            # later commit (or the final one) covers a lost request.
+            checkpoint.commit(wait=False)
+            self._count(outcome, len(polled.records), time.perf_counter() - started)
+
+        loop.run(turn, transient=_transient, healthy=self._redis_ok)
         self._final_commit(loop)
 
     def _count(self, outcome: BatchOutcome, consumed: int, seconds: float) -> None:
@@ -498,27 +490,20 @@ class Application:
             dead_letter_max_bytes=s.dead_letter_max_bytes,
         )
         checkpoint = loop.checkpoint
-        attempt = 0
-        while not self.stopping.is_set():
-            polled = loop.poll()
-            try:
-                if polled.records:
-                    outcome = labels.process(polled.records)
-                    checkpoint.produce(outcome.outgoing)
-                    checkpoint.track(polled.spans)
-                    self._count_labels(outcome, len(polled.records))
-                # Offsets are committed only once a published version holds
-                # what was learnt: a crash before that relearns, never loses.
-                if learner.maybe_publish() is not None:
-                    checkpoint.commit()
-                    self._after_publish(learner)
-                loop.health.done(len(polled.records))
-                attempt = 0
-            except Exception as exc:
-                if not _transient(exc):
-                    raise
-                loop.recover(polled, exc, attempt, self._redis_ok)
-                attempt += 1
+
+        def turn(polled: Polled) -> None:
+            if polled.records:
+                outcome = labels.process(polled.records)
+                checkpoint.produce(outcome.outgoing)
+                checkpoint.track(polled.spans)
+                self._count_labels(outcome, len(polled.records))
+            # Offsets are committed only once a published version holds
+            # what was learnt: a crash before that relearns, never loses.
+            if learner.maybe_publish() is not None:
+                checkpoint.commit()
+                self._after_publish(learner)
+
+        loop.run(turn, transient=_transient, healthy=self._redis_ok)
         try:
             published = learner.publish()
         except Exception as exc:

@@ -273,6 +273,34 @@ class ConsumeLoop:
         """Join the group for ``topics``, with this loop's rebalance listener."""
         subscribe(self.consumer, topics, listener=_Rebalance(self))
 
+    def run(
+        self,
+        turn: Callable[[Polled], None],
+        *,
+        transient: Callable[[BaseException], bool],
+        healthy: Callable[[], bool],
+    ) -> None:
+        """Poll and hand every batch (possibly empty) to ``turn`` until stopped.
+
+        ``turn`` processes the batch and commits what it finished. When it raises
+        what ``transient`` accepts, the batch is given up, sought back and retried
+        after a back-off (:meth:`recover`, until ``healthy()``); anything else
+        ends the loop.
+        """
+        attempt = 0
+        while not self.stopping.is_set():
+            polled = self.poll()
+            try:
+                turn(polled)
+            except Exception as exc:
+                if not transient(exc):
+                    raise
+                self.recover(polled, exc, attempt, healthy)
+                attempt += 1
+                continue
+            self.health.done(len(polled.records))
+            attempt = 0
+
     def poll(self) -> Polled:
         """One bounded batch (possibly empty): process it, or hand it to :meth:`recover`."""
         # No batch in hand here (the last one was committed or sought back): the

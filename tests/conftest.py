@@ -15,6 +15,8 @@ key prefix, so tests never see each other's data.
 from __future__ import annotations
 
 import os
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
@@ -29,6 +31,7 @@ from fraudstream.devstack import (
     KafkaServer,
     RedisServer,
     TestPki,
+    free_port,
     kafka_given_or_started,
     make_test_pki,
     redis_cluster_given_or_started,
@@ -119,6 +122,15 @@ def secured_redis(
         test_pki, REDIS_PASSWORD, data_dir=tmp_path_factory.mktemp("redis-secured")
     ) as server:
         yield server
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A persistent Redis of this test alone, to stop and start (an outage); stopped after."""
+    server = RedisServer(tmp_path / "redis", port=free_port(), persistent=True)
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture
@@ -343,6 +355,17 @@ def run_app() -> Iterator[Callable[[Settings], Any]]:
         app.stop()
         thread.join(timeout=60)
         assert not thread.is_alive(), "application did not stop within 60 s"
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    """Status and body of ``GET http://127.0.0.1:{port}{path}`` (0 and the reason when refused)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+    except OSError as error:
+        return 0, str(error)
 
 
 def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
