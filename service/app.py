@@ -32,7 +32,6 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 
 from fraudstream.service.alerts import BudgetPolicy, DecisionPolicy, ThresholdPolicy
@@ -50,9 +49,10 @@ from fraudstream.service.kafka import (
     make_producer,
     max_message_bytes,
 )
+from fraudstream.service.kafka.protocols import Consumer, Producer
 from fraudstream.service.label_pipeline import LabelBatchOutcome, LabelPipeline
 from fraudstream.service.learner import Learner
-from fraudstream.service.loop import ConsumeLoop, LoopHealth
+from fraudstream.service.loop import ConsumeLoop, LoopHealth, Polled
 from fraudstream.service.metrics import HealthServer, Metrics
 from fraudstream.service.model_watcher import ModelWatcher, ServingPolicy
 from fraudstream.service.pipeline import BatchOutcome, Pipeline
@@ -77,8 +77,11 @@ log = logging.getLogger(__name__)
 
 
 def _transient(exc: BaseException) -> bool:
-    """Whether a batch that failed with ``exc`` is retried from its first offset once
-    the dependency is back (nothing of it was committed); otherwise the loop stops."""
+    """Whether a batch that failed with ``exc`` is retried.
+
+    A retried batch starts again from its first offset once the dependency is back (nothing of it
+    was committed); otherwise the loop stops.
+    """
     return isinstance(exc, DeliveryError) or is_dependency_error(exc)
 
 
@@ -93,7 +96,7 @@ def decision_policy(settings: Settings) -> DecisionPolicy:
     return ThresholdPolicy(settings.alert_threshold)
 
 
-def _close_producer(producer: KafkaProducer) -> None:
+def _close_producer(producer: Producer) -> None:
     with contextlib.suppress(Exception):
         producer.flush(timeout=30)
     producer.close(timeout=30)
@@ -136,13 +139,17 @@ class Application:
         self.stopping.set()
 
     def install_signal_handlers(self) -> None:
+        """Stop on SIGTERM and SIGINT."""
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
 
     def ready(self) -> tuple[bool, str]:
-        """Readiness: Redis answers, a Kafka bootstrap server accepts connections, no
-        loop has failed, and every loop is ready: the scorer has partitions assigned
-        and its last batch committed, or nothing to do (:class:`LoopHealth`)."""
+        """Readiness, with the reason when not ready.
+
+        Ready when Redis answers, a Kafka bootstrap server accepts connections, no loop has failed,
+        and every loop is ready: the scorer has partitions assigned and its last batch committed,
+        or nothing to do (:class:`LoopHealth`).
+        """
         if self._redis is None:
             return False, self._phase
         if (problem := self._redis_problem()) is not None:
@@ -184,9 +191,11 @@ class Application:
         return self._redis_problem() is None
 
     def ensure_topics(self) -> None:
-        """Create missing topics (if allowed) and check the dead-letter topics take a
-        dead letter of ``dead_letter_max_bytes``: otherwise the first big bad record
-        would be undeliverable and stall its partition.
+        """Create missing topics (if allowed); check the dead-letter topics' record limit.
+
+        A dead-letter topic must take a dead letter of ``dead_letter_max_bytes``:
+        otherwise the first big bad record would be undeliverable and stall its
+        partition.
 
         Raises
         ------
@@ -357,7 +366,7 @@ class Application:
 
     # -- clients --------------------------------------------------------------
 
-    def _group_consumer(self, role: str, group: str) -> KafkaConsumer:
+    def _group_consumer(self, role: str, group: str) -> Consumer:
         """A consumer of ``group`` with the batch and liveness bounds of the settings."""
         s = self.settings
         return make_consumer(
@@ -462,35 +471,27 @@ class Application:
             dead_letter_max_bytes=s.dead_letter_max_bytes,
         )
         checkpoint = loop.checkpoint
-        attempt = 0
-        while not self.stopping.is_set():
-            polled = loop.poll()
+
+        def turn(polled: Polled) -> None:
             started = time.perf_counter()
-            try:
-                if polled.records:
-                    outcome = pipeline.process(polled.records)
-                    checkpoint.produce(outcome.outgoing)
-                    checkpoint.track(polled.spans)
-                else:
-                    # Idle: still pick up new model versions, so the next batch
-                    # after a quiet spell is scored with the newest one.
-                    with contextlib.suppress(redis.RedisError):
-                        watcher.current()
-                    loop.confirm_membership()
-                # Asynchronous: the checkpoint confirms every delivery first, and
-                # a later commit (or the final one) covers a lost request. Idle
-                # turns send offsets coalesced while a request was out.
+            if not polled.records:
+                # Idle: still pick up new model versions, so the next batch
+                # after a quiet spell is scored with the newest one.
+                with contextlib.suppress(redis.RedisError):
+                    watcher.current()
+                loop.confirm_membership()
+                # Sends offsets coalesced while a request was out.
                 checkpoint.commit(wait=False)
-                loop.health.done(len(polled.records))
-                attempt = 0
-            except Exception as exc:
-                if not _transient(exc):
-                    raise
-                loop.recover(polled, exc, attempt, self._redis_ok)
-                attempt += 1
-                continue
-            if polled.records:
-                self._count(outcome, len(polled.records), time.perf_counter() - started)
+                return
+            outcome = pipeline.process(polled.records)
+            checkpoint.produce(outcome.outgoing)
+            checkpoint.track(polled.spans)
+            # Asynchronous: the checkpoint confirms every delivery first, and a
+            # later commit (or the final one) covers a lost request.
+            checkpoint.commit(wait=False)
+            self._count(outcome, len(polled.records), time.perf_counter() - started)
+
+        loop.run(turn, transient=_transient, healthy=self._redis_ok)
         self._final_commit(loop)
 
     def _count(self, outcome: BatchOutcome, consumed: int, seconds: float) -> None:
@@ -521,27 +522,20 @@ class Application:
             dead_letter_max_bytes=s.dead_letter_max_bytes,
         )
         checkpoint = loop.checkpoint
-        attempt = 0
-        while not self.stopping.is_set():
-            polled = loop.poll()
-            try:
-                if polled.records:
-                    outcome = labels.process(polled.records)
-                    checkpoint.produce(outcome.outgoing)
-                    checkpoint.track(polled.spans)
-                    self._count_labels(outcome, len(polled.records))
-                # Offsets are committed only once a published version holds
-                # what was learnt: a crash before that relearns, never loses.
-                if learner.maybe_publish() is not None:
-                    checkpoint.commit()
-                    self._after_publish(learner)
-                loop.health.done(len(polled.records))
-                attempt = 0
-            except Exception as exc:
-                if not _transient(exc):
-                    raise
-                loop.recover(polled, exc, attempt, self._redis_ok)
-                attempt += 1
+
+        def turn(polled: Polled) -> None:
+            if polled.records:
+                outcome = labels.process(polled.records)
+                checkpoint.produce(outcome.outgoing)
+                checkpoint.track(polled.spans)
+                self._count_labels(outcome, len(polled.records))
+            # Offsets are committed only once a published version holds
+            # what was learnt: a crash before that relearns, never loses.
+            if learner.maybe_publish() is not None:
+                checkpoint.commit()
+                self._after_publish(learner)
+
+        loop.run(turn, transient=_transient, healthy=self._redis_ok)
         try:
             published = learner.publish()
         except Exception as exc:

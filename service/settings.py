@@ -88,10 +88,12 @@ class SecurityProtocol(StrEnum):
 
     @property
     def uses_tls(self) -> bool:
+        """Whether the protocol encrypts with TLS."""
         return self in (SecurityProtocol.SSL, SecurityProtocol.SASL_SSL)
 
     @property
     def uses_sasl(self) -> bool:
+        """Whether the protocol logs in with SASL."""
         return self in (SecurityProtocol.SASL_PLAINTEXT, SecurityProtocol.SASL_SSL)
 
 

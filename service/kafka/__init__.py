@@ -5,7 +5,9 @@ defaults (idempotent producer, manual commits, bounded polls), topic creation,
 and delivery tracking that turns a failed send into an exception instead of a
 silent loss. Every builder takes the settings (or a :class:`KafkaConnection`),
 so every client gets the security options (TLS, SASL); a secured connection
-is verified (:func:`verify`) before a client is built.
+is verified (:func:`verify`) before a client is built. The builders return the
+typed protocols of :mod:`fraudstream.service.kafka.protocols` (kafka-python
+itself has no types).
 """
 
 from fraudstream.service.kafka.clients import (

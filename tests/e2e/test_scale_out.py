@@ -1,5 +1,7 @@
-"""Two scorer processes in one group, one killed mid-stream: every transaction
-is counted exactly once in the feature store and none is lost."""
+"""Two scorer processes in one group, one killed mid-stream.
+
+Every transaction is counted exactly once in the feature store and none is lost.
+"""
 
 from __future__ import annotations
 
