@@ -62,7 +62,6 @@ from typing import Any
 import numpy as np
 import orjson
 import redis
-from kafka import KafkaConsumer, TopicPartition
 from pydantic import SecretStr
 
 from fraudstream.bench.cpu import CpuSampler
@@ -75,6 +74,7 @@ from fraudstream.service.kafka import (
     make_producer,
 )
 from fraudstream.service.kafka.clients import KafkaTarget
+from fraudstream.service.kafka.protocols import Consumer, TopicPartition
 from fraudstream.service.redis_client import redis_client
 from fraudstream.service.settings import Settings
 
@@ -419,9 +419,9 @@ CAPACITY_RATES = (10_000, 65_000, 1_000_000)
 def capacity_model(
     result: Mapping[str, Any], rates: Sequence[int] = CAPACITY_RATES, utilisation: float = 0.6
 ) -> list[dict[str, Any]]:
-    """Cores, scorer processes, partitions and Redis shards for each rate, from one run's
-    CPU per transaction (scorer, Redis, broker).
+    """Cores, scorer processes, partitions and Redis shards for each rate.
 
+    From one run's CPU per transaction (scorer, Redis, broker).
     Each resource is planned at ``utilisation`` of a core (head room for bursts, a
     rebalance, a failed node's load). A scorer process uses about one core (one
     Python interpreter), a Redis shard one core (one thread runs the scripts);
@@ -490,7 +490,7 @@ def format_capacity_table(result: Mapping[str, Any], utilisation: float = 0.6) -
 
 
 def flat_without_self_rows(flat: str) -> str:
-    r"""pyinstrument's flat view minus its synthetic ``[self]`` rows.
+    r"""Pyinstrument's flat view minus its synthetic ``[self]`` rows.
 
     In flat mode pyinstrument merges the ``[self]`` pseudo-frames of many files
     under one file name, which reads as a hot spot that is not one.
@@ -718,7 +718,7 @@ def _delete_prefix(client: redis.Redis, prefix: str) -> None:
 # -- raw consume -------------------------------------------------------------------
 
 
-def _assign_all(consumer: KafkaConsumer, topic: str) -> None:
+def _assign_all(consumer: Consumer, topic: str) -> None:
     partitions = consumer.partitions_for_topic(topic) or set()
     tps = [TopicPartition(topic, p) for p in sorted(partitions)]
     consumer.assign(tps)
@@ -985,7 +985,7 @@ def _meet(folder: Path, count: int, timeout_s: float = 120.0) -> None:
         time.sleep(0.01)
 
 
-def _scorer_main(spec_path: str) -> None:
+def _scorer_main(spec_path: str) -> None:  # noqa: C901 - bench owner to split (issue 9)
     """Entry of the scorer child process (``python -m fraudstream.bench.pipeline spec.json``)."""
     from fraudstream.service.app import Application
     from fraudstream.service.settings import Settings
@@ -1202,7 +1202,7 @@ def _collect_latencies(
         while len(out) < len(sent_ms) and time.monotonic() < deadline:
             for batch in consumer.poll(timeout_ms=500, max_records=5000).values():
                 for record in batch:
-                    value = record.value
+                    value = record.value or b""
                     start = value.find(needle) + len(needle)
                     tx_id = value[start : value.find(b'"', start)]
                     sent = sent_ms.get(tx_id)

@@ -291,7 +291,8 @@ class QualityReport:
         """The report without the trace, with NaN as None (valid JSON)."""
         out = asdict(self)
         out.pop("trace")
-        return _nan_to_none(out)
+        safe: dict[str, Any] = _nan_to_none(out)
+        return safe
 
 
 def _nan_to_none(value: Any) -> Any:

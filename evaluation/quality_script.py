@@ -176,6 +176,7 @@ def markdown(report: QualityReport, command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the quality evaluation from the command line; the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--days", type=int, default=60)
     parser.add_argument("--customers", type=int, default=5000)

@@ -33,14 +33,18 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import redis
-from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
-from kafka.structs import MemberState
 
 from fraudstream.service.checkpoint import Checkpoint, ProducerFailedError, Span
 from fraudstream.service.kafka import group_coordinator_known, subscribe
+from fraudstream.service.kafka.protocols import (
+    Consumer,
+    ConsumerRebalanceListener,
+    ConsumerRecord,
+    MemberState,
+    TopicPartition,
+)
 from fraudstream.service.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -56,7 +60,7 @@ _COORDINATOR_UNKNOWN = "coordinator unknown"
 class Polled:
     """What one poll returned: the records, and per partition their first and last offset."""
 
-    records: list[Any]
+    records: list[ConsumerRecord]
     spans: dict[TopicPartition, Span]
 
 
@@ -202,13 +206,13 @@ class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, loop: ConsumeLoop) -> None:
         self._loop = loop
 
-    def on_partitions_revoked(self, revoked: Any) -> None:
+    def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
         if revoked:
             self._loop.revocations += 1
         self._loop.checkpoint.forget(revoked)
         self._loop.forget_lag(revoked)
 
-    def on_partitions_assigned(self, assigned: Any) -> None:
+    def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         if self._loop.backing_off and assigned:
             self._loop.consumer.pause(*assigned)
         log.info(
@@ -245,7 +249,7 @@ class ConsumeLoop:
     def __init__(
         self,
         name: str,
-        consumer: KafkaConsumer,
+        consumer: Consumer,
         checkpoint: Checkpoint,
         health: LoopHealth,
         *,
@@ -272,6 +276,34 @@ class ConsumeLoop:
     def subscribe(self, topics: list[str]) -> None:
         """Join the group for ``topics``, with this loop's rebalance listener."""
         subscribe(self.consumer, topics, listener=_Rebalance(self))
+
+    def run(
+        self,
+        turn: Callable[[Polled], None],
+        *,
+        transient: Callable[[BaseException], bool],
+        healthy: Callable[[], bool],
+    ) -> None:
+        """Poll and hand every batch (possibly empty) to ``turn`` until stopped.
+
+        ``turn`` processes the batch and commits what it finished. When it raises
+        what ``transient`` accepts, the batch is given up, sought back and retried
+        after a back-off (:meth:`recover`, until ``healthy()``); anything else
+        ends the loop.
+        """
+        attempt = 0
+        while not self.stopping.is_set():
+            polled = self.poll()
+            try:
+                turn(polled)
+            except Exception as exc:
+                if not transient(exc):
+                    raise
+                self.recover(polled, exc, attempt, healthy)
+                attempt += 1
+                continue
+            self.health.done(len(polled.records))
+            attempt = 0
 
     def poll(self, *, wait: bool = True) -> Polled:
         """One bounded batch (possibly empty): process it, or hand it to :meth:`recover`.
@@ -327,11 +359,11 @@ class ConsumeLoop:
         self._rewind(polled.records, resume)
         self._back_off(attempt, healthy)
 
-    def read_again(self, records: Sequence[Any]) -> None:
+    def read_again(self, records: Sequence[ConsumerRecord]) -> None:
         """Seek the owned partitions of ``records`` back to their first record."""
         self._rewind(records, {})
 
-    def _rewind(self, records: Sequence[Any], resume: dict[TopicPartition, int]) -> None:
+    def _rewind(self, records: Sequence[ConsumerRecord], resume: dict[TopicPartition, int]) -> None:
         """Seek back to where unfinished work began so it is processed again."""
         first = dict(resume)
         for r in records:
@@ -363,8 +395,10 @@ class ConsumeLoop:
             self.consumer.resume(*self.consumer.paused())
 
     def confirm_membership(self) -> None:
-        """When idle after Kafka was away: commit the positions to prove the group still
-        knows this member (after a broker restart it may not, until a heartbeat says so).
+        """When idle after Kafka was away, commit the positions.
+
+        This proves the group still knows this member (after a broker restart it may not, until a
+        heartbeat says so).
 
         Call only with no work in hand: the positions are then what is committed anyway.
         """
@@ -376,9 +410,21 @@ class ConsumeLoop:
         owned = list(self.consumer.assignment())
         if not owned:
             return
-        positions = {tp: self.consumer.position(tp, timeout_ms=2000) for tp in owned}
+        positions = self._positions(owned)
+        if positions is None:
+            return  # not known within the timeout: the next idle turn tries again
         self.checkpoint.confirm(positions)
         self.health.confirmed()
+
+    def _positions(self, owned: Sequence[TopicPartition]) -> dict[TopicPartition, int] | None:
+        """The position of every owned partition, or ``None`` when one is not known yet."""
+        positions: dict[TopicPartition, int] = {}
+        for tp in owned:
+            position = self.consumer.position(tp, timeout_ms=2000)
+            if position is None:
+                return None
+            positions[tp] = position
+        return positions
 
     def measure_lag(self, every_s: float = 5.0) -> None:
         """Records behind the log end per owned partition (at most every ``every_s``).
@@ -397,10 +443,14 @@ class ConsumeLoop:
             return
         try:
             ends = self.consumer.end_offsets(owned, timeout_ms=2000)
-            behind = {tp: ends[tp] - self.consumer.position(tp, timeout_ms=2000) for tp in owned}
+            positions = self._positions(owned)
         except Exception as exc:  # broker away, or positions not fetched yet
             self.health.lag(None, f"{type(exc).__name__}: {exc}")
             return
+        if positions is None:
+            self.health.lag(None, "positions not fetched yet")
+            return
+        behind = {tp: ends[tp] - positions[tp] for tp in owned}
         self.metrics.report_lag(
             self.name, {(tp.topic, tp.partition): max(0, lag) for tp, lag in behind.items()}
         )

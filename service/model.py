@@ -249,7 +249,7 @@ class FraudModel:
         xs = self._clean(x)
         self.pipeline.learn_one(xs, bool(y))
         if self._linear is None:
-            self._stats.learn_one(xs)
+            self._stats.learn_one(xs)  # type: ignore[no-untyped-call]  # River leaves it untyped
         self.labels_learnt += 1
         self.frauds_learnt += int(bool(y))
         self._params = None  # cached numpy parameters are stale now
@@ -292,7 +292,8 @@ class FraudModel:
         X = _sanitise(X)
         if self._linear is not None:
             mean, std, w, _ = self._parameters()
-            return self._scale(X, mean, std) * w
+            contributions: np.ndarray = self._scale(X, mean, std) * w
+            return contributions
         mean = np.array([self._stats.means.get(f, 0.0) for f in self.feature_names])
         std = np.sqrt(np.array([self._stats.vars.get(f, 0.0) for f in self.feature_names]))
         return self._scale(X, mean, std)
@@ -372,7 +373,8 @@ class FraudModel:
 
     def _logits(self, X: np.ndarray) -> np.ndarray:
         mean, std, w, b = self._parameters()
-        return self._scale(X, mean, std) @ w + b
+        logits: np.ndarray = self._scale(X, mean, std) @ w + b
+        return logits
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

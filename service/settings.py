@@ -88,10 +88,12 @@ class SecurityProtocol(StrEnum):
 
     @property
     def uses_tls(self) -> bool:
+        """Whether the protocol encrypts with TLS."""
         return self in (SecurityProtocol.SSL, SecurityProtocol.SASL_SSL)
 
     @property
     def uses_sasl(self) -> bool:
+        """Whether the protocol logs in with SASL."""
         return self in (SecurityProtocol.SASL_PLAINTEXT, SecurityProtocol.SASL_SSL)
 
 
@@ -234,8 +236,8 @@ class Settings(BaseSettings):
     dead_letter_max_bytes: Annotated[int, Field(ge=16 * 1024)] = Field(
         1_000_000,
         description="Largest dead letter (key, value, headers): bigger records are cut to fit, "
-        "with headers giving the original size and SHA-256. Keep it below the dead-letter "
-        "topics' max.message.bytes.",
+        "with headers giving the original size and SHA-256. Dead-letter topics the service "
+        "creates take it; an existing one too small for it is refused at start.",
     )
 
     # --- Kafka security ------------------------------------------------------

@@ -1,5 +1,7 @@
-"""Two scorer processes in one group, one killed mid-stream: every transaction
-is counted exactly once in the feature store and none is lost."""
+"""Two scorer processes in one group, one killed mid-stream.
+
+Every transaction is counted exactly once in the feature store and none is lost.
+"""
 
 from __future__ import annotations
 
@@ -104,11 +106,14 @@ def test_a_scorer_reading_ahead_through_rebalances_counts_each_transaction_once(
     redis_url: str,
     tmp_path: Path,
 ) -> None:
-    """A stream produced faster than batches of 5 are scored makes the scorer
+    """Overlapped batches across rebalances count each transaction once.
+
+    A stream produced faster than batches of 5 are scored makes the scorer
     overlap batches (batch k in its worker while k + 1 is polled); a second
     scorer joins, takes partitions and leaves meanwhile, so partitions are
     revoked while batches are in hand. Every transaction is scored, and counted
-    in its card's history exactly once."""
+    in its card's history exactly once.
+    """
     settings = make_settings(topic_partitions=4, max_batch_size=5, role="scorer")
     assert settings.overlap_batches
     cards = 12

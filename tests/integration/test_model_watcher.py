@@ -1,5 +1,8 @@
-"""The scorer's view of the registry: hot swap, the rules prior until trained, refusal
-of tampered or foreign model versions (the version in use stays)."""
+"""The scorer's view of the registry.
+
+Hot swap, the rules prior until trained, refusal of tampered or foreign model versions (the version
+in use stays).
+"""
 
 from __future__ import annotations
 
