@@ -1566,6 +1566,9 @@ def run_pipeline_bench(
                     **values,
                     "consumer_group": run.name("scorer-profiled"),
                     "redis_prefix": run.prefix + "p",
+                    # pyinstrument samples the main thread only: one batch at a
+                    # time keeps the whole batch's work in it.
+                    "overlap_batches": False,
                 },
                 target=events,
                 profile_path=profile_path,
@@ -1576,7 +1579,8 @@ def run_pipeline_bench(
             result["profile_flat_text"] = profiled.get("profile_flat_text", "")
             result["notes"].append(
                 "The profile comes from a second scorer run under pyinstrument (fresh group, "
-                "fresh Redis state, same model) at "
+                "fresh Redis state, same model, one batch at a time: pyinstrument samples "
+                "the main thread only) at "
                 f"{_fmt(result['profiled_scorer_tx_per_s'])} tx/s; it includes start-up."
             )
         result["load_average_1m_end"] = os.getloadavg()[0]
