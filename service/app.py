@@ -250,7 +250,10 @@ class Application:
                 stack.callback(server.stop)
             self._redis = redis_client(s)
             stack.callback(self._redis.close)
-            if not self._wait_for_redis() or not self._wait_for_state():
+            if not self._wait_for_redis():
+                return  # stopped while waiting
+            self._refuse_cluster()
+            if not self._wait_for_state():
                 return  # stopped while waiting
             self._phase = "creating topics"
             self.ensure_topics()
@@ -354,6 +357,24 @@ class Application:
             self.stopping.wait(min(30.0, 0.5 * 2**attempt))
             attempt += 1
         return False
+
+    def _refuse_cluster(self) -> None:
+        """Raise when the Redis URL names a Redis Cluster node: not supported yet.
+
+        The feature script counts a transaction at its card and its terminal in
+        one call, and a cluster refuses a script whose keys live in different
+        slots; failing here says so at start instead of on the first batch.
+        """
+        assert self._redis is not None
+        if self._redis.info("cluster").get("cluster_enabled"):
+            url = masked_url(self.settings.redis_url.get_secret_value())
+            raise ConfigurationError(
+                f"Redis at {url} is a Redis Cluster node, which fraudstream does not support "
+                "yet (the feature script counts a card and its terminal in one call, and a "
+                "cluster refuses keys of different slots in one script); set "
+                "FRAUDSTREAM_REDIS_URL to a Redis without cluster mode (a primary with "
+                "replicas is fine)"
+            )
 
     def _refuse_credentials(self) -> None:
         """Raise when Redis refuses the credentials: retrying cannot help."""
