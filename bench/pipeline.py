@@ -272,6 +272,13 @@ def format_summary(result: Mapping[str, Any], profile_lines: int = 60) -> str:
     notes = result.get("notes") or []
     if notes:
         out += ["", "Notes:", ""] + [f"- {note}" for note in notes]
+    if "scorer_cpu_us_per_tx" in result and "redis_cpu_us_per_tx" in result:
+        out += [
+            "",
+            "## Capacity model (from this run's CPU per transaction, each unit at 60 %)",
+            "",
+            format_capacity_table(result).rstrip("\n"),
+        ]
     profile = result.get("profile_text")
     if profile:
         lines = profile.splitlines()
@@ -401,6 +408,84 @@ def format_readme_table(result: Mapping[str, Any]) -> str:
         rows.append(("CPU per transaction", ", ".join(cpu), "", ""))
     out = ["| measure | result | target | |", "|---|---|---|---|"]
     out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    return "\n".join(out) + "\n"
+
+
+#: Rates the capacity model is worked out for (tx/s): a mid-size issuer, a
+#: global card network's stated peak, and a million.
+CAPACITY_RATES = (10_000, 65_000, 1_000_000)
+
+
+def capacity_model(
+    result: Mapping[str, Any], rates: Sequence[int] = CAPACITY_RATES, utilisation: float = 0.6
+) -> list[dict[str, Any]]:
+    """Cores, scorer processes, partitions and Redis shards for each rate.
+
+    From one run's CPU per transaction (scorer, Redis, broker).
+    Each resource is planned at ``utilisation`` of a core (head room for bursts, a
+    rebalance, a failed node's load). A scorer process uses about one core (one
+    Python interpreter), a Redis shard one core (one thread runs the scripts);
+    partitions are twice the scorer processes (a partition feeds one scorer at a
+    time; twice leaves room to add scorers without repartitioning), at least 6.
+    ``bound`` names what runs out first on one unit: a scorer process or a
+    Redis shard (``per_scorer_tx_per_s``, ``per_shard_tx_per_s``).
+
+    Examples
+    --------
+    >>> rows = capacity_model({"scorer_cpu_us_per_tx": 30.0, "redis_cpu_us_per_tx": 20.0,
+    ...                        "broker_cpu_us_per_tx": 10.0}, rates=[10_000, 65_000])
+    >>> [(r["scorers"], r["partitions"], r["redis_shards"], r["broker_cores"]) for r in rows]
+    [(1, 6, 1, 0.17), (4, 8, 3, 1.08)]
+    >>> rows[0]["per_scorer_tx_per_s"], rows[0]["per_shard_tx_per_s"]
+    (20000, 30000)
+    """
+    scorer_us = float(result.get("scorer_cpu_us_per_tx") or math.nan)
+    redis_us = float(result.get("redis_cpu_us_per_tx") or math.nan)
+    broker_us = result.get("broker_cpu_us_per_tx")
+    broker_us = float(broker_us) if broker_us is not None else math.nan
+    per_scorer = utilisation * 1e6 / scorer_us
+    per_shard = utilisation * 1e6 / redis_us
+    rows = []
+    for rate in rates:
+        scorers = max(1, math.ceil(rate / per_scorer))
+        shards = max(1, math.ceil(rate / per_shard))
+        broker = rate * broker_us / 1e6 / utilisation
+        rows.append(
+            {
+                "tx_per_s": rate,
+                "scorer_cores": round(rate * scorer_us / 1e6 / utilisation, 2),
+                "scorers": scorers,
+                "partitions": max(6, 2 * scorers),
+                "redis_cores": round(rate * redis_us / 1e6 / utilisation, 2),
+                "redis_shards": shards,
+                "broker_cores": round(broker, 2) if math.isfinite(broker) else None,
+                "per_scorer_tx_per_s": round(per_scorer),
+                "per_shard_tx_per_s": round(per_shard),
+                "bound": "Redis shard" if per_shard < per_scorer else "scorer process",
+            }
+        )
+    return rows
+
+
+def format_capacity_table(result: Mapping[str, Any], utilisation: float = 0.6) -> str:
+    """The capacity model of :func:`capacity_model` as a Markdown table.
+
+    >>> print(format_capacity_table({"scorer_cpu_us_per_tx": 30.0, "redis_cpu_us_per_tx": 20.0,
+    ...                              "broker_cpu_us_per_tx": None}).splitlines()[2])
+    | 10,000 tx/s | 0.5 | 1 | 6 | 0.33 | 1 | ? |
+    """
+    out = [
+        "| rate | scorer cores | scorer processes | partitions | Redis cores "
+        "| Redis shards | broker cores |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in capacity_model(result, utilisation=utilisation):
+        broker = "?" if row["broker_cores"] is None else _fmt(row["broker_cores"])
+        out.append(
+            f"| {_fmt(row['tx_per_s'])} tx/s | {_fmt(row['scorer_cores'])} | {row['scorers']} "
+            f"| {row['partitions']} | {_fmt(row['redis_cores'])} | {row['redis_shards']} "
+            f"| {broker} |"
+        )
     return "\n".join(out) + "\n"
 
 
@@ -1481,6 +1566,9 @@ def run_pipeline_bench(
                     **values,
                     "consumer_group": run.name("scorer-profiled"),
                     "redis_prefix": run.prefix + "p",
+                    # pyinstrument samples the main thread only: one batch at a
+                    # time keeps the whole batch's work in it.
+                    "overlap_batches": False,
                 },
                 target=events,
                 profile_path=profile_path,
@@ -1491,7 +1579,8 @@ def run_pipeline_bench(
             result["profile_flat_text"] = profiled.get("profile_flat_text", "")
             result["notes"].append(
                 "The profile comes from a second scorer run under pyinstrument (fresh group, "
-                "fresh Redis state, same model) at "
+                "fresh Redis state, same model, one batch at a time: pyinstrument samples "
+                "the main thread only) at "
                 f"{_fmt(result['profiled_scorer_tx_per_s'])} tx/s; it includes start-up."
             )
         result["load_average_1m_end"] = os.getloadavg()[0]

@@ -250,7 +250,10 @@ class Application:
                 stack.callback(server.stop)
             self._redis = redis_client(s)
             stack.callback(self._redis.close)
-            if not self._wait_for_redis() or not self._wait_for_state():
+            if not self._wait_for_redis():
+                return  # stopped while waiting
+            self._refuse_cluster()
+            if not self._wait_for_state():
                 return  # stopped while waiting
             self._phase = "creating topics"
             self.ensure_topics()
@@ -354,6 +357,24 @@ class Application:
             self.stopping.wait(min(30.0, 0.5 * 2**attempt))
             attempt += 1
         return False
+
+    def _refuse_cluster(self) -> None:
+        """Raise when the Redis URL names a Redis Cluster node: not supported yet.
+
+        The feature script counts a transaction at its card and its terminal in
+        one call, and a cluster refuses a script whose keys live in different
+        slots; failing here says so at start instead of on the first batch.
+        """
+        assert self._redis is not None
+        if self._redis.info("cluster").get("cluster_enabled"):
+            url = masked_url(self.settings.redis_url.get_secret_value())
+            raise ConfigurationError(
+                f"Redis at {url} is a Redis Cluster node, which fraudstream does not support "
+                "yet (the feature script counts a card and its terminal in one call, and a "
+                "cluster refuses keys of different slots in one script); set "
+                "FRAUDSTREAM_REDIS_URL to a Redis without cluster mode (a primary with "
+                "replicas is fine)"
+            )
 
     def _refuse_credentials(self) -> None:
         """Raise when Redis refuses the credentials: retrying cannot help."""
@@ -470,16 +491,22 @@ class Application:
             max_message_bytes=s.max_message_bytes,
             dead_letter_max_bytes=s.dead_letter_max_bytes,
         )
+        if s.overlap_batches and s.guarantee is DeliveryGuarantee.AT_LEAST_ONCE:
+            self._score_overlapped(loop, pipeline, watcher)
+        else:
+            self._score_one_at_a_time(loop, pipeline, watcher)
+        self._final_commit(loop)
+
+    def _score_one_at_a_time(
+        self, loop: ConsumeLoop, pipeline: Pipeline, watcher: ModelWatcher
+    ) -> None:
+        """Poll, process, produce, commit; then the next batch."""
         checkpoint = loop.checkpoint
 
         def turn(polled: Polled) -> None:
             started = time.perf_counter()
             if not polled.records:
-                # Idle: still pick up new model versions, so the next batch
-                # after a quiet spell is scored with the newest one.
-                with contextlib.suppress(redis.RedisError):
-                    watcher.current()
-                loop.confirm_membership()
+                self._idle_turn(loop, watcher)
                 # Sends offsets coalesced while a request was out.
                 checkpoint.commit(wait=False)
                 return
@@ -492,7 +519,42 @@ class Application:
             self._count(outcome, len(polled.records), time.perf_counter() - started)
 
         loop.run(turn, transient=_transient, healthy=self._redis_ok)
-        self._final_commit(loop)
+
+    def _score_overlapped(
+        self, loop: ConsumeLoop, pipeline: Pipeline, watcher: ModelWatcher
+    ) -> None:
+        """Behind the stream, run batch ``k``'s Redis work while ``k + 1`` is polled.
+
+        See :meth:`ConsumeLoop.run_ahead`. The scorer then waits less for Redis:
+        its round trips run while the main thread decodes the next fetch. Only
+        after a large batch: reading ahead after every batch doubled the p50
+        latency at 2,000 tx/s offered.
+        """
+        checkpoint = loop.checkpoint
+
+        def process(polled: Polled) -> BatchOutcome:
+            return pipeline.process(polled.records)
+
+        def finish(polled: Polled, outcome: BatchOutcome, seconds: float) -> None:
+            checkpoint.produce(outcome.outgoing)
+            checkpoint.track(polled.spans)
+            checkpoint.commit(wait=False)
+            self._count(outcome, len(polled.records), seconds)
+
+        def idle() -> None:
+            self._idle_turn(loop, watcher)
+            checkpoint.commit(wait=False)
+
+        loop.run_ahead(process, finish, idle, transient=_transient, healthy=self._redis_ok)
+
+    def _idle_turn(self, loop: ConsumeLoop, watcher: ModelWatcher) -> None:
+        """Nothing polled: pick up new model versions, prove the membership if needed.
+
+        The next batch after a quiet spell is then scored with the newest version.
+        """
+        with contextlib.suppress(redis.RedisError):
+            watcher.current()
+        loop.confirm_membership()
 
     def _count(self, outcome: BatchOutcome, consumed: int, seconds: float) -> None:
         m = self.metrics

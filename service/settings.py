@@ -211,6 +211,13 @@ class Settings(BaseSettings):
         "scorer's open transaction then holds read_committed readers back until it times out "
         "(60 s).",
     )
+    overlap_batches: bool = Field(
+        True,
+        description="at_least_once: when behind (a batch of at least half max_batch_size), "
+        "process a batch (Redis, scoring) in a worker thread while the next one is polled; its "
+        "offsets are still committed only after its effects are durable. Off, or in "
+        "exactly_once mode: one batch at a time.",
+    )
     max_batch_size: Annotated[int, Field(ge=1, le=100_000)] = Field(
         2000, description="Most records processed per batch (bounds time per batch)."
     )
