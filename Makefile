@@ -10,13 +10,16 @@ bootstrap:
 demo: bootstrap
 	.venv/bin/fraudstream demo
 
-test: bootstrap
-	.venv/bin/ruff check fraudstream/*.py service producers evaluation bench devstack tests examples
-	.venv/bin/mypy
+# What ruff checks; its rules (docstrings, complexity, ...) and mypy's strictness
+# are in pyproject.toml.
+CODE = fraudstream/*.py service producers evaluation bench devstack tests examples
+
+test: lint
 	.venv/bin/pytest
 
 lint: bootstrap
-	.venv/bin/ruff check fraudstream/*.py service producers evaluation bench devstack tests examples
+	.venv/bin/ruff check $(CODE)
+	.venv/bin/ruff format --check $(CODE)
 	.venv/bin/mypy
 
 # Run the demo recording its metrics, then draw the Grafana dashboard's panels

@@ -77,6 +77,7 @@ class NaiveFeatureStore:
         self.config = config
 
     def update_one(self, tx: Transaction) -> list[float]:
+        """The features of ``tx`` after recording it, one round trip per command."""
         c, cfg = self.client, self.config
         p, t = cfg.prefix, tx.event_time_ms
         new = c.set(f"{p}:seen:{tx.transaction_id}", 1, nx=True, ex=cfg.retention_s)
@@ -103,11 +104,13 @@ class NaiveFeatureStore:
 
 
 def redis_cpu_s(client: redis.Redis) -> float:
+    """Redis server CPU seconds so far (user + system)."""
     info = client.info("cpu")
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def evalsha_usec(client: redis.Redis) -> tuple[int, int]:
+    """Total microseconds and calls of EVALSHA so far."""
     stats = client.info("commandstats").get("cmdstat_evalsha", {"usec": 0, "calls": 0})
     return int(stats["usec"]), int(stats["calls"])
 
@@ -142,6 +145,7 @@ def card_memory(client: redis.Redis, prefix: str, sample: int = 300) -> tuple[fl
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Run the feature-store benchmark from the command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=2000)

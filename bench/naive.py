@@ -275,7 +275,7 @@ def measure_naive(
         cpu0 = 0.0
         deadline = time.monotonic() + 600
         for record in consumer:
-            naive.process(record.value)
+            naive.process(record.value or b"")
             count += 1
             if count == 1:
                 first_at, cpu0 = time.perf_counter(), time.process_time()

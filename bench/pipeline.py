@@ -62,7 +62,6 @@ from typing import Any
 import numpy as np
 import orjson
 import redis
-from kafka import KafkaConsumer, TopicPartition
 from pydantic import SecretStr
 
 from fraudstream.bench.cpu import CpuSampler
@@ -75,6 +74,7 @@ from fraudstream.service.kafka import (
     make_producer,
 )
 from fraudstream.service.kafka.clients import KafkaTarget
+from fraudstream.service.kafka.protocols import Consumer, TopicPartition
 from fraudstream.service.redis_client import redis_client
 from fraudstream.service.settings import Settings
 
@@ -272,6 +272,13 @@ def format_summary(result: Mapping[str, Any], profile_lines: int = 60) -> str:
     notes = result.get("notes") or []
     if notes:
         out += ["", "Notes:", ""] + [f"- {note}" for note in notes]
+    if "scorer_cpu_us_per_tx" in result and "redis_cpu_us_per_tx" in result:
+        out += [
+            "",
+            "## Capacity model (from this run's CPU per transaction, each unit at 60 %)",
+            "",
+            format_capacity_table(result).rstrip("\n"),
+        ]
     profile = result.get("profile_text")
     if profile:
         lines = profile.splitlines()
@@ -404,8 +411,86 @@ def format_readme_table(result: Mapping[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+#: Rates the capacity model is worked out for (tx/s): a mid-size issuer, a
+#: global card network's stated peak, and a million.
+CAPACITY_RATES = (10_000, 65_000, 1_000_000)
+
+
+def capacity_model(
+    result: Mapping[str, Any], rates: Sequence[int] = CAPACITY_RATES, utilisation: float = 0.6
+) -> list[dict[str, Any]]:
+    """Cores, scorer processes, partitions and Redis shards for each rate.
+
+    From one run's CPU per transaction (scorer, Redis, broker).
+    Each resource is planned at ``utilisation`` of a core (head room for bursts, a
+    rebalance, a failed node's load). A scorer process uses about one core (one
+    Python interpreter), a Redis shard one core (one thread runs the scripts);
+    partitions are twice the scorer processes (a partition feeds one scorer at a
+    time; twice leaves room to add scorers without repartitioning), at least 6.
+    ``bound`` names what runs out first on one unit: a scorer process or a
+    Redis shard (``per_scorer_tx_per_s``, ``per_shard_tx_per_s``).
+
+    Examples
+    --------
+    >>> rows = capacity_model({"scorer_cpu_us_per_tx": 30.0, "redis_cpu_us_per_tx": 20.0,
+    ...                        "broker_cpu_us_per_tx": 10.0}, rates=[10_000, 65_000])
+    >>> [(r["scorers"], r["partitions"], r["redis_shards"], r["broker_cores"]) for r in rows]
+    [(1, 6, 1, 0.17), (4, 8, 3, 1.08)]
+    >>> rows[0]["per_scorer_tx_per_s"], rows[0]["per_shard_tx_per_s"]
+    (20000, 30000)
+    """
+    scorer_us = float(result.get("scorer_cpu_us_per_tx") or math.nan)
+    redis_us = float(result.get("redis_cpu_us_per_tx") or math.nan)
+    broker_us = result.get("broker_cpu_us_per_tx")
+    broker_us = float(broker_us) if broker_us is not None else math.nan
+    per_scorer = utilisation * 1e6 / scorer_us
+    per_shard = utilisation * 1e6 / redis_us
+    rows = []
+    for rate in rates:
+        scorers = max(1, math.ceil(rate / per_scorer))
+        shards = max(1, math.ceil(rate / per_shard))
+        broker = rate * broker_us / 1e6 / utilisation
+        rows.append(
+            {
+                "tx_per_s": rate,
+                "scorer_cores": round(rate * scorer_us / 1e6 / utilisation, 2),
+                "scorers": scorers,
+                "partitions": max(6, 2 * scorers),
+                "redis_cores": round(rate * redis_us / 1e6 / utilisation, 2),
+                "redis_shards": shards,
+                "broker_cores": round(broker, 2) if math.isfinite(broker) else None,
+                "per_scorer_tx_per_s": round(per_scorer),
+                "per_shard_tx_per_s": round(per_shard),
+                "bound": "Redis shard" if per_shard < per_scorer else "scorer process",
+            }
+        )
+    return rows
+
+
+def format_capacity_table(result: Mapping[str, Any], utilisation: float = 0.6) -> str:
+    """The capacity model of :func:`capacity_model` as a Markdown table.
+
+    >>> print(format_capacity_table({"scorer_cpu_us_per_tx": 30.0, "redis_cpu_us_per_tx": 20.0,
+    ...                              "broker_cpu_us_per_tx": None}).splitlines()[2])
+    | 10,000 tx/s | 0.5 | 1 | 6 | 0.33 | 1 | ? |
+    """
+    out = [
+        "| rate | scorer cores | scorer processes | partitions | Redis cores "
+        "| Redis shards | broker cores |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in capacity_model(result, utilisation=utilisation):
+        broker = "?" if row["broker_cores"] is None else _fmt(row["broker_cores"])
+        out.append(
+            f"| {_fmt(row['tx_per_s'])} tx/s | {_fmt(row['scorer_cores'])} | {row['scorers']} "
+            f"| {row['partitions']} | {_fmt(row['redis_cores'])} | {row['redis_shards']} "
+            f"| {broker} |"
+        )
+    return "\n".join(out) + "\n"
+
+
 def flat_without_self_rows(flat: str) -> str:
-    r"""pyinstrument's flat view minus its synthetic ``[self]`` rows.
+    r"""Pyinstrument's flat view minus its synthetic ``[self]`` rows.
 
     In flat mode pyinstrument merges the ``[self]`` pseudo-frames of many files
     under one file name, which reads as a hot spot that is not one.
@@ -636,7 +721,7 @@ def _delete_prefix(client: redis.Redis, prefix: str) -> None:
 # -- raw consume -------------------------------------------------------------------
 
 
-def _assign_all(consumer: KafkaConsumer, topic: str) -> None:
+def _assign_all(consumer: Consumer, topic: str) -> None:
     partitions = consumer.partitions_for_topic(topic) or set()
     tps = [TopicPartition(topic, p) for p in sorted(partitions)]
     consumer.assign(tps)
@@ -903,7 +988,7 @@ def _meet(folder: Path, count: int, timeout_s: float = 120.0) -> None:
         time.sleep(0.01)
 
 
-def _scorer_main(spec_path: str) -> None:
+def _scorer_main(spec_path: str) -> None:  # noqa: C901 - bench owner to split (issue 9)
     """Entry of the scorer child process (``python -m fraudstream.bench.pipeline spec.json``)."""
     from fraudstream.service.app import Application
     from fraudstream.service.settings import Settings
@@ -1120,7 +1205,7 @@ def _collect_latencies(
         while len(out) < len(sent_ms) and time.monotonic() < deadline:
             for batch in consumer.poll(timeout_ms=500, max_records=5000).values():
                 for record in batch:
-                    value = record.value
+                    value = record.value or b""
                     start = value.find(needle) + len(needle)
                     tx_id = value[start : value.find(b'"', start)]
                     sent = sent_ms.get(tx_id)
@@ -1486,6 +1571,9 @@ def run_pipeline_bench(
                     **values,
                     "consumer_group": run.name("scorer-profiled"),
                     "redis_prefix": run.prefix + "p",
+                    # pyinstrument samples the main thread only: one batch at a
+                    # time keeps the whole batch's work in it.
+                    "overlap_batches": False,
                 },
                 target=events,
                 profile_path=profile_path,
@@ -1496,7 +1584,8 @@ def run_pipeline_bench(
             result["profile_flat_text"] = profiled.get("profile_flat_text", "")
             result["notes"].append(
                 "The profile comes from a second scorer run under pyinstrument (fresh group, "
-                "fresh Redis state, same model) at "
+                "fresh Redis state, same model, one batch at a time: pyinstrument samples "
+                "the main thread only) at "
                 f"{_fmt(result['profiled_scorer_tx_per_s'])} tx/s; it includes start-up."
             )
         result["load_average_1m_end"] = os.getloadavg()[0]

@@ -7,16 +7,20 @@ imports it.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from fraudstream.devstack.stack import DevStack
 from fraudstream.service.settings import DecisionMode, Settings
 
+#: A decorated command function (click options return it unchanged in type).
+_F = TypeVar("_F", bound=Callable[..., Any])
 
-def _folder_option(name: str, default: str, help_text: str) -> Any:
+
+def _folder_option(name: str, default: str, help_text: str) -> Callable[[_F], _F]:
     return click.option(
         name,
         type=click.Path(file_okay=False, path_type=Path),
@@ -36,7 +40,7 @@ _dev_options = [
 ]
 
 
-def _with_dev_options(func: Any) -> Any:
+def _with_dev_options(func: _F) -> _F:
     for option in reversed(_dev_options):
         func = option(func)
     return func
@@ -145,6 +149,7 @@ def dev_fetch(cache_dir: Path) -> None:
 @click.pass_obj
 def demo(
     settings: Settings,
+    /,
     customers: int,
     terminals: int,
     days: int,

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from fraudstream.service.cli_status import histogram_quantile
 
@@ -97,6 +98,7 @@ class Recording:
     def from_scrapes(
         cls, scrapes: Iterable[tuple[float, Sequence[tuple[str, dict[str, str], float | None]]]]
     ) -> Recording:
+        """A recording from ``(time, samples)`` scrapes."""
         rows = list(scrapes)
         times = np.array([t for t, _ in rows], dtype=np.float64)
         series: dict[tuple[str, LabelSet], np.ndarray] = {}
@@ -337,7 +339,7 @@ def _quantile(q: float, buckets: Vector, length: int) -> Vector:
 
 
 def _binary(op: str, left: Value, right: Value) -> Value:
-    def apply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    def apply(a: NDArray[np.float64], b: NDArray[np.float64]) -> NDArray[np.float64]:
         with np.errstate(all="ignore"):
             if op == "+":
                 return a + b

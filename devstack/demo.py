@@ -25,14 +25,16 @@ from typing import Any
 import click
 import numpy as np
 import orjson
-from kafka import TopicPartition
 
 from fraudstream.devstack.stack import DevStack
 from fraudstream.producers.labels import LabelDelay
 from fraudstream.producers.simulator import Simulation, SimulationConfig, simulate
 from fraudstream.producers.stream import StreamStats, stream_simulation
 from fraudstream.service.app import Application
-from fraudstream.service.kafka import make_consumer
+from fraudstream.service.errors import ConfigurationError
+from fraudstream.service.kafka import make_admin, make_consumer
+from fraudstream.service.kafka.protocols import TopicPartition
+from fraudstream.service.redis_client import redis_client
 from fraudstream.service.settings import DecisionMode, Settings
 
 
@@ -114,6 +116,73 @@ def _quality_summary(simulation: Simulation, seen: _Seen, days: int, budget: str
     return lines
 
 
+def demo_topics(settings: Settings) -> list[str]:
+    """Every topic the demo's service reads or writes."""
+    s = settings
+    return [
+        s.topic_transactions,
+        s.topic_labels,
+        s.topic_alerts,
+        s.topic_scores,
+        s.topic_transactions_dlq,
+        s.topic_labels_dlq,
+    ]
+
+
+def clear_earlier_demo(settings: Settings) -> bool:
+    """Forget what an earlier demo left in the dev stack; ``True`` when there was something.
+
+    The simulated stream of a demo started the same day has the same transaction
+    ids: against the earlier run's Redis state they would all be replays, and the
+    earlier run's events would be scored again. So the demo's topics are emptied
+    (records deleted up to their end, the topics kept), its consumer groups
+    deleted and its Redis keys (``<prefix>:*``, model versions and the state
+    marker included) removed. Only ever called on the local dev stack.
+    """
+    cleared = False
+    admin = make_admin(settings, client_id="fraudstream-demo")
+    try:
+        present = set(admin.list_topics()) & set(demo_topics(settings))
+        if present:
+            reader = make_consumer(settings, client_id="fraudstream-demo", group_id=None)
+            try:
+                partitions = [
+                    TopicPartition(topic, p)
+                    for topic in sorted(present)
+                    for p in sorted(reader.partitions_for_topic(topic) or ())
+                ]
+                ends = reader.end_offsets(partitions)
+                starts = reader.beginning_offsets(partitions)
+            finally:
+                reader.close()
+            to_delete = {tp: end for tp, end in ends.items() if end > starts[tp]}
+            if to_delete:
+                admin.delete_records(to_delete, timeout_ms=30_000)
+                cleared = True
+        known = {group["group_id"] for group in admin.list_groups()}
+        groups = [g for g in (settings.consumer_group, settings.learner_group) if g in known]
+        for group, result in (admin.delete_groups(groups) if groups else {}).items():
+            if result == "OK":
+                cleared = True
+            elif result != "GroupIdNotFoundError":
+                raise ConfigurationError(
+                    f"cannot clear the earlier demo's consumer group {group!r} ({result}): "
+                    "is a service still running against the dev stack? Stop it, or run "
+                    "`fraudstream dev down` first"
+                )
+    finally:
+        admin.close()
+    client = redis_client(settings)
+    try:
+        keys = list(client.scan_iter(match=f"{settings.redis_prefix}:*", count=1000))
+        for start in range(0, len(keys), 1000):
+            client.unlink(*keys[start : start + 1000])
+        cleared = cleared or bool(keys)
+    finally:
+        client.close()
+    return cleared
+
+
 def run_demo(
     settings: Settings, stack: DevStack, plan: DemoPlan, echo: Callable[[str], None] = click.echo
 ) -> None:
@@ -139,10 +208,13 @@ def _record(out: Any, app: Application) -> None:
 
 
 def _run(settings: Settings, plan: DemoPlan, echo: Callable[[str], None]) -> None:
+    """Serve, feed the simulation, watch the alerts until it is scored, then summarise."""
     if logging.getLogger().getEffectiveLevel() >= logging.INFO:
         # The demo tells the story itself (model switch, status lines): the service's
         # own lifecycle lines would interleave with it; warnings still show.
         logging.getLogger("fraudstream.service").setLevel(logging.WARNING)
+    if clear_earlier_demo(settings):
+        echo("cleared what an earlier demo left in the dev stack (topics, groups, Redis state)")
     app = Application(settings)
     app.ensure_topics()
     service = threading.Thread(target=app.run, name="service", daemon=True)
@@ -151,35 +223,79 @@ def _run(settings: Settings, plan: DemoPlan, echo: Callable[[str], None]) -> Non
         f"service running; metrics at http://{settings.metrics_host}:{settings.metrics_port}"
         "/metrics (health: /healthz, /readyz); `fraudstream status` summarises them"
     )
+    simulation = _simulation_config(plan)
+    feed = _Feed(settings, simulation, plan)
+    feed.start()
+    budget = _announce(settings, plan, echo)
+    seen = _Seen()
+    m = app.metrics
+    recording = open(plan.metrics_out, "wb") if plan.metrics_out else None  # noqa: SIM115
+    try:
+        _watch_alerts(settings, plan, app, service, feed, seen, recording, echo)
+    except KeyboardInterrupt:
+        echo("interrupted")
+    finally:
+        app.stop()
+        service.join(timeout=60)
+        if recording is not None:
+            _record(recording, app)
+            recording.close()
+    stats = feed.stats
+    if stats:
+        echo(
+            f"done: {stats.transactions:,} transactions ({stats.frauds:,} frauds planted) and "
+            f"{stats.labels:,} labels fed; {_value(m.processed):,.0f} scored, "
+            f"{_value(m.alerts):,.0f} alerts, model version {_value(m.model_version):.0f}"
+        )
+        for line in _quality_summary(simulate(simulation), seen, plan.days, budget):
+            echo(line)
+    if plan.metrics_out:
+        echo(f"metrics recorded to {plan.metrics_out}")
 
+
+def _simulation_config(plan: DemoPlan) -> SimulationConfig:
+    """The simulated card network of the plan, ending today at midnight (UTC)."""
     start = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     start -= timedelta(days=plan.days)
-    simulation = SimulationConfig(
+    return SimulationConfig(
         seed=plan.seed,
         n_customers=plan.customers,
         n_terminals=plan.terminals,
         n_days=plan.days,
         start=start,
     )
-    fed: list[StreamStats] = []
-    feed_errors: list[BaseException] = []
 
-    def feed() -> None:
+
+class _Feed:
+    """The simulated stream fed to Kafka in a thread; its stats or its error once done."""
+
+    def __init__(self, settings: Settings, simulation: SimulationConfig, plan: DemoPlan) -> None:
+        self.settings = settings
+        self.simulation = simulation
+        self.plan = plan
+        self.stats: StreamStats | None = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._feed, name="simulator", daemon=True)
+
+    def start(self) -> None:
+        """Start feeding in the background."""
+        self._thread.start()
+
+    def _feed(self) -> None:
         try:
-            fed.append(
-                stream_simulation(
-                    settings,
-                    simulation,
-                    label_delay=LabelDelay(delay_s=plan.label_delay_days * 86_400),
-                    speed=plan.speed,
-                    progress=False,
-                )
+            self.stats = stream_simulation(
+                self.settings,
+                self.simulation,
+                label_delay=LabelDelay(delay_s=self.plan.label_delay_days * 86_400),
+                speed=self.plan.speed,
+                progress=False,
             )
         except BaseException as exc:  # reported by the main thread
-            feed_errors.append(exc)
+            self.error = exc
 
-    feeder = threading.Thread(target=feed, name="simulator", daemon=True)
-    feeder.start()
+
+def _announce(settings: Settings, plan: DemoPlan, echo: Callable[[str], None]) -> str:
+    """Say how alerts are decided and what is simulated; the decision rule in short."""
     if settings.decision is DecisionMode.BUDGET:
         budget = f"budget {settings.alert_budget_per_day} a day"
         echo(
@@ -195,59 +311,63 @@ def _run(settings: Settings, plan: DemoPlan, echo: Callable[[str], None]) -> Non
         f"days at {plan.speed:,.0f}x event time (labels {plan.label_delay_days:g} days later); "
         f"showing about one alert every {plan.alert_every_s:g} s"
     )
+    return budget
 
+
+def _watch_alerts(
+    settings: Settings,
+    plan: DemoPlan,
+    app: Application,
+    service: threading.Thread,
+    feed: _Feed,
+    seen: _Seen,
+    recording: Any,
+    echo: Callable[[str], None],
+) -> None:
+    """Show alerts, status lines and record metrics until the fed stream is all scored.
+
+    Returns 5 s after the last fed transaction was scored, or when the service stops;
+    raises what the feed raised.
+    """
     alerts = make_consumer(settings, client_id="demo-alerts", group_id=None, read_committed=True)
-    partitions = alerts.partitions_for_topic(settings.topic_alerts) or {0}
-    alerts.assign([TopicPartition(settings.topic_alerts, p) for p in sorted(partitions)])
-    alerts.seek_to_end()
-    seen = _Seen()
-    next_status = time.monotonic() + 5
-    next_record = 0.0
-    idle_since: float | None = None
-    m = app.metrics
-    recording = open(plan.metrics_out, "wb") if plan.metrics_out else None  # noqa: SIM115
     try:
+        partitions = alerts.partitions_for_topic(settings.topic_alerts) or {0}
+        alerts.assign([TopicPartition(settings.topic_alerts, p) for p in sorted(partitions)])
+        alerts.seek_to_end()
+        next_status = time.monotonic() + 5
+        next_record = 0.0
+        idle_since: float | None = None
+        m = app.metrics
         while service.is_alive():
             for batch in alerts.poll(timeout_ms=500).values():
                 for record in batch:
-                    _show(orjson.loads(record.value), seen, plan, echo)
+                    if record.value is not None:  # no tombstones on the alerts topic
+                        _show(orjson.loads(record.value), seen, plan, echo)
             now = time.monotonic()
             if recording is not None and now >= next_record:
                 next_record = now + plan.record_every_s
                 _record(recording, app)
             if now >= next_status:
                 next_status = now + 5
-                echo(
-                    f"status: {_value(m.processed):,.0f} scored, {_value(m.alerts):,.0f} alerts, "
-                    f"{_value(m.dead_lettered):,.0f} dead letters, {_value(m.labels_learnt):,.0f}"
-                    f" labels learnt, model version {_value(m.model_version):.0f}"
-                )
-            if feed_errors:
-                raise feed_errors[0]
-            if fed and _value(m.processed) >= fed[0].transactions:
+                echo(_status_line(app))
+            if feed.error is not None:
+                raise feed.error
+            if feed.stats and _value(m.processed) >= feed.stats.transactions:
                 idle_since = idle_since or time.monotonic()
                 if time.monotonic() - idle_since > 5:
                     break
-    except KeyboardInterrupt:
-        echo("interrupted")
     finally:
         alerts.close()
-        app.stop()
-        service.join(timeout=60)
-        if recording is not None:
-            _record(recording, app)
-            recording.close()
-    stats = fed[0] if fed else None
-    if stats:
-        echo(
-            f"done: {stats.transactions:,} transactions ({stats.frauds:,} frauds planted) and "
-            f"{stats.labels:,} labels fed; {_value(m.processed):,.0f} scored, "
-            f"{_value(m.alerts):,.0f} alerts, model version {_value(m.model_version):.0f}"
-        )
-        for line in _quality_summary(simulate(simulation), seen, plan.days, budget):
-            echo(line)
-    if plan.metrics_out:
-        echo(f"metrics recorded to {plan.metrics_out}")
+
+
+def _status_line(app: Application) -> str:
+    """Throughput, alerts, dead letters, labels and model version so far."""
+    m = app.metrics
+    return (
+        f"status: {_value(m.processed):,.0f} scored, {_value(m.alerts):,.0f} alerts, "
+        f"{_value(m.dead_lettered):,.0f} dead letters, {_value(m.labels_learnt):,.0f}"
+        f" labels learnt, model version {_value(m.model_version):.0f}"
+    )
 
 
 def _show(alert: dict[str, Any], seen: _Seen, plan: DemoPlan, echo: Callable[[str], None]) -> None:

@@ -123,10 +123,12 @@ class ManagedServer:
 
     @property
     def pid_file(self) -> Path:
+        """Where the server's pid is written."""
         return self.data_dir / self.pid_name
 
     @property
     def log_file(self) -> Path:
+        """Where the server's output goes."""
         return self.data_dir / self.log_name
 
     def running_pid(self) -> int | None:

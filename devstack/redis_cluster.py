@@ -131,7 +131,8 @@ class RedisCluster:
         """``CLUSTER INFO`` of one node (empty when it does not answer)."""
         client = self._client(node)
         try:
-            info = client.execute_command("CLUSTER INFO")  # parsed into a dict by redis-py
+            # Parsed into a dict by redis-py, whose execute_command has no annotations.
+            info = client.execute_command("CLUSTER INFO")  # type: ignore[no-untyped-call]
         except redis.RedisError:
             return {}
         finally:
@@ -146,7 +147,7 @@ class RedisCluster:
                 continue
             client = self._client(node)
             try:
-                role = client.execute_command("ROLE")[0]
+                role = client.execute_command("ROLE")[0]  # type: ignore[no-untyped-call]
             except redis.RedisError:
                 continue
             finally:

@@ -50,6 +50,17 @@ def _registered(address: str, pid: int | None) -> Iterator[str]:
 
 
 @contextlib.contextmanager
+def _serving(server: KafkaServer | RedisServer, address: str) -> Iterator[str]:
+    """Yield the address of a started ``server`` (known to :func:`started_pid`); stop it after."""
+    log.info("started %s at %s", server.name, address)
+    try:
+        with _registered(address, server.running_pid()) as registered:
+            yield registered
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
 def _home(data_dir: Path | None, prefix: str) -> Iterator[Path]:
     if data_dir is not None:
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -80,12 +91,8 @@ def redis_given_or_started(
     with _home(data_dir, "fraudstream-redis-") as home:
         server = RedisServer(data_dir=home, port=free_port(), persistent=persistent)
         server.start()
-        log.info("started redis at %s", server.url)
-        try:
-            with _registered(server.url, server.running_pid()) as address:
-                yield address
-        finally:
-            server.stop()
+        with _serving(server, server.url) as address:
+            yield address
 
 
 @contextlib.contextmanager
@@ -124,12 +131,8 @@ def kafka_given_or_started(
             heap_mb=heap_mb,
         )
         server.start(timeout_s=timeout_s)
-        log.info("started kafka at %s", server.bootstrap_servers)
-        try:
-            with _registered(server.bootstrap_servers, server.running_pid()) as address:
-                yield address
-        finally:
-            server.stop()
+        with _serving(server, server.bootstrap_servers) as address:
+            yield address
 
 
 @contextlib.contextmanager

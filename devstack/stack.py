@@ -34,6 +34,7 @@ class DevStack:
 
     @property
     def kafka(self) -> KafkaServer:
+        """The Kafka broker of the stack."""
         return KafkaServer(
             data_dir=self.home / "kafka",
             cache_dir=self.cache_dir,
@@ -43,6 +44,7 @@ class DevStack:
 
     @property
     def redis(self) -> RedisServer:
+        """The Redis server of the stack."""
         return RedisServer(
             data_dir=self.home / "redis", port=self.redis_port, persistent=self.persistent_redis
         )

@@ -193,7 +193,7 @@ def _mapping(pairs: tuple[str, ...]) -> dict[str, str] | None:
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON line, last.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.pass_context
-def evaluate_cmd(ctx: click.Context, **opts: Any) -> None:
+def evaluate_cmd(ctx: click.Context, /, **opts: Any) -> None:
     """Detection quality of the models on a labelled stream, measured the handbook's way.
 
     Replays FILE (labelled transactions; --preset handbook reads the Fraud

@@ -145,8 +145,11 @@ class ReplayResult:
 def feature_store(
     kind: StoreKind | FeatureStore, config: FeatureConfig, redis_url: str | None = None
 ) -> Iterator[tuple[FeatureStore, str]]:
-    """A fresh feature store: Redis (the given server, else one started for the run) or
-    the in-memory reference; or the store object given, as it is."""
+    """Open a fresh feature store.
+
+    Redis (the given server, else one started for the run) or the in-memory
+    reference; or the store object given, as it is.
+    """
     if kind == "reference":
         yield ReferenceFeatureStore(config), "reference"
     elif kind == "redis":

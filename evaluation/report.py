@@ -215,7 +215,8 @@ def build_report(
         "learning": _learning_curve(stream, result),
         "timings_s": result.timings_s,
     }
-    return _json_safe(report)
+    safe: dict[str, Any] = _json_safe(report)
+    return safe
 
 
 def _weekly(s: np.ndarray, y: np.ndarray, d: np.ndarray, c: np.ndarray, k: int) -> dict[str, Any]:
@@ -238,8 +239,11 @@ def _by_scenario(
     names: dict[int, str],
     k: int,
 ) -> dict[str, Any]:
-    """Per fraud scenario: AUC against genuine transactions, and the share of its
-    frauds whose card is among the day's ``k`` riskiest cards (recall at the budget)."""
+    """Per fraud scenario: AUC against genuine transactions, and recall at the budget.
+
+    The recall is the share of its frauds whose card is among the day's ``k``
+    riskiest cards.
+    """
     # Each day's top-k cards by max score (no detected-card removal: a recall).
     top = np.zeros(y.shape[0], dtype=bool)
     for day_n in np.unique(d).tolist():

@@ -112,7 +112,8 @@ class LabelledStream:
         """
         rng = np.random.default_rng([self.seed, 0x1ABE1])
         delay_ms, _ = delay.sample(rng, self.is_fraud)
-        return self.time_ms + delay_ms
+        labeled: np.ndarray = self.time_ms + delay_ms
+        return labeled
 
     # -- sources ----------------------------------------------------------------------
 

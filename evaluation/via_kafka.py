@@ -280,6 +280,8 @@ def _collect(
             for name, consumer in consumers.items():
                 for records in consumer.poll(timeout_ms=200, max_records=50_000).values():
                     for record in records:
+                        if record.value is None:
+                            continue
                         decision = orjson.loads(record.value)
                         i = index.get(decision["transaction_id"])
                         if i is not None:

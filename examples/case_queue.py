@@ -78,6 +78,7 @@ class CaseQueue:
         return cursor.rowcount == 1
 
     def commit(self) -> None:
+        """Make the cases stored so far durable."""
         self.db.commit()
 
     def open_cases(self) -> list[tuple[str, str, float]]:
@@ -88,6 +89,7 @@ class CaseQueue:
         return [(str(a), str(c), float(s)) for a, c, s in rows]
 
     def close(self) -> None:
+        """Close the database."""
         self.db.close()
 
 
@@ -158,6 +160,7 @@ def run(
 
 
 def main() -> None:
+    """Consume alerts into the case queue until interrupted."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--bootstrap-servers", default=None, help="default: FRAUDSTREAM_BOOTSTRAP_SERVERS"

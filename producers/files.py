@@ -215,8 +215,10 @@ def _corrupt(path: Path, exc: BaseException, after_line: int) -> CorruptFileErro
 
 
 def verify_gzip(path: Path, chunk_bytes: int = 1 << 20) -> None:
-    """Decompress a gzip file once without parsing it, so truncation or corruption is
-    found before anything is sent (no-op for other files and for standard input).
+    """Decompress a gzip file once without parsing it.
+
+    Truncation or corruption is found before anything is sent (no-op for other files and for
+    standard input).
 
     zlib checks each member's CRC and length; lines are counted exactly, so the
     error names the last intact line. Costs one decompression pass (~0.3 s per
@@ -265,8 +267,10 @@ def json_lines(path: Path) -> Iterator[tuple[int, bytes]]:
 
 
 def detect_format(path: Path) -> str:
-    """``jsonl`` or ``csv`` from the file name (``.jsonl``, ``.json``, ``.ndjson``, ``.csv``,
-    each optionally followed by ``.gz``); standard input (``-``) is JSON Lines.
+    """``jsonl`` or ``csv`` from the file name.
+
+    The names are ``.jsonl``, ``.json``, ``.ndjson``, ``.csv``, each optionally followed by
+    ``.gz``; standard input (``-``) is JSON Lines.
 
     >>> detect_format(Path("tx.csv.gz")), detect_format(Path("tx.jsonl"))
     ('csv', 'jsonl')

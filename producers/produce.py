@@ -150,15 +150,7 @@ def produce_file(
     delay = label_delay or LabelDelay()
     rng = random.Random(seed)
     topic_tx = topic or settings.topic_transactions
-    topics = {topic_tx: settings.topic_partitions}
-    if send_labels:
-        topics[settings.topic_labels] = settings.topic_partitions
-    ensure_topics(
-        settings,
-        topics,
-        replication=settings.topic_replication,
-        create=settings.create_topics,
-    )
+    topics = _ensure_file_topics(settings, topic_tx, send_labels)
     pacer = Pacer(speed)
     pending: DelayedQueue[tuple[ParsedRow, str]] = DelayedQueue()
     stats = ProduceStats()
@@ -171,8 +163,7 @@ def produce_file(
 
     def stop(message: str) -> ProduceInterruptedError:
         sink.flush()  # what was handed to the producer is delivered (or raises)
-        if topic_tx in sink.last_delivered:
-            stats.last_offset = (topic_tx, *sink.last_delivered[topic_tx])
+        _note_last_offset(stats, sink, topic_tx)
         stats.labels_held = len(pending)
         stats.wall_s = time.perf_counter() - start
         return ProduceInterruptedError(f"{message}; {stats.summary()}. {_RESEND}", stats)
@@ -187,9 +178,7 @@ def produce_file(
                 stats.rows += 1
                 bar.update(1)
                 if isinstance(row, BadRowError):
-                    stats.bad_rows += 1
-                    if len(stats.first_errors) < 20:
-                        stats.first_errors.append(row)
+                    _note_bad_row(stats, row)
                     if stop_on_error:
                         raise stop(f"{name}:{line}: {row.reason} (stopped: --on-error stop)")
                     continue
@@ -205,10 +194,36 @@ def produce_file(
             raise stop(str(exc)) from exc
         send_labels_due(pending.pop_all())
         sink.flush()
-    if topic_tx in sink.last_delivered:
-        stats.last_offset = (topic_tx, *sink.last_delivered[topic_tx])
+    _note_last_offset(stats, sink, topic_tx)
     stats.wall_s = time.perf_counter() - start
     return stats
+
+
+def _ensure_file_topics(settings: Settings, topic_tx: str, send_labels: bool) -> dict[str, int]:
+    """Make sure the transactions topic (and the labels topic if sent) exist; their partitions."""
+    topics = {topic_tx: settings.topic_partitions}
+    if send_labels:
+        topics[settings.topic_labels] = settings.topic_partitions
+    ensure_topics(
+        settings,
+        topics,
+        replication=settings.topic_replication,
+        create=settings.create_topics,
+    )
+    return topics
+
+
+def _note_bad_row(stats: ProduceStats, row: BadRowError) -> None:
+    """Count a bad row; the first 20 are kept for the report."""
+    stats.bad_rows += 1
+    if len(stats.first_errors) < 20:
+        stats.first_errors.append(row)
+
+
+def _note_last_offset(stats: ProduceStats, sink: KafkaSink, topic: str) -> None:
+    """The last delivered offset of ``topic``, once anything was delivered to it."""
+    if topic in sink.last_delivered:
+        stats.last_offset = (topic, *sink.last_delivered[topic])
 
 
 def _checked_rows(

@@ -17,19 +17,21 @@ offset order; partitions are interleaved as they were fetched.
 from __future__ import annotations
 
 import base64
+import contextlib
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
-from kafka import TopicPartition
 
 from fraudstream.producers.files import FileFormatError, json_lines, open_output
 from fraudstream.producers.sink import progress_bar
 from fraudstream.service.errors import ConfigurationError
 from fraudstream.service.kafka import check_reachable, make_consumer
+from fraudstream.service.kafka.protocols import Consumer, ConsumerRecord, TopicPartition
 from fraudstream.service.settings import Settings
 
 FORMAT_VERSION = 1
@@ -48,7 +50,7 @@ def _b64(data: bytes | None) -> str | None:
     return None if data is None else base64.b64encode(data).decode("ascii")
 
 
-def encode_record(record: Any) -> bytes:
+def encode_record(record: ConsumerRecord) -> bytes:
     """One consumed record (kafka-python ``ConsumerRecord``) as a recording line (no newline)."""
     return orjson.dumps(
         {
@@ -108,37 +110,18 @@ def record_topic(
     stats = RecordStats()
     start = time.perf_counter()
     try:
-        found = consumer.partitions_for_topic(topic)
-        if not found:
-            raise ConfigurationError(
-                f"topic {topic!r} does not exist on {settings.bootstrap_servers}"
-            )
-        chosen = sorted(found) if partitions is None else sorted(partitions)
-        unknown = set(chosen) - set(found)
-        if unknown:
-            raise ConfigurationError(f"topic {topic!r} has no partition(s) {sorted(unknown)}")
+        chosen = _chosen_partitions(consumer, settings, topic, partitions)
         tps = [TopicPartition(topic, p) for p in chosen]
         consumer.assign(tps)
-        begin = consumer.beginning_offsets(tps)
-        end = consumer.end_offsets(tps)
-        first = (
-            _offsets_at(consumer, tps, from_time_ms, end)
-            if from_time_ms is not None
-            else {
-                tp: max(begin[tp], min(from_offset, end[tp]))
-                if from_offset is not None
-                else begin[tp]
-                for tp in tps
-            }
+        first, stop = _range(
+            consumer,
+            tps,
+            from_time_ms=from_time_ms,
+            from_offset=from_offset,
+            to_time_ms=to_time_ms,
+            to_offset=to_offset,
+            follow=follow,
         )
-        if follow:
-            stop: dict[TopicPartition, int | None] = dict.fromkeys(tps)
-        elif to_time_ms is not None:
-            stop = dict(_offsets_at(consumer, tps, to_time_ms, end))
-        elif to_offset is not None:
-            stop = {tp: min(to_offset, end[tp]) for tp in tps}
-        else:
-            stop = dict(end)
         for tp in tps:
             consumer.seek(tp, first[tp])
         active = {tp for tp in tps if stop[tp] is None or first[tp] < (stop[tp] or 0)}
@@ -160,36 +143,9 @@ def record_topic(
             ) as bar,
         ):
             out.write(orjson.dumps(header) + b"\n")
-            last_data = time.monotonic()
-            try:
-                while active:
-                    if max_records is not None and stats.records >= max_records:
-                        break
-                    batch = consumer.poll(timeout_ms=200, max_records=5000)
-                    if batch:
-                        last_data = time.monotonic()
-                    for tp, records in batch.items():
-                        limit = stop[tp]
-                        room = None if max_records is None else max_records - stats.records
-                        lines: list[bytes] = []
-                        for rec in records:
-                            if limit is not None and rec.offset >= limit:
-                                break
-                            if room is not None and len(lines) >= room:
-                                break
-                            lines.append(encode_record(rec) + b"\n")
-                        out.write(b"".join(lines))
-                        stats.records += len(lines)
-                        bar.update(len(lines))
-                    for tp in list(active):
-                        limit = stop[tp]
-                        # Positions, not offsets seen: transaction markers leave gaps.
-                        if limit is not None and consumer.position(tp) >= limit:
-                            active.discard(tp)
-                    if time.monotonic() - last_data > idle_timeout_s:
-                        break
-            except KeyboardInterrupt:
-                pass  # a followed recording ends with Ctrl-C; what was written is kept
+            # A followed recording ends with Ctrl-C; what was written is kept.
+            with contextlib.suppress(KeyboardInterrupt):
+                _copy(consumer, out, bar, active, stop, stats, max_records, idle_timeout_s)
     finally:
         consumer.close()
     stats.partitions = len(chosen)
@@ -197,12 +153,105 @@ def record_topic(
     return stats
 
 
+def _chosen_partitions(
+    consumer: Consumer, settings: Settings, topic: str, partitions: list[int] | None
+) -> list[int]:
+    """The partitions to record (default: all), refused when the topic or one is missing."""
+    found = consumer.partitions_for_topic(topic)
+    if not found:
+        raise ConfigurationError(f"topic {topic!r} does not exist on {settings.bootstrap_servers}")
+    chosen = sorted(found) if partitions is None else sorted(partitions)
+    unknown = set(chosen) - set(found)
+    if unknown:
+        raise ConfigurationError(f"topic {topic!r} has no partition(s) {sorted(unknown)}")
+    return chosen
+
+
+def _range(
+    consumer: Consumer,
+    tps: list[TopicPartition],
+    *,
+    from_time_ms: int | None,
+    from_offset: int | None,
+    to_time_ms: int | None,
+    to_offset: int | None,
+    follow: bool,
+) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int | None]]:
+    """First offset and end offset (exclusive; None: no end) of each partition to record."""
+    begin = consumer.beginning_offsets(tps)
+    end = consumer.end_offsets(tps)
+    if from_time_ms is not None:
+        first = _offsets_at(consumer, tps, from_time_ms, end)
+    elif from_offset is not None:
+        first = {tp: max(begin[tp], min(from_offset, end[tp])) for tp in tps}
+    else:
+        first = {tp: begin[tp] for tp in tps}
+    stop: dict[TopicPartition, int | None]
+    if follow:
+        stop = dict.fromkeys(tps)
+    elif to_time_ms is not None:
+        stop = dict(_offsets_at(consumer, tps, to_time_ms, end))
+    elif to_offset is not None:
+        stop = {tp: min(to_offset, end[tp]) for tp in tps}
+    else:
+        stop = dict(end)
+    return first, stop
+
+
+def _copy(
+    consumer: Consumer,
+    out: BinaryIO,
+    bar: Any,
+    active: set[TopicPartition],
+    stop: dict[TopicPartition, int | None],
+    stats: RecordStats,
+    max_records: int | None,
+    idle_timeout_s: float,
+) -> None:
+    """Write polled records until every partition reached its end, or a limit."""
+    last_data = time.monotonic()
+    while active:
+        if max_records is not None and stats.records >= max_records:
+            break
+        batch = consumer.poll(timeout_ms=200, max_records=5000)
+        if batch:
+            last_data = time.monotonic()
+        for tp, records in batch.items():
+            room = None if max_records is None else max_records - stats.records
+            lines = _lines_within(records, stop[tp], room)
+            out.write(b"".join(lines))
+            stats.records += len(lines)
+            bar.update(len(lines))
+        for tp in list(active):
+            limit = stop[tp]
+            # Positions, not offsets seen: transaction markers leave gaps.
+            position = consumer.position(tp)
+            if limit is not None and position is not None and position >= limit:
+                active.discard(tp)
+        if time.monotonic() - last_data > idle_timeout_s:
+            break
+
+
+def _lines_within(
+    records: Iterable[ConsumerRecord], limit: int | None, room: int | None
+) -> list[bytes]:
+    """Recording lines of the records before offset ``limit``, at most ``room`` of them."""
+    lines: list[bytes] = []
+    for rec in records:
+        if limit is not None and rec.offset >= limit:
+            break
+        if room is not None and len(lines) >= room:
+            break
+        lines.append(encode_record(rec) + b"\n")
+    return lines
+
+
 def _offsets_at(
-    consumer: Any, tps: list[TopicPartition], time_ms: int, end: dict[TopicPartition, int]
+    consumer: Consumer, tps: list[TopicPartition], time_ms: int, end: dict[TopicPartition, int]
 ) -> dict[TopicPartition, int]:
     """First offset at or after ``time_ms`` per partition (the end when there is none)."""
     found = consumer.offsets_for_times(dict.fromkeys(tps, time_ms))
-    return {tp: found[tp].offset if found.get(tp) is not None else end[tp] for tp in tps}
+    return {tp: end[tp] if (at := found.get(tp)) is None else at.offset for tp in tps}
 
 
 def read_recording(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:

@@ -481,8 +481,11 @@ def _terminals_within_radius(
 def _in_windows(
     entity: np.ndarray, day: np.ndarray, chosen: list[np.ndarray], length_days: int, n_days: int
 ) -> np.ndarray:
-    """Rows whose (entity, day) falls in a window of ``length_days`` starting on
-    the day each entity of ``chosen[d]`` was chosen."""
+    """Rows whose (entity, day) falls in a window after the entity was chosen.
+
+    The window is ``length_days`` long and starts on the day each entity of ``chosen[d]`` was
+    chosen.
+    """
     if not chosen or length_days <= 0:
         return np.zeros(entity.shape[0], dtype=bool)
     starts = np.repeat(np.arange(len(chosen)), [c.shape[0] for c in chosen])

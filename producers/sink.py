@@ -84,7 +84,7 @@ class KafkaSink(DeliveryTracker):
             self.close()
 
 
-def progress_bar(total: int | None, *, enabled: bool, desc: str, unit: str = "ev") -> tqdm:
+def progress_bar(total: int | None, *, enabled: bool, desc: str, unit: str = "ev") -> tqdm[Any]:
     """A tqdm bar with rate and ETA (to stderr), or a disabled one."""
     return tqdm(
         total=total,

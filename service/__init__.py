@@ -1,0 +1,1 @@
+"""The production service: the scoring and learning loops and everything they run."""

@@ -32,8 +32,10 @@ class DecisionPolicy(Protocol):
     """Turns a batch of scores into alert flags and the thresholds used."""
 
     def decide(self, scores: np.ndarray, scorer_version: int = 0) -> tuple[np.ndarray, float]:
-        """Alert mask and threshold for this batch, scored by ``scorer_version``
-        (0: the rules prior)."""
+        """Alert mask and threshold for this batch.
+
+        The batch was scored by ``scorer_version`` (0: the rules prior).
+        """
         ...
 
 
@@ -44,6 +46,7 @@ class ThresholdPolicy:
         self.threshold = float(threshold)
 
     def decide(self, scores: np.ndarray, scorer_version: int = 0) -> tuple[np.ndarray, float]:
+        """Alert every score at or above the fixed threshold."""
         return scores >= self.threshold, self.threshold
 
 
@@ -139,6 +142,7 @@ class BudgetPolicy:
         self._trusted = keep_threshold  # a previous model version's threshold stands in
 
     def decide(self, scores: np.ndarray, scorer_version: int = 0) -> tuple[np.ndarray, float]:
+        """Alert the scores above the budget's quantile of this scorer's recent scores."""
         if scorer_version != self._version:
             self._switch(scorer_version)
         self._remember(scores)
@@ -178,8 +182,10 @@ def encode_score_record(
     scored_at_ms: float,
     latency_ms: float,
 ) -> bytes:
-    """JSON bytes of a :class:`fraudstream.service.schemas.ScoreRecord` (or an :class:`Alert` when
-    ``is_alert``), built with orjson directly because this runs for every decision.
+    """JSON bytes of a :class:`fraudstream.service.schemas.ScoreRecord`.
+
+    An :class:`Alert` when ``is_alert``; built with orjson directly because this runs for every
+    decision.
 
     >>> import orjson
     >>> raw = encode_score_record(transaction_id="t1", card_id="c", terminal_id="m",

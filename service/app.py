@@ -32,12 +32,12 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 
 from fraudstream.service.alerts import BudgetPolicy, DecisionPolicy, ThresholdPolicy
 from fraudstream.service.checkpoint import Checkpoint
-from fraudstream.service.errors import FraudstreamError, is_dependency_error
+from fraudstream.service.deadletter import dead_letter_record_limit
+from fraudstream.service.errors import ConfigurationError, FraudstreamError, is_dependency_error
 from fraudstream.service.features.definitions import FeatureConfig
 from fraudstream.service.features.redis_store import RedisFeatureStore
 from fraudstream.service.kafka import (
@@ -47,10 +47,12 @@ from fraudstream.service.kafka import (
     ensure_topics,
     make_consumer,
     make_producer,
+    max_message_bytes,
 )
+from fraudstream.service.kafka.protocols import Consumer, Producer
 from fraudstream.service.label_pipeline import LabelBatchOutcome, LabelPipeline
 from fraudstream.service.learner import Learner
-from fraudstream.service.loop import ConsumeLoop, LoopHealth
+from fraudstream.service.loop import ConsumeLoop, LoopHealth, Polled
 from fraudstream.service.metrics import HealthServer, Metrics
 from fraudstream.service.model_watcher import ModelWatcher
 from fraudstream.service.pipeline import BatchOutcome, Pipeline
@@ -76,8 +78,11 @@ log = logging.getLogger(__name__)
 
 
 def _transient(exc: BaseException) -> bool:
-    """Whether a batch that failed with ``exc`` is retried from its first offset once
-    the dependency is back (nothing of it was committed); otherwise the loop stops."""
+    """Whether a batch that failed with ``exc`` is retried.
+
+    A retried batch starts again from its first offset once the dependency is back (nothing of it
+    was committed); otherwise the loop stops.
+    """
     return isinstance(exc, DeliveryError) or is_dependency_error(exc)
 
 
@@ -92,7 +97,7 @@ def decision_policy(settings: Settings) -> DecisionPolicy:
     return ThresholdPolicy(settings.alert_threshold)
 
 
-def _close_producer(producer: KafkaProducer) -> None:
+def _close_producer(producer: Producer) -> None:
     with contextlib.suppress(Exception):
         producer.flush(timeout=30)
     producer.close(timeout=30)
@@ -135,13 +140,17 @@ class Application:
         self.stopping.set()
 
     def install_signal_handlers(self) -> None:
+        """Stop on SIGTERM and SIGINT."""
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
 
     def ready(self) -> tuple[bool, str]:
-        """Readiness: Redis answers, a Kafka bootstrap server accepts connections, no
-        loop has failed, and every loop is ready: the scorer has partitions assigned
-        and its last batch committed, or nothing to do (:class:`LoopHealth`)."""
+        """Readiness, with the reason when not ready.
+
+        Ready when Redis answers, a Kafka bootstrap server accepts connections, no loop has failed,
+        and every loop is ready: the scorer has partitions assigned and its last batch committed,
+        or nothing to do (:class:`LoopHealth`).
+        """
         if self._redis is None:
             return False, self._phase
         if (problem := self._redis_problem()) is not None:
@@ -183,7 +192,21 @@ class Application:
         return self._redis_problem() is None
 
     def ensure_topics(self) -> None:
+        """Create missing topics (if allowed); check the dead-letter topics' record limit.
+
+        A dead-letter topic must take a dead letter of ``dead_letter_max_bytes``:
+        otherwise the first big bad record would be undeliverable and stall its
+        partition.
+
+        Raises
+        ------
+        ConfigurationError
+            A topic is missing and may not be created, or a dead-letter topic's
+            ``max.message.bytes`` is below what a dead letter may need.
+        """
         s = self.settings
+        dead_letter_topics = (s.topic_transactions_dlq, s.topic_labels_dlq)
+        needed = dead_letter_record_limit(s.dead_letter_max_bytes)
         ensure_topics(
             s,
             {
@@ -193,13 +216,26 @@ class Application:
                     s.topic_labels,
                     s.topic_alerts,
                     s.topic_scores,
-                    s.topic_transactions_dlq,
-                    s.topic_labels_dlq,
+                    *dead_letter_topics,
                 )
             },
             replication=s.topic_replication,
             create=s.create_topics,
+            # Never below Kafka's default (1 MiB and a bit).
+            configs={
+                name: {"max.message.bytes": str(max(needed, 1_048_588))}
+                for name in dead_letter_topics
+            },
         )
+        for topic, limit in max_message_bytes(s, dead_letter_topics).items():
+            if limit < needed:
+                raise ConfigurationError(
+                    f"dead-letter topic {topic!r} takes records up to {limit:,} bytes "
+                    f"(max.message.bytes), but a dead letter may need {needed:,} "
+                    f"(FRAUDSTREAM_DEAD_LETTER_MAX_BYTES={s.dead_letter_max_bytes:,}): raise the "
+                    f"topic's max.message.bytes or lower FRAUDSTREAM_DEAD_LETTER_MAX_BYTES "
+                    f"below {limit - (needed - s.dead_letter_max_bytes):,}"
+                )
 
     def run(self) -> None:
         """Run until :meth:`stop` (or a signal); re-raises a loop's fatal error."""
@@ -215,7 +251,10 @@ class Application:
                 stack.callback(server.stop)
             self._redis = redis_client(s)
             stack.callback(self._redis.close)
-            if not self._wait_for_redis() or not self._wait_for_state():
+            if not self._wait_for_redis():
+                return  # stopped while waiting
+            self._refuse_cluster()
+            if not self._wait_for_state():
                 return  # stopped while waiting
             self._phase = "creating topics"
             self.ensure_topics()
@@ -320,6 +359,24 @@ class Application:
             attempt += 1
         return False
 
+    def _refuse_cluster(self) -> None:
+        """Raise when the Redis URL names a Redis Cluster node: not supported yet.
+
+        The feature script counts a transaction at its card and its terminal in
+        one call, and a cluster refuses a script whose keys live in different
+        slots; failing here says so at start instead of on the first batch.
+        """
+        assert self._redis is not None
+        if self._redis.info("cluster").get("cluster_enabled"):
+            url = masked_url(self.settings.redis_url.get_secret_value())
+            raise ConfigurationError(
+                f"Redis at {url} is a Redis Cluster node, which fraudstream does not support "
+                "yet (the feature script counts a card and its terminal in one call, and a "
+                "cluster refuses keys of different slots in one script); set "
+                "FRAUDSTREAM_REDIS_URL to a Redis without cluster mode (a primary with "
+                "replicas is fine)"
+            )
+
     def _refuse_credentials(self) -> None:
         """Raise when Redis refuses the credentials: retrying cannot help."""
         assert self._redis is not None
@@ -331,7 +388,7 @@ class Application:
 
     # -- clients --------------------------------------------------------------
 
-    def _group_consumer(self, role: str, group: str) -> KafkaConsumer:
+    def _group_consumer(self, role: str, group: str) -> Consumer:
         """A consumer of ``group`` with the batch and liveness bounds of the settings."""
         s = self.settings
         return make_consumer(
@@ -359,6 +416,10 @@ class Application:
             s,
             client_id=f"{s.client_id}-{role}",
             transactional_id=transactional_id,
+            # A dead letter of dead_letter_max_bytes always fits a request.
+            max_request_size=max(
+                2 * 1024 * 1024, dead_letter_record_limit(s.dead_letter_max_bytes)
+            ),
         )
         stack.callback(_close_producer, producer)
         if transactional_id is not None:
@@ -431,37 +492,70 @@ class Application:
             max_message_bytes=s.max_message_bytes,
             dead_letter_max_bytes=s.dead_letter_max_bytes,
         )
-        checkpoint = loop.checkpoint
-        attempt = 0
-        while not self.stopping.is_set():
-            polled = loop.poll()
-            started = time.perf_counter()
-            try:
-                if polled.records:
-                    outcome = pipeline.process(polled.records)
-                    checkpoint.produce(outcome.outgoing)
-                    checkpoint.track(polled.spans)
-                else:
-                    # Idle: still pick up new model versions, so the next batch
-                    # after a quiet spell is scored with the newest one.
-                    with contextlib.suppress(redis.RedisError):
-                        watcher.current()
-                    loop.confirm_membership()
-                # Asynchronous: the checkpoint confirms every delivery first, and
-                # a later commit (or the final one) covers a lost request. Idle
-                # turns send offsets coalesced while a request was out.
-                checkpoint.commit(wait=False)
-                loop.health.done(len(polled.records))
-                attempt = 0
-            except Exception as exc:
-                if not _transient(exc):
-                    raise
-                loop.recover(polled, exc, attempt, self._redis_ok)
-                attempt += 1
-                continue
-            if polled.records:
-                self._count(outcome, len(polled.records), time.perf_counter() - started)
+        if s.overlap_batches and s.guarantee is DeliveryGuarantee.AT_LEAST_ONCE:
+            self._score_overlapped(loop, pipeline, watcher)
+        else:
+            self._score_one_at_a_time(loop, pipeline, watcher)
         self._final_commit(loop)
+
+    def _score_one_at_a_time(
+        self, loop: ConsumeLoop, pipeline: Pipeline, watcher: ModelWatcher
+    ) -> None:
+        """Poll, process, produce, commit; then the next batch."""
+        checkpoint = loop.checkpoint
+
+        def turn(polled: Polled) -> None:
+            started = time.perf_counter()
+            if not polled.records:
+                self._idle_turn(loop, watcher)
+                # Sends offsets coalesced while a request was out.
+                checkpoint.commit(wait=False)
+                return
+            outcome = pipeline.process(polled.records)
+            checkpoint.produce(outcome.outgoing)
+            checkpoint.track(polled.spans)
+            # Asynchronous: the checkpoint confirms every delivery first, and a
+            # later commit (or the final one) covers a lost request.
+            checkpoint.commit(wait=False)
+            self._count(outcome, len(polled.records), time.perf_counter() - started)
+
+        loop.run(turn, transient=_transient, healthy=self._redis_ok)
+
+    def _score_overlapped(
+        self, loop: ConsumeLoop, pipeline: Pipeline, watcher: ModelWatcher
+    ) -> None:
+        """Behind the stream, run batch ``k``'s Redis work while ``k + 1`` is polled.
+
+        See :meth:`ConsumeLoop.run_ahead`. The scorer then waits less for Redis:
+        its round trips run while the main thread decodes the next fetch. Only
+        after a large batch: reading ahead after every batch doubled the p50
+        latency at 2,000 tx/s offered.
+        """
+        checkpoint = loop.checkpoint
+
+        def process(polled: Polled) -> BatchOutcome:
+            return pipeline.process(polled.records)
+
+        def finish(polled: Polled, outcome: BatchOutcome, seconds: float) -> None:
+            checkpoint.produce(outcome.outgoing)
+            checkpoint.track(polled.spans)
+            checkpoint.commit(wait=False)
+            self._count(outcome, len(polled.records), seconds)
+
+        def idle() -> None:
+            self._idle_turn(loop, watcher)
+            checkpoint.commit(wait=False)
+
+        loop.run_ahead(process, finish, idle, transient=_transient, healthy=self._redis_ok)
+
+    def _idle_turn(self, loop: ConsumeLoop, watcher: ModelWatcher) -> None:
+        """Nothing polled: pick up new model versions, prove the membership if needed.
+
+        The next batch after a quiet spell is then scored with the newest version.
+        """
+        with contextlib.suppress(redis.RedisError):
+            watcher.current()
+        loop.confirm_membership()
 
     def _count(self, outcome: BatchOutcome, consumed: int, seconds: float) -> None:
         m = self.metrics
@@ -491,27 +585,20 @@ class Application:
             dead_letter_max_bytes=s.dead_letter_max_bytes,
         )
         checkpoint = loop.checkpoint
-        attempt = 0
-        while not self.stopping.is_set():
-            polled = loop.poll()
-            try:
-                if polled.records:
-                    outcome = labels.process(polled.records)
-                    checkpoint.produce(outcome.outgoing)
-                    checkpoint.track(polled.spans)
-                    self._count_labels(outcome, len(polled.records))
-                # Offsets are committed only once a published version holds
-                # what was learnt: a crash before that relearns, never loses.
-                if learner.maybe_publish() is not None:
-                    checkpoint.commit()
-                    self._after_publish(learner)
-                loop.health.done(len(polled.records))
-                attempt = 0
-            except Exception as exc:
-                if not _transient(exc):
-                    raise
-                loop.recover(polled, exc, attempt, self._redis_ok)
-                attempt += 1
+
+        def turn(polled: Polled) -> None:
+            if polled.records:
+                outcome = labels.process(polled.records)
+                checkpoint.produce(outcome.outgoing)
+                checkpoint.track(polled.spans)
+                self._count_labels(outcome, len(polled.records))
+            # Offsets are committed only once a published version holds
+            # what was learnt: a crash before that relearns, never loses.
+            if learner.maybe_publish() is not None:
+                checkpoint.commit()
+                self._after_publish(learner)
+
+        loop.run(turn, transient=_transient, healthy=self._redis_ok)
         try:
             published = learner.publish()
         except Exception as exc:

@@ -37,15 +37,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError, ProducerFencedError
-from kafka.future import Future
-from kafka.structs import OffsetAndMetadata
 
 from fraudstream.service.errors import FraudstreamError
 from fraudstream.service.kafka import DeliveryTracker
+from fraudstream.service.kafka.protocols import (
+    CommitFuture,
+    Consumer,
+    OffsetAndMetadata,
+    Producer,
+    TopicPartition,
+)
 from fraudstream.service.pipeline import Outgoing
 
 log = logging.getLogger(__name__)
@@ -56,8 +60,11 @@ class InvalidStoredOffsetError(FraudstreamError):
 
 
 class ProducerFailedError(FraudstreamError):
-    """The transactional producer cannot go on (fenced by another scorer, or in a fatal
-    state): the scorer stops, and a restart starts a new one."""
+    """The transactional producer cannot go on.
+
+    It was fenced by another scorer, or is in a fatal state: the scorer stops, and a restart starts
+    a new one.
+    """
 
 
 class Span(NamedTuple):
@@ -71,11 +78,11 @@ class Span(NamedTuple):
 class _InFlight:
     """An asynchronous commit request the coordinator has not answered yet."""
 
-    future: Future
+    future: CommitFuture
     offsets: dict[TopicPartition, int]
 
 
-def _payload(offsets: Mapping[TopicPartition, int]) -> dict[Any, Any]:
+def _payload(offsets: Mapping[TopicPartition, int]) -> dict[TopicPartition, OffsetAndMetadata]:
     return {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()}
 
 
@@ -100,8 +107,8 @@ class Checkpoint:
 
     def __init__(
         self,
-        consumer: KafkaConsumer,
-        producer: KafkaProducer,
+        consumer: Consumer,
+        producer: Producer,
         *,
         exactly_once: bool = False,
         flush_timeout_s: float = 60.0,
@@ -245,8 +252,10 @@ class Checkpoint:
                 self._committed[tp] = max(offset, self._committed.get(tp, offset))
 
     def confirm(self, positions: Mapping[TopicPartition, int]) -> None:
-        """Commit ``positions`` synchronously with no work in hand (an idle scorer
-        proving its membership after Kafka was away); a refusal raises as a commit does.
+        """Commit ``positions`` synchronously with no work in hand.
+
+        An idle scorer proves its membership this way after Kafka was away; a refusal raises as a
+        commit does.
 
         In both modes this is a group commit: the positions are what the last
         commit (or transaction) left, and it cannot block for ever.

@@ -20,10 +20,10 @@ from typing import Any
 
 import click
 import orjson
-from kafka import KafkaConsumer, TopicPartition
 
 from fraudstream.service.errors import ConfigurationError
 from fraudstream.service.kafka import check_reachable, make_consumer
+from fraudstream.service.kafka.protocols import Consumer, TopicPartition
 from fraudstream.service.settings import Settings
 
 
@@ -37,7 +37,7 @@ class TailedAlert:
     offset: int
 
 
-def open_alerts(settings: Settings, topic: str, *, from_beginning: bool) -> KafkaConsumer:
+def open_alerts(settings: Settings, topic: str, *, from_beginning: bool) -> Consumer:
     """A group-less, ``read_committed`` consumer on every partition of ``topic``.
 
     Positioned at the end (only new alerts) or at the beginning.
@@ -78,7 +78,7 @@ def open_alerts(settings: Settings, topic: str, *, from_beginning: bool) -> Kafk
 
 
 def tail_alerts(
-    consumer: KafkaConsumer,
+    consumer: Consumer,
     *,
     min_score: float = 0.0,
     idle_timeout_s: float | None = None,
@@ -98,8 +98,9 @@ def tail_alerts(
             return
         for records in batches.values():
             for record in records:
+                raw = record.value or b""
                 try:
-                    fields = orjson.loads(record.value or b"")
+                    fields = orjson.loads(raw)
                     score = float(fields["score"])
                 except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                     click.echo(
@@ -108,17 +109,17 @@ def tail_alerts(
                     )
                     continue
                 if score >= min_score:
-                    yield TailedAlert(record.value, fields, record.partition, record.offset)
+                    yield TailedAlert(raw, fields, record.partition, record.offset)
 
 
 def format_alert(alert: dict[str, Any], color: bool = True) -> str:
-    """One readable line: time, score against threshold, card, amount, terminal, reasons.
+    r"""One readable line: time, score against threshold, card, amount, terminal, reasons.
 
     >>> print(format_alert({"event_time": "2024-05-01T10:00:00.000+00:00", "score": 0.93,
     ...     "threshold": 0.5, "card_id": "C1", "amount": 412.5, "terminal_id": "T9",
     ...     "scorer": "model", "model_version": 4, "latency_ms": 6.2,
     ...     "reasons": [{"feature": "amount_z", "value": 4.1, "contribution": 1.7}]},
-    ...     color=False).replace("  ", "\\n"))
+    ...     color=False).replace("  ", "\n"))
     2024-05-01 10:00:00
     score 0.930 (>= 0.500)
     card C1
@@ -157,7 +158,7 @@ def format_alert(alert: dict[str, Any], color: bool = True) -> str:
     return "  ".join(fields)
 
 
-def _close_quietly(consumer: KafkaConsumer) -> None:
+def _close_quietly(consumer: Consumer) -> None:
     """Close without kafka-python's "Metadata refresh: failed Cancelled" on the way out."""
     kafka_log = logging.getLogger("kafka")
     level = kafka_log.level

@@ -27,9 +27,9 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def parse_exposition(text: str) -> Samples:
-    """Every sample of a Prometheus text exposition.
+    r"""Every sample of a Prometheus text exposition.
 
-    >>> parse_exposition('# TYPE a_total counter\\na_total{x="1"} 2.0\\n')
+    >>> parse_exposition('# TYPE a_total counter\na_total{x="1"} 2.0\n')
     {('a_total', (('x', '1'),)): 2.0}
     """
     return {

@@ -48,6 +48,22 @@ DEFAULT_MAX_BYTES = 1_000_000
 #: Bytes set aside for the record's framing (lengths, attributes, varints).
 _FRAMING_BYTES = 512
 
+#: Room a record batch needs beyond its one record (batch header, CRC, producer ids).
+_BATCH_OVERHEAD_BYTES = 512
+
+
+def dead_letter_record_limit(max_bytes: int) -> int:
+    """The ``max.message.bytes`` a dead-letter topic needs for dead letters of ``max_bytes``.
+
+    A dead letter is sent in a record batch of its own when it is large; the
+    batch adds its header to the record.
+
+    >>> dead_letter_record_limit(1_000_000)
+    1000512
+    """
+    return max_bytes + _BATCH_OVERHEAD_BYTES
+
+
 HEADER_PREFIX = "fraudstream."
 
 

@@ -217,6 +217,7 @@ class OnlineForest(base.Classifier):
     # -- learning ---------------------------------------------------------------
 
     def learn_one(self, x: Mapping[str, float], y: bool, **kwargs: Any) -> None:  # type: ignore[override]
+        """Learn one labelled row (River's verb; :meth:`learn_many` is the fast path)."""
         names = self.features or tuple(x)
         row = np.array([[float(x[f]) for f in names]])
         self.learn_many(row, np.array([bool(y)]), names)
@@ -430,11 +431,13 @@ class OnlineForest(base.Classifier):
         for _ in range(int(height[0])):
             right = flat[base + feature[node]] > threshold[node]
             node = child[2 * node + right]
-        return value[node].mean(axis=1)
+        mean: np.ndarray = value[node].mean(axis=1)
+        return mean
 
     def predict_proba_one(  # type: ignore[override]
         self, x: Mapping[str, float], **kwargs: Any
     ) -> dict[bool, float]:
+        """Probability of each class for one row (River's verb)."""
         names = self.features or tuple(x)
         p = float(self.proba_many(np.array([[float(x.get(f, 0.0)) for f in names]]))[0])
         return {False: 1.0 - p, True: p}

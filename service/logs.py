@@ -33,10 +33,14 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record: ``ts``, ``level``, ``logger``, ``message``, extras,
-    and ``exception`` (the traceback as one string) when there is one."""
+    """One JSON object per record.
+
+    Keys: ``ts``, ``level``, ``logger``, ``message``, extras, and ``exception`` (the traceback as
+    one string) when there is one.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
+        """The record as one JSON line."""
         entry: dict[str, object] = {
             "ts": datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
@@ -53,7 +57,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
-class _StderrHandler(logging.StreamHandler):
+class _StderrHandler(logging.StreamHandler[TextIO]):
     """Writes to whatever ``sys.stderr`` is at the time of each record (test runners swap it)."""
 
     def __init__(self) -> None:

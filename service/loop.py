@@ -32,15 +32,21 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Generic, TypeVar
 
 import redis
-from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
-from kafka.structs import MemberState
 
 from fraudstream.service.checkpoint import Checkpoint, ProducerFailedError, Span
 from fraudstream.service.kafka import group_coordinator_known, subscribe
+from fraudstream.service.kafka.protocols import (
+    Consumer,
+    ConsumerRebalanceListener,
+    ConsumerRecord,
+    MemberState,
+    TopicPartition,
+)
 from fraudstream.service.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -56,8 +62,29 @@ _COORDINATOR_UNKNOWN = "coordinator unknown"
 class Polled:
     """What one poll returned: the records, and per partition their first and last offset."""
 
-    records: list[Any]
+    records: list[ConsumerRecord]
     spans: dict[TopicPartition, Span]
+
+
+#: What a batch's processing returns (the scorer: its ``BatchOutcome``).
+R = TypeVar("R")
+
+#: An empty poll.
+_NOTHING = Polled([], {})
+
+
+@dataclass(frozen=True, slots=True)
+class _InHand(Generic[R]):
+    """A batch handed to the worker thread and not finished yet."""
+
+    polled: Polled
+    future: Future[R]
+    started: float
+    #: The loop's revocation count when the batch was polled.
+    revocations: int
+    #: At least half as many records as a poll may return: the loop is behind
+    #: the stream, so it reads ahead.
+    behind: bool
 
 
 class LoopHealth:
@@ -202,11 +229,13 @@ class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, loop: ConsumeLoop) -> None:
         self._loop = loop
 
-    def on_partitions_revoked(self, revoked: Any) -> None:
+    def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        if revoked:
+            self._loop.revocations += 1
         self._loop.checkpoint.forget(revoked)
         self._loop.forget_lag(revoked)
 
-    def on_partitions_assigned(self, assigned: Any) -> None:
+    def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         if self._loop.backing_off and assigned:
             self._loop.consumer.pause(*assigned)
         log.info(
@@ -243,7 +272,7 @@ class ConsumeLoop:
     def __init__(
         self,
         name: str,
-        consumer: KafkaConsumer,
+        consumer: Consumer,
         checkpoint: Checkpoint,
         health: LoopHealth,
         *,
@@ -261,6 +290,8 @@ class ConsumeLoop:
         self.stopping = stopping
         self.metrics = metrics
         self.backing_off = False
+        #: Times partitions were revoked (a batch in hand across one is read again).
+        self.revocations = 0
         self._lag_at = -1e9
         self._lag_stale = True
         self._lag_labels: set[TopicPartition] = set()
@@ -269,13 +300,126 @@ class ConsumeLoop:
         """Join the group for ``topics``, with this loop's rebalance listener."""
         subscribe(self.consumer, topics, listener=_Rebalance(self))
 
-    def poll(self) -> Polled:
-        """One bounded batch (possibly empty): process it, or hand it to :meth:`recover`."""
-        # No batch in hand here (the last one was committed or sought back): the
-        # positions are where processing stands.
+    def run(
+        self,
+        turn: Callable[[Polled], None],
+        *,
+        transient: Callable[[BaseException], bool],
+        healthy: Callable[[], bool],
+    ) -> None:
+        """Poll and hand every batch (possibly empty) to ``turn`` until stopped.
+
+        ``turn`` processes the batch and commits what it finished. When it raises
+        what ``transient`` accepts, the batch is given up, sought back and retried
+        after a back-off (:meth:`recover`, until ``healthy()``); anything else
+        ends the loop.
+        """
+        attempt = 0
+        while not self.stopping.is_set():
+            polled = self.poll()
+            try:
+                turn(polled)
+            except Exception as exc:
+                if not transient(exc):
+                    raise
+                self.recover(polled, exc, attempt, healthy)
+                attempt += 1
+                continue
+            self.health.done(len(polled.records))
+            attempt = 0
+
+    def run_ahead(
+        self,
+        process: Callable[[Polled], R],
+        finish: Callable[[Polled, R, float], None],
+        idle: Callable[[], None],
+        *,
+        transient: Callable[[BaseException], bool],
+        healthy: Callable[[], bool],
+    ) -> None:
+        """Like :meth:`run`, but behind the stream process batch ``k`` while ``k + 1`` is polled.
+
+        ``process`` runs in a worker thread (the scorer: Redis round trips and
+        scoring, no Kafka); ``finish`` then runs here with its result and the
+        seconds since the batch was handed over (produce, track, commit), and
+        only after it is the next batch handed over: a batch's offsets are
+        committed after its effects, in order. ``idle`` runs for an empty poll.
+        The loop reads ahead only after a large batch (at least half of
+        ``max_records``: records are waiting); keeping up, it finishes each
+        batch before polling again, so its results do not wait for the next
+        poll. A batch in hand while partitions were revoked is given up with
+        the batch polled meanwhile, and both are read again. A transient error
+        gives up both as well, and :meth:`recover` backs off.
+        """
+        attempt = 0
+        in_hand: _InHand[R] | None = None
+        with ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-batch") as worker:
+            while in_hand is not None or not self.stopping.is_set():
+                polled = self._poll_ahead(in_hand)
+                batch, in_hand = in_hand, None
+                try:
+                    if batch is not None and not self._finish(batch, polled, finish):
+                        continue  # both read again
+                    batch = None
+                    if polled is None:
+                        continue  # the next turn polls
+                    if polled.records:
+                        in_hand = _InHand(
+                            polled,
+                            worker.submit(process, polled),
+                            time.perf_counter(),
+                            self.revocations,
+                            2 * len(polled.records) >= self.max_records,
+                        )
+                    else:
+                        idle()
+                        self.health.done(0)
+                    attempt = 0
+                except Exception as exc:
+                    if not transient(exc):
+                        raise
+                    earlier = batch.polled.records if batch is not None else []
+                    failed = Polled(earlier + (polled or _NOTHING).records, {})
+                    self.recover(failed, exc, attempt, healthy)
+                    attempt += 1
+
+    def _poll_ahead(self, in_hand: _InHand[R] | None) -> Polled | None:
+        """The next batch, or ``None``: first finish the batch in hand, or stop."""
+        if self.stopping.is_set():
+            return None
+        if in_hand is None:
+            return self.poll()
+        # Only what is fetched already: the batch in hand must not wait for the next.
+        return self.poll(wait=False) if in_hand.behind else None
+
+    def _finish(
+        self,
+        batch: _InHand[R],
+        polled: Polled | None,
+        finish: Callable[[Polled, R, float], None],
+    ) -> bool:
+        """Finish a processed batch; ``False`` when it (and ``polled``) must be read again."""
+        result = batch.future.result()
+        if self.revocations != batch.revocations:
+            # Positions of revoked partitions were reset or moved to another member.
+            log.info("%s: a batch processed during a rebalance is read again", self.name)
+            self.read_again(batch.polled.records + (polled or _NOTHING).records)
+            return False
+        finish(batch.polled, result, time.perf_counter() - batch.started)
+        self.health.done(len(batch.polled.records))
+        return True
+
+    def poll(self, *, wait: bool = True) -> Polled:
+        """One bounded batch (possibly empty): process it, or hand it to :meth:`recover`.
+
+        ``wait=False`` returns at once with what is already fetched (a batch is
+        in hand and waits to be finished).
+        """
+        # The positions are where processing stands, or (a batch in hand, the
+        # scorer overlapping batches) one batch ahead of it: lag is that much low.
         self.measure_lag(every_s=5.0)
-        polled = self._poll(self.wait_ms)
-        if not polled.records:
+        polled = self._poll(self.wait_ms if wait else 0)
+        if wait and not polled.records:
             # Idle: nothing in hand either; readiness needs a fresh "nothing to do".
             self.measure_lag(every_s=0.0 if self._lag_stale else 1.0)
         self._lag_stale = bool(polled.records)
@@ -319,7 +463,11 @@ class ConsumeLoop:
         self._rewind(polled.records, resume)
         self._back_off(attempt, healthy)
 
-    def _rewind(self, records: Sequence[Any], resume: dict[TopicPartition, int]) -> None:
+    def read_again(self, records: Sequence[ConsumerRecord]) -> None:
+        """Seek the owned partitions of ``records`` back to their first record."""
+        self._rewind(records, {})
+
+    def _rewind(self, records: Sequence[ConsumerRecord], resume: dict[TopicPartition, int]) -> None:
         """Seek back to where unfinished work began so it is processed again."""
         first = dict(resume)
         for r in records:
@@ -351,8 +499,10 @@ class ConsumeLoop:
             self.consumer.resume(*self.consumer.paused())
 
     def confirm_membership(self) -> None:
-        """When idle after Kafka was away: commit the positions to prove the group still
-        knows this member (after a broker restart it may not, until a heartbeat says so).
+        """When idle after Kafka was away, commit the positions.
+
+        This proves the group still knows this member (after a broker restart it may not, until a
+        heartbeat says so).
 
         Call only with no work in hand: the positions are then what is committed anyway.
         """
@@ -364,9 +514,21 @@ class ConsumeLoop:
         owned = list(self.consumer.assignment())
         if not owned:
             return
-        positions = {tp: self.consumer.position(tp, timeout_ms=2000) for tp in owned}
+        positions = self._positions(owned)
+        if positions is None:
+            return  # not known within the timeout: the next idle turn tries again
         self.checkpoint.confirm(positions)
         self.health.confirmed()
+
+    def _positions(self, owned: Sequence[TopicPartition]) -> dict[TopicPartition, int] | None:
+        """The position of every owned partition, or ``None`` when one is not known yet."""
+        positions: dict[TopicPartition, int] = {}
+        for tp in owned:
+            position = self.consumer.position(tp, timeout_ms=2000)
+            if position is None:
+                return None
+            positions[tp] = position
+        return positions
 
     def measure_lag(self, every_s: float = 5.0) -> None:
         """Records behind the log end per owned partition (at most every ``every_s``).
@@ -385,10 +547,14 @@ class ConsumeLoop:
             return
         try:
             ends = self.consumer.end_offsets(owned, timeout_ms=2000)
-            behind = {tp: ends[tp] - self.consumer.position(tp, timeout_ms=2000) for tp in owned}
+            positions = self._positions(owned)
         except Exception as exc:  # broker away, or positions not fetched yet
             self.health.lag(None, f"{type(exc).__name__}: {exc}")
             return
+        if positions is None:
+            self.health.lag(None, "positions not fetched yet")
+            return
+        behind = {tp: ends[tp] - positions[tp] for tp in owned}
         self.metrics.report_lag(
             self.name, {(tp.topic, tp.partition): max(0, lag) for tp, lag in behind.items()}
         )

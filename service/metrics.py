@@ -85,7 +85,7 @@ class BatchHistogram(Histogram):
         array = array[np.isfinite(array)]
         if not len(array):
             return
-        self._raise_if_not_observable()
+        self._raise_if_not_observable()  # type: ignore[no-untyped-call]  # prometheus-client's own check
         bounds = np.asarray(self._upper_bounds, dtype=np.float64)
         counts = np.bincount(np.searchsorted(bounds, array, side="left"), minlength=len(bounds))
         self._sum.inc(float(array.sum()))
@@ -298,6 +298,7 @@ class HealthServer:
 
     @property
     def port(self) -> int:
+        """The port the server listens on."""
         return int(self._server.server_address[1])
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
@@ -329,8 +330,10 @@ class HealthServer:
         return Handler
 
     def start(self) -> None:
+        """Serve in a daemon thread."""
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop serving and close the socket."""
         self._server.shutdown()
         self._server.server_close()

@@ -331,7 +331,8 @@ class FraudModel:
         X = _sanitise(X)
         if self._linear is not None:
             mean, std, w, _ = self._parameters()
-            return self._scale(X, mean, std) * w
+            contributions: np.ndarray = self._scale(X, mean, std) * w
+            return contributions
         n, mean, m2 = self._moments
         std = np.sqrt(np.where(n > 0, m2 / np.maximum(n, 1.0), 0.0))
         return self._scale(X, mean, std)
@@ -411,7 +412,8 @@ class FraudModel:
 
     def _logits(self, X: np.ndarray) -> np.ndarray:
         mean, std, w, b = self._parameters()
-        return self._scale(X, mean, std) @ w + b
+        logits: np.ndarray = self._scale(X, mean, std) @ w + b
+        return logits
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

@@ -44,7 +44,7 @@ from fraudstream.service.errors import (
 )
 from fraudstream.service.features.store import FeatureStore
 from fraudstream.service.model import BatchScorer
-from fraudstream.service.schemas import TRANSACTION_BATCH, Scorer, Transaction, condense
+from fraudstream.service.schemas import TRANSACTION_BATCH, Reason, Scorer, Transaction, condense
 from fraudstream.service.snapshots import CLAIM_CONFLICT
 
 M = TypeVar("M", bound=BaseModel)
@@ -89,7 +89,9 @@ class SnapshotWriter(Protocol):
         model_version: int,
         feature_names: Sequence[str],
         keep_existing: np.ndarray | None = None,
-    ) -> None: ...
+    ) -> None:
+        """Store each row's features and score for the label path."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,7 +395,7 @@ class Pipeline:
         scores, _ = active.scorer.score_many(batch.values, reasons_at=np.inf)
         is_alert, threshold = self.policy.decide(scores, active.version)
         alert_rows = np.flatnonzero(is_alert)
-        reasons_by_row: dict[int, list] = {}
+        reasons_by_row: dict[int, list[Reason]] = {}
         if len(alert_rows):
             _, alert_reasons = active.scorer.score_many(batch.values[alert_rows], reasons_at=0.0)
             reasons_by_row = dict(zip(alert_rows.tolist(), alert_reasons, strict=True))

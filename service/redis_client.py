@@ -157,8 +157,11 @@ Connection refused.)'
 
 
 def _ssl_reason(text: str) -> str:
-    """``certificate verify failed: unable to get local issuer certificate`` out of
-    redis-py's ``Error 1 connecting to h:p. [SSL: ...] ... (_ssl.c:1006).``"""
+    """The reason out of a redis-py TLS error.
+
+    ``certificate verify failed: unable to get local issuer certificate`` out of redis-py's ``Error
+    1 connecting to h:p. [SSL: ...] ... (_ssl.c:1006).``
+    """
     reason = text.partition("] ")[2] or text
     return _SSL_SOURCE.sub("", reason).rstrip(".")
 

@@ -247,7 +247,7 @@ class ModelRegistry:
             "labels_learnt": model.labels_learnt,
             "frauds_learnt": model.frauds_learnt,
             "metrics": _json_safe(dict(metrics or {})),
-            "river_version": river.__version__,
+            "river_version": river.__version__,  # type: ignore[attr-defined]  # not in __all__
             "python_version": platform.python_version(),
             "payload_sha256": hashlib.sha256(payload).hexdigest(),
             **dict(extra or {}),

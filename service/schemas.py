@@ -21,9 +21,9 @@ from __future__ import annotations
 import hashlib
 import math
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
-from functools import cached_property
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Generic, Literal, TypeVar, overload
 
 from pydantic import (
     BaseModel,
@@ -109,6 +109,48 @@ def _require_aware_utc(value: datetime) -> datetime:
     return value
 
 
+T = TypeVar("T")
+
+
+class _computed_once(Generic[T]):
+    """``functools.cached_property`` without its lock.
+
+    On Python 3.11 ``cached_property`` takes an ``RLock`` on every first read
+    of every instance (3.12 dropped it): on the scorer's hot path, a transaction's
+    ``event_time_ms`` and ``content_digest`` cost ~0.3 µs more each. The value is
+    a pure function of a frozen model, so two threads computing it at once both
+    store the same value.
+
+    >>> class C:
+    ...     @_computed_once
+    ...     def twice(self) -> int:
+    ...         return 2
+    >>> c = C()
+    >>> c.twice, "twice" in c.__dict__
+    (2, True)
+    """
+
+    def __init__(self, func: Callable[[Any], T]) -> None:
+        self.func = func
+        self.name = func.__name__
+        self.__doc__ = func.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, objtype: type | None = None) -> _computed_once[T]: ...
+
+    @overload
+    def __get__(self, obj: object, objtype: type | None = None) -> T: ...
+
+    def __get__(self, obj: object | None, objtype: type | None = None) -> T | _computed_once[T]:
+        if obj is None:
+            return self
+        value = obj.__dict__[self.name] = self.func(obj)
+        return value
+
+
 EventTime = Annotated[datetime, BeforeValidator(_parse_event_time)]
 Identifier = Annotated[
     str,
@@ -128,7 +170,9 @@ class Transaction(BaseModel):
     Unknown fields are kept in ``model_extra`` and never used as features.
     """
 
-    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(
+        extra="allow", frozen=True, allow_inf_nan=False, ignored_types=(_computed_once,)
+    )
 
     transaction_id: Identifier = Field(description="Unique id of the transaction.")
     card_id: Identifier = Field(description="Card (customer) id; the Kafka key.")
@@ -156,12 +200,12 @@ class Transaction(BaseModel):
             raise ValueError("lat and lon must be given together")
         return self
 
-    @cached_property
+    @_computed_once
     def event_time_ms(self) -> int:
         """Event time in epoch milliseconds (computed once: the hot path reads it often)."""
         return round(self.timestamp.timestamp() * 1000)
 
-    @cached_property
+    @_computed_once
     def content_digest(self) -> bytes:
         """8 bytes that identify what the transaction says (card, terminal, time, amount, currency).
 

@@ -108,7 +108,7 @@ class RecentQuality:
 
 @dataclass(frozen=True)
 class ServingPolicy:
-    """May a model version score in place of the rules prior (or an older version)?
+    """Whether a model version may score in place of the rules prior (or an older version).
 
     Parameters
     ----------
@@ -129,8 +129,11 @@ class ServingPolicy:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ServingPolicy:
-        """The policy of the settings (``min_labels_for_model``, ``min_frauds_for_model``,
-        ``model_margin_over_prior``)."""
+        """Build the policy of the settings.
+
+        From ``min_labels_for_model``, ``min_frauds_for_model`` and
+        ``model_margin_over_prior``.
+        """
         return cls(
             min_labels=settings.min_labels_for_model,
             min_frauds=settings.min_frauds_for_model,

@@ -88,10 +88,12 @@ class SecurityProtocol(StrEnum):
 
     @property
     def uses_tls(self) -> bool:
+        """Whether the protocol encrypts with TLS."""
         return self in (SecurityProtocol.SSL, SecurityProtocol.SASL_SSL)
 
     @property
     def uses_sasl(self) -> bool:
+        """Whether the protocol logs in with SASL."""
         return self in (SecurityProtocol.SASL_PLAINTEXT, SecurityProtocol.SASL_SSL)
 
 
@@ -209,6 +211,13 @@ class Settings(BaseSettings):
         "scorer's open transaction then holds read_committed readers back until it times out "
         "(60 s).",
     )
+    overlap_batches: bool = Field(
+        True,
+        description="at_least_once: when behind (a batch of at least half max_batch_size), "
+        "process a batch (Redis, scoring) in a worker thread while the next one is polled; its "
+        "offsets are still committed only after its effects are durable. Off, or in "
+        "exactly_once mode: one batch at a time.",
+    )
     max_batch_size: Annotated[int, Field(ge=1, le=100_000)] = Field(
         2000, description="Most records processed per batch (bounds time per batch)."
     )
@@ -227,8 +236,8 @@ class Settings(BaseSettings):
     dead_letter_max_bytes: Annotated[int, Field(ge=16 * 1024)] = Field(
         1_000_000,
         description="Largest dead letter (key, value, headers): bigger records are cut to fit, "
-        "with headers giving the original size and SHA-256. Keep it below the dead-letter "
-        "topics' max.message.bytes.",
+        "with headers giving the original size and SHA-256. Dead-letter topics the service "
+        "creates take it; an existing one too small for it is refused at start.",
     )
 
     # --- Kafka security ------------------------------------------------------

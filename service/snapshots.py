@@ -70,16 +70,22 @@ _CLAIM_IDS_LUA = """
 local ttl = ARGV[1]
 local claims = ARGV[2]
 local out = {}
+local call, sub = redis.call, string.sub
 for i = 1, #KEYS do
-  local claim = string.sub(claims, (i - 1) * 9 + 1, i * 9)
-  local held = redis.call('GETRANGE', KEYS[i], 0, 8)
-  if held == '' then
-    redis.call('SET', KEYS[i], claim, 'EX', ttl)
+  local claim = sub(claims, (i - 1) * 9 + 1, i * 9)
+  -- A new id (the common case) costs one call.
+  if call('SET', KEYS[i], claim, 'NX', 'EX', ttl) then
     out[i] = '\\0'
-  elseif held == claim or string.byte(held, 1) == 1 then
-    out[i] = '\\1'
   else
-    out[i] = '\\2'
+    local held = call('GETRANGE', KEYS[i], 0, 8)
+    if held == '' then
+      call('SET', KEYS[i], claim, 'EX', ttl)
+      out[i] = '\\0'
+    elseif held == claim or string.byte(held, 1) == 1 then
+      out[i] = '\\1'
+    else
+      out[i] = '\\2'
+    end
   end
 end
 return table.concat(out)
@@ -190,6 +196,48 @@ def encode(
     )
 
 
+def encode_many(
+    transactions: Sequence[Transaction],
+    X32: np.ndarray,
+    scores: Sequence[float],
+    model_version: int,
+    feature_set: int,
+) -> list[bytes]:
+    """:func:`encode` of every row of a batch (``X32``: contiguous ``<f4``, one row each).
+
+    The same bytes as :func:`encode` row by row, without a numpy call per row.
+
+    >>> from fraudstream.service.schemas import Transaction
+    >>> tx = Transaction(transaction_id="t", card_id="c1", terminal_id="t1", amount=1,
+    ...                  timestamp=1522540800000)
+    >>> X = np.array([[1.5, 2.0]], dtype="<f4")
+    >>> encode_many([tx], X, [0.25], 3, 7) == [
+    ...     encode("c1", "t1", tx.event_time_ms, 0.25, 3, 7, X[0], tx.content_digest)]
+    True
+    """
+    n_features = X32.shape[1] if X32.ndim == 2 else 0
+    row_bytes = 4 * n_features
+    blob = X32.tobytes()
+    pack = _HEADER.pack
+    out = []
+    for i, (tx, score) in enumerate(zip(transactions, scores, strict=True)):
+        card = tx.card_id.encode()
+        term = tx.terminal_id.encode()
+        header = pack(
+            SNAPSHOT_VERSION,
+            tx.content_digest,
+            feature_set,
+            model_version,
+            score,
+            tx.event_time_ms,
+            n_features,
+            len(card),
+            len(term),
+        )
+        out.append(b"".join((header, card, term, blob[i * row_bytes : (i + 1) * row_bytes])))
+    return out
+
+
 def decode(transaction_id: str, data: bytes) -> Snapshot:
     """Inverse of :func:`encode` (versions 1 and 2).
 
@@ -285,19 +333,7 @@ class SnapshotStore:
         X32 = np.ascontiguousarray(X, dtype="<f4")
         keep = np.zeros(len(X), bool) if keep_existing is None else np.asarray(keep_existing)
         keys = [self.key(tx.transaction_id) for tx in transactions]
-        values = [
-            encode(
-                tx.card_id,
-                tx.terminal_id,
-                tx.event_time_ms,
-                score,
-                model_version,
-                fset,
-                row,
-                tx.content_digest,
-            )
-            for tx, row, score in zip(transactions, X32, np.asarray(scores).tolist(), strict=True)
-        ]
+        values = encode_many(transactions, X32, np.asarray(scores).tolist(), model_version, fset)
         if keys:
             flags = np.where(keep, ord("1"), ord("0")).astype(np.uint8).tobytes()
             # Single node: one call for the batch. Every key is hash-tagged by its

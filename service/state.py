@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from kafka import KafkaConsumer, TopicPartition
 
 from fraudstream.service.errors import ConfigurationError, UnavailableError
 from fraudstream.service.features.store import FeatureStore, LabelFact
+from fraudstream.service.kafka.protocols import Consumer, TopicPartition
 from fraudstream.service.pipeline import validate_records
 from fraudstream.service.schemas import LABEL_BATCH, Label, Transaction
 from fraudstream.service.snapshots import CLAIM_CONFLICT, REBUILT_MODEL_VERSION, SnapshotStore
@@ -175,16 +175,14 @@ class RebuildReport:
     generation: str = ""
 
 
-def _partitions(consumer: KafkaConsumer, topic: str) -> list[TopicPartition]:
+def _partitions(consumer: Consumer, topic: str) -> list[TopicPartition]:
     partitions = consumer.partitions_for_topic(topic)
     if not partitions:
         raise ConfigurationError(f"topic {topic!r} does not exist or has no partitions")
     return [TopicPartition(topic, p) for p in sorted(partitions)]
 
 
-def read_since(
-    consumer: KafkaConsumer, topic: str, since_ms: int, batch: int
-) -> Iterator[list[Any]]:
+def read_since(consumer: Consumer, topic: str, since_ms: int, batch: int) -> Iterator[list[Any]]:
     """Batches of the records of ``topic`` from ``since_ms`` (record time) to its end now.
 
     The end is the end offset of each partition when the call starts: records
@@ -221,7 +219,7 @@ def read_since(
 
 def rebuild_state(
     client: Any,
-    consumer: KafkaConsumer,
+    consumer: Consumer,
     features: FeatureStore,
     snapshots: SnapshotStore,
     *,

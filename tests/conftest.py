@@ -15,6 +15,8 @@ key prefix, so tests never see each other's data.
 from __future__ import annotations
 
 import os
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
@@ -29,6 +31,7 @@ from fraudstream.devstack import (
     KafkaServer,
     RedisServer,
     TestPki,
+    free_port,
     kafka_given_or_started,
     make_test_pki,
     redis_cluster_given_or_started,
@@ -82,8 +85,11 @@ REDIS_PASSWORD = "redis-pass-1"
 
 @pytest.fixture(scope="session")
 def test_pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
-    """A CA, a server certificate (localhost, 127.0.0.1) and a client certificate
-    (its key encrypted), made by ``openssl`` for this session."""
+    """A CA, a server certificate and a client certificate for this session.
+
+    The server certificate names localhost and 127.0.0.1; the client's key is encrypted;
+    ``openssl`` makes them.
+    """
     return make_test_pki(tmp_path_factory.mktemp("pki"))
 
 
@@ -91,8 +97,10 @@ def test_pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
 def secured_kafka(
     test_pki: TestPki, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[KafkaServer]:
-    """A broker with SASL_PLAINTEXT, SSL (mutual TLS) and SASL_SSL listeners (users:
-    :data:`KAFKA_USERS`); ``secured_kafka.bootstrap_for("SSL")`` is a listener's address."""
+    """A broker with SASL_PLAINTEXT, SSL (mutual TLS) and SASL_SSL listeners.
+
+    Users: :data:`KAFKA_USERS`; ``secured_kafka.bootstrap_for("SSL")`` is a listener's address.
+    """
     with secured_kafka_started(
         test_pki,
         KAFKA_USERS,
@@ -106,12 +114,23 @@ def secured_kafka(
 def secured_redis(
     test_pki: TestPki, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RedisServer]:
-    """A Redis with ``requirepass`` :data:`REDIS_PASSWORD` and a TLS port
-    (``secured_redis.url``, ``secured_redis.tls_url``)."""
+    """A Redis with ``requirepass`` :data:`REDIS_PASSWORD` and a TLS port.
+
+    Addresses: ``secured_redis.url``, ``secured_redis.tls_url``.
+    """
     with secured_redis_started(
         test_pki, REDIS_PASSWORD, data_dir=tmp_path_factory.mktemp("redis-secured")
     ) as server:
         yield server
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A persistent Redis of this test alone, to stop and start (an outage); stopped after."""
+    server = RedisServer(tmp_path / "redis", port=free_port(), persistent=True)
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture
@@ -191,8 +210,10 @@ def _transaction(
 
 @pytest.fixture
 def make_transaction() -> Callable[..., tuple[bytes, bytes]]:
-    """``make_transaction(transaction_id, card, terminal, amount, at)``: a ``(key, value)``
-    record for ``produce``; ``at`` is an aware datetime."""
+    """``make_transaction(transaction_id, card, terminal, amount, at)``.
+
+    A ``(key, value)`` record for ``produce``; ``at`` is an aware datetime.
+    """
     return _transaction
 
 
@@ -336,6 +357,17 @@ def run_app() -> Iterator[Callable[[Settings], Any]]:
         assert not thread.is_alive(), "application did not stop within 60 s"
 
 
+def http_get(port: int, path: str) -> tuple[int, str]:
+    """Status and body of ``GET http://127.0.0.1:{port}{path}`` (0 and the reason when refused)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+    except OSError as error:
+        return 0, str(error)
+
+
 def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
     """Environment for a ``fraudstream`` subprocess that sees exactly ``settings``."""
     from pydantic import SecretStr
@@ -436,8 +468,11 @@ def wait_for() -> Callable[..., None]:
 def card_stream(
     make_transaction: Callable[..., tuple[bytes, bytes]],
 ) -> Callable[..., list[tuple[bytes, bytes]]]:
-    """``card_stream(prefix, cards, per_card, first=0)``: transactions of ``cards`` cards,
-    ``per_card`` each, in each card's event-time order (ids ``{prefix}c{card}-{i}``)."""
+    """``card_stream(prefix, cards, per_card, first=0)``.
+
+    Transactions of ``cards`` cards, ``per_card`` each, in each card's event-time order (ids
+    ``{prefix}c{card}-{i}``).
+    """
     from datetime import UTC, datetime, timedelta
 
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=20)
@@ -457,8 +492,10 @@ def card_stream(
 
 @pytest.fixture
 def counting_problems(redis_url: str) -> Iterator[Callable[..., list[str]]]:
-    """``counting_problems(settings, records, redis_url=None)``: transactions not counted exactly
-    once in the card history, empty when every one of ``records`` (a ``card_stream``) was.
+    """``counting_problems(settings, records, redis_url=None)``.
+
+    Transactions not counted exactly once in the card history, empty when every one of ``records``
+    (a ``card_stream``) was.
 
     A transaction's 30-day count, as stored in its feature snapshot, is its rank in
     its card's history: a transaction lost or counted twice before it shows there.
@@ -525,8 +562,11 @@ def group_lag() -> Callable[[Settings], int]:
 
 @pytest.fixture
 def committed_past_unscored(redis_url: str) -> Iterator[Callable[..., list[str]]]:
-    """``committed_past_unscored(settings, redis_url=None)``: transactions below the scorer
-    group's committed offsets that have no feature snapshot (empty when none)."""
+    """``committed_past_unscored(settings, redis_url=None)``.
+
+    Transactions below the scorer group's committed offsets that have no feature snapshot (empty
+    when none).
+    """
     from kafka import TopicPartition
 
     from fraudstream.service.snapshots import SnapshotStore

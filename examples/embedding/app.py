@@ -1,5 +1,6 @@
-"""An application that embeds fraudstream in its own process, next to its own
-package named ``service``.
+"""An application that embeds fraudstream in its own process.
+
+It has its own package named ``service`` next to fraudstream's.
 
 Run from this folder (so that ``service`` is the application's package)::
 
@@ -50,6 +51,7 @@ def wait_ready(app: fraudstream.Application, timeout_s: float = 60.0) -> str:
 
 
 def main(argv: list[str]) -> None:
+    """Run the application's own work and fraudstream side by side."""
     settings = fraudstream.Settings()  # FRAUDSTREAM_* from the environment
     app, thread = start(settings)
     try:

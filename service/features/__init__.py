@@ -1,0 +1,1 @@
+"""Event-time features: their definitions, the Redis store and the reference store."""

@@ -180,8 +180,10 @@ _STATE_LOST = "FRAUDSTREAM_STATE_LOST"
 
 
 class _Script:
-    """A Lua script (after :data:`_PRELUDE`) run by EVALSHA, loaded again when the
-    server lost it (NOSCRIPT)."""
+    """A Lua script (after :data:`_PRELUDE`) run by EVALSHA.
+
+    It is loaded again when the server lost it (NOSCRIPT).
+    """
 
     def __init__(self, client: redis.Redis, name: str, lost_message: str = "") -> None:
         self._client = client

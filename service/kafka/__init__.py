@@ -5,7 +5,9 @@ defaults (idempotent producer, manual commits, bounded polls), topic creation,
 and delivery tracking that turns a failed send into an exception instead of a
 silent loss. Every builder takes the settings (or a :class:`KafkaConnection`),
 so every client gets the security options (TLS, SASL); a secured connection
-is verified (:func:`verify`) before a client is built.
+is verified (:func:`verify`) before a client is built. The builders return the
+typed protocols of :mod:`fraudstream.service.kafka.protocols` (kafka-python
+itself has no types).
 """
 
 from fraudstream.service.kafka.clients import (
@@ -19,6 +21,7 @@ from fraudstream.service.kafka.clients import (
     make_admin,
     make_consumer,
     make_producer,
+    max_message_bytes,
     subscribe,
 )
 from fraudstream.service.kafka.connection import KafkaConnection, verify
@@ -35,6 +38,7 @@ __all__ = [
     "make_admin",
     "make_consumer",
     "make_producer",
+    "max_message_bytes",
     "subscribe",
     "verify",
 ]

@@ -7,18 +7,24 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer
-from kafka.admin import NewTopic
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import (
     KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
     TopicAlreadyExistsError,
 )
-from kafka.producer.future import FutureRecordMetadata
 
 from fraudstream.service.errors import ConfigurationError, FraudstreamError, UnavailableError
 from fraudstream.service.kafka.connection import KafkaConnection, verify
+from fraudstream.service.kafka.protocols import (
+    Admin,
+    Consumer,
+    ConsumerRebalanceListener,
+    Producer,
+    SendFuture,
+)
 
 if TYPE_CHECKING:
     from fraudstream.service.settings import Settings
@@ -66,7 +72,7 @@ def make_producer(
     transactional_id: str | None = None,
     linger_ms: int = 5,
     **overrides: Any,
-) -> KafkaProducer:
+) -> Producer:
     """An idempotent producer (acks=all) that batches for throughput.
 
     Parameters
@@ -100,7 +106,8 @@ def make_producer(
         config["transactional_id"] = transactional_id
     config.update(overrides)
     try:
-        return KafkaProducer(**config)
+        producer: Producer = KafkaProducer(**config)
+        return producer
     except _UNREACHABLE as exc:
         raise _unavailable(connection, exc) from exc
 
@@ -114,7 +121,7 @@ def make_consumer(
     read_committed: bool = False,
     auto_offset_reset: str = "earliest",
     **overrides: Any,
-) -> KafkaConsumer:
+) -> Consumer:
     """A consumer with auto-commit off: offsets are committed by the caller only.
 
     Parameters
@@ -145,7 +152,7 @@ def make_consumer(
     }
     config.update(overrides)
     try:
-        consumer = KafkaConsumer(**config)
+        consumer: Consumer = KafkaConsumer(**config)
     except _UNREACHABLE as exc:
         raise _unavailable(connection, exc) from exc
     if group_id is not None:
@@ -156,7 +163,7 @@ def make_consumer(
     return consumer
 
 
-def _finish_pending_joins(consumer: KafkaConsumer) -> None:
+def _finish_pending_joins(consumer: Consumer) -> None:
     """Make kafka-python finish a rebalance that outlived the ``poll`` that started it.
 
     kafka-python 3.0 joins in a task that survives a ``poll`` timeout and is
@@ -180,7 +187,7 @@ def _finish_pending_joins(consumer: KafkaConsumer) -> None:
     coordinator.need_rejoin = need_rejoin_or_pending
 
 
-def group_coordinator_known(consumer: KafkaConsumer) -> bool:
+def group_coordinator_known(consumer: Consumer) -> bool:
     """Whether the consumer knows its group's coordinator and can reach it.
 
     A member whose coordinator is unknown (the broker restarted, or the
@@ -193,7 +200,7 @@ def group_coordinator_known(consumer: KafkaConsumer) -> bool:
 
 
 def subscribe(
-    consumer: KafkaConsumer, topics: list[str], listener: ConsumerRebalanceListener | None = None
+    consumer: Consumer, topics: list[str], listener: ConsumerRebalanceListener | None = None
 ) -> None:
     """Join the group for ``topics`` once their partitions are known.
 
@@ -220,13 +227,14 @@ def subscribe(
     consumer.topics()  # a metadata update with the subscription in place
 
 
-def make_admin(kafka: KafkaTarget, *, client_id: str = "fraudstream-admin") -> KafkaAdminClient:
+def make_admin(kafka: KafkaTarget, *, client_id: str = "fraudstream-admin") -> Admin:
     """An admin client, with a clear error when the broker is unreachable."""
     connection = _connect(kafka)
     try:
-        return KafkaAdminClient(
+        admin: Admin = KafkaAdminClient(
             **connection.options(), client_id=client_id, request_timeout_ms=15_000
         )
+        return admin
     except _UNREACHABLE as exc:
         raise _unavailable(connection, exc) from exc
 
@@ -293,7 +301,30 @@ def ensure_topics(
         admin.close()
 
 
-def _wait_for_topics(admin: KafkaAdminClient, topics: list[str], timeout_s: float) -> None:
+def max_message_bytes(kafka: KafkaTarget, topics: Iterable[str]) -> dict[str, int]:
+    """The largest record each topic accepts (its effective ``max.message.bytes``).
+
+    The topic's own setting when it has one, otherwise the broker default
+    (``message.max.bytes``), as the broker reports it.
+    """
+    names = list(topics)
+    admin = make_admin(kafka)
+    try:
+        described = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, name) for name in names],
+            config_filter="all",
+        )
+    finally:
+        admin.close()
+    found = described.get("topic", {})
+    return {
+        name: int(found[name]["max.message.bytes"]["value"])
+        for name in names
+        if "max.message.bytes" in found.get(name, {})
+    }
+
+
+def _wait_for_topics(admin: Admin, topics: list[str], timeout_s: float) -> None:
     """Topic creation is asynchronous: wait until every partition has a leader."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -326,10 +357,10 @@ class DeliveryTracker:
         reports failures early); ``None`` (default): only the caller flushes.
     """
 
-    def __init__(self, producer: KafkaProducer, *, flush_every: int | None = None) -> None:
+    def __init__(self, producer: Producer, *, flush_every: int | None = None) -> None:
         self.producer = producer
         self.flush_every = flush_every
-        self._pending: list[FutureRecordMetadata] = []
+        self._pending: list[SendFuture] = []
         self.delivered = 0
         #: Topic -> (partition, offset) of the last record delivered to it, in send order.
         self.last_delivered: dict[str, tuple[int, int]] = {}

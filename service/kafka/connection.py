@@ -95,8 +95,10 @@ class KafkaConnection:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KafkaConnection:
-        """The connection the settings describe (``FRAUDSTREAM_BOOTSTRAP_SERVERS``,
-        ``FRAUDSTREAM_KAFKA_*``)."""
+        """The connection the settings describe.
+
+        From ``FRAUDSTREAM_BOOTSTRAP_SERVERS`` and ``FRAUDSTREAM_KAFKA_*``.
+        """
         return cls(
             bootstrap_servers=settings.bootstrap_servers,
             security_protocol=settings.kafka_security_protocol,
@@ -343,8 +345,10 @@ def _untrusted(where: str, exc: ssl.SSLCertVerificationError) -> str:
 
 
 def _tls_refused(where: str, exc: ssl.SSLError, connection: KafkaConnection) -> ConfigurationError:
-    """The broker ended TLS after the handshake: with TLS 1.3 that is how a client
-    certificate is refused or found missing."""
+    """The broker ended TLS after the handshake.
+
+    With TLS 1.3 that is how a client certificate is refused or found missing.
+    """
     reason = _reason(exc)
     if "certificate" in reason and connection.ssl_certfile is None:
         return AuthenticationFailedError(

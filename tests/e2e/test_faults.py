@@ -18,13 +18,12 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import orjson
 import redis
 
-from fraudstream.devstack import RedisServer, free_port
+from fraudstream.devstack import RedisServer
 from fraudstream.service.app import Application
 from fraudstream.service.kafka import make_producer
 from fraudstream.service.snapshots import SnapshotStore
@@ -195,50 +194,42 @@ def test_scorers_one_to_three_to_one_the_scale_in_while_redis_is_down(
     committed_past_unscored: Callable[..., list[str]],
     group_members: Callable[[str, str], dict[str, int]],
     group_lag: Callable[..., int],
-    tmp_path: Path,
+    own_redis: RedisServer,
 ) -> None:
-    server = RedisServer(tmp_path / "redis", port=free_port(), persistent=True)
+    server = own_redis
+    settings = make_settings(
+        redis_url=server.url,
+        role="scorer",
+        topic_partitions=6,
+        max_batch_size=20,
+        session_timeout_ms=6000,
+    )
+
+    def members() -> dict[str, int]:
+        return group_members(settings.bootstrap_servers, settings.consumer_group)
+
+    stream = card_stream("r", cards=18, per_card=24)
+    feeder = _Feeder(settings.bootstrap_servers, settings.topic_transactions, stream)
+    first = run_app(settings.model_copy(update={"client_id": "one"}))
+    wait_for(lambda: members() == {"one-scorer": 6}, 60, "one scorer with six partitions")
+    feeder.start()
+    time.sleep(2)
+    more = [run_app(settings.model_copy(update={"client_id": name})) for name in ("two", "three")]
+    wait_for(
+        lambda: sorted(members().values()) == [2, 2, 2],
+        60,
+        "three scorers, two partitions each",
+    )
+    time.sleep(2)
+    server.stop()
+    time.sleep(2)  # every scorer fails a batch and backs off
+    for app in more:
+        app.stop()
+    wait_for(lambda: members() == {"one-scorer": 6}, 60, "one scorer again, while Redis is down")
+    time.sleep(3)  # it polls through its back-off with five more partitions
     server.start()
-    try:
-        settings = make_settings(
-            redis_url=server.url,
-            role="scorer",
-            topic_partitions=6,
-            max_batch_size=20,
-            session_timeout_ms=6000,
-        )
-
-        def members() -> dict[str, int]:
-            return group_members(settings.bootstrap_servers, settings.consumer_group)
-
-        stream = card_stream("r", cards=18, per_card=24)
-        feeder = _Feeder(settings.bootstrap_servers, settings.topic_transactions, stream)
-        first = run_app(settings.model_copy(update={"client_id": "one"}))
-        wait_for(lambda: members() == {"one-scorer": 6}, 60, "one scorer with six partitions")
-        feeder.start()
-        time.sleep(2)
-        more = [
-            run_app(settings.model_copy(update={"client_id": name})) for name in ("two", "three")
-        ]
-        wait_for(
-            lambda: sorted(members().values()) == [2, 2, 2],
-            60,
-            "three scorers, two partitions each",
-        )
-        time.sleep(2)
-        server.stop()
-        time.sleep(2)  # every scorer fails a batch and backs off
-        for app in more:
-            app.stop()
-        wait_for(
-            lambda: members() == {"one-scorer": 6}, 60, "one scorer again, while Redis is down"
-        )
-        time.sleep(3)  # it polls through its back-off with five more partitions
-        server.start()
-        feeder.join(timeout=120)
-        wait_for(lambda: group_lag(settings) == 0, 120, "every offset committed")
-        wait_for(lambda: first.ready()[0], 30, "the remaining scorer to be ready")
-        assert committed_past_unscored(settings, server.url) == []
-        assert counting_problems(settings, stream, server.url) == []
-    finally:
-        server.stop()
+    feeder.join(timeout=120)
+    wait_for(lambda: group_lag(settings) == 0, 120, "every offset committed")
+    wait_for(lambda: first.ready()[0], 30, "the remaining scorer to be ready")
+    assert committed_past_unscored(settings, server.url) == []
+    assert counting_problems(settings, stream, server.url) == []

@@ -7,21 +7,12 @@ must say why, and the lag metric must count the records not processed.
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+from conftest import http_get
+
 from fraudstream.devstack import RedisServer, free_port
-
-
-def _get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
 
 
 def _lag(app: Any) -> float:
@@ -40,35 +31,31 @@ def test_a_batch_stuck_retrying_fails_healthz_and_the_lag_shows_what_waits(
     produce: Callable[..., None],
     wait_for: Callable[..., None],
     counting_problems: Callable[..., list[str]],
-    tmp_path: Path,
+    own_redis: RedisServer,
 ) -> None:
-    server = RedisServer(tmp_path / "redis", port=free_port(), persistent=True)
+    server = own_redis
+    port = free_port()
+    settings = make_settings(
+        redis_url=server.url, role="scorer", metrics_port=port, stall_timeout_s=3.0
+    )
+    app = run_app(settings)
+    first = card_stream("h", cards=5, per_card=4)
+    produce(settings.bootstrap_servers, settings.topic_transactions, first)
+    wait_for(lambda: not counting_problems(settings, first, server.url), 60, "first scored")
+    wait_for(lambda: http_get(port, "/readyz") == (200, "ready\n"), 30, "ready")
+    assert http_get(port, "/healthz") == (200, "ok\n")
+
+    server.stop()
+    stuck = card_stream("h", cards=5, per_card=6, first=4)
+    produce(settings.bootstrap_servers, settings.topic_transactions, stuck)
+    wait_for(lambda: http_get(port, "/healthz")[0] == 503, 30, "/healthz to report the stall")
+    _, reason = http_get(port, "/healthz")
+    assert "scorer: stalled, no batch done for" in reason
+    assert "with 30 records waiting; last error: ConnectionError" in reason
+    wait_for(lambda: _lag(app) == len(stuck), 10, "the lag metric to count what waits")
+    assert http_get(port, "/readyz")[0] == 503
+
     server.start()
-    try:
-        port = free_port()
-        settings = make_settings(
-            redis_url=server.url, role="scorer", metrics_port=port, stall_timeout_s=3.0
-        )
-        app = run_app(settings)
-        first = card_stream("h", cards=5, per_card=4)
-        produce(settings.bootstrap_servers, settings.topic_transactions, first)
-        wait_for(lambda: not counting_problems(settings, first, server.url), 60, "first scored")
-        wait_for(lambda: _get(port, "/readyz") == (200, "ready\n"), 30, "ready")
-        assert _get(port, "/healthz") == (200, "ok\n")
-
-        server.stop()
-        stuck = card_stream("h", cards=5, per_card=6, first=4)
-        produce(settings.bootstrap_servers, settings.topic_transactions, stuck)
-        wait_for(lambda: _get(port, "/healthz")[0] == 503, 30, "/healthz to report the stall")
-        _, reason = _get(port, "/healthz")
-        assert "scorer: stalled, no batch done for" in reason
-        assert "with 30 records waiting; last error: ConnectionError" in reason
-        wait_for(lambda: _lag(app) == len(stuck), 10, "the lag metric to count what waits")
-        assert _get(port, "/readyz")[0] == 503
-
-        server.start()
-        wait_for(lambda: _get(port, "/healthz") == (200, "ok\n"), 60, "/healthz to recover")
-        wait_for(lambda: _lag(app) == 0, 30, "the lag to drain")
-        assert counting_problems(settings, first + stuck, server.url) == []
-    finally:
-        server.stop()
+    wait_for(lambda: http_get(port, "/healthz") == (200, "ok\n"), 60, "/healthz to recover")
+    wait_for(lambda: _lag(app) == 0, 30, "the lag to drain")
+    assert counting_problems(settings, first + stuck, server.url) == []

@@ -1,6 +1,8 @@
-"""A hostile stream on real Kafka and Redis: every record is scored or dead-lettered as
-documented (``tests/hostile_corpus.py``), no dead letter stalls the scorer, and the
-service stays up and keeps scoring."""
+"""A hostile stream on real Kafka and Redis.
+
+Every record is scored or dead-lettered as documented (``tests/hostile_corpus.py``), no dead letter
+stalls the scorer, and the service stays up and keeps scoring.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
-"""Delayed labels end to end: a learner process killed and restarted loses no
-label and learns none twice; a scorer started later scores with the newest version."""
+"""Delayed labels end to end.
+
+A learner process killed and restarted loses no label and learns none twice; a scorer started later
+scores with the newest version.
+"""
 
 from __future__ import annotations
 

@@ -5,23 +5,13 @@ from __future__ import annotations
 import re
 import signal
 import socket
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from conftest import http_get
+
 from fraudstream.devstack import free_port
-
-
-def _get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-    except OSError as error:
-        return 0, str(error)
 
 
 def _log(tmp_path: Path, name: str) -> str:
@@ -39,10 +29,10 @@ def test_serve_waiting_for_redis_says_where_and_what_to_do_and_stops_cleanly(
     settings = make_settings(redis_url=url, metrics_port=port)
     process = spawn_service(settings, name="no-redis")
 
-    wait_for(lambda: _get(port, "/readyz")[0] == 503, 60, "/readyz to answer")
-    _, reason = _get(port, "/readyz")
+    wait_for(lambda: http_get(port, "/readyz")[0] == 503, 60, "/readyz to answer")
+    _, reason = http_get(port, "/readyz")
     assert reason.startswith(f"Redis at redis://:***@127.0.0.1:{nothing_there}/0 is not reachable")
-    assert _get(port, "/healthz") == (
+    assert http_get(port, "/healthz") == (
         200,
         f"ok (waiting for redis at redis://:***@127.0.0.1:{nothing_there}/0)\n",
     )

@@ -1,6 +1,7 @@
-"""Operating fraudstream, end to end on real Kafka and Redis with `fraudstream serve` as a
-process: the dashboard's metrics exist on /metrics, `status` reads the endpoint,
-`alerts tail --json` follows the alerts, the logs are JSON lines without per-event
+"""Operating fraudstream, end to end on real Kafka and Redis.
+
+With `fraudstream serve` as a process: the dashboard's metrics exist on /metrics, `status` reads
+the endpoint, `alerts tail --json` follows the alerts, the logs are JSON lines without per-event
 spam, and the README's case-queue consumer keeps one case per alert id.
 
 One service and one stream serve every test of the module (starting them is
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
-from pydantic import SecretStr
+from conftest import settings_env
 
 from fraudstream.devstack import free_port
 from fraudstream.devstack.dashboard import DASHBOARD, metric_names, panel_queries
@@ -40,21 +41,10 @@ ROOT = Path(__file__).resolve().parents[2]
 Completed = subprocess.CompletedProcess[str]
 
 
-def _env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDSTREAM_")}
-    for name, setting in settings.model_dump().items():
-        if setting is None:  # unset
-            continue
-        if isinstance(setting, SecretStr):
-            setting = setting.get_secret_value()
-        env[f"FRAUDSTREAM_{name.upper()}"] = str(getattr(setting, "value", setting))
-    return env
-
-
 def _cli(settings: Settings, *args: str, timeout_s: float = 120) -> Completed:
     return subprocess.run(
         [sys.executable, "-m", "fraudstream", *args],
-        env=_env(settings),
+        env=settings_env(settings),
         capture_output=True,
         text=True,
         timeout=timeout_s,
@@ -106,7 +96,7 @@ def running(
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "fraudstream", "serve"],
-            env=_env(settings),
+            env=settings_env(settings),
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=ROOT,

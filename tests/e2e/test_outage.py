@@ -1,17 +1,19 @@
-"""Redis down mid-stream: the scorer reports not ready, commits nothing it could
-not process, and once Redis is back scores every transaction without loss."""
+"""Redis down mid-stream.
+
+The scorer reports not ready, commits nothing it could not process, and once Redis is back scores
+every transaction without loss.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import orjson
 
-from fraudstream.devstack import RedisServer, free_port
+from fraudstream.devstack import RedisServer
 
 START = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
 
@@ -32,36 +34,32 @@ def test_scorer_survives_a_redis_outage_without_losing_transactions(
     produce: Callable[..., None],
     consume: Callable[..., list[Any]],
     wait_for: Callable[..., None],
-    tmp_path: Path,
+    own_redis: RedisServer,
 ) -> None:
     tx = make_transaction
-    redis_server = RedisServer(tmp_path / "redis", port=free_port(), persistent=True)
+    redis_server = own_redis
+    settings = make_settings(redis_url=redis_server.url, publish_scores=True, role="scorer")
+    app = run_app(settings)
+    produce(settings.bootstrap_servers, settings.topic_transactions, _batch(tx, "before", 20))
+    consume(settings.bootstrap_servers, settings.topic_scores, at_least=20, timeout_s=180)
+    wait_for(lambda: app.ready()[0], 60, "the scorer to be ready")
+
+    redis_server.stop()
+    produce(settings.bootstrap_servers, settings.topic_transactions, _batch(tx, "during", 30))
+    wait_for(lambda: not app.ready()[0], 60, "the scorer to report not ready")
+    assert "redis" in app.ready()[1]
+    time.sleep(3)  # batches fail and are retried while Redis is away
+    assert app.metrics.errors.labels("redis")._value.get() > 0
+
     redis_server.start()
-    try:
-        settings = make_settings(redis_url=redis_server.url, publish_scores=True, role="scorer")
-        app = run_app(settings)
-        produce(settings.bootstrap_servers, settings.topic_transactions, _batch(tx, "before", 20))
-        consume(settings.bootstrap_servers, settings.topic_scores, at_least=20, timeout_s=180)
-        wait_for(lambda: app.ready()[0], 60, "the scorer to be ready")
-
-        redis_server.stop()
-        produce(settings.bootstrap_servers, settings.topic_transactions, _batch(tx, "during", 30))
-        wait_for(lambda: not app.ready()[0], 60, "the scorer to report not ready")
-        assert "redis" in app.ready()[1]
-        time.sleep(3)  # batches fail and are retried while Redis is away
-        assert app.metrics.errors.labels("redis")._value.get() > 0
-
-        redis_server.start()
-        records = consume(
-            settings.bootstrap_servers,
-            settings.topic_scores,
-            at_least=50,
-            timeout_s=180,
-            settle_s=3,
-        )
-        scored = [orjson.loads(r.value)["transaction_id"] for r in records]
-        assert {f"during-{i}" for i in range(30)} <= set(scored)
-        assert len(scored) == len(set(scored)) == 50  # nothing published twice either
-        wait_for(lambda: app.ready()[0], 60, "the scorer to be ready again")
-    finally:
-        redis_server.stop()
+    records = consume(
+        settings.bootstrap_servers,
+        settings.topic_scores,
+        at_least=50,
+        timeout_s=180,
+        settle_s=3,
+    )
+    scored = [orjson.loads(r.value)["transaction_id"] for r in records]
+    assert {f"during-{i}" for i in range(30)} <= set(scored)
+    assert len(scored) == len(set(scored)) == 50  # nothing published twice either
+    wait_for(lambda: app.ready()[0], 60, "the scorer to be ready again")

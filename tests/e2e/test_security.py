@@ -61,8 +61,10 @@ def _scored_end_to_end(
     consume: Callable[..., list[Any]],
     make_transaction: Callable[..., tuple[bytes, bytes]],
 ) -> list[Alert]:
-    """Produce transactions, let the real Application score them, read the alerts back:
-    every client (admin, producers, consumers) over the settings' security."""
+    """Produce transactions, let the real Application score them, read the alerts back.
+
+    Every client (admin, producers, consumers) goes over the settings' security.
+    """
     run_app(settings)
     records = [
         make_transaction(f"sec-{i}", f"card-{i % 3}", "T1", 10.0 + i, NOW - timedelta(minutes=i))

@@ -1,6 +1,8 @@
-"""``fraudstream serve --scorers 2`` as a real process tree on real Kafka and Redis:
-both scorers own partitions, the learner runs once, every transaction is scored
-exactly once, and SIGTERM stops everything with exit code 0."""
+"""``fraudstream serve --scorers 2`` as a real process tree on real Kafka and Redis.
+
+Both scorers own partitions, the learner runs once, every transaction is scored exactly once, and
+SIGTERM stops everything with exit code 0.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
-"""Redis restarted without persistence: the scorer notices, stops scoring on empty state,
-says why, and resumes with the exact history once ``fraudstream state rebuild`` has
-replayed Kafka."""
+"""Redis restarted without persistence.
+
+The scorer notices, stops scoring on empty state, says why, and resumes with the exact history once
+``fraudstream state rebuild`` has replayed Kafka.
+"""
 
 from __future__ import annotations
 

@@ -1,16 +1,18 @@
-"""The README's embedding example: an application with its own package named `service`
-runs fraudstream.Application in its process, on real Kafka and Redis."""
+"""The README's embedding example.
+
+An application with its own package named `service` runs fraudstream.Application in its process, on
+real Kafka and Redis.
+"""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from pydantic import SecretStr
+from conftest import settings_env
 
 from fraudstream.service.settings import Settings
 
@@ -21,13 +23,7 @@ def test_application_with_its_own_service_package_embeds_fraudstream(
     make_settings: Callable[..., Settings],
 ) -> None:
     settings = make_settings()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDSTREAM_")}
-    for name, value in settings.model_dump().items():
-        if value is None:  # unset
-            continue
-        if isinstance(value, SecretStr):
-            value = value.get_secret_value()
-        env[f"FRAUDSTREAM_{name.upper()}"] = str(getattr(value, "value", value))
+    env = settings_env(settings)
     result = subprocess.run(
         [sys.executable, "app.py", "--check"],
         cwd=EXAMPLE,

@@ -166,8 +166,10 @@ def test_first_join_assigns_every_partition_of_a_fresh_topic(
 def test_a_rebalance_that_outlives_the_poll_that_started_it_is_completed(
     kafka_bootstrap: str, unique_name: Callable[[str], str]
 ) -> None:
-    """kafka-python 3.0 lost such a join when a metadata change caused it: the member
-    stayed "rebalancing" and never fetched again (see ``make_consumer``)."""
+    """kafka-python 3.0 lost such a join when a metadata change caused it.
+
+    The member stayed "rebalancing" and never fetched again (see ``make_consumer``).
+    """
     import time
 
     from kafka.structs import MemberState

@@ -1,6 +1,8 @@
-"""The scorer's view of the registry: hot swap, the rules prior until a version ranks
-recent labels at least as well, refusal of tampered or foreign model versions (the
-version in use stays)."""
+"""The scorer's view of the registry.
+
+Hot swap, the rules prior until a version ranks recent labels at least as well,
+refusal of tampered or foreign model versions (the version in use stays).
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""Readiness needs Redis, a reachable Kafka bootstrap server and running loops, not only
-a live process."""
+"""Readiness needs more than a live process.
+
+It needs Redis, a reachable Kafka bootstrap server and running loops.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,9 @@
-"""Deployment files: the compose file against the published Compose Specification
-schema, pinned images, persistence, the image's user and health check, and the
-Prometheus/Grafana provisioning that the compose file mounts."""
+"""Deployment files.
+
+The compose file against the published Compose Specification schema, pinned images, persistence,
+the image's user and health check, and the Prometheus/Grafana provisioning that the compose file
+mounts.
+"""
 
 from __future__ import annotations
 

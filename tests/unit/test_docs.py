@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -20,6 +21,24 @@ def test_readme_settings_table_is_the_generated_one() -> None:
     assert readme[start:end].strip() == settings_table().strip(), (
         "README's settings table is stale: paste `fraudstream config --markdown` into it"
     )
+
+
+def _module_table(readme: str) -> set[str]:
+    """The paths the README's module table names (its first column)."""
+    start = readme.index("| Module | Concept |")
+    rows = readme[start:].split("\n\n", 1)[0].splitlines()[2:]
+    return {p for row in rows for p in re.findall(r"`([^`]+)`", row.split(" | ")[0])}
+
+
+def test_readme_module_table_matches_the_service_tree() -> None:
+    named = _module_table((ROOT / "README.md").read_text())
+    assert all((ROOT / path).exists() for path in named), sorted(
+        p for p in named if not (ROOT / p).exists()
+    )
+    service = ROOT / "service"
+    modules = {f"service/{p.name}" for p in service.glob("*.py") if p.name != "__init__.py"}
+    packages = {f"service/{p.name}/" for p in service.iterdir() if (p / "__init__.py").exists()}
+    assert sorted((modules | packages) - named) == [], "modules missing from the README table"
 
 
 def test_every_setting_is_documented() -> None:

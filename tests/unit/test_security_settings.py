@@ -1,5 +1,8 @@
-"""Security settings: refused up front in one line when they cannot work together, secrets
-never shown, and every Kafka and Redis client of the project built from them."""
+"""Security settings.
+
+Refused up front in one line when they cannot work together, secrets never shown, and every Kafka
+and Redis client of the project built from them.
+"""
 
 from __future__ import annotations
 

@@ -89,8 +89,11 @@ def test_naive_features_match_the_reference_store(
 def test_documented_differences_replays_and_terminals_beyond_the_retention(
     redis_client: redis.Redis, redis_prefix: str
 ) -> None:
-    """The naive loop drops a replay (the store re-scores it as a duplicate), and it
-    remembers a card's terminals forever (the store only within the retention)."""
+    """Where the naive loop and the store differ, on purpose.
+
+    The naive loop drops a replay (the store re-scores it as a duplicate), and it remembers a
+    card's terminals forever (the store only within the retention).
+    """
     config = FeatureConfig(prefix=redis_prefix, allowed_lateness_s=0, **WINDOWS)  # type: ignore[arg-type]
     stream = _stream(seed=6, events=50)
     back_at = stream[-1].event_time_ms + 1

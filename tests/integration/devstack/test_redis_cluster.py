@@ -1,5 +1,7 @@
-"""The local Redis Cluster of the dev stack is a real one: slots spread over
-masters by hash tag, and a stopped master fails over to its replica."""
+"""The local Redis Cluster of the dev stack is a real one.
+
+Slots spread over masters by hash tag, and a stopped master fails over to its replica.
+"""
 
 from __future__ import annotations
 

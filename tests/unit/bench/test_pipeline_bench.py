@@ -14,6 +14,7 @@ from fraudstream.bench.cli import bench
 from fraudstream.bench.pipeline import (
     TARGETS,
     by_second,
+    capacity_model,
     format_readme_table,
     format_summary,
     meets,
@@ -279,3 +280,21 @@ def test_the_peers_card_windows_match_the_reference_store() -> None:
             assert total == pytest.approx(row[names.index(f"card_amount_sum_{label}")])
         since = row[names.index("card_seconds_since_prev")]
         assert (previous_s if previous_s is not None else 21600.0) == pytest.approx(since)
+
+
+def test_capacity_model_scales_with_the_rate_and_names_the_tighter_unit() -> None:
+    cpu = {"scorer_cpu_us_per_tx": 30.0, "redis_cpu_us_per_tx": 20.0, "broker_cpu_us_per_tx": 8.0}
+    rows = capacity_model(cpu)
+    assert [r["tx_per_s"] for r in rows] == [10_000, 65_000, 1_000_000]
+    million = rows[-1]
+    # 1e6 tx/s x 30 µs = 30 cores of scorer work, at 60 % per process: 50 processes.
+    assert million["scorers"] == 50 and million["partitions"] == 100
+    assert million["redis_shards"] == 34 and million["broker_cores"] == 13.33
+    assert all(r["bound"] == "scorer process" for r in rows)  # 20,000 < 30,000 tx/s
+    assert capacity_model({**cpu, "redis_cpu_us_per_tx": 40.0})[0]["bound"] == "Redis shard"
+
+
+def test_summary_has_the_capacity_model_when_cpu_was_measured() -> None:
+    cpu = {"scorer_cpu_us_per_tx": 30.0, "redis_cpu_us_per_tx": 20.0}
+    assert "## Capacity model" in format_summary(cpu)
+    assert "## Capacity model" not in format_summary({"scorer_tx_per_s": 1.0})

@@ -1,5 +1,7 @@
-"""The handbook's assessment protocol against hand-computed examples, and AUC/AP
-against brute-force reference implementations."""
+"""The handbook's assessment protocol against hand-computed examples.
+
+And AUC/AP against brute-force reference implementations.
+"""
 
 from __future__ import annotations
 
@@ -29,8 +31,11 @@ def brute_force_auc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def brute_force_ap(scores: np.ndarray, labels: np.ndarray) -> float:
-    """scikit-learn's average precision, literally: sum over thresholds (every distinct
-    score, high to low) of (recall step) x (precision at that threshold)."""
+    """Compute scikit-learn's average precision, literally.
+
+    The sum over thresholds (every distinct score, high to low) of (recall step)
+    x (precision at that threshold).
+    """
     total = labels.sum()
     ap, previous_recall = 0.0, 0.0
     for threshold in sorted(set(scores.tolist()), reverse=True):
