@@ -25,8 +25,9 @@ second implementation of the store):
 * **amounts and locations** are kept as float64 (the stores keep float32), so
   sums, means, z-scores and distances agree to about 1e-6 relative;
 * **labels**: the fraud-label features read counters that only a label path
-  would write; the benchmark has none, so they are 0 (as in the reference
-  without labels), and terminal days are never taken over by a later day.
+  would write; the benchmark has none, so they hold their "no label" values
+  (as in the reference without labels), and terminal days are never taken
+  over by a later day.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import orjson
 import redis
 
 from fraudstream.service.features.definitions import (
+    BIG_AMOUNT_FACTOR,
     MIN_SPEED_HOURS,
     MIN_STD,
     FeatureConfig,
@@ -61,8 +63,8 @@ class NaiveScorer:
     one ``ZCOUNT`` per card window; one ``ZRANGEBYSCORE`` of the retained history
     (amount sums, previous event, z-score); ``SISMEMBER`` + ``SADD`` (new
     terminal); ``GET`` of the card's fraud-label count; ``HINCRBY`` of the
-    terminal's day; one ``HMGET`` per terminal window for counts and one for
-    fraud labels; ``SET`` of the snapshot -- each its own round trip. Then
+    terminal's day; one ``HMGET`` per terminal window for counts and one each
+    for labelled and fraud days; ``SET`` of the snapshot -- each its own round trip. Then
     ``predict_proba_one`` and one produce of the score record, flushed.
 
     Parameters
@@ -146,11 +148,17 @@ class NaiveScorer:
                 x["card_distance_km_prev"] = d
                 x["card_speed_kmh_prev"] = d / max(gap_s / 3600.0, MIN_SPEED_HOURS)
         amounts = [float(f[1]) for f, s in earlier if s > t - longest_ms]
+        mean = sum(amounts) / len(amounts) if amounts else 0.0
         x["card_amount_zscore"] = 0.0
         if len(amounts) >= 2:
-            mean = sum(amounts) / len(amounts)
             std = (sum((a - mean) ** 2 for a in amounts) / len(amounts)) ** 0.5
             x["card_amount_zscore"] = (tx.amount - mean) / max(std, MIN_STD)
+        x["card_amount_ratio"] = tx.amount / mean if amounts else 1.0
+        for w in config.big_amount_windows_s:
+            big = [
+                f for f, s in earlier if s > t - w * 1000 and float(f[1]) > BIG_AMOUNT_FACTOR * mean
+            ]
+            x[f"card_big_amounts_{window_label(w)}"] = float(len(big)) if amounts else 0.0
         seen = f"{p}:seen:{tx.card_id}"
         x["card_new_terminal"] = 0.0 if r.sismember(seen, tx.terminal_id) else 1.0
         r.sadd(seen, tx.terminal_id)
@@ -160,11 +168,29 @@ class NaiveScorer:
         r.hincrby(term, str(day), 1)
         for d in config.terminal_window_days:
             fields = [str(day - i) for i in range(d)]
-            count = float(sum(int(v or 0) for v in r.hmget(term, fields)))
-            frauds = float(sum(int(v or 0) for v in r.hmget(f"{term}:fraud", fields)))
-            x[f"terminal_tx_count_{d}d"] = count
-            x[f"terminal_fraud_labels_{d}d"] = frauds
-            x[f"terminal_fraud_rate_{d}d"] = min(1.0, frauds / count) if count else 0.0
+            x[f"terminal_tx_count_{d}d"] = float(sum(int(v or 0) for v in r.hmget(term, fields)))
+        # Labels received per day of the transactions (a label path would write them).
+        longest = max(config.terminal_label_window_days)
+        days = [day - i for i in range(longest)]
+        labelled = [int(v or 0) for v in r.hmget(f"{term}:labelled", [str(k) for k in days])]
+        frauds = [int(v or 0) for v in r.hmget(f"{term}:fraud", [str(k) for k in days])]
+        for d in config.terminal_label_window_days:
+            n_frauds, n_labelled = sum(frauds[:d]), sum(labelled[:d])
+            x[f"terminal_fraud_labels_{d}d"] = float(n_frauds)
+            x[f"terminal_fraud_rate_{d}d"] = n_frauds / n_labelled if n_labelled else 0.0
+        fraud_ages = [i for i, f in enumerate(frauds) if f > 0]
+        if fraud_ages:
+            first = max(fraud_ages)
+            episode_labelled = sum(labelled[: first + 1])
+            x["terminal_days_since_fraud"] = float(min(fraud_ages))
+            x["terminal_fraud_episode_days"] = float(first)
+            x["terminal_fraud_rate_episode"] = sum(frauds[: first + 1]) / max(episode_labelled, 1)
+            x["terminal_labelled_episode"] = float(episode_labelled)
+        else:
+            x["terminal_days_since_fraud"] = float(longest + 1)
+            x["terminal_fraud_episode_days"] = -1.0
+            x["terminal_fraud_rate_episode"] = 0.0
+            x["terminal_labelled_episode"] = 0.0
         hour, night, weekend = calendar_features(t)
         x.update(amount=tx.amount, hour_of_day=hour, is_night=night, is_weekend=weekend)
         return x

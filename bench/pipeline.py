@@ -679,7 +679,9 @@ def train_and_publish(
     from fraudstream.service.features.redis_store import RedisFeatureStore
     from fraudstream.service.model import FraudModel
     from fraudstream.service.registry import ModelRegistry
+    from fraudstream.service.rules import RulesPrior
     from fraudstream.service.schemas import TRANSACTION_BATCH
+    from fraudstream.service.serving import learn_labelled
     from fraudstream.service.settings import Settings
 
     settings = Settings(
@@ -688,12 +690,13 @@ def train_and_publish(
     )
     store = RedisFeatureStore(redis_client, FeatureConfig.from_settings(settings))
     model = FraudModel(settings.model, store.names)
+    prior = RulesPrior(store.names)
     for lo in range(0, rows, 2000):
         hi = min(rows, lo + 2000)
         txs = TRANSACTION_BATCH.validate_json(b"[" + b",".join(data.values[lo:hi]) + b"]")
         batch = store.update_and_compute(txs)
-        for x_row, y in zip(batch.values.tolist(), data.is_fraud[lo:hi].tolist(), strict=True):
-            model.learn_one(dict(zip(store.names, x_row, strict=True)), bool(y))
+        # As the learner learns a batch of labels (recording its recent quality first).
+        learn_labelled(model, prior, batch.values, np.asarray(data.is_fraud[lo:hi], dtype=bool))
     registry = ModelRegistry(
         redis_client,
         settings_values["redis_prefix"],
@@ -1392,6 +1395,8 @@ def run_pipeline_bench(
             consumer_group=run.name("scorer"),
             topic_partitions=config.partitions,
             role="scorer",
+            # A speed benchmark: the trained model serves whatever its quality.
+            model_margin_over_prior=-1.0,
             metrics_port=0,
             publish_scores=False,
         )

@@ -1,386 +1,216 @@
-"""Detection quality on handbook-style data, measured prequentially under delayed labels.
+"""The one evaluation engine: replay a labelled stream through the service's code.
 
-:func:`evaluate` replays a simulation (:mod:`fraudstream.producers.simulator`) through the
-same parts the service uses, in event-time order and in fixed event-time
-batches (default one simulated hour):
+:func:`replay` streams a :class:`~fraudstream.evaluation.stream.LabelledStream`
+in event-time order, in fixed event-time batches (default one hour), through
+the same parts the service runs:
 
-1. every label whose arrival time (:mod:`fraudstream.producers.labels`, default 7 days,
-   30 % of frauds earlier) is *before the batch starts* is delivered, in
-   arrival order: first to the feature store (``record_labels``, the
-   label-aware terminal/card fraud counts), then ``learn_one(x, y)`` to every
-   model, with ``x`` the features the transaction had when it was scored (the
-   learner's snapshot);
-2. the batch goes through ``update_and_compute`` (one call per batch, as the
-   scorer does) and is scored by the rules prior alone, and by each catalogue
-   model *as the service would* -- the rules prior until the model has learnt
-   ``min_labels_for_model`` labels with at least one fraud
-   (:class:`fraudstream.service.model_watcher.ServingPolicy`, the service's own rule),
-   then the model -- and by each model on its own ("model only", whatever it has learnt).
+1. the labels that arrived *before the batch starts* (arrival times from a
+   :class:`~fraudstream.producers.labels.LabelDelay`) are delivered in arrival
+   order, as the learner does: first to the feature store
+   (``record_labels``), then, for every model,
+   :func:`~fraudstream.service.serving.learn_labelled` with the features the
+   transaction had when it was scored (the learner's snapshot): the model's
+   and the prior's scores of those rows are recorded for the serving policy,
+   then the model learns them;
+2. the batch is featurised by the feature store (``update_and_compute``, the
+   Redis store or the in-memory reference behind the same
+   :class:`~fraudstream.service.features.store.FeatureStore` interface) and scored
+   by the rules prior and by each model; each model *as served*: the prior
+   until :class:`~fraudstream.service.serving.ServingPolicy` lets the model
+   serve (measured quality on recent labels), then the model.
 
-A transaction's label therefore never reaches the model, nor the features,
-before the transaction was scored, and no label is used before it arrives.
-Features do not depend on the scores (labels arrive independently of alerts in
-the simulator), so one pass of the stream serves every scorer side by side.
+No label reaches a model, nor the features, before its transaction was scored
+and before it arrived. Features do not depend on scores, so one pass serves
+every model side by side. :func:`replay` returns every transaction's scores;
+:mod:`fraudstream.evaluation.report` turns them into the handbook's metrics.
 
-Metrics, over every scored transaction and over those after a warm-up: ROC AUC,
-average precision, card precision@k (per UTC day, of the ``k`` cards with the
-highest maximum score that day, the share with a fraud that day; averaged over
-days) and, at the alert threshold, alerts per day, precision and recall.
-
-Differences from the real service, on purpose: models are updated at batch
-boundaries (the service publishes a version every ``publish_every_labels``
-labels or ``publish_every_s`` seconds, which at real-time pace is fresher
-than one simulated hour), and nothing goes through Kafka (the transport does
-not change the scores).
+Differences from the deployed service, on purpose: models are refreshed at
+batch boundaries (the learner publishes every ``publish_every_labels``
+labels or ``publish_every_s`` seconds), and nothing goes through Kafka
+(``fraudstream evaluate --via kafka`` runs that path,
+:mod:`fraudstream.evaluation.via_kafka`). Once a model serves it keeps
+serving: the service's watcher would keep the last version allowed to serve.
 
 Examples
 --------
->>> report = evaluate(QualityConfig(days=3, customers=40, terminals=80, models=("logreg",),
-...                                  min_labels_for_model=20), store="reference")
->>> sorted(report.metrics)
-['logreg', 'logreg:model-only', 'rules']
->>> report.metrics["rules"]["full"]["n"] == report.n_transactions
-True
+>>> from fraudstream.producers.simulator import SimulationConfig, simulate
+>>> from fraudstream.evaluation.stream import LabelledStream
+>>> stream = LabelledStream.from_simulation(
+...     simulate(SimulationConfig(n_customers=40, n_terminals=80, n_days=4)))
+>>> result = replay(stream, ReplayConfig(models=("logreg",), label_delay_days=1.0),
+...                 store="reference")
+>>> sorted(result.scores), result.scores["rules"].shape == (len(stream),)
+(['logreg', 'rules'], True)
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
+from fraudstream.evaluation.stream import LabelledStream
 from fraudstream.producers.labels import LabelDelay
-from fraudstream.producers.simulator import (
-    DAY_MS,
-    SCENARIO_NAMES,
-    Simulation,
-    SimulationConfig,
-    simulate,
-)
-from fraudstream.producers.stream import label_simulation
-from fraudstream.service.features.definitions import FeatureConfig
+from fraudstream.service.features.definitions import DAY_MS, FeatureConfig
 from fraudstream.service.features.reference import ReferenceFeatureStore
 from fraudstream.service.features.store import FeatureStore, LabelFact
 from fraudstream.service.model import FraudModel
-from fraudstream.service.model_watcher import ServingPolicy
-from fraudstream.service.progressive import average_precision, roc_auc
 from fraudstream.service.rules import RulesPrior
-from fraudstream.service.schemas import Transaction
+from fraudstream.service.serving import ServingPolicy, learn_labelled
 from fraudstream.service.settings import DAY_S
 
-__all__ = [
-    "HANDBOOK_BASELINE",
-    "QualityConfig",
-    "QualityReport",
-    "average_precision",
-    "card_precision_at_k",
-    "evaluate",
-    "roc_auc",
-    "scorer_metrics",
-]
-
-#: The Fraud Detection Handbook's best batch models on its simulated data
-#: (7-day delay, trained on a week, tested on the following week(s)).
-HANDBOOK_BASELINE: dict[str, float] = {
-    "roc_auc": 0.88,
-    "average_precision": 0.69,
-    "card_precision_at_100": 0.30,
-}
+__all__ = ["ReplayConfig", "ReplayResult", "StoreKind", "replay"]
 
 StoreKind = Literal["redis", "reference"]
 
 
-# -- metrics -------------------------------------------------------------------------------
-
-
-def card_precision_at_k(
-    day: np.ndarray, card: np.ndarray, scores: np.ndarray, labels: np.ndarray, k: int = 100
-) -> float:
-    """Card precision@k: per day, the share of the ``k`` riskiest cards that had a fraud.
-
-    A card's score on a day is the maximum score of its transactions that day,
-    and it counts as fraudulent when any of them is a fraud. Cards are ranked by
-    that score (ties: lower card number first) and the fraudulent ones among the
-    first ``k`` are divided by ``k`` (also on a day with fewer than ``k`` cards,
-    as the handbook does). The result is the mean over the days present; NaN
-    without transactions.
-
-    Parameters
-    ----------
-    day, card
-        Integer day and card number of each transaction.
-    scores, labels
-        Score and fraud flag of each transaction.
-    k
-        Cards an investigator checks per day.
-
-    Examples
-    --------
-    Day 0: cards 1 (max 0.9, fraud), 2 (0.8, genuine), 3 (0.1, fraud); day 1: card 1
-    (0.3, genuine), card 2 (0.7, fraud).
-
-    >>> day = np.array([0, 0, 0, 0, 1, 1])
-    >>> card = np.array([1, 1, 2, 3, 1, 2])
-    >>> scores = np.array([0.9, 0.2, 0.8, 0.1, 0.3, 0.7])
-    >>> labels = np.array([False, True, False, True, False, True])
-    >>> card_precision_at_k(day, card, scores, labels, k=2)  # (1/2 + 1/2) / 2
-    0.5
-    >>> card_precision_at_k(day, card, scores, labels, k=1)  # (1 + 1) / 2
-    1.0
-    """
-    day = np.asarray(day, dtype=np.int64)
-    if day.shape[0] == 0:
-        return float("nan")
-    card = np.asarray(card, dtype=np.int64)
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(labels, dtype=bool)
-    # One group per (day, card): its maximum score and whether it had a fraud.
-    order = np.lexsort((card, day))
-    d, c = day[order], card[order]
-    first = np.r_[True, (d[1:] != d[:-1]) | (c[1:] != c[:-1])]
-    starts = np.flatnonzero(first)
-    g_day, g_card = d[starts], c[starts]
-    g_score = np.maximum.reduceat(scores[order], starts)
-    g_fraud = np.logical_or.reduceat(labels[order], starts)
-    # Rank the groups within each day: day ascending, score descending, card ascending.
-    rank_order = np.lexsort((g_card, -g_score, g_day))
-    r_day, r_fraud = g_day[rank_order], g_fraud[rank_order]
-    day_start = np.r_[True, r_day[1:] != r_day[:-1]]
-    start_pos = np.maximum.accumulate(np.where(day_start, np.arange(r_day.shape[0]), 0))
-    top = (np.arange(r_day.shape[0]) - start_pos) < k
-    days, day_index = np.unique(r_day, return_inverse=True)
-    hits = np.bincount(
-        day_index, weights=(top & r_fraud).astype(np.float64), minlength=days.shape[0]
-    )
-    return float(np.mean(hits / k))
-
-
-def scorer_metrics(
-    scores: np.ndarray,
-    labels: np.ndarray,
-    day: np.ndarray,
-    card: np.ndarray,
-    *,
-    threshold: float = 0.5,
-    k: int = 100,
-) -> dict[str, float]:
-    """Every quality metric of one scorer over one period.
-
-    Examples
-    --------
-    >>> m = scorer_metrics(np.array([0.9, 0.2, 0.6, 0.1]), np.array([True, False, False, True]),
-    ...                    np.array([0, 0, 1, 1]), np.array([1, 2, 1, 2]), k=1)
-    >>> m["roc_auc"], m["alerts_per_day"], m["precision_at_threshold"], m["card_precision_at_k"]
-    (0.5, 1.0, 0.5, 0.5)
-    """
-    labels = np.asarray(labels, dtype=bool)
-    alerted = scores >= threshold
-    n_alerts = int(alerted.sum())
-    tp = int((alerted & labels).sum())
-    n_days = int(np.unique(day).shape[0]) if day.shape[0] else 0
-    frauds = int(labels.sum())
-    return {
-        "n": int(labels.shape[0]),
-        "frauds": frauds,
-        "days": n_days,
-        "roc_auc": roc_auc(scores, labels),
-        "average_precision": average_precision(scores, labels),
-        "card_precision_at_k": card_precision_at_k(day, card, scores, labels, k),
-        "alerts_per_day": n_alerts / n_days if n_days else float("nan"),
-        "precision_at_threshold": tp / n_alerts if n_alerts else float("nan"),
-        "recall_at_threshold": tp / frauds if frauds else float("nan"),
-    }
-
-
-# -- configuration and report -------------------------------------------------------------
-
-
 @dataclass(frozen=True)
-class QualityConfig:
-    """What to simulate and how to score it.
+class ReplayConfig:
+    """How labels arrive and what is compared.
 
     Parameters
     ----------
-    days, customers, terminals
-        Simulation size (default 60 days, 5,000 customers, 10,000 terminals: the
-        handbook's population; ``terminals=None`` means twice the customers).
-    seed
-        Simulation seed (default 0); the label delays are seeded from it too.
-    label_delay_days, early_fraud_prob
-        Label delay model (default 7 days, 30 % of frauds found earlier).
     models
-        Catalogue models compared side by side (default ``logreg``, ``logreg_under``).
-    min_labels_for_model
-        Labels (with at least one fraud) before a model replaces the rules prior
-        (default 500, the service's default).
-    alert_threshold
-        Score at or above which a transaction is alerted (default 0.5, the service's).
-    warmup_days
-        Days excluded from the ``post_warmup`` period (default 14: a week before any
-        routine label arrives, and a week of learning).
+        Catalogue models compared side by side (the rules prior always is).
+    label_delay_days
+        Delay of every label not found early (default 7, the handbook's).
+    early_fraud_share
+        Share of frauds whose label arrives earlier, uniformly between one hour
+        and the delay (default 0: the handbook's protocol has none).
     batch_s
         Event-time length of a batch (default 3600 s).
-    top_k
-        ``k`` of card precision@k (default 100).
-    extras
-        Extra simulator scenarios (default none: the handbook's three).
-    keep_trace
-        Keep per-transaction arrays in :attr:`QualityReport.trace` (for tests).
+    policy
+        When a model may replace the rules prior (default :class:`ServingPolicy`).
     """
 
-    days: int = 60
-    customers: int = 5_000
-    terminals: int | None = None
-    seed: int = 0
+    models: tuple[str, ...] = ("forest",)
     label_delay_days: float = 7.0
-    early_fraud_prob: float = 0.3
-    models: tuple[str, ...] = ("logreg", "logreg_under")
-    min_labels_for_model: int = 500
-    alert_threshold: float = 0.5
-    warmup_days: int = 14
+    early_fraud_share: float = 0.0
     batch_s: int = 3600
-    top_k: int = 100
-    extras: frozenset[str] = field(default_factory=frozenset)
-    keep_trace: bool = False
-
-    def simulation(self) -> SimulationConfig:
-        """The simulator configuration of this run."""
-        return SimulationConfig(
-            seed=self.seed,
-            n_customers=self.customers,
-            n_terminals=self.terminals or 2 * self.customers,
-            n_days=self.days,
-            extras=self.extras,
-        )
+    policy: ServingPolicy = field(default_factory=ServingPolicy)
 
     def label_delay(self) -> LabelDelay:
-        """The label delay model of this run."""
+        """The label delay model."""
         return LabelDelay(
-            delay_s=self.label_delay_days * DAY_S, early_fraud_prob=self.early_fraud_prob
+            delay_s=self.label_delay_days * DAY_S,
+            early_fraud_prob=self.early_fraud_share,
+            early_min_s=min(3600.0, self.label_delay_days * DAY_S),
         )
 
 
 @dataclass
-class QualityReport:
-    """Result of :func:`evaluate`; :meth:`to_dict` is JSON-ready.
+class ReplayResult:
+    """Every transaction's scores, and what happened while replaying.
 
-    ``metrics[scorer][period]`` holds :func:`scorer_metrics` for the scorers
-    ``rules`` (the prior alone), ``<model>`` (the service: prior until the model
-    is active) and ``<model>:model-only``, and the periods ``full`` and
-    ``post_warmup``. ``weekly[scorer]`` has the same metrics per 7-day block.
+    Attributes
+    ----------
+    scores
+        ``"rules"`` and each model *as served* -> score of every transaction.
+    model_scores
+        Each model's own score, served or not.
+    labeled_ms
+        When each label arrived.
+    serving_from_ms
+        Event time of the first batch each model served (``None``: never).
+    learnt_at_score
+        Labels each model had learnt when each transaction was scored.
+    delivered_at_score
+        Labels delivered when each transaction was scored.
+    features
+        Feature names, and (when asked) every transaction's features.
+    timings_s, learn_s, score_s
+        Wall time of the phases; per model, time spent learning and scoring.
     """
 
-    config: dict[str, Any]
+    scores: dict[str, np.ndarray]
+    model_scores: dict[str, np.ndarray]
+    labeled_ms: np.ndarray
+    serving_from_ms: dict[str, int | None]
+    learnt_at_score: dict[str, np.ndarray]
+    delivered_at_score: np.ndarray
+    feature_names: tuple[str, ...]
     store: str
-    n_transactions: int
-    n_frauds: int
-    scenarios: dict[str, int]
-    labels_delivered: int
-    model_active_from_day: dict[str, float | None]
-    metrics: dict[str, dict[str, dict[str, float]]]
-    weekly: dict[str, list[dict[str, float]]]
-    by_scenario: dict[str, dict[str, dict[str, float]]]
     timings_s: dict[str, float]
-    trace: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The report without the trace, with NaN as None (valid JSON)."""
-        out = asdict(self)
-        out.pop("trace")
-        safe: dict[str, Any] = _nan_to_none(out)
-        return safe
-
-
-def _nan_to_none(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _nan_to_none(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_nan_to_none(v) for v in value]
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
-
-
-# -- feature stores ------------------------------------------------------------------------
+    learn_s: dict[str, float]
+    score_s: dict[str, float]
+    labels_learnt: dict[str, int]
+    X: np.ndarray | None = None
 
 
 @contextlib.contextmanager
-def redis_feature_store(config: FeatureConfig) -> Iterator[FeatureStore]:
-    """A :class:`RedisFeatureStore` on a fresh ``redis-server`` (free port, temp dir)."""
-    import redis
-
-    from fraudstream.devstack import redis_given_or_started
-    from fraudstream.service.features.redis_store import RedisFeatureStore
-
-    with redis_given_or_started() as url:
-        client = redis.Redis.from_url(url)
-        try:
-            yield RedisFeatureStore(client, config)
-        finally:
-            client.close()
-
-
-@contextlib.contextmanager
-def _store_context(
-    store: StoreKind | FeatureStore, config: FeatureConfig
+def feature_store(
+    kind: StoreKind | FeatureStore, config: FeatureConfig, redis_url: str | None = None
 ) -> Iterator[tuple[FeatureStore, str]]:
-    if store == "redis":
-        with redis_feature_store(config) as redis_store:
-            yield redis_store, "redis"
-    elif store == "reference":
+    """Open a fresh feature store.
+
+    Redis (the given server, else one started for the run) or the in-memory
+    reference; or the store object given, as it is.
+    """
+    if kind == "reference":
         yield ReferenceFeatureStore(config), "reference"
-    elif isinstance(store, str):
-        raise ValueError(f"unknown store {store!r}: choose redis or reference")
+    elif kind == "redis":
+        import redis
+
+        from fraudstream.devstack import redis_given_or_started
+        from fraudstream.service.features.redis_store import RedisFeatureStore
+
+        with redis_given_or_started(redis_url) as url:
+            client = redis.Redis.from_url(url)
+            try:
+                yield RedisFeatureStore(client, config), "redis"
+            finally:
+                with contextlib.suppress(Exception):
+                    keys = list(client.scan_iter(f"{config.prefix}:*", count=10_000))
+                    for lo in range(0, len(keys), 10_000):
+                        client.delete(*keys[lo : lo + 10_000])
+                client.close()
+    elif isinstance(kind, str):
+        raise ValueError(f"unknown store {kind!r}: choose redis or reference")
     else:
-        yield store, type(store).__name__
+        yield kind, type(kind).__name__
 
 
-# -- the prequential loop ------------------------------------------------------------------
-
-
-def _transactions(sim: Simulation, rows: np.ndarray) -> list[Transaction]:
-    return [Transaction.model_validate(d) for d in sim.rows(rows)]
-
-
-def evaluate(
-    config: QualityConfig | None = None,
+def replay(
+    stream: LabelledStream,
+    config: ReplayConfig | None = None,
     *,
     store: StoreKind | FeatureStore = "redis",
     feature_config: FeatureConfig | None = None,
+    redis_url: str | None = None,
+    keep_features: bool = False,
     progress: Callable[[int, int], None] | None = None,
-) -> QualityReport:
-    """Run the prequential evaluation of ``config`` (see the module docstring).
+) -> ReplayResult:
+    """Replay ``stream`` prequentially (see the module docstring).
 
     Parameters
     ----------
+    stream
+        The labelled stream.
     config
-        What to simulate and compare (default :class:`QualityConfig`).
+        Label delays, models, batch length, serving policy.
     store
-        ``"redis"`` (default: a :class:`RedisFeatureStore` on a fresh local
-        ``redis-server``), ``"reference"`` (the in-memory store), or an empty
-        store object to use as it is.
+        ``"redis"`` (default: a fresh key prefix on ``redis_url``, or on a
+        ``redis-server`` started for the run), ``"reference"``, or an empty store.
     feature_config
         Windows and lateness (default: the service's defaults).
+    keep_features
+        Keep every transaction's features in :attr:`ReplayResult.X`.
     progress
-        Called with ``(day done, days)`` after each simulated day.
+        Called with ``(transactions done, transactions)`` after each batch.
     """
-    config = config or QualityConfig()
-    feature_config = feature_config or FeatureConfig(prefix="quality")
-    t_start = time.perf_counter()
-    sim = simulate(config.simulation())
-    labels = label_simulation(sim, config.label_delay())
-    timings = {"simulate": time.perf_counter() - t_start}
-
-    with _store_context(store, feature_config) as (features, store_name):
-        run = _Run(config, sim, labels.labeled_ms, features, progress)
+    config = config or ReplayConfig()
+    feature_config = feature_config or FeatureConfig(prefix=f"eval{time.time_ns():x}")
+    started = time.perf_counter()
+    labeled_ms = stream.label_times(config.label_delay())
+    with feature_store(store, feature_config, redis_url) as (features, store_name):
+        run = _Run(stream, config, labeled_ms, features, keep_features, progress)
         run.loop()
-    timings.update(run.timings)
-    timings["total"] = time.perf_counter() - t_start
-    return run.report(store_name, timings)
+    run.timings["total"] = time.perf_counter() - started
+    return run.result(store_name)
 
 
 class _Run:
@@ -388,187 +218,125 @@ class _Run:
 
     def __init__(
         self,
-        config: QualityConfig,
-        sim: Simulation,
+        stream: LabelledStream,
+        config: ReplayConfig,
         labeled_ms: np.ndarray,
         features: FeatureStore,
+        keep_features: bool,
         progress: Callable[[int, int], None] | None,
     ) -> None:
-        self.config = config
-        self.sim = sim
+        self.stream, self.config, self.features = stream, config, features
         self.labeled_ms = labeled_ms
-        self.features = features
         self.progress = progress
         names = features.names
-        self.names = names
-        n = len(sim)
-        self.X = np.zeros((n, len(names)), dtype=np.float64)
+        n = len(stream)
+        # The learner's snapshots: float32, as the service stores them.
+        self.X = np.zeros((n, len(names)), dtype=np.float32)
+        self.keep_features = keep_features
         self.prior = RulesPrior(names)
         self.models = {name: FraudModel(name, names) for name in config.models}
-        self.rules_scores = np.zeros(n)
+        self.rules = np.zeros(n)
         self.model_scores = {name: np.zeros(n) for name in config.models}
-        self.active = {name: np.zeros(n, dtype=bool) for name in config.models}
+        self.serving = {name: np.zeros(n, dtype=bool) for name in config.models}
+        self.serving_from: dict[str, int | None] = dict.fromkeys(config.models)
         self.learnt_at_score = {name: np.zeros(n, dtype=np.int64) for name in config.models}
         self.delivered_at_score = np.zeros(n, dtype=np.int64)
-        self.label_order = np.argsort(labeled_ms, kind="stable")
+        self.arrival_order = np.argsort(labeled_ms, kind="stable")
         self.delivered = 0
-        self.cards = sim.card_names()
-        self.terminals = sim.terminal_names()
-        self.timings = {"features": 0.0, "scoring": 0.0, "labels": 0.0}
+        self.timings = {"features": 0.0, "labels": 0.0}
+        self.learn_s = dict.fromkeys(config.models, 0.0)
+        self.score_s = dict.fromkeys(config.models, 0.0)
 
     def loop(self) -> None:
-        sim, config = self.sim, self.config
-        start_ms = sim.config.start_ms
-        batch_ms = config.batch_s * 1000
-        n_batches = -(-config.days * DAY_MS // batch_ms)
-        edges = np.searchsorted(sim.time_ms, start_ms + batch_ms * np.arange(n_batches + 1))
-        batches_per_day = max(1, DAY_MS // batch_ms)
+        stream = self.stream
+        n = len(stream)
+        if n == 0:
+            return
+        batch_ms = self.config.batch_s * 1000
+        first = int(stream.time_ms[0]) // batch_ms * batch_ms
+        n_batches = (int(stream.time_ms[-1]) - first) // batch_ms + 1
+        edges = np.searchsorted(stream.time_ms, first + batch_ms * np.arange(n_batches + 1))
         for b in range(n_batches):
             lo, hi = int(edges[b]), int(edges[b + 1])
             # Labels that arrived before this batch starts, before it is scored.
-            self._deliver(start_ms + b * batch_ms)
+            self._deliver(first + b * batch_ms)
             if hi > lo:
-                self._score(lo, hi)
-            if self.progress is not None and (b + 1) % batches_per_day == 0:
-                self.progress((b + 1) // batches_per_day, config.days)
+                self._score(lo, hi, first + b * batch_ms)
+                if self.progress is not None:
+                    self.progress(hi, n)
 
     def _deliver(self, before_ms: int) -> None:
-        order = self.label_order
+        order = self.arrival_order
         stop = int(np.searchsorted(self.labeled_ms[order], before_ms, side="left"))
         if stop <= self.delivered:
             return
         t0 = time.perf_counter()
         rows = order[self.delivered : stop]
-        sim = self.sim
-        fraud = sim.is_fraud[rows].tolist()
+        s = self.stream
+        fraud = s.is_fraud[rows]
         facts = [
-            LabelFact(sim.transaction_id(r), self.cards[c], self.terminals[t], int(ms), y)
-            for r, c, t, ms, y in zip(
-                rows.tolist(),
-                sim.customer[rows].tolist(),
-                sim.terminal[rows].tolist(),
-                sim.time_ms[rows].tolist(),
-                fraud,
+            LabelFact(tx_id, s.card_names[c], s.terminal_names[t], int(ms), bool(y))
+            for tx_id, c, t, ms, y in zip(
+                s.transaction_ids(rows),
+                s.card[rows].tolist(),
+                s.terminal[rows].tolist(),
+                s.time_ms[rows].tolist(),
+                fraud.tolist(),
                 strict=True,
             )
         ]
         # As the learner: the label facts reach the features first, then the models.
         self.features.record_labels(facts)
-        names = self.names
-        for row, y in zip(self.X[rows].tolist(), fraud, strict=True):
-            x = dict(zip(names, row, strict=True))
-            for model in self.models.values():
-                model.learn_one(x, y)
-        self.delivered = stop
         self.timings["labels"] += time.perf_counter() - t0
-
-    def _score(self, lo: int, hi: int) -> None:
-        t0 = time.perf_counter()
-        batch = self.features.update_and_compute(_transactions(self.sim, np.arange(lo, hi)))
-        X = batch.values
-        self.X[lo:hi] = X
-        t1 = time.perf_counter()
-        self.rules_scores[lo:hi] = self.prior.score_many(X, reasons_at=2.0)[0]
-        self.delivered_at_score[lo:hi] = self.delivered
-        policy = ServingPolicy(self.config.min_labels_for_model)
+        X = self.X[rows].astype(np.float64)
         for name, model in self.models.items():
+            t1 = time.perf_counter()
+            learn_labelled(model, self.prior, X, fraud)
+            self.learn_s[name] += time.perf_counter() - t1
+        self.delivered = stop
+
+    def _score(self, lo: int, hi: int, batch_start_ms: int) -> None:
+        t0 = time.perf_counter()
+        batch = self.features.update_and_compute(self.stream.transactions(lo, hi))
+        self.timings["features"] += time.perf_counter() - t0
+        X = batch.values  # scored as computed; learnt later from the float32 snapshot
+        self.X[lo:hi] = X
+        self.rules[lo:hi] = self.prior.score_many(X, reasons_at=2.0)[0]
+        self.delivered_at_score[lo:hi] = self.delivered
+        for name, model in self.models.items():
+            t1 = time.perf_counter()
             self.model_scores[name][lo:hi] = model.proba_many(X)
-            self.active[name][lo:hi] = policy.may_serve(model)
+            self.score_s[name] += time.perf_counter() - t1
+            if self.serving_from[name] is None and self.config.policy.may_serve(model):
+                self.serving_from[name] = batch_start_ms
+            self.serving[name][lo:hi] = self.serving_from[name] is not None
             self.learnt_at_score[name][lo:hi] = model.labels_learnt
-        self.timings["features"] += t1 - t0
-        self.timings["scoring"] += time.perf_counter() - t1
 
-    # -- report --------------------------------------------------------------------------
-
-    def scorers(self) -> dict[str, np.ndarray]:
-        out = {"rules": self.rules_scores}
+    def result(self, store_name: str) -> ReplayResult:
+        scores = {"rules": self.rules}
         for name in self.config.models:
-            out[name] = np.where(self.active[name], self.model_scores[name], self.rules_scores)
-            out[f"{name}:model-only"] = self.model_scores[name]
-        return out
-
-    def report(self, store_name: str, timings: dict[str, float]) -> QualityReport:
-        sim, config = self.sim, self.config
-        day = (sim.time_ms - sim.config.start_ms) // DAY_MS
-        card, y = sim.customer, sim.is_fraud
-        periods = {"full": np.ones(len(sim), dtype=bool), "post_warmup": day >= config.warmup_days}
-        thr, k = config.alert_threshold, config.top_k
-        metrics: dict[str, dict[str, dict[str, float]]] = {}
-        weekly: dict[str, list[dict[str, float]]] = {}
-        by_scenario: dict[str, dict[str, dict[str, float]]] = {}
-        genuine = sim.scenario == 0
-        post = periods["post_warmup"]
-        for name, s in self.scorers().items():
-            metrics[name] = {
-                p: scorer_metrics(s[m], y[m], day[m], card[m], threshold=thr, k=k)
-                for p, m in periods.items()
-            }
-            weekly[name] = []
-            for week in range(-(-config.days // 7)):
-                m = (day // 7) == week
-                row = scorer_metrics(s[m], y[m], day[m], card[m], threshold=thr, k=k)
-                weekly[name].append({"week": week, **row})
-            by_scenario[name] = {}
-            for code, scen in SCENARIO_NAMES.items():
-                m = post & ((sim.scenario == code) | genuine)
-                hits = post & (sim.scenario == code)
-                if code == 0 or not hits.any():
-                    continue
-                by_scenario[name][scen] = {
-                    "frauds": int(hits.sum()),
-                    # How well the scorer separates this scenario's frauds from genuine ones.
-                    "roc_auc_vs_genuine": roc_auc(s[m], y[m]),
-                    "recall_at_threshold": float((s[hits] >= config.alert_threshold).mean()),
-                }
-        active_from: dict[str, float | None] = {}
-        for name, active in self.active.items():
-            idx = np.flatnonzero(active)
-            active_from[name] = (
-                round(float(sim.time_ms[idx[0]] - sim.config.start_ms) / DAY_MS, 2)
-                if idx.shape[0]
-                else None
-            )
-        trace: dict[str, np.ndarray] = {}
-        if config.keep_trace:
-            trace = {
-                "time_ms": sim.time_ms,
-                "labeled_ms": self.labeled_ms,
-                "is_fraud": y,
-                "scenario": sim.scenario,
-                "card": card,
-                "delivered_at_score": self.delivered_at_score,
-                "X": self.X,
-                **{f"learnt_at_score:{k}": v for k, v in self.learnt_at_score.items()},
-                **{f"active:{k}": v for k, v in self.active.items()},
-                **{f"score:{k}": v for k, v in self.scorers().items()},
-            }
-        cfg = asdict(config)
-        cfg["extras"] = sorted(config.extras)
-        cfg["terminals"] = config.terminals or 2 * config.customers
-        cfg.pop("keep_trace")
-        return QualityReport(
-            config=cfg,
+            scores[name] = np.where(self.serving[name], self.model_scores[name], self.rules)
+        return ReplayResult(
+            scores=scores,
+            model_scores=self.model_scores,
+            labeled_ms=self.labeled_ms,
+            serving_from_ms=self.serving_from,
+            learnt_at_score=self.learnt_at_score,
+            delivered_at_score=self.delivered_at_score,
+            feature_names=tuple(self.features.names),
             store=store_name,
-            n_transactions=len(sim),
-            n_frauds=int(y.sum()),
-            scenarios=sim.scenario_counts(),
-            labels_delivered=self.delivered,
-            model_active_from_day=active_from,
-            metrics=metrics,
-            weekly=weekly,
-            by_scenario=by_scenario,
-            timings_s={k: round(v, 2) for k, v in timings.items()},
-            trace=trace,
+            timings_s={k: round(v, 2) for k, v in self.timings.items()},
+            learn_s={k: round(v, 2) for k, v in self.learn_s.items()},
+            score_s={k: round(v, 3) for k, v in self.score_s.items()},
+            labels_learnt={k: m.labels_learnt for k, m in self.models.items()},
+            X=self.X if self.keep_features else None,
         )
 
 
-def scorer_names(models: Sequence[str]) -> list[str]:
-    """Scorer names of a report, in display order.
+def day_of(time_ms: np.ndarray) -> np.ndarray:
+    """UTC day number of epoch-millisecond times.
 
-    >>> scorer_names(["logreg"])
-    ['rules', 'logreg', 'logreg:model-only']
+    >>> day_of(np.array([86_400_000 * 3 + 5])).tolist()
+    [3]
     """
-    out = ["rules"]
-    for name in models:
-        out += [name, f"{name}:model-only"]
-    return out
+    return np.asarray(time_ms, dtype=np.int64) // DAY_MS

@@ -1,18 +1,13 @@
-"""A short synthetic stream of feature rows to compare catalogue models quickly.
+"""A short synthetic stream of feature rows, for quick model tests.
 
-:func:`synthetic_stream` and :func:`compare` reproduce the model comparison
-written in :mod:`fraudstream.service.model` (``fraudstream model compare``).
+Not an evaluation: ``fraudstream evaluate`` measures detection quality on real
+(or simulated) transactions through the service's own features. This is a
+cheap matrix with planted fraud patterns for unit and integration tests.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
-
 import numpy as np
-
-from fraudstream.service.model import FraudModel
-from fraudstream.service.progressive import average_precision, roc_auc
 
 #: Feature names of :func:`synthetic_stream`, the reference store's names.
 SYNTHETIC_FEATURES: tuple[str, ...] = (
@@ -26,7 +21,7 @@ SYNTHETIC_FEATURES: tuple[str, ...] = (
     "card_speed_kmh_prev",
     "card_fraud_labels_30d",
     "terminal_tx_count_1d",
-    "terminal_fraud_rate_7d",
+    "terminal_fraud_rate_14d",
     "hour_of_day",
     "is_night",
     "is_weekend",
@@ -93,49 +88,10 @@ def synthetic_stream(
         "card_speed_kmh_prev": speed,
         "card_fraud_labels_30d": fraud_labels,
         "terminal_tx_count_1d": rng.poisson(40, n).astype(float),
-        "terminal_fraud_rate_7d": term_rate,
+        "terminal_fraud_rate_14d": term_rate,
         "hour_of_day": hour,
         "is_night": (hour < 6).astype(float),
         "is_weekend": (rng.random(n) < 2 / 7).astype(float),
     }
     X = np.column_stack([columns[c] for c in SYNTHETIC_FEATURES]).astype(np.float64)
     return SYNTHETIC_FEATURES, X, y
-
-
-def compare(
-    model_names: Sequence[str],
-    n: int = 50_000,
-    delay: int = 3_000,
-    batch: int = 500,
-    seed: int = 7,
-) -> dict[str, dict[str, float]]:
-    """Prequential comparison of catalogue models on :func:`synthetic_stream`.
-
-    Transactions are scored in batches with ``score_many`` (the hot path); the
-    label of transaction ``i`` is learnt only once transaction ``i + delay``
-    has been scored, so no score ever benefits from its own label.
-    """
-    names, X, y = synthetic_stream(n, seed=seed)
-    results: dict[str, dict[str, float]] = {}
-    for name in model_names:
-        model = FraudModel(name, names)
-        scores = np.empty(n)
-        learnt = 0
-        learn_s = score_s = 0.0
-        for start in range(0, n, batch):
-            stop = min(n, start + batch)
-            t0 = time.perf_counter()
-            scores[start:stop] = model.proba_many(X[start:stop])
-            score_s += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            while learnt < stop - delay:
-                model.learn_one(dict(zip(names, X[learnt].tolist(), strict=True)), bool(y[learnt]))
-                learnt += 1
-            learn_s += time.perf_counter() - t0
-        results[name] = {
-            "roc_auc": roc_auc(scores, y),
-            "average_precision": average_precision(scores, y),
-            "learn_us": 1e6 * learn_s / max(1, learnt),
-            "score_us": 1e6 * score_s / n,
-        }
-    return results

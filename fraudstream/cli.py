@@ -4,7 +4,7 @@ Settings are built once here, from the environment (``FRAUDSTREAM_*``) and
 ``.env``, and handed to every sub-command through the click context. The
 commands come from the parts that own them: the service (``serve``,
 ``config``, ``schemas``, ``model``), the producers (``simulate``, ``produce``,
-``record``, ``replay``), evaluation (``model compare``), benchmarks
+``record``, ``replay``), evaluation (``evaluate``), benchmarks
 (``bench``) and the dev stack (``dev``, ``demo``).
 """
 
@@ -19,7 +19,7 @@ from pydantic import SecretStr, ValidationError
 
 from fraudstream.bench.cli import bench as bench_group
 from fraudstream.devstack.cli import COMMANDS as DEV_COMMANDS
-from fraudstream.evaluation.cli import compare_cmd
+from fraudstream.evaluation.cli import evaluate_cmd
 from fraudstream.producers.cli import COMMANDS as PRODUCER_COMMANDS
 from fraudstream.service.cli import COMMANDS as SERVICE_COMMANDS
 from fraudstream.service.cli_alerts import COMMANDS as ALERT_COMMANDS
@@ -176,8 +176,8 @@ def main(ctx: click.Context) -> None:
     ctx.obj = settings
 
 
-model_group.add_command(compare_cmd)
 main.add_command(model_group)
+main.add_command(evaluate_cmd)
 main.add_command(state_group)
 main.add_command(bench_group)
 for _command in (

@@ -54,7 +54,7 @@ from fraudstream.service.label_pipeline import LabelBatchOutcome, LabelPipeline
 from fraudstream.service.learner import Learner
 from fraudstream.service.loop import ConsumeLoop, LoopHealth, Polled
 from fraudstream.service.metrics import HealthServer, Metrics
-from fraudstream.service.model_watcher import ModelWatcher, ServingPolicy
+from fraudstream.service.model_watcher import ModelWatcher
 from fraudstream.service.pipeline import BatchOutcome, Pipeline
 from fraudstream.service.redis_client import (
     is_authentication_error,
@@ -63,6 +63,7 @@ from fraudstream.service.redis_client import (
     redis_problem,
 )
 from fraudstream.service.registry import ModelRegistry
+from fraudstream.service.serving import ServingPolicy
 from fraudstream.service.settings import (
     DecisionMode,
     DeliveryGuarantee,
@@ -475,7 +476,7 @@ class Application:
         watcher = ModelWatcher(
             registry,
             features.names,
-            policy=ServingPolicy(s.min_labels_for_model),
+            policy=ServingPolicy.from_settings(s),
             poll_s=s.model_poll_s,
             metrics=self.metrics,
         )

@@ -7,9 +7,11 @@ For a batch of labels, :meth:`Learner.learn_many`
 2. claims each label once (one round trip), so a redelivered label is counted
    as a duplicate, not learnt twice;
 3. feeds the label facts to the feature store (terminal fraud rates);
-4. for each label: updates the progressive metrics with the score the scorer
-   gave *then* (prequential), and only after that ``learn_one(x, y)`` with
-   ``x`` rebuilt from the snapshot -- the model never sees a label before the
+4. updates the progressive metrics with the scores the scorer gave *then*
+   (prequential), and only after that learns the batch with
+   :func:`~fraudstream.service.serving.learn_labelled` on the features from the
+   snapshots (which first records the model's and the rules prior's scores of
+   those rows for the serving policy) -- the model never sees a label before the
    transaction was scored, nor features from after it.
 
 :meth:`Learner.maybe_publish` publishes a version every
@@ -29,12 +31,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
+
 from fraudstream.service.errors import ConfigurationError, MissingSnapshotError, ModelVersionError
 from fraudstream.service.features.store import LabelFact
 from fraudstream.service.model import FraudModel
 from fraudstream.service.progressive import ProgressiveMetrics
 from fraudstream.service.registry import ModelRegistry
+from fraudstream.service.rules import RulesPrior
 from fraudstream.service.schemas import Label
+from fraudstream.service.serving import learn_labelled
 from fraudstream.service.snapshots import SnapshotStore, feature_set_id
 
 log = logging.getLogger(__name__)
@@ -116,6 +122,7 @@ class Learner:
         self.duplicates = 0
         self.rejected = 0
         self._feature_set = feature_set_id(model.feature_names)
+        self._prior = RulesPrior(model.feature_names)
         # One learner runs per model: every reservation not yet published
         # belongs to a learner that died, so its label claims may be retaken.
         self._stale = [str(v) for v in registry.abandoned_versions()]
@@ -245,15 +252,17 @@ class Learner:
                 raise
         self._unfinished.difference_update(lb.transaction_id for lb, _ in fresh)
 
-        names = self.model.feature_names
         frauds = 0
-        for label, snap in fresh:
-            # Prequential: the score given before the label existed, then learn. A
+        if fresh:
+            # Prequential: the scores given before the labels existed, then learn. A
             # snapshot rebuilt from Kafka after a state loss has no score (NaN).
-            if math.isfinite(snap.score):
-                self.metrics.update(snap.score, label.is_fraud)
-            self.model.learn_one(snap.x(names), label.is_fraud)
-            frauds += int(label.is_fraud)
+            y = np.array([label.is_fraud for label, _ in fresh], dtype=bool)
+            scored = [(snap.score, label.is_fraud) for label, snap in fresh]
+            scored = [(sc, fraud) for sc, fraud in scored if math.isfinite(sc)]
+            self.metrics.update_many([sc for sc, _ in scored], [fraud for _, fraud in scored])
+            X = np.stack([snap.features for _, snap in fresh]).astype(np.float64)
+            learn_labelled(self.model, self._prior, X, y)
+            frauds = int(y.sum())
 
         self._since_publish += len(fresh)
         self.duplicates += duplicates

@@ -1,20 +1,10 @@
-"""Which model serves: the scorer's view of the registry, and the one rule that decides.
+"""Which model serves: the scorer's view of the registry.
 
-:class:`ServingPolicy` is the only place that says when a learnt model may
-replace the transparent rules prior (the service's :class:`ModelWatcher` and
-the prequential evaluation both ask it). :class:`ModelWatcher` polls the
-registry between batches and keeps the active scorer current.
-
-Examples
---------
->>> from fraudstream.service.model import FraudModel
->>> model = FraudModel("logreg", ("amount",))
->>> policy = ServingPolicy(min_labels=2)
->>> policy.may_serve(model)
-False
->>> model.learn_one({"amount": 10.0}, False); model.learn_one({"amount": 900.0}, True)
->>> policy.may_serve(model)
-True
+:class:`ModelWatcher` polls the registry between batches and keeps the active
+scorer current. When a learnt model may replace the transparent rules prior
+(or a newer version the one in use) is decided by one rule,
+:class:`~fraudstream.service.serving.ServingPolicy` (measured quality on recent
+labels); it is re-exported here for the watcher's callers.
 """
 
 from __future__ import annotations
@@ -22,42 +12,26 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from fraudstream.service.errors import ModelVersionError
 from fraudstream.service.metrics import Metrics
-from fraudstream.service.model import FraudModel
 from fraudstream.service.pipeline import ActiveScorer
 from fraudstream.service.registry import ModelRegistry
 from fraudstream.service.rules import RulesPrior
+from fraudstream.service.serving import ServingPolicy
+
+__all__ = ["ModelWatcher", "ServingPolicy"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class ServingPolicy:
-    """When a learnt model may replace the rules prior.
-
-    Parameters
-    ----------
-    min_labels
-        Labels a model must have learnt (``Settings.min_labels_for_model``);
-        at least one of them must be a fraud, or it has never seen the class
-        it is meant to find.
-    """
-
-    min_labels: int
-
-    def may_serve(self, model: FraudModel) -> bool:
-        """Whether ``model`` may score instead of the rules prior."""
-        return model.labels_learnt >= self.min_labels and model.frauds_learnt > 0
 
 
 class ModelWatcher:
     """Keeps the active scorer current: the newest verified model, or the rules prior.
 
-    A version is used for scoring once the :class:`ServingPolicy` allows it;
-    before that the transparent rules prior scores. A version that fails
+    A version is used for scoring once the :class:`ServingPolicy` allows it
+    (it has learnt enough labels and ranks its recent labels at least as well
+    as the rules prior); before that the transparent rules prior scores, and a
+    newer version that is not allowed is not swapped in. A version that fails
     verification is refused (logged and counted) and the scorer in use stays.
 
     Parameters
@@ -123,12 +97,15 @@ class ModelWatcher:
             self.metrics.model_refused.inc()
             log.error("model version %s was trained on other features; not used", latest)
             return
-        if self.policy.may_serve(model):
-            self.active = ActiveScorer(model, "model", latest)
-            self.metrics.model_version.set(latest)
-            log.info(
-                "scoring with model version %s (%s labels, %s frauds)",
-                latest,
-                model.labels_learnt,
-                model.frauds_learnt,
-            )
+        why_not = self.policy.reason(model)
+        if why_not is not None:
+            log.info("model version %s not used yet: %s", latest, why_not)
+            return
+        self.active = ActiveScorer(model, "model", latest)
+        self.metrics.model_version.set(latest)
+        log.info(
+            "scoring with model version %s (%s labels, %s frauds)",
+            latest,
+            model.labels_learnt,
+            model.frauds_learnt,
+        )

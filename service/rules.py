@@ -39,7 +39,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     Rule("amount", 1000.0, 1.5, "large absolute amount"),
     Rule("card_tx_count_1h", 5.0, 2.5, "burst of transactions within an hour"),
     Rule("card_new_terminal", 0.5, 1.0, "terminal new to the card"),
-    Rule("terminal_fraud_rate_7d", 0.2, 3.0, "terminal with many recent frauds"),
+    Rule("terminal_fraud_rate_14d", 0.2, 3.0, "terminal with many frauds among its known outcomes"),
     Rule("card_speed_kmh_prev", 900.0, 3.0, "impossible travel since the previous transaction"),
     Rule("card_fraud_labels_30d", 1.0, 2.0, "card with a confirmed fraud in 30 days"),
     Rule("is_night", 0.5, 0.5, "night-time transaction"),

@@ -320,17 +320,33 @@ class Settings(BaseSettings):
         description="Card window lengths in seconds, comma separated (default 1h,1d,7d,30d).",
     )
     terminal_windows_days: str = Field(
-        "1,7,30", description="Terminal window lengths in whole UTC days, comma separated."
+        "1,7,30",
+        description="Terminal traffic window lengths in whole UTC days, comma separated.",
+    )
+    terminal_label_windows_days: str = Field(
+        "14,30",
+        description="Terminal fraud-label window lengths in whole UTC days, comma separated; "
+        "longer than the label delay, or they hold no label.",
     )
 
     # --- Model -------------------------------------------------------------
     model: str = Field(
-        "logreg", description="Model from the catalogue (`fraudstream model catalogue`)."
+        "forest", description="Model from the catalogue (`fraudstream model catalogue`)."
     )
     min_labels_for_model: Annotated[int, Field(ge=0)] = Field(
         500,
-        description="Labels learnt before the model replaces the rules prior "
-        "(and at least one fraud among them).",
+        description="Labels learnt before the model may replace the rules prior; it does "
+        "once it ranks its recent labels at least as well as the prior (service/serving.py).",
+    )
+    min_frauds_for_model: Annotated[int, Field(ge=0)] = Field(
+        20,
+        description="Frauds among a model's most recent labels before its quality on them "
+        "is trusted to let it replace the rules prior (see service/serving.py).",
+    )
+    model_margin_over_prior: Annotated[float, Field(ge=-1.0, le=1.0)] = Field(
+        0.0,
+        description="How much higher than the rules prior's a version's average precision on "
+        "its recent labels must be for it to serve (-1: no comparison, only the label counts).",
     )
     model_signing_key: SecretStr = Field(
         SecretStr("dev-only-insecure-key-change-me"),
@@ -385,7 +401,7 @@ class Settings(BaseSettings):
         description="text (for people) or json (one JSON object per line, for log collectors).",
     )
 
-    @field_validator("windows_s", "terminal_windows_days")
+    @field_validator("windows_s", "terminal_windows_days", "terminal_label_windows_days")
     @classmethod
     def _positive_int_list(cls, value: str) -> str:
         try:
@@ -553,6 +569,11 @@ class Settings(BaseSettings):
     def terminal_window_days(self) -> tuple[int, ...]:
         """Terminal window lengths in days, ascending."""
         return tuple(int(p) for p in self.terminal_windows_days.split(","))
+
+    @property
+    def terminal_label_window_days(self) -> tuple[int, ...]:
+        """Terminal label window lengths in days, ascending."""
+        return tuple(int(p) for p in self.terminal_label_windows_days.split(","))
 
     @property
     def history_retention_s(self) -> int:

@@ -43,6 +43,15 @@ Feature                         Meaning
                                 (population std, floored at one currency unit so a
                                 card that always spends the same is not infinitely
                                 surprised); 0 when fewer than 2 such events.
+``card_amount_ratio``           ``amount / mean`` of those same earlier events: how
+                                many times the card's usual amount this is; 1.0
+                                when there is none.
+``card_big_amounts_{w}``        Earlier events ``H[:p]`` with ``ts > t - W`` (``w``
+                                in :data:`BIG_AMOUNT_WINDOWS_S`, at most the longest
+                                window) whose amount is above
+                                :data:`BIG_AMOUNT_FACTOR` times that mean: recent
+                                outlying amounts, the mark of a card being drained;
+                                0 when there is no earlier event.
 ``card_distance_km_prev``       Great-circle distance (haversine, R = 6371.0088 km)
                                 from ``H[p-1]``; 0 unless both have lat/lon.
 ``card_speed_kmh_prev``         That distance over the time between them, the time
@@ -57,25 +66,51 @@ Feature                         Meaning
                                 the current one and every transaction of those days
                                 processed so far (day buckets: a later-timestamped
                                 event of the same day that arrived first counts).
-``terminal_fraud_labels_{d}d``  Fraud labels received so far for the terminal's
-                                transactions of UTC days ``(D - d, D]`` (bucketed by
-                                the transaction's day, not the label's).
-``terminal_fraud_rate_{d}d``    ``min(1, labels / count)``; 0 when count is 0.
+``terminal_fraud_labels_{l}d``  Fraud labels received so far for the terminal's
+                                transactions of UTC days ``(D - l, D]``, ``l`` a
+                                *label* window (bucketed by the transaction's day,
+                                not the label's).
+``terminal_fraud_rate_{l}d``    ``frauds / labelled`` over those days, with
+                                ``labelled`` the labels (fraud or not) received so
+                                far for them: the fraud rate among transactions
+                                whose outcome is known, never diluted by those
+                                still waiting for their label; 0 when none is.
+``terminal_days_since_fraud``   ``D`` minus the latest day of ``(D - L, D]`` (``L``
+                                the longest label window) with a fraud label
+                                received; ``L + 1`` when there is none.
+``terminal_fraud_episode_days`` ``D`` minus the *earliest* such day: how long the
+                                terminal's current run of frauds has been going (a
+                                compromise ends); -1 when there is none.
+``terminal_fraud_rate_episode`` ``frauds / labelled`` over the days from that
+                                earliest day to ``D``; 0 when there is none.
+``terminal_labelled_episode``   ``labelled`` over those days (how much that rate
+                                is worth); 0 when there is none.
 ``amount``                      The transaction amount.
 ``hour_of_day``                 UTC hour of ``t``, 0-23.
 ``is_night``                    1.0 when ``hour_of_day < 6``.
 ``is_weekend``                  1.0 on Saturday or Sunday (UTC).
 ==============================  ====================================================
 
+With every label ``delay`` days late, a transaction's outcome is known only
+once it is that old: label windows must be longer than the delay to hold any
+label (the default label windows, 14 and 30 days, hold the last 7 and 23 days of
+known outcomes under the usual 7-day chargeback delay), and the fraud rate
+divides by the labelled transactions only. With a fixed delay this is the
+handbook's terminal risk over ``[D - delay - w, D - delay]``; with early or
+irregular labels it uses what is known, nothing more.
+
 Terminal state keeps :attr:`FeatureConfig.terminal_slots` day buckets (longest
-terminal window + allowed lateness in days + 1); UTC day ``k`` lives in bucket
+terminal or label window + allowed lateness in days + 1), each holding the
+day's transactions, labels received and fraud labels received; UTC day ``k`` lives in bucket
 ``k % slots``, which holds one day at a time: a later day takes the bucket over, a
 transaction of an earlier day than the bucket's is not counted at the terminal
 (only possible for events far later than the allowed lateness). Only new
-transactions are counted at their terminal. A fraud label increments the
-terminal bucket of its transaction's day unless that transaction's card record
-already carried the label (so a repeated label is not counted twice). Window
-lengths come from the settings; names use :func:`window_label`.
+transactions are counted at their terminal. A label (fraud or not) increments
+the terminal bucket of its transaction's day -- labelled, and fraud for a
+fraud label -- unless that transaction's card record already carried a label
+(so a repeated label is not counted twice); a fraud label also flags the card
+record (``card_fraud_labels_30d``). Window lengths come from the settings;
+names use :func:`window_label`.
 """
 
 from __future__ import annotations
@@ -96,6 +131,10 @@ LABEL_WINDOW_S = 30 * 86_400
 MIN_STD = 1.0
 #: Floor of the time between two events in ``card_speed_kmh_prev``, in hours (1 min).
 MIN_SPEED_HOURS = 1.0 / 60.0
+#: Windows of ``card_big_amounts_{w}`` (clipped to the longest card window).
+BIG_AMOUNT_WINDOWS_S = (7 * 86_400, 14 * 86_400)
+#: An amount above this many times the card's mean is "big" (``card_big_amounts_{w}``).
+BIG_AMOUNT_FACTOR = 3.0
 #: Mean Earth radius used by :func:`haversine_km`.
 EARTH_RADIUS_KM = 6371.0088
 
@@ -111,13 +150,16 @@ class FeatureConfig:
     windows_s
         Card window lengths in seconds, ascending.
     terminal_window_days
-        Terminal window lengths in whole UTC days, ascending.
+        Terminal traffic window lengths in whole UTC days, ascending.
+    terminal_label_window_days
+        Terminal label (fraud) window lengths in whole UTC days, ascending; to
+        hold labels, longer than the label delay.
     allowed_lateness_s
         How late an event may arrive and still get exact window values.
 
     Examples
     --------
-    >>> c = FeatureConfig("fs", (3600, 2592000), (1, 7, 30), 86400)
+    >>> c = FeatureConfig("fs", (3600, 2592000), (1, 7, 30), (14, 30), 86400)
     >>> c.retention_s, c.terminal_slots
     (2678400, 32)
     """
@@ -125,22 +167,22 @@ class FeatureConfig:
     prefix: str = "fs"
     windows_s: tuple[int, ...] = (3600, 86400, 604800, 2592000)
     terminal_window_days: tuple[int, ...] = (1, 7, 30)
+    terminal_label_window_days: tuple[int, ...] = (14, 30)
     allowed_lateness_s: int = 86400
 
     def __post_init__(self) -> None:
         if not self.windows_s or any(w <= 0 for w in self.windows_s):
             raise ValueError(f"windows_s must be positive, got {self.windows_s!r}")
-        if not self.terminal_window_days or any(d <= 0 for d in self.terminal_window_days):
-            raise ValueError(
-                f"terminal_window_days must be positive: {self.terminal_window_days!r}"
-            )
+        for name in ("terminal_window_days", "terminal_label_window_days"):
+            days = getattr(self, name)
+            if not days or any(d <= 0 for d in days):
+                raise ValueError(f"{name} must be positive: {days!r}")
         if self.allowed_lateness_s < 0:
             raise ValueError("allowed_lateness_s must be >= 0")
         # Sorted, unique: the column order is then a function of the values only.
         object.__setattr__(self, "windows_s", tuple(sorted(set(self.windows_s))))
-        object.__setattr__(
-            self, "terminal_window_days", tuple(sorted(set(self.terminal_window_days)))
-        )
+        for name in ("terminal_window_days", "terminal_label_window_days"):
+            object.__setattr__(self, name, tuple(sorted(set(getattr(self, name)))))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FeatureConfig:
@@ -149,6 +191,7 @@ class FeatureConfig:
             prefix=settings.redis_prefix,
             windows_s=settings.window_lengths_s,
             terminal_window_days=settings.terminal_window_days,
+            terminal_label_window_days=settings.terminal_label_window_days,
             allowed_lateness_s=settings.allowed_lateness_s,
         )
 
@@ -166,18 +209,29 @@ class FeatureConfig:
         return self.retention_s + 86400
 
     @property
+    def longest_terminal_days(self) -> int:
+        """Longest terminal window, traffic or label."""
+        return max(*self.terminal_window_days, *self.terminal_label_window_days)
+
+    @property
     def terminal_slots(self) -> int:
         """Day buckets kept per terminal: longest window + lateness days + 1.
 
         Enough that no bucket an event within the lateness reads or writes was
         taken over by a later day.
         """
-        return max(self.terminal_window_days) + math.ceil(self.allowed_lateness_s / 86400) + 1
+        return self.longest_terminal_days + math.ceil(self.allowed_lateness_s / 86400) + 1
 
     @property
     def terminal_ttl_s(self) -> int:
         """Idle time after which a terminal's buckets are all out of every window."""
-        return max(self.terminal_window_days) * 86400 + self.allowed_lateness_s
+        return self.longest_terminal_days * 86400 + self.allowed_lateness_s
+
+    @property
+    def big_amount_windows_s(self) -> tuple[int, ...]:
+        """Windows of ``card_big_amounts_{w}``: :data:`BIG_AMOUNT_WINDOWS_S`, clipped."""
+        longest = max(self.windows_s)
+        return tuple(sorted({min(w, longest) for w in BIG_AMOUNT_WINDOWS_S}))
 
 
 def no_previous_s(config: FeatureConfig) -> float:
@@ -209,31 +263,40 @@ def feature_names(config: FeatureConfig) -> tuple[str, ...]:
 
     Examples
     --------
-    >>> names = feature_names(FeatureConfig(windows_s=(3600,), terminal_window_days=(7,)))
+    >>> names = feature_names(FeatureConfig(windows_s=(3600,), terminal_window_days=(7,),
+    ...                                     terminal_label_window_days=(14,)))
     >>> names[:4]
     ('card_tx_count_1h', 'card_amount_sum_1h', 'card_amount_mean_1h', 'card_seconds_since_prev')
-    >>> names[-7:]
-    ('terminal_tx_count_7d', 'terminal_fraud_labels_7d', 'terminal_fraud_rate_7d', 'amount', \
-'hour_of_day', 'is_night', 'is_weekend')
+    >>> names[6:8]
+    ('card_big_amounts_1h', 'card_distance_km_prev')
+    >>> names[-11:-4]
+    ('terminal_tx_count_7d', 'terminal_fraud_labels_14d', 'terminal_fraud_rate_14d', \
+'terminal_days_since_fraud', 'terminal_fraud_episode_days', 'terminal_fraud_rate_episode', \
+'terminal_labelled_episode')
+    >>> len(feature_names(FeatureConfig()))
+    36
     """
     names: list[str] = []
     for w in config.windows_s:
         label = window_label(w)
         names += [f"card_tx_count_{label}", f"card_amount_sum_{label}", f"card_amount_mean_{label}"]
+    names += ["card_seconds_since_prev", "card_amount_zscore", "card_amount_ratio"]
+    names += [f"card_big_amounts_{window_label(w)}" for w in config.big_amount_windows_s]
     names += [
-        "card_seconds_since_prev",
-        "card_amount_zscore",
         "card_distance_km_prev",
         "card_speed_kmh_prev",
         "card_new_terminal",
         "card_fraud_labels_30d",
     ]
-    for d in config.terminal_window_days:
-        names += [
-            f"terminal_tx_count_{d}d",
-            f"terminal_fraud_labels_{d}d",
-            f"terminal_fraud_rate_{d}d",
-        ]
+    names += [f"terminal_tx_count_{d}d" for d in config.terminal_window_days]
+    for d in config.terminal_label_window_days:
+        names += [f"terminal_fraud_labels_{d}d", f"terminal_fraud_rate_{d}d"]
+    names += [
+        "terminal_days_since_fraud",
+        "terminal_fraud_episode_days",
+        "terminal_fraud_rate_episode",
+        "terminal_labelled_episode",
+    ]
     names += ["amount", "hour_of_day", "is_night", "is_weekend"]
     return tuple(names)
 

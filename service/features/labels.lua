@@ -1,35 +1,39 @@
--- fraudstream: record a batch of fraud labels (see redis_store.py for the layouts).
+-- fraudstream: record a batch of labels (see redis_store.py for the layouts).
 --
 -- KEYS[2i-1] = card key of label i, KEYS[2i] = its terminal key.
 -- ARGV[1] = 10-byte needles (id hash u32, event time u48), concatenated
--- ARGV[2] = card retention (ms), ARGV[3] = terminal day slots, ARGV[4] = terminal TTL (ms)
--- ARGV[5] = '1' when the last KEY is the state marker (as in update.lua).
+-- ARGV[2] = one byte per label, '1' for fraud, '0' for genuine
+-- ARGV[3] = card retention (ms), ARGV[4] = terminal day slots, ARGV[5] = terminal TTL (ms)
+-- ARGV[6] = '1' when the last KEY is the state marker (as in update.lua).
 --
--- The card record of the labelled transaction gets its fraud flag (bit 0 of byte
--- 10, 0-based, of the record). The terminal bucket of the transaction's day gets
--- +1 fraud (count_at_terminal, buckets.lua), unless the card record already carried the flag: a repeated label
--- counts once. Records older than the card's retention count as absent.
--- Labels are few, so this script favours clarity over speed.
+-- The card record of the labelled transaction gets its "labelled" flag (bit 2
+-- of byte 10, 0-based, of the record), and its fraud flag (bit 0) for a fraud.
+-- The terminal bucket of the transaction's day gets +1 label, and +1 fraud
+-- label for a fraud (count_at_terminal, buckets.lua), unless the card record
+-- already carried the labelled flag: a repeated label counts once. Records
+-- older than the card's retention count as absent.
 -- Returns the number of terminal increments.
 
-if ARGV[5] == '1' and redis.call('EXISTS', KEYS[#KEYS]) == 0 then
+if ARGV[6] == '1' and redis.call('EXISTS', KEYS[#KEYS]) == 0 then
   return redis.error_reply('FRAUDSTREAM_STATE_LOST')
 end
 
 local needles = ARGV[1]
-local retention = tonumber(ARGV[2])
-local slots = tonumber(ARGV[3])
-local term_ttl = ARGV[4]
+local kinds = ARGV[2]
+local retention = tonumber(ARGV[3])
+local slots = tonumber(ARGV[4])
+local term_ttl = ARGV[5]
 
 local RS = 28
 local unpack = struct.unpack
-local find, sub = string.find, string.sub
+local find, sub, byte = string.find, string.sub, string.byte
 local call = redis.call
 
 local counted = 0
 for i = 1, #needles / 10 do
   local needle = sub(needles, (i - 1) * 10 + 1, i * 10)
   local ts = unpack('<I6', needle, 5)
+  local fraud = byte(kinds, i) == 49
   local h = call('GET', KEYS[2 * i - 1])
   local count_terminal = true
   if h and ts > unpack('<I6', h, #h - RS + 5) - retention then
@@ -38,18 +42,20 @@ for i = 1, #needles / 10 do
       pos = find(h, needle, pos + 1, true)
     end
     if pos then
-      local flags = string.byte(h, pos + 10)
-      if flags % 2 == 1 then
+      local flags = byte(h, pos + 10)
+      -- Bit 0 alone: a fraud flag written before labels had their own bit.
+      if math.floor(flags / 4) % 2 == 1 or flags % 2 == 1 then
         count_terminal = false
       else
         -- SETRANGE keeps the key's TTL.
-        call('SETRANGE', KEYS[2 * i - 1], pos + 9, string.char(flags + 1))
+        flags = flags + 4 + (fraud and 1 or 0)
+        call('SETRANGE', KEYS[2 * i - 1], pos + 9, string.char(flags))
       end
     end
   end
   if count_terminal then
     local tk = KEYS[2 * i]
-    if count_at_terminal(tk, call('GET', tk) or '', ts, 2, slots, term_ttl) then
+    if count_at_terminal(tk, call('GET', tk) or '', ts, 0, 1, fraud and 1 or 0, slots, term_ttl) then
       counted = counted + 1
     end
   end

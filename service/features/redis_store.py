@@ -9,7 +9,8 @@ Lua scripts shipped next to this module:
   history as of that transaction plus the terminal buckets. Lua does only cheap
   string work; Python computes every window feature for the whole batch at once.
 * ``labels.lua`` (one ``EVALSHA`` per batch of labels): flag the card record as
-  fraud and count the label in the terminal's bucket of the transaction's day.
+  labelled (and fraud) and count the label in the terminal's bucket of the
+  transaction's day.
 
 Both count in a terminal's day buckets with ``count_at_terminal`` from
 ``buckets.lua``, which is loaded in front of each of them.
@@ -25,7 +26,7 @@ little-endian, sorted by event time (ties in arrival order)::
 
     0  u32  CRC-32 of transaction_id  ┐ the dedupe needle: id hash + event time,
     4  u48  event time, epoch ms      ┘ matched at a record boundary
-    10 u8   flags: 1 = fraud label received, 2 = has lat/lon
+    10 u8   flags: 1 = fraud label received, 2 = has lat/lon, 4 = label received
     11 u8   reserved (0)
     12 u32  CRC-32 of terminal_id      (card_new_terminal)
     16 f32  amount
@@ -39,10 +40,12 @@ copied to an exact-size allocation when APPEND outgrew it, since Redis would
 double it). Records older than ``newest - retention`` are trimmed lazily, once 4
 have gone stale; until then the reading side ignores them.
 
-``{prefix}:{t:<terminal_id>}`` — a string of ``12 * slots`` bytes: a ring of day
-buckets ``(u32 day, u32 transactions, u32 fraud labels)``, day ``k`` at index
-``k % slots``. O(1) work per transaction whatever the terminal's traffic (two
-small ``GETRANGE``/``SETRANGE`` sized writes). TTL: longest terminal window +
+``{prefix}:{t:<terminal_id>}`` — a string of ``16 * slots`` bytes: a ring of day
+buckets ``(u32 day, u32 transactions, u32 labels, u32 fraud labels)``, day ``k``
+at index ``k % slots`` (a ring of another size, e.g. written by an older
+release, is read as empty and replaced on the next count). O(1) work per
+transaction whatever the terminal's traffic (two small ``GETRANGE``/``SETRANGE``
+sized writes). TTL: longest terminal window +
 lateness, refreshed when a bucket starts a new day.
 
 Each transaction gets its card history and terminal ring *as it found them*
@@ -83,6 +86,7 @@ import numpy as np
 import redis
 
 from fraudstream.service.features.definitions import (
+    BIG_AMOUNT_FACTOR,
     DAY_MS,
     EARTH_RADIUS_KM,
     LABEL_WINDOW_S,
@@ -111,6 +115,9 @@ RECORD_DTYPE = np.dtype(
 )
 FLAG_FRAUD = 1
 FLAG_LOCATION = 2
+FLAG_LABELLED = 4
+#: Bytes per terminal day bucket (see the module docstring).
+BUCKET_SIZE = 16
 
 #: Card outcomes returned by ``update.lua`` (bits 0-1 of a status byte; bit 2 is
 #: "counted at the terminal").
@@ -277,10 +284,13 @@ class RedisFeatureStore:
         self._count(outcome, counted)
 
         # Terminal rings before each transaction, plus its own increment.
-        empty = bytes(12 * self._slots)
+        size = BUCKET_SIZE * self._slots
+        empty = bytes(size)
         rings = (
-            np.frombuffer(b"".join([t or empty for t in reply[1 : n + 1]]), dtype="<u4")
-            .reshape(n, self._slots, 3)
+            np.frombuffer(
+                b"".join([t if len(t) == size else empty for t in reply[1 : n + 1]]), dtype="<u4"
+            )
+            .reshape(n, self._slots, 4)
             .astype(np.int64)
         )
         day = batch.ts_ms // DAY_MS
@@ -288,7 +298,8 @@ class RedisFeatureStore:
         slot = day[i] % self._slots
         same_day = rings[i, slot, 0] == day[i]
         rings[i, slot, 1] = np.where(same_day, rings[i, slot, 1] + 1, 1)
-        rings[i, slot, 2] = np.where(same_day, rings[i, slot, 2], 0)
+        for col in (2, 3):
+            rings[i, slot, col] = np.where(same_day, rings[i, slot, col], 0)
         rings[i, slot, 0] = day[i]
 
         # Card histories as each transaction found them. An appended transaction
@@ -395,6 +406,16 @@ class RedisFeatureStore:
         var = np.maximum(sums2[:, 2] / np.maximum(n_earlier, 1) - mean * mean, 0.0)
         std = np.maximum(np.sqrt(var), MIN_STD)
         out[:, col + 1] = np.where(n_earlier >= 2, (batch.amount - mean) / std, 0.0)
+        ratio = batch.amount / np.where(mean > 0, mean, 1.0)
+        out[:, col + 2] = np.where(n_earlier >= 1, ratio, 1.0)
+        col += 3
+        # Pass 3: earlier records with a big amount (against that mean), per window.
+        big = earlier & (n_earlier[seg] >= 1) & (amount > BIG_AMOUNT_FACTOR * mean[seg])
+        big_windows = config.big_amount_windows_s
+        if big_windows:
+            columns = [big & (ts > tt - w * 1000) for w in big_windows]
+            out[:, col : col + len(big_windows)] = _segment_sums(columns, starts, lengths)
+            col += len(big_windows)
 
         if len(seg):
             located = has_prev & ((history["flags"][prev] & FLAG_LOCATION) != 0) & batch.located
@@ -405,24 +426,13 @@ class RedisFeatureStore:
             distance = np.where(located, distance, 0.0)
         else:
             distance = np.zeros(n)
-        out[:, col + 2] = distance
+        out[:, col] = distance
         hours = np.maximum(gap_ms / 3_600_000.0, MIN_SPEED_HOURS)
-        out[:, col + 3] = np.where(distance > 0, distance / hours, 0.0)
-        out[:, col + 4] = sums2[:, 3] == 0
-        out[:, col + 5] = sums[:, -1]
-        col += 6
-
-        day = (t // DAY_MS)[:, None]
-        bucket_day, bucket_tx, bucket_fraud = rings[..., 0], rings[..., 1], rings[..., 2]
-        for d in config.terminal_window_days:
-            inside = (bucket_day > day - d) & (bucket_day <= day)
-            count = (bucket_tx * inside).sum(axis=1).astype(np.float64)
-            frauds = (bucket_fraud * inside).sum(axis=1).astype(np.float64)
-            out[:, col], out[:, col + 1] = count, frauds
-            out[:, col + 2] = np.where(
-                count > 0, np.minimum(1.0, frauds / np.maximum(count, 1.0)), 0.0
-            )
-            col += 3
+        out[:, col + 1] = np.where(distance > 0, distance / hours, 0.0)
+        out[:, col + 2] = sums2[:, 3] == 0
+        out[:, col + 3] = sums[:, -1]
+        col += 4
+        col = self._terminal_features(out, col, t, rings)
 
         hour = (t % DAY_MS) // 3_600_000
         out[:, col] = batch.amount
@@ -431,22 +441,56 @@ class RedisFeatureStore:
         out[:, col + 3] = (t // DAY_MS + 3) % 7 >= 5
         return out
 
+    def _terminal_features(
+        self, out: np.ndarray, col: int, t: np.ndarray, rings: np.ndarray
+    ) -> int:
+        """Terminal traffic and label features from the day rings; the next column."""
+        config = self.config
+        day = (t // DAY_MS)[:, None]
+        bucket_day, bucket_tx = rings[..., 0], rings[..., 1]
+        bucket_labels, bucket_fraud = rings[..., 2], rings[..., 3]
+        for d in config.terminal_window_days:
+            inside = (bucket_day > day - d) & (bucket_day <= day)
+            out[:, col] = (bucket_tx * inside).sum(axis=1)
+            col += 1
+        for d in config.terminal_label_window_days:
+            inside = (bucket_day > day - d) & (bucket_day <= day)
+            labelled = (bucket_labels * inside).sum(axis=1).astype(np.float64)
+            frauds = (bucket_fraud * inside).sum(axis=1).astype(np.float64)
+            out[:, col] = frauds
+            out[:, col + 1] = np.where(labelled > 0, frauds / np.maximum(labelled, 1.0), 0.0)
+            col += 2
+        longest = max(config.terminal_label_window_days)
+        fraud_day = (bucket_fraud > 0) & (bucket_day > day - longest) & (bucket_day <= day)
+        any_fraud = fraud_day.any(axis=1)
+        last = np.where(fraud_day, bucket_day, -1).max(axis=1)
+        first = np.where(fraud_day, bucket_day, np.iinfo(np.int64).max).min(axis=1)
+        episode = (bucket_day >= first[:, None]) & (bucket_day <= day)
+        labelled = (bucket_labels * episode).sum(axis=1).astype(np.float64)
+        frauds = (bucket_fraud * episode).sum(axis=1).astype(np.float64)
+        today = day[:, 0]
+        out[:, col] = np.where(any_fraud, today - last, longest + 1)
+        out[:, col + 1] = np.where(any_fraud, today - first, -1)
+        out[:, col + 2] = np.where(any_fraud, frauds / np.maximum(labelled, 1.0), 0.0)
+        out[:, col + 3] = np.where(any_fraud, labelled, 0.0)
+        return col + 4
+
     # -- labels ----------------------------------------------------------------------
 
     def record_labels(self, labels: Sequence[LabelFact]) -> None:
-        """Count fraud labels for their card and terminal, in one ``EVALSHA``."""
-        frauds = [label for label in labels if label.is_fraud]
-        if not frauds:
+        """Count labels for their terminal (and fraud labels for their card), one ``EVALSHA``."""
+        if not labels:
             return
         keys: list[str] = []
         needles: list[bytes] = []
-        for label in frauds:
+        for label in labels:
             keys += [self.card_key(label.card_id), self.terminal_key(label.terminal_id)]
             needles.append(pack_needle(stable_hash32(label.transaction_id), label.event_time_ms))
         self._labels(
             keys + self._marker,
             [
                 b"".join(needles),
+                bytes(49 if label.is_fraud else 48 for label in labels),
                 self.config.retention_s * 1000,
                 self._slots,
                 self.config.terminal_ttl_s * 1000,

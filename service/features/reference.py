@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fraudstream.service.features.definitions import (
+    BIG_AMOUNT_FACTOR,
     DAY_MS,
     LABEL_WINDOW_S,
     MIN_SPEED_HOURS,
@@ -59,6 +60,7 @@ class _Event:
     lat: float | None
     lon: float | None
     terminal_id: str
+    labelled: bool = False
     fraud: bool = False
 
 
@@ -70,25 +72,30 @@ class _Terminal:
     counts are gone), an earlier day than the bucket's is not counted.
     """
 
-    # k % slots -> [day, transactions, fraud labels]
+    # k % slots -> [day, transactions, labels, fraud labels]
     buckets: dict[int, list[int]] = field(default_factory=dict)
 
-    def add(self, day: int, slots: int, tx: int, frauds: int) -> bool:
+    def add(self, day: int, slots: int, tx: int, labels: int, frauds: int) -> bool:
         """Count in the bucket of ``day``; False when the bucket holds a later day."""
         bucket = self.buckets.get(day % slots)
         if bucket is None or bucket[0] < day:
-            self.buckets[day % slots] = [day, tx, frauds]
+            self.buckets[day % slots] = [day, tx, labels, frauds]
         elif bucket[0] == day:
             bucket[1] += tx
-            bucket[2] += frauds
+            bucket[2] += labels
+            bucket[3] += frauds
         else:
             return False
         return True
 
-    def window(self, day: int, days: int) -> tuple[int, int]:
-        """Transactions and fraud labels of days ``(day - days, day]``."""
-        inside = [b for b in self.buckets.values() if day - days < b[0] <= day]
-        return sum(b[1] for b in inside), sum(b[2] for b in inside)
+    def days(self, first: int, last: int) -> list[list[int]]:
+        """The buckets of days ``[first, last]``."""
+        return [b for b in self.buckets.values() if first <= b[0] <= last]
+
+    def window(self, day: int, days: int) -> tuple[int, int, int]:
+        """Transactions, labels and fraud labels of days ``(day - days, day]``."""
+        inside = self.days(day - days + 1, day)
+        return sum(b[1] for b in inside), sum(b[2] for b in inside), sum(b[3] for b in inside)
 
 
 class ReferenceFeatureStore:
@@ -124,18 +131,17 @@ class ReferenceFeatureStore:
         return FeatureBatch(self._names, values, np.array(duplicate, dtype=bool))
 
     def record_labels(self, labels: Sequence[LabelFact]) -> None:
-        """Count fraud labels for the card (flag on its record) and terminal (day bucket)."""
+        """Count labels for the terminal (day bucket) and fraud labels for the card (its record)."""
         slots = self.config.terminal_slots
         for label in labels:
-            if not label.is_fraud:
-                continue
             event = self._find(self._cards.get(label.card_id, []), label)
             if event is not None:
-                if event.fraud:
+                if event.labelled:
                     continue  # already counted: a repeated label is not counted twice
-                event.fraud = True
+                event.labelled = True
+                event.fraud = label.is_fraud
             terminal = self._terminals.setdefault(label.terminal_id, _Terminal())
-            terminal.add(utc_day(label.event_time_ms), slots, 0, 1)
+            terminal.add(utc_day(label.event_time_ms), slots, 0, 1, int(label.is_fraud))
 
     # -- one transaction --------------------------------------------------------------
 
@@ -200,7 +206,7 @@ class ReferenceFeatureStore:
 
     def _count_at_terminal(self, terminal_id: str, day: int) -> None:
         terminal = self._terminals.setdefault(terminal_id, _Terminal())
-        if not terminal.add(day, self.config.terminal_slots, 1, 0):
+        if not terminal.add(day, self.config.terminal_slots, 1, 0, 0):
             self.counters.terminal_dropped += 1
 
     def _features(self, tx: Transaction, view: list[_Event], position: int) -> list[float]:
@@ -218,12 +224,19 @@ class ReferenceFeatureStore:
 
         longest_ms = max(config.windows_s) * 1000
         amounts = [e.amount for e in earlier if e.ts_ms > t - longest_ms]
+        mean = sum(amounts) / len(amounts) if amounts else 0.0
         if len(amounts) >= 2:
-            mean = sum(amounts) / len(amounts)
             std = math.sqrt(sum((a - mean) ** 2 for a in amounts) / len(amounts))
             row.append((tx.amount - mean) / max(std, MIN_STD))
         else:
             row.append(0.0)
+        row.append(tx.amount / mean if amounts else 1.0)
+        for w in config.big_amount_windows_s:
+            big = [
+                e for e in earlier
+                if e.ts_ms > t - w * 1000 and amounts and e.amount > BIG_AMOUNT_FACTOR * mean
+            ]  # fmt: skip
+            row.append(float(len(big)))
 
         distance = 0.0
         if previous is not None and None not in (previous.lat, current.lat):
@@ -244,8 +257,20 @@ class ReferenceFeatureStore:
         day = t // DAY_MS
         terminal = self._terminals.get(tx.terminal_id, _Terminal())
         for d in config.terminal_window_days:
-            count, frauds = terminal.window(day, d)
-            row += [float(count), float(frauds), min(1.0, frauds / count) if count else 0.0]
+            row.append(float(terminal.window(day, d)[0]))
+        for d in config.terminal_label_window_days:
+            _, labelled, frauds = terminal.window(day, d)
+            row += [float(frauds), frauds / labelled if labelled else 0.0]
+        longest = max(config.terminal_label_window_days)
+        fraud_days = [b[0] for b in terminal.days(day - longest + 1, day) if b[3] > 0]
+        if fraud_days:
+            first = min(fraud_days)
+            episode = terminal.days(first, day)
+            labelled, frauds = sum(b[2] for b in episode), sum(b[3] for b in episode)
+            row += [float(day - max(fraud_days)), float(day - first), frauds / labelled,
+                    float(labelled)]  # fmt: skip
+        else:
+            row += [float(longest + 1), -1.0, 0.0, 0.0]
 
         row.append(tx.amount)
         row += calendar_features(t)

@@ -33,7 +33,7 @@ local slots = tonumber(ARGV[4])
 local term_ttl = ARGV[5]
 
 local RS = 28                        -- record size
-local TS = slots * 12                -- terminal string size
+local TS = slots * BUCKET            -- terminal string size
 local DAY = 86400000
 local STALE = 4                      -- trim once this many records are stale
 local unpack = struct.unpack
@@ -121,7 +121,7 @@ for i = 1, n do
   local tk = KEYS[2 * i]
   local t = call('GET', tk) or ''
   if st == 0 or st == 3 then
-    if count_at_terminal(tk, t, ts, 1, slots, term_ttl) then
+    if count_at_terminal(tk, t, ts, 1, 0, 0, slots, term_ttl) then
       st = st + 4
     end
     if #t < TS then

@@ -1,18 +1,21 @@
 """The scorer's view of the registry.
 
-Hot swap, the rules prior until trained, refusal of tampered or foreign model versions (the version
-in use stays).
+Hot swap, the rules prior until a version ranks recent labels at least as well,
+refusal of tampered or foreign model versions (the version in use stays).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import redis
 from pydantic import SecretStr
 
 from fraudstream.service.metrics import Metrics
 from fraudstream.service.model import FraudModel
-from fraudstream.service.model_watcher import ModelWatcher, ServingPolicy
+from fraudstream.service.model_watcher import ModelWatcher
 from fraudstream.service.registry import ModelRegistry
+from fraudstream.service.rules import RulesPrior
+from fraudstream.service.serving import RecentQuality, ServingPolicy, learn_labelled
 
 NAMES = ("amount", "card_amount_zscore", "card_tx_count_1h")
 
@@ -25,25 +28,35 @@ class _Clock:
         return self.now
 
 
+def _rows(labels: int, flipped: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    i = np.arange(labels)
+    fraud = i % 10 == 0
+    if flipped:  # frauds that look genuine, and the other way round
+        fraud = ~fraud
+    looks_fraud = i % 10 == 0
+    X = np.column_stack(
+        [
+            # Below every threshold of the rules prior: it cannot tell them apart.
+            np.where(looks_fraud, 900.0, 20.0 + i % 7),
+            np.where(looks_fraud, 2.0, 0.1),
+            np.where(looks_fraud, 2.0, 1.0),
+        ]
+    )
+    return X, fraud
+
+
 def _trained(labels: int) -> FraudModel:
+    """A model learnt the learner's way (its recent quality recorded before learning)."""
     model = FraudModel("logreg", NAMES)
-    for i in range(labels):
-        fraud = i % 10 == 0
-        model.learn_one(
-            {
-                "amount": 900.0 if fraud else 20.0 + i % 7,
-                "card_amount_zscore": 4.0 if fraud else 0.1,
-                "card_tx_count_1h": 6.0 if fraud else 1.0,
-            },
-            fraud,
-        )
+    X, y = _rows(labels)
+    for lo in range(0, labels, 50):
+        learn_labelled(model, RulesPrior(NAMES), X[lo : lo + 50], y[lo : lo + 50])
     return model
 
 
 def _watcher(registry: ModelRegistry, metrics: Metrics, clock: _Clock) -> ModelWatcher:
-    return ModelWatcher(
-        registry, NAMES, policy=ServingPolicy(100), poll_s=1.0, metrics=metrics, clock=clock
-    )
+    policy = ServingPolicy(min_labels=100, min_frauds=5)
+    return ModelWatcher(registry, NAMES, policy=policy, poll_s=1.0, metrics=metrics, clock=clock)
 
 
 def test_rules_prior_until_trained_then_hot_swap_between_polls(
@@ -55,6 +68,15 @@ def test_rules_prior_until_trained_then_hot_swap_between_polls(
     assert watcher.current().kind == "rules"
 
     registry.publish(_trained(50))  # too few labels to replace the prior
+    clock.now += 2
+    assert watcher.current().kind == "rules"
+
+    # Enough labels, but it ranks its recent labels worse than the prior: not served.
+    worse = _trained(150)
+    X, y = _rows(200, flipped=True)
+    worse.recent = RecentQuality()
+    worse.recent.update_many(worse.proba_many(X), RulesPrior(NAMES).score_many(X)[0], y)
+    registry.publish(worse)
     clock.now += 2
     assert watcher.current().kind == "rules"
 

@@ -104,10 +104,41 @@ def test_score_many_cache_follows_learning() -> None:
     np.testing.assert_allclose(p2, expected, atol=1e-9)
 
 
-def test_linear_models_use_numpy_path() -> None:
-    assert FraudModel("logreg", NAMES).is_linear
-    assert FraudModel("logreg_under", NAMES).is_linear
-    assert not FraudModel("arf", NAMES).is_linear
+def test_every_catalogue_model_scores_on_numpy(name: str) -> None:
+    model = FraudModel(name, NAMES)
+    assert model.is_vectorised
+    assert model.is_linear == name.startswith("logreg")
+
+
+def test_forest_learns_the_planted_frauds_and_scores_like_row_by_row() -> None:
+    names, X, Y = synthetic_stream(20_000, seed=5, fraud_rate=0.05)
+    model = FraudModel("forest", names)
+    for lo in range(0, 15_000, 500):  # label batches, as the learner gets them
+        model.learn_many(X[lo : lo + 500], Y[lo : lo + 500])
+    assert (model.labels_learnt, model.frauds_learnt) == (15_000, int(Y[:15_000].sum()))
+    p = model.proba_many(X[15_000:])
+    from fraudstream.service.progressive import roc_auc
+
+    assert roc_auc(p, Y[15_000:]) > 0.9
+    one = [model.predict_proba_one(dict(zip(names, r.tolist(), strict=True)))[True]
+           for r in X[15_000:15_200]]  # fmt: skip
+    np.testing.assert_allclose(p[:200], one, rtol=0, atol=1e-12)
+    # Reasons: z-scores against the learnt rows' running moments.
+    reasons = model.reasons_many(X[15_000:15_010])
+    assert all(len(r) == 3 for r in reasons)
+    # A checkpoint leaves the split histograms out, and scores the same.
+    restored = pickle.loads(pickle.dumps(model))
+    np.testing.assert_array_equal(restored.proba_many(X[15_000:]), p)
+    assert len(pickle.dumps(model)) < 2_000_000
+
+
+def test_forest_learn_one_equals_learn_many_in_effect() -> None:
+    a, b = FraudModel("forest", NAMES), FraudModel("forest", NAMES)
+    for row, y in zip(X, Y, strict=True):
+        a.learn_one(_x(row), bool(y))
+    b.learn_many(X, Y)
+    assert a.labels_learnt == b.labels_learnt == len(X)
+    assert a.frauds_learnt == b.frauds_learnt
 
 
 def test_reasons_are_top_contributions_and_only_where_asked() -> None:

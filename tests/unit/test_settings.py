@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from fraudstream.cli import main
+from fraudstream.service.model import DEFAULT_MODEL
 from fraudstream.service.settings import Settings
 
 
@@ -42,4 +43,4 @@ def test_the_cli_refuses_to_run_in_one_line_and_config_shows_it() -> None:
     assert "FRAUDSTREAM_MODLE=arf  <- INVALID: not a setting (did you mean FRAUDSTREAM_MODEL?)" in (
         shown.output
     )
-    assert "FRAUDSTREAM_MODEL=logreg" in shown.output
+    assert f"FRAUDSTREAM_MODEL={DEFAULT_MODEL}" in shown.output

@@ -23,6 +23,7 @@ CONFIG = FeatureConfig(
     prefix="unused",
     windows_s=(600, 3600, 6 * 3600),
     terminal_window_days=(1, 2),
+    terminal_label_window_days=(1, 3),
     allowed_lateness_s=1800,
 )
 
@@ -93,6 +94,7 @@ def config(redis_prefix: str) -> FeatureConfig:
         prefix=redis_prefix,
         windows_s=CONFIG.windows_s,
         terminal_window_days=CONFIG.terminal_window_days,
+        terminal_label_window_days=CONFIG.terminal_label_window_days,
         allowed_lateness_s=CONFIG.allowed_lateness_s,
     )
 
@@ -181,12 +183,15 @@ def test_labels_update_fraud_features(redis_client: redis.Redis, config: Feature
     ]  # fmt: skip
     store.update_and_compute(tx[:2])
     store.record_labels([label_for(tx[0]), label_for(tx[1], is_fraud=False)])
-    store.record_labels([label_for(tx[0])])  # a repeated label counts once
+    store.record_labels([label_for(tx[0]), label_for(tx[1])])  # repeated labels count once
     row = dict(zip(store.names, store.update_and_compute(tx[2:]).values[0], strict=True))
     assert row["card_fraud_labels_30d"] == 1
     assert row["terminal_tx_count_1d"] == 3
     assert row["terminal_fraud_labels_1d"] == 1
-    assert row["terminal_fraud_rate_1d"] == pytest.approx(1 / 3)
+    # Among the two labelled transactions, not the three counted.
+    assert row["terminal_fraud_rate_1d"] == pytest.approx(1 / 2)
+    assert row["terminal_days_since_fraud"] == 0
+    assert (row["terminal_fraud_episode_days"], row["terminal_labelled_episode"]) == (0, 2)
 
 
 def test_two_scorers_sharing_terminals_match_the_reference(

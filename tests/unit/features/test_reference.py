@@ -12,7 +12,10 @@ from fraudstream.service.schemas import Transaction
 T0 = 1_522_540_800_000  # 2018-04-01 00:00 UTC, a Sunday
 MIN = 60_000
 CONFIG = FeatureConfig(
-    windows_s=(3600, 86400), terminal_window_days=(1, 7), allowed_lateness_s=3600
+    windows_s=(3600, 86400),
+    terminal_window_days=(1, 7),
+    terminal_label_window_days=(1, 7),
+    allowed_lateness_s=3600,
 )
 
 
@@ -109,7 +112,8 @@ def test_labels_feed_card_and_terminal_features(store: ReferenceFeatureStore) ->
     (c,) = rows(store, tx("c", T0 + 2 * MIN))
     assert c["card_fraud_labels_30d"] == 1
     assert (c["terminal_tx_count_1d"], c["terminal_fraud_labels_1d"]) == (3, 1)
-    assert c["terminal_fraud_rate_1d"] == pytest.approx(1 / 3)
+    # The rate is among labelled transactions (a and b), not all three counted.
+    assert c["terminal_fraud_rate_1d"] == pytest.approx(1 / 2)
     (d,) = rows(store, tx("d", T0 + 2 * MIN, card="other"))
     assert d["card_fraud_labels_30d"] == 0
 
@@ -128,3 +132,42 @@ def test_too_late_events_are_not_stored(store: ReferenceFeatureStore) -> None:
     (again,) = rows(store, tx("b", T0))
     assert store.counters.too_late == 2 and store.counters.inserted == 1
     assert again["card_tx_count_1d"] == 1
+
+
+def test_amount_ratio_and_big_amounts() -> None:
+    store = ReferenceFeatureStore(FeatureConfig(windows_s=(3600, 14 * 86400)))
+    day = 86_400_000
+    a, b, c = rows(store, tx("a", T0, 10), tx("b", T0 + MIN, 20), tx("c", T0 + 2 * MIN, 90))
+    assert (a["card_amount_ratio"], a["card_big_amounts_7d"]) == (1.0, 0)  # no history
+    assert b["card_amount_ratio"] == 2.0  # 20 against a mean of 10
+    assert c["card_amount_ratio"] == 6.0  # 90 against 15
+    assert c["card_big_amounts_7d"] == 0  # 90 is the current one, not an earlier one
+    (d,) = rows(store, tx("d", T0 + 3 * MIN, 10))
+    # Earlier mean 40: c (90) is not above 3 x 40.
+    assert (d["card_amount_ratio"], d["card_big_amounts_7d"]) == (0.25, 0)
+    rows(store, *[tx(f"g{i}", T0 + (4 + i) * MIN, 10) for i in range(6)])
+    (e,) = rows(store, tx("e", T0 + 8 * day, 10))
+    # Earlier mean (10 + 20 + 90 + 7 x 10) / 10 = 19: c counts in 14 days, not in 7.
+    assert (e["card_big_amounts_7d"], e["card_big_amounts_14d"]) == (0, 1)
+    assert e["card_amount_ratio"] == pytest.approx(10 / 19)
+
+
+def test_terminal_label_features_count_known_outcomes_only(store: ReferenceFeatureStore) -> None:
+    day = 86_400_000
+    rows(store, tx("a", T0 - 3 * day, card="x"), tx("b", T0 - 2 * day, card="y"),
+         tx("c", T0 - 2 * day + MIN, card="z"), tx("u", T0 - day, card="u"))  # fmt: skip
+    (none,) = rows(store, tx("n", T0, card="n"))
+    assert none["terminal_fraud_rate_7d"] == 0 and none["terminal_fraud_episode_days"] == -1
+    assert none["terminal_days_since_fraud"] == 8  # longest label window + 1
+    store.record_labels([
+        LabelFact("a", "x", "m", T0 - 3 * day, False), LabelFact("b", "y", "m", T0 - 2 * day, True),
+        LabelFact("c", "z", "m", T0 - 2 * day + MIN, True),
+    ])  # fmt: skip
+    (now,) = rows(store, tx("d", T0, card="w"))
+    # u (day -1) and n, d (today) have no label yet: 2 frauds among 3 labelled.
+    assert now["terminal_fraud_labels_7d"] == 2
+    assert now["terminal_fraud_rate_7d"] == pytest.approx(2 / 3)
+    assert (now["terminal_tx_count_7d"], now["terminal_fraud_labels_1d"]) == (6, 0)
+    assert (now["terminal_days_since_fraud"], now["terminal_fraud_episode_days"]) == (2, 2)
+    # The episode starts on the first fraud day (-2): b and c, both frauds.
+    assert (now["terminal_fraud_rate_episode"], now["terminal_labelled_episode"]) == (1.0, 2)

@@ -1,0 +1,144 @@
+"""Labelled files read as they are (the handbook's CSV), and the evaluate command's outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from fraudstream.cli import main
+from fraudstream.evaluation.stream import LabelledStream
+from fraudstream.producers.files import FileFormatError
+from fraudstream.producers.simulator import SimulationConfig, simulate
+
+#: The Fraud Detection Handbook's simulated data, as its notebooks write it to CSV.
+HANDBOOK_CSV = """\
+TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT,TX_TIME_SECONDS,TX_TIME_DAYS,TX_FRAUD,TX_FRAUD_SCENARIO
+0,2018-04-01 00:00:31,596,3156,57.16,31,0,0,0
+1,2018-04-01 00:02:10,4961,3412,81.51,130,0,0,0
+2,2018-04-01 00:07:56,2,1365,146.0,476,0,0,0
+3,2018-04-01 00:09:29,4128,8737,226.4,569,0,1,1
+4,2018-04-02 00:10:34,927,9906,55.79,86434,1,0,0
+"""
+
+
+def test_the_handbook_csv_is_read_as_is(tmp_path: Path) -> None:
+    path = tmp_path / "handbook.csv"
+    path.write_text(HANDBOOK_CSV)
+    stream = LabelledStream.from_file(path, preset="handbook")
+    assert len(stream) == 5
+    assert stream.transaction_ids(np.arange(5)) == ["0", "1", "2", "3", "4"]
+    assert [stream.card_names[c] for c in stream.card] == ["596", "4961", "2", "4128", "927"]
+    assert stream.is_fraud.tolist() == [False, False, False, True, False]
+    assert stream.scenario is not None and stream.scenario.tolist() == [0, 0, 0, 1, 0]
+    # Naive datetimes are UTC.
+    assert stream.time_ms[0] == 1_522_540_831_000
+    tx = stream.transactions(3, 4)[0]
+    assert (tx.card_id, tx.terminal_id, tx.amount) == ("4128", "8737", 226.4)
+    # Without the scenario column, and without the extra columns, it still reads.
+    short = tmp_path / "short.csv"
+    short.write_text(
+        "\n".join(
+            ",".join([*line.split(",")[:5], line.split(",")[7]])
+            for line in HANDBOOK_CSV.splitlines()
+        )
+        + "\n"
+    )
+    plain = LabelledStream.from_file(short, preset="handbook")
+    assert plain.scenario is None and plain.is_fraud.sum() == 1
+
+
+def test_a_row_without_label_is_refused_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text(HANDBOOK_CSV.replace("146.0,476,0,0,0", "146.0,476,0,,"))
+    with pytest.raises(FileFormatError, match="line 4"):
+        LabelledStream.from_file(path, preset="handbook")
+
+
+def _write_handbook_csv(path: Path) -> None:
+    """A small simulation written in the handbook's CSV layout (naive UTC datetimes)."""
+    sim = simulate(SimulationConfig(n_customers=200, n_terminals=400, n_days=40, seed=3))
+    start_s = sim.config.start_ms // 1000
+    lines = [
+        "TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT,TX_FRAUD,TX_FRAUD_SCENARIO"
+    ]
+    stamps = np.datetime_as_string((sim.time_ms // 1000).astype("datetime64[s]"), unit="s")
+    for i in range(len(sim)):
+        lines.append(
+            f"{i},{stamps[i].replace('T', ' ')},{sim.customer[i]},{sim.terminal[i]},"
+            f"{sim.amount[i]:.2f},{int(sim.is_fraud[i])},{sim.scenario[i]}"
+        )
+    assert start_s > 0
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_evaluate_a_handbook_file_prints_the_table_and_json_last(tmp_path: Path) -> None:
+    path = tmp_path / "tx.csv"
+    _write_handbook_csv(path)
+    report_dir = tmp_path / "report"
+    result = CliRunner().invoke(
+        main,
+        [
+            "evaluate",
+            str(path),
+            "--preset",
+            "handbook",
+            "--models",
+            "logreg,forest",
+            "--store",
+            "reference",
+            "--label-delay-days",
+            "3",
+            "--assessment-weeks",
+            "2",
+            "--bootstrap",
+            "50",
+            "--min-frauds",
+            "3",
+            "--no-progress",
+            "--json",
+            "--report",
+            str(report_dir),
+        ],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    report = json.loads(lines[-1])
+    assert report["default_model"] == "forest"
+    for name in ("forest", "logreg", "rules"):
+        m = report["models"][name]
+        for key in ("roc_auc", "average_precision", "card_precision_at_100"):
+            assert 0.0 <= m[key] <= 1.0, (name, key)
+            lo, hi = m["ci95"][key]
+            assert lo <= m[key] <= hi
+    assert report["protocol"]["weeks"] == 2
+    assert report["assessed"]["transactions"] > 0
+    assert "compromised-terminal" in report["models"]["forest"]["by_scenario"]
+    table = "\n".join(lines[:-1])
+    assert "forest (default)" in table and "rules prior alone" in table
+    written = sorted(p.name for p in report_dir.iterdir())
+    assert {
+        "report.json",
+        "report.md",
+        "card_precision_daily.png",
+        "roc_pr.png",
+        "score_distribution.png",
+        "learning.png",
+        "scenario_recall.png",
+    } <= set(written)
+    assert (
+        json.loads((report_dir / "report.json").read_text())["models"].keys()
+        == report["models"].keys()
+    )
+    assert "| **forest (default)** |" in (report_dir / "report.md").read_text()
+
+
+def test_evaluate_needs_a_file_or_simulate() -> None:
+    result = CliRunner().invoke(main, ["evaluate"])
+    assert result.exit_code != 0 and "--simulate" in result.output
+    result = CliRunner().invoke(main, ["evaluate", "--simulate", "--models", "nope"])
+    assert result.exit_code != 0 and "unknown model" in result.output
