@@ -15,6 +15,7 @@ from typing import Any
 import click
 import numpy as np
 
+from fraudstream.producers.cli import column_map
 from fraudstream.service.errors import FraudstreamError
 from fraudstream.service.model import CATALOGUE
 from fraudstream.service.settings import Settings
@@ -39,16 +40,6 @@ def _date(value: str | None) -> date | None:
         return date.fromisoformat(value)
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)") from None
-
-
-def _mapping(pairs: tuple[str, ...]) -> dict[str, str] | None:
-    out = {}
-    for pair in pairs:
-        source, sep, target = pair.partition("=")
-        if not sep or not source or not target:
-            raise click.BadParameter(f"{pair!r}: expected SOURCE=FIELD", param_hint="--map")
-        out[source.strip()] = target.strip()
-    return out or None
 
 
 @click.command("evaluate")
@@ -253,7 +244,7 @@ def run_evaluation(
             opts["file"],
             fmt=opts["fmt"],
             preset=opts["preset"],
-            mapping=_mapping(opts["pairs"]),
+            mapping=column_map(opts["pairs"]),  # the preset is applied by the reader
             assume_utc=True if opts["assume_utc"] else None,
             seed=opts["seed"],
         )

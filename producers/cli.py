@@ -212,7 +212,16 @@ def simulate_cmd(
     )
 
 
-def _parse_mapping(preset: str | None, pairs: tuple[str, ...]) -> dict[str, str] | None:
+def column_map(pairs: tuple[str, ...], preset: str | None = None) -> dict[str, str] | None:
+    """The columns ``--map SOURCE=FIELD`` options rename (after the ``--preset``'s), or ``None``.
+
+    >>> column_map(("TX_AMOUNT = amount",))
+    {'TX_AMOUNT': 'amount'}
+    >>> column_map(("TX_AMOUNT",))
+    Traceback (most recent call last):
+    ...
+    click.exceptions.BadParameter: 'TX_AMOUNT' is not SOURCE=FIELD
+    """
     mapping: dict[str, str] = dict(HANDBOOK_MAPPING) if preset == "handbook" else {}
     for pair in pairs:
         source, sep, target = pair.partition("=")
@@ -289,7 +298,7 @@ def produce_cmd(
     """
     from fraudstream.producers.produce import produce_file
 
-    mapping = _parse_mapping(preset, pairs)
+    mapping = column_map(pairs, preset)
     name = display_name(file)
     reported = 0
 
