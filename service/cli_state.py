@@ -84,11 +84,10 @@ def rebuild_cmd(settings: Settings, since: str | None, force: bool) -> None:
     rebuild has written a new one.
     """
     from fraudstream.service.features.definitions import FeatureConfig
-    from fraudstream.service.features.redis_store import RedisFeatureStore
     from fraudstream.service.kafka import make_consumer
     from fraudstream.service.redis_client import redis_client
-    from fraudstream.service.snapshots import SnapshotStore
     from fraudstream.service.state import StateMarker, rebuild_state
+    from fraudstream.service.stores import feature_store, snapshot_store
 
     since_ms = _parse_since(since, settings)
     client = redis_client(settings)
@@ -116,8 +115,17 @@ def rebuild_cmd(settings: Settings, since: str | None, force: bool) -> None:
         report = rebuild_state(
             client,
             consumer,
-            RedisFeatureStore(client, FeatureConfig.from_settings(settings)),
-            SnapshotStore(client, settings.redis_prefix, settings.snapshot_ttl_s),
+            feature_store(
+                client,
+                FeatureConfig.from_settings(settings),
+                wait_replicas=settings.redis_cluster_wait_replicas,
+            ),
+            snapshot_store(
+                client,
+                settings.redis_prefix,
+                settings.snapshot_ttl_s,
+                settings.redis_cluster_wait_replicas,
+            ),
             prefix=settings.redis_prefix,
             topic_transactions=settings.topic_transactions,
             topic_labels=settings.topic_labels,
