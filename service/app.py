@@ -33,6 +33,7 @@ from typing import Any
 
 import redis
 from kafka.errors import KafkaError
+from redis.exceptions import RedisClusterException
 
 from fraudstream.service.alerts import BudgetPolicy, DecisionPolicy, ThresholdPolicy
 from fraudstream.service.checkpoint import Checkpoint
@@ -190,7 +191,7 @@ class Application:
                 return "redis not connected"
             if self._state_known and not self._redis.exists(marker_key(self.settings.redis_prefix)):
                 return lost_message(self.settings.redis_prefix)
-        except redis.RedisError as exc:
+        except (redis.RedisError, RedisClusterException) as exc:
             return redis_problem(exc, self.settings)
         return None
 

@@ -51,14 +51,17 @@ True
 from __future__ import annotations
 
 import functools
+import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+from redis.exceptions import RedisClusterException
 
-from fraudstream.service.errors import UnavailableError
+log = logging.getLogger(__name__)
 
 #: The first line of every per-node script.
 _FLAGS = "#!lua flags=allow-cross-slot-keys\n"
@@ -147,6 +150,15 @@ class NodeScript:
         return ("EVAL", self.source, 0, len(keys), *keys, *args)
 
 
+class ClusterUnavailableError(redis.exceptions.ConnectionError):
+    """A master of the cluster cannot do its part of a round now; the batch is retried.
+
+    A ``redis.ConnectionError``: the service's transient-error handling
+    (:func:`~fraudstream.service.errors.is_dependency_error`, the consume loop's
+    back-off and its ``redis`` error count) treats it as Redis being away.
+    """
+
+
 def _read(connection: Any, count: int) -> list[Any]:
     """``count`` replies of a connection, error replies as exception objects (read them all)."""
     out: list[Any] = []
@@ -180,18 +192,24 @@ class NodeRounds:
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = wait_timeout_ms
         self._stale = False
+        self._replicas: dict[str, tuple[int, float]] = {}
 
     def group(self, keys: Sequence[str]) -> list[tuple[ClusterNode, list[int], set[int]]]:
         """Per master holding some of ``keys``: the node, its keys' positions, their slots.
 
         Raises
         ------
-        UnavailableError
+        ClusterUnavailableError
             A slot has no master in the slot map (reloaded next time).
         """
         if self._stale:
+            try:
+                self.client.nodes_manager.initialize()
+            except (redis.RedisError, RedisClusterException) as exc:
+                raise ClusterUnavailableError(
+                    f"Redis Cluster: cannot load the slot map ({exc})"
+                ) from exc
             self._stale = False
-            self.client.nodes_manager.initialize()
         cache = self.client.nodes_manager.slots_cache
         groups: dict[str, tuple[ClusterNode, list[int], set[int]]] = {}
         for i, key in enumerate(keys):
@@ -199,7 +217,7 @@ class NodeRounds:
             holders = cache.get(slot)
             if not holders:
                 self._stale = True
-                raise UnavailableError(f"Redis Cluster: no node serves slot {slot}")
+                raise ClusterUnavailableError(f"Redis Cluster: no node serves slot {slot}")
             node = holders[0]
             group = groups.get(node.name)
             if group is None:
@@ -216,48 +234,82 @@ class NodeRounds:
 
         Raises
         ------
-        UnavailableError
+        ClusterUnavailableError
             A node is unreachable, refused a command for a cluster reason, or
             too few replicas acknowledged (the slot map is reloaded next time).
         redis.ResponseError
             Another error reply (the first one).
         """
-        waiting = wait and self.wait_replicas > 0
+        waits = [self._replicas_to_wait(node) if wait else 0 for node, _ in calls]
         taken: list[tuple[ClusterNode, Any]] = []
         try:
-            for node, commands in calls:
+            for (node, commands), replicas in zip(calls, waits, strict=True):
                 connection = node.redis_connection.connection_pool.get_connection()
                 taken.append((node, connection))
-                if waiting:
-                    commands = [*commands, ("WAIT", self.wait_replicas, self.wait_timeout_ms)]
+                if replicas:
+                    commands = [*commands, ("WAIT", replicas, self.wait_timeout_ms)]
                 connection.send_packed_command(connection.pack_commands(commands))
             replies = [
-                _read(connection, len(commands) + waiting)
-                for (_, connection), (_, commands) in zip(taken, calls, strict=True)
+                _read(connection, len(commands) + bool(replicas))
+                for (_, connection), (_, commands), replicas in zip(
+                    taken, calls, waits, strict=True
+                )
             ]
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             self._stale = True
             for _, connection in taken:
                 connection.disconnect()
-            raise UnavailableError(f"Redis Cluster node unreachable: {exc}") from exc
+            raise ClusterUnavailableError(f"Redis Cluster node unreachable: {exc}") from exc
         finally:
             for node, connection in taken:
                 node.redis_connection.connection_pool.release(connection)
-        for (node, _), out in zip(taken, replies, strict=True):
-            self._check(node, out, waiting)
+        for (node, _), out, replicas in zip(taken, replies, waits, strict=True):
+            self._check(node, out, replicas)
         return replies
 
-    def _check(self, node: ClusterNode, out: list[Any], waiting: bool) -> None:
+    def _replicas_to_wait(self, node: ClusterNode) -> int:
+        """``wait_replicas``, or fewer when the master has fewer replicas connected.
+
+        A replica promoted after its master failed has no replica of its own
+        until one joins: waiting for one would stall the stream, so its writes
+        are acknowledged by the replicas it has (a warning says so). The count
+        is read again every 5 s.
+        """
+        if self.wait_replicas == 0:
+            return 0
+        now = time.monotonic()
+        known = self._replicas.get(node.name)
+        if known is None or now - known[1] > 5.0:
+            try:
+                info = node.redis_connection.info("replication")
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                self._stale = True
+                raise ClusterUnavailableError(f"Redis Cluster node unreachable: {exc}") from exc
+            connected = int(info.get("connected_slaves", 0))
+            if connected < self.wait_replicas and (known is None or known[0] != connected):
+                log.warning(
+                    "Redis Cluster master %s has %d replica(s) connected, fewer than the %d "
+                    "its writes should reach (FRAUDSTREAM_REDIS_CLUSTER_WAIT_REPLICAS): a "
+                    "failure of this master until one joins may lose the last batches' writes",
+                    node.name,
+                    connected,
+                    self.wait_replicas,
+                )
+            known = self._replicas[node.name] = (connected, now)
+        return min(self.wait_replicas, known[0])
+
+    def _check(self, node: ClusterNode, out: list[Any], replicas: int) -> None:
         """Raise the first error reply of a node; drop and check its ``WAIT`` reply."""
         for reply in out:
             if isinstance(reply, redis.ResponseError):
                 self._raise(node, reply)
-        if waiting:
+        if replicas:
             acked = out.pop()
-            if int(acked) < self.wait_replicas:
+            if int(acked) < replicas:
                 self._stale = True
-                raise UnavailableError(
-                    f"Redis Cluster node {node.name}: {acked} of {self.wait_replicas} "
+                self._replicas.pop(node.name, None)
+                raise ClusterUnavailableError(
+                    f"Redis Cluster node {node.name}: {acked} of {replicas} "
                     "replicas acknowledged the batch's writes (WAIT); retried"
                 )
 
@@ -265,7 +317,7 @@ class NodeRounds:
         text = str(reply)
         if isinstance(reply, _TOPOLOGY_ERRORS) or _NON_LOCAL in text:
             self._stale = True
-            raise UnavailableError(f"Redis Cluster node {node.name}: {text}") from reply
+            raise ClusterUnavailableError(f"Redis Cluster node {node.name}: {text}") from reply
         raise reply
 
 
