@@ -359,3 +359,41 @@ def missing_slot_markers(client: RedisCluster, prefix: str) -> list[int]:
     for (_, idx, _), reply in zip(groups, replies, strict=True):
         missing += [idx[j] for j, present in enumerate(reply[0]) if not present]
     return sorted(missing)
+
+
+def forget_feature_state(client: RedisCluster, prefix: str) -> int:
+    """Delete the state markers, then every card and terminal key of ``prefix`` on every master.
+
+    Before a rebuild on a cluster. A card and its terminals live on different
+    masters, so state lost on some of them cannot be replayed slot by slot: a
+    replayed transaction whose card survived would not be counted again at a
+    terminal that lost it, and one whose card was lost would be counted twice at
+    a terminal that kept it. With the markers gone first, no scorer counts
+    anything until the rebuild writes new ones. Returns the keys deleted.
+    """
+    client.delete(f"{prefix}:{{state}}")
+    rounds = NodeRounds(client)
+    groups, keys = _markers_by_node(rounds, prefix)
+    forget = NodeScript("for i = 1, #KEYS do redis.call('UNLINK', KEYS[i]) end return #KEYS")
+    rounds.run([(node, [forget.command([keys[i] for i in idx], [])]) for node, idx, _ in groups])
+    deleted = 0
+    masters = {h[0].name: h[0] for h in client.nodes_manager.slots_cache.values() if h}
+    for node in masters.values():
+        connection = node.redis_connection
+        assert connection is not None
+        for pattern in (f"{prefix}:{{c:*", f"{prefix}:{{t:*"):
+            batch: list[bytes] = []
+            for key in connection.scan_iter(match=pattern, count=1000):
+                batch.append(key)
+                if len(batch) == 1000:
+                    deleted += _unlink(connection, batch)
+                    batch = []
+            deleted += _unlink(connection, batch)
+    return deleted
+
+
+def _unlink(connection: redis.Redis, keys: list[bytes]) -> int:
+    pipe = connection.pipeline(transaction=False)
+    for key in keys:
+        pipe.unlink(key)
+    return sum(pipe.execute()) if keys else 0

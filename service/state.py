@@ -39,7 +39,12 @@ from fraudstream.service.errors import ConfigurationError, UnavailableError
 from fraudstream.service.features.store import FeatureStore, LabelFact
 from fraudstream.service.kafka.protocols import Consumer, TopicPartition
 from fraudstream.service.pipeline import validate_records
-from fraudstream.service.redis_cluster import is_cluster, missing_slot_markers, write_slot_markers
+from fraudstream.service.redis_cluster import (
+    forget_feature_state,
+    is_cluster,
+    missing_slot_markers,
+    write_slot_markers,
+)
 from fraudstream.service.schemas import LABEL_BATCH, Label, Transaction
 from fraudstream.service.snapshots import CLAIM_CONFLICT, REBUILT_MODEL_VERSION, SnapshotStore
 
@@ -277,6 +282,9 @@ def rebuild_state(
     report = RebuildReport(since_ms=since_ms)
     started = time.monotonic()
     try:
+        if is_cluster(client):
+            # Partial loss cannot be replayed slot by slot (see forget_feature_state).
+            forget_feature_state(client, prefix)
         for records in read_since(consumer, topic_transactions, since_ms, batch):
             report.transactions_read += len(records)
             transactions: list[Transaction]

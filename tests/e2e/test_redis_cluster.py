@@ -18,8 +18,12 @@ from typing import Any
 
 import numpy as np
 import orjson
+import redis
 import redis.cluster
+from click.testing import CliRunner
+from conftest import settings_env
 
+from fraudstream.cli import main
 from fraudstream.devstack import RedisCluster
 from fraudstream.service.features.definitions import FeatureConfig, feature_names
 from fraudstream.service.features.redis_store import BUCKET_SIZE
@@ -184,3 +188,53 @@ def test_a_master_killed_mid_stream_is_survived_without_loss_or_double_counting(
     finally:
         client.close()
         cluster.stop()
+
+
+def test_a_master_that_lost_its_keys_pauses_its_slots_until_a_rebuild(
+    make_settings: Callable[..., Settings],
+    make_transaction: Callable[..., tuple[bytes, bytes]],
+    run_app: Callable[..., Any],
+    produce: Callable[..., None],
+    consume: Callable[..., list[Any]],
+    wait_for: Callable[..., None],
+    redis_cluster_url: str,
+) -> None:
+    """``fraudstream state status|rebuild`` on a cluster: one master's keys of the prefix vanish."""
+    settings = make_settings(
+        redis_url=redis_cluster_url, redis_cluster=True, publish_scores=True, role="scorer"
+    )
+    env = settings_env(settings)
+    client = redis.cluster.RedisCluster.from_url(redis_cluster_url)
+    try:
+        app = run_app(settings)
+        before = _stream(make_transaction, "s", cards=12, per_card=5)
+        produce(settings.bootstrap_servers, settings.topic_transactions, before)
+        _scored_ids(consume, settings, len(before))
+        status = CliRunner().invoke(main, ["state", "status"], env=env)
+        assert status.exit_code == 0 and "every slot of the cluster" in status.output
+
+        # As if this master had restarted empty: every key of the prefix on it is gone.
+        master = client.get_node_from_key(f"{settings.redis_prefix}:{{c:sc0}}")
+        node = redis.Redis(host=master.host, port=master.port)
+        lost = list(node.scan_iter(match=f"{settings.redis_prefix}:*", count=1000))
+        for key in lost:
+            node.delete(key)
+        node.close()
+        assert len(lost) > 5000  # its slots' markers, and card, terminal and snapshot keys
+        after = _stream(make_transaction, "s", cards=12, per_card=2, first=5)
+        produce(settings.bootstrap_servers, settings.topic_transactions, after)
+        wait_for(lambda: not app.ready()[0], 60, "the scorer to report not ready")
+        assert "state rebuild" in app.ready()[1]
+        status = CliRunner().invoke(main, ["state", "status"], env=env)
+        assert status.exit_code == 1 and "slots have no state marker" in status.output
+
+        rebuild = CliRunner().invoke(main, ["state", "rebuild"], env=env)
+        assert rebuild.exit_code == 0, rebuild.output
+        records = before + after
+        assert f"{len(records):,} transactions read" in rebuild.output
+        scored = _scored_ids(consume, settings, len(records))
+        assert set(scored) == {orjson.loads(v)["transaction_id"] for _, v in records}
+        wait_for(lambda: app.ready()[0], 60, "the scorer to be ready again")
+        assert counted_problems(client, settings, records) == []
+    finally:
+        client.close()
