@@ -43,8 +43,19 @@ def proc_cpu_s(pid: int) -> float | None:
 
 
 def redis_cpu_s(client: Any) -> float:
-    """CPU seconds the Redis server has used (``used_cpu_sys + used_cpu_user``)."""
-    info = client.info("cpu")
+    """CPU seconds the Redis server has used (``used_cpu_sys + used_cpu_user``).
+
+    On a Redis Cluster client, the sum over every node (masters and replicas).
+    """
+    from redis.cluster import RedisCluster
+
+    if isinstance(client, RedisCluster):
+        infos = client.info("cpu", target_nodes=RedisCluster.ALL_NODES)
+        return sum(_cpu_s(info) for info in infos.values())
+    return _cpu_s(client.info("cpu"))
+
+
+def _cpu_s(info: Any) -> float:
     return float(info.get("used_cpu_sys", 0.0)) + float(info.get("used_cpu_user", 0.0))
 
 
