@@ -28,7 +28,9 @@ What this costs, and what makes it safe:
   ends with ``WAIT n`` on every node written to: a batch's offsets are committed
   only once *n* replicas of each master hold its writes, so a master that dies
   afterwards loses none of them to its replica's promotion. Fewer acknowledgements
-  fail the batch (retried).
+  fail the batch (retried). A master with fewer than *n* replicas connected (a
+  replica just promoted, until its old master rejoins) is waited for the ones it
+  has, with a warning: waiting for more would stall the stream.
 
 The **state marker** (:mod:`fraudstream.service.state`) is checked atomically in
 each feature script. A script sees the keys of its own node only, so on a cluster
