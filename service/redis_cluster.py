@@ -107,10 +107,10 @@ def _slot_tags() -> tuple[str, ...]:
 
 
 def slot_tag(slot: int) -> str:
-    """The shortest ``s<i>`` hash tag of ``slot`` (a key ``...{tag}...`` lives in that slot).
+    """The first ``s<i>`` hash tag of ``slot`` (a key ``...{tag}...`` lives in that slot).
 
     >>> slot_tag(0), slot_tag(16383)
-    ('s8739', 's2964')
+    ('s7920', 's9706')
     """
     return _slot_tags()[slot]
 
