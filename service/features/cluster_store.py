@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
+import redis
 from redis.cluster import RedisCluster
 
 from fraudstream.service.features.definitions import FeatureConfig
@@ -48,13 +49,16 @@ from fraudstream.service.features.redis_store import (
     RedisFeatureStore,
 )
 from fraudstream.service.redis_cluster import Call, NodeRounds, NodeScript, slot_marker_key
-from fraudstream.service.state import StateLostError
+from fraudstream.service.state import StateLostError, lost_message
 
 #: Flag bits of a card record used by the rounds (see the module docstring).
 FLAG_TERMINAL_PENDING = 8
 FLAG_LABEL_PENDING = 16
 #: Status bit returned by card.lua: the terminal has to count the transaction.
 _TO_COUNT = 8
+#: terminal.lua's kind of a label operation, by (fraud, count once).
+_LABEL_KINDS = {(False, False): ord("g"), (True, False): ord("f"), (False, True): ord("G"),
+                (True, True): ord("F")}  # fmt: skip
 
 
 def _script(*names: str) -> NodeScript:
@@ -87,7 +91,7 @@ class ClusterFeatureStore(RedisFeatureStore):
     ) -> None:
         super().__init__(client, config, check_state=check_state)  # type: ignore[arg-type]
         self._rounds = NodeRounds(client, wait_replicas)
-        self._lost = StateLostError(self._lost_text())
+        self._lost = lost_message(config.prefix) + " (on at least one slot of the cluster)"
         self._card_script = _script("card.lua")
         self._label_card_script = _script("label_card.lua")
         self._terminal_script = _script(_PRELUDE, "terminal.lua")
@@ -95,11 +99,6 @@ class ClusterFeatureStore(RedisFeatureStore):
         # The single-node script calls, replaced by the rounds with the same contract.
         self._update = self._update_in_rounds  # type: ignore[assignment]
         self._labels = self._labels_in_rounds  # type: ignore[assignment]
-
-    def _lost_text(self) -> str:
-        from fraudstream.service.state import lost_message
-
-        return lost_message(self.config.prefix) + " (on at least one cluster slot)"
 
     # -- rounds ----------------------------------------------------------------------
 
@@ -112,9 +111,9 @@ class ClusterFeatureStore(RedisFeatureStore):
     def _run(self, calls: Sequence[Call], wait: bool = False) -> list[Any]:
         try:
             return [replies[0] for replies in self._rounds.run(calls, wait=wait)]
-        except Exception as exc:
+        except redis.ResponseError as exc:
             if str(exc).startswith(_STATE_LOST):
-                raise StateLostError(str(self._lost)) from None
+                raise StateLostError(self._lost) from None
             raise
 
     def _update_in_rounds(self, keys: list[str], args: list[Any]) -> list[bytes]:
@@ -231,14 +230,8 @@ class ClusterFeatureStore(RedisFeatureStore):
             terminal_groups = self._rounds.group(op_keys)
             calls = []
             for node, idx, used in terminal_groups:
-                kind = bytes(
-                    ord(
-                        ("f" if kinds[ops[j]] == 49 else "g").upper()
-                        if todo[ops[j]] == 2
-                        else ("f" if kinds[ops[j]] == 49 else "g")
-                    )
-                    for j in idx
-                )
+                # terminal.lua's kinds: f/g a fraud/genuine label every time, F/G once.
+                kind = bytes(_LABEL_KINDS[kinds[ops[j]] == 49, todo[ops[j]] == 2] for j in idx)
                 command = self._terminal_script.command(
                     [op_keys[j] for j in idx] + self._markers(used),
                     [
