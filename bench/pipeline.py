@@ -214,6 +214,7 @@ _CLUSTER_ROWS: tuple[tuple[str, str, str], ...] = (
     ("cluster_vs_single", "cluster / single Redis node", "x"),
     ("cluster_scorer_cpu_us_per_tx", "scorer process CPU per transaction (cluster run)", "µs"),
     ("cluster_redis_cpu_us_per_tx", "Redis CPU per transaction, 6 cluster nodes", "µs"),
+    ("cluster_redis_masters_cpu_us_per_tx", "Redis CPU per transaction, the 3 masters", "µs"),
 )
 
 
@@ -1368,15 +1369,18 @@ def measure_on_cluster(
                 model, extra={"trained_by": "fraudstream bench"}
             )
             sampler = CpuSampler(client, single.broker_pid)
-            with sampler.running():
+            masters = CpuSampler(client, None, masters_only=True)
+            with sampler.running(), masters.running():
                 group = run_scorer_group(settings, scorers=scorers, target=target)
             figures = scorer_figures(group, sampler)
+            on_masters = scorer_figures(group, masters)["redis_cpu_us_per_tx"]
         finally:
             client.close()
     return {
         "cluster_scorer_tx_per_s": figures["tx_per_s"],
         "cluster_scorer_cpu_us_per_tx": figures["cpu_us_per_tx"],
         "cluster_redis_cpu_us_per_tx": figures["redis_cpu_us_per_tx"],
+        "cluster_redis_masters_cpu_us_per_tx": on_masters,
         "cluster_broker_cpu_us_per_tx": figures["broker_cpu_us_per_tx"],
         "cluster_scorer_processed": group["processed"],
     }

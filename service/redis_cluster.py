@@ -174,6 +174,8 @@ def _read(connection: Any, count: int) -> list[Any]:
 
 #: One node's part of a round: the node and its commands.
 Call = tuple[ClusterNode, list[tuple[Any, ...]]]
+#: A master, the positions of its keys among those grouped (in order), their slots.
+Group = tuple[ClusterNode, list[int], set[int]]
 
 
 class NodeRounds:
@@ -196,7 +198,7 @@ class NodeRounds:
         self._stale = False
         self._replicas: dict[str, tuple[int, float]] = {}
 
-    def group(self, keys: Sequence[str]) -> list[tuple[ClusterNode, list[int], set[int]]]:
+    def group(self, keys: Sequence[str]) -> list[Group]:
         """Per master holding some of ``keys``: the node, its keys' positions, their slots.
 
         Raises
@@ -213,7 +215,7 @@ class NodeRounds:
                 ) from exc
             self._stale = False
         cache = self.client.nodes_manager.slots_cache
-        groups: dict[str, tuple[ClusterNode, list[int], set[int]]] = {}
+        groups: dict[str, Group] = {}
         for i, key in enumerate(keys):
             slot = key_slot(key.encode())
             holders = cache.get(slot)

@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
+import numpy as np
 import redis
 from redis.cluster import RedisCluster
 
@@ -48,7 +49,7 @@ from fraudstream.service.features.redis_store import (
     RECORD_SIZE,
     RedisFeatureStore,
 )
-from fraudstream.service.redis_cluster import Call, NodeRounds, NodeScript, slot_marker_key
+from fraudstream.service.redis_cluster import Call, Group, NodeRounds, NodeScript, slot_marker_key
 from fraudstream.service.state import StateLostError, lost_message
 
 #: Flag bits of a card record used by the rounds (see the module docstring).
@@ -56,6 +57,8 @@ FLAG_TERMINAL_PENDING = 8
 FLAG_LABEL_PENDING = 16
 #: Status bit returned by card.lua: the terminal has to count the transaction.
 _TO_COUNT = 8
+#: The first byte of terminal.lua's mark of a transaction and of a label, by pending flag.
+_MARKS = {FLAG_TERMINAL_PENDING: b"T", FLAG_LABEL_PENDING: b"L"}
 #: terminal.lua's kind of a label operation, by (fraud, count once).
 _LABEL_KINDS = {(False, False): ord("g"), (True, False): ord("f"), (False, True): ord("G"),
                 (True, True): ord("F")}  # fmt: skip
@@ -118,22 +121,21 @@ class ClusterFeatureStore(RedisFeatureStore):
 
     def _update_in_rounds(self, keys: list[str], args: list[Any]) -> list[bytes]:
         """``update.lua``'s contract (see there), in the rounds of the module docstring."""
-        records = bytearray(args[0])
         retention, card_ttl, slots, terminal_ttl = args[1:5]
         check = args[5]
-        n = len(records) // RECORD_SIZE
-        for i in range(n):
-            records[i * RECORD_SIZE + 10] |= FLAG_TERMINAL_PENDING
+        records = np.frombuffer(args[0], dtype=np.uint8).reshape(-1, RECORD_SIZE).copy()
+        records[:, 10] |= FLAG_TERMINAL_PENDING
+        n = len(records)
+        needles = records[:, :10]
         cards, terminals = keys[0 : 2 * n : 2], keys[1 : 2 * n : 2]
-        needles = [bytes(records[i * RECORD_SIZE : i * RECORD_SIZE + 10]) for i in range(n)]
 
         # 1. cards
         card_groups = self._rounds.group(cards)
         calls: list[Call] = []
         for node, idx, used in card_groups:
-            blob = b"".join(records[i * RECORD_SIZE : (i + 1) * RECORD_SIZE] for i in idx)
             command = self._card_script.command(
-                [cards[i] for i in idx] + self._markers(used), [blob, retention, card_ttl, check]
+                [cards[i] for i in idx] + self._markers(used),
+                [records[idx].tobytes(), retention, card_ttl, check],
             )
             calls.append((node, [command]))
         status = bytearray(n)
@@ -151,14 +153,7 @@ class ClusterFeatureStore(RedisFeatureStore):
             kinds = bytes(ord("t") if to_count[i] else ord("r") for i in idx)
             command = self._terminal_script.command(
                 [terminals[i] for i in idx] + self._markers(used),
-                [
-                    kinds,
-                    b"".join(needles[i] for i in idx),
-                    slots,
-                    terminal_ttl,
-                    terminal_ttl,
-                    check,
-                ],
+                [kinds, needles[idx].tobytes(), slots, terminal_ttl, terminal_ttl, check],
             )
             calls.append((node, [command]))
         rings: list[bytes] = [b""] * n
@@ -168,54 +163,64 @@ class ClusterFeatureStore(RedisFeatureStore):
                 rings[i] = reply[j + 1]
 
         # 3. and 4. the pending flags, then the marks
-        pending = [i for i in range(n) if to_count[i]]
-        self._settle(cards, terminals, needles, pending, FLAG_TERMINAL_PENDING, b"T")
+        self._settle(
+            (card_groups, cards),
+            (terminal_groups, terminals),
+            needles,
+            to_count,
+            FLAG_TERMINAL_PENDING,
+        )
         return [bytes(status), *rings, *histories]
 
     def _settle(
         self,
-        cards: Sequence[str],
-        terminals: Sequence[str],
-        needles: Sequence[bytes],
-        pending: Sequence[int],
+        cards: tuple[list[Group], Sequence[str]],
+        terminals: tuple[list[Group], Sequence[str]],
+        needles: np.ndarray,
+        pending: Sequence[bool],
         flag: int,
-        mark: bytes,
     ) -> None:
-        """Rounds 3 and 4: clear ``flag`` on the records of ``pending``, then drop the marks."""
-        if not pending:
-            return
-        keys = [cards[i] for i in pending]
+        """Rounds 3 and 4: clear ``flag`` on the records of ``pending``, then drop the marks.
+
+        ``cards`` and ``terminals``: the groups of rounds 1 and 2 (positions in
+        ``needles``) and the keys.
+        """
         calls: list[Call] = []
-        for node, idx, _ in self._rounds.group(keys):
-            command = self._pending_script.command(
-                [keys[j] for j in idx],
-                [b"clear", b"".join(needles[pending[j]] for j in idx), bytes([flag]) * len(idx)],
-            )
-            calls.append((node, [command]))
+        card_groups, card_keys = cards
+        for node, idx, _ in card_groups:
+            keep = [i for i in idx if pending[i]]
+            if keep:
+                args = [b"clear", needles[keep].tobytes(), bytes([flag]) * len(keep)]
+                command = self._pending_script.command([card_keys[i] for i in keep], args)
+                calls.append((node, [command]))
+        if not calls:
+            return
         self._run(calls, wait=True)
-        keys = [terminals[i] + ":n" for i in pending]
         calls = []
-        for node, idx, _ in self._rounds.group(keys):
-            fields = b"".join(mark + needles[pending[j]] for j in idx)
-            calls.append(
-                (node, [self._pending_script.command([keys[j] for j in idx], [b"forget", fields])])
-            )
+        mark = _MARKS[flag]
+        terminal_groups, terminal_keys = terminals
+        for node, idx, _ in terminal_groups:
+            keep = [i for i in idx if pending[i]]
+            if keep:
+                fields = b"".join(mark + needles[i].tobytes() for i in keep)
+                keys = [terminal_keys[i] + ":n" for i in keep]
+                calls.append((node, [self._pending_script.command(keys, [b"forget", fields])]))
         self._run(calls)
 
     def _labels_in_rounds(self, keys: list[str], args: list[Any]) -> int:
         """``labels.lua``'s contract (see there), in the rounds of the module docstring."""
-        needle_blob, kinds = bytes(args[0]), bytes(args[1])
+        kinds = bytes(args[1])
         retention, slots, terminal_ttl, check = args[2:6]
         n = len(kinds)
+        needles = np.frombuffer(args[0], dtype=np.uint8).reshape(n, 10)
         cards, terminals = keys[0 : 2 * n : 2], keys[1 : 2 * n : 2]
-        needles = [needle_blob[i * 10 : (i + 1) * 10] for i in range(n)]
 
         card_groups = self._rounds.group(cards)
         calls: list[Call] = []
         for node, idx, used in card_groups:
             command = self._label_card_script.command(
                 [cards[i] for i in idx] + self._markers(used),
-                [b"".join(needles[i] for i in idx), bytes(kinds[i] for i in idx), retention, check],
+                [needles[idx].tobytes(), bytes(kinds[i] for i in idx), retention, check],
             )
             calls.append((node, [command]))
         todo = bytearray(n)
@@ -224,28 +229,24 @@ class ClusterFeatureStore(RedisFeatureStore):
                 todo[i] = reply[j]
 
         ops = [i for i in range(n) if todo[i]]
-        counted = 0
-        if ops:
-            op_keys = [terminals[i] for i in ops]
-            terminal_groups = self._rounds.group(op_keys)
-            calls = []
-            for node, idx, used in terminal_groups:
-                # terminal.lua's kinds: f/g a fraud/genuine label every time, F/G once.
-                kind = bytes(_LABEL_KINDS[kinds[ops[j]] == 49, todo[ops[j]] == 2] for j in idx)
-                command = self._terminal_script.command(
-                    [op_keys[j] for j in idx] + self._markers(used),
-                    [
-                        kind,
-                        b"".join(needles[ops[j]] for j in idx),
-                        slots,
-                        terminal_ttl,
-                        terminal_ttl,
-                        check,
-                    ],
-                )
-                calls.append((node, [command]))
-            for reply in self._run(calls, wait=True):
-                counted += sum(reply[0])
-        pending = [i for i in range(n) if todo[i] == 2]
-        self._settle(cards, terminals, needles, pending, FLAG_LABEL_PENDING, b"L")
+        if not ops:
+            return 0
+        terminal_groups = [
+            (node, [ops[j] for j in idx], used)
+            for node, idx, used in self._rounds.group([terminals[i] for i in ops])
+        ]
+        calls = []
+        for node, idx, used in terminal_groups:
+            # terminal.lua's kinds: f/g a fraud/genuine label every time, F/G once.
+            kind = bytes(_LABEL_KINDS[kinds[i] == 49, todo[i] == 2] for i in idx)
+            command = self._terminal_script.command(
+                [terminals[i] for i in idx] + self._markers(used),
+                [kind, needles[idx].tobytes(), slots, terminal_ttl, terminal_ttl, check],
+            )
+            calls.append((node, [command]))
+        counted = sum(sum(reply[0]) for reply in self._run(calls, wait=True))
+        pending = [t == 2 for t in todo]
+        self._settle(
+            (card_groups, cards), (terminal_groups, terminals), needles, pending, FLAG_LABEL_PENDING
+        )
         return counted
