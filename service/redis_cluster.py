@@ -55,6 +55,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from binascii import crc_hqx
 from collections.abc import Sequence
 from typing import Any
 
@@ -97,10 +98,10 @@ def _slot_tags() -> tuple[str, ...]:
     tags: list[str | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
     missing, i = REDIS_CLUSTER_HASH_SLOTS, 0
     while missing:
-        tag = f"s{i}"
-        slot = key_slot(tag.encode())
+        tag = b"s%d" % i
+        slot = crc_hqx(tag, 0) % REDIS_CLUSTER_HASH_SLOTS  # key_slot of a bare tag
         if tags[slot] is None:
-            tags[slot] = tag
+            tags[slot] = tag.decode()
             missing -= 1
         i += 1
     return tuple(t for t in tags if t is not None)
