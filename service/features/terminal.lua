@@ -41,6 +41,7 @@ local call = redis.call
 
 local out = {}
 local counted = {}
+local expiring = {}
 for i = 1, n do
   local kind = sub(kinds, i, i)
   local tk = KEYS[i]
@@ -50,18 +51,20 @@ for i = 1, n do
   local done = 0
   local count = kind ~= 'r'
   if kind == 't' or kind == 'G' or kind == 'F' then
+    local marks = tk .. ':n'
     local field = (kind == 't' and 'T' or 'L') .. needle
-    if call('HSETNX', tk .. ':n', field, '0') == 0 then
+    if call('HEXISTS', marks, field) == 1 then
       count = false
     else
-      call('PEXPIRE', tk .. ':n', mark_ttl)
-    end
-    if count then
       local labels = (kind == 't') and 0 or 1
       local frauds = (kind == 'F') and 1 or 0
       if count_at_terminal(tk, t, ts, 1 - labels, labels, frauds, slots, term_ttl) then
         done = 1
-        call('HSET', tk .. ':n', field, '1')
+      end
+      call('HSET', marks, field, done)
+      if not expiring[marks] then
+        expiring[marks] = true
+        call('PEXPIRE', marks, mark_ttl)
       end
     end
   elseif count then
