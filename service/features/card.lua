@@ -8,11 +8,13 @@
 -- ARGV[1] = the n 28-byte records, each with the "terminal pending" flag (8) set
 -- ARGV[2] = card retention (ms), ARGV[3] = card TTL (ms)
 --
--- Returns {status_string, history_1 .. history_n}: status byte i = card outcome
+-- Returns {status_string, history_1 .. history_n, hints}: status byte i = card outcome
 -- (0 appended, 1 duplicate, 2 too late, 3 inserted, as in update.lua) + 8 when the
 -- terminal has still to count the transaction: it is new, or a duplicate whose
 -- record still carries the pending flag (a replay after a crash between rounds).
 -- history_i is the card history before the transaction (with it, when inserted).
+-- hints: u32 per record, the byte offset it was written at (round 3 looks there
+-- first: a later record of the batch inserted before it, or a trim, moves it).
 -- The appending, trimming, compaction and insertion are update.lua's.
 
 local recs = ARGV[1]
@@ -46,6 +48,7 @@ end
 
 local out = {}
 local status = {}
+local hints = {}
 for i = 1, n do
   local off = (i - 1) * RS
   local rec = sub(recs, off + 1, off + RS)
@@ -53,6 +56,7 @@ for i = 1, n do
   local ck = KEYS[i]
   local h = call('GET', ck)
   local st = 0
+  local at = 0
   if not h then
     h = ''
     call('SET', ck, rec, 'PX', card_ttl)
@@ -69,8 +73,10 @@ for i = 1, n do
           head = head + RS
         end
         call('SET', ck, sub(h, head + 1) .. rec, 'PX', card_ttl)
+        at = len - head
       else
         call('APPEND', ck, rec)
+        at = len
         if alloc_class(len + 6) < len + RS + 6 then
           call('BITOP', 'OR', ck, ck)
           call('PEXPIRE', ck, card_ttl)
@@ -84,6 +90,7 @@ for i = 1, n do
       while pos do
         if (pos - 1) % RS == 0 then
           st = 1
+          at = pos - 1
           if floor(byte(h, pos + 10) / PENDING) % 2 == 1 then
             st = 1 + PENDING
           end
@@ -99,6 +106,7 @@ for i = 1, n do
         end
         h = sub(h, 1, p) .. rec .. sub(h, p + 1)
         call('SET', ck, h, 'PX', card_ttl)
+        at = p
       end
     end
   end
@@ -107,6 +115,8 @@ for i = 1, n do
   end
   out[i + 1] = h
   status[i] = char(st)
+  hints[i] = struct.pack('<I4', at)
 end
 out[1] = table.concat(status)
+out[n + 2] = table.concat(hints)
 return out

@@ -140,10 +140,12 @@ class ClusterFeatureStore(RedisFeatureStore):
             calls.append((node, [command]))
         status = bytearray(n)
         histories: list[bytes] = [b""] * n
+        hints = np.zeros(n, "<u4")
         for (_, idx, _), reply in zip(card_groups, self._run(calls), strict=True):
             for j, i in enumerate(idx):
                 status[i] = reply[0][j]
                 histories[i] = reply[j + 1]
+            hints[idx] = np.frombuffer(reply[-1], "<u4")
 
         # 2. terminals, every transaction in batch order
         to_count = [bool(s & _TO_COUNT) for s in status]
@@ -166,7 +168,7 @@ class ClusterFeatureStore(RedisFeatureStore):
         self._settle(
             (card_groups, cards),
             (terminal_groups, terminals),
-            needles,
+            (needles, hints),
             to_count,
             FLAG_TERMINAL_PENDING,
         )
@@ -176,21 +178,28 @@ class ClusterFeatureStore(RedisFeatureStore):
         self,
         cards: tuple[list[Group], Sequence[str]],
         terminals: tuple[list[Group], Sequence[str]],
-        needles: np.ndarray,
+        records: tuple[np.ndarray, np.ndarray],
         pending: Sequence[bool],
         flag: int,
     ) -> None:
         """Rounds 3 and 4: clear ``flag`` on the records of ``pending``, then drop the marks.
 
         ``cards`` and ``terminals``: the groups of rounds 1 and 2 (positions in
-        ``needles``) and the keys.
+        ``records``) and the keys; ``records``: the needles, and the offsets where
+        round 1 found or wrote each record.
         """
+        needles, hints = records
         calls: list[Call] = []
         card_groups, card_keys = cards
         for node, idx, _ in card_groups:
             keep = [i for i in idx if pending[i]]
             if keep:
-                args = [b"clear", needles[keep].tobytes(), bytes([flag]) * len(keep)]
+                args = [
+                    b"clear",
+                    needles[keep].tobytes(),
+                    bytes([flag]) * len(keep),
+                    hints[keep].tobytes(),
+                ]
                 command = self._pending_script.command([card_keys[i] for i in keep], args)
                 calls.append((node, [command]))
         if not calls:
@@ -224,9 +233,11 @@ class ClusterFeatureStore(RedisFeatureStore):
             )
             calls.append((node, [command]))
         todo = bytearray(n)
+        hints = np.zeros(n, "<u4")
         for (_, idx, _), reply in zip(card_groups, self._run(calls), strict=True):
             for j, i in enumerate(idx):
-                todo[i] = reply[j]
+                todo[i] = reply[0][j]
+            hints[idx] = np.frombuffer(reply[1], "<u4")
 
         ops = [i for i in range(n) if todo[i]]
         if not ops:
@@ -247,6 +258,10 @@ class ClusterFeatureStore(RedisFeatureStore):
         counted = sum(sum(reply[0]) for reply in self._run(calls, wait=True))
         pending = [t == 2 for t in todo]
         self._settle(
-            (card_groups, cards), (terminal_groups, terminals), needles, pending, FLAG_LABEL_PENDING
+            (card_groups, cards),
+            (terminal_groups, terminals),
+            (needles, hints),
+            pending,
+            FLAG_LABEL_PENDING,
         )
         return counted

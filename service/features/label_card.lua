@@ -7,10 +7,11 @@
 -- ARGV[1] = 10-byte needles, ARGV[2] = one byte per label, '1' fraud, '0' genuine,
 -- ARGV[3] = card retention (ms)
 --
--- Returns one byte per label, what the terminal must do: 0 nothing (the record
+-- Returns {todo, hints}: one byte per label, what the terminal must do: 0 nothing (the record
 -- was labelled before), 1 count the label, every time (no record to flag: as in
 -- labels.lua), 2 count it once (the record got its labelled flag now, with the
--- "label pending" flag 16, or still carries that flag: a replay).
+-- "label pending" flag 16, or still carries that flag: a replay); and a u32 per
+-- label, the byte offset of its record (0 when none), where round 3 looks first.
 
 local needles = ARGV[1]
 local n = #needles / 10
@@ -31,18 +32,21 @@ local floor = math.floor
 local call = redis.call
 
 local out = {}
+local hints = {}
 for i = 1, n do
   local needle = sub(needles, (i - 1) * 10 + 1, i * 10)
   local ts = unpack('<I6', needle, 5)
   local fraud = byte(kinds, i) == 49
   local h = call('GET', KEYS[i])
   local todo = 1
+  local at = 0
   if h and ts > unpack('<I6', h, #h - RS + 5) - retention then
     local pos = find(h, needle, 1, true)
     while pos and (pos - 1) % RS ~= 0 do
       pos = find(h, needle, pos + 1, true)
     end
     if pos then
+      at = pos - 1
       local flags = byte(h, pos + 10)
       if floor(flags / 4) % 2 == 1 or flags % 2 == 1 then
         todo = (floor(flags / PENDING) % 2 == 1) and 2 or 0
@@ -54,5 +58,6 @@ for i = 1, n do
     end
   end
   out[i] = char(todo)
+  hints[i] = struct.pack('<I4', at)
 end
-return table.concat(out)
+return {table.concat(out), table.concat(hints)}

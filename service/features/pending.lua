@@ -2,8 +2,9 @@
 -- redis_cluster.py unpacks KEYS and ARGV in front of it), once per master.
 --
 -- ARGV[1] = 'clear': KEYS[i] = a card key, ARGV[2] = 10-byte needles, ARGV[3] =
--- one flag byte per key (8 "terminal pending", 16 "label pending"): the record
--- of each needle loses that flag (the terminal counted it).
+-- one flag byte per key (8 "terminal pending", 16 "label pending"), ARGV[4] = a
+-- u32 per key, where the record was written (a hint: checked, else searched):
+-- the record of each needle loses that flag (the terminal counted it).
 -- ARGV[1] = 'forget': KEYS[i] = a terminal's ':n' hash, ARGV[2] = 11-byte
 -- fields: the marks of round 2 are removed (the card flags are cleared).
 -- Returns the number of keys.
@@ -13,23 +14,32 @@ local items = ARGV[2]
 local call = redis.call
 if mode == 'clear' then
   local flags = ARGV[3]
+  local hints = ARGV[4]
   local find, sub, byte, char = string.find, string.sub, string.byte, string.char
   local floor = math.floor
   for i = 1, #KEYS do
     local needle = sub(items, (i - 1) * 10 + 1, i * 10)
     local bit = byte(flags, i)
-    local h = call('GET', KEYS[i])
-    if h then
-      local pos = find(h, needle, 1, true)
-      while pos and (pos - 1) % 28 ~= 0 do
-        pos = find(h, needle, pos + 1, true)
-      end
-      if pos then
-        local f = byte(h, pos + 10)
-        if floor(f / bit) % 2 == 1 then
-          call('SETRANGE', KEYS[i], pos + 9, char(f - bit))
+    local at = struct.unpack('<I4', hints, (i - 1) * 4 + 1)
+    local f = nil
+    local head = call('GETRANGE', KEYS[i], at, at + 10)
+    if sub(head, 1, 10) == needle and at % 28 == 0 then
+      f = byte(head, 11)
+    else
+      local h = call('GET', KEYS[i])
+      if h then
+        local pos = find(h, needle, 1, true)
+        while pos and (pos - 1) % 28 ~= 0 do
+          pos = find(h, needle, pos + 1, true)
+        end
+        if pos then
+          at = pos - 1
+          f = byte(h, pos + 10)
         end
       end
+    end
+    if f and floor(f / bit) % 2 == 1 then
+      call('SETRANGE', KEYS[i], at + 10, char(f - bit))
     end
   end
 else

@@ -20,9 +20,13 @@ import redis.cluster
 
 from fraudstream.producers.simulator import SimulationConfig, simulate
 from fraudstream.service.errors import ConfigurationError
-from fraudstream.service.features.cluster_store import ClusterFeatureStore
+from fraudstream.service.features.cluster_store import (
+    FLAG_LABEL_PENDING,
+    FLAG_TERMINAL_PENDING,
+    ClusterFeatureStore,
+)
 from fraudstream.service.features.definitions import FeatureConfig
-from fraudstream.service.features.redis_store import RedisFeatureStore
+from fraudstream.service.features.redis_store import FLAG_LABELLED, RECORD_DTYPE, RedisFeatureStore
 from fraudstream.service.features.store import LabelFact
 from fraudstream.service.redis_client import check_cluster_mode, redis_client
 from fraudstream.service.redis_cluster import (
@@ -129,6 +133,14 @@ def test_features_on_a_cluster_equal_the_single_nodes(
     # Nothing pending is left: every record's flags and every terminal mark settled.
     leftovers = [k for k in cluster.scan_iter(match=f"{redis_prefix}:*:n", count=1000)]
     assert leftovers == []
+    pending = FLAG_TERMINAL_PENDING | FLAG_LABEL_PENDING
+    cards = list(cluster.scan_iter(match=f"{redis_prefix}:{{c:*", count=1000))
+    flags = np.concatenate(
+        [np.frombuffer(cluster.get(k) or b"", RECORD_DTYPE)["flags"] for k in cards]
+    )
+    assert len(cards) > 300 and len(flags) > 1000  # 1-day windows: older records trimmed
+    assert not (flags & pending).any()
+    assert (flags & FLAG_LABELLED).sum() > 100  # the labels did flag their records
 
 
 class CrashAfter:
