@@ -1349,8 +1349,6 @@ def measure_on_cluster(
 
     ``single`` is the single-node run's sampler (for the broker's pid).
     """
-    from redis.cluster import RedisCluster
-
     from fraudstream.devstack import redis_cluster_given_or_started
     from fraudstream.service.registry import ModelRegistry
 
@@ -1363,7 +1361,7 @@ def measure_on_cluster(
             "redis_prefix": prefix,
             "consumer_group": run.name("scorer-cluster"),
         }
-        client = RedisCluster.from_url(url)
+        client = redis_client(Settings(_env_file=None, **settings))
         try:
             ModelRegistry(client, prefix, SecretStr(str(values["model_signing_key"]))).publish(
                 model, extra={"trained_by": "fraudstream bench"}
