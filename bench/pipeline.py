@@ -1337,6 +1337,20 @@ def _cluster_phase(
     )
 
 
+def _await_replicas(client: Any, nodes: int = 6, timeout_s: float = 60.0) -> None:
+    """Reload the slot map until it lists every node, replicas too (their CPU is sampled).
+
+    A cluster just created lists its replicas in ``CLUSTER SLOTS`` a little
+    after they are linked.
+    """
+    deadline = time.monotonic() + timeout_s
+    while len(client.get_nodes()) < nodes and time.monotonic() < deadline:
+        time.sleep(0.5)
+        client.nodes_manager.initialize()
+    if len(client.get_nodes()) < nodes:
+        raise RuntimeError(f"the cluster lists {len(client.get_nodes())} of {nodes} nodes")
+
+
 def measure_on_cluster(
     values: Mapping[str, Any],
     model: Any,
@@ -1363,6 +1377,7 @@ def measure_on_cluster(
         }
         client = redis_client(Settings(_env_file=None, **settings))
         try:
+            _await_replicas(client)
             ModelRegistry(client, prefix, SecretStr(str(values["model_signing_key"]))).publish(
                 model, extra={"trained_by": "fraudstream bench"}
             )
