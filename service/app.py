@@ -260,7 +260,11 @@ class Application:
             self.ensure_topics()
             self._phase = "joining the consumer groups"
             features = RedisFeatureStore(
-                self._redis, FeatureConfig.from_settings(s), check_state=True
+                self._redis,
+                FeatureConfig.from_settings(s),
+                check_state=True,
+                # The scorer's id claims ride in the feature script's round trip.
+                claim_ttl_s=s.snapshot_ttl_s,
             )
             learner_loop = self._learner_loop(stack) if s.role is not Role.SCORER else None
             scorer_loop = self._scorer_loop(stack) if s.role is not Role.LEARNER else None
