@@ -19,14 +19,16 @@ What is visible when a transaction is scored, under a label delay:
 Two scorers (:data:`CEILINGS`):
 
 ``oracle_visible``
-    1 for every visible fraud, a seeded uniform draw below 1 for everything
-    else (genuine transactions and invisible frauds alike): a model perfect on
-    what can be seen and blind to the rest.
+    1 for every visible fraud, 0 for everything else (genuine transactions
+    and invisible frauds alike): a model perfect on what can be seen and blind
+    to the rest. The rest is one tie, the expectation of a random order: ROC
+    AUC counts a tied pair as half, average precision takes the tie as one
+    threshold, card precision breaks it by card code (arbitrary, as chance).
 ``oracle_activity``
     The same, but the rest is ranked by what is known about the card at
     scoring time: how many distinct terminals, then how many transactions, it
     has used so far that day (a card that visits more terminals is likelier
-    to have hit a compromised one), ties broken at random.
+    to have hit a compromised one).
 
 Examples
 --------
@@ -58,7 +60,7 @@ __all__ = [
 
 #: Reference scorers of :func:`ceiling_scores` and their one-line descriptions.
 CEILINGS: dict[str, str] = {
-    "oracle_visible": "ceiling: every fraud visible at scoring time found, the rest at random",
+    "oracle_visible": "ceiling: every fraud visible at scoring time found, the rest tied",
     "oracle_activity": "ceiling: visible frauds found, the rest ranked by the card's "
     "terminals and transactions so far that day",
 }
@@ -208,20 +210,18 @@ def ceiling_scores(
     batch_ms: int = 3_600_000,
     window_days: float = 28.0,
 ) -> dict[str, np.ndarray]:
-    """The reference scorers of :data:`CEILINGS`, seeded with the stream's seed.
+    """The reference scorers of :data:`CEILINGS` (deterministic: no random draw).
 
     ``batch_ms`` must be the replay's batch length (labels count when they
     arrive before the batch starts); ``window_days`` is how long a terminal
     stays compromised (the simulator's ``terminal_compromise_days``).
     """
     visible = visible_frauds(stream, labeled_ms, batch_ms=batch_ms, window_days=window_days)
-    rng = np.random.default_rng([stream.seed, 0xCE11])
-    noise = rng.random(len(stream))
     count, distinct = activity_so_far(stream.time_ms, stream.card, stream.terminal)
-    # Distinct terminals first, then transactions, then chance; squeezed below 1.
-    key = distinct * 10_000.0 + np.minimum(count, 9_999) + noise
-    activity = key / (key.max() + 1.0) if key.shape[0] else key
+    # Distinct terminals first, then transactions; squeezed below 1.
+    key = distinct * 10_000.0 + np.minimum(count, 9_999)
+    activity = key / (key.max() + 1.0) if key.shape[0] else key.astype(np.float64)
     return {
-        "oracle_visible": np.where(visible, 1.0, noise * 0.999),
+        "oracle_visible": np.where(visible, 1.0, 0.0),
         "oracle_activity": np.where(visible, 1.0, activity),
     }

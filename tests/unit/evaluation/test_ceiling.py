@@ -83,7 +83,7 @@ def test_visible_frauds_are_the_scenarios_seen_in_the_transaction_and_released_t
         assert visible[i] == bool((labeled[recent] < batch).any()), i
 
 
-def test_the_ceilings_score_visible_frauds_first_and_are_seeded(stream: LabelledStream) -> None:
+def test_the_ceilings_score_visible_frauds_first_the_rest_below(stream: LabelledStream) -> None:
     labeled = stream.time_ms + 7 * DAY_MS
     scores = ceiling_scores(stream, labeled)
     again = ceiling_scores(stream, labeled)
