@@ -87,7 +87,7 @@ def test_evaluate_a_handbook_file_prints_the_table_and_json_last(tmp_path: Path)
             "--preset",
             "handbook",
             "--models",
-            "logreg,forest",
+            "logreg,forest_logreg",
             "--store",
             "reference",
             "--label-delay-days",
@@ -109,8 +109,8 @@ def test_evaluate_a_handbook_file_prints_the_table_and_json_last(tmp_path: Path)
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()
     report = json.loads(lines[-1])
-    assert report["default_model"] == "forest"
-    for name in ("forest", "logreg", "rules"):
+    assert report["default_model"] == "forest_logreg"
+    for name in ("forest_logreg", "logreg", "rules"):
         m = report["models"][name]
         for key in ("roc_auc", "average_precision", "card_precision_at_100"):
             assert 0.0 <= m[key] <= 1.0, (name, key)
@@ -118,9 +118,9 @@ def test_evaluate_a_handbook_file_prints_the_table_and_json_last(tmp_path: Path)
             assert lo <= m[key] <= hi
     assert report["protocol"]["weeks"] == 2
     assert report["assessed"]["transactions"] > 0
-    assert "compromised-terminal" in report["models"]["forest"]["by_scenario"]
+    assert "compromised-terminal" in report["models"]["forest_logreg"]["by_scenario"]
     table = "\n".join(lines[:-1])
-    assert "forest (default)" in table and "rules prior alone" in table
+    assert "forest_logreg (default)" in table and "rules prior alone" in table
     # The ceiling's reference scorers, last, assessed alike and never serving.
     assert list(report["models"])[-2:] == ["oracle_visible", "oracle_activity"]
     for name in ("oracle_visible", "oracle_activity"):
@@ -143,7 +143,7 @@ def test_evaluate_a_handbook_file_prints_the_table_and_json_last(tmp_path: Path)
         json.loads((report_dir / "report.json").read_text())["models"].keys()
         == report["models"].keys()
     )
-    assert "| **forest (default)** |" in (report_dir / "report.md").read_text()
+    assert "| **forest_logreg (default)** |" in (report_dir / "report.md").read_text()
 
 
 def test_evaluate_needs_a_file_or_simulate() -> None:
