@@ -168,6 +168,12 @@ def _date(value: str | None) -> date | None:
     help="--via kafka: event seconds per wall second.",
 )
 @click.option(
+    "--ceiling",
+    is_flag=True,
+    help="Add the protocol's ceiling: reference scorers that read the simulated frauds' "
+    "scenarios and find every fraud visible at scoring time (needs scenarios, e.g. --simulate).",
+)
+@click.option(
     "--bootstrap",
     "n_boot",
     type=click.IntRange(min=0),
@@ -248,6 +254,10 @@ def run_evaluation(
             assume_utc=True if opts["assume_utc"] else None,
             seed=opts["seed"],
         )
+    if opts["ceiling"] and stream.scenario is None:
+        raise click.UsageError(
+            "--ceiling needs the frauds' scenarios: --simulate, or a file with fraud_scenario"
+        )
     config = ReplayConfig(
         models=models,
         label_delay_days=opts["label_delay_days"],
@@ -293,11 +303,23 @@ def run_evaluation(
                 redis_url=opts["redis_url"],
                 progress=progress.update,
             )
-    report = build_report(stream, result, config, protocol, command=command, via=opts["via"])
+    references: dict[str, np.ndarray] = {}
+    if opts["ceiling"]:
+        from fraudstream.evaluation.ceiling import ceiling_scores
+
+        references = ceiling_scores(
+            stream,
+            result.labeled_ms,
+            batch_ms=config.batch_s * 1000,
+            window_days=float(SimulationConfig().terminal_compromise_days),
+        )
+    report = build_report(
+        stream, result, config, protocol, command=command, via=opts["via"], references=references
+    )
     plan = protocol.assessment(stream, config.label_delay_days)
     test = plan.test_mask(stream.day, stream.card, stream.is_fraud)
     extras = {
-        "scores": {name: s[test] for name, s in result.scores.items()},
+        "scores": {name: s[test] for name, s in {**result.scores, **references}.items()},
         "labels": stream.is_fraud[test],
     }
     return report, extras

@@ -11,7 +11,7 @@ writes the summary, :func:`plots` the PNG figures (with matplotlib, the
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from fraudstream.evaluation.ceiling import CEILINGS
 from fraudstream.evaluation.metrics import (
     Assessment,
     assess,
@@ -120,8 +121,16 @@ def build_report(
     *,
     command: str = "",
     via: str = "in-process",
+    references: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Every figure of the run, JSON-ready (NaN as ``None``)."""
+    """Every figure of the run, JSON-ready (NaN as ``None``).
+
+    ``references``: scores of reference scorers that are not models (the
+    ceilings of :mod:`fraudstream.evaluation.ceiling`), assessed alike and
+    marked ``"reference": true``.
+    """
+    references = dict(references or {})
+    all_scores = {**result.scores, **references}
     k = protocol.top_k
     plan = protocol.assessment(stream, config.label_delay_days)
     day = stream.day
@@ -133,12 +142,12 @@ def build_report(
 
     models: dict[str, Any] = {}
     curves: dict[str, Any] = {}
-    for name, all_scores in result.scores.items():
-        s = all_scores[test]
+    for name, every_score in all_scores.items():
+        s = every_score[test]
         m = assess(s, y, d, c, week, k=k)
         daily = card_precision_per_day(d, c, s, y, k, week=week)
         entry: dict[str, Any] = {
-            "description": "rules prior alone" if name == "rules" else describe(name),
+            "description": _description(name, name in references),
             "roc_auc": m["roc_auc"],
             "average_precision": m["average_precision"],
             _k_key(k): m["card_precision_at_k"],
@@ -163,7 +172,9 @@ def build_report(
                 "average_precision": ci["average_precision"],
                 _k_key(k): ci["card_precision_at_k"],
             }
-        if name != "rules":
+        if name in references:
+            entry["reference"] = True
+        elif name != "rules":
             served = result.serving_from_ms.get(name)
             entry["serving_from"] = (
                 datetime.fromtimestamp(served / 1000, UTC).isoformat() if served else None
@@ -212,11 +223,17 @@ def build_report(
         },
         "default_model": DEFAULT_MODEL,
         "models": models,
-        "learning": _learning_curve(stream, result),
+        "learning": _learning_curve(stream, result, all_scores),
         "timings_s": result.timings_s,
     }
     safe: dict[str, Any] = _json_safe(report)
     return safe
+
+
+def _description(name: str, reference: bool) -> str:
+    if reference:
+        return CEILINGS.get(name, "reference scorer")
+    return "rules prior alone" if name == "rules" else describe(name)
 
 
 def _weekly(s: np.ndarray, y: np.ndarray, d: np.ndarray, c: np.ndarray, k: int) -> dict[str, Any]:
@@ -277,7 +294,9 @@ def _scenario_counts(stream: LabelledStream) -> dict[str, int]:
     }
 
 
-def _learning_curve(stream: LabelledStream, result: ReplayResult) -> list[dict[str, Any]]:
+def _learning_curve(
+    stream: LabelledStream, result: ReplayResult, scores: Mapping[str, np.ndarray]
+) -> list[dict[str, Any]]:
     """Per week of label arrival: each scorer's AUC and AP on the labels that arrived.
 
     The scores are those given when each transaction was scored (prequential):
@@ -298,7 +317,7 @@ def _learning_curve(stream: LabelledStream, result: ReplayResult) -> list[dict[s
             "labels": int(rows.sum()),
             "frauds": int(y.sum()),
         }
-        for name, s in result.scores.items():
+        for name, s in scores.items():
             entry[name] = {
                 "roc_auc": roc_auc(s[rows], y),
                 "average_precision": average_precision(s[rows], y),
@@ -335,16 +354,19 @@ def _with_ci(entry: dict[str, Any], key: str) -> str:
 
 
 def scorer_order(report: dict[str, Any]) -> list[str]:
-    """Default model first, then the other models, then the rules prior."""
-    names = [n for n in report["models"] if n != "rules"]
+    """Default model first, then the other models, the rules prior, the reference scorers."""
+    models = report["models"]
+    names = [n for n in models if n != "rules" and not models[n].get("reference")]
     default = report["default_model"]
     ordered = ([default] if default in names else []) + [n for n in names if n != default]
-    return [*ordered, "rules"]
+    return [*ordered, "rules", *(n for n in models if models[n].get("reference"))]
 
 
 def _label(report: dict[str, Any], name: str) -> str:
     if name == "rules":
         return "rules prior alone"
+    if report["models"].get(name, {}).get("reference"):
+        return f"{name} (ceiling)"
     return f"{name} (default)" if name == report["default_model"] else name
 
 
@@ -367,13 +389,14 @@ def table(report: dict[str, Any]) -> str:
         e = report["models"][name]
         served = e.get("serving_from")
         rate = e.get("learn_labels_per_s")
+        never = "-" if name == "rules" or e.get("reference") else "never"
         rows.append(
             [
                 _label(report, name),
                 _with_ci(e, "roc_auc"),
                 _with_ci(e, "average_precision"),
                 _with_ci(e, key),
-                served[:10] if served else ("-" if name == "rules" else "never"),
+                served[:10] if served else never,
                 f"{rate:,.0f}" if rate else "-",
                 _f(e.get("score_us_per_tx"), 2) if e.get("score_us_per_tx") else "-",
             ]

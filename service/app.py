@@ -273,6 +273,9 @@ class Application:
                 FeatureConfig.from_settings(s),
                 check_state=True,
                 wait_replicas=s.redis_cluster_wait_replicas,
+                # The scorer's id claims ride in the feature script's round trip
+                # (single node; a cluster store claims in a call of its own).
+                claim_ttl_s=s.snapshot_ttl_s,
             )
             learner_loop = self._learner_loop(stack) if s.role is not Role.SCORER else None
             scorer_loop = self._scorer_loop(stack) if s.role is not Role.LEARNER else None

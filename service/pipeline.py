@@ -7,7 +7,10 @@ Follow a batch top to bottom in :meth:`Pipeline.process`:
    record at a time only when something in it is bad; bad records become
    :class:`DeadLetter` s with their original bytes;
 2. **features** for the whole batch in one Redis round trip, as of each
-   transaction's own event time, counting each transaction id once;
+   transaction's own event time, counting each transaction id once; the same
+   call claims each id with its content (a store without that, e.g. the
+   reference store, has the snapshot store claim them first), and an id seen
+   before with other content is dead-lettered instead of counted;
 3. **score** with the active scorer (the learnt model, or the rules prior
    until the model has learnt enough), vectorised over the batch;
 4. **decide** (threshold or daily alert budget) and build reasons for alerts only;
@@ -42,7 +45,7 @@ from fraudstream.service.errors import (
     ValidationFailedError,
     is_dependency_error,
 )
-from fraudstream.service.features.store import FeatureStore
+from fraudstream.service.features.store import FeatureBatch, FeatureStore
 from fraudstream.service.model import BatchScorer
 from fraudstream.service.schemas import TRANSACTION_BATCH, Reason, Scorer, Transaction, condense
 from fraudstream.service.snapshots import CLAIM_CONFLICT
@@ -266,6 +269,9 @@ class Pipeline:
         self.max_message_bytes = max_message_bytes
         self.dead_letter_max_bytes = dead_letter_max_bytes
         self.clock_ms = clock_ms
+        # A store that claims the ids in its own round trip (the Redis store with
+        # claim_ttl_s) saves the separate claim call.
+        self._store_claims: bool = bool(getattr(features, "claims_ids", False))
 
     def process(self, records: Sequence[ConsumedRecord]) -> BatchOutcome:
         """Process one batch; nothing here commits or produces.
@@ -280,8 +286,11 @@ class Pipeline:
         transactions, indices, failures = validate_records(records, self.max_message_bytes)
         for i, error in failures:
             self._dead_letter(records[i], error, outcome)
-        if transactions:
-            transactions, indices = self._drop_conflicts(records, transactions, indices, outcome)
+        if transactions and not self._store_claims:
+            conflict = self.snapshots.claim_many_ids(transactions) == CLAIM_CONFLICT
+            transactions, indices = self._drop_conflicts(
+                records, transactions, indices, conflict, outcome
+            )
         if transactions:
             try:
                 self._process_valid(records, transactions, indices, outcome)
@@ -296,11 +305,10 @@ class Pipeline:
         records: Sequence[ConsumedRecord],
         transactions: list[Transaction],
         indices: list[int],
+        conflict: np.ndarray,
         outcome: BatchOutcome,
     ) -> tuple[list[Transaction], list[int]]:
         """Dead-letter transactions whose id was seen before with other content."""
-        claims = self.snapshots.claim_many_ids(transactions)
-        conflict = claims == CLAIM_CONFLICT
         if not conflict.any():
             return transactions, indices
         kept: list[Transaction] = []
@@ -391,6 +399,32 @@ class Pipeline:
     ) -> None:
         """Features, score, decision, snapshots and outgoing records of valid transactions."""
         batch = self.features.update_and_compute(transactions)
+        if batch.is_conflict is None or not batch.is_conflict.any():
+            self._score(records, transactions, indices, batch, outcome)
+            return
+        # The store claimed the ids: dead-letter the conflicts, score the rest.
+        # The dead letters join the outcome last: should scoring fail, this part
+        # is processed again (see _isolate) and finds the same conflicts.
+        conflicts = BatchOutcome()
+        kept = np.flatnonzero(~batch.is_conflict)
+        transactions, indices = self._drop_conflicts(
+            records, transactions, indices, batch.is_conflict, conflicts
+        )
+        if transactions:
+            batch = FeatureBatch(batch.names, batch.values[kept], batch.is_duplicate[kept])
+            self._score(records, transactions, indices, batch, outcome)
+        outcome.dead_letters += conflicts.dead_letters
+        outcome.outgoing += conflicts.outgoing
+
+    def _score(
+        self,
+        records: Sequence[ConsumedRecord],
+        transactions: list[Transaction],
+        indices: list[int],
+        batch: FeatureBatch,
+        outcome: BatchOutcome,
+    ) -> None:
+        """Score, decision, snapshots and outgoing records of counted transactions."""
         active = self.active_scorer()
         scores, _ = active.scorer.score_many(batch.values, reasons_at=np.inf)
         is_alert, threshold = self.policy.decide(scores, active.version)

@@ -342,7 +342,7 @@ class Settings(BaseSettings):
 
     # --- Model -------------------------------------------------------------
     model: str = Field(
-        "forest", description="Model from the catalogue (`fraudstream model catalogue`)."
+        "forest_logreg", description="Model from the catalogue (`fraudstream model catalogue`)."
     )
     min_labels_for_model: Annotated[int, Field(ge=0)] = Field(
         500,

@@ -15,7 +15,9 @@ Encoding (little endian, version byte first so the layout can evolve)::
 Version 1 (no digest) is still read. The first 9 bytes alone (version and
 digest) are an **id claim**: before a batch is counted, the scorer claims every
 transaction id with its :attr:`~fraudstream.service.schemas.Transaction.content_digest`
-(:meth:`SnapshotStore.claim_many_ids`). An id seen before with the same digest
+(:meth:`SnapshotStore.claim_many_ids`; on a single Redis node the scorer's
+feature script makes the same claims in its own call, with ``claim_id`` from
+``features/claims.lua``, the one home of the rule). An id seen before with the same digest
 is a replay (harmless: nothing is counted twice); with another digest it is a
 conflict, and the transaction is dead-lettered instead of being counted as a
 second transaction with the same id (and the same alert id). The snapshot
@@ -39,6 +41,7 @@ import struct
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
 
 import numpy as np
@@ -62,34 +65,28 @@ REBUILT_MODEL_VERSION = 0xFFFFFFFF
 #: Outcomes of :meth:`SnapshotStore.claim_many_ids`, one per transaction.
 CLAIM_NEW, CLAIM_REPLAY, CLAIM_CONFLICT = 0, 1, 2
 
+#: The claim of one id (``claim_id``), shared with the feature script, which
+#: claims a batch's ids in the same call as it counts them (single node).
+CLAIM_LUA = (
+    resources.files("fraudstream.service.features").joinpath("claims.lua").read_text("utf-8")
+)
+
 # KEYS[i] = snapshot key of transaction i; ARGV[1] = ttl_s, ARGV[2] = the 9-byte
 # claims (version byte + content digest), concatenated in key order.
-# Returns one byte per key: 0 new (claimed now), 1 replay (same digest, or a
-# version-1 snapshot, which has none), 2 conflict (another digest).
-_CLAIM_IDS_LUA = """
+# Returns one byte per key: CLAIM_NEW, CLAIM_REPLAY or CLAIM_CONFLICT.
+_CLAIM_IDS_LUA = (
+    CLAIM_LUA
+    + """
 local ttl = ARGV[1]
 local claims = ARGV[2]
 local out = {}
-local call, sub = redis.call, string.sub
+local sub, char = string.sub, string.char
 for i = 1, #KEYS do
-  local claim = sub(claims, (i - 1) * 9 + 1, i * 9)
-  -- A new id (the common case) costs one call.
-  if call('SET', KEYS[i], claim, 'NX', 'EX', ttl) then
-    out[i] = '\\0'
-  else
-    local held = call('GETRANGE', KEYS[i], 0, 8)
-    if held == '' then
-      call('SET', KEYS[i], claim, 'EX', ttl)
-      out[i] = '\\0'
-    elseif held == claim or string.byte(held, 1) == 1 then
-      out[i] = '\\1'
-    else
-      out[i] = '\\2'
-    end
-  end
+  out[i] = char(claim_id(KEYS[i], sub(claims, (i - 1) * 9 + 1, i * 9), ttl))
 end
 return table.concat(out)
 """
+)
 
 # KEYS[1] = claim key; ARGV = token, ttl_s, stale tokens...
 # Returns 1 if the label is now claimed by ``token``, 0 if it was already claimed.
@@ -128,6 +125,28 @@ for i = 1, #KEYS do
 end
 return #KEYS
 """
+
+
+def snapshot_key(prefix: str, transaction_id: str) -> str:
+    """Redis key of a transaction's snapshot and id claim (hash-tagged by transaction).
+
+    >>> snapshot_key("fs", "t1")
+    'fs:{x:t1}'
+    """
+    return f"{prefix}:{{x:{transaction_id}}}"
+
+
+def id_claims(transactions: Sequence[Transaction]) -> bytes:
+    """The id claims of a batch, :data:`CLAIM_BYTES` per transaction, in batch order.
+
+    >>> from fraudstream.service.schemas import Transaction
+    >>> tx = Transaction(transaction_id="t", card_id="c", terminal_id="m", amount=1,
+    ...                  timestamp=1522540800000)
+    >>> claims = id_claims([tx, tx])
+    >>> len(claims), claims[0] == SNAPSHOT_VERSION, claims[1:9] == tx.content_digest
+    (18, True, True)
+    """
+    return b"".join(_VERSION_BYTE + tx.content_digest for tx in transactions)
 
 
 def feature_set_id(names: Sequence[str]) -> int:
@@ -285,7 +304,7 @@ class SnapshotStore:
 
     def key(self, transaction_id: str) -> str:
         """Redis key of a snapshot (hash-tagged by transaction)."""
-        return f"{self.prefix}:{{x:{transaction_id}}}"
+        return snapshot_key(self.prefix, transaction_id)
 
     def claim_key(self, transaction_id: str) -> str:
         """Redis key of a label claim (same slot as the snapshot)."""
@@ -304,7 +323,7 @@ class SnapshotStore:
         if not transactions:
             return np.zeros(0, np.uint8)
         keys = [self.key(tx.transaction_id) for tx in transactions]
-        claims = b"".join(_VERSION_BYTE + tx.content_digest for tx in transactions)
+        claims = id_claims(transactions)
         # Single node: one call. Keys are hash-tagged per transaction, so a cluster
         # deployment calls this once per node with that node's keys.
         reply = self._claim_ids(keys=keys, args=[self.ttl_s, claims])

@@ -17,16 +17,26 @@ from fraudstream.service.snapshots import SnapshotStore
 
 
 def feature_store(
-    client: Any, config: FeatureConfig, *, check_state: bool = False, wait_replicas: int = 0
+    client: Any,
+    config: FeatureConfig,
+    *,
+    check_state: bool = False,
+    wait_replicas: int = 0,
+    claim_ttl_s: int | None = None,
 ) -> RedisFeatureStore:
-    """The feature store of ``client`` (``wait_replicas``: on a cluster only, see the settings)."""
+    """The feature store of ``client``.
+
+    ``wait_replicas`` applies on a cluster only (see the settings); ``claim_ttl_s``
+    on a single node only, where the id claims ride in the feature script (a
+    cluster store leaves them to the snapshot store's own call).
+    """
     if is_cluster(client):
         from fraudstream.service.features.cluster_store import ClusterFeatureStore
 
         return ClusterFeatureStore(
             client, config, check_state=check_state, wait_replicas=wait_replicas
         )
-    return RedisFeatureStore(client, config, check_state=check_state)
+    return RedisFeatureStore(client, config, check_state=check_state, claim_ttl_s=claim_ttl_s)
 
 
 def snapshot_store(client: Any, prefix: str, ttl_s: int, wait_replicas: int = 0) -> SnapshotStore:

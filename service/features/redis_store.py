@@ -13,7 +13,11 @@ Lua scripts shipped next to this module:
   transaction's day.
 
 Both count in a terminal's day buckets with ``count_at_terminal`` from
-``buckets.lua``, which is loaded in front of each of them.
+``buckets.lua``, which is loaded in front of each of them. With ``claim_ttl_s``
+set, ``update.lua`` also claims every transaction id (``claim_id`` from
+``claims.lua``, the rule of :mod:`fraudstream.service.snapshots`) before
+counting it, so the scorer's id claims cost no round trip of their own; an id
+claimed before with other content is not counted (``FeatureBatch.is_conflict``).
 
 A script runs atomically, so each transaction is atomic, two scorers sharing a
 terminal never race, and a replayed batch (after a crash) counts nothing twice:
@@ -98,6 +102,7 @@ from fraudstream.service.features.definitions import (
 )
 from fraudstream.service.features.store import FeatureBatch, LabelFact
 from fraudstream.service.schemas import Transaction
+from fraudstream.service.snapshots import id_claims, snapshot_key
 from fraudstream.service.state import StateLostError, lost_message, marker_key
 
 #: Size of one card history record (see the module docstring).
@@ -118,8 +123,9 @@ FLAG_LABELLED = 4
 BUCKET_SIZE = 16
 
 #: Card outcomes returned by ``update.lua`` (bits 0-1 of a status byte; bit 2 is
-#: "counted at the terminal").
+#: "counted at the terminal", bit 3 "id conflict: nothing counted").
 APPENDED, DUPLICATE, TOO_LATE, INSERTED = 0, 1, 2, 3
+CONFLICT_BIT = 8
 
 _RECORD = struct.Struct("<IIHBBIfff")
 _NEEDLE = struct.Struct("<IIH")
@@ -170,7 +176,7 @@ def haversine_km_np(
 
 
 #: Lua loaded in front of every script: Redis scripts cannot import each other.
-_PRELUDE = "buckets.lua"
+_PRELUDE = ("buckets.lua", "claims.lua")
 
 
 #: The error a script returns when the state marker is missing (see service/state.py).
@@ -188,7 +194,7 @@ class _Script:
         self._lost_message = lost_message
         folder = resources.files("fraudstream.service.features")
         self._source = "".join(
-            folder.joinpath(part).read_text("utf-8") for part in (_PRELUDE, name)
+            folder.joinpath(part).read_text("utf-8") for part in (*_PRELUDE, name)
         )
         self.sha = hashlib.sha1(self._source.encode("utf-8")).hexdigest()
 
@@ -220,6 +226,13 @@ class RedisFeatureStore:
         (:class:`~fraudstream.service.state.StateLostError`), checked atomically in
         each script call. On in the service; off for a rebuild, benchmarks and
         evaluations, which build their state from nothing.
+    claim_ttl_s
+        Claim every transaction id (its snapshot key, with its content digest,
+        for this many seconds: ``Settings.snapshot_ttl_s``) in the same script
+        call, before counting it, as :meth:`SnapshotStore.claim_many_ids
+        <fraudstream.service.snapshots.SnapshotStore.claim_many_ids>` would: an
+        id held with other content is not counted and is flagged in
+        ``FeatureBatch.is_conflict``. ``None`` (default): no claims.
 
     Attributes
     ----------
@@ -228,7 +241,12 @@ class RedisFeatureStore:
     """
 
     def __init__(
-        self, client: redis.Redis, config: FeatureConfig, *, check_state: bool = False
+        self,
+        client: redis.Redis,
+        config: FeatureConfig,
+        *,
+        check_state: bool = False,
+        claim_ttl_s: int | None = None,
     ) -> None:
         self.config = config
         self.counters = StoreCounters()
@@ -249,6 +267,12 @@ class RedisFeatureStore:
             self._slots,
             config.terminal_ttl_s * 1000,
         ]
+        self._claim_ttl_s = claim_ttl_s
+
+    @property
+    def claims_ids(self) -> bool:
+        """Whether :meth:`update_and_compute` claims the ids too (``claim_ttl_s`` given)."""
+        return self._claim_ttl_s is not None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -268,18 +292,38 @@ class RedisFeatureStore:
     def update_and_compute(self, transactions: Sequence[Transaction]) -> FeatureBatch:
         """Count each new transaction once and return every transaction's features.
 
-        One ``EVALSHA`` for the whole batch.
+        One ``EVALSHA`` for the whole batch, which also claims the ids when
+        :attr:`claims_ids`.
         """
         n = len(transactions)
+        claiming = self._claim_ttl_s is not None
         if n == 0:
-            return FeatureBatch(self._names, np.empty((0, len(self._names))), np.zeros(0, bool))
+            return FeatureBatch(
+                self._names,
+                np.empty((0, len(self._names))),
+                np.zeros(0, bool),
+                np.zeros(0, bool) if claiming else None,
+            )
         batch = _BatchColumns(transactions, self._card_key, self._terminal_key)
+        keys, claim_args = batch.keys, []
+        if claiming:
+            prefix = self.config.prefix
+            keys = [""] * (3 * n)
+            keys[0::3] = batch.keys[0::2]
+            keys[1::3] = batch.keys[1::2]
+            keys[2::3] = [snapshot_key(prefix, tx.transaction_id) for tx in transactions]
+            claim_args = [id_claims(transactions), self._claim_ttl_s]
         reply = self._update(
-            batch.keys + self._marker, [batch.records.tobytes(), *self._fixed_args, *self._check]
+            keys + self._marker,
+            [batch.records.tobytes(), *self._fixed_args, *self._check, *claim_args],
         )
         status = np.frombuffer(reply[0], dtype=np.uint8)
-        outcome, counted = status & 3, (status & 4) != 0
-        self._count(outcome, counted)
+        conflict = (status & CONFLICT_BIT) != 0
+        # A conflict counted nothing: computed as a too-late event with no
+        # history (its row is dropped by the caller).
+        outcome = np.where(conflict, TOO_LATE, status & 3)
+        counted = (status & 4) != 0
+        self._count(outcome[~conflict], counted[~conflict])
 
         # Terminal rings before each transaction, plus its own increment.
         size = BUCKET_SIZE * self._slots
@@ -307,7 +351,9 @@ class RedisFeatureStore:
         lengths = np.fromiter(map(len, histories), np.int64, n) // RECORD_SIZE
         records = np.frombuffer(b"".join(histories), dtype=RECORD_DTYPE)
         values = self._compute(batch, outcome, lengths, records, rings)
-        return FeatureBatch(self._names, values, outcome == DUPLICATE)
+        return FeatureBatch(
+            self._names, values, outcome == DUPLICATE, conflict if claiming else None
+        )
 
     def _count(self, outcome: np.ndarray, counted: np.ndarray) -> None:
         counts = np.bincount(outcome, minlength=4)

@@ -24,11 +24,18 @@ class FeatureBatch:
     is_duplicate
         ``bool`` array: the transaction id had been counted before (a replay);
         its features are computed as of its own time, but nothing was counted again.
+    is_conflict
+        ``bool`` array when the store claimed the ids in the same call
+        (:attr:`RedisFeatureStore.claims_ids
+        <fraudstream.service.features.redis_store.RedisFeatureStore.claims_ids>`):
+        the id was claimed before with other content, nothing was counted and the
+        row's values mean nothing. ``None``: the store claimed no ids.
     """
 
     names: tuple[str, ...]
     values: np.ndarray
     is_duplicate: np.ndarray
+    is_conflict: np.ndarray | None = None
 
 
 @dataclass(frozen=True, slots=True)

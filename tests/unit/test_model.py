@@ -132,6 +132,30 @@ def test_forest_learns_the_planted_frauds_and_scores_like_row_by_row() -> None:
     assert len(pickle.dumps(model)) < 2_000_000
 
 
+def test_the_blend_is_the_weighted_mean_of_its_forest_and_logreg_learnt_alike() -> None:
+    names, X5, Y5 = synthetic_stream(6_000, seed=5, fraud_rate=0.05)
+    blend, forest, logreg = (FraudModel(n, names) for n in ("forest_logreg", "forest", "logreg"))
+    for lo in range(0, 5_000, 500):  # label batches, as the learner gets them
+        for m in (blend, forest, logreg):
+            m.learn_many(X5[lo : lo + 500], Y5[lo : lo + 500])
+    assert blend.labels_learnt == forest.labels_learnt == logreg.labels_learnt == 5_000
+    w = blend.pipeline.linear_weight
+    assert 0 < w < 1
+    p = blend.proba_many(X5[5_000:])
+    expected = (1 - w) * forest.proba_many(X5[5_000:]) + w * logreg.proba_many(X5[5_000:])
+    np.testing.assert_allclose(p, expected, rtol=0, atol=1e-12)
+    # Row by row (River's verb) and after a checkpoint, the same.
+    one = [blend.predict_proba_one(dict(zip(names, r.tolist(), strict=True)))[True]
+           for r in X5[5_000:5_050]]  # fmt: skip
+    np.testing.assert_allclose(p[:50], one, rtol=0, atol=1e-12)
+    restored = pickle.loads(pickle.dumps(blend))
+    np.testing.assert_array_equal(restored.proba_many(X5[5_000:]), p)
+    # It learns online: new labels move both members.
+    restored.learn_many(X5[5_000:5_500], Y5[5_000:5_500])
+    assert not np.array_equal(restored.proba_many(X5[5_500:]), p[500:])
+    assert len(blend.reasons_many(X5[5_000:5_005])[0]) == 3
+
+
 def test_forest_learn_one_equals_learn_many_in_effect() -> None:
     a, b = FraudModel("forest", NAMES), FraudModel("forest", NAMES)
     for row, y in zip(X, Y, strict=True):

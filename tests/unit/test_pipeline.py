@@ -38,8 +38,12 @@ class Record:
 class Snapshots:
     stored: dict[str, tuple[np.ndarray, float, int]] = field(default_factory=dict)
     digests: dict[str, bytes] = field(default_factory=dict)
+    claim_calls: int = 0
+    #: put_many fails for transactions of this card, as a record-specific bug would.
+    poison: str | None = None
 
     def claim_many_ids(self, transactions: Sequence[Transaction]) -> np.ndarray:
+        self.claim_calls += 1
         out = []
         for tx in transactions:
             held = self.digests.setdefault(tx.transaction_id, tx.content_digest)
@@ -55,6 +59,8 @@ class Snapshots:
         feature_names: Sequence[str],
         keep_existing: np.ndarray | None = None,
     ) -> None:
+        if any(tx.card_id == self.poison for tx in transactions):
+            raise ValueError("cannot store this one")
         keep = np.zeros(len(X), bool) if keep_existing is None else keep_existing
         for tx, row, score, only_new in zip(transactions, X, scores, keep, strict=True):
             if not (only_new and tx.transaction_id in self.stored):
@@ -255,6 +261,40 @@ class _Poisoned:
         self.inner.record_labels(labels)
 
 
+class _Claiming:
+    """A feature store that claims the ids in its own call, as the Redis store does."""
+
+    claims_ids = True
+
+    def __init__(self, inner: FeatureStore) -> None:
+        self.inner = inner
+        self.digests: dict[str, bytes] = {}
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.inner.names
+
+    def update_and_compute(self, transactions: Sequence[Transaction]) -> FeatureBatch:
+        conflict = np.array(
+            [
+                self.digests.setdefault(tx.transaction_id, tx.content_digest) != tx.content_digest
+                for tx in transactions
+            ],
+            dtype=bool,
+        )
+        counted = self.inner.update_and_compute(
+            [tx for tx, bad in zip(transactions, conflict, strict=True) if not bad]
+        )
+        values = np.zeros((len(transactions), len(self.names)))
+        values[~conflict] = counted.values
+        duplicate = np.zeros(len(transactions), bool)
+        duplicate[~conflict] = counted.is_duplicate
+        return FeatureBatch(self.names, values, duplicate, conflict)
+
+    def record_labels(self, labels: Sequence[LabelFact]) -> None:
+        self.inner.record_labels(labels)
+
+
 def _reference() -> ReferenceFeatureStore:
     return ReferenceFeatureStore(
         FeatureConfig.from_settings(Settings(_env_file=None))  # type: ignore[call-arg]
@@ -290,8 +330,11 @@ def test_a_batch_failing_record_by_record_is_a_bug_not_bad_input() -> None:
         pipeline.process([Record(_tx(i, card="c1", minute=i), offset=i) for i in range(3)])
 
 
-def test_an_id_reused_with_other_content_is_a_conflict_and_counted_once() -> None:
-    pipeline, snapshots = _pipeline()
+@pytest.mark.parametrize("store_claims", [False, True])
+def test_an_id_reused_with_other_content_is_a_conflict_and_counted_once(
+    store_claims: bool,
+) -> None:
+    pipeline, snapshots = _pipeline(store=_Claiming(_reference()) if store_claims else None)
     first = pipeline.process([Record(_tx(1, card="c1"), offset=0)])
     again = pipeline.process(
         [
@@ -305,3 +348,24 @@ def test_an_id_reused_with_other_content_is_a_conflict_and_counted_once() -> Non
     assert sorted(letters) == [2, 3]
     assert {h["fraudstream.error.class"] for h in letters.values()} == {b"IdConflictError"}
     assert list(snapshots.stored) == ["t1"]
+    # The ids were claimed once per batch: by the store itself, or by the snapshot store first.
+    assert snapshots.claim_calls == (0 if store_claims else 2)
+
+
+def test_a_conflict_found_by_the_store_is_dead_lettered_once_when_a_later_step_fails() -> None:
+    pipeline, snapshots = _pipeline(store=_Claiming(_reference()))
+    snapshots.poison = "poison"
+    outcome = pipeline.process(
+        [
+            Record(_tx(1, card="c1"), offset=0),
+            Record(_tx(1, card="c2"), offset=1),  # the same id on another card
+            Record(_tx(50, card="poison"), offset=2),  # storing its snapshot fails
+            Record(_tx(2, card="c1", minute=1), offset=3),
+        ]
+    )
+    letters = _dead_letters_by_offset(outcome)
+    assert sorted(letters) == [1, 2]
+    assert letters[1]["fraudstream.error.class"] == b"IdConflictError"
+    assert letters[2]["fraudstream.error.class"] == b"UnprocessableEventError"
+    assert len(outcome.dead_letters) == 2
+    assert outcome.scored == 2 and sorted(snapshots.stored) == ["t1", "t2"]

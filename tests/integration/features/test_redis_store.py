@@ -14,6 +14,7 @@ from fraudstream.service.features.redis_store import RedisFeatureStore
 from fraudstream.service.features.reference import ReferenceFeatureStore
 from fraudstream.service.features.store import FeatureBatch, LabelFact
 from fraudstream.service.schemas import Transaction
+from fraudstream.service.snapshots import CLAIM_CONFLICT, CLAIM_REPLAY, SnapshotStore
 
 START_MS = 1_522_540_800_000  # 2018-04-01 00:00 UTC
 HOUR_MS = 3_600_000
@@ -103,15 +104,19 @@ def label_for(tx: Transaction, is_fraud: bool = True) -> LabelFact:
     return LabelFact(tx.transaction_id, tx.card_id, tx.terminal_id, tx.event_time_ms, is_fraud)
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize(("seed", "claims"), [(1, False), (2, False), (3, False), (4, True)])
 def test_equals_reference_on_random_streams(
-    redis_client: redis.Redis, config: FeatureConfig, seed: int
+    redis_client: redis.Redis, config: FeatureConfig, seed: int, claims: bool
 ) -> None:
-    store, reference = RedisFeatureStore(redis_client, config), ReferenceFeatureStore(config)
+    store = RedisFeatureStore(redis_client, config, claim_ttl_s=3600 if claims else None)
+    reference = ReferenceFeatureStore(config)
     rng = random.Random(seed)
     seen: list[Transaction] = []
     for batch in batches(random_stream(seed, 1500), rng):
-        assert_same(store.update_and_compute(batch), reference.update_and_compute(batch))
+        got = store.update_and_compute(batch)
+        assert_same(got, reference.update_and_compute(batch))
+        # Replays carry the same content: never a conflict.
+        assert got.is_conflict is None if not claims else not got.is_conflict.any()
         seen += batch
         # Labels arrive later, for random earlier transactions, some repeated.
         labels = [label_for(tx, rng.random() < 0.5) for tx in rng.sample(seen, min(len(seen), 3))]
@@ -157,6 +162,42 @@ def test_replaying_a_batch_counts_nothing_twice(
     assert_same(replay, reference.update_and_compute(first))
     assert_same(store.update_and_compute(second), reference.update_and_compute(second))
     assert store.counters.inserted == 400
+
+
+def test_ids_claimed_with_other_content_are_flagged_and_not_counted(
+    redis_client: redis.Redis, config: FeatureConfig
+) -> None:
+    store = RedisFeatureStore(redis_client, config, claim_ttl_s=3600)
+    reference = ReferenceFeatureStore(config)
+    snapshots = SnapshotStore(redis_client, config.prefix, ttl_s=3600)
+    stream = random_stream(21, 300, duplicate_rate=0.05)
+    rng = random.Random(21)
+    conflicts = 0
+    for batch in batches(stream, rng):
+        # Some ids again with other content, after their first holders.
+        distinct = {tx.transaction_id: tx for tx in batch}.values()
+        reused = [
+            Transaction.model_validate({**tx.model_dump(), "amount": tx.amount + 1.0})
+            for tx in rng.sample(list(distinct), min(2, len(distinct)))
+        ]
+        mixed = [*batch, *reused]
+        got = store.update_and_compute(mixed)
+        assert got.is_conflict is not None
+        # The first holder of an id claims it; its reuse is flagged and counted nowhere.
+        assert got.is_conflict.tolist() == [any(tx is r for r in reused) for tx in mixed], (
+            "only the reused ids conflict"
+        )
+        conflicts += int(got.is_conflict.sum())
+        kept = ~got.is_conflict
+        want = reference.update_and_compute(batch)
+        assert_same(FeatureBatch(got.names, got.values[kept], got.is_duplicate[kept]), want)
+    assert conflicts > 0
+    assert store.counters == reference.counters
+    # The claims are the snapshot store's: the same content is a replay, other content conflicts.
+    tx = stream[0]
+    other = Transaction.model_validate({**tx.model_dump(), "card_id": "someone-else"})
+    assert snapshots.claim_many_ids([tx, other]).tolist() == [CLAIM_REPLAY, CLAIM_CONFLICT]
+    assert 3500 < redis_client.ttl(snapshots.key(tx.transaction_id)) <= 3600
 
 
 def test_keys_use_the_prefix_and_carry_ttls(

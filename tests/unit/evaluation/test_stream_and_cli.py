@@ -87,7 +87,7 @@ def test_evaluate_a_handbook_file_prints_the_table_and_json_last(tmp_path: Path)
             "--preset",
             "handbook",
             "--models",
-            "logreg,forest",
+            "logreg,forest_logreg",
             "--store",
             "reference",
             "--label-delay-days",
@@ -98,6 +98,7 @@ def test_evaluate_a_handbook_file_prints_the_table_and_json_last(tmp_path: Path)
             "50",
             "--min-frauds",
             "3",
+            "--ceiling",
             "--no-progress",
             "--json",
             "--report",
@@ -108,8 +109,8 @@ def test_evaluate_a_handbook_file_prints_the_table_and_json_last(tmp_path: Path)
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()
     report = json.loads(lines[-1])
-    assert report["default_model"] == "forest"
-    for name in ("forest", "logreg", "rules"):
+    assert report["default_model"] == "forest_logreg"
+    for name in ("forest_logreg", "logreg", "rules"):
         m = report["models"][name]
         for key in ("roc_auc", "average_precision", "card_precision_at_100"):
             assert 0.0 <= m[key] <= 1.0, (name, key)
@@ -117,9 +118,17 @@ def test_evaluate_a_handbook_file_prints_the_table_and_json_last(tmp_path: Path)
             assert lo <= m[key] <= hi
     assert report["protocol"]["weeks"] == 2
     assert report["assessed"]["transactions"] > 0
-    assert "compromised-terminal" in report["models"]["forest"]["by_scenario"]
+    assert "compromised-terminal" in report["models"]["forest_logreg"]["by_scenario"]
     table = "\n".join(lines[:-1])
-    assert "forest (default)" in table and "rules prior alone" in table
+    assert "forest_logreg (default)" in table and "rules prior alone" in table
+    # The ceiling's reference scorers, last, assessed alike and never serving.
+    assert list(report["models"])[-2:] == ["oracle_visible", "oracle_activity"]
+    for name in ("oracle_visible", "oracle_activity"):
+        m = report["models"][name]
+        assert m["reference"] is True and "serving_from" not in m
+        assert m["roc_auc"] >= report["models"]["rules"]["roc_auc"], name
+        assert f"{name} (ceiling)" in table
+    assert table.index("rules prior alone") < table.index("oracle_visible (ceiling)")
     written = sorted(p.name for p in report_dir.iterdir())
     assert {
         "report.json",
@@ -134,7 +143,7 @@ def test_evaluate_a_handbook_file_prints_the_table_and_json_last(tmp_path: Path)
         json.loads((report_dir / "report.json").read_text())["models"].keys()
         == report["models"].keys()
     )
-    assert "| **forest (default)** |" in (report_dir / "report.md").read_text()
+    assert "| **forest_logreg (default)** |" in (report_dir / "report.md").read_text()
 
 
 def test_evaluate_needs_a_file_or_simulate() -> None:
@@ -142,3 +151,14 @@ def test_evaluate_needs_a_file_or_simulate() -> None:
     assert result.exit_code != 0 and "--simulate" in result.output
     result = CliRunner().invoke(main, ["evaluate", "--simulate", "--models", "nope"])
     assert result.exit_code != 0 and "unknown model" in result.output
+
+
+def test_the_ceiling_needs_the_frauds_scenarios(tmp_path: Path) -> None:
+    path = tmp_path / "plain.csv"
+    path.write_text(
+        "\n".join(",".join(line.split(",")[:8]) for line in HANDBOOK_CSV.splitlines()) + "\n"
+    )
+    result = CliRunner().invoke(
+        main, ["evaluate", str(path), "--preset", "handbook", "--ceiling", "--no-progress"]
+    )
+    assert result.exit_code != 0 and "--ceiling needs the frauds' scenarios" in result.output
