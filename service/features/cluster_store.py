@@ -95,10 +95,10 @@ class ClusterFeatureStore(RedisFeatureStore):
         super().__init__(client, config, check_state=check_state)  # type: ignore[arg-type]
         self._rounds = NodeRounds(client, wait_replicas)
         self._lost = lost_message(config.prefix) + " (on at least one slot of the cluster)"
-        self._card_script = _script("card.lua")
-        self._label_card_script = _script("label_card.lua")
-        self._terminal_script = _script(_PRELUDE, "terminal.lua")
-        self._pending_script = _script("pending.lua")
+        self._card_script = _script("history.lua", "card.lua")
+        self._label_card_script = _script("history.lua", "label_card.lua")
+        self._terminal_script = _script(*_PRELUDE, "terminal.lua")
+        self._pending_script = _script("history.lua", "pending.lua")
         # The single-node script calls, replaced by the rounds with the same contract.
         self._update = self._update_in_rounds  # type: ignore[assignment]
         self._labels = self._labels_in_rounds  # type: ignore[assignment]

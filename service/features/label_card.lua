@@ -2,6 +2,8 @@
 -- labels.lua, run once per master on the labels whose card key it holds (see
 -- cluster_store.py; redis_cluster.py unpacks KEYS and ARGV in front of it).
 --
+-- history.lua's flag_label, loaded in front, flags the record, as in labels.lua.
+--
 -- KEYS[i] = card key of label i (i = 1..n), then the state markers of their slots
 -- (checked when ARGV[4] = '1', as in card.lua).
 -- ARGV[1] = 10-byte needles, ARGV[2] = one byte per label, '1' fraud, '0' genuine,
@@ -15,49 +17,27 @@
 
 local needles = ARGV[1]
 local n = #needles / 10
-if ARGV[4] == '1' then
-  for i = n + 1, #KEYS do
-    if redis.call('EXISTS', KEYS[i]) == 0 then
-      return redis.error_reply('FRAUDSTREAM_STATE_LOST')
-    end
-  end
+if ARGV[4] == '1' and state_lost(n + 1) then
+  return redis.error_reply('FRAUDSTREAM_STATE_LOST')
 end
 local kinds = ARGV[2]
 local retention = tonumber(ARGV[3])
-local RS = 28
 local PENDING = 16
-local unpack = struct.unpack
-local find, sub, byte, char = string.find, string.sub, string.byte, string.char
-local floor = math.floor
-local call = redis.call
+local sub, byte, char = string.sub, string.byte, string.char
 
 local out = {}
 local hints = {}
 for i = 1, n do
   local needle = sub(needles, (i - 1) * 10 + 1, i * 10)
-  local ts = unpack('<I6', needle, 5)
-  local fraud = byte(kinds, i) == 49
-  local h = call('GET', KEYS[i])
+  local ck = KEYS[i]
+  local at, flagged, flags = flag_label(ck, redis.call('GET', ck), needle, byte(kinds, i) == 49, PENDING, retention)
   local todo = 1
-  local at = 0
-  if h and ts > unpack('<I6', h, #h - RS + 5) - retention then
-    local pos = find(h, needle, 1, true)
-    while pos and (pos - 1) % RS ~= 0 do
-      pos = find(h, needle, pos + 1, true)
-    end
-    if pos then
-      at = pos - 1
-      local flags = byte(h, pos + 10)
-      if floor(flags / 4) % 2 == 1 or flags % 2 == 1 then
-        todo = (floor(flags / PENDING) % 2 == 1) and 2 or 0
-      else
-        flags = flags + 4 + (fraud and 1 or 0) + PENDING
-        call('SETRANGE', KEYS[i], pos + 9, char(flags))
-        todo = 2
-      end
-    end
+  if flagged or (at and math.floor(flags / PENDING) % 2 == 1) then
+    todo = 2
+  elseif at then
+    todo = 0
   end
   out[i] = char(todo)
-  hints[i] = struct.pack('<I4', at)
+  hints[i] = struct.pack('<I4', at or 0)
 end
 return {table.concat(out), table.concat(hints)}

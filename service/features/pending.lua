@@ -1,5 +1,6 @@
 -- fraudstream on Redis Cluster, rounds 3 and 4 of a batch (see cluster_store.py;
--- redis_cluster.py unpacks KEYS and ARGV in front of it), once per master.
+-- redis_cluster.py unpacks KEYS and ARGV in front of it, after history.lua's
+-- find_record), once per master.
 --
 -- ARGV[1] = 'clear': KEYS[i] = a card key, ARGV[2] = 10-byte needles, ARGV[3] =
 -- one flag byte per key (8 "terminal pending", 16 "label pending"), ARGV[4] = a
@@ -15,7 +16,7 @@ local call = redis.call
 if mode == 'clear' then
   local flags = ARGV[3]
   local hints = ARGV[4]
-  local find, sub, byte, char = string.find, string.sub, string.byte, string.char
+  local sub, byte, char = string.sub, string.byte, string.char
   local floor = math.floor
   for i = 1, #KEYS do
     local needle = sub(items, (i - 1) * 10 + 1, i * 10)
@@ -23,19 +24,13 @@ if mode == 'clear' then
     local at = struct.unpack('<I4', hints, (i - 1) * 4 + 1)
     local f = nil
     local head = call('GETRANGE', KEYS[i], at, at + 10)
-    if sub(head, 1, 10) == needle and at % 28 == 0 then
+    if sub(head, 1, 10) == needle and at % RECORD == 0 then
       f = byte(head, 11)
     else
       local h = call('GET', KEYS[i])
-      if h then
-        local pos = find(h, needle, 1, true)
-        while pos and (pos - 1) % 28 ~= 0 do
-          pos = find(h, needle, pos + 1, true)
-        end
-        if pos then
-          at = pos - 1
-          f = byte(h, pos + 10)
-        end
+      at = h and find_record(h, needle)
+      if at then
+        f = byte(h, at + 11)
       end
     end
     if f and floor(f / bit) % 2 == 1 then

@@ -13,7 +13,9 @@ Lua scripts shipped next to this module:
   transaction's day.
 
 Both count in a terminal's day buckets with ``count_at_terminal`` from
-``buckets.lua``, which is loaded in front of each of them. With ``claim_ttl_s``
+``buckets.lua`` and keep the card history with ``history.lua``
+(``add_to_history``, ``flag_label``; the Redis Cluster scripts use the same
+functions), loaded in front of each of them. With ``claim_ttl_s``
 set, ``update.lua`` also claims every transaction id (``claim_id`` from
 ``claims.lua``, the rule of :mod:`fraudstream.service.snapshots`) before
 counting it, so the scorer's id claims cost no round trip of their own; an id
@@ -176,7 +178,7 @@ def haversine_km_np(
 
 
 #: Lua loaded in front of every script: Redis scripts cannot import each other.
-_PRELUDE = ("buckets.lua", "claims.lua")
+_PRELUDE = ("buckets.lua", "claims.lua", "history.lua")
 
 
 #: The error a script returns when the state marker is missing (see service/state.py).

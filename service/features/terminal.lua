@@ -23,12 +23,8 @@
 
 local kinds = ARGV[1]
 local n = #kinds
-if ARGV[6] == '1' then
-  for i = n + 1, #KEYS do
-    if redis.call('EXISTS', KEYS[i]) == 0 then
-      return redis.error_reply('FRAUDSTREAM_STATE_LOST')
-    end
-  end
+if ARGV[6] == '1' and state_lost(n + 1) then
+  return redis.error_reply('FRAUDSTREAM_STATE_LOST')
 end
 local needles = ARGV[2]
 local slots = tonumber(ARGV[3])
