@@ -109,6 +109,12 @@ def bench() -> None:
     "(needs the bench extra: pip install -e '.[bench]').",
 )
 @click.option(
+    "--redis-cluster",
+    is_flag=True,
+    help="Also run the scorer (the first --scorers count) on a local Redis Cluster (3 masters, "
+    "3 replicas) started for the run: its rate and Redis CPU next to the single node's.",
+)
+@click.option(
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
     default=Path("bench/results/pipeline.json"),
@@ -133,6 +139,7 @@ def pipeline(
     seed: int,
     scorer_counts: tuple[int, ...],
     peer: str,
+    redis_cluster: bool,
     output: Path,
     as_json: bool,
 ) -> None:
@@ -169,6 +176,7 @@ def pipeline(
         results_dir=output.parent,
         scorers=scorer_counts,
         peer=None if peer == "none" else peer,
+        redis_cluster=redis_cluster,
     )
     result = run_pipeline_bench(
         config, settings, progress=lambda message: click.echo(f"bench: {message}", err=True)

@@ -42,9 +42,22 @@ def proc_cpu_s(pid: int) -> float | None:
     return (utime + stime) / _TICKS_PER_S
 
 
-def redis_cpu_s(client: Any) -> float:
-    """CPU seconds the Redis server has used (``used_cpu_sys + used_cpu_user``)."""
-    info = client.info("cpu")
+def redis_cpu_s(client: Any, masters_only: bool = False) -> float:
+    """CPU seconds the Redis server has used (``used_cpu_sys + used_cpu_user``).
+
+    On a Redis Cluster client, the sum over every node (masters and replicas), or
+    over the masters only.
+    """
+    from redis.cluster import RedisCluster
+
+    if isinstance(client, RedisCluster):
+        nodes = RedisCluster.PRIMARIES if masters_only else RedisCluster.ALL_NODES
+        infos = client.info("cpu", target_nodes=nodes)
+        return sum(_cpu_s(info) for info in infos.values())
+    return _cpu_s(client.info("cpu"))
+
+
+def _cpu_s(info: Any) -> float:
     return float(info.get("used_cpu_sys", 0.0)) + float(info.get("used_cpu_user", 0.0))
 
 
@@ -72,10 +85,19 @@ class CpuSampler:
         Pid of the broker JVM (``None`` when the broker was given, not started).
     every_s
         Sampling period (default 50 ms: about 20 ``INFO`` calls a second).
+    masters_only
+        On a Redis Cluster, sample its masters only (default: every node).
     """
 
-    def __init__(self, redis_client: Any, broker_pid: int | None, every_s: float = 0.05) -> None:
+    def __init__(
+        self,
+        redis_client: Any,
+        broker_pid: int | None,
+        every_s: float = 0.05,
+        masters_only: bool = False,
+    ) -> None:
         self.redis_client = redis_client
+        self.masters_only = masters_only
         self.broker_pid = broker_pid
         self.every_s = every_s
         self.times: list[float] = []
@@ -87,7 +109,11 @@ class CpuSampler:
     def sample(self) -> None:
         """Take one sample now."""
         now = time.monotonic()
-        redis_s = redis_cpu_s(self.redis_client) if self.redis_client is not None else np.nan
+        redis_s = (
+            redis_cpu_s(self.redis_client, self.masters_only)
+            if self.redis_client is not None
+            else np.nan
+        )
         broker = proc_cpu_s(self.broker_pid) if self.broker_pid is not None else None
         self.times.append(now)
         self.redis_s.append(redis_s)

@@ -204,6 +204,20 @@ _ROWS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+#: Rows of the Redis Cluster run (``--redis-cluster``).
+_CLUSTER_ROWS: tuple[tuple[str, str, str], ...] = (
+    (
+        "cluster_scorer_tx_per_s",
+        "scorer on a 3-master Redis Cluster (same topic, same run)",
+        "tx/s",
+    ),
+    ("cluster_vs_single", "cluster / single Redis node", "x"),
+    ("cluster_scorer_cpu_us_per_tx", "scorer process CPU per transaction (cluster run)", "µs"),
+    ("cluster_redis_cpu_us_per_tx", "Redis CPU per transaction, 6 cluster nodes", "µs"),
+    ("cluster_redis_masters_cpu_us_per_tx", "Redis CPU per transaction, the 3 masters", "µs"),
+)
+
+
 def _scaling_rows(result: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     """Rows for every scorer count measured after the first, and its ratio to the first.
 
@@ -257,7 +271,12 @@ def format_summary(result: Mapping[str, Any], profile_lines: int = 60) -> str:
         "| measure | value | target | met |",
         "|---|---|---|---|",
     ]
-    for key, label, unit in (*_ROWS[:1], *_scaling_rows(result), *_ROWS[1:]):
+    for key, label, unit in (
+        *_ROWS[:1],
+        *_scaling_rows(result),
+        *(_CLUSTER_ROWS if "cluster_scorer_tx_per_s" in result else ()),
+        *_ROWS[1:],
+    ):
         if key not in result:
             continue
         value = result[key]
@@ -551,6 +570,8 @@ class PipelineBenchConfig:
         group on the same topic (default ``(1,)``); the first is the headline figure.
     peer
         ``"quix"``: also run the Quix Streams peer on the same topic; ``None``: no peer.
+    redis_cluster
+        Also run the first scorer count on a local Redis Cluster started for the run.
     """
 
     events: int = 200_000
@@ -567,6 +588,7 @@ class PipelineBenchConfig:
     results_dir: Path = Path("bench/results")
     scorers: tuple[int, ...] = (1,)
     peer: str | None = None
+    redis_cluster: bool = False
 
 
 @dataclass
@@ -1288,6 +1310,95 @@ def scorer_figures(group: Mapping[str, Any], sampler: CpuSampler) -> dict[str, f
     }
 
 
+def _cluster_phase(
+    config: PipelineBenchConfig,
+    values: Mapping[str, Any],
+    model: Any,
+    run: _Run,
+    sampler: CpuSampler,
+    result: dict[str, Any],
+    progress: Callable[[str], None],
+) -> None:
+    """``--redis-cluster``: the first scorer count again, on a local cluster (into ``result``)."""
+    if not config.redis_cluster:
+        return
+    progress(
+        f"{config.scorers[0]} scorer process(es) on a local Redis Cluster "
+        "(3 masters, 3 replicas, same topic, fresh group)"
+    )
+    result.update(measure_on_cluster(values, model, run, config.scorers[0], config.events, sampler))
+    result["cluster_vs_single"] = ratio(
+        result["cluster_scorer_tx_per_s"], result["scorer_tx_per_s"]
+    )
+    result["notes"].append(
+        "The cluster run's Redis CPU is summed over its 6 nodes (replicas included: they "
+        "apply every write); its scorers wait for one replica per master "
+        "(FRAUDSTREAM_REDIS_CLUSTER_WAIT_REPLICAS=1, the default)."
+    )
+
+
+def _await_replicas(client: Any, nodes: int = 6, timeout_s: float = 60.0) -> None:
+    """Reload the slot map until it lists every node, replicas too (their CPU is sampled).
+
+    A cluster just created lists its replicas in ``CLUSTER SLOTS`` a little
+    after they are linked.
+    """
+    deadline = time.monotonic() + timeout_s
+    while len(client.get_nodes()) < nodes and time.monotonic() < deadline:
+        time.sleep(0.5)
+        client.nodes_manager.initialize()
+    if len(client.get_nodes()) < nodes:
+        raise RuntimeError(f"the cluster lists {len(client.get_nodes())} of {nodes} nodes")
+
+
+def measure_on_cluster(
+    values: Mapping[str, Any],
+    model: Any,
+    run: _Run,
+    scorers: int,
+    target: int,
+    single: CpuSampler,
+) -> dict[str, Any]:
+    """The scorer group on a local Redis Cluster started here, on the same topic.
+
+    ``single`` is the single-node run's sampler (for the broker's pid).
+    """
+    from fraudstream.devstack import redis_cluster_given_or_started
+    from fraudstream.service.registry import ModelRegistry
+
+    with redis_cluster_given_or_started(None) as url:
+        prefix = f"{run.prefix}c"
+        settings = {
+            **values,
+            "redis_url": url,
+            "redis_cluster": True,
+            "redis_prefix": prefix,
+            "consumer_group": run.name("scorer-cluster"),
+        }
+        client = redis_client(Settings(_env_file=None, **settings))
+        try:
+            _await_replicas(client)
+            ModelRegistry(client, prefix, SecretStr(str(values["model_signing_key"]))).publish(
+                model, extra={"trained_by": "fraudstream bench"}
+            )
+            sampler = CpuSampler(client, single.broker_pid)
+            masters = CpuSampler(client, None, masters_only=True)
+            with sampler.running(), masters.running():
+                group = run_scorer_group(settings, scorers=scorers, target=target)
+            figures = scorer_figures(group, sampler)
+            on_masters = scorer_figures(group, masters)["redis_cpu_us_per_tx"]
+        finally:
+            client.close()
+    return {
+        "cluster_scorer_tx_per_s": figures["tx_per_s"],
+        "cluster_scorer_cpu_us_per_tx": figures["cpu_us_per_tx"],
+        "cluster_redis_cpu_us_per_tx": figures["redis_cpu_us_per_tx"],
+        "cluster_redis_masters_cpu_us_per_tx": on_masters,
+        "cluster_broker_cpu_us_per_tx": figures["broker_cpu_us_per_tx"],
+        "cluster_scorer_processed": group["processed"],
+    }
+
+
 def measure_peer_quix(
     kafka: KafkaTarget,
     topic: str,
@@ -1483,6 +1594,8 @@ def run_pipeline_bench(
             "started the broker. With several scorers the span starts once every scorer has "
             "finished its first batch (after the group's rebalances)."
         )
+
+        _cluster_phase(config, values, model, run, sampler, result, progress)
 
         if config.peer == "quix":
             progress("peer: a Quix Streams application on the same topic (child process)")

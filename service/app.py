@@ -33,11 +33,17 @@ from typing import Any
 
 import redis
 from kafka.errors import KafkaError
+from redis.exceptions import RedisClusterException
 
 from fraudstream.service.alerts import BudgetPolicy, DecisionPolicy, ThresholdPolicy
 from fraudstream.service.checkpoint import Checkpoint
 from fraudstream.service.deadletter import dead_letter_record_limit
-from fraudstream.service.errors import ConfigurationError, FraudstreamError, is_dependency_error
+from fraudstream.service.errors import (
+    ConfigurationError,
+    FraudstreamError,
+    UnavailableError,
+    is_dependency_error,
+)
 from fraudstream.service.features.definitions import FeatureConfig
 from fraudstream.service.features.redis_store import RedisFeatureStore
 from fraudstream.service.kafka import (
@@ -57,6 +63,7 @@ from fraudstream.service.metrics import HealthServer, Metrics
 from fraudstream.service.model_watcher import ModelWatcher
 from fraudstream.service.pipeline import BatchOutcome, Pipeline
 from fraudstream.service.redis_client import (
+    check_cluster_mode,
     is_authentication_error,
     redis_client,
     redis_error,
@@ -71,8 +78,8 @@ from fraudstream.service.settings import (
     Settings,
     masked_url,
 )
-from fraudstream.service.snapshots import SnapshotStore
 from fraudstream.service.state import StateLostError, ensure_state, lost_message, marker_key
+from fraudstream.service.stores import feature_store, snapshot_store
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +191,7 @@ class Application:
                 return "redis not connected"
             if self._state_known and not self._redis.exists(marker_key(self.settings.redis_prefix)):
                 return lost_message(self.settings.redis_prefix)
-        except redis.RedisError as exc:
+        except (redis.RedisError, RedisClusterException) as exc:
             return redis_problem(exc, self.settings)
         return None
 
@@ -249,21 +256,25 @@ class Application:
                 server.start()
                 self.health_port = server.port
                 stack.callback(server.stop)
-            self._redis = redis_client(s)
+            if not self._connect_redis():
+                return  # stopped while waiting
+            assert self._redis is not None
             stack.callback(self._redis.close)
             if not self._wait_for_redis():
                 return  # stopped while waiting
-            self._refuse_cluster()
+            check_cluster_mode(self._redis, s)
             if not self._wait_for_state():
                 return  # stopped while waiting
             self._phase = "creating topics"
             self.ensure_topics()
             self._phase = "joining the consumer groups"
-            features = RedisFeatureStore(
+            features = feature_store(
                 self._redis,
                 FeatureConfig.from_settings(s),
                 check_state=True,
-                # The scorer's id claims ride in the feature script's round trip.
+                wait_replicas=s.redis_cluster_wait_replicas,
+                # The scorer's id claims ride in the feature script's round trip
+                # (single node; a cluster store claims in a call of its own).
                 claim_ttl_s=s.snapshot_ttl_s,
             )
             learner_loop = self._learner_loop(stack) if s.role is not Role.SCORER else None
@@ -363,23 +374,25 @@ class Application:
             attempt += 1
         return False
 
-    def _refuse_cluster(self) -> None:
-        """Raise when the Redis URL names a Redis Cluster node: not supported yet.
+    def _connect_redis(self) -> bool:
+        """Build the Redis client (``False``: stopped meanwhile).
 
-        The feature script counts a transaction at its card and its terminal in
-        one call, and a cluster refuses a script whose keys live in different
-        slots; failing here says so at start instead of on the first batch.
+        A single-node client connects on first use; a cluster client connects
+        at once to learn the slot map, so it is retried here while no node answers.
         """
-        assert self._redis is not None
-        if self._redis.info("cluster").get("cluster_enabled"):
-            url = masked_url(self.settings.redis_url.get_secret_value())
-            raise ConfigurationError(
-                f"Redis at {url} is a Redis Cluster node, which fraudstream does not support "
-                "yet (the feature script counts a card and its terminal in one call, and a "
-                "cluster refuses keys of different slots in one script); set "
-                "FRAUDSTREAM_REDIS_URL to a Redis without cluster mode (a primary with "
-                "replicas is fine)"
-            )
+        attempt = 0
+        while True:
+            try:
+                self._redis = redis_client(self.settings)
+                return True
+            except UnavailableError as exc:
+                self._phase = f"waiting for redis: {exc}"
+                self.metrics.dependency_error("redis")
+                delay_s = min(30.0, 0.5 * 2**attempt)
+                attempt += 1
+                log.warning("%s; attempt %d, next in %.1f s", exc, attempt, delay_s)
+                if self.stopping.wait(delay_s):
+                    return False
 
     def _refuse_credentials(self) -> None:
         """Raise when Redis refuses the credentials: retrying cannot help."""
@@ -488,7 +501,9 @@ class Application:
         pipeline = Pipeline(
             features=features,
             active_scorer=watcher.current,
-            snapshots=SnapshotStore(self._redis, s.redis_prefix, s.snapshot_ttl_s),
+            snapshots=snapshot_store(
+                self._redis, s.redis_prefix, s.snapshot_ttl_s, s.redis_cluster_wait_replicas
+            ),
             policy=decision_policy(s),
             topic_alerts=s.topic_alerts,
             topic_scores=s.topic_scores if s.publish_scores else None,

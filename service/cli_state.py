@@ -52,15 +52,33 @@ def status_cmd(settings: Settings) -> None:
     client = redis_client(settings)
     try:
         marker = StateMarker.read(client, settings.redis_prefix)
+        missing = _missing_slots(client, settings.redis_prefix)
     finally:
         client.close()
     if marker is None:
         raise click.ClickException(lost_message(settings.redis_prefix))
+    if missing:
+        raise click.ClickException(
+            f"{lost_message(settings.redis_prefix)} ({len(missing):,} of the cluster's 16,384 "
+            f"slots have no state marker, e.g. slot {missing[0]})"
+        )
     details = ", ".join(f"{k}={v}" for k, v in sorted(marker.details.items()))
+    slots = " (every slot of the cluster has its marker)" if settings.redis_cluster else ""
     click.echo(
         f"state of prefix {settings.redis_prefix!r}: generation {marker.generation}, "
-        f"{marker.origin} at {_when(marker.created_at_ms)}" + (f" ({details})" if details else "")
+        f"{marker.origin} at {_when(marker.created_at_ms)}"
+        + (f" ({details})" if details else "")
+        + slots
     )
+
+
+def _missing_slots(client: object, prefix: str) -> list[int]:
+    """Slots without a state marker on a Redis Cluster; empty on a single node."""
+    from fraudstream.service.redis_cluster import is_cluster, missing_slot_markers
+
+    if not is_cluster(client):
+        return []
+    return missing_slot_markers(client, prefix)  # type: ignore[arg-type]
 
 
 @state.command("rebuild")
@@ -84,18 +102,17 @@ def rebuild_cmd(settings: Settings, since: str | None, force: bool) -> None:
     rebuild has written a new one.
     """
     from fraudstream.service.features.definitions import FeatureConfig
-    from fraudstream.service.features.redis_store import RedisFeatureStore
     from fraudstream.service.kafka import make_consumer
     from fraudstream.service.redis_client import redis_client
-    from fraudstream.service.snapshots import SnapshotStore
     from fraudstream.service.state import StateMarker, rebuild_state
+    from fraudstream.service.stores import feature_store, snapshot_store
 
     since_ms = _parse_since(since, settings)
     client = redis_client(settings)
     consumer = make_consumer(settings, client_id=f"{settings.client_id}-rebuild", group_id=None)
     try:
         marker = StateMarker.read(client, settings.redis_prefix)
-        if marker is not None and not force:
+        if marker is not None and not force and not _missing_slots(client, settings.redis_prefix):
             raise click.ClickException(
                 f"the state of prefix {settings.redis_prefix!r} is present (generation "
                 f"{marker.generation}, {marker.origin}); nothing to rebuild "
@@ -116,8 +133,17 @@ def rebuild_cmd(settings: Settings, since: str | None, force: bool) -> None:
         report = rebuild_state(
             client,
             consumer,
-            RedisFeatureStore(client, FeatureConfig.from_settings(settings)),
-            SnapshotStore(client, settings.redis_prefix, settings.snapshot_ttl_s),
+            feature_store(
+                client,
+                FeatureConfig.from_settings(settings),
+                wait_replicas=settings.redis_cluster_wait_replicas,
+            ),
+            snapshot_store(
+                client,
+                settings.redis_prefix,
+                settings.snapshot_ttl_s,
+                settings.redis_cluster_wait_replicas,
+            ),
             prefix=settings.redis_prefix,
             topic_transactions=settings.topic_transactions,
             topic_labels=settings.topic_labels,

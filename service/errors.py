@@ -101,6 +101,11 @@ def is_dependency_error(exc: BaseException) -> bool:
         | redis.exceptions.AskError,
     ):
         return True
+    # The cluster client found no node to ask (all unreachable, e.g. during a failover).
+    if isinstance(exc, redis.exceptions.RedisClusterException) and "cannot be connected" in str(
+        exc
+    ):
+        return True
     # Servers that answer without the specific error class (e.g. over a proxy).
     return isinstance(exc, redis.ResponseError) and str(exc).startswith(
         ("OOM", "LOADING", "BUSY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "READONLY")

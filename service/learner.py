@@ -42,6 +42,7 @@ from fraudstream.service.rules import RulesPrior
 from fraudstream.service.schemas import Label
 from fraudstream.service.serving import learn_labelled
 from fraudstream.service.snapshots import SnapshotStore, feature_set_id
+from fraudstream.service.stores import snapshot_store
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,12 @@ class Learner:
         clock: Callable[[], float] = time.monotonic,
     ) -> Learner:
         """Build snapshots, registry and learner from the settings."""
-        snapshots = SnapshotStore(client, settings.redis_prefix, settings.snapshot_ttl_s)
+        snapshots = snapshot_store(
+            client,
+            settings.redis_prefix,
+            settings.snapshot_ttl_s,
+            getattr(settings, "redis_cluster_wait_replicas", 0),
+        )
         registry = ModelRegistry(
             client, settings.redis_prefix, settings.model_signing_key, settings.model_versions_kept
         )

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import re
 import ssl
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import redis
+from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 
 from fraudstream.service.errors import (
     AuthenticationFailedError,
@@ -31,13 +33,61 @@ from fraudstream.service.settings import Settings, env_name, masked_url
 def redis_client(settings: Settings) -> redis.Redis:
     """A Redis client with timeouts, so a dead server is noticed instead of hanging.
 
+    With ``FRAUDSTREAM_REDIS_CLUSTER=true``, a :class:`redis.cluster.RedisCluster`
+    client (typed as ``redis.Redis``: the commands fraudstream calls on it are
+    common to both; the stores choose their cluster classes by the client's type,
+    :func:`~fraudstream.service.redis_cluster.is_cluster`).
+
     Raises
     ------
     ConfigurationError
         A TLS client certificate or key cannot be loaded (checked here, so
-        that OpenSSL never asks for a key password on the terminal).
+        that OpenSSL never asks for a key password on the terminal); or the
+        cluster mode asked for does not match the server's (:func:`check_cluster_mode`).
+    UnavailableError
+        Cluster mode: no node of the URL answers (the cluster client connects at once).
     """
-    return redis.Redis.from_url(settings.redis_url.get_secret_value(), **redis_options(settings))
+    url = settings.redis_url.get_secret_value()
+    if not settings.redis_cluster:
+        return redis.Redis.from_url(url, **redis_options(settings))
+    options = redis_options(settings)
+    options.pop("health_check_interval")
+    try:
+        return cast(redis.Redis, RedisCluster.from_url(url, **options))
+    except RedisClusterException as exc:
+        if "Cluster mode is not enabled" in str(exc):
+            raise ConfigurationError(
+                f"Redis at {masked_url(url)} is not a Redis Cluster node, but "
+                f"{env_name('redis_cluster')}=true: unset it (or name a cluster node in "
+                f"{env_name('redis_url')})"
+            ) from None
+        raise UnavailableError(f"Redis Cluster at {masked_url(url)}: {exc}") from exc
+
+
+def check_cluster_mode(client: redis.Redis, settings: Settings) -> None:
+    """Raise when the server's cluster mode is not the one the settings ask for.
+
+    Raises
+    ------
+    ConfigurationError
+        A cluster node without ``FRAUDSTREAM_REDIS_CLUSTER=true``, or a
+        cluster older than Redis 7.0 (its scripts need ``allow-cross-slot-keys``).
+    """
+    url = masked_url(settings.redis_url.get_secret_value())
+    if not settings.redis_cluster:
+        if client.info("cluster").get("cluster_enabled"):
+            raise ConfigurationError(
+                f"Redis at {url} is a Redis Cluster node: set {env_name('redis_cluster')}=true"
+            )
+        return
+    versions = client.info("server", target_nodes=RedisCluster.PRIMARIES)
+    for node, info in versions.items():
+        major = int(str(info.get("redis_version", "0")).split(".")[0])
+        if major < 7:
+            raise ConfigurationError(
+                f"Redis Cluster node {node} runs Redis {info.get('redis_version')}: fraudstream "
+                "needs 7.0 or later on a cluster (its scripts use allow-cross-slot-keys)"
+            )
 
 
 def redis_options(settings: Settings) -> dict[str, Any]:

@@ -306,6 +306,17 @@ class Settings(BaseSettings):
         description="Check that the Redis server's certificate names the host connected to "
         "(rediss://); the certificate itself is always verified.",
     )
+    redis_cluster: bool = Field(
+        False,
+        description="The Redis URL names a node of a Redis Cluster (7.0 or later): the client "
+        "finds the other nodes and every script runs once per master (see the README).",
+    )
+    redis_cluster_wait_replicas: Annotated[int, Field(ge=0)] = Field(
+        1,
+        description="On a Redis Cluster, replicas of each master that must hold a batch's "
+        "writes before its offsets are committed (WAIT): a failed master then loses none of "
+        "them; 0 does not wait (the last writes may be lost at a failover).",
+    )
     redis_prefix: str = Field("fs", description="Prefix of every Redis key fraudstream writes.")
     snapshot_ttl_s: Annotated[int, Field(ge=60)] = Field(
         45 * DAY_S, description="Life of a feature snapshot; must exceed the longest label delay."

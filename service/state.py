@@ -39,6 +39,12 @@ from fraudstream.service.errors import ConfigurationError, UnavailableError
 from fraudstream.service.features.store import FeatureStore, LabelFact
 from fraudstream.service.kafka.protocols import Consumer, TopicPartition
 from fraudstream.service.pipeline import validate_records
+from fraudstream.service.redis_cluster import (
+    forget_feature_state,
+    is_cluster,
+    missing_slot_markers,
+    write_slot_markers,
+)
 from fraudstream.service.schemas import LABEL_BATCH, Label, Transaction
 from fraudstream.service.snapshots import CLAIM_CONFLICT, REBUILT_MODEL_VERSION, SnapshotStore
 
@@ -103,6 +109,10 @@ class StateMarker:
             created_at_ms=int(time.time() * 1000),
             details={k: str(v) for k, v in details.items()},
         )
+        if is_cluster(client):
+            # The slots' markers first: a crash in between leaves the head marker
+            # missing (the state reads as lost), never a head without slot markers.
+            write_slot_markers(client, prefix, marker.generation)
         key = marker_key(prefix)
         pipe = client.pipeline(transaction=True)
         pipe.delete(key)
@@ -140,6 +150,8 @@ def ensure_state(client: Any, prefix: str, group_has_offsets: Callable[[], bool]
     """
     marker = StateMarker.read(client, prefix)
     if marker is not None:
+        if is_cluster(client):
+            _ensure_slot_markers(client, prefix, marker, group_has_offsets)
         return marker
     if group_has_offsets():
         raise StateLostError(lost_message(prefix))
@@ -154,7 +166,32 @@ def ensure_state(client: Any, prefix: str, group_has_offsets: Callable[[], bool]
         log.info("new feature state for prefix %r (generation %s)", prefix, generation)
     found = StateMarker.read(client, prefix)
     assert found is not None
+    if is_cluster(client):
+        _ensure_slot_markers(client, prefix, found, group_has_offsets)
     return found
+
+
+def _ensure_slot_markers(
+    client: Any, prefix: str, marker: StateMarker, group_has_offsets: Callable[[], bool]
+) -> None:
+    """On a Redis Cluster: every slot has its marker, written now for a fresh deployment.
+
+    Raises
+    ------
+    StateLostError
+        Some slots lost their marker (a master restarted empty, a flushed node)
+        and the scorers' group has processed transactions.
+    """
+    missing = missing_slot_markers(client, prefix)
+    if not missing:
+        return
+    if marker.origin == "fresh" and not group_has_offsets():
+        write_slot_markers(client, prefix, marker.generation)
+        return
+    raise StateLostError(
+        f"{lost_message(prefix)} ({len(missing):,} of the cluster's 16,384 slots have no "
+        f"state marker, e.g. slot {missing[0]})"
+    )
 
 
 # -- rebuild ---------------------------------------------------------------------------
@@ -245,6 +282,9 @@ def rebuild_state(
     report = RebuildReport(since_ms=since_ms)
     started = time.monotonic()
     try:
+        if is_cluster(client):
+            # Partial loss cannot be replayed slot by slot (see forget_feature_state).
+            forget_feature_state(client, prefix)
         for records in read_since(consumer, topic_transactions, since_ms, batch):
             report.transactions_read += len(records)
             transactions: list[Transaction]

@@ -14,7 +14,7 @@
 -- older than the card's retention count as absent.
 -- Returns the number of terminal increments.
 
-if ARGV[6] == '1' and redis.call('EXISTS', KEYS[#KEYS]) == 0 then
+if ARGV[6] == '1' and state_lost(#KEYS) then
   return redis.error_reply('FRAUDSTREAM_STATE_LOST')
 end
 
@@ -24,9 +24,8 @@ local retention = tonumber(ARGV[3])
 local slots = tonumber(ARGV[4])
 local term_ttl = ARGV[5]
 
-local RS = 28
 local unpack = struct.unpack
-local find, sub, byte = string.find, string.sub, string.byte
+local sub, byte = string.sub, string.byte
 local call = redis.call
 
 local counted = 0
@@ -34,26 +33,10 @@ for i = 1, #needles / 10 do
   local needle = sub(needles, (i - 1) * 10 + 1, i * 10)
   local ts = unpack('<I6', needle, 5)
   local fraud = byte(kinds, i) == 49
-  local h = call('GET', KEYS[2 * i - 1])
-  local count_terminal = true
-  if h and ts > unpack('<I6', h, #h - RS + 5) - retention then
-    local pos = find(h, needle, 1, true)
-    while pos and (pos - 1) % RS ~= 0 do
-      pos = find(h, needle, pos + 1, true)
-    end
-    if pos then
-      local flags = byte(h, pos + 10)
-      -- Bit 0 alone: a fraud flag written before labels had their own bit.
-      if math.floor(flags / 4) % 2 == 1 or flags % 2 == 1 then
-        count_terminal = false
-      else
-        -- SETRANGE keeps the key's TTL.
-        flags = flags + 4 + (fraud and 1 or 0)
-        call('SETRANGE', KEYS[2 * i - 1], pos + 9, string.char(flags))
-      end
-    end
-  end
-  if count_terminal then
+  local ck = KEYS[2 * i - 1]
+  local at, flagged = flag_label(ck, call('GET', ck), needle, fraud, 0, retention)
+  -- A label of a record labelled before counts nothing; one without a record, every time.
+  if flagged or not at then
     local tk = KEYS[2 * i]
     if count_at_terminal(tk, call('GET', tk) or '', ts, 0, 1, fraud and 1 or 0, slots, term_ttl) then
       counted = counted + 1

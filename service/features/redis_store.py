@@ -13,7 +13,9 @@ Lua scripts shipped next to this module:
   transaction's day.
 
 Both count in a terminal's day buckets with ``count_at_terminal`` from
-``buckets.lua``, which is loaded in front of each of them. With ``claim_ttl_s``
+``buckets.lua`` and keep the card history with ``history.lua``
+(``add_to_history``, ``flag_label``; the Redis Cluster scripts use the same
+functions), loaded in front of each of them. With ``claim_ttl_s``
 set, ``update.lua`` also claims every transaction id (``claim_id`` from
 ``claims.lua``, the rule of :mod:`fraudstream.service.snapshots`) before
 counting it, so the scorer's id claims cost no round trip of their own; an id
@@ -31,6 +33,7 @@ little-endian, sorted by event time (ties in arrival order)::
     0  u32  CRC-32 of transaction_id  ┐ the dedupe needle: id hash + event time,
     4  u48  event time, epoch ms      ┘ matched at a record boundary
     10 u8   flags: 1 = fraud label received, 2 = has lat/lon, 4 = label received
+            (8, 16: a round pending on a Redis Cluster, see cluster_store.py)
     11 u8   reserved (0)
     12 u32  CRC-32 of terminal_id      (card_new_terminal)
     16 f32  amount
@@ -60,15 +63,12 @@ Redis Cluster
 -------------
 Every key carries the hash tag of its entity (``{c:...}``, ``{t:...}``), so a
 card's and a terminal's state each live in one slot. This module targets a single
-node, where one script touches both. On a cluster a script may only touch keys
-of one slot, so a batch would be split in two phases, each one ``EVALSHA`` per
-node sent in parallel (one pipeline per node): (1) the card part of
-``update.lua`` for the card keys on that node, which decides new / duplicate /
-too late and marks each new record "terminal pending" (a spare flag bit); (2) the
-terminal part for the new transactions, grouped by the terminal keys' node,
-followed by clearing the pending bits. A crash between the phases leaves pending
-bits, and the replay redoes exactly those terminal increments, so the guarantee
-stays "nothing counted twice, nothing lost".
+node, where one script touches both. On a cluster,
+:class:`~fraudstream.service.features.cluster_store.ClusterFeatureStore` runs the
+same contract in rounds of per-master calls (the card part, marking each new
+record "terminal pending" with a spare flag bit; then the terminal part; then the
+pending bits cleared), so that a replay after a crash between rounds redoes
+exactly the pending terminal increments: nothing counted twice, nothing lost.
 
 Examples
 --------
@@ -178,7 +178,7 @@ def haversine_km_np(
 
 
 #: Lua loaded in front of every script: Redis scripts cannot import each other.
-_PRELUDE = ("buckets.lua", "claims.lua")
+_PRELUDE = ("buckets.lua", "claims.lua", "history.lua")
 
 
 #: The error a script returns when the state marker is missing (see service/state.py).

@@ -1,7 +1,8 @@
 -- fraudstream: count a batch of transactions in ONE call and return, per
 -- transaction, its card history and its terminal's day buckets as they were
 -- before it (see redis_store.py for the layouts; count_at_terminal is in
--- buckets.lua and claim_id in claims.lua, both loaded in front of this script).
+-- buckets.lua, claim_id in claims.lua and the card history's functions in
+-- history.lua, all loaded in front of this script).
 --
 -- KEYS[s(i-1)+1] = card key of transaction i, KEYS[s(i-1)+2] = its terminal key,
 -- and, when ids are claimed (s = 3; otherwise s = 2), KEYS[3i] = its snapshot key.
@@ -22,12 +23,9 @@
 -- terminal_i is the terminal string before this transaction's increment ('' when
 -- the terminal has none).
 --
--- Why it is shaped like this: every Lua string costs ~1 ns per byte to create
--- (Redis hashes whole strings), so the common case, an in-order event, creates
--- no string from the history other than the one GET that is returned, and
--- writes with APPEND. Duplicates and out-of-order events take the slow path.
+-- The card part is history.lua's add_to_history.
 
-if ARGV[6] == '1' and redis.call('EXISTS', KEYS[#KEYS]) == 0 then
+if ARGV[6] == '1' and state_lost(#KEYS) then
   return redis.error_reply('FRAUDSTREAM_STATE_LOST')
 end
 
@@ -43,85 +41,16 @@ if claims ~= '' then
   stride = 3
 end
 
-local RS = 28                        -- record size
+local RS = RECORD                    -- record size
 local TS = slots * BUCKET            -- terminal string size
-local DAY = 86400000
-local STALE = 4                      -- trim once this many records are stale
+local sub, char = string.sub, string.char
 local unpack = struct.unpack
-local find, sub, char = string.find, string.sub, string.char
 local call = redis.call
-local floor = math.floor
-
--- Size of the allocation holding `size` bytes (jemalloc size classes: four
--- per doubling). Only used to decide when to compact a string that APPEND grew;
--- with another allocator the guess costs memory or time, never correctness.
-local function alloc_class(size)
-  if size <= 128 then
-    return size
-  end
-  local group = 2 ^ (floor(math.log(size - 1) / math.log(2)) - 2)
-  return math.ceil(size / group) * group
-end
 
 -- Count transaction `rec` (event time `ts`) at its card `ck` and terminal `tk`;
 -- returns its status and the card history and terminal string it found.
 local function count(rec, ts, ck, tk)
-  local h = call('GET', ck)
-  local st = 0
-  if not h then
-    h = ''
-    call('SET', ck, rec, 'PX', card_ttl)
-  else
-    local len = #h
-    local newest = unpack('<I6', h, len - RS + 5)
-    if ts <= newest - retention then
-      st = 2
-    elseif ts > newest then
-      -- In order: append in place.
-      -- Stale records (older than the new newest - retention) are trimmed
-      -- lazily, once there are STALE of them: trimming copies the history.
-      local cutoff = ts - retention
-      if len >= STALE * RS and unpack('<I6', h, (STALE - 1) * RS + 5) <= cutoff then
-        local head = STALE * RS
-        while head < len and unpack('<I6', h, head + 5) <= cutoff do
-          head = head + RS
-        end
-        call('SET', ck, sub(h, head + 1) .. rec, 'PX', card_ttl)
-      else
-        call('APPEND', ck, rec)
-        if alloc_class(len + 6) < len + RS + 6 then
-          -- This APPEND outgrew the allocation, which Redis then doubles:
-          -- copy to an exact-size string. BITOP drops the TTL.
-          call('BITOP', 'OR', ck, ck)
-          call('PEXPIRE', ck, card_ttl)
-        elseif floor(ts / DAY) > floor(newest / DAY) then
-          -- The TTL (retention + 1 day) is refreshed once per event day.
-          call('PEXPIRE', ck, card_ttl)
-        end
-      end
-    else
-      -- Same time or earlier than the newest: look for the same id and time at
-      -- a record boundary, else insert after every record with ts <= t.
-      local needle = sub(rec, 1, 10)
-      local pos = find(h, needle, 1, true)
-      while pos do
-        if (pos - 1) % RS == 0 then
-          st = 1
-          break
-        end
-        pos = find(h, needle, pos + 1, true)
-      end
-      if st == 0 then
-        st = 3
-        local p = len
-        while p > 0 and unpack('<I6', h, p - RS + 5) > ts do
-          p = p - RS
-        end
-        h = sub(h, 1, p) .. rec .. sub(h, p + 1)
-        call('SET', ck, h, 'PX', card_ttl)
-      end
-    end
-  end
+  local st, h = add_to_history(ck, rec, ts, retention, card_ttl)
 
   local t = call('GET', tk) or ''
   if st == 0 or st == 3 then

@@ -6,7 +6,6 @@ every transaction without loss.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -46,10 +45,13 @@ def test_scorer_survives_a_redis_outage_without_losing_transactions(
 
     redis_server.stop()
     produce(settings.bootstrap_servers, settings.topic_transactions, _batch(tx, "during", 30))
-    wait_for(lambda: not app.ready()[0], 60, "the scorer to report not ready")
-    assert "redis" in app.ready()[1]
-    time.sleep(3)  # batches fail and are retried while Redis is away
-    assert app.metrics.errors.labels("redis")._value.get() > 0
+    wait_for(
+        lambda: not app.ready()[0] and "redis" in app.ready()[1],
+        60,
+        "the scorer to report not ready because of Redis",
+    )
+    # Batches fail and are retried while Redis is away.
+    wait_for(lambda: app.metrics.errors.labels("redis")._value.get() > 0, 60, "a Redis error")
 
     redis_server.start()
     records = consume(

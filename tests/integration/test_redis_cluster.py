@@ -1,24 +1,264 @@
-"""Redis Cluster is not supported yet: the service says so at start, in one line."""
+"""Redis Cluster, on the real local 3-master cluster: the stores agree with the single node.
+
+The same simulated stream (out of order, late beyond the lateness bound,
+duplicates, delayed labels) goes through the single-node stores on the session's
+Redis and through the cluster stores; every feature value, every counter, every
+claim and every snapshot must be the same.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
+import numpy as np
 import pytest
+import redis
 import redis.cluster
 
-from fraudstream.service.app import Application
+from fraudstream.producers.simulator import SimulationConfig, simulate
 from fraudstream.service.errors import ConfigurationError
+from fraudstream.service.features.cluster_store import (
+    FLAG_LABEL_PENDING,
+    FLAG_TERMINAL_PENDING,
+    ClusterFeatureStore,
+)
+from fraudstream.service.features.definitions import FeatureConfig
+from fraudstream.service.features.redis_store import FLAG_LABELLED, RECORD_DTYPE, RedisFeatureStore
+from fraudstream.service.features.store import LabelFact
+from fraudstream.service.redis_client import check_cluster_mode, redis_client
+from fraudstream.service.redis_cluster import (
+    Call,
+    NodeRounds,
+    missing_slot_markers,
+    slot_marker_key,
+)
+from fraudstream.service.schemas import Transaction
 from fraudstream.service.settings import Settings
+from fraudstream.service.snapshots import CLAIM_CONFLICT, Snapshot, SnapshotStore
+from fraudstream.service.snapshots_cluster import ClusterSnapshotStore
+from fraudstream.service.state import StateLostError, StateMarker, ensure_state, marker_key
+from fraudstream.service.stores import feature_store, snapshot_store
+
+DAY_MS = 86_400_000
 
 
-def test_the_service_refuses_a_redis_cluster_node_at_start(
-    redis_cluster_url: str, make_settings: Callable[..., Settings]
+@pytest.fixture
+def cluster(redis_cluster_url: str) -> Iterator[redis.cluster.RedisCluster]:
+    client = redis.cluster.RedisCluster.from_url(redis_cluster_url)
+    assert len(client.get_primaries()) == 3
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def simulated_stream(seed: int) -> tuple[list[Transaction], list[tuple[int, LabelFact]]]:
+    """A few thousand simulated transactions in arrival order, and labels to record after some.
+
+    Arrival: shuffled within 20 minutes (out of order), 2 % replays a little later
+    (duplicates), 1 % arriving 3 days late (beyond the lateness of the config
+    below: too late), plus a few replays of an original with other content.
+    Labels: every fraud and 5 % of the genuine, each after the transaction with
+    index ``i`` (a label delay of ~1,500 transactions), some twice.
+    """
+    sim = simulate(
+        SimulationConfig(
+            seed=seed,
+            n_customers=400,
+            n_terminals=300,
+            n_days=6,
+            start=datetime(2018, 4, 1, tzinfo=UTC),
+        )
+    )
+    rng = random.Random(seed)
+    rows = list(sim.rows(np.arange(len(sim))))
+    txs = [Transaction.model_validate(row) for row in rows]
+    arrival = []
+    for tx in txs:
+        delay_ms = rng.random() * 20 * 60_000
+        if rng.random() < 0.01:
+            delay_ms = 3 * DAY_MS
+        arrival.append((tx.event_time_ms + delay_ms, tx))
+    arrival.sort(key=lambda pair: pair[0])
+    stream = [tx for _, tx in arrival]
+    for _ in range(len(stream) // 50):
+        original = rng.randrange(len(stream))
+        stream.insert(min(len(stream), original + rng.randrange(1, 300)), stream[original])
+    labels: list[tuple[int, LabelFact]] = []
+    for i, tx in enumerate(txs):
+        fraud = bool(sim.is_fraud[i])
+        if fraud or rng.random() < 0.05:
+            fact = LabelFact(tx.transaction_id, tx.card_id, tx.terminal_id, tx.event_time_ms, fraud)
+            at = min(len(stream) - 1, i + 1500)
+            labels.append((at, fact))
+            if rng.random() < 0.1:
+                labels.append((min(len(stream) - 1, at + rng.randrange(1, 500)), fact))
+    return stream, labels
+
+
+def config(prefix: str) -> FeatureConfig:
+    # Card windows up to 1 day and 1 hour of lateness: the 3-day-late events are too late.
+    return FeatureConfig(prefix=prefix, windows_s=(3600, 86400), allowed_lateness_s=3600)
+
+
+def test_features_on_a_cluster_equal_the_single_nodes(
+    cluster: redis.cluster.RedisCluster, redis_client: redis.Redis, redis_prefix: str
 ) -> None:
-    cluster = redis.cluster.RedisCluster.from_url(redis_cluster_url)
-    assert len(cluster.get_primaries()) == 3  # a real cluster answers at that URL
-    cluster.close()
-    # No broker: the refusal comes before anything touches Kafka.
+    stream, labels = simulated_stream(seed=5)
+    assert len(stream) > 2000
+    single = RedisFeatureStore(redis_client, config(redis_prefix))
+    on_cluster = ClusterFeatureStore(cluster, config(redis_prefix), wait_replicas=1)
+    by_position: dict[int, list[LabelFact]] = {}
+    for at, fact in labels:
+        by_position.setdefault(at, []).append(fact)
+    rng = random.Random(5)
+    i = 0
+    while i < len(stream):
+        size = rng.choice([1, 7, 100, 500, 1000])
+        batch = stream[i : i + size]
+        want = single.update_and_compute(batch)
+        got = on_cluster.update_and_compute(batch)
+        np.testing.assert_array_equal(got.is_duplicate, want.is_duplicate)
+        np.testing.assert_array_equal(got.values, want.values)
+        facts = [f for j in range(i, i + len(batch)) for f in by_position.get(j, [])]
+        single.record_labels(facts)
+        on_cluster.record_labels(facts)
+        i += len(batch)
+    assert on_cluster.counters == single.counters
+    counters = single.counters
+    assert counters.duplicates > 0 and counters.too_late > 0 and counters.inserted > 2000
+    # Nothing pending is left: every record's flags and every terminal mark settled.
+    leftovers = [k for k in cluster.scan_iter(match=f"{redis_prefix}:*:n", count=1000)]
+    assert leftovers == []
+    pending = FLAG_TERMINAL_PENDING | FLAG_LABEL_PENDING
+    cards = list(cluster.scan_iter(match=f"{redis_prefix}:{{c:*", count=1000))
+    flags = np.concatenate(
+        [np.frombuffer(cluster.get(k) or b"", RECORD_DTYPE)["flags"] for k in cards]
+    )
+    assert len(cards) > 300 and len(flags) > 1000  # 1-day windows: older records trimmed
+    assert not (flags & pending).any()
+    assert (flags & FLAG_LABELLED).sum() > 100  # the labels did flag their records
+
+
+class CrashAfter:
+    """Rounds that run ``rounds`` rounds, then fail as a lost connection would."""
+
+    def __init__(self, rounds: NodeRounds, rounds_before_crash: int) -> None:
+        self.inner = rounds
+        self.left = rounds_before_crash
+
+    def group(self, keys: Sequence[str]) -> list[tuple[Any, list[int], set[int]]]:
+        return self.inner.group(keys)
+
+    def run(self, calls: Sequence[Call], *, wait: bool = False) -> list[list[Any]]:
+        if self.left == 0:
+            raise redis.ConnectionError("crash between rounds")
+        self.left -= 1
+        return self.inner.run(calls, wait=wait)
+
+
+def test_a_replay_after_a_crash_between_rounds_counts_nothing_twice(
+    cluster: redis.cluster.RedisCluster, redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    """A batch interrupted after each round, then replayed, ends as one run of it on one node."""
+    stream, _ = simulated_stream(seed=6)
+    batch = stream[:400]
+    single = RedisFeatureStore(redis_client, config(redis_prefix))
+    want = single.update_and_compute(batch)
+    after = single.update_and_compute(stream[400:800])
+    for stop_after in (1, 2, 3):
+        store = ClusterFeatureStore(cluster, config(f"{redis_prefix}-{stop_after}"))
+        rounds = store._rounds
+        store._rounds = CrashAfter(rounds, stop_after)  # type: ignore[assignment]
+        with pytest.raises(redis.ConnectionError):
+            store.update_and_compute(batch)
+        store._rounds = rounds
+        replay = store.update_and_compute(batch)
+        assert replay.is_duplicate.all()  # round 1 had counted every card
+        # What follows sees exactly the single node's state.
+        follow = store.update_and_compute(stream[400:800])
+        np.testing.assert_array_equal(follow.values, after.values)
+    assert want.values.shape[0] == 400
+
+
+def test_snapshots_and_claims_on_a_cluster_equal_the_single_nodes(
+    cluster: redis.cluster.RedisCluster, redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    stream, _ = simulated_stream(seed=7)
+    batch = stream[:1500]
+    single = SnapshotStore(redis_client, redis_prefix, 3600)
+    on_cluster = ClusterSnapshotStore(cluster, redis_prefix, 3600, wait_replicas=1)
+    changed = [
+        Transaction.model_validate({**tx.model_dump(), "amount": tx.amount + 1}) for tx in batch[:5]
+    ]
+    for part in (batch, batch[:700], changed):
+        np.testing.assert_array_equal(on_cluster.claim_many_ids(part), single.claim_many_ids(part))
+    assert (single.claim_many_ids(changed) == CLAIM_CONFLICT).all()
+    X = np.random.default_rng(0).random((len(batch), 4))
+    names = ["a", "b", "c", "d"]
+    keep = np.arange(len(batch)) % 3 == 0
+    for store in (single, on_cluster):
+        store.put_many(batch, X, X[:, 0], 3, names, keep_existing=keep)
+    ids = [tx.transaction_id for tx in batch] + ["missing"]
+
+    def fields(snapshot: Snapshot | None) -> tuple[object, ...] | None:
+        if snapshot is None:
+            return None
+        return (snapshot.card_id, snapshot.score, snapshot.features.tolist())
+
+    got, want = on_cluster.get_many(ids), single.get_many(ids)
+    assert [fields(s) for s in got] == [fields(s) for s in want]
+    assert want[-1] is None and all(s is not None for s in want[:-1])
+    label_ids = ids[:300] + ids[:10]
+    assert on_cluster.claim_many(label_ids, "7") == single.claim_many(label_ids, "7")
+    assert on_cluster.claim_many(ids[:20], "8", stale=["7"]) == single.claim_many(
+        ids[:20], "8", stale=["7"]
+    )
+
+
+def test_the_state_marker_of_every_slot(
+    cluster: redis.cluster.RedisCluster, redis_prefix: str
+) -> None:
+    """A fresh deployment writes all 16,384 slot markers; a lost slot stops its scripts."""
+    marker = ensure_state(cluster, redis_prefix, lambda: False)
+    assert marker.origin == "fresh"
+    assert missing_slot_markers(cluster, redis_prefix) == []
+    store = ClusterFeatureStore(cluster, config(redis_prefix), check_state=True)
+    stream, _ = simulated_stream(seed=8)
+    store.update_and_compute(stream[:200])
+    # One slot loses its marker (as a master restarted empty would lose its slots').
+    slot = cluster.keyslot(store.card_key(stream[300].card_id))
+    cluster.delete(slot_marker_key(redis_prefix, slot))
+    with pytest.raises(StateLostError, match="state of prefix"):
+        store.update_and_compute(stream[300:301])
+    with pytest.raises(StateLostError, match="1 of the cluster's 16,384 slots"):
+        ensure_state(cluster, redis_prefix, lambda: True)
+    StateMarker.write(cluster, redis_prefix, "rebuilt")
+    assert missing_slot_markers(cluster, redis_prefix) == []
+    store.update_and_compute(stream[300:301])
+    assert cluster.exists(marker_key(redis_prefix))
+
+
+def test_the_cluster_setting_must_match_the_server(
+    redis_cluster_url: str, redis_url: str, make_settings: Callable[..., Settings]
+) -> None:
+    with pytest.raises(ConfigurationError, match="is not a Redis Cluster node"):
+        redis_client(
+            make_settings(redis_url=redis_url, redis_cluster=True, bootstrap_servers="127.0.0.1:1")
+        )
     settings = make_settings(redis_url=redis_cluster_url, bootstrap_servers="127.0.0.1:1")
-    with pytest.raises(ConfigurationError, match=r"is a Redis Cluster node.*not support"):
-        Application(settings).run()
+    client = redis.Redis.from_url(redis_cluster_url)
+    with pytest.raises(ConfigurationError, match="set FRAUDSTREAM_REDIS_CLUSTER=true"):
+        check_cluster_mode(client, settings)
+    client.close()
+    settings = make_settings(
+        redis_url=redis_cluster_url, redis_cluster=True, bootstrap_servers="127.0.0.1:1"
+    )
+    cluster = redis_client(settings)
+    check_cluster_mode(cluster, settings)
+    assert isinstance(feature_store(cluster, config("x")), ClusterFeatureStore)
+    assert isinstance(snapshot_store(cluster, "x", 60), ClusterSnapshotStore)
+    cluster.close()

@@ -151,8 +151,24 @@ def test_cli_help_lists_the_options() -> None:
         "--latency-seconds",
         "--output",
         "--profile",
+        "--redis-cluster",
     ):
         assert option in result.output
+
+
+def test_summary_shows_the_cluster_run_next_to_the_single_node() -> None:
+    result = {
+        **_result(),
+        "cluster_scorer_tx_per_s": 13_000.0,
+        "cluster_vs_single": 0.77,
+        "cluster_scorer_cpu_us_per_tx": 44.0,
+        "cluster_redis_cpu_us_per_tx": 36.0,
+    }
+    text = format_summary(result)
+    assert "| scorer on a 3-master Redis Cluster (same topic, same run) | 13,000 tx/s |" in text
+    assert "| cluster / single Redis node | 0.77 x |" in text
+    assert "| Redis CPU per transaction, 6 cluster nodes | 36.00 µs |" in text
+    assert "Redis Cluster" not in format_summary(_result())
 
 
 @pytest.mark.slow

@@ -1,0 +1,267 @@
+"""The feature store on a Redis Cluster: the card and the terminal of a transaction in rounds.
+
+:class:`ClusterFeatureStore` is :class:`~fraudstream.service.features.redis_store.RedisFeatureStore`
+(same interface, same keys and layouts, the same Python feature computation) whose two
+script calls are each replaced by rounds of per-node calls
+(:class:`~fraudstream.service.redis_cluster.NodeRounds`, one round trip per round
+whatever the number of masters). A card's keys and a terminal's keys live in
+their own slots, usually on different masters, so a transaction cannot be
+counted at both in one atomic step. Instead, per batch of transactions:
+
+1. ``card.lua`` on the masters of the card keys: dedupe, too late, insert or
+   append, exactly ``update.lua``'s card part, each new record carrying a spare
+   flag bit, "terminal pending" (8). It returns each card history as found, and
+   which transactions the terminal must count: the new ones, and the
+   duplicates whose record still carries the flag.
+2. ``terminal.lua`` on the masters of the terminal keys, every transaction in
+   batch order (each gets its ring as found): counts those to count, each
+   once, remembered by its needle in the terminal's ``:n`` hash; ``WAIT``.
+3. ``pending.lua clear`` on the card masters: the pending flags go; ``WAIT``.
+4. ``pending.lua forget`` on the terminal masters: the ``:n`` marks go.
+
+A crash (or a failed round) after 1 leaves pending flags: the replay of the
+batch finds its transactions as duplicates still pending, and round 2 counts at
+their terminals those not yet marked there, so nothing is counted twice and
+nothing is lost. After 3 nothing is pending: a mark left by a crash before 4 is
+never looked at again and expires (``terminal_ttl``). Labels go the same way
+(``label_card.lua``, flag 16 "label pending", then rounds 2-4 with label marks).
+
+Every round runs the feature scripts on the keys of one master only, and each
+checks the state markers of the slots it touches (see
+:mod:`fraudstream.service.redis_cluster`). The features are the single-node
+store's, value for value (tested on the same stream).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+import numpy as np
+import redis
+from redis.cluster import RedisCluster
+
+from fraudstream.service.features.definitions import FeatureConfig
+from fraudstream.service.features.redis_store import (
+    _PRELUDE,
+    _STATE_LOST,
+    RECORD_SIZE,
+    RedisFeatureStore,
+)
+from fraudstream.service.redis_cluster import Call, Group, NodeRounds, NodeScript, slot_marker_key
+from fraudstream.service.state import StateLostError, lost_message
+
+#: Flag bits of a card record used by the rounds (see the module docstring).
+FLAG_TERMINAL_PENDING = 8
+FLAG_LABEL_PENDING = 16
+#: Status bit returned by card.lua: the terminal has to count the transaction.
+_TO_COUNT = 8
+#: The first byte of terminal.lua's mark of a transaction and of a label, by pending flag.
+_MARKS = {FLAG_TERMINAL_PENDING: b"T", FLAG_LABEL_PENDING: b"L"}
+#: terminal.lua's kind of a label operation, by (fraud, count once).
+_LABEL_KINDS = {(False, False): ord("g"), (True, False): ord("f"), (False, True): ord("G"),
+                (True, True): ord("F")}  # fmt: skip
+
+
+def _script(*names: str) -> NodeScript:
+    folder = resources.files("fraudstream.service.features")
+    return NodeScript("".join(folder.joinpath(name).read_text("utf-8") for name in names))
+
+
+class ClusterFeatureStore(RedisFeatureStore):
+    """:class:`RedisFeatureStore` on a Redis Cluster (see the module docstring).
+
+    Parameters
+    ----------
+    client
+        A :class:`redis.cluster.RedisCluster` client (bytes responses).
+    config
+        Windows, lateness and key prefix.
+    check_state
+        Refuse to count anything in a slot whose state marker is missing.
+    wait_replicas
+        Replicas that must hold a batch's writes before it returns (``WAIT``).
+    """
+
+    def __init__(
+        self,
+        client: RedisCluster,
+        config: FeatureConfig,
+        *,
+        check_state: bool = False,
+        wait_replicas: int = 0,
+    ) -> None:
+        super().__init__(client, config, check_state=check_state)  # type: ignore[arg-type]
+        self._rounds = NodeRounds(client, wait_replicas)
+        self._lost = lost_message(config.prefix) + " (on at least one slot of the cluster)"
+        self._card_script = _script("history.lua", "card.lua")
+        self._label_card_script = _script("history.lua", "label_card.lua")
+        self._terminal_script = _script(*_PRELUDE, "terminal.lua")
+        self._pending_script = _script("history.lua", "pending.lua")
+        # The single-node script calls, replaced by the rounds with the same contract.
+        self._update = self._update_in_rounds  # type: ignore[assignment]
+        self._labels = self._labels_in_rounds  # type: ignore[assignment]
+
+    # -- rounds ----------------------------------------------------------------------
+
+    def _markers(self, slots: set[int]) -> list[str]:
+        if self._check[0] != b"1":
+            return []
+        prefix = self.config.prefix
+        return [slot_marker_key(prefix, slot) for slot in sorted(slots)]
+
+    def _run(self, calls: Sequence[Call], wait: bool = False) -> list[Any]:
+        try:
+            return [replies[0] for replies in self._rounds.run(calls, wait=wait)]
+        except redis.ResponseError as exc:
+            if str(exc).startswith(_STATE_LOST):
+                raise StateLostError(self._lost) from None
+            raise
+
+    def _update_in_rounds(self, keys: list[str], args: list[Any]) -> list[bytes]:
+        """``update.lua``'s contract (see there), in the rounds of the module docstring."""
+        retention, card_ttl, slots, terminal_ttl = args[1:5]
+        check = args[5]
+        records = np.frombuffer(args[0], dtype=np.uint8).reshape(-1, RECORD_SIZE).copy()
+        records[:, 10] |= FLAG_TERMINAL_PENDING
+        n = len(records)
+        needles = records[:, :10]
+        cards, terminals = keys[0 : 2 * n : 2], keys[1 : 2 * n : 2]
+
+        # 1. cards
+        card_groups = self._rounds.group(cards)
+        calls: list[Call] = []
+        for node, idx, used in card_groups:
+            command = self._card_script.command(
+                [cards[i] for i in idx] + self._markers(used),
+                [records[idx].tobytes(), retention, card_ttl, check],
+            )
+            calls.append((node, [command]))
+        status = bytearray(n)
+        histories: list[bytes] = [b""] * n
+        hints = np.zeros(n, "<u4")
+        for (_, idx, _), reply in zip(card_groups, self._run(calls), strict=True):
+            for j, i in enumerate(idx):
+                status[i] = reply[0][j]
+                histories[i] = reply[j + 1]
+            hints[idx] = np.frombuffer(reply[-1], "<u4")
+
+        # 2. terminals, every transaction in batch order
+        to_count = [bool(s & _TO_COUNT) for s in status]
+        terminal_groups = self._rounds.group(terminals)
+        calls = []
+        for node, idx, used in terminal_groups:
+            kinds = bytes(ord("t") if to_count[i] else ord("r") for i in idx)
+            command = self._terminal_script.command(
+                [terminals[i] for i in idx] + self._markers(used),
+                [kinds, needles[idx].tobytes(), slots, terminal_ttl, terminal_ttl, check],
+            )
+            calls.append((node, [command]))
+        rings: list[bytes] = [b""] * n
+        for (_, idx, _), reply in zip(terminal_groups, self._run(calls, wait=True), strict=True):
+            for j, i in enumerate(idx):
+                status[i] = (status[i] & 3) | (4 if reply[0][j] else 0)
+                rings[i] = reply[j + 1]
+
+        # 3. and 4. the pending flags, then the marks
+        self._settle(
+            (card_groups, cards),
+            (terminal_groups, terminals),
+            (needles, hints),
+            to_count,
+            FLAG_TERMINAL_PENDING,
+        )
+        return [bytes(status), *rings, *histories]
+
+    def _settle(
+        self,
+        cards: tuple[list[Group], Sequence[str]],
+        terminals: tuple[list[Group], Sequence[str]],
+        records: tuple[np.ndarray, np.ndarray],
+        pending: Sequence[bool],
+        flag: int,
+    ) -> None:
+        """Rounds 3 and 4: clear ``flag`` on the records of ``pending``, then drop the marks.
+
+        ``cards`` and ``terminals``: the groups of rounds 1 and 2 (positions in
+        ``records``) and the keys; ``records``: the needles, and the offsets where
+        round 1 found or wrote each record.
+        """
+        needles, hints = records
+        calls: list[Call] = []
+        card_groups, card_keys = cards
+        for node, idx, _ in card_groups:
+            keep = [i for i in idx if pending[i]]
+            if keep:
+                args = [
+                    b"clear",
+                    needles[keep].tobytes(),
+                    bytes([flag]) * len(keep),
+                    hints[keep].tobytes(),
+                ]
+                command = self._pending_script.command([card_keys[i] for i in keep], args)
+                calls.append((node, [command]))
+        if not calls:
+            return
+        self._run(calls, wait=True)
+        calls = []
+        mark = _MARKS[flag]
+        terminal_groups, terminal_keys = terminals
+        for node, idx, _ in terminal_groups:
+            keep = [i for i in idx if pending[i]]
+            if keep:
+                fields = b"".join(mark + needles[i].tobytes() for i in keep)
+                keys = [terminal_keys[i] + ":n" for i in keep]
+                calls.append((node, [self._pending_script.command(keys, [b"forget", fields])]))
+        self._run(calls)
+
+    def _labels_in_rounds(self, keys: list[str], args: list[Any]) -> int:
+        """``labels.lua``'s contract (see there), in the rounds of the module docstring."""
+        kinds = bytes(args[1])
+        retention, slots, terminal_ttl, check = args[2:6]
+        n = len(kinds)
+        needles = np.frombuffer(args[0], dtype=np.uint8).reshape(n, 10)
+        cards, terminals = keys[0 : 2 * n : 2], keys[1 : 2 * n : 2]
+
+        card_groups = self._rounds.group(cards)
+        calls: list[Call] = []
+        for node, idx, used in card_groups:
+            command = self._label_card_script.command(
+                [cards[i] for i in idx] + self._markers(used),
+                [needles[idx].tobytes(), bytes(kinds[i] for i in idx), retention, check],
+            )
+            calls.append((node, [command]))
+        todo = bytearray(n)
+        hints = np.zeros(n, "<u4")
+        for (_, idx, _), reply in zip(card_groups, self._run(calls), strict=True):
+            for j, i in enumerate(idx):
+                todo[i] = reply[0][j]
+            hints[idx] = np.frombuffer(reply[1], "<u4")
+
+        ops = [i for i in range(n) if todo[i]]
+        if not ops:
+            return 0
+        terminal_groups = [
+            (node, [ops[j] for j in idx], used)
+            for node, idx, used in self._rounds.group([terminals[i] for i in ops])
+        ]
+        calls = []
+        for node, idx, used in terminal_groups:
+            # terminal.lua's kinds: f/g a fraud/genuine label every time, F/G once.
+            kind = bytes(_LABEL_KINDS[kinds[i] == 49, todo[i] == 2] for i in idx)
+            command = self._terminal_script.command(
+                [terminals[i] for i in idx] + self._markers(used),
+                [kind, needles[idx].tobytes(), slots, terminal_ttl, terminal_ttl, check],
+            )
+            calls.append((node, [command]))
+        counted = sum(sum(reply[0]) for reply in self._run(calls, wait=True))
+        pending = [t == 2 for t in todo]
+        self._settle(
+            (card_groups, cards),
+            (terminal_groups, terminals),
+            (needles, hints),
+            pending,
+            FLAG_LABEL_PENDING,
+        )
+        return counted

@@ -1,0 +1,244 @@
+"""The real service on Kafka and a real 3-master Redis Cluster (3 replicas).
+
+Every transaction is scored and counted exactly once, at its card and at its
+terminal; every label is learnt once. A master killed mid-stream (SIGKILL) is
+survived: its replica is promoted, the batches that failed meanwhile are
+retried, and the state ends as if nothing had happened.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import redis
+import redis.cluster
+from click.testing import CliRunner
+from conftest import settings_env
+
+from fraudstream.cli import main
+from fraudstream.devstack import RedisCluster
+from fraudstream.service.features.definitions import FeatureConfig, feature_names
+from fraudstream.service.features.redis_store import BUCKET_SIZE
+from fraudstream.service.registry import ModelRegistry
+from fraudstream.service.settings import Settings
+from fraudstream.service.snapshots import SnapshotStore
+
+START = datetime.now(UTC).replace(microsecond=0) - timedelta(days=3)
+
+
+def _stream(
+    tx: Callable[..., tuple[bytes, bytes]], prefix: str, cards: int, per_card: int, first: int = 0
+) -> list[tuple[bytes, bytes]]:
+    """Transactions of ``cards`` cards at 7 terminals, in each card's event-time order."""
+    records = []
+    for i in range(first, first + per_card):
+        for c in range(cards):
+            at = START + timedelta(minutes=10 * i, seconds=c)
+            card = f"{prefix}c{c}"
+            amount = 10.0 + (i * 13 + c) % 50
+            records.append(tx(f"{card}-{i}", card, f"{prefix}T{(c + i) % 7}", amount, at))
+    return records
+
+
+def _labels(records: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    out = []
+    for i, (_, value) in enumerate(records):
+        tx_id = orjson.loads(value)["transaction_id"]
+        label = {
+            "transaction_id": tx_id,
+            "is_fraud": i % 9 == 4,
+            "labeled_at": (START + timedelta(days=1)).isoformat().replace("+00:00", "Z"),
+            "source": "chargeback",
+        }
+        out.append((b"l", orjson.dumps(label)))
+    return out
+
+
+def counted_problems(
+    client: redis.cluster.RedisCluster, settings: Settings, records: list[tuple[bytes, bytes]]
+) -> list[str]:
+    """Transactions not counted exactly once, at their card or at their terminal (empty: none).
+
+    Card: a transaction's 30-day count in its snapshot is its rank in its card's
+    history. Terminal: the day buckets of each terminal sum to its transactions.
+    """
+    config = FeatureConfig.from_settings(settings)
+    snapshots = SnapshotStore(client, settings.redis_prefix, settings.snapshot_ttl_s)
+    count_30d = feature_names(config).index("card_tx_count_30d")
+    values = [orjson.loads(value) for _, value in records]
+    seen: Counter[str] = Counter()
+    out = []
+    ids = [v["transaction_id"] for v in values]
+    for v, snapshot in zip(values, snapshots.get_many(ids), strict=True):
+        seen[v["card_id"]] += 1
+        if snapshot is None:
+            out.append(f"{v['transaction_id']} never scored")
+        elif snapshot.features[count_30d] != seen[v["card_id"]]:
+            out.append(f"{v['transaction_id']} counted as #{snapshot.features[count_30d]:.0f}")
+    per_terminal = Counter(v["terminal_id"] for v in values)
+    for terminal, expected in sorted(per_terminal.items()):
+        raw = client.get(f"{settings.redis_prefix}:{{t:{terminal}}}") or b""
+        rings = np.frombuffer(raw, dtype="<u4").reshape(-1, BUCKET_SIZE // 4)
+        if rings[:, 1].sum() != expected:
+            out.append(f"terminal {terminal}: {rings[:, 1].sum()} counted, {expected} sent")
+    return out
+
+
+def _scored_ids(consume: Callable[..., list[Any]], settings: Settings, n: int) -> Counter[str]:
+    records = consume(
+        settings.bootstrap_servers, settings.topic_scores, at_least=n, timeout_s=240, settle_s=3
+    )
+    return Counter(orjson.loads(r.value)["transaction_id"] for r in records)
+
+
+def test_the_service_on_a_cluster_scores_counts_and_learns_each_once(
+    make_settings: Callable[..., Settings],
+    make_transaction: Callable[..., tuple[bytes, bytes]],
+    run_app: Callable[..., Any],
+    produce: Callable[..., None],
+    consume: Callable[..., list[Any]],
+    wait_for: Callable[..., None],
+    redis_cluster_url: str,
+) -> None:
+    settings = make_settings(
+        redis_url=redis_cluster_url,
+        redis_cluster=True,
+        publish_scores=True,
+        max_batch_size=200,
+        publish_every_labels=50,
+        publish_every_s=1.0,
+    )
+    client = redis.cluster.RedisCluster.from_url(redis_cluster_url)
+    try:
+        app = run_app(settings)
+        records = _stream(make_transaction, "e", cards=30, per_card=20)
+        produce(settings.bootstrap_servers, settings.topic_transactions, records + records[:40])
+        ids = [orjson.loads(value)["transaction_id"] for _, value in records]
+        # Each decision once, and the 40 replays' again (their decision, nothing counted).
+        assert _scored_ids(consume, settings, len(records) + 40) == Counter(ids + ids[:40])
+        assert app.metrics.duplicates._value.get() == 40
+        assert counted_problems(client, settings, records) == []
+
+        labels = _labels(records[:200])
+        produce(settings.bootstrap_servers, settings.topic_labels, labels + labels[:20])
+        registry = ModelRegistry(client, settings.redis_prefix, settings.model_signing_key)
+        wait_for(
+            lambda: (
+                (registry.latest_version() or 0) > 0 and registry.load().model.labels_learnt >= 200
+            ),
+            240,
+            "every label learnt",
+        )
+        assert registry.load().model.labels_learnt == 200  # the 20 repeated ones once
+        assert app.ready() == (True, "ready")
+    finally:
+        client.close()
+
+
+def test_a_master_killed_mid_stream_is_survived_without_loss_or_double_counting(
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    make_transaction: Callable[..., tuple[bytes, bytes]],
+    run_app: Callable[..., Any],
+    produce: Callable[..., None],
+    consume: Callable[..., list[Any]],
+    wait_for: Callable[..., None],
+) -> None:
+    """Its own cluster (the session's must stay whole); the master dies without warning."""
+    cluster = RedisCluster(tmp_path / "cluster")
+    cluster.start()
+    client = redis.cluster.RedisCluster.from_url(cluster.url)
+    try:
+        settings = make_settings(
+            redis_url=cluster.url,
+            redis_cluster=True,
+            publish_scores=True,
+            max_batch_size=50,
+            role="scorer",
+        )
+        app = run_app(settings)
+        first = _stream(make_transaction, "f", cards=24, per_card=10)
+        produce(settings.bootstrap_servers, settings.topic_transactions, first)
+        _scored_ids(consume, settings, len(first))
+
+        # Kill the master of a card of the stream while the next part is being scored.
+        later = _stream(make_transaction, "f", cards=24, per_card=30, first=10)
+        victim = client.get_node_from_key(f"{settings.redis_prefix}:{{c:fc0}}")
+        produce(settings.bootstrap_servers, settings.topic_transactions, later[:240])
+        os.kill(cluster.node_at(f"{victim.host}:{victim.port}").running_pid() or 0, signal.SIGKILL)
+        produce(settings.bootstrap_servers, settings.topic_transactions, later[240:])
+
+        records = first + later
+        scored = _scored_ids(consume, settings, len(records))
+        assert set(scored) == {orjson.loads(v)["transaction_id"] for _, v in records}
+        wait_for(lambda: app.ready()[0], 120, "the scorer to be ready again")
+        assert not hasattr(app, "run_error")
+        assert app.metrics.errors.labels("redis")._value.get() > 0  # the scorer met the outage
+        roles = cluster.masters_by_address()
+        assert list(roles.values()).count("master") == 3  # a replica took over
+        assert counted_problems(client, settings, records) == []
+    finally:
+        client.close()
+        cluster.stop()
+
+
+def test_a_master_that_lost_its_keys_pauses_its_slots_until_a_rebuild(
+    make_settings: Callable[..., Settings],
+    make_transaction: Callable[..., tuple[bytes, bytes]],
+    run_app: Callable[..., Any],
+    produce: Callable[..., None],
+    consume: Callable[..., list[Any]],
+    wait_for: Callable[..., None],
+    redis_cluster_url: str,
+) -> None:
+    """``fraudstream state status|rebuild`` on a cluster: one master's keys of the prefix vanish."""
+    settings = make_settings(
+        redis_url=redis_cluster_url, redis_cluster=True, publish_scores=True, role="scorer"
+    )
+    env = settings_env(settings)
+    client = redis.cluster.RedisCluster.from_url(redis_cluster_url)
+    try:
+        app = run_app(settings)
+        before = _stream(make_transaction, "s", cards=12, per_card=5)
+        produce(settings.bootstrap_servers, settings.topic_transactions, before)
+        _scored_ids(consume, settings, len(before))
+        status = CliRunner().invoke(main, ["state", "status"], env=env)
+        assert status.exit_code == 0 and "every slot of the cluster" in status.output
+
+        # As if this master had restarted empty: every key of the prefix on it is gone.
+        master = client.get_node_from_key(f"{settings.redis_prefix}:{{c:sc0}}")
+        node = redis.Redis(host=master.host, port=master.port)
+        lost = list(node.scan_iter(match=f"{settings.redis_prefix}:*", count=1000))
+        for key in lost:
+            node.delete(key)
+        node.close()
+        assert len(lost) > 5000  # its slots' markers, and card, terminal and snapshot keys
+        after = _stream(make_transaction, "s", cards=12, per_card=2, first=5)
+        produce(settings.bootstrap_servers, settings.topic_transactions, after)
+        # Not ready, saying why (a batch in flight may first report another reason).
+        wait_for(
+            lambda: not app.ready()[0] and "state rebuild" in app.ready()[1],
+            60,
+            "the scorer to report not ready until a state rebuild",
+        )
+        status = CliRunner().invoke(main, ["state", "status"], env=env)
+        assert status.exit_code == 1 and "slots have no state marker" in status.output
+
+        rebuild = CliRunner().invoke(main, ["state", "rebuild"], env=env)
+        assert rebuild.exit_code == 0, rebuild.output
+        records = before + after
+        assert f"{len(records):,} transactions read" in rebuild.output
+        scored = _scored_ids(consume, settings, len(records))
+        assert set(scored) == {orjson.loads(v)["transaction_id"] for _, v in records}
+        wait_for(lambda: app.ready()[0], 60, "the scorer to be ready again")
+        assert counted_problems(client, settings, records) == []
+    finally:
+        client.close()
