@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import ssl
+from collections.abc import Callable
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -249,3 +250,37 @@ def redis_error(exc: redis.RedisError, settings: Settings) -> Exception:
     if "certificate" in message or "TLS" in message:
         return ConfigurationError(message)
     return UnavailableError(message)
+
+
+# -- calls in flight -----------------------------------------------------------------
+
+
+def send_script(connection: redis.Connection, sha: str, keys: list[str], args: list[Any]) -> None:
+    """Send ``EVALSHA`` on ``connection``, not waiting: :func:`read_script_reply` takes the reply.
+
+    The scorer sends a batch's script, works on another batch meanwhile and
+    reads the reply later; replies come back in the order the calls were sent.
+    """
+    connection.send_command("EVALSHA", sha, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
+
+
+def read_script_reply(connection: redis.Connection, load: Callable[[], object]) -> Any:
+    """The reply of the oldest script call sent on ``connection`` and not read yet.
+
+    Raises
+    ------
+    UnavailableError
+        When the server had lost the script (a restart or ``SCRIPT FLUSH``):
+        nothing ran. ``load`` loads it again; the caller retries the batch and
+        every call it sent after this one.
+    redis.RedisError
+        Whatever else the call raised (the caller translates script errors).
+    """
+    try:
+        return connection.read_response()
+    except redis.exceptions.NoScriptError:
+        load()
+        raise UnavailableError(
+            "Redis had lost the scripts (a restart or SCRIPT FLUSH); loaded again, "
+            "the batch is retried"
+        ) from None

@@ -45,7 +45,9 @@ from importlib import resources
 from typing import Any
 
 import numpy as np
+import redis
 
+from fraudstream.service.redis_client import read_script_reply, send_script
 from fraudstream.service.schemas import Transaction
 
 #: Layout version written in the first byte.
@@ -346,6 +348,24 @@ class SnapshotStore:
         see a little more of its day at the terminal. A replay after a crash that came before the
         snapshot was written still stores one, so its label is not lost.
         """
+        keys, args = self.put_arguments(
+            transactions, X, scores, model_version, feature_names, keep_existing
+        )
+        if keys:
+            # Single node: one call for the batch. Every key is hash-tagged by its
+            # transaction, so a cluster deployment calls this once per key slot.
+            self._put(keys=keys, args=args)
+
+    def put_arguments(
+        self,
+        transactions: Sequence[Transaction],
+        X: np.ndarray,
+        scores: np.ndarray,
+        model_version: int,
+        feature_names: Sequence[str],
+        keep_existing: np.ndarray | None = None,
+    ) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of the snapshot script for :meth:`put_many` (no keys: nothing to put)."""
         if len(transactions) != len(X) or len(X) != len(scores):
             raise ValueError("transactions, X and scores must have the same length")
         fset = feature_set_id(feature_names)
@@ -353,11 +373,20 @@ class SnapshotStore:
         keep = np.zeros(len(X), bool) if keep_existing is None else np.asarray(keep_existing)
         keys = [self.key(tx.transaction_id) for tx in transactions]
         values = encode_many(transactions, X32, np.asarray(scores).tolist(), model_version, fset)
-        if keys:
-            flags = np.where(keep, ord("1"), ord("0")).astype(np.uint8).tobytes()
-            # Single node: one call for the batch. Every key is hash-tagged by its
-            # transaction, so a cluster deployment calls this once per key slot.
-            self._put(keys=keys, args=[self.ttl_s, flags, *values])
+        flags = np.where(keep, ord("1"), ord("0")).astype(np.uint8).tobytes()
+        return keys, [self.ttl_s, flags, *values]
+
+    def send_put(self, connection: redis.Connection, keys: list[str], args: list[Any]) -> None:
+        """Send the snapshot script on ``connection`` without waiting (see :meth:`read_put`)."""
+        send_script(connection, self._put.sha, keys, args)
+
+    def read_put(self, connection: redis.Connection) -> None:
+        """Wait for the oldest snapshot script sent on ``connection``: its snapshots are written."""
+        read_script_reply(connection, self.load_scripts)
+
+    def load_scripts(self) -> None:
+        """Load the snapshot script into the server (before :meth:`send_put`)."""
+        self.client.script_load(self._put.script)
 
     def get_many(self, transaction_ids: Sequence[str]) -> list[Snapshot | None]:
         """Snapshots in the order asked, ``None`` where missing or expired (one round trip).
@@ -406,3 +435,57 @@ class SnapshotStore:
         for tx_id in transaction_ids:
             self._claim(keys=[self.claim_key(tx_id)], args=args, client=pipe)
         return [bool(r) for r in pipe.execute()]
+
+
+class SnapshotSender:
+    """Writes a scorer's snapshots on a connection of its own without waiting for them.
+
+    The scorer that overlaps batches hands this to its pipeline instead of the
+    store: :meth:`put_many` sends the snapshot script and returns, and
+    :meth:`settle` waits for every write sent so far, before the batch's
+    offsets may be committed. Id claims go to the store (one round trip).
+
+    Parameters
+    ----------
+    store
+        The snapshot store (single Redis node).
+    connection
+        A connection of the store's client pool, used for nothing else.
+    """
+
+    def __init__(self, store: SnapshotStore, connection: redis.Connection) -> None:
+        self.store = store
+        self.connection = connection
+        self._sent = 0
+
+    def claim_many_ids(self, transactions: Sequence[Transaction]) -> np.ndarray:
+        """Claim ids as :meth:`SnapshotStore.claim_many_ids` (a round trip, waited for)."""
+        return self.store.claim_many_ids(transactions)
+
+    def put_many(
+        self,
+        transactions: Sequence[Transaction],
+        X: np.ndarray,
+        scores: np.ndarray,
+        model_version: int,
+        feature_names: Sequence[str],
+        keep_existing: np.ndarray | None = None,
+    ) -> None:
+        """Send the writes of :meth:`SnapshotStore.put_many`; :meth:`settle` waits for them."""
+        keys, args = self.store.put_arguments(
+            transactions, X, scores, model_version, feature_names, keep_existing
+        )
+        if keys:
+            self.store.send_put(self.connection, keys, args)
+            self._sent += 1
+
+    def settle(self) -> None:
+        """Wait until every snapshot sent so far is written (raises what a write raised)."""
+        while self._sent:
+            self._sent -= 1
+            self.store.read_put(self.connection)
+
+    def reset(self) -> None:
+        """Forget the writes in flight (after a failure): the link and their replies go."""
+        self._sent = 0
+        self.connection.disconnect()  # type: ignore[no-untyped-call]

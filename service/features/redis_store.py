@@ -83,6 +83,7 @@ import hashlib
 import struct
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any, cast
 
@@ -103,6 +104,7 @@ from fraudstream.service.features.definitions import (
     stable_hash32,
 )
 from fraudstream.service.features.store import FeatureBatch, LabelFact
+from fraudstream.service.redis_client import read_script_reply, send_script
 from fraudstream.service.schemas import Transaction
 from fraudstream.service.snapshots import id_claims, snapshot_key
 from fraudstream.service.state import StateLostError, lost_message, marker_key
@@ -206,12 +208,45 @@ class _Script:
                 return self._client.evalsha(self.sha, len(keys), *keys, *args)
             except redis.exceptions.NoScriptError:
                 # The server restarted or ran SCRIPT FLUSH. Nothing ran: retrying is safe.
-                self._client.script_load(self._source)
+                self.load()
                 return self._client.evalsha(self.sha, len(keys), *keys, *args)
         except redis.ResponseError as exc:
-            if str(exc).startswith(_STATE_LOST):
-                raise StateLostError(self._lost_message) from None
-            raise
+            raise self._translate(exc) from None
+
+    def load(self) -> None:
+        """Load the script into the server (again)."""
+        self._client.script_load(self._source)
+
+    def send(self, connection: redis.Connection, keys: list[str], args: list[Any]) -> None:
+        """Send the call on ``connection`` without waiting; :meth:`read` takes its reply."""
+        send_script(connection, self.sha, keys, args)
+
+    def read(self, connection: redis.Connection) -> Any:
+        """The reply of the oldest call sent on ``connection`` (see :func:`read_script_reply`).
+
+        Raises
+        ------
+        StateLostError
+            When the state marker is missing (nothing was counted).
+        """
+        try:
+            return read_script_reply(connection, self.load)
+        except redis.ResponseError as exc:
+            raise self._translate(exc) from None
+
+    def _translate(self, exc: redis.ResponseError) -> Exception:
+        if str(exc).startswith(_STATE_LOST):
+            return StateLostError(self._lost_message)
+        return exc
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedUpdate:
+    """A batch ready for the feature script: its columns, KEYS and ARGV (none when empty)."""
+
+    batch: _BatchColumns | None
+    keys: list[str]
+    args: list[Any]
 
 
 class RedisFeatureStore:
@@ -272,6 +307,11 @@ class RedisFeatureStore:
         self._claim_ttl_s = claim_ttl_s
 
     @property
+    def client(self) -> redis.Redis:
+        """The Redis client the store runs its scripts with."""
+        return self._client
+
+    @property
     def claims_ids(self) -> bool:
         """Whether :meth:`update_and_compute` claims the ids too (``claim_ttl_s`` given)."""
         return self._claim_ttl_s is not None
@@ -295,30 +335,66 @@ class RedisFeatureStore:
         """Count each new transaction once and return every transaction's features.
 
         One ``EVALSHA`` for the whole batch, which also claims the ids when
-        :attr:`claims_ids`.
+        :attr:`claims_ids`. The same as :meth:`prepare_update`, the script call
+        and :meth:`compute_update` one after the other.
+        """
+        update = self.prepare_update(transactions)
+        if update.keys:
+            return self.compute_update(update, self._update(update.keys, update.args))
+        return self.compute_update(update, None)
+
+    def prepare_update(self, transactions: Sequence[Transaction]) -> PreparedUpdate:
+        """What the feature script needs for ``transactions``, before it is sent.
+
+        A caller that overlaps the script's run with other work sends it with
+        :meth:`send_update` and hands the reply to :meth:`compute_update`;
+        calls must reach the server in batch order.
         """
         n = len(transactions)
-        claiming = self._claim_ttl_s is not None
         if n == 0:
-            return FeatureBatch(
-                self._names,
-                np.empty((0, len(self._names))),
-                np.zeros(0, bool),
-                np.zeros(0, bool) if claiming else None,
-            )
+            return PreparedUpdate(None, [], [])
         batch = _BatchColumns(transactions, self._card_key, self._terminal_key)
         keys, claim_args = batch.keys, []
-        if claiming:
+        if self._claim_ttl_s is not None:
             prefix = self.config.prefix
             keys = [""] * (3 * n)
             keys[0::3] = batch.keys[0::2]
             keys[1::3] = batch.keys[1::2]
             keys[2::3] = [snapshot_key(prefix, tx.transaction_id) for tx in transactions]
             claim_args = [id_claims(transactions), self._claim_ttl_s]
-        reply = self._update(
+        return PreparedUpdate(
+            batch,
             keys + self._marker,
             [batch.records.tobytes(), *self._fixed_args, *self._check, *claim_args],
         )
+
+    def send_update(self, connection: redis.Connection, update: PreparedUpdate) -> bool:
+        """Send the feature script of ``update`` on ``connection``; ``False`` when there is none."""
+        if not update.keys:
+            return False
+        self._update.send(connection, update.keys, update.args)
+        return True
+
+    def read_update(self, connection: redis.Connection) -> Any:
+        """The reply of the oldest feature script sent on ``connection`` and not read yet."""
+        return self._update.read(connection)
+
+    def load_scripts(self) -> None:
+        """Load the feature script into the server (before sending it with :meth:`send_update`)."""
+        self._update.load()
+
+    def compute_update(self, update: PreparedUpdate, reply: Any) -> FeatureBatch:
+        """The features of a prepared batch from the feature script's reply."""
+        claiming = self._claim_ttl_s is not None
+        batch = update.batch
+        if batch is None:
+            return FeatureBatch(
+                self._names,
+                np.empty((0, len(self._names))),
+                np.zeros(0, bool),
+                np.zeros(0, bool) if claiming else None,
+            )
+        n = len(batch.ts_ms)
         status = np.frombuffer(reply[0], dtype=np.uint8)
         conflict = (status & CONFLICT_BIT) != 0
         # A conflict counted nothing: computed as a too-late event with no

@@ -13,6 +13,7 @@ from fraudstream.service.snapshots import (
     CLAIM_CONFLICT,
     CLAIM_NEW,
     CLAIM_REPLAY,
+    SnapshotSender,
     SnapshotStore,
     feature_set_id,
 )
@@ -135,3 +136,54 @@ def test_snapshots_of_the_previous_layout_are_still_read_and_count_as_replays(
     snap = store.get_many([tx.transaction_id])[0]
     assert snap is not None and snap.model_version == 4 and snap.card_id == tx.card_id
     assert store.claim_many_ids([tx]).tolist() == [CLAIM_REPLAY]
+
+
+def test_the_sender_writes_what_put_many_writes_once_settled(
+    redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    """Sent without waiting, several batches at once: settled, they are the store's snapshots."""
+    store = SnapshotStore(redis_client, redis_prefix + "a", ttl_s=3600)
+    sent_to = SnapshotStore(redis_client, redis_prefix + "b", ttl_s=3600)
+    sender = SnapshotSender(sent_to, redis_client.connection_pool.get_connection())
+    try:
+        txs, scores = _txs(len(X)), np.linspace(0, 1, len(X))
+        keep = np.arange(len(X)) % 3 == 0
+        for lo in range(0, len(X), 70):
+            part = slice(lo, lo + 70)
+            store.put_many(txs[part], X[part], scores[part], 3, NAMES, keep_existing=keep[part])
+            sender.put_many(txs[part], X[part], scores[part], 3, NAMES, keep_existing=keep[part])
+        sender.put_many([], X[:0], scores[:0], 3, NAMES)  # nothing to send
+        sender.settle()
+        ids = [t.transaction_id for t in txs]
+        for got, want in zip(sent_to.get_many(ids), store.get_many(ids), strict=True):
+            assert got is not None and want is not None
+            np.testing.assert_array_equal(got.features, want.features)
+            assert (got.score, got.model_version, got.event_time_ms, got.card_id) == (
+                want.score,
+                want.model_version,
+                want.event_time_ms,
+                want.card_id,
+            )
+        # Claims go to the store, waited for.
+        assert (sender.claim_many_ids(txs[:3]) == CLAIM_REPLAY).all()
+    finally:
+        redis_client.connection_pool.release(sender.connection)
+
+
+def test_the_sender_reset_drops_the_link_and_what_was_not_settled(
+    redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    store = SnapshotStore(redis_client, redis_prefix, ttl_s=3600)
+    sender = SnapshotSender(store, redis_client.connection_pool.get_connection())
+    try:
+        txs = _txs(10)
+        sender.put_many(txs, X[:10], np.zeros(10), 1, NAMES)
+        sender.reset()
+        sender.settle()  # nothing left to wait for
+        # The link is usable again: it reconnects for the next writes.
+        sender.put_many(txs, X[:10], np.ones(10), 2, NAMES)
+        sender.settle()
+        snaps = store.get_many([t.transaction_id for t in txs])
+        assert all(s is not None and s.model_version in (1, 2) for s in snaps)
+    finally:
+        redis_client.connection_pool.release(sender.connection)

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from fraudstream.service.features.definitions import FeatureConfig
-from fraudstream.service.features.redis_store import RedisFeatureStore
+from fraudstream.service.features.redis_store import PreparedUpdate, RedisFeatureStore
 from fraudstream.service.features.reference import ReferenceFeatureStore
 from fraudstream.service.features.store import FeatureBatch, LabelFact
 from fraudstream.service.schemas import Transaction
@@ -259,3 +259,66 @@ def test_reloads_the_script_after_a_flush(redis_client: redis.Redis, config: Fea
     assert_same(store.update_and_compute(stream[:50]), reference.update_and_compute(stream[:50]))
     redis_client.script_flush()
     assert_same(store.update_and_compute(stream[50:]), reference.update_and_compute(stream[50:]))
+
+
+def test_two_batches_in_flight_on_one_connection_equal_the_reference(
+    redis_client: redis.Redis, config: FeatureConfig
+) -> None:
+    """As the overlapping scorer calls it: batch k + 1's script is sent before k's reply is read."""
+    store = RedisFeatureStore(redis_client, config, claim_ttl_s=3600)
+    reference = ReferenceFeatureStore(config)
+    link = redis_client.connection_pool.get_connection()
+    try:
+        store.load_scripts()
+        in_flight: list[tuple[list[Transaction], PreparedUpdate]] = []
+        for batch in [*batches(random_stream(21, 1500), random.Random(21)), []]:
+            if batch:
+                update = store.prepare_update(batch)
+                assert store.send_update(link, update)
+                in_flight.append((batch, update))
+            if len(in_flight) == 2 or (not batch and in_flight):
+                sent, update = in_flight.pop(0)
+                got = store.compute_update(update, store.read_update(link))
+                assert_same(got, reference.update_and_compute(sent))
+        assert not in_flight
+        assert store.counters == reference.counters
+        assert reference.counters.duplicates > 0
+    finally:
+        redis_client.connection_pool.release(link)
+
+
+def test_a_script_lost_in_flight_fails_as_a_dependency_and_is_loaded_again(
+    redis_client: redis.Redis, config: FeatureConfig
+) -> None:
+    """SCRIPT FLUSH (or a restart) before a sent batch runs: nothing counted, retried after."""
+    from fraudstream.service.errors import UnavailableError, is_dependency_error
+
+    store, reference = RedisFeatureStore(redis_client, config), ReferenceFeatureStore(config)
+    stream = random_stream(23, 60)
+    link = redis_client.connection_pool.get_connection()
+    try:
+        redis_client.script_flush()
+        update = store.prepare_update(stream)
+        store.send_update(link, update)
+        with pytest.raises(UnavailableError) as failed:
+            store.read_update(link)
+        assert is_dependency_error(failed.value)
+        assert store.counters.inserted == 0
+        assert not redis_client.keys(f"{config.prefix}:*")  # nothing counted
+        # The retry finds the script loaded again.
+        store.send_update(link, store.prepare_update(stream))
+        got = store.compute_update(store.prepare_update(stream), store.read_update(link))
+        assert_same(got, reference.update_and_compute(stream))
+    finally:
+        redis_client.connection_pool.release(link)
+
+
+def test_the_empty_batch_sends_nothing(redis_client: redis.Redis, config: FeatureConfig) -> None:
+    store = RedisFeatureStore(redis_client, config)
+    link = redis_client.connection_pool.get_connection()
+    try:
+        update = store.prepare_update([])
+        assert not store.send_update(link, update)
+        assert store.compute_update(update, None).values.shape == (0, len(store.names))
+    finally:
+        redis_client.connection_pool.release(link)
