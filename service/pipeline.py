@@ -220,6 +220,18 @@ def dead_letter_of(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class BegunBatch:
+    """A batch after :meth:`Pipeline.begin`: its valid transactions wait for their features."""
+
+    records: Sequence[ConsumedRecord]
+    transactions: list[Transaction]
+    #: Index in ``records`` of each transaction.
+    indices: list[int]
+    #: Dead letters so far; :meth:`Pipeline.complete` adds the rest.
+    outcome: BatchOutcome
+
+
 class Pipeline:
     """Validates, featurises, scores and decides a batch of transaction records.
 
@@ -280,6 +292,19 @@ class Pipeline:
         errors, and any error a later step raises because of one record (found
         by :meth:`_isolate`). Errors of a dependency (Redis down) are raised for
         the caller to back off and retry the batch.
+
+        The same as :meth:`begin` then :meth:`complete` with the store's
+        ``update_and_compute``.
+        """
+        batch = self.begin(records)
+        return self.complete(batch, lambda: self.features.update_and_compute(batch.transactions))
+
+    def begin(self, records: Sequence[ConsumedRecord]) -> BegunBatch:
+        """Validate a batch (dead letters for bad records) and claim ids the store does not.
+
+        The caller then gets the features of ``transactions`` (a scorer that
+        overlaps batches sends the feature script here and reads its reply in
+        :meth:`complete`).
         """
         outcome = BatchOutcome()
         transactions: list[Transaction]
@@ -291,13 +316,25 @@ class Pipeline:
             transactions, indices = self._drop_conflicts(
                 records, transactions, indices, conflict, outcome
             )
-        if transactions:
+        return BegunBatch(records, transactions, indices, outcome)
+
+    def complete(self, batch: BegunBatch, features: Callable[[], FeatureBatch]) -> BatchOutcome:
+        """Score a begun batch with the features ``features()`` returns; return its outcome.
+
+        ``features`` is called once, only when the batch has transactions to
+        score. When it or scoring fails because of a record, the batch is
+        isolated record by record with the store's ``update_and_compute``.
+        """
+        outcome = batch.outcome
+        if batch.transactions:
             try:
-                self._process_valid(records, transactions, indices, outcome)
+                self._score_features(
+                    batch.records, batch.transactions, batch.indices, features(), outcome
+                )
             except Exception as exc:
                 if is_dependency_error(exc):
                     raise
-                self._isolate(records, transactions, indices, outcome, exc)
+                self._isolate(batch.records, batch.transactions, batch.indices, outcome, exc)
         return outcome
 
     def _drop_conflicts(
@@ -398,7 +435,19 @@ class Pipeline:
         outcome: BatchOutcome,
     ) -> None:
         """Features, score, decision, snapshots and outgoing records of valid transactions."""
-        batch = self.features.update_and_compute(transactions)
+        self._score_features(
+            records, transactions, indices, self.features.update_and_compute(transactions), outcome
+        )
+
+    def _score_features(
+        self,
+        records: Sequence[ConsumedRecord],
+        transactions: list[Transaction],
+        indices: list[int],
+        batch: FeatureBatch,
+        outcome: BatchOutcome,
+    ) -> None:
+        """Score, decision, snapshots and outgoing records of transactions with their features."""
         if batch.is_conflict is None or not batch.is_conflict.any():
             self._score(records, transactions, indices, batch, outcome)
             return

@@ -369,3 +369,56 @@ def test_a_conflict_found_by_the_store_is_dead_lettered_once_when_a_later_step_f
     assert letters[2]["fraudstream.error.class"] == b"UnprocessableEventError"
     assert len(outcome.dead_letters) == 2
     assert outcome.scored == 2 and sorted(snapshots.stored) == ["t1", "t2"]
+
+
+def test_begin_then_complete_with_the_next_batch_begun_meanwhile_equals_process() -> None:
+    """As the overlapping scorer runs it: k + 1 is begun before k is completed."""
+    records = [Record(_tx(i, card=f"c{i % 4}", minute=i), offset=i) for i in range(40)]
+    records[7] = Record(b"{oops", offset=7)
+    records[20] = records[3]  # a replay
+    parts = [records[0:15], records[15:28], records[28:40]]
+    one_at_a_time, one_snapshots = _pipeline(store=_Claiming(_reference()))
+    overlapped, overlapped_snapshots = _pipeline(store=_Claiming(_reference()))
+    want = [one_at_a_time.process(part) for part in parts]
+
+    begun = [overlapped.begin(parts[0])]
+    got = []
+    for part in [*parts[1:], None]:
+        if part is not None:
+            begun.append(overlapped.begin(part))
+        oldest = begun.pop(0)
+        got.append(
+            overlapped.complete(
+                oldest, lambda b=oldest: overlapped.features.update_and_compute(b.transactions)
+            )
+        )
+    assert [o.scored for o in got] == [o.scored for o in want] == [14, 13, 12]
+    assert [o.duplicates for o in got] == [o.duplicates for o in want] == [0, 1, 0]
+    assert [[(r.topic, r.key, r.value) for r in o.outgoing] for o in got] == [
+        [(r.topic, r.key, r.value) for r in o.outgoing] for o in want
+    ]
+    assert overlapped_snapshots.stored.keys() == one_snapshots.stored.keys()
+
+
+def test_complete_isolates_a_record_whose_features_fail() -> None:
+    """The features handed to complete() fail because of one record: only it is dead-lettered."""
+    store = _Poisoned(_reference(), "poison", OverflowError("math range error"))
+    pipeline, snapshots = _pipeline(store=store)
+    records = [Record(_tx(i, card=f"c{i % 3}", minute=i), offset=i) for i in range(6)]
+    records.append(Record(_tx(50, card="poison"), offset=50))
+    batch = pipeline.begin(records)
+    outcome = pipeline.complete(batch, lambda: store.update_and_compute(batch.transactions))
+    assert outcome.scored == 6
+    assert set(snapshots.stored) == {f"t{i}" for i in range(6)}
+    assert list(_dead_letters_by_offset(outcome)) == [50]
+
+
+def test_complete_raises_a_dependency_error_for_a_retry() -> None:
+    pipeline, _ = _pipeline()
+    batch = pipeline.begin([Record(_tx(0))])
+
+    def gone() -> FeatureBatch:
+        raise redis.ConnectionError("Redis went away")
+
+    with pytest.raises(redis.ConnectionError):
+        pipeline.complete(batch, gone)
