@@ -45,7 +45,7 @@ from fraudstream.service.errors import (
     is_dependency_error,
 )
 from fraudstream.service.features.definitions import FeatureConfig
-from fraudstream.service.features.redis_store import RedisFeatureStore
+from fraudstream.service.features.redis_store import PreparedUpdate, RedisFeatureStore
 from fraudstream.service.kafka import (
     DeliveryError,
     accepts_connections,
@@ -61,7 +61,7 @@ from fraudstream.service.learner import Learner
 from fraudstream.service.loop import ConsumeLoop, LoopHealth, Polled
 from fraudstream.service.metrics import HealthServer, Metrics
 from fraudstream.service.model_watcher import ModelWatcher
-from fraudstream.service.pipeline import BatchOutcome, Pipeline
+from fraudstream.service.pipeline import BatchOutcome, BegunBatch, Pipeline, SnapshotWriter
 from fraudstream.service.redis_client import (
     check_cluster_mode,
     is_authentication_error,
@@ -78,6 +78,7 @@ from fraudstream.service.settings import (
     Settings,
     masked_url,
 )
+from fraudstream.service.snapshots import SnapshotSender, SnapshotStore
 from fraudstream.service.state import StateLostError, ensure_state, lost_message, marker_key
 from fraudstream.service.stores import feature_store, snapshot_store
 
@@ -498,23 +499,29 @@ class Application:
             metrics=self.metrics,
         )
         self._watcher = watcher
-        pipeline = Pipeline(
-            features=features,
-            active_scorer=watcher.current,
-            snapshots=snapshot_store(
-                self._redis, s.redis_prefix, s.snapshot_ttl_s, s.redis_cluster_wait_replicas
-            ),
-            policy=decision_policy(s),
-            topic_alerts=s.topic_alerts,
-            topic_scores=s.topic_scores if s.publish_scores else None,
-            topic_dlq=s.topic_transactions_dlq,
-            max_message_bytes=s.max_message_bytes,
-            dead_letter_max_bytes=s.dead_letter_max_bytes,
+        snapshots = snapshot_store(
+            self._redis, s.redis_prefix, s.snapshot_ttl_s, s.redis_cluster_wait_replicas
         )
-        if s.overlap_batches and s.guarantee is DeliveryGuarantee.AT_LEAST_ONCE:
-            self._score_overlapped(loop, pipeline, watcher)
+
+        def pipeline(writer: SnapshotWriter) -> Pipeline:
+            return Pipeline(
+                features=features,
+                active_scorer=watcher.current,
+                snapshots=writer,
+                policy=decision_policy(s),
+                topic_alerts=s.topic_alerts,
+                topic_scores=s.topic_scores if s.publish_scores else None,
+                topic_dlq=s.topic_transactions_dlq,
+                max_message_bytes=s.max_message_bytes,
+                dead_letter_max_bytes=s.dead_letter_max_bytes,
+            )
+
+        if not s.overlap_batches or s.guarantee is not DeliveryGuarantee.AT_LEAST_ONCE:
+            self._score_one_at_a_time(loop, pipeline(snapshots), watcher)
+        elif s.redis_cluster:
+            self._score_overlapped(loop, pipeline(snapshots), watcher)
         else:
-            self._score_one_at_a_time(loop, pipeline, watcher)
+            self._score_pipelined(loop, pipeline, features, snapshots, watcher)
         self._final_commit(loop)
 
     def _score_one_at_a_time(
@@ -566,6 +573,89 @@ class Application:
             checkpoint.commit(wait=False)
 
         loop.run_ahead(process, finish, idle, transient=_transient, healthy=self._redis_ok)
+
+    def _score_pipelined(
+        self,
+        loop: ConsumeLoop,
+        pipeline: Callable[[SnapshotWriter], Pipeline],
+        features: RedisFeatureStore,
+        snapshots: SnapshotStore,
+        watcher: ModelWatcher,
+    ) -> None:
+        """One thread, two batches in flight: batch ``k``'s Redis work runs while ``k + 1`` is read.
+
+        See :meth:`ConsumeLoop.run_pipelined`. Batch ``k + 1`` is polled,
+        decoded, validated and its feature script sent while Redis runs batch
+        ``k``'s; then ``k`` is scored and its snapshots sent, and once they are
+        written its alerts are produced and its offsets committed. The feature
+        scripts go on one connection, in batch order; the snapshots on another.
+        """
+        checkpoint = loop.checkpoint
+        pool = features.client.connection_pool
+        link = pool.get_connection()
+        sender = SnapshotSender(snapshots, pool.get_connection())
+        scorer = pipeline(sender)
+        loaded = False
+
+        def begin(polled: Polled) -> tuple[BegunBatch, PreparedUpdate | None]:
+            nonlocal loaded
+            if not loaded:  # at start and after a failure (the server may have restarted)
+                features.load_scripts()
+                snapshots.load_scripts()
+                loaded = True
+            batch = scorer.begin(polled.records)
+            try:
+                update = features.prepare_update(batch.transactions)
+            except Exception as exc:
+                if is_dependency_error(exc):
+                    raise
+                return batch, None  # complete() runs the store's own call and isolates
+            features.send_update(link, update)
+            return batch, update
+
+        def complete(begun: tuple[BegunBatch, PreparedUpdate | None]) -> BatchOutcome:
+            batch, update = begun
+            if update is None:
+                return scorer.complete(
+                    batch, lambda: features.update_and_compute(batch.transactions)
+                )
+            return scorer.complete(
+                batch,
+                lambda: features.compute_update(
+                    update, features.read_update(link) if update.keys else None
+                ),
+            )
+
+        def finish(polled: Polled, outcome: BatchOutcome, seconds: float) -> None:
+            checkpoint.produce(outcome.outgoing)
+            checkpoint.track(polled.spans)
+            checkpoint.commit(wait=False)
+            self._count(outcome, len(polled.records), seconds)
+
+        def idle() -> None:
+            self._idle_turn(loop, watcher)
+            checkpoint.commit(wait=False)
+
+        def reset() -> None:
+            nonlocal loaded
+            loaded = False
+            link.disconnect()  # type: ignore[no-untyped-call]
+            sender.reset()
+
+        try:
+            loop.run_pipelined(
+                begin,
+                complete,
+                sender.settle,
+                finish,
+                idle,
+                reset=reset,
+                transient=_transient,
+                healthy=self._redis_ok,
+            )
+        finally:
+            pool.release(link)
+            pool.release(sender.connection)
 
     def _idle_turn(self, loop: ConsumeLoop, watcher: ModelWatcher) -> None:
         """Nothing polled: pick up new model versions, prove the membership if needed.

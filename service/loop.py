@@ -31,6 +31,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -68,9 +69,27 @@ class Polled:
 
 #: What a batch's processing returns (the scorer: its ``BatchOutcome``).
 R = TypeVar("R")
+#: What a pipelined batch's first step returns (the scorer: the batch waiting for its features).
+B = TypeVar("B")
+V = TypeVar("V")
 
 #: An empty poll.
 _NOTHING = Polled([], {})
+
+
+@dataclass(frozen=True, slots=True)
+class _Flight(Generic[V]):
+    """A batch in flight in :meth:`ConsumeLoop.run_pipelined`, with what its step returned."""
+
+    polled: Polled
+    value: V
+    started: float
+    #: The loop's revocation count when the batch was polled.
+    revocations: int
+
+
+class _ReadAgain(Exception):
+    """Partitions were revoked while batches were in flight: they are read again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,6 +401,86 @@ class ConsumeLoop:
                     failed = Polled(earlier + (polled or _NOTHING).records, {})
                     self.recover(failed, exc, attempt, healthy)
                     attempt += 1
+
+    def run_pipelined(
+        self,
+        begin: Callable[[Polled], B],
+        complete: Callable[[B], R],
+        settle: Callable[[], None],
+        finish: Callable[[Polled, R, float], None],
+        idle: Callable[[], None],
+        *,
+        reset: Callable[[], None],
+        transient: Callable[[BaseException], bool],
+        healthy: Callable[[], bool],
+    ) -> None:
+        """Like :meth:`run`, with up to two batches in flight in this one thread.
+
+        ``begin`` starts a batch and sends its requests (the scorer: validate,
+        send the feature script) without waiting; ``complete`` takes their
+        replies and sends the batch's writes (features, scoring, snapshots
+        sent); ``settle`` waits for every write sent so far; ``finish`` then
+        produces, tracks and commits (with the seconds since the batch was
+        polled). While batch ``k``'s requests run on the servers, batch
+        ``k + 1`` is polled, decoded and begun: no thread shares the
+        interpreter, and a batch's offsets are committed after its effects, in
+        order. Batches are begun, completed and finished in poll order.
+
+        After a failure ``reset`` drops what is in flight (replies not read);
+        a transient failure gives up every batch in flight, and :meth:`recover`
+        seeks back and backs off, as do partitions revoked meanwhile (the
+        batches are read again).
+        """
+        attempt = 0
+        begun: deque[_Flight[B]] = deque()
+        done: _Flight[R] | None = None
+        #: Every batch polled and not finished, oldest first (read again after a failure).
+        unfinished: deque[Polled] = deque()
+        while unfinished or not self.stopping.is_set():
+            try:
+                polled = None
+                if len(begun) < 2 and not self.stopping.is_set():
+                    polled = self.poll(wait=not unfinished)
+                    if polled.records:
+                        unfinished.append(polled)
+                        started = time.perf_counter()
+                        begun.append(_Flight(polled, begin(polled), started, self.revocations))
+                    elif not unfinished:
+                        idle()
+                        self.health.done(0)
+                        attempt = 0
+                        continue
+                if done is not None:
+                    settle()
+                    if self.revocations != done.revocations:
+                        log.info("%s: batches processed in a rebalance are read again", self.name)
+                        raise _ReadAgain
+                    finish(done.polled, done.value, time.perf_counter() - done.started)
+                    unfinished.popleft()
+                    self.health.done(len(done.polled.records))
+                    done = None
+                # Complete the oldest batch when a newer one is begun, or nothing came.
+                if begun and (len(begun) == 2 or polled is None or not polled.records):
+                    oldest = begun.popleft()
+                    value = complete(oldest.value)
+                    done = _Flight(oldest.polled, value, oldest.started, oldest.revocations)
+                attempt = 0
+            except _ReadAgain:
+                reset()
+                self.read_again([r for batch in unfinished for r in batch.records])
+                begun.clear()
+                unfinished.clear()
+                done = None
+            except Exception as exc:
+                if not transient(exc):
+                    raise
+                reset()
+                failed = Polled([r for batch in unfinished for r in batch.records], {})
+                begun.clear()
+                unfinished.clear()
+                done = None
+                self.recover(failed, exc, attempt, healthy)
+                attempt += 1
 
     def _poll_ahead(self, in_hand: _InHand[R] | None) -> Polled | None:
         """The next batch, or ``None``: first finish the batch in hand, or stop."""

@@ -213,10 +213,12 @@ class Settings(BaseSettings):
     )
     overlap_batches: bool = Field(
         True,
-        description="at_least_once: when behind (a batch of at least half max_batch_size), "
-        "process a batch (Redis, scoring) in a worker thread while the next one is polled; its "
-        "offsets are still committed only after its effects are durable. Off, or in "
-        "exactly_once mode: one batch at a time.",
+        description="at_least_once: overlap batches. On one Redis node, two batches in flight "
+        "in one thread: batch k's feature script and snapshot writes run in Redis while k + 1 "
+        "is polled, validated and its script sent. On a Redis Cluster, when behind (a batch "
+        "of at least half max_batch_size), batch k is processed in a worker thread while k + 1 "
+        "is polled. Either way a batch's offsets are committed only after its effects are "
+        "durable, in order. Off, or in exactly_once mode: one batch at a time.",
     )
     max_batch_size: Annotated[int, Field(ge=1, le=100_000)] = Field(
         2000, description="Most records processed per batch (bounds time per batch)."
