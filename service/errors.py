@@ -64,6 +64,10 @@ class UnavailableError(FraudstreamError):
     """Kafka or Redis cannot be reached; the caller backs off and retries."""
 
 
+class RedisUnavailableError(UnavailableError):
+    """Redis answers but cannot do the work yet (state or scripts lost): a Redis error, retried."""
+
+
 class IdConflictError(InvalidEventError):
     """A transaction id arrived again with other content (another card, time, amount...)."""
 

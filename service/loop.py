@@ -40,6 +40,7 @@ from typing import Generic, TypeVar
 import redis
 
 from fraudstream.service.checkpoint import Checkpoint, ProducerFailedError, Span
+from fraudstream.service.errors import RedisUnavailableError
 from fraudstream.service.kafka import group_coordinator_known, subscribe
 from fraudstream.service.kafka.protocols import (
     Consumer,
@@ -542,7 +543,8 @@ class ConsumeLoop:
         self, polled: Polled, exc: BaseException, attempt: int, healthy: Callable[[], bool]
     ) -> None:
         """After a failed batch: abort, seek back to where the work began, back off."""
-        dependency = "redis" if isinstance(exc, redis.RedisError) else "kafka"
+        redis_failed = isinstance(exc, redis.RedisError | RedisUnavailableError)
+        dependency = "redis" if redis_failed else "kafka"
         self.metrics.dependency_error(dependency)
         reason = f"{type(exc).__name__}: {exc}"
         self.health.failed(reason)

@@ -26,6 +26,7 @@ from redis.exceptions import RedisClusterException
 from fraudstream.service.errors import (
     AuthenticationFailedError,
     ConfigurationError,
+    RedisUnavailableError,
     UnavailableError,
 )
 from fraudstream.service.settings import Settings, env_name, masked_url
@@ -269,7 +270,7 @@ def read_script_reply(connection: redis.Connection, load: Callable[[], object]) 
 
     Raises
     ------
-    UnavailableError
+    RedisUnavailableError
         When the server had lost the script (a restart or ``SCRIPT FLUSH``):
         nothing ran. ``load`` loads it again; the caller retries the batch and
         every call it sent after this one.
@@ -280,7 +281,7 @@ def read_script_reply(connection: redis.Connection, load: Callable[[], object]) 
         return connection.read_response()
     except redis.exceptions.NoScriptError:
         load()
-        raise UnavailableError(
+        raise RedisUnavailableError(
             "Redis had lost the scripts (a restart or SCRIPT FLUSH); loaded again, "
             "the batch is retried"
         ) from None

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from fraudstream.service.errors import ConfigurationError, UnavailableError
+from fraudstream.service.errors import ConfigurationError, RedisUnavailableError
 from fraudstream.service.features.store import FeatureStore, LabelFact
 from fraudstream.service.kafka.protocols import Consumer, TopicPartition
 from fraudstream.service.pipeline import validate_records
@@ -51,7 +51,7 @@ from fraudstream.service.snapshots import CLAIM_CONFLICT, REBUILT_MODEL_VERSION,
 log = logging.getLogger(__name__)
 
 
-class StateLostError(UnavailableError):
+class StateLostError(RedisUnavailableError):
     """The Redis state fraudstream built is gone (no state marker): nothing is counted.
 
     A dependency error: the scorer backs off with nothing committed until the

@@ -291,7 +291,7 @@ def test_a_script_lost_in_flight_fails_as_a_dependency_and_is_loaded_again(
     redis_client: redis.Redis, config: FeatureConfig
 ) -> None:
     """SCRIPT FLUSH (or a restart) before a sent batch runs: nothing counted, retried after."""
-    from fraudstream.service.errors import UnavailableError, is_dependency_error
+    from fraudstream.service.errors import RedisUnavailableError, is_dependency_error
 
     store, reference = RedisFeatureStore(redis_client, config), ReferenceFeatureStore(config)
     stream = random_stream(23, 60)
@@ -300,7 +300,7 @@ def test_a_script_lost_in_flight_fails_as_a_dependency_and_is_loaded_again(
         redis_client.script_flush()
         update = store.prepare_update(stream)
         store.send_update(link, update)
-        with pytest.raises(UnavailableError) as failed:
+        with pytest.raises(RedisUnavailableError) as failed:
             store.read_update(link)
         assert is_dependency_error(failed.value)
         assert store.counters.inserted == 0
