@@ -425,7 +425,10 @@ class ConsumeLoop:
         polled). While batch ``k``'s requests run on the servers, batch
         ``k + 1`` is polled, decoded and begun: no thread shares the
         interpreter, and a batch's offsets are committed after its effects, in
-        order. Batches are begun, completed and finished in poll order.
+        order. Batches are begun, completed and finished in poll order. Only
+        behind the stream (a batch of at least half ``max_records``) does a
+        batch wait in flight for the next poll; keeping up, each is finished
+        at once, so its results do not wait for the next batch.
 
         After a failure ``reset`` drops what is in flight (replies not read);
         a transient failure gives up every batch in flight, and :meth:`recover`
@@ -440,7 +443,7 @@ class ConsumeLoop:
         while unfinished or not self.stopping.is_set():
             try:
                 polled = None
-                if len(begun) < 2 and not self.stopping.is_set():
+                if not self.stopping.is_set():
                     polled = self.poll(wait=not unfinished)
                     if polled.records:
                         unfinished.append(polled)
@@ -451,20 +454,22 @@ class ConsumeLoop:
                         self.health.done(0)
                         attempt = 0
                         continue
+                # Behind the stream (a large batch came), the newest batch stays in
+                # flight while the one before it is completed; keeping up, every
+                # batch is completed and finished at once (its results wait for nothing).
+                behind = polled is not None and 2 * len(polled.records) >= self.max_records
                 if done is not None:
-                    settle()
-                    if self.revocations != done.revocations:
-                        log.info("%s: batches processed in a rebalance are read again", self.name)
-                        raise _ReadAgain
-                    finish(done.polled, done.value, time.perf_counter() - done.started)
+                    self._settle_and_finish(done, settle, finish)
                     unfinished.popleft()
-                    self.health.done(len(done.polled.records))
                     done = None
-                # Complete the oldest batch when a newer one is begun, or nothing came.
-                if begun and (len(begun) == 2 or polled is None or not polled.records):
+                while begun and (len(begun) == 2 or not behind):
                     oldest = begun.popleft()
                     value = complete(oldest.value)
                     done = _Flight(oldest.polled, value, oldest.started, oldest.revocations)
+                    if not behind:
+                        self._settle_and_finish(done, settle, finish)
+                        unfinished.popleft()
+                        done = None
                 attempt = 0
             except _ReadAgain:
                 reset()
@@ -482,6 +487,20 @@ class ConsumeLoop:
                 done = None
                 self.recover(failed, exc, attempt, healthy)
                 attempt += 1
+
+    def _settle_and_finish(
+        self,
+        done: _Flight[R],
+        settle: Callable[[], None],
+        finish: Callable[[Polled, R, float], None],
+    ) -> None:
+        """Wait for a completed batch's writes, then finish it (or read everything again)."""
+        settle()
+        if self.revocations != done.revocations:
+            log.info("%s: batches processed in a rebalance are read again", self.name)
+            raise _ReadAgain
+        finish(done.polled, done.value, time.perf_counter() - done.started)
+        self.health.done(len(done.polled.records))
 
     def _poll_ahead(self, in_hand: _InHand[R] | None) -> Polled | None:
         """The next batch, or ``None``: first finish the batch in hand, or stop."""
