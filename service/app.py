@@ -23,6 +23,7 @@ without commit; producers are flushed and consumers closed.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import signal
 import threading
@@ -280,6 +281,10 @@ class Application:
             )
             learner_loop = self._learner_loop(stack) if s.role is not Role.SCORER else None
             scorer_loop = self._scorer_loop(stack) if s.role is not Role.LEARNER else None
+            if s.gc_threshold:
+                # A batch allocates thousands of short-lived objects (records, models, rows).
+                _, older, oldest = gc.get_threshold()
+                gc.set_threshold(s.gc_threshold, older, oldest)
             self._phase = "running"
             threads: list[threading.Thread] = []
             if learner_loop is not None:
