@@ -11,20 +11,33 @@ counted at both in one atomic step. Instead, per batch of transactions:
 1. ``card.lua`` on the masters of the card keys: dedupe, too late, insert or
    append, exactly ``update.lua``'s card part, each new record carrying a spare
    flag bit, "terminal pending" (8). It returns each card history as found, and
-   which transactions the terminal must count: the new ones, and the
-   duplicates whose record still carries the flag.
+   which transactions the terminal must count: the new ones, and those whose
+   record still carries the flag from a run of this batch that failed.
 2. ``terminal.lua`` on the masters of the terminal keys, every transaction in
    batch order (each gets its ring as found): counts those to count, each
-   once, remembered by its needle in the terminal's ``:n`` hash; ``WAIT``.
+   once; a mark per operation in the terminal's ``:n`` hash keeps what it
+   counted and the ring it found; ``WAIT``.
 3. ``pending.lua clear`` on the card masters: the pending flags go; ``WAIT``.
 4. ``pending.lua forget`` on the terminal masters: the ``:n`` marks go.
 
-A crash (or a failed round) after 1 leaves pending flags: the replay of the
-batch finds its transactions as duplicates still pending, and round 2 counts at
-their terminals those not yet marked there, so nothing is counted twice and
-nothing is lost. After 3 nothing is pending: a mark left by a crash before 4 is
-never looked at again and expires (``terminal_ttl``). Labels go the same way
-(``label_card.lua``, flag 16 "label pending", then rounds 2-4 with label marks).
+A round is not atomic across masters, nor is a script on its master: Redis
+keeps what a script wrote before an error (a master refusing a key of a slot
+being resharded: "non local key"). So a round may be done on some masters, or
+for some keys, and not the others; the batch is then retried whole. A failure
+(or a crash) before 3 leaves pending flags, and the replay of the batch reports
+and computes what its first run did: a still-pending record is reported new at
+its first occurrence in the call, and each history is returned without the
+records the failed run wrote for later transactions (nor is a record that an
+earlier one of the call found trimmed); at the terminal an operation whose mark
+is there counts nothing again and returns the ring it found then. Nothing is
+counted twice or lost, and the features are those of one run (tested, with
+slots moved between batches). After 3 nothing is pending, and a replay is one
+of duplicates (counted once, their features from the state as found). A mark
+left by a crash before 4 expires (``terminal_ttl``); until then a later
+duplicate of the same transaction at that terminal may be given the ring it
+keeps. Labels go the same way (``label_card.lua``, flag 16 "label pending",
+then rounds 2-4 with label marks; a label counted every time is marked per
+occurrence in its call).
 
 Every round runs the feature scripts on the keys of one master only, and each
 checks the state markers of the slots it touches (see
