@@ -41,7 +41,12 @@ from fraudstream.service.registry import ModelRegistry
 from fraudstream.service.rules import RulesPrior
 from fraudstream.service.schemas import Label
 from fraudstream.service.serving import learn_labelled
-from fraudstream.service.snapshots import SnapshotStore, feature_set_id
+from fraudstream.service.snapshots import (
+    LABEL_CLAIMED,
+    LABEL_HELD,
+    SnapshotStore,
+    feature_set_id,
+)
 from fraudstream.service.stores import snapshot_store
 
 log = logging.getLogger(__name__)
@@ -130,7 +135,11 @@ class Learner:
         self._pending = registry.reserve_version()
         self._since_publish = 0
         self._last_publish_s = clock()
-        self._unfinished: set[str] = set()
+        # Labels learnt under the pending version (its claims hold them), and
+        # whether a call failed since the last that was done: its claims must be
+        # retaken by the retry under the same version, so none is published.
+        self._learnt_since_publish: set[str] = set()
+        self._retrying = False
 
     # -- construction ----------------------------------------------------------
 
@@ -227,19 +236,25 @@ class Learner:
             else:
                 usable.append((label, snap))
 
-        claimed = self.snapshots.claim_many(
+        self._retrying = True  # until this call is done: no version is published meanwhile
+        claims = self.snapshots.claim_many(
             [lb.transaction_id for lb, _ in usable], token=str(self._pending), stale=self._stale
         )
-        # Labels this learner claimed in a call that then failed (Redis went away
-        # before the fraud counts were written) are still ours: the retry must
-        # learn them, not take them for duplicates. Only their first occurrence.
-        retaken: set[str] = set()
-        for k, (lb, _) in enumerate(usable):
+        # A label held by this learner's pending version and not learnt under it
+        # was claimed by a call that then failed (Redis went away, or a master
+        # refused its part while its slots were resharded: the claims on the
+        # others stay): the retry learns it, not a duplicate. Its first occurrence.
+        fresh = []
+        taken: set[str] = set()
+        for (lb, snap), claim in zip(usable, claims, strict=True):
             tx_id = lb.transaction_id
-            if not claimed[k] and tx_id in self._unfinished and tx_id not in retaken:
-                claimed[k] = True
-                retaken.add(tx_id)
-        fresh = [pair for pair, ok in zip(usable, claimed, strict=True) if ok]
+            if tx_id in taken:
+                continue
+            if claim == LABEL_CLAIMED or (
+                claim == LABEL_HELD and tx_id not in self._learnt_since_publish
+            ):
+                fresh.append((lb, snap))
+                taken.add(tx_id)
         duplicates = len(usable) - len(fresh)
 
         facts = [
@@ -250,13 +265,10 @@ class Learner:
             # Before learning, so a failure here leaves the model untouched; the
             # claims stay tagged with the unpublished version, so a redelivery
             # after a restart learns these labels again, and so does a retry by
-            # this learner (``_unfinished``).
-            try:
-                self.feature_store.record_labels(facts)
-            except BaseException:
-                self._unfinished.update(lb.transaction_id for lb, _ in fresh)
-                raise
-        self._unfinished.difference_update(lb.transaction_id for lb, _ in fresh)
+            # this learner (held by its version, not learnt under it).
+            self.feature_store.record_labels(facts)
+        self._learnt_since_publish.update(lb.transaction_id for lb, _ in fresh)
+        self._retrying = False
 
         frauds = 0
         if fresh:
@@ -294,6 +306,9 @@ class Learner:
         """Publish now if anything was learnt since the last version (call on shutdown)."""
         if self._since_publish == 0:
             return None
+        if self._retrying:
+            log.info("learner: a batch of labels is being retried; the version waits for it")
+            return None
         version = self.registry.publish(
             self.model,
             self.metrics.report(),
@@ -302,6 +317,7 @@ class Learner:
         )
         self.version = version
         self._pending = self.registry.reserve_version()
+        self._learnt_since_publish.clear()
         self._since_publish = 0
         self._last_publish_s = self.clock()
         return version

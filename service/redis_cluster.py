@@ -19,7 +19,9 @@ What this costs, and what makes it safe:
   :mod:`fraudstream.service.features.cluster_store`); id claims and snapshot
   writes are idempotent per key.
 * A node that fails (connection refused, ``CLUSTERDOWN``, ``READONLY`` after a
-  failover, a key of a slot being migrated: "non local key") raises an error
+  failover; inside a script, Redis 7.0's "Script attempted to access a non local
+  key" for a key of a slot moved or being migrated, and "... while the cluster is
+  down" during a failover) raises an error
   :func:`~fraudstream.service.errors.is_dependency_error` recognises, after
   marking the slot map stale: the scorer backs off and retries the batch with
   nothing committed, and the next call reloads the slot map (a promoted replica
@@ -90,7 +92,14 @@ _TOPOLOGY_ERRORS = (
     redis.exceptions.ReadOnlyError,
     redis.exceptions.MasterDownError,
 )
-_NON_LOCAL = "non local key"
+#: Redis 7.0's refusals of a command inside a script, for a cluster reason (a script
+#: gets no MOVED, ASK, TRYAGAIN or CLUSTERDOWN): a key of a slot this master does not
+#: serve now (moved, or migrating and not here), or slots without a master.
+_SCRIPT_REFUSALS = (
+    "Script attempted to access a non local key",
+    "Script attempted to execute a command while the cluster is down",
+    "Script attempted to execute a write command while the cluster is down",
+)
 
 
 @functools.cache
@@ -320,7 +329,7 @@ class NodeRounds:
 
     def _raise(self, node: ClusterNode, reply: redis.ResponseError) -> None:
         text = str(reply)
-        if isinstance(reply, _TOPOLOGY_ERRORS) or _NON_LOCAL in text:
+        if isinstance(reply, _TOPOLOGY_ERRORS) or any(r in text for r in _SCRIPT_REFUSALS):
             self._stale = True
             raise ClusterUnavailableError(f"Redis Cluster node {node.name}: {text}") from reply
         raise reply

@@ -90,10 +90,18 @@ return table.concat(out)
 """
 )
 
+#: :meth:`SnapshotStore.claim_many`'s answers: another token holds the label, this
+#: call claimed it, the same token held it already.
+LABEL_TAKEN, LABEL_CLAIMED, LABEL_HELD = 0, 1, 2
+
 # KEYS[1] = claim key; ARGV = token, ttl_s, stale tokens...
-# Returns 1 if the label is now claimed by ``token``, 0 if it was already claimed.
+# Returns 1 if the label is now claimed by ``token``, 2 if ``token`` held it
+# already, 0 if another did.
 _CLAIM_LUA = """
 local held = redis.call('GET', KEYS[1])
+if held == ARGV[1] then
+  return 2
+end
 if held then
   local stale = false
   for i = 3, #ARGV do
@@ -410,7 +418,7 @@ class SnapshotStore:
 
     def claim_many(
         self, transaction_ids: Sequence[str], token: str = "1", stale: Sequence[str] = ()
-    ) -> list[bool]:
+    ) -> list[int]:
         """Claim each label once, atomically per transaction (one round trip).
 
         Parameters
@@ -425,8 +433,11 @@ class SnapshotStore:
 
         Returns
         -------
-        list[bool]
-            True where this call claimed the label, False for duplicates.
+        list[int]
+            Per label: :data:`LABEL_CLAIMED` where this call claimed it,
+            :data:`LABEL_HELD` where ``token`` held it already (an earlier
+            occurrence in the list, an earlier call, or a call that failed
+            after claiming it), :data:`LABEL_TAKEN` where another token holds it.
         """
         if not transaction_ids:
             return []
@@ -434,7 +445,7 @@ class SnapshotStore:
         args = [token, self.ttl_s, *stale]
         for tx_id in transaction_ids:
             self._claim(keys=[self.claim_key(tx_id)], args=args, client=pipe)
-        return [bool(r) for r in pipe.execute()]
+        return [int(r) for r in pipe.execute()]
 
 
 class SnapshotSender:

@@ -81,7 +81,7 @@ class ClusterSnapshotStore(SnapshotStore):
 
     def claim_many(
         self, transaction_ids: Sequence[str], token: str = "1", stale: Sequence[str] = ()
-    ) -> list[bool]:
+    ) -> list[int]:
         """:meth:`SnapshotStore.claim_many`, one call per master."""
         if not transaction_ids:
             return []
@@ -92,8 +92,8 @@ class ClusterSnapshotStore(SnapshotStore):
             (node, [self._claim_script.command([keys[i] for i in idx], args)])
             for node, idx, _ in groups
         ]
-        out = [False] * len(keys)
+        out = [0] * len(keys)
         for (_, idx, _), reply in zip(groups, self._rounds.run(calls, wait=True), strict=True):
             for j, i in enumerate(idx):
-                out[i] = bool(reply[0][j])
+                out[i] = int(reply[0][j])
         return out

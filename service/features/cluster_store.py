@@ -11,20 +11,33 @@ counted at both in one atomic step. Instead, per batch of transactions:
 1. ``card.lua`` on the masters of the card keys: dedupe, too late, insert or
    append, exactly ``update.lua``'s card part, each new record carrying a spare
    flag bit, "terminal pending" (8). It returns each card history as found, and
-   which transactions the terminal must count: the new ones, and the
-   duplicates whose record still carries the flag.
+   which transactions the terminal must count: the new ones, and those whose
+   record still carries the flag from a run of this batch that failed.
 2. ``terminal.lua`` on the masters of the terminal keys, every transaction in
    batch order (each gets its ring as found): counts those to count, each
-   once, remembered by its needle in the terminal's ``:n`` hash; ``WAIT``.
+   once; a mark per operation in the terminal's ``:n`` hash keeps what it
+   counted and the ring it found; ``WAIT``.
 3. ``pending.lua clear`` on the card masters: the pending flags go; ``WAIT``.
 4. ``pending.lua forget`` on the terminal masters: the ``:n`` marks go.
 
-A crash (or a failed round) after 1 leaves pending flags: the replay of the
-batch finds its transactions as duplicates still pending, and round 2 counts at
-their terminals those not yet marked there, so nothing is counted twice and
-nothing is lost. After 3 nothing is pending: a mark left by a crash before 4 is
-never looked at again and expires (``terminal_ttl``). Labels go the same way
-(``label_card.lua``, flag 16 "label pending", then rounds 2-4 with label marks).
+A round is not atomic across masters, nor is a script on its master: Redis
+keeps what a script wrote before an error (a master refusing a key of a slot
+being resharded: "non local key"). So a round may be done on some masters, or
+for some keys, and not the others; the batch is then retried whole. A failure
+(or a crash) before 3 leaves pending flags, and the replay of the batch reports
+and computes what its first run did: a still-pending record is reported new at
+its first occurrence in the call, and each history is returned without the
+records the failed run wrote for later transactions (nor is a record that an
+earlier one of the call found trimmed); at the terminal an operation whose mark
+is there counts nothing again and returns the ring it found then. Nothing is
+counted twice or lost, and the features are those of one run (tested, with
+slots moved between batches). After 3 nothing is pending, and a replay is one
+of duplicates (counted once, their features from the state as found). A mark
+left by a crash before 4 expires (``terminal_ttl``); until then a later
+duplicate of the same transaction at that terminal may be given the ring it
+keeps. Labels go the same way (``label_card.lua``, flag 16 "label pending",
+then rounds 2-4 with label marks; a label counted every time is marked per
+occurrence in its call).
 
 Every round runs the feature scripts on the keys of one master only, and each
 checks the state markers of the slots it touches (see
@@ -57,11 +70,36 @@ FLAG_TERMINAL_PENDING = 8
 FLAG_LABEL_PENDING = 16
 #: Status bit returned by card.lua: the terminal has to count the transaction.
 _TO_COUNT = 8
-#: The first byte of terminal.lua's mark of a transaction and of a label, by pending flag.
-_MARKS = {FLAG_TERMINAL_PENDING: b"T", FLAG_LABEL_PENDING: b"L"}
+#: terminal.lua's mark byte of each operation kind, and the kinds marked per occurrence.
+_MARKS = {ord("t"): ord("T"), ord("G"): ord("L"), ord("F"): ord("L"), ord("r"): ord("R"),
+          ord("g"): ord("l"), ord("f"): ord("l")}  # fmt: skip
+_PER_OCCURRENCE = frozenset(b"rgf")
 #: terminal.lua's kind of a label operation, by (fraud, count once).
 _LABEL_KINDS = {(False, False): ord("g"), (True, False): ord("f"), (False, True): ord("G"),
                 (True, True): ord("F")}  # fmt: skip
+
+
+def mark_fields(kinds: bytes, needles: np.ndarray) -> np.ndarray:
+    r"""The marks of one ``terminal.lua`` call: a 12-byte field per operation (see there).
+
+    The mark byte of its kind, its needle, and for the kinds done every time
+    ('r', 'g', 'f') how many earlier operations of the call have the same
+    needle and mark (so that each occurrence has its own mark); 0 for the others.
+
+    >>> needles = np.zeros((3, 10), np.uint8)
+    >>> [bytes(f[:1]) + bytes([f[11]]) for f in mark_fields(b"trr", needles)]
+    [b'T\x00', b'R\x00', b'R\x01']
+    """
+    fields = np.zeros((len(kinds), 12), np.uint8)
+    fields[:, 0] = [_MARKS[k] for k in kinds]
+    fields[:, 1:11] = needles
+    seen: dict[bytes, int] = {}
+    for j, kind in enumerate(kinds):
+        if kind in _PER_OCCURRENCE:
+            field = fields[j, :11].tobytes()
+            fields[j, 11] = min(seen.get(field, 0), 255)
+            seen[field] = seen.get(field, 0) + 1
+    return fields
 
 
 def _script(*names: str) -> NodeScript:
@@ -151,13 +189,17 @@ class ClusterFeatureStore(RedisFeatureStore):
         to_count = [bool(s & _TO_COUNT) for s in status]
         terminal_groups = self._rounds.group(terminals)
         calls = []
+        marks = []
         for node, idx, used in terminal_groups:
             kinds = bytes(ord("t") if to_count[i] else ord("r") for i in idx)
+            fields = mark_fields(kinds, needles[idx])
             command = self._terminal_script.command(
                 [terminals[i] for i in idx] + self._markers(used),
-                [kinds, needles[idx].tobytes(), slots, terminal_ttl, terminal_ttl, check],
-            )
+                [kinds, needles[idx].tobytes(), slots, terminal_ttl, terminal_ttl, check,
+                 fields[:, 11].tobytes()],
+            )  # fmt: skip
             calls.append((node, [command]))
+            marks.append(fields)
         rings: list[bytes] = [b""] * n
         for (_, idx, _), reply in zip(terminal_groups, self._run(calls, wait=True), strict=True):
             for j, i in enumerate(idx):
@@ -167,7 +209,7 @@ class ClusterFeatureStore(RedisFeatureStore):
         # 3. and 4. the pending flags, then the marks
         self._settle(
             (card_groups, cards),
-            (terminal_groups, terminals),
+            (terminal_groups, terminals, marks),
             (needles, hints),
             to_count,
             FLAG_TERMINAL_PENDING,
@@ -177,7 +219,7 @@ class ClusterFeatureStore(RedisFeatureStore):
     def _settle(
         self,
         cards: tuple[list[Group], Sequence[str]],
-        terminals: tuple[list[Group], Sequence[str]],
+        terminals: tuple[list[Group], Sequence[str], list[np.ndarray]],
         records: tuple[np.ndarray, np.ndarray],
         pending: Sequence[bool],
         flag: int,
@@ -185,8 +227,9 @@ class ClusterFeatureStore(RedisFeatureStore):
         """Rounds 3 and 4: clear ``flag`` on the records of ``pending``, then drop the marks.
 
         ``cards`` and ``terminals``: the groups of rounds 1 and 2 (positions in
-        ``records``) and the keys; ``records``: the needles, and the offsets where
-        round 1 found or wrote each record.
+        ``records``) and the keys, with the marks round 2 wrote per group;
+        ``records``: the needles, and the offsets where round 1 found or wrote
+        each record.
         """
         needles, hints = records
         calls: list[Call] = []
@@ -202,19 +245,17 @@ class ClusterFeatureStore(RedisFeatureStore):
                 ]
                 command = self._pending_script.command([card_keys[i] for i in keep], args)
                 calls.append((node, [command]))
-        if not calls:
-            return
-        self._run(calls, wait=True)
-        calls = []
-        mark = _MARKS[flag]
-        terminal_groups, terminal_keys = terminals
-        for node, idx, _ in terminal_groups:
-            keep = [i for i in idx if pending[i]]
-            if keep:
-                fields = b"".join(mark + needles[i].tobytes() for i in keep)
-                keys = [terminal_keys[i] + ":n" for i in keep]
-                calls.append((node, [self._pending_script.command(keys, [b"forget", fields])]))
-        self._run(calls)
+        if calls:
+            self._run(calls, wait=True)
+        terminal_groups, terminal_keys, marks = terminals
+        calls = [
+            (node, [self._pending_script.command(
+                [terminal_keys[i] + ":n" for i in idx], [b"forget", fields.tobytes()]
+            )])
+            for (node, idx, _), fields in zip(terminal_groups, marks, strict=True)
+        ]  # fmt: skip
+        if calls:
+            self._run(calls)
 
     def _labels_in_rounds(self, keys: list[str], args: list[Any]) -> int:
         """``labels.lua``'s contract (see there), in the rounds of the module docstring."""
@@ -247,19 +288,23 @@ class ClusterFeatureStore(RedisFeatureStore):
             for node, idx, used in self._rounds.group([terminals[i] for i in ops])
         ]
         calls = []
+        marks = []
         for node, idx, used in terminal_groups:
             # terminal.lua's kinds: f/g a fraud/genuine label every time, F/G once.
             kind = bytes(_LABEL_KINDS[kinds[i] == 49, todo[i] == 2] for i in idx)
+            fields = mark_fields(kind, needles[idx])
             command = self._terminal_script.command(
                 [terminals[i] for i in idx] + self._markers(used),
-                [kind, needles[idx].tobytes(), slots, terminal_ttl, terminal_ttl, check],
-            )
+                [kind, needles[idx].tobytes(), slots, terminal_ttl, terminal_ttl, check,
+                 fields[:, 11].tobytes()],
+            )  # fmt: skip
             calls.append((node, [command]))
+            marks.append(fields)
         counted = sum(sum(reply[0]) for reply in self._run(calls, wait=True))
         pending = [t == 2 for t in todo]
         self._settle(
             (card_groups, cards),
-            (terminal_groups, terminals),
+            (terminal_groups, terminals, marks),
             (needles, hints),
             pending,
             FLAG_LABEL_PENDING,

@@ -47,6 +47,9 @@ local function find_record(h, needle)
   return pos and pos - 1
 end
 
+-- Per card key, the oldest event time this call added (or found) there.
+local oldest_in_call = {}
+
 -- Add record `rec` (event time `ts`) to the history of card key `ck`, keeping
 -- `retention` ms of it (TTL `card_ttl` ms). Returns the outcome, the history as
 -- found (with the record when inserted) and the record's byte offset in it:
@@ -57,6 +60,7 @@ local function add_to_history(ck, rec, ts, retention, card_ttl)
   local h = call('GET', ck)
   if not h then
     call('SET', ck, rec, 'PX', card_ttl)
+    oldest_in_call[ck] = ts
     return 0, '', 0
   end
   local len = #h
@@ -64,11 +68,15 @@ local function add_to_history(ck, rec, ts, retention, card_ttl)
   if ts <= newest - retention then
     return 2, h, 0
   end
+  local keep_from = math.min(ts, oldest_in_call[ck] or ts)
+  oldest_in_call[ck] = keep_from
   if ts > newest then
     -- In order: append in place.
-    -- Stale records (older than the new newest - retention) are trimmed
-    -- lazily, once there are STALE of them: trimming copies the history.
-    local cutoff = ts - retention
+    -- Stale records are trimmed lazily, once there are STALE of them (trimming
+    -- copies the history): those older than the new newest - retention, and
+    -- older than `retention` before every record this call added to the card.
+    -- A replay of the call (cluster rounds interrupted) finds what it found.
+    local cutoff = keep_from - retention
     if len >= STALE * RECORD and unpack('<I6', h, (STALE - 1) * RECORD + 5) <= cutoff then
       local head = STALE * RECORD
       while head < len and unpack('<I6', h, head + 5) <= cutoff do

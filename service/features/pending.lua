@@ -6,7 +6,7 @@
 -- one flag byte per key (8 "terminal pending", 16 "label pending"), ARGV[4] = a
 -- u32 per key, where the record was written (a hint: checked, else searched):
 -- the record of each needle loses that flag (the terminal counted it).
--- ARGV[1] = 'forget': KEYS[i] = a terminal's ':n' hash, ARGV[2] = 11-byte
+-- ARGV[1] = 'forget': KEYS[i] = a terminal's ':n' hash, ARGV[2] = 12-byte
 -- fields: the marks of round 2 are removed (the card flags are cleared).
 -- Returns the number of keys.
 
@@ -40,7 +40,7 @@ if mode == 'clear' then
 else
   local sub = string.sub
   for i = 1, #KEYS do
-    call('HDEL', KEYS[i], sub(items, (i - 1) * 11 + 1, i * 11))
+    call('HDEL', KEYS[i], sub(items, (i - 1) * 12 + 1, i * 12))
   end
 end
 return #KEYS

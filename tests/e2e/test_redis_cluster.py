@@ -9,7 +9,9 @@ retried, and the state ends as if nothing had happened.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -22,6 +24,7 @@ import redis
 import redis.cluster
 from click.testing import CliRunner
 from conftest import settings_env
+from redis.crc import key_slot
 
 from fraudstream.cli import main
 from fraudstream.devstack import RedisCluster
@@ -240,5 +243,105 @@ def test_a_master_that_lost_its_keys_pauses_its_slots_until_a_rebuild(
         assert set(scored) == {orjson.loads(v)["transaction_id"] for _, v in records}
         wait_for(lambda: app.ready()[0], 60, "the scorer to be ready again")
         assert counted_problems(client, settings, records) == []
+    finally:
+        client.close()
+
+
+def _first_slots_to_move(client: redis.cluster.RedisCluster, keys: list[str]) -> tuple[Any, int]:
+    """A master, and how many of its slots to reshard so that one of ``keys`` moves.
+
+    ``redis-cli --cluster reshard`` takes a master's slots in ascending order;
+    the master and count are those that move a key of ``keys`` soonest.
+    """
+    slots: dict[str, list[int]] = {}
+    for slot, holders in client.nodes_manager.slots_cache.items():
+        slots.setdefault(holders[0].name, []).append(slot)
+    best = min(
+        (sorted(slots[client.get_node_from_key(k).name]).index(key_slot(k.encode())) + 1, k)
+        for k in keys
+    )
+    return client.get_node_from_key(best[1]), best[0]
+
+
+def test_a_reshard_mid_stream_scores_counts_and_learns_each_once(
+    make_settings: Callable[..., Settings],
+    make_transaction: Callable[..., tuple[bytes, bytes]],
+    run_app: Callable[..., Any],
+    produce: Callable[..., None],
+    consume: Callable[..., list[Any]],
+    wait_for: Callable[..., None],
+    redis_cluster_url: str,
+) -> None:
+    """``redis-cli --cluster reshard`` moves slots with the stream's keys while it flows.
+
+    The slots move from a master to another, up to the first that holds a card or
+    terminal key of the stream, while 1,500 transactions and their labels are
+    being processed; 60 more come after the move (the slot maps stale). Whether
+    a batch meets a slot while it migrates depends on timing; the moved slot,
+    the stale maps and the outcome do not.
+    """
+    settings = make_settings(
+        redis_url=redis_cluster_url,
+        redis_cluster=True,
+        publish_scores=True,
+        max_batch_size=50,
+        publish_every_labels=50,
+        publish_every_s=1.0,
+    )
+    client = redis.cluster.RedisCluster.from_url(redis_cluster_url)
+    cli = shutil.which("redis-cli")
+    assert cli is not None
+    try:
+        app = run_app(settings)
+        first = _stream(make_transaction, "r", cards=30, per_card=5)
+        produce(settings.bootstrap_servers, settings.topic_transactions, first)
+        _scored_ids(consume, settings, len(first))
+
+        prefix = settings.redis_prefix
+        keys = [f"{prefix}:{{c:rc{c}}}" for c in range(30)]
+        keys += [f"{prefix}:{{t:rT{t}}}" for t in range(7)]
+        source, count = _first_slots_to_move(client, keys)
+        target = next(n for n in client.get_primaries() if n.name != source.name)
+        node_ids = []
+        for node in (source, target):
+            connection = redis.Redis(host=node.host, port=node.port)
+            node_ids.append(connection.execute_command("CLUSTER MYID").decode())  # type: ignore[no-untyped-call]
+            connection.close()
+
+        # A long part in flight, the reshard, then a part after it (stale slot maps).
+        later = _stream(make_transaction, "r", cards=30, per_card=50, first=5)
+        produce(settings.bootstrap_servers, settings.topic_transactions, later)
+        labels = _labels(first)
+        produce(settings.bootstrap_servers, settings.topic_labels, labels)
+        reshard = subprocess.run(
+            [cli, "--cluster", "reshard", source.name, "--cluster-from", node_ids[0],
+             "--cluster-to", node_ids[1], "--cluster-slots", str(count), "--cluster-yes"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )  # fmt: skip
+        assert reshard.returncode == 0, (reshard.stdout + reshard.stderr)[-2000:]
+        assert reshard.stdout.count("Moving slot") == 2 * count
+        after = _stream(make_transaction, "r", cards=30, per_card=2, first=55)
+        produce(settings.bootstrap_servers, settings.topic_transactions, after)
+
+        records = first + later + after
+        ids = [orjson.loads(value)["transaction_id"] for _, value in records]
+        assert _scored_ids(consume, settings, len(records)) == Counter(ids)
+        assert app.metrics.duplicates._value.get() == 0  # a retried batch is not a replay
+        assert counted_problems(client, settings, records) == []
+        registry = ModelRegistry(client, prefix, settings.model_signing_key)
+        wait_for(
+            lambda: (
+                (registry.latest_version() or 0) > 0
+                and registry.load().model.labels_learnt >= len(labels)
+            ),
+            240,
+            "every label learnt",
+        )
+        assert registry.load().model.labels_learnt == len(labels)
+        assert app.ready() == (True, "ready")
+        assert not hasattr(app, "run_error")
     finally:
         client.close()

@@ -13,6 +13,9 @@ from fraudstream.service.snapshots import (
     CLAIM_CONFLICT,
     CLAIM_NEW,
     CLAIM_REPLAY,
+    LABEL_CLAIMED,
+    LABEL_HELD,
+    LABEL_TAKEN,
     SnapshotSender,
     SnapshotStore,
     feature_set_id,
@@ -57,11 +60,13 @@ def test_round_trip_ttl_and_missing(redis_client: redis.Redis, redis_prefix: str
 
 def test_claim_once(redis_client: redis.Redis, redis_prefix: str) -> None:
     store = SnapshotStore(redis_client, redis_prefix, ttl_s=3600)
-    assert store.claim_many(["a", "b", "a"], token="5") == [True, True, False]
-    assert store.claim_many(["a", "c"], token="6") == [False, True]
+    taken, claimed, held = LABEL_TAKEN, LABEL_CLAIMED, LABEL_HELD
+    assert store.claim_many(["a", "b", "a"], token="5") == [claimed, claimed, held]
+    assert store.claim_many(["a", "c"], token="6") == [taken, claimed]
+    assert store.claim_many(["c"], token="6") == [held]
     # A claim by a crashed learner's token may be retaken once.
-    assert store.claim_many(["a", "b"], token="6", stale=["5"]) == [True, True]
-    assert store.claim_many(["a"], token="7", stale=["5"]) == [False]
+    assert store.claim_many(["a", "b"], token="6", stale=["5"]) == [claimed, claimed]
+    assert store.claim_many(["a"], token="7", stale=["5"]) == [taken]
     assert 3500 < redis_client.ttl(store.claim_key("a")) <= 3600
 
 

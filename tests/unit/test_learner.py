@@ -16,7 +16,13 @@ from fraudstream.service.model import FraudModel
 from fraudstream.service.progressive import roc_auc
 from fraudstream.service.registry import ModelVersion
 from fraudstream.service.schemas import Label
-from fraudstream.service.snapshots import Snapshot, feature_set_id
+from fraudstream.service.snapshots import (
+    LABEL_CLAIMED,
+    LABEL_HELD,
+    LABEL_TAKEN,
+    Snapshot,
+    feature_set_id,
+)
 
 NAMES, X, Y = synthetic_stream(4000, seed=11, fraud_rate=0.05)
 
@@ -45,15 +51,17 @@ class FakeSnapshots:
 
     def claim_many(
         self, ids: Sequence[str], token: str = "1", stale: Sequence[str] = ()
-    ) -> list[bool]:
+    ) -> list[int]:
         out = []
         for i in ids:
             held = self.claims.get(i)
-            if held is not None and held not in stale:
-                out.append(False)
+            if held == token:
+                out.append(LABEL_HELD)
+            elif held is not None and held not in stale:
+                out.append(LABEL_TAKEN)
             else:
                 self.claims[i] = token
-                out.append(True)
+                out.append(LABEL_CLAIMED)
         return out
 
 
@@ -265,3 +273,44 @@ def test_a_batch_retried_after_a_redis_failure_is_learnt_once() -> None:
     assert [f.transaction_id for f in fs.facts] == ["0", "1", "2"]
     assert learner.learn_many(batch).duplicates == 4  # and never again
     assert learner.model.labels_learnt == 3
+
+
+class SplitClaims(FakeSnapshots):
+    """Once ``split`` is set: claims that many labels of the next call, then fails.
+
+    As a Redis Cluster does when one master refuses its part of the call (its
+    slots being resharded) while the others claimed theirs.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.split: int | None = None
+
+    def claim_many(
+        self, ids: Sequence[str], token: str = "1", stale: Sequence[str] = ()
+    ) -> list[int]:
+        if self.split is not None:
+            super().claim_many(ids[: self.split], token, stale)
+            self.split = None
+            raise ConnectionError("a master refused its part (non local key)")
+        return super().claim_many(ids, token, stale)
+
+
+def test_labels_claimed_by_a_call_that_failed_are_learnt_by_its_retry() -> None:
+    snaps, reg, fs = SplitClaims(), FakeRegistry(), FakeFeatureStore()
+    learner = Learner(FraudModel("logreg", NAMES), snaps, reg, fs, clock=Clock())
+    for i in range(6):
+        snaps.put(str(i), X[i], 0.2)
+    learner.learn_many([label(0, True)])
+    batch = [label(1, False), label(2, True), label(0, True), label(3, False), label(2, True)]
+    snaps.split = 3
+    with pytest.raises(ConnectionError):
+        learner.learn_many(batch)
+    assert learner.publish() is None  # not while the batch waits for its retry
+    retried = learner.learn_many(batch)
+    # 1 and 2 were claimed by the failed call: learnt now; 0 was learnt before.
+    assert (retried.learnt, retried.duplicates) == (3, 2)
+    assert [f.transaction_id for f in fs.facts] == ["0", "1", "2", "3"]
+    assert learner.publish() is not None
+    assert learner.learn_many(batch).duplicates == 5  # and never again
+    assert learner.model.labels_learnt == 4
