@@ -23,6 +23,7 @@ without commit; producers are flushed and consumers closed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import logging
 import signal
@@ -533,22 +534,14 @@ class Application:
         self, loop: ConsumeLoop, pipeline: Pipeline, watcher: ModelWatcher
     ) -> None:
         """Poll, process, produce, commit; then the next batch."""
-        checkpoint = loop.checkpoint
 
         def turn(polled: Polled) -> None:
             started = time.perf_counter()
             if not polled.records:
                 self._idle_turn(loop, watcher)
-                # Sends offsets coalesced while a request was out.
-                checkpoint.commit(wait=False)
                 return
             outcome = pipeline.process(polled.records)
-            checkpoint.produce(outcome.outgoing)
-            checkpoint.track(polled.spans)
-            # Asynchronous: the checkpoint confirms every delivery first, and a
-            # later commit (or the final one) covers a lost request.
-            checkpoint.commit(wait=False)
-            self._count(outcome, len(polled.records), time.perf_counter() - started)
+            self._finish_batch(loop, polled, outcome, time.perf_counter() - started)
 
         loop.run(turn, transient=_transient, healthy=self._redis_ok)
 
@@ -562,22 +555,17 @@ class Application:
         after a large batch: reading ahead after every batch doubled the p50
         latency at 2,000 tx/s offered.
         """
-        checkpoint = loop.checkpoint
 
         def process(polled: Polled) -> BatchOutcome:
             return pipeline.process(polled.records)
 
-        def finish(polled: Polled, outcome: BatchOutcome, seconds: float) -> None:
-            checkpoint.produce(outcome.outgoing)
-            checkpoint.track(polled.spans)
-            checkpoint.commit(wait=False)
-            self._count(outcome, len(polled.records), seconds)
-
-        def idle() -> None:
-            self._idle_turn(loop, watcher)
-            checkpoint.commit(wait=False)
-
-        loop.run_ahead(process, finish, idle, transient=_transient, healthy=self._redis_ok)
+        loop.run_ahead(
+            process,
+            functools.partial(self._finish_batch, loop),
+            functools.partial(self._idle_turn, loop, watcher),
+            transient=_transient,
+            healthy=self._redis_ok,
+        )
 
     def _score_pipelined(
         self,
@@ -595,7 +583,6 @@ class Application:
         written its alerts are produced and its offsets committed. The feature
         scripts go on one connection, in batch order; the snapshots on another.
         """
-        checkpoint = loop.checkpoint
         pool = features.client.connection_pool
         link = pool.get_connection()
         sender = SnapshotSender(snapshots, pool.get_connection())
@@ -631,16 +618,6 @@ class Application:
                 ),
             )
 
-        def finish(polled: Polled, outcome: BatchOutcome, seconds: float) -> None:
-            checkpoint.produce(outcome.outgoing)
-            checkpoint.track(polled.spans)
-            checkpoint.commit(wait=False)
-            self._count(outcome, len(polled.records), seconds)
-
-        def idle() -> None:
-            self._idle_turn(loop, watcher)
-            checkpoint.commit(wait=False)
-
         def reset() -> None:
             nonlocal loaded
             loaded = False
@@ -652,8 +629,8 @@ class Application:
                 begin,
                 complete,
                 sender.settle,
-                finish,
-                idle,
+                functools.partial(self._finish_batch, loop),
+                functools.partial(self._idle_turn, loop, watcher),
                 reset=reset,
                 transient=_transient,
                 healthy=self._redis_ok,
@@ -662,14 +639,28 @@ class Application:
             pool.release(link)
             pool.release(sender.connection)
 
+    def _finish_batch(
+        self, loop: ConsumeLoop, polled: Polled, outcome: BatchOutcome, seconds: float
+    ) -> None:
+        """A scored batch's records handed to the producer, its offsets tracked and committed."""
+        checkpoint = loop.checkpoint
+        checkpoint.produce(outcome.outgoing)
+        checkpoint.track(polled.spans)
+        # Asynchronous: the checkpoint confirms every delivery first, and a
+        # later commit (or the final one) covers a lost request.
+        checkpoint.commit(wait=False)
+        self._count(outcome, len(polled.records), seconds)
+
     def _idle_turn(self, loop: ConsumeLoop, watcher: ModelWatcher) -> None:
         """Nothing polled: pick up new model versions, prove the membership if needed.
 
         The next batch after a quiet spell is then scored with the newest version.
+        The offsets coalesced while a commit request was out are sent.
         """
         with contextlib.suppress(redis.RedisError):
             watcher.current()
         loop.confirm_membership()
+        loop.checkpoint.commit(wait=False)
 
     def _count(self, outcome: BatchOutcome, consumed: int, seconds: float) -> None:
         m = self.metrics
