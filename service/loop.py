@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import redis
+from kafka.errors import CommitFailedError
 
 from fraudstream.service.checkpoint import Checkpoint, ProducerFailedError, Span
 from fraudstream.service.errors import RedisUnavailableError
@@ -581,7 +582,24 @@ class ConsumeLoop:
         except Exception as abort_exc:  # the batch is replayed either way
             log.warning("%s: abort failed (%s)", self.name, abort_exc)
         self._rewind(polled.records, resume)
+        if isinstance(exc, CommitFailedError):
+            self._prove_membership()
         self._back_off(attempt, healthy)
+
+    def _prove_membership(self) -> None:
+        """After a refused commit, let the consumer learn whether its group still knows it.
+
+        A transactional offset commit that the group refuses (a broker restart
+        forgot this member) tells the producer only; the consumer goes on
+        with its old generation until a heartbeat fails, and every retry is
+        refused meanwhile. A group commit of the positions (nothing is in
+        hand) is refused the same way and makes the consumer rejoin at its
+        next poll.
+        """
+        try:
+            self.confirm_membership()
+        except Exception as exc:
+            log.info("%s: the group does not know this member (%s); it joins again", self.name, exc)
 
     def read_again(self, records: Sequence[ConsumerRecord]) -> None:
         """Seek the owned partitions of ``records`` back to their first record."""

@@ -164,3 +164,107 @@ def test_partitions_revoked_while_batches_are_in_flight_read_them_all_again() ->
 def test_nothing_polled_is_an_idle_turn(max_records: int) -> None:
     loop = ScriptedLoop([], max_records=max_records)
     assert run(loop) == ["idle"]
+
+
+class _Consumer:
+    """The consumer calls recover() makes, with one owned partition at offset 40."""
+
+    def __init__(self) -> None:
+        self.tp = TopicPartition("t", 0)
+        self.seeks: list[tuple[TopicPartition, int]] = []
+
+    def assignment(self) -> set[TopicPartition]:
+        return {self.tp}
+
+    def pause(self, *partitions: TopicPartition) -> None: ...
+
+    def resume(self, *partitions: TopicPartition) -> None: ...
+
+    def paused(self) -> set[TopicPartition]:
+        return set()
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+    def position(self, tp: TopicPartition, timeout_ms: int = 0) -> int:
+        return 40
+
+    def group_metadata(self) -> Any:
+        from fraudstream.service.kafka.protocols import MemberState
+
+        class _Meta:
+            state = MemberState.STABLE
+
+        return _Meta()
+
+
+class _Checkpoint:
+    """Abort gives the resume point; the group commit of confirm() is refused or accepted."""
+
+    def __init__(self, refuse: bool) -> None:
+        self.refuse = refuse
+        self.confirmed: list[dict[TopicPartition, int]] = []
+
+    def abort(self) -> dict[TopicPartition, int]:
+        return {TopicPartition("t", 0): 40}
+
+    def confirm(self, positions: dict[TopicPartition, int]) -> None:
+        self.confirmed.append(dict(positions))
+        if self.refuse:
+            from kafka.errors import CommitFailedError, UnknownMemberIdError
+
+            raise CommitFailedError(UnknownMemberIdError())
+
+
+@pytest.mark.parametrize("refused", [True, False])
+def test_a_refused_transactional_commit_makes_the_consumer_prove_its_membership(
+    refused: bool,
+) -> None:
+    """After a broker restart forgot the member, the group commit makes the consumer rejoin."""
+    from kafka.errors import CommitFailedError, UnknownMemberIdError
+
+    from fraudstream.service.loop import LoopHealth
+    from fraudstream.service.metrics import Metrics
+
+    consumer, checkpoint = _Consumer(), _Checkpoint(refuse=refused)
+    stopping = threading.Event()
+    stopping.set()  # no back-off wait
+    loop = ConsumeLoop(
+        "scorer",
+        consumer,  # type: ignore[arg-type]
+        checkpoint,  # type: ignore[arg-type]
+        LoopHealth("scorer", needs_partitions=True, stall_after_s=60),
+        max_records=50,
+        wait_ms=10,
+        stopping=stopping,
+        metrics=Metrics(),
+    )
+    failure = CommitFailedError(
+        "Transaction offset commit failed due to consumer group metadata mismatch: "
+        f"{UnknownMemberIdError.__name__}"
+    )
+    loop.recover(Polled([], {}), failure, 0, lambda: True)
+    assert consumer.seeks == [(consumer.tp, 40)]  # the batch is read again from 40
+    # The positions (what is done: nothing is in hand) went to the group, refused or not.
+    assert checkpoint.confirmed == [{consumer.tp: 40}]
+
+
+def test_other_failures_do_not_commit_to_the_group() -> None:
+    from fraudstream.service.loop import LoopHealth
+    from fraudstream.service.metrics import Metrics
+
+    consumer, checkpoint = _Consumer(), _Checkpoint(refuse=False)
+    stopping = threading.Event()
+    stopping.set()
+    loop = ConsumeLoop(
+        "scorer",
+        consumer,  # type: ignore[arg-type]
+        checkpoint,  # type: ignore[arg-type]
+        LoopHealth("scorer", needs_partitions=True, stall_after_s=60),
+        max_records=50,
+        wait_ms=10,
+        stopping=stopping,
+        metrics=Metrics(),
+    )
+    loop.recover(Polled([], {}), ConnectionError("Redis went away"), 0, lambda: True)
+    assert checkpoint.confirmed == []
