@@ -216,20 +216,14 @@ class _Checkpoint:
             raise CommitFailedError(UnknownMemberIdError())
 
 
-@pytest.mark.parametrize("refused", [True, False])
-def test_a_refused_transactional_commit_makes_the_consumer_prove_its_membership(
-    refused: bool,
-) -> None:
-    """After a broker restart forgot the member, the group commit makes the consumer rejoin."""
-    from kafka.errors import CommitFailedError, UnknownMemberIdError
-
+def _recovering_loop(consumer: _Consumer, checkpoint: _Checkpoint) -> ConsumeLoop:
+    """A loop on the fakes whose back-off does not wait (it is stopping)."""
     from fraudstream.service.loop import LoopHealth
     from fraudstream.service.metrics import Metrics
 
-    consumer, checkpoint = _Consumer(), _Checkpoint(refuse=refused)
     stopping = threading.Event()
-    stopping.set()  # no back-off wait
-    loop = ConsumeLoop(
+    stopping.set()
+    return ConsumeLoop(
         "scorer",
         consumer,  # type: ignore[arg-type]
         checkpoint,  # type: ignore[arg-type]
@@ -239,6 +233,17 @@ def test_a_refused_transactional_commit_makes_the_consumer_prove_its_membership(
         stopping=stopping,
         metrics=Metrics(),
     )
+
+
+@pytest.mark.parametrize("refused", [True, False])
+def test_a_refused_transactional_commit_makes_the_consumer_prove_its_membership(
+    refused: bool,
+) -> None:
+    """After a broker restart forgot the member, the group commit makes the consumer rejoin."""
+    from kafka.errors import CommitFailedError, UnknownMemberIdError
+
+    consumer, checkpoint = _Consumer(), _Checkpoint(refuse=refused)
+    loop = _recovering_loop(consumer, checkpoint)
     failure = CommitFailedError(
         "Transaction offset commit failed due to consumer group metadata mismatch: "
         f"{UnknownMemberIdError.__name__}"
@@ -250,21 +255,7 @@ def test_a_refused_transactional_commit_makes_the_consumer_prove_its_membership(
 
 
 def test_other_failures_do_not_commit_to_the_group() -> None:
-    from fraudstream.service.loop import LoopHealth
-    from fraudstream.service.metrics import Metrics
-
     consumer, checkpoint = _Consumer(), _Checkpoint(refuse=False)
-    stopping = threading.Event()
-    stopping.set()
-    loop = ConsumeLoop(
-        "scorer",
-        consumer,  # type: ignore[arg-type]
-        checkpoint,  # type: ignore[arg-type]
-        LoopHealth("scorer", needs_partitions=True, stall_after_s=60),
-        max_records=50,
-        wait_ms=10,
-        stopping=stopping,
-        metrics=Metrics(),
-    )
+    loop = _recovering_loop(consumer, checkpoint)
     loop.recover(Polled([], {}), ConnectionError("Redis went away"), 0, lambda: True)
     assert checkpoint.confirmed == []
