@@ -329,7 +329,14 @@ def test_a_reshard_mid_stream_scores_counts_and_learns_each_once(
         records = first + later + after
         ids = [orjson.loads(value)["transaction_id"] for _, value in records]
         assert _scored_ids(consume, settings, len(records)) == Counter(ids)
-        assert app.metrics.duplicates._value.get() == 0  # a retried batch is not a replay
+        # A batch retried after a refused round is not a replay: nothing is reported
+        # as a duplicate without a retry. A round refused after the batch's
+        # features were all counted (the snapshots, the last rounds) makes its
+        # retry a replay of up to two batches (the one in hand and the one polled
+        # meanwhile): reported as duplicates, still scored and counted once (above
+        # and below).
+        retried = app.metrics.errors.labels("redis")._value.get()
+        assert app.metrics.duplicates._value.get() <= retried * 2 * settings.max_batch_size
         assert counted_problems(client, settings, records) == []
         registry = ModelRegistry(client, prefix, settings.model_signing_key)
         wait_for(
