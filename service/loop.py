@@ -460,16 +460,14 @@ class ConsumeLoop:
                 # batch is completed and finished at once (its results wait for nothing).
                 behind = polled is not None and 2 * len(polled.records) >= self.max_records
                 if done is not None:
-                    self._settle_and_finish(done, settle, finish)
-                    unfinished.popleft()
+                    self._settle_and_finish(done, unfinished, settle, finish)
                     done = None
                 while begun and (len(begun) == 2 or not behind):
                     oldest = begun.popleft()
                     value = complete(oldest.value)
                     done = _Flight(oldest.polled, value, oldest.started, oldest.revocations)
                     if not behind:
-                        self._settle_and_finish(done, settle, finish)
-                        unfinished.popleft()
+                        self._settle_and_finish(done, unfinished, settle, finish)
                         done = None
                 attempt = 0
             except _ReadAgain:
@@ -492,15 +490,21 @@ class ConsumeLoop:
     def _settle_and_finish(
         self,
         done: _Flight[R],
+        unfinished: deque[Polled],
         settle: Callable[[], None],
         finish: Callable[[Polled, R, float], None],
     ) -> None:
-        """Wait for a completed batch's writes, then finish it (or read everything again)."""
+        """Wait for a completed batch's writes, finish it and take it off ``unfinished``.
+
+        Partitions revoked since it was polled: nothing is finished, every batch
+        in flight is read again (:class:`_ReadAgain`).
+        """
         settle()
         if self.revocations != done.revocations:
             log.info("%s: batches processed in a rebalance are read again", self.name)
             raise _ReadAgain
         finish(done.polled, done.value, time.perf_counter() - done.started)
+        unfinished.popleft()
         self.health.done(len(done.polled.records))
 
     def _poll_ahead(self, in_hand: _InHand[R] | None) -> Polled | None:
