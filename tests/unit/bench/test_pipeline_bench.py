@@ -314,3 +314,23 @@ def test_summary_has_the_capacity_model_when_cpu_was_measured() -> None:
     cpu = {"scorer_cpu_us_per_tx": 30.0, "redis_cpu_us_per_tx": 20.0}
     assert "## Capacity model" in format_summary(cpu)
     assert "## Capacity model" not in format_summary({"scorer_tx_per_s": 1.0})
+
+
+def test_readme_table_shows_the_service_latency_beside_its_floor() -> None:
+    result = {
+        **_result(),
+        "latency_offered_tx_per_s": 2000,
+        "latency_kafka_p50_ms": 9.0,
+        "latency_kafka_p99_ms": 50.0,
+        "latency_floor_p50_ms": 6.0,
+        "latency_floor_p99_ms": 93.0,
+        "latency_floor_kafka_p50_ms": 3.0,
+        "latency_floor_kafka_p99_ms": 71.0,
+    }
+    lines = format_readme_table(result).splitlines()
+    [send] = [line for line in lines if line.startswith("| latency event-in")]
+    assert "p50 **3.20 ms**, p99 **30.00 ms** | p50 ≤ 5, p99 ≤ 25 | not met |" in send
+    [own] = [line for line in lines if line.startswith("| the same, from the transaction")]
+    assert "p50 9.00 ms, p99 50.00 ms" in own
+    [floor] = [line for line in lines if line.startswith("| the floor")]
+    assert "p50 6.00 ms, p99 93.00 ms; p50 3.00 ms, p99 71.00 ms" in floor
