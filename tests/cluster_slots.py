@@ -64,7 +64,8 @@ class SlotMove:
         return self._clients[address]
 
     def _node_id(self, address: str) -> str:
-        return self._client(address).execute_command("CLUSTER MYID").decode()  # type: ignore[no-untyped-call]
+        node_id: bytes = self._client(address).execute_command("CLUSTER MYID")  # type: ignore[no-untyped-call]
+        return node_id.decode()
 
     def begin(self) -> None:
         """The slot is importing on the target, migrating on the source; no key moved yet."""

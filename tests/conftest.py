@@ -288,7 +288,7 @@ def _consume(
         consumer.close()
 
 
-def _position(consumer: Consumer, partition: TopicPartition) -> int:
+def known_position(consumer: Consumer, partition: TopicPartition) -> int:
     """The offset ``consumer`` reads ``partition`` from next (kafka-python waits until known)."""
     position = consumer.position(partition)
     assert position is not None, f"no position for {partition}"
@@ -313,7 +313,7 @@ def read_all(
         ends = consumer.end_offsets(partitions)
         records: list[ConsumerRecord] = []
         deadline = time.monotonic() + 60
-        while any(_position(consumer, tp) < ends[tp] for tp in partitions):
+        while any(known_position(consumer, tp) < ends[tp] for tp in partitions):
             assert time.monotonic() < deadline, f"could not read {topic} to its end in 60 s"
             for batch in consumer.poll(timeout_ms=200).values():
                 records.extend(batch)
