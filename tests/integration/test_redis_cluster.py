@@ -48,6 +48,9 @@ from fraudstream.service.snapshots_cluster import ClusterSnapshotStore
 from fraudstream.service.state import StateLostError, StateMarker, ensure_state, marker_key
 from fraudstream.service.stores import feature_store, snapshot_store
 
+# redis-py leaves execute_command and the cluster client's methods unannotated: their calls
+# carry a narrow `type: ignore[no-untyped-call]`.
+
 DAY_MS = 86_400_000
 
 
