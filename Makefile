@@ -10,8 +10,8 @@ bootstrap:
 demo: bootstrap
 	.venv/bin/fraudstream demo
 
-# What ruff checks; its rules (docstrings, complexity, ...) and mypy's strictness
-# are in pyproject.toml.
+# What ruff checks; its rules (docstrings, complexity, ...) and what mypy checks (the
+# package and the tests, strictly) are in pyproject.toml.
 CODE = fraudstream/*.py service producers evaluation bench devstack tests examples
 
 test: lint

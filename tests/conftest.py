@@ -15,17 +15,19 @@ key prefix, so tests never see each other's data.
 from __future__ import annotations
 
 import os
+import subprocess
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import orjson
 import pytest
 import redis
+from kafka_extras import admin_for_tests, delivered
 
 from fraudstream.devstack import (
     KafkaServer,
@@ -39,6 +41,9 @@ from fraudstream.devstack import (
     secured_kafka_started,
     secured_redis_started,
 )
+from fraudstream.service.app import Application
+from fraudstream.service.kafka.clients import KafkaTarget
+from fraudstream.service.kafka.protocols import Consumer, ConsumerRecord, TopicPartition
 from fraudstream.service.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -167,7 +172,7 @@ def make_settings(
     """
 
     def build(**overrides: object) -> Settings:
-        values: dict[str, object] = {
+        values: dict[str, Any] = {
             "consumer_group": unique_name("scorer"),
             "learner_group": unique_name("learner"),
             "topic_transactions": unique_name("transactions"),
@@ -185,7 +190,7 @@ def make_settings(
         if "redis_url" not in overrides:
             values["redis_url"] = request.getfixturevalue("redis_url")
         values.update(overrides)
-        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+        return Settings(_env_file=None, **values)
 
     return build
 
@@ -217,7 +222,14 @@ def make_transaction() -> Callable[..., tuple[bytes, bytes]]:
     return _transaction
 
 
-def _produce(bootstrap: Any, topic: str, records: Sequence[tuple[Any, ...]]) -> None:
+#: What ``produce`` sends: ``(key, value)`` or ``(key, value, headers)``.
+ProducedRecord: TypeAlias = (
+    tuple[bytes | None, bytes | None]
+    | tuple[bytes | None, bytes | None, list[tuple[str, bytes]] | None]
+)
+
+
+def _produce(bootstrap: KafkaTarget, topic: str, records: Sequence[ProducedRecord]) -> None:
     """Send ``(key, value)`` or ``(key, value, headers)`` records and wait for each delivery.
 
     ``bootstrap``: bootstrap servers, or settings (their security options too).
@@ -232,27 +244,25 @@ def _produce(bootstrap: Any, topic: str, records: Sequence[tuple[Any, ...]]) -> 
         ]
         producer.flush(timeout=30)
         for future in futures:
-            future.get(timeout=30)  # raises if any record was not delivered
+            delivered(future, timeout_s=30)  # raises if any record was not delivered
     finally:
         producer.close()
 
 
 def _consume(
-    bootstrap: Any,
+    bootstrap: KafkaTarget,
     topic: str,
     *,
     at_least: int,
     timeout_s: float = 30.0,
     settle_s: float = 0.0,
     read_committed: bool = False,
-) -> list[Any]:
+) -> list[ConsumerRecord]:
     """Read a whole topic from the beginning until ``at_least`` records (then ``settle_s`` more).
 
     ``bootstrap``: bootstrap servers, or settings (their security options too).
     """
     import time
-
-    from kafka import TopicPartition
 
     from fraudstream.service.kafka import make_consumer
 
@@ -263,7 +273,7 @@ def _consume(
         partitions = consumer.partitions_for_topic(topic) or set()
         consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
         consumer.seek_to_beginning()
-        records: list[Any] = []
+        records: list[ConsumerRecord] = []
         deadline = time.monotonic() + timeout_s
         settle_until: float | None = None
         while time.monotonic() < deadline:
@@ -278,11 +288,18 @@ def _consume(
         consumer.close()
 
 
-def read_all(bootstrap: str, topic: str, *, read_committed: bool = False) -> list[Any]:
+def known_position(consumer: Consumer, partition: TopicPartition) -> int:
+    """The offset ``consumer`` reads ``partition`` from next (kafka-python waits until known)."""
+    position = consumer.position(partition)
+    assert position is not None, f"no position for {partition}"
+    return position
+
+
+def read_all(
+    bootstrap: KafkaTarget, topic: str, *, read_committed: bool = False
+) -> list[ConsumerRecord]:
     """Every record of ``topic`` up to its current end (committed records only if asked)."""
     import time
-
-    from kafka import TopicPartition
 
     from fraudstream.service.kafka import make_consumer
 
@@ -294,9 +311,9 @@ def read_all(bootstrap: str, topic: str, *, read_committed: bool = False) -> lis
         consumer.assign(partitions)
         consumer.seek_to_beginning()
         ends = consumer.end_offsets(partitions)
-        records: list[Any] = []
+        records: list[ConsumerRecord] = []
         deadline = time.monotonic() + 60
-        while any(consumer.position(tp) < ends[tp] for tp in partitions):
+        while any(known_position(consumer, tp) < ends[tp] for tp in partitions):
             assert time.monotonic() < deadline, f"could not read {topic} to its end in 60 s"
             for batch in consumer.poll(timeout_ms=200).values():
                 records.extend(batch)
@@ -306,7 +323,7 @@ def read_all(bootstrap: str, topic: str, *, read_committed: bool = False) -> lis
 
 
 @pytest.fixture
-def read_topic() -> Callable[..., list[Any]]:
+def read_topic() -> Callable[..., list[ConsumerRecord]]:
     """``read_topic(bootstrap, topic, read_committed=False)``: every record up to the end."""
     return read_all
 
@@ -318,25 +335,30 @@ def produce() -> Callable[..., None]:
 
 
 @pytest.fixture
-def consume() -> Callable[..., list[Any]]:
+def consume() -> Callable[..., list[ConsumerRecord]]:
     """``consume(bootstrap, topic, at_least=n)`` reads a topic from the beginning."""
     return _consume
 
 
+class AppUnderTest(Application):
+    """An :class:`Application` that ``run_app`` runs in a thread."""
+
+    #: The error ``run()`` ended with; set only if it ended with one.
+    run_error: Exception
+
+
 @pytest.fixture
-def run_app() -> Iterator[Callable[[Settings], Any]]:
+def run_app() -> Iterator[Callable[[Settings], AppUnderTest]]:
     """Start ``Application(settings)`` in a thread; every started app is stopped at the end.
 
     The error ``run()`` ended with, if any, is ``app.run_error``.
     """
     import threading
 
-    from fraudstream.service.app import Application
+    started: list[tuple[AppUnderTest, threading.Thread]] = []
 
-    started: list[tuple[Any, threading.Thread]] = []
-
-    def start(settings: Settings) -> Any:
-        app = Application(settings)
+    def start(settings: Settings) -> AppUnderTest:
+        app = AppUnderTest(settings)
         app.ensure_topics()
 
         def run() -> None:
@@ -384,9 +406,8 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def spawn_service(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+def spawn_service(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
     """Start ``fraudstream serve`` as a real OS process; all are stopped at the end."""
-    import subprocess
     import sys
 
     processes: list[subprocess.Popen[bytes]] = []
@@ -420,7 +441,7 @@ def _group_members(bootstrap: str, group: str) -> dict[str, int]:
 
     from fraudstream.service.kafka import make_admin
 
-    admin = make_admin(bootstrap)
+    admin = admin_for_tests(make_admin(bootstrap))
     try:
         try:
             described = admin.describe_groups([group])[group]
@@ -505,7 +526,9 @@ def counting_problems(redis_url: str) -> Iterator[Callable[..., list[str]]]:
 
     clients: list[redis.Redis] = []
 
-    def problems(settings: Settings, records: list[Any], url: str | None = None) -> list[str]:
+    def problems(
+        settings: Settings, records: Sequence[tuple[bytes, bytes]], url: str | None = None
+    ) -> list[str]:
         client = redis.Redis.from_url(url or redis_url)
         clients.append(client)
         snapshots = SnapshotStore(client, settings.redis_prefix, settings.snapshot_ttl_s)
@@ -529,10 +552,10 @@ def counting_problems(redis_url: str) -> Iterator[Callable[..., list[str]]]:
         client.close()
 
 
-def committed_offsets(settings: Settings) -> tuple[dict[Any, int], dict[Any, int]]:
+def committed_offsets(
+    settings: Settings,
+) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
     """The scorer group's committed offset and the end offset of each ``transactions`` partition."""
-    from kafka import TopicPartition
-
     from fraudstream.service.kafka import make_consumer
 
     topic = settings.topic_transactions
@@ -567,8 +590,6 @@ def committed_past_unscored(redis_url: str) -> Iterator[Callable[..., list[str]]
     Transactions below the scorer group's committed offsets that have no feature snapshot (empty
     when none).
     """
-    from kafka import TopicPartition
-
     from fraudstream.service.snapshots import SnapshotStore
 
     clients: list[redis.Redis] = []
@@ -583,7 +604,7 @@ def committed_past_unscored(redis_url: str) -> Iterator[Callable[..., list[str]]
             for r in read_all(settings.bootstrap_servers, settings.topic_transactions)
             if r.offset < committed[TopicPartition(r.topic, r.partition)]
         ]
-        ids = [orjson.loads(r.value)["transaction_id"] for r in below]
+        ids = [orjson.loads(r.value or b"")["transaction_id"] for r in below]
         return [
             f"{tx_id} ({r.topic}[{r.partition}]@{r.offset}) is below the committed offset "
             "and was never scored"

@@ -16,14 +16,16 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 import redis
+from conftest import AppUnderTest
 
 from fraudstream.devstack import KafkaServer, free_port
 from fraudstream.service.kafka import make_producer
+from fraudstream.service.kafka.protocols import ConsumerRecord
+from fraudstream.service.settings import Settings
 from fraudstream.service.snapshots import SnapshotStore
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -54,14 +56,14 @@ def _kill(server: KafkaServer) -> None:
 
 def test_broker_killed_under_an_exactly_once_scorer(
     own_kafka: KafkaServer,
-    make_settings: Callable[..., Any],
+    make_settings: Callable[..., Settings],
     card_stream: Callable[..., list[tuple[bytes, bytes]]],
     make_transaction: Callable[..., tuple[bytes, bytes]],
-    run_app: Callable[..., Any],
+    run_app: Callable[[Settings], AppUnderTest],
     wait_for: Callable[..., None],
     counting_problems: Callable[..., list[str]],
     committed_past_unscored: Callable[..., list[str]],
-    read_topic: Callable[..., list[Any]],
+    read_topic: Callable[..., list[ConsumerRecord]],
     redis_url: str,
 ) -> None:
     settings = make_settings(
@@ -131,7 +133,7 @@ def test_broker_killed_under_an_exactly_once_scorer(
                 f"every decision committed to {topic}",
             )
             seen = Counter(
-                orjson.loads(r.value)["transaction_id"]
+                orjson.loads(r.value or b"")["transaction_id"]
                 for r in read_topic(bootstrap, topic, read_committed=True)
             )
             assert sorted(seen) == sorted(ids), f"{topic}: lost {set(ids) - set(seen)}"

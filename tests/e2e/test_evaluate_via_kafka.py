@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
@@ -18,10 +17,11 @@ from fraudstream.producers.simulator import SimulationConfig, simulate
 from fraudstream.service.features.definitions import FeatureConfig
 from fraudstream.service.progressive import roc_auc
 from fraudstream.service.serving import ServingPolicy
+from fraudstream.service.settings import Settings
 
 
 def test_in_process_and_kafka_agree(
-    make_settings: Callable[..., Any], kafka_bootstrap: str, redis_url: str, redis_prefix: str
+    make_settings: Callable[..., Settings], kafka_bootstrap: str, redis_url: str, redis_prefix: str
 ) -> None:
     stream = LabelledStream.from_simulation(
         simulate(SimulationConfig(n_customers=250, n_terminals=500, n_days=12, seed=4))

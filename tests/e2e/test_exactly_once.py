@@ -6,9 +6,12 @@ import functools
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import orjson
+from conftest import AppUnderTest
+
+from fraudstream.service.kafka.protocols import ConsumerRecord
+from fraudstream.service.settings import Settings
 
 NOW = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
 
@@ -27,18 +30,18 @@ def _stream(tx: Callable[..., tuple[bytes, bytes]], prefix: str) -> list[tuple[b
 
 
 def test_alerts_are_seen_once_by_read_committed_readers_and_not_repeated_after_restart(
-    make_settings: Callable[..., Any],
+    make_settings: Callable[..., Settings],
     make_transaction: Callable[..., tuple[bytes, bytes]],
-    run_app: Callable[..., Any],
+    run_app: Callable[[Settings], AppUnderTest],
     produce: Callable[..., None],
-    consume: Callable[..., list[Any]],
+    consume: Callable[..., list[ConsumerRecord]],
 ) -> None:
     settings = make_settings(guarantee="exactly_once", publish_scores=True, role="scorer")
     read_committed = functools.partial(consume, settings.bootstrap_servers, read_committed=True)
     app = run_app(settings)
     produce(settings.bootstrap_servers, settings.topic_transactions, _stream(make_transaction, "a"))
     committed = read_committed(settings.topic_alerts, at_least=10, timeout_s=180, settle_s=2)
-    ids = [orjson.loads(r.value)["alert_id"] for r in committed]
+    ids = [orjson.loads(r.value or b"")["alert_id"] for r in committed]
     assert len(ids) == 10 and len(set(ids)) == 10
     scores = read_committed(settings.topic_scores, at_least=90, timeout_s=60)
     assert len(scores) == 90
@@ -52,16 +55,16 @@ def test_alerts_are_seen_once_by_read_committed_readers_and_not_repeated_after_r
         _stream(make_transaction, "b")[:3],
     )
     after = read_committed(settings.topic_scores, at_least=93, timeout_s=180, settle_s=3)
-    transaction_ids = [orjson.loads(r.value)["transaction_id"] for r in after]
+    transaction_ids = [orjson.loads(r.value or b"")["transaction_id"] for r in after]
     assert len(transaction_ids) == 93 and len(set(transaction_ids)) == 93
 
 
 def test_a_scorer_fenced_by_another_with_its_transactional_id_stops_with_one_clear_error(
-    make_settings: Callable[..., Any],
+    make_settings: Callable[..., Settings],
     make_transaction: Callable[..., tuple[bytes, bytes]],
-    run_app: Callable[..., Any],
+    run_app: Callable[[Settings], AppUnderTest],
     produce: Callable[..., None],
-    consume: Callable[..., list[Any]],
+    consume: Callable[..., list[ConsumerRecord]],
     unique_name: Callable[[str], str],
     wait_for: Callable[..., None],
 ) -> None:

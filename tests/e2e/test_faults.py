@@ -14,18 +14,21 @@ from __future__ import annotations
 
 import random
 import signal
+import subprocess
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
 
 import orjson
 import redis
+from conftest import AppUnderTest
 
 from fraudstream.devstack import RedisServer
 from fraudstream.service.app import Application
 from fraudstream.service.kafka import make_producer
+from fraudstream.service.kafka.protocols import ConsumerRecord
+from fraudstream.service.settings import Settings
 from fraudstream.service.snapshots import SnapshotStore
 
 KILLS = 10
@@ -57,7 +60,9 @@ class _Feeder(threading.Thread):
 class _KillRun:
     """One scorer group under SIGKILL while its stream flows."""
 
-    def __init__(self, settings: Any, stream: list[tuple[bytes, bytes]], redis_url: str) -> None:
+    def __init__(
+        self, settings: Settings, stream: list[tuple[bytes, bytes]], redis_url: str
+    ) -> None:
         Application(settings).ensure_topics()
         self.settings, self.stream, self.ids = settings, stream, _ids(stream)
         self.client = redis.Redis.from_url(redis_url)
@@ -71,7 +76,7 @@ class _KillRun:
 
     def run(
         self,
-        spawn: Callable[..., Any],
+        spawn: Callable[..., subprocess.Popen[bytes]],
         committed_past_unscored: Callable[..., list[str]],
         rng: random.Random,
     ) -> None:
@@ -109,14 +114,14 @@ class _KillRun:
 
 
 def test_scorer_sigkilled_ten_times_in_each_mode_while_streams_flow(
-    make_settings: Callable[..., Any],
+    make_settings: Callable[..., Settings],
     card_stream: Callable[..., list[tuple[bytes, bytes]]],
-    spawn_service: Callable[..., Any],
+    spawn_service: Callable[..., subprocess.Popen[bytes]],
     wait_for: Callable[..., None],
     counting_problems: Callable[..., list[str]],
     committed_past_unscored: Callable[..., list[str]],
     group_lag: Callable[..., int],
-    read_topic: Callable[..., list[Any]],
+    read_topic: Callable[..., list[ConsumerRecord]],
     unique_name: Callable[[str], str],
     redis_url: str,
 ) -> None:
@@ -169,26 +174,26 @@ def test_scorer_sigkilled_ten_times_in_each_mode_while_streams_flow(
             if guarantee == "exactly_once":
                 for topic in (settings.topic_scores, settings.topic_alerts):
                     seen = Counter(
-                        orjson.loads(r.value)["transaction_id"]
+                        orjson.loads(r.value or b"")["transaction_id"]
                         for r in read_topic(settings.bootstrap_servers, topic, read_committed=True)
                     )
                     assert sorted(seen) == sorted(ids), f"{topic}: lost {set(ids) - set(seen)}"
                     assert [tx for tx, n in seen.items() if n > 1] == [], f"{topic}: seen twice"
             else:
-                seen = {
-                    orjson.loads(r.value)["transaction_id"]
+                alerted = {
+                    orjson.loads(r.value or b"")["transaction_id"]
                     for r in read_topic(settings.bootstrap_servers, settings.topic_alerts)
                 }
-                assert seen == set(ids)  # at least once: a replay may repeat an alert (same id)
+                assert alerted == set(ids)  # at least once: a replay may repeat an alert (same id)
     finally:
         for run in runs.values():
             run.close()
 
 
 def test_scorers_one_to_three_to_one_the_scale_in_while_redis_is_down(
-    make_settings: Callable[..., Any],
+    make_settings: Callable[..., Settings],
     card_stream: Callable[..., list[tuple[bytes, bytes]]],
-    run_app: Callable[..., Any],
+    run_app: Callable[[Settings], AppUnderTest],
     wait_for: Callable[..., None],
     counting_problems: Callable[..., list[str]],
     committed_past_unscored: Callable[..., list[str]],

@@ -8,14 +8,15 @@ must say why, and the lag metric must count the records not processed.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
-from conftest import http_get
+from conftest import AppUnderTest, http_get
 
 from fraudstream.devstack import RedisServer, free_port
+from fraudstream.service.app import Application
+from fraudstream.service.settings import Settings
 
 
-def _lag(app: Any) -> float:
+def _lag(app: Application) -> float:
     return sum(
         sample.value
         for family in app.metrics.lag.collect()
@@ -25,9 +26,9 @@ def _lag(app: Any) -> float:
 
 
 def test_a_batch_stuck_retrying_fails_healthz_and_the_lag_shows_what_waits(
-    make_settings: Callable[..., Any],
+    make_settings: Callable[..., Settings],
     card_stream: Callable[..., list[tuple[bytes, bytes]]],
-    run_app: Callable[..., Any],
+    run_app: Callable[[Settings], AppUnderTest],
     produce: Callable[..., None],
     wait_for: Callable[..., None],
     counting_problems: Callable[..., list[str]],

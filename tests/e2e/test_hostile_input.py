@@ -7,18 +7,22 @@ stalls the scorer, and the service stays up and keeps scoring.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from datetime import datetime
 
 import orjson
+from conftest import AppUnderTest
 from hostile_corpus import corpus
+
+from fraudstream.service.kafka.protocols import ConsumerRecord
+from fraudstream.service.settings import Settings
 
 
 def test_a_hostile_stream_is_scored_or_dead_lettered_and_the_service_stays_up(
-    make_settings: Callable[..., Any],
+    make_settings: Callable[..., Settings],
     make_transaction: Callable[..., tuple[bytes, bytes]],
-    run_app: Callable[..., Any],
+    run_app: Callable[[Settings], AppUnderTest],
     produce: Callable[..., None],
-    consume: Callable[..., list[Any]],
+    consume: Callable[..., list[ConsumerRecord]],
     wait_for: Callable[..., None],
 ) -> None:
     settings = make_settings(publish_scores=True, topic_partitions=1, role="scorer")
@@ -66,13 +70,13 @@ def test_a_hostile_stream_is_scored_or_dead_lettered_and_the_service_stays_up(
         timeout_s=180,
         settle_s=2,
     )
-    scored = [orjson.loads(r.value)["transaction_id"] for r in scores]
+    scored = [orjson.loads(r.value or b"")["transaction_id"] for r in scores]
     assert sorted(scored) == sorted([*expected_scored, "probe-after-hostile"])
     assert not app._failures
     wait_for(lambda: app.ready()[0], 60, "the scorer to be ready")
 
 
-def _recent() -> Any:
+def _recent() -> datetime:
     from datetime import UTC, datetime, timedelta
 
     return datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)

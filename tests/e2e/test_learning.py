@@ -7,6 +7,7 @@ scores with the newest version.
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -14,8 +15,11 @@ from typing import Any
 
 import orjson
 import redis
+from conftest import AppUnderTest
 
+from fraudstream.service.kafka.protocols import ConsumerRecord
 from fraudstream.service.registry import ModelRegistry
+from fraudstream.service.settings import Settings
 
 START = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
 
@@ -51,14 +55,14 @@ def _labels(ids: range) -> list[tuple[bytes, bytes]]:
 
 
 def test_learner_crash_and_restart_continue_versions_and_a_new_scorer_uses_them(
-    make_settings: Callable[..., Any],
+    make_settings: Callable[..., Settings],
     make_transaction: Callable[..., tuple[bytes, bytes]],
-    run_app: Callable[..., Any],
-    spawn_service: Callable[..., Any],
+    run_app: Callable[[Settings], AppUnderTest],
+    spawn_service: Callable[..., subprocess.Popen[bytes]],
     produce: Callable[..., None],
     wait_for: Callable[..., None],
-    consume: Callable[..., list[Any]],
-    read_topic: Callable[..., list[Any]],
+    consume: Callable[..., list[ConsumerRecord]],
+    read_topic: Callable[..., list[ConsumerRecord]],
     unique_name: Callable[[str], str],
     redis_url: str,
 ) -> None:
@@ -119,7 +123,7 @@ def test_learner_crash_and_restart_continue_versions_and_a_new_scorer_uses_them(
         # The whole topic, not its first n + 1 records: those stop at a poll's 500
         # records, partition by partition, and missed the probe's partition tail.
         for record in read_topic(settings.bootstrap_servers, late.topic_scores):
-            decision = orjson.loads(record.value)
+            decision: dict[str, Any] = orjson.loads(record.value or b"")
             if decision["transaction_id"] == "probe":
                 return decision
         return None
@@ -133,10 +137,10 @@ def test_learner_crash_and_restart_continue_versions_and_a_new_scorer_uses_them(
 
 
 def test_labels_without_snapshot_or_malformed_go_to_the_labels_dlq(
-    make_settings: Callable[..., Any],
-    run_app: Callable[..., Any],
+    make_settings: Callable[..., Settings],
+    run_app: Callable[[Settings], AppUnderTest],
     produce: Callable[..., None],
-    consume: Callable[..., list[Any]],
+    consume: Callable[..., list[ConsumerRecord]],
 ) -> None:
     settings = make_settings(role="learner", publish_every_s=1.0)
     app = run_app(settings)

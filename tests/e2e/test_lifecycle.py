@@ -5,13 +5,14 @@ from __future__ import annotations
 import re
 import signal
 import socket
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from conftest import http_get
 
 from fraudstream.devstack import free_port
+from fraudstream.service.settings import Settings
 
 
 def _log(tmp_path: Path, name: str) -> str:
@@ -19,8 +20,8 @@ def _log(tmp_path: Path, name: str) -> str:
 
 
 def test_serve_waiting_for_redis_says_where_and_what_to_do_and_stops_cleanly(
-    make_settings: Callable[..., Any],
-    spawn_service: Callable[..., Any],
+    make_settings: Callable[..., Settings],
+    spawn_service: Callable[..., subprocess.Popen[bytes]],
     wait_for: Callable[..., None],
     tmp_path: Path,
 ) -> None:
@@ -52,8 +53,8 @@ def test_serve_waiting_for_redis_says_where_and_what_to_do_and_stops_cleanly(
 
 
 def test_a_taken_metrics_port_is_one_line_naming_it_and_the_setting(
-    make_settings: Callable[..., Any],
-    spawn_service: Callable[..., Any],
+    make_settings: Callable[..., Settings],
+    spawn_service: Callable[..., subprocess.Popen[bytes]],
     tmp_path: Path,
 ) -> None:
     with socket.socket() as taken:

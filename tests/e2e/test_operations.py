@@ -17,15 +17,15 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import orjson
 import pytest
 from conftest import settings_env
+from kafka_extras import delivered
 
 from fraudstream.devstack import free_port
 from fraudstream.devstack.dashboard import DASHBOARD, metric_names, panel_queries
@@ -34,6 +34,7 @@ from fraudstream.producers.simulator import SimulationConfig, simulate
 from fraudstream.producers.stream import label_rows, label_simulation, stream_simulation
 from fraudstream.service.cli_status import parse_exposition, value
 from fraudstream.service.kafka import make_producer
+from fraudstream.service.kafka.protocols import ConsumerRecord
 from fraudstream.service.schemas import Alert
 from fraudstream.service.settings import Settings
 
@@ -72,7 +73,7 @@ def running(
 ) -> Iterator[Running]:
     suffix = os.urandom(5).hex()
     port = free_port()
-    settings = Settings(  # type: ignore[call-arg]
+    settings = Settings(
         _env_file=None,
         bootstrap_servers=kafka_bootstrap,
         redis_url=redis_url,
@@ -117,7 +118,7 @@ def running(
         config = SimulationConfig(seed=4, n_customers=150, n_terminals=300, n_days=12)
         stats = stream_simulation(settings, config, label_delay=None)
         producer = make_producer(kafka_bootstrap, client_id="ops-test")
-        producer.send(settings.topic_transactions, key=b"x", value=b"{not json").get(timeout=30)
+        delivered(producer.send(settings.topic_transactions, key=b"x", value=b"{not json"), 30)
 
         def wait_until(metric: str, at_least: float) -> None:
             deadline = time.monotonic() + 180
@@ -191,7 +192,9 @@ def test_status_reads_the_running_service(running: Running) -> None:
     assert "lag          scorer" in text.stdout
 
 
-def test_alerts_tail_json_follows_the_alerts_topic(running: Running, consume: Any) -> None:
+def test_alerts_tail_json_follows_the_alerts_topic(
+    running: Running, consume: Callable[..., list[ConsumerRecord]]
+) -> None:
     s = running.settings
     published = consume(
         s.bootstrap_servers, s.topic_alerts, at_least=1, settle_s=2, read_committed=True
@@ -201,7 +204,7 @@ def test_alerts_tail_json_follows_the_alerts_topic(running: Running, consume: An
     assert result.returncode == 0, result.stderr
     tailed = [Alert.model_validate_json(line) for line in result.stdout.splitlines()]
     assert {a.alert_id for a in tailed} == {
-        Alert.model_validate_json(r.value).alert_id for r in published
+        Alert.model_validate_json(r.value or b"").alert_id for r in published
     }
     # Without --json: stdout is a pipe here, so JSON lines all the same.
     high = _cli(s, "alerts", "tail", "--from-beginning", "--min-score", "0.6",
@@ -224,7 +227,7 @@ def test_json_logs_one_line_per_lifecycle_event(running: Running) -> None:
 
 
 def test_case_queue_example_keeps_one_case_per_alert(
-    running: Running, consume: Any, tmp_path: Path
+    running: Running, consume: Callable[..., list[ConsumerRecord]], tmp_path: Path
 ) -> None:
     spec = importlib.util.spec_from_file_location("case_queue", ROOT / "examples/case_queue.py")
     assert spec and spec.loader

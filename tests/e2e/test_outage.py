@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import orjson
+import redis
+from conftest import AppUnderTest
 
 from fraudstream.devstack import RedisServer
+from fraudstream.service.kafka.protocols import ConsumerRecord
+from fraudstream.service.settings import Settings
 
 START = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
 
@@ -27,11 +30,11 @@ def _batch(
 
 
 def test_scorer_survives_a_redis_outage_without_losing_transactions(
-    make_settings: Callable[..., Any],
+    make_settings: Callable[..., Settings],
     make_transaction: Callable[..., tuple[bytes, bytes]],
-    run_app: Callable[..., Any],
+    run_app: Callable[[Settings], AppUnderTest],
     produce: Callable[..., None],
-    consume: Callable[..., list[Any]],
+    consume: Callable[..., list[ConsumerRecord]],
     wait_for: Callable[..., None],
     own_redis: RedisServer,
 ) -> None:
@@ -61,20 +64,20 @@ def test_scorer_survives_a_redis_outage_without_losing_transactions(
         timeout_s=180,
         settle_s=3,
     )
-    scored = [orjson.loads(r.value)["transaction_id"] for r in records]
+    scored = [orjson.loads(r.value or b"")["transaction_id"] for r in records]
     assert {f"during-{i}" for i in range(30)} <= set(scored)
     assert len(scored) == len(set(scored)) == 50  # nothing published twice either
     wait_for(lambda: app.ready()[0], 60, "the scorer to be ready again")
 
 
 def test_scripts_lost_mid_stream_cost_a_retry_not_a_transaction(
-    make_settings: Callable[..., Any],
+    make_settings: Callable[..., Settings],
     make_transaction: Callable[..., tuple[bytes, bytes]],
-    run_app: Callable[..., Any],
+    run_app: Callable[[Settings], AppUnderTest],
     produce: Callable[..., None],
-    consume: Callable[..., list[Any]],
+    consume: Callable[..., list[ConsumerRecord]],
     wait_for: Callable[..., None],
-    redis_client: Any,
+    redis_client: redis.Redis,
 ) -> None:
     """SCRIPT FLUSH (as a Redis restart does) while batches of 5 are in flight, two at a time.
 
@@ -95,7 +98,7 @@ def test_scripts_lost_mid_stream_cost_a_retry_not_a_transaction(
     records = consume(
         settings.bootstrap_servers, settings.topic_scores, at_least=80, timeout_s=180, settle_s=3
     )
-    scored = [orjson.loads(r.value)["transaction_id"] for r in records]
+    scored = [orjson.loads(r.value or b"")["transaction_id"] for r in records]
     assert {f"after-{i}" for i in range(60)} <= set(scored)
     assert len(scored) == len(set(scored)) == 80
     # The lost scripts were met, counted as a Redis error, and loaded again.

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+
+from conftest import AppUnderTest
 
 from fraudstream.devstack import RedisServer
+from fraudstream.service.settings import Settings
 
 
 def test_scale_in_during_a_redis_outage_loses_nothing_and_counts_nothing_twice(
-    make_settings: Callable[..., Any],
+    make_settings: Callable[..., Settings],
     card_stream: Callable[..., list[tuple[bytes, bytes]]],
-    run_app: Callable[..., Any],
+    run_app: Callable[[Settings], AppUnderTest],
     produce: Callable[..., None],
     wait_for: Callable[..., None],
     counting_problems: Callable[..., list[str]],

@@ -16,23 +16,27 @@ from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 import numpy as np
 import orjson
 import redis
 import redis.cluster
 from click.testing import CliRunner
-from conftest import settings_env
+from conftest import AppUnderTest, settings_env
 from redis.crc import key_slot
 
 from fraudstream.cli import main
 from fraudstream.devstack import RedisCluster
 from fraudstream.service.features.definitions import FeatureConfig, feature_names
 from fraudstream.service.features.redis_store import BUCKET_SIZE
+from fraudstream.service.kafka.protocols import ConsumerRecord
 from fraudstream.service.registry import ModelRegistry
 from fraudstream.service.settings import Settings
 from fraudstream.service.snapshots import SnapshotStore
+
+# redis-py leaves execute_command and the cluster client's methods unannotated: their calls
+# carry a narrow `type: ignore[no-untyped-call]`.
 
 START = datetime.now(UTC).replace(microsecond=0) - timedelta(days=3)
 
@@ -88,26 +92,29 @@ def counted_problems(
             out.append(f"{v['transaction_id']} counted as #{snapshot.features[count_30d]:.0f}")
     per_terminal = Counter(v["terminal_id"] for v in values)
     for terminal, expected in sorted(per_terminal.items()):
-        raw = client.get(f"{settings.redis_prefix}:{{t:{terminal}}}") or b""
+        # A client that does not decode replies: bytes, which redis-py types as bytes | str.
+        raw = cast(bytes | None, client.get(f"{settings.redis_prefix}:{{t:{terminal}}}")) or b""
         rings = np.frombuffer(raw, dtype="<u4").reshape(-1, BUCKET_SIZE // 4)
         if rings[:, 1].sum() != expected:
             out.append(f"terminal {terminal}: {rings[:, 1].sum()} counted, {expected} sent")
     return out
 
 
-def _scored_ids(consume: Callable[..., list[Any]], settings: Settings, n: int) -> Counter[str]:
+def _scored_ids(
+    consume: Callable[..., list[ConsumerRecord]], settings: Settings, n: int
+) -> Counter[str]:
     records = consume(
         settings.bootstrap_servers, settings.topic_scores, at_least=n, timeout_s=240, settle_s=3
     )
-    return Counter(orjson.loads(r.value)["transaction_id"] for r in records)
+    return Counter(orjson.loads(r.value or b"")["transaction_id"] for r in records)
 
 
 def test_the_service_on_a_cluster_scores_counts_and_learns_each_once(
     make_settings: Callable[..., Settings],
     make_transaction: Callable[..., tuple[bytes, bytes]],
-    run_app: Callable[..., Any],
+    run_app: Callable[[Settings], AppUnderTest],
     produce: Callable[..., None],
-    consume: Callable[..., list[Any]],
+    consume: Callable[..., list[ConsumerRecord]],
     wait_for: Callable[..., None],
     redis_cluster_url: str,
 ) -> None:
@@ -150,9 +157,9 @@ def test_a_master_killed_mid_stream_is_survived_without_loss_or_double_counting(
     tmp_path: Path,
     make_settings: Callable[..., Settings],
     make_transaction: Callable[..., tuple[bytes, bytes]],
-    run_app: Callable[..., Any],
+    run_app: Callable[[Settings], AppUnderTest],
     produce: Callable[..., None],
-    consume: Callable[..., list[Any]],
+    consume: Callable[..., list[ConsumerRecord]],
     wait_for: Callable[..., None],
 ) -> None:
     """Its own cluster (the session's must stay whole); the master dies without warning."""
@@ -174,7 +181,7 @@ def test_a_master_killed_mid_stream_is_survived_without_loss_or_double_counting(
 
         # Kill the master of a card of the stream while the next part is being scored.
         later = _stream(make_transaction, "f", cards=24, per_card=30, first=10)
-        victim = client.get_node_from_key(f"{settings.redis_prefix}:{{c:fc0}}")
+        victim = client.get_node_from_key(f"{settings.redis_prefix}:{{c:fc0}}")  # type: ignore[no-untyped-call]
         produce(settings.bootstrap_servers, settings.topic_transactions, later[:240])
         os.kill(cluster.node_at(f"{victim.host}:{victim.port}").running_pid() or 0, signal.SIGKILL)
         produce(settings.bootstrap_servers, settings.topic_transactions, later[240:])
@@ -196,9 +203,9 @@ def test_a_master_killed_mid_stream_is_survived_without_loss_or_double_counting(
 def test_a_master_that_lost_its_keys_pauses_its_slots_until_a_rebuild(
     make_settings: Callable[..., Settings],
     make_transaction: Callable[..., tuple[bytes, bytes]],
-    run_app: Callable[..., Any],
+    run_app: Callable[[Settings], AppUnderTest],
     produce: Callable[..., None],
-    consume: Callable[..., list[Any]],
+    consume: Callable[..., list[ConsumerRecord]],
     wait_for: Callable[..., None],
     redis_cluster_url: str,
 ) -> None:
@@ -217,7 +224,7 @@ def test_a_master_that_lost_its_keys_pauses_its_slots_until_a_rebuild(
         assert status.exit_code == 0 and "every slot of the cluster" in status.output
 
         # As if this master had restarted empty: every key of the prefix on it is gone.
-        master = client.get_node_from_key(f"{settings.redis_prefix}:{{c:sc0}}")
+        master = client.get_node_from_key(f"{settings.redis_prefix}:{{c:sc0}}")  # type: ignore[no-untyped-call]
         node = redis.Redis(host=master.host, port=master.port)
         lost = list(node.scan_iter(match=f"{settings.redis_prefix}:*", count=1000))
         for key in lost:
@@ -247,7 +254,9 @@ def test_a_master_that_lost_its_keys_pauses_its_slots_until_a_rebuild(
         client.close()
 
 
-def _first_slots_to_move(client: redis.cluster.RedisCluster, keys: list[str]) -> tuple[Any, int]:
+def _first_slots_to_move(
+    client: redis.cluster.RedisCluster, keys: list[str]
+) -> tuple[redis.cluster.ClusterNode, int]:
     """A master, and how many of its slots to reshard so that one of ``keys`` moves.
 
     ``redis-cli --cluster reshard`` takes a master's slots in ascending order;
@@ -257,18 +266,18 @@ def _first_slots_to_move(client: redis.cluster.RedisCluster, keys: list[str]) ->
     for slot, holders in client.nodes_manager.slots_cache.items():
         slots.setdefault(holders[0].name, []).append(slot)
     best = min(
-        (sorted(slots[client.get_node_from_key(k).name]).index(key_slot(k.encode())) + 1, k)
+        (sorted(slots[client.get_node_from_key(k).name]).index(key_slot(k.encode())) + 1, k)  # type: ignore[no-untyped-call]
         for k in keys
     )
-    return client.get_node_from_key(best[1]), best[0]
+    return client.get_node_from_key(best[1]), best[0]  # type: ignore[no-untyped-call]
 
 
 def test_a_reshard_mid_stream_scores_counts_and_learns_each_once(
     make_settings: Callable[..., Settings],
     make_transaction: Callable[..., tuple[bytes, bytes]],
-    run_app: Callable[..., Any],
+    run_app: Callable[[Settings], AppUnderTest],
     produce: Callable[..., None],
-    consume: Callable[..., list[Any]],
+    consume: Callable[..., list[ConsumerRecord]],
     wait_for: Callable[..., None],
     redis_cluster_url: str,
 ) -> None:
@@ -301,7 +310,7 @@ def test_a_reshard_mid_stream_scores_counts_and_learns_each_once(
         keys = [f"{prefix}:{{c:rc{c}}}" for c in range(30)]
         keys += [f"{prefix}:{{t:rT{t}}}" for t in range(7)]
         source, count = _first_slots_to_move(client, keys)
-        target = next(n for n in client.get_primaries() if n.name != source.name)
+        target = next(n for n in client.get_primaries() if n.name != source.name)  # type: ignore[no-untyped-call]
         node_ids = []
         for node in (source, target):
             connection = redis.Redis(host=node.host, port=node.port)

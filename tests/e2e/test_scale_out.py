@@ -6,16 +6,17 @@ Every transaction is counted exactly once in the feature store and none is lost.
 from __future__ import annotations
 
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import orjson
 import redis
 
+from fraudstream.service.settings import Settings
 from fraudstream.service.snapshots import SnapshotStore
 
 START = datetime.now(UTC).replace(microsecond=0) - timedelta(days=3)
@@ -34,9 +35,9 @@ def _stream(
 
 
 def test_two_scorers_share_partitions_and_a_crash_double_counts_nothing(
-    make_settings: Callable[..., Any],
+    make_settings: Callable[..., Settings],
     make_transaction: Callable[..., tuple[bytes, bytes]],
-    spawn_service: Callable[..., Any],
+    spawn_service: Callable[..., subprocess.Popen[bytes]],
     produce: Callable[..., None],
     wait_for: Callable[..., None],
     group_members: Callable[[str, str], dict[str, int]],
@@ -85,9 +86,9 @@ def test_two_scorers_share_partitions_and_a_crash_double_counts_nothing(
 
 
 def test_a_scorer_reading_ahead_through_rebalances_counts_each_transaction_once(
-    make_settings: Callable[..., Any],
+    make_settings: Callable[..., Settings],
     make_transaction: Callable[..., tuple[bytes, bytes]],
-    spawn_service: Callable[..., Any],
+    spawn_service: Callable[..., subprocess.Popen[bytes]],
     produce: Callable[..., None],
     wait_for: Callable[..., None],
     group_members: Callable[[str, str], dict[str, int]],

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import orjson
+from conftest import AppUnderTest
 
+from fraudstream.service.kafka.protocols import ConsumerRecord
 from fraudstream.service.schemas import Alert
+from fraudstream.service.settings import Settings
 
 NOW = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
 
@@ -28,11 +30,11 @@ def _quiet_history(
 
 
 def test_planted_pattern_alerts_with_reasons_and_quiet_cards_do_not(
-    make_settings: Callable[..., Any],
+    make_settings: Callable[..., Settings],
     make_transaction: Callable[..., tuple[bytes, bytes]],
-    run_app: Callable[..., Any],
+    run_app: Callable[[Settings], AppUnderTest],
     produce: Callable[..., None],
-    consume: Callable[..., list[Any]],
+    consume: Callable[..., list[ConsumerRecord]],
 ) -> None:
     tx = make_transaction
     settings = make_settings()
@@ -53,7 +55,7 @@ def test_planted_pattern_alerts_with_reasons_and_quiet_cards_do_not(
     )
 
     alerts = [
-        Alert.model_validate_json(r.value)
+        Alert.model_validate_json(r.value or b"")
         for r in consume(
             settings.bootstrap_servers, settings.topic_alerts, at_least=2, timeout_s=180, settle_s=3
         )
@@ -98,11 +100,11 @@ BAD_INPUTS: dict[str, bytes | None] = {
 
 
 def test_bad_inputs_land_in_the_dlq_untouched_while_good_events_are_scored(
-    make_settings: Callable[..., Any],
+    make_settings: Callable[..., Settings],
     make_transaction: Callable[..., tuple[bytes, bytes]],
-    run_app: Callable[..., Any],
+    run_app: Callable[[Settings], AppUnderTest],
     produce: Callable[..., None],
-    consume: Callable[..., list[Any]],
+    consume: Callable[..., list[ConsumerRecord]],
 ) -> None:
     tx = make_transaction
     settings = make_settings(publish_scores=True)
@@ -132,7 +134,7 @@ def test_bad_inputs_land_in_the_dlq_untouched_while_good_events_are_scored(
         settle_s=1,
     )
 
-    by_key = {r.key.decode(): r for r in letters}
+    by_key = {(r.key or b"").decode(): r for r in letters}
     assert set(by_key) == set(BAD_INPUTS)
     assert len(letters) == len(BAD_INPUTS)
     for name, record in by_key.items():
@@ -150,9 +152,9 @@ def test_bad_inputs_land_in_the_dlq_untouched_while_good_events_are_scored(
         assert int(headers["fraudstream.dead_lettered_at_ms"]) > 0
     assert dict(by_key["huge_payload"].headers)["fraudstream.error.class"] == b"OversizeEventError"
     assert b"amount" in dict(by_key["negative_amount"].headers)["fraudstream.error.message"]
-    scored_ids = {orjson.loads(r.value)["transaction_id"] for r in scores}
+    scored_ids = {orjson.loads(r.value or b"")["transaction_id"] for r in scores}
     good_ids = {
-        orjson.loads(v)["transaction_id"]
+        orjson.loads(v or b"")["transaction_id"]
         for k, v in records
         if k is not None and k.decode() not in BAD_INPUTS
     }

@@ -16,13 +16,14 @@ from typing import Any
 import orjson
 import pytest
 from click.testing import CliRunner
-from conftest import KAFKA_USERS, REDIS_PASSWORD, settings_env
+from conftest import KAFKA_USERS, REDIS_PASSWORD, AppUnderTest, settings_env
 
 from fraudstream.cli import main
 from fraudstream.devstack import KafkaServer, RedisServer, TestPki
 from fraudstream.service.app import Application
 from fraudstream.service.errors import AuthenticationFailedError, ConfigurationError
 from fraudstream.service.kafka import check_reachable, ensure_topics, make_producer
+from fraudstream.service.kafka.protocols import ConsumerRecord
 from fraudstream.service.redis_client import redis_client
 from fraudstream.service.schemas import Alert
 from fraudstream.service.settings import Settings
@@ -33,7 +34,9 @@ USER, PASSWORD = next(iter(KAFKA_USERS.items()))
 NO_KAFKA, NO_REDIS = "127.0.0.1:1", "redis://127.0.0.1:1/0"
 
 
-def _sasl(kafka: KafkaServer, protocol: str, mechanism: str, password: str = PASSWORD) -> dict:
+def _sasl(
+    kafka: KafkaServer, protocol: str, mechanism: str, password: str = PASSWORD
+) -> dict[str, Any]:
     return {
         "bootstrap_servers": kafka.bootstrap_for(protocol),
         "kafka_security_protocol": protocol,
@@ -43,7 +46,7 @@ def _sasl(kafka: KafkaServer, protocol: str, mechanism: str, password: str = PAS
     }
 
 
-def _mutual_tls(kafka: KafkaServer, pki: TestPki) -> dict:
+def _mutual_tls(kafka: KafkaServer, pki: TestPki) -> dict[str, Any]:
     return {
         "bootstrap_servers": kafka.bootstrap_for("SSL"),
         "kafka_security_protocol": "SSL",
@@ -56,9 +59,9 @@ def _mutual_tls(kafka: KafkaServer, pki: TestPki) -> dict:
 
 def _scored_end_to_end(
     settings: Settings,
-    run_app: Callable[[Settings], Any],
+    run_app: Callable[[Settings], AppUnderTest],
     produce: Callable[..., None],
-    consume: Callable[..., list[Any]],
+    consume: Callable[..., list[ConsumerRecord]],
     make_transaction: Callable[..., tuple[bytes, bytes]],
 ) -> list[Alert]:
     """Produce transactions, let the real Application score them, read the alerts back.
@@ -72,16 +75,16 @@ def _scored_end_to_end(
     ]
     produce(settings, settings.topic_transactions, records)
     alerts = consume(settings, settings.topic_alerts, at_least=6, timeout_s=120)
-    return [Alert.model_validate_json(r.value) for r in alerts]
+    return [Alert.model_validate_json(r.value or b"") for r in alerts]
 
 
 def test_scoring_over_sasl_plaintext_with_plain_and_redis_with_a_password(
     secured_kafka: KafkaServer,
     secured_redis: RedisServer,
     make_settings: Callable[..., Settings],
-    run_app: Callable[[Settings], Any],
+    run_app: Callable[[Settings], AppUnderTest],
     produce: Callable[..., None],
-    consume: Callable[..., list[Any]],
+    consume: Callable[..., list[ConsumerRecord]],
     make_transaction: Callable[..., tuple[bytes, bytes]],
 ) -> None:
     settings = make_settings(
@@ -98,9 +101,9 @@ def test_scoring_over_mutual_tls_with_redis_over_tls(
     secured_redis: RedisServer,
     test_pki: TestPki,
     make_settings: Callable[..., Settings],
-    run_app: Callable[[Settings], Any],
+    run_app: Callable[[Settings], AppUnderTest],
     produce: Callable[..., None],
-    consume: Callable[..., list[Any]],
+    consume: Callable[..., list[ConsumerRecord]],
     make_transaction: Callable[..., tuple[bytes, bytes]],
 ) -> None:
     settings = make_settings(
@@ -127,7 +130,7 @@ def test_the_cli_produces_over_sasl_ssl_with_scram(
     secured_kafka: KafkaServer,
     test_pki: TestPki,
     make_settings: Callable[..., Settings],
-    consume: Callable[..., list[Any]],
+    consume: Callable[..., list[ConsumerRecord]],
     tmp_path: Path,
 ) -> None:
     settings = make_settings(
@@ -147,7 +150,7 @@ def test_the_cli_produces_over_sasl_ssl_with_scram(
     result = CliRunner().invoke(main, ["produce", str(rows), "--no-progress"], env=env)
     assert result.exit_code == 0, result.output
     sent = consume(settings, settings.topic_transactions, at_least=5)
-    assert sorted(orjson.loads(r.value)["transaction_id"] for r in sent) == [
+    assert sorted(orjson.loads(r.value or b"")["transaction_id"] for r in sent) == [
         f"f{i}" for i in range(5)
     ]
 

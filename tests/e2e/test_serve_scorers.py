@@ -7,23 +7,26 @@ SIGTERM stops everything with exit code 0.
 from __future__ import annotations
 
 import signal
+import subprocess
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import orjson
+
+from fraudstream.service.kafka.protocols import ConsumerRecord
+from fraudstream.service.settings import Settings
 
 START = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
 
 
 def test_serve_with_two_scorers_scores_each_transaction_once_and_stops_on_sigterm(
-    make_settings: Callable[..., Any],
+    make_settings: Callable[..., Settings],
     make_transaction: Callable[..., tuple[bytes, bytes]],
-    spawn_service: Callable[..., Any],
+    spawn_service: Callable[..., subprocess.Popen[bytes]],
     produce: Callable[..., None],
-    consume: Callable[..., list[Any]],
+    consume: Callable[..., list[ConsumerRecord]],
     wait_for: Callable[..., None],
     group_members: Callable[[str, str], dict[str, int]],
     tmp_path: Path,
@@ -64,7 +67,7 @@ def test_serve_with_two_scorers_scores_each_transaction_once_and_stops_on_sigter
     ]
     produce(bootstrap, settings.topic_transactions, records)
     scores = consume(bootstrap, settings.topic_scores, at_least=len(records), settle_s=3.0)
-    scored = Counter(orjson.loads(r.value)["transaction_id"] for r in scores)
+    scored = Counter(orjson.loads(r.value or b"")["transaction_id"] for r in scores)
     assert set(scored) == {orjson.loads(v)["transaction_id"] for _, v in records}
     assert set(scored.values()) == {1}, "a transaction was scored more than once"
     assert service.poll() is None, "the supervisor exited early"

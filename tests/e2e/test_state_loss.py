@@ -9,15 +9,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import orjson
 import redis
 from click.testing import CliRunner
-from conftest import settings_env
+from conftest import AppUnderTest, settings_env
 
 from fraudstream.cli import main
 from fraudstream.devstack import RedisServer, free_port
+from fraudstream.service.kafka.protocols import ConsumerRecord
+from fraudstream.service.settings import Settings
 from fraudstream.service.snapshots import SnapshotStore
 
 START = datetime.now(UTC).replace(microsecond=0) - timedelta(days=5)
@@ -36,11 +37,11 @@ def _records(
 
 
 def test_lost_redis_state_pauses_scoring_until_a_rebuild_restores_the_history(
-    make_settings: Callable[..., Any],
+    make_settings: Callable[..., Settings],
     make_transaction: Callable[..., tuple[bytes, bytes]],
-    run_app: Callable[..., Any],
+    run_app: Callable[[Settings], AppUnderTest],
     produce: Callable[..., None],
-    consume: Callable[..., list[Any]],
+    consume: Callable[..., list[ConsumerRecord]],
     wait_for: Callable[..., None],
     tmp_path: Path,
 ) -> None:
@@ -86,7 +87,7 @@ def test_lost_redis_state_pauses_scoring_until_a_rebuild_restores_the_history(
             timeout_s=180,
             settle_s=2,
         )
-        scored = [orjson.loads(r.value)["transaction_id"] for r in scores]
+        scored = [orjson.loads(r.value or b"")["transaction_id"] for r in scores]
         assert sorted(scored) == sorted(
             orjson.loads(v)["transaction_id"] for _, v in before + after
         )
@@ -110,7 +111,7 @@ def test_lost_redis_state_pauses_scoring_until_a_rebuild_restores_the_history(
         server.stop()
 
 
-def app_feature_names(settings: Any) -> tuple[str, ...]:
+def app_feature_names(settings: Settings) -> tuple[str, ...]:
     from fraudstream.service.features.definitions import FeatureConfig, feature_names
 
     return feature_names(FeatureConfig.from_settings(settings))

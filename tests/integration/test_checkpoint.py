@@ -12,17 +12,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
-from kafka import TopicPartition
+from conftest import AppUnderTest
 
 from fraudstream.service.kafka import make_consumer
+from fraudstream.service.kafka.protocols import TopicPartition
+from fraudstream.service.settings import Settings
 
 START = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
 
 
-def _committed_and_ends(bootstrap: str, group: str, topic: str) -> tuple[dict, dict]:
+def _committed_and_ends(
+    bootstrap: str, group: str, topic: str
+) -> tuple[dict[TopicPartition, int | None], dict[TopicPartition, int]]:
     """The group's committed offsets and the end offsets of ``topic``, per partition."""
     consumer = make_consumer(bootstrap, client_id="test-offsets", group_id=group)
     try:
@@ -34,9 +37,9 @@ def _committed_and_ends(bootstrap: str, group: str, topic: str) -> tuple[dict, d
 
 
 def test_a_burst_of_small_batches_has_no_refused_commit(
-    make_settings: Callable[..., Any],
+    make_settings: Callable[..., Settings],
     make_transaction: Callable[..., tuple[bytes, bytes]],
-    run_app: Callable[..., Any],
+    run_app: Callable[[Settings], AppUnderTest],
     produce: Callable[..., None],
     wait_for: Callable[..., None],
     caplog: pytest.LogCaptureFixture,

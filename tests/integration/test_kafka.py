@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from kafka import TopicPartition
+from kafka_extras import admin_for_tests
 
 from fraudstream.service.kafka import DeliveryTracker, ensure_topics, make_consumer, make_producer
+from fraudstream.service.kafka.protocols import Consumer, ConsumerRecord, TopicPartition
 
 
-def _drain(consumer, expected: int, timeout_s: float = 20.0) -> list:  # type: ignore[no-untyped-def]
+def _drain(consumer: Consumer, expected: int, timeout_s: float = 20.0) -> list[ConsumerRecord]:
     import time
 
-    records: list = []
+    records: list[ConsumerRecord] = []
     deadline = time.monotonic() + timeout_s
     while len(records) < expected and time.monotonic() < deadline:
         for batch in consumer.poll(timeout_ms=200).values():
@@ -191,7 +192,7 @@ def test_a_rebalance_that_outlives_the_poll_that_started_it_is_completed(
             consumer.poll(timeout_ms=200)
         assert consumer.assignment() == {TopicPartition(topic, 0)}
 
-        admin = make_admin(kafka_bootstrap)
+        admin = admin_for_tests(make_admin(kafka_bootstrap))
         admin.create_partitions({topic: 2})
         admin.close()
         # The leader rejoins for the new partition, in a poll too short to finish the join...

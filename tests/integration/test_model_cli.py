@@ -5,17 +5,18 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+import redis
 from click.testing import CliRunner
 from pydantic import SecretStr
 
 from fraudstream.cli import main
 from fraudstream.service.model import FraudModel
 from fraudstream.service.registry import ModelRegistry
+from fraudstream.service.settings import Settings
 
 
-def _env(settings: Any) -> dict[str, str]:
+def _env(settings: Settings) -> dict[str, str]:
     return {
         "FRAUDSTREAM_REDIS_URL": settings.redis_url.get_secret_value(),
         "FRAUDSTREAM_REDIS_PREFIX": settings.redis_prefix,
@@ -24,7 +25,7 @@ def _env(settings: Any) -> dict[str, str]:
 
 
 def test_model_commands_round_trip(
-    make_settings: Callable[..., Any], redis_client: Any, tmp_path: Path
+    make_settings: Callable[..., Settings], redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     settings = make_settings(bootstrap_servers="127.0.0.1:1")
     env = _env(settings)

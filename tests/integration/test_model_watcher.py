@@ -6,6 +6,8 @@ refusal of tampered or foreign model versions (the version in use stays).
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import redis
 from pydantic import SecretStr
@@ -101,7 +103,8 @@ def test_tampered_or_foreign_version_is_refused_and_the_current_model_stays(
     # One byte of the next version's pickle changed after signing.
     bad = registry.publish(_trained(300))
     key = f"{redis_prefix}:{{models}}:v:{bad}"
-    payload = bytearray(redis_client.hget(key, "payload") or b"")
+    # A client that does not decode replies: bytes, which redis-py types as bytes | str.
+    payload = bytearray(cast(bytes | None, redis_client.hget(key, "payload")) or b"")
     payload[len(payload) // 2] ^= 0x01
     redis_client.hset(key, "payload", bytes(payload))
     clock.now += 2

@@ -6,15 +6,18 @@ It needs Redis, a reachable Kafka bootstrap server and running loops.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+
+from conftest import AppUnderTest
 
 from fraudstream.devstack import free_port
-from fraudstream.service.app import Application, redis_client
+from fraudstream.service.app import Application
+from fraudstream.service.redis_client import redis_client
+from fraudstream.service.settings import Settings
 
 
 def test_ready_only_when_redis_and_kafka_answer_and_the_loops_run(
-    make_settings: Callable[..., Any],
-    run_app: Callable[..., Any],
+    make_settings: Callable[..., Settings],
+    run_app: Callable[[Settings], AppUnderTest],
     wait_for: Callable[..., None],
 ) -> None:
     nothing_there = f"127.0.0.1:{free_port()}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
@@ -51,7 +52,8 @@ def test_tampered_or_other_key_refused(redis_client: redis.Redis, redis_prefix: 
     good = reg.publish(_model(20))
     bad = reg.publish(_model(30))
     vkey = f"{redis_prefix}:{{models}}:v:{bad}"
-    payload = bytearray(redis_client.hget(vkey, "payload"))
+    # A client that does not decode replies: bytes, which redis-py types as bytes | str.
+    payload = bytearray(cast(bytes, redis_client.hget(vkey, "payload")))
     payload[len(payload) // 2] ^= 0x01
     redis_client.hset(vkey, "payload", bytes(payload))
     with pytest.raises(SignatureError, match="signature"):
@@ -65,7 +67,7 @@ def test_tampered_or_other_key_refused(redis_client: redis.Redis, redis_prefix: 
         reg.load(bad)
     # Metadata is signed too.
     gkey = f"{redis_prefix}:{{models}}:v:{good}"
-    meta = json.loads(redis_client.hget(gkey, "meta"))
+    meta = json.loads(cast(bytes, redis_client.hget(gkey, "meta")))
     meta["labels_learnt"] = 1
     redis_client.hset(gkey, "meta", json.dumps(meta))
     with pytest.raises(SignatureError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+import kafka_extras
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
@@ -31,6 +32,11 @@ CLIENTS = [
     (protocols.Producer, KafkaProducer),
     (protocols.Admin, KafkaAdminClient),
 ]
+#: What only the tests call (``tests/kafka_extras.py``), beyond the package's protocols.
+TESTS_CALLS = [
+    (kafka_extras.AdminForTests, KafkaAdminClient),
+    (kafka_extras.DeliveryFuture, FutureRecordMetadata),
+]
 
 
 def _methods(protocol: type) -> dict[str, Any]:
@@ -45,7 +51,7 @@ def _parameters(function: Any) -> list[inspect.Parameter]:
     return list(inspect.signature(function).parameters.values())[1:]  # without self
 
 
-@pytest.mark.parametrize(("protocol", "real"), CLIENTS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize(("protocol", "real"), CLIENTS + TESTS_CALLS, ids=lambda c: c.__name__)
 def test_every_method_of_a_client_protocol_exists_and_takes_its_parameters(
     protocol: type, real: type
 ) -> None:

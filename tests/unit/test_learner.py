@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -14,13 +15,14 @@ from fraudstream.service.features.store import LabelFact
 from fraudstream.service.learner import Learner
 from fraudstream.service.model import FraudModel
 from fraudstream.service.progressive import roc_auc
-from fraudstream.service.registry import ModelVersion
+from fraudstream.service.registry import ModelRegistry, ModelVersion
 from fraudstream.service.schemas import Label
 from fraudstream.service.snapshots import (
     LABEL_CLAIMED,
     LABEL_HELD,
     LABEL_TAKEN,
     Snapshot,
+    SnapshotStore,
     feature_set_id,
 )
 
@@ -68,7 +70,7 @@ class FakeSnapshots:
 class FakeRegistry:
     def __init__(self) -> None:
         self.seq = 0
-        self.published: dict[int, tuple[FraudModel, dict]] = {}
+        self.published: dict[int, tuple[FraudModel, dict[str, Any]]] = {}
         self.reserved: set[int] = set()
 
     def reserve_version(self) -> int:
@@ -88,9 +90,16 @@ class FakeRegistry:
         model, metrics = self.published[version]
         return ModelVersion(version, {"metrics": metrics}, pickle.loads(pickle.dumps(model)))
 
-    def publish(self, model, metrics=None, version=None, extra=None) -> int:
+    def publish(
+        self,
+        model: FraudModel,
+        metrics: Mapping[str, Any] | None = None,
+        version: int | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> int:
         import pickle
 
+        assert version is not None, "the learner publishes the version it reserved"
         self.reserved.discard(version)
         self.published[version] = (pickle.loads(pickle.dumps(model)), dict(metrics or {}))
         return version
@@ -119,15 +128,19 @@ def label(i: int, fraud: bool) -> Label:
 Fakes = tuple[Learner, FakeSnapshots, FakeRegistry, FakeFeatureStore]
 
 
-def make(clock: Clock | None = None, **params: object) -> Fakes:
+def real(snaps: FakeSnapshots, reg: FakeRegistry) -> tuple[SnapshotStore, ModelRegistry]:
+    """The fakes, as the learner's parameters are typed.
+
+    The learner takes the Redis-backed classes themselves (no protocol, unlike its feature
+    store's ``LabelSink``); the fakes have the same methods, duck-typed.
+    """
+    return cast(SnapshotStore, snaps), cast(ModelRegistry, reg)
+
+
+def make(clock: Clock | None = None, **params: Any) -> Fakes:
     snaps, reg, fs = FakeSnapshots(), FakeRegistry(), FakeFeatureStore()
     learner = Learner(
-        FraudModel("logreg", NAMES),
-        snaps,
-        reg,
-        fs,
-        clock=clock or Clock(),
-        **params,  # type: ignore[arg-type]
+        FraudModel("logreg", NAMES), *real(snaps, reg), fs, clock=clock or Clock(), **params
     )
     return learner, snaps, reg, fs
 
@@ -138,13 +151,14 @@ def test_delayed_labels_no_look_ahead_and_improvement() -> None:
     model = learner.model
     scores: dict[int, float] = {}
     rows = ((i, bool(Y[i])) for i in range(len(X)))
-    for _, i, y in stream.simulate_qa(rows, moment=None, delay=200):
+    # The row index stands for x: River types x as a dict, never read with moment=None.
+    for _, i, y in stream.simulate_qa(rows, moment=None, delay=200):  # type: ignore[arg-type]
         if y is None:
-            before = model.labels_learnt
+            learnt = model.labels_learnt
             p, _ = model.score_many(X[i : i + 1])
             scores[i] = float(p[0])
             snaps.put(str(i), X[i], scores[i])
-            assert model.labels_learnt == before  # scoring learns nothing
+            assert model.labels_learnt == learnt  # scoring learns nothing
         else:
             assert str(i) in snaps.data  # its label comes after its score
             before = model.predict_proba_one(dict(zip(NAMES, X[0].tolist(), strict=True)))
@@ -156,7 +170,7 @@ def test_delayed_labels_no_look_ahead_and_improvement() -> None:
     idx = np.arange(len(X))
     early = idx < 1000
     late = idx >= 3000
-    s = np.array([scores[i] for i in idx])
+    s = np.array([scores[int(i)] for i in idx])
     assert roc_auc(s[late], Y[late]) > roc_auc(s[early], Y[early])
     assert roc_auc(s[late], Y[late]) > 0.85
     # Prequential metrics saw the stored scores.
@@ -218,11 +232,7 @@ def test_crashed_learner_claims_are_retaken() -> None:
     learner.publish()
     learner.learn_many([label(2, True)])  # claimed, never published: the learner "crashes"
     successor = Learner.resume(
-        snaps,
-        reg,
-        FakeFeatureStore(),
-        model_name="logreg",
-        feature_names=NAMES,  # type: ignore[arg-type]
+        *real(snaps, reg), FakeFeatureStore(), model_name="logreg", feature_names=NAMES
     )
     assert successor.model.labels_learnt == 2
     out = successor.learn_many([label(0, True), label(2, True)])
@@ -237,11 +247,7 @@ def test_resume_refuses_other_features() -> None:
     learner.publish()
     with pytest.raises(Exception, match="other features"):
         Learner.resume(
-            snaps,
-            reg,
-            FakeFeatureStore(),
-            model_name="logreg",
-            feature_names=NAMES[:-1],  # type: ignore[arg-type]
+            *real(snaps, reg), FakeFeatureStore(), model_name="logreg", feature_names=NAMES[:-1]
         )
 
 
@@ -261,7 +267,7 @@ class FlakyFeatureStore(FakeFeatureStore):
 
 def test_a_batch_retried_after_a_redis_failure_is_learnt_once() -> None:
     snaps, reg, fs = FakeSnapshots(), FakeRegistry(), FlakyFeatureStore(failures=1)
-    learner = Learner(FraudModel("logreg", NAMES), snaps, reg, fs, clock=Clock())
+    learner = Learner(FraudModel("logreg", NAMES), *real(snaps, reg), fs, clock=Clock())
     for i in range(3):
         snaps.put(str(i), X[i], 0.2)
     batch = [label(0, True), label(1, False), label(1, False), label(2, False)]
@@ -298,7 +304,7 @@ class SplitClaims(FakeSnapshots):
 
 def test_labels_claimed_by_a_call_that_failed_are_learnt_by_its_retry() -> None:
     snaps, reg, fs = SplitClaims(), FakeRegistry(), FakeFeatureStore()
-    learner = Learner(FraudModel("logreg", NAMES), snaps, reg, fs, clock=Clock())
+    learner = Learner(FraudModel("logreg", NAMES), *real(snaps, reg), fs, clock=Clock())
     for i in range(6):
         snaps.put(str(i), X[i], 0.2)
     learner.learn_many([label(0, True)])

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.registry import Collector
 
 from fraudstream.service.metrics import LATENCY_BUCKETS_S, BatchHistogram, Metrics
 
 
-def _samples(metric: object) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def _samples(metric: Collector) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in metric.collect()  # type: ignore[attr-defined]
+        for family in metric.collect()
         for s in family.samples
         if not s.name.endswith("_created")
     }

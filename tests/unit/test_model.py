@@ -202,7 +202,8 @@ def test_learns_with_delayed_labels_from_simulate_qa() -> None:
     # Long enough for the default's deliberately small learning rate (see service/model.py).
     _, X, Y = synthetic_stream(2000, seed=3, fraud_rate=0.1)
     rows = ((_x(r), bool(y)) for r, y in zip(X, Y, strict=True))
-    for i, x, y in stream.simulate_qa(rows, moment=None, delay=50):
+    # River types x as dict[Hashable, Any], which a dict[str, float] is not (dicts are invariant).
+    for i, x, y in stream.simulate_qa(rows, moment=None, delay=50):  # type: ignore[arg-type]
         if y is None:
             scores[i] = model.predict_proba_one(x)[True]
         else:

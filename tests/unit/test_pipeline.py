@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import orjson
@@ -12,11 +11,17 @@ import pytest
 import redis
 from hostile_corpus import corpus
 
-from fraudstream.service.alerts import BudgetPolicy, ThresholdPolicy
+from fraudstream.service.alerts import BudgetPolicy, DecisionPolicy, ThresholdPolicy
 from fraudstream.service.features.definitions import FeatureConfig, feature_names
 from fraudstream.service.features.reference import ReferenceFeatureStore
 from fraudstream.service.features.store import FeatureBatch, FeatureStore, LabelFact
-from fraudstream.service.pipeline import ActiveScorer, Pipeline, validate_records
+from fraudstream.service.pipeline import (
+    ActiveScorer,
+    BatchOutcome,
+    BegunBatch,
+    Pipeline,
+    validate_records,
+)
 from fraudstream.service.rules import RulesPrior
 from fraudstream.service.schemas import Alert, Transaction
 from fraudstream.service.settings import Settings
@@ -82,13 +87,13 @@ def _tx(
 
 
 def _pipeline(
-    policy: object = None,
+    policy: DecisionPolicy | None = None,
     scores_topic: str | None = "scores",
     store: FeatureStore | None = None,
     max_message_bytes: int = 4096,
     dead_letter_max_bytes: int = 1_000_000,
 ) -> tuple[Pipeline, Snapshots]:
-    config = FeatureConfig.from_settings(Settings(_env_file=None))  # type: ignore[call-arg]
+    config = FeatureConfig.from_settings(Settings(_env_file=None))
     store = store or ReferenceFeatureStore(config)
     snapshots = Snapshots()
     active = ActiveScorer(RulesPrior(feature_names(config)), "rules", 0)
@@ -116,6 +121,7 @@ def test_one_bad_record_does_not_spoil_its_batch() -> None:
         Record(b'{"transaction_id": "t9", "amount": 5}'),
         Record(b"x" * 5000),
     ]
+    transactions: list[Transaction]
     transactions, indices, failures = validate_records(records, 4096)
     assert [t.transaction_id for t in transactions] == ["t0", "t1"]
     assert indices == [0, 2]
@@ -130,6 +136,7 @@ def test_one_bad_record_does_not_spoil_its_batch() -> None:
 
 def test_a_value_holding_two_documents_cannot_shift_the_batch() -> None:
     two = _tx(0)[:-1] + b"}," + _tx(1)
+    transactions: list[Transaction]
     transactions, indices, failures = validate_records([Record(two), Record(_tx(2))], 4096)
     assert [t.transaction_id for t in transactions] == ["t2"]
     assert indices == [1]
@@ -203,7 +210,7 @@ def test_budget_mode_keeps_alerts_near_the_budget() -> None:
 # -- whatever one record causes ends as its dead letter ----------------------------------
 
 
-def _dead_letters_by_offset(outcome: Any) -> dict[int, dict[str, bytes]]:
+def _dead_letters_by_offset(outcome: BatchOutcome) -> dict[int, dict[str, bytes]]:
     return {
         int(dict(letter.headers)["fraudstream.source.offset"]): dict(letter.headers)
         for letter in outcome.dead_letters
@@ -296,9 +303,7 @@ class _Claiming:
 
 
 def _reference() -> ReferenceFeatureStore:
-    return ReferenceFeatureStore(
-        FeatureConfig.from_settings(Settings(_env_file=None))  # type: ignore[call-arg]
-    )
+    return ReferenceFeatureStore(FeatureConfig.from_settings(Settings(_env_file=None)))
 
 
 def test_a_record_that_breaks_a_later_step_is_dead_lettered_alone() -> None:
@@ -387,11 +392,11 @@ def test_begin_then_complete_with_the_next_batch_begun_meanwhile_equals_process(
         if part is not None:
             begun.append(overlapped.begin(part))
         oldest = begun.pop(0)
-        got.append(
-            overlapped.complete(
-                oldest, lambda b=oldest: overlapped.features.update_and_compute(b.transactions)
-            )
-        )
+
+        def features(b: BegunBatch = oldest) -> FeatureBatch:
+            return overlapped.features.update_and_compute(b.transactions)
+
+        got.append(overlapped.complete(oldest, features))
     assert [o.scored for o in got] == [o.scored for o in want] == [14, 13, 12]
     assert [o.duplicates for o in got] == [o.duplicates for o in want] == [0, 1, 0]
     assert [[(r.topic, r.key, r.value) for r in o.outgoing] for o in got] == [

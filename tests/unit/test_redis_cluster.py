@@ -8,7 +8,7 @@ from redis.cluster import ClusterNode
 
 from fraudstream.service.redis_cluster import ClusterUnavailableError, NodeRounds
 
-NODE = ClusterNode("127.0.0.1", 7000)
+NODE = ClusterNode("127.0.0.1", 7000)  # type: ignore[no-untyped-call]  # redis-py: unannotated
 
 
 @pytest.mark.parametrize(

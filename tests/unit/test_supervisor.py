@@ -44,7 +44,7 @@ while True:
 
 
 def _specs(*names: str) -> list[ChildSpec]:
-    settings = Settings(_env_file=None, metrics_port=0)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, metrics_port=0)
     return [ChildSpec(name, settings) for name in names]
 
 
@@ -53,11 +53,11 @@ def supervise(tmp_path: Path) -> Iterator[Callable[..., tuple[Supervisor, thread
     """``supervise(behaviours, **options)``: a running supervisor (in a thread) of stand-ins."""
     started: list[tuple[Supervisor, threading.Thread]] = []
 
-    def start(behaviours: dict[str, str], **options: object) -> tuple[Supervisor, threading.Thread]:
+    def start(behaviours: dict[str, str], **options: Any) -> tuple[Supervisor, threading.Thread]:
         def command(spec: ChildSpec) -> list[str]:
             return [sys.executable, "-c", CHILD, behaviours[spec.name], str(tmp_path / spec.name)]
 
-        supervisor = Supervisor(_specs(*behaviours), command=command, **options)  # type: ignore[arg-type]
+        supervisor = Supervisor(_specs(*behaviours), command=command, **options)
         result: dict[str, int] = {}
         thread = threading.Thread(
             target=lambda: result.setdefault("code", supervisor.run(poll_s=0.02)), daemon=True
@@ -105,7 +105,7 @@ def _code(thread: threading.Thread) -> int:
 
 
 def test_stop_terminates_every_child_and_exits_zero(
-    supervise: Callable[..., Any], tmp_path: Path
+    supervise: Callable[..., tuple[Supervisor, threading.Thread]], tmp_path: Path
 ) -> None:
     supervisor, thread = supervise({"scorer-1": "sleep", "scorer-2": "sleep"})
     _wait(lambda: _all_running(supervisor, tmp_path), "both children")
@@ -119,7 +119,9 @@ def test_stop_terminates_every_child_and_exits_zero(
 
 
 def test_a_crashed_child_is_reported_on_one_line_and_restarted(
-    supervise: Callable[..., Any], tmp_path: Path, caplog: pytest.LogCaptureFixture
+    supervise: Callable[..., tuple[Supervisor, threading.Thread]],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="fraudstream.service.supervisor")
     supervisor, thread = supervise({"scorer-1": "crash-once", "scorer-2": "sleep"}, backoff_s=0.01)
@@ -136,7 +138,9 @@ def test_a_crashed_child_is_reported_on_one_line_and_restarted(
 
 
 def test_a_killed_child_is_reported_with_its_signal(
-    supervise: Callable[..., Any], tmp_path: Path, caplog: pytest.LogCaptureFixture
+    supervise: Callable[..., tuple[Supervisor, threading.Thread]],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.ERROR, logger="fraudstream.service.supervisor")
     supervisor, thread = supervise({"scorer-1": "sleep"}, backoff_s=0.01)
@@ -151,7 +155,7 @@ def test_a_killed_child_is_reported_with_its_signal(
 
 
 def test_a_crash_loop_stops_every_child_and_exits_one(
-    supervise: Callable[..., Any], tmp_path: Path
+    supervise: Callable[..., tuple[Supervisor, threading.Thread]], tmp_path: Path
 ) -> None:
     supervisor, thread = supervise(
         {"scorer-1": "crash", "learner": "sleep"}, backoff_s=0.01, max_restarts=2
@@ -165,7 +169,9 @@ def test_a_crash_loop_stops_every_child_and_exits_one(
 
 
 def test_a_child_that_ignores_sigterm_is_killed_after_the_timeout(
-    supervise: Callable[..., Any], tmp_path: Path, caplog: pytest.LogCaptureFixture
+    supervise: Callable[..., tuple[Supervisor, threading.Thread]],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.ERROR, logger="fraudstream.service.supervisor")
     supervisor, thread = supervise({"scorer-1": "ignore-term"}, stop_timeout_s=0.5)
@@ -178,7 +184,7 @@ def test_a_child_that_ignores_sigterm_is_killed_after_the_timeout(
 
 
 def test_child_specs_need_a_scoring_role() -> None:
-    settings = Settings(_env_file=None, role=Role.LEARNER)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, role=Role.LEARNER)
     with pytest.raises(ValueError, match="needs role all or scorer"):
         child_specs(settings, 2)
 

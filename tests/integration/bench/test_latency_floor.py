@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import orjson
@@ -14,6 +13,7 @@ from fraudstream.bench.passthrough import pass_through
 from fraudstream.bench.pipeline import _Run, measure_latency_floor
 from fraudstream.service.kafka import ensure_topics
 from fraudstream.service.kafka.clients import make_producer
+from fraudstream.service.kafka.protocols import ConsumerRecord
 
 
 def _records(n: int) -> tuple[list[bytes], list[bytes]]:
@@ -25,7 +25,7 @@ def _records(n: int) -> tuple[list[bytes], list[bytes]]:
 def test_pass_through_copies_every_record_with_its_key(
     kafka_bootstrap: str,
     unique_name: Callable[[str], str],
-    consume: Callable[..., list[Any]],
+    consume: Callable[..., list[ConsumerRecord]],
     tmp_path: Path,
 ) -> None:
     topic_in, topic_out = unique_name("pt-in"), unique_name("pt-out")

@@ -50,7 +50,7 @@ def _stream(seed: int, events: int) -> list[Transaction]:
 
 @pytest.fixture
 def config(redis_prefix: str) -> FeatureConfig:
-    return FeatureConfig(prefix=redis_prefix, allowed_lateness_s=LATENESS_S, **WINDOWS)  # type: ignore[arg-type]
+    return FeatureConfig(prefix=redis_prefix, allowed_lateness_s=LATENESS_S, **WINDOWS)
 
 
 def test_naive_features_match_the_reference_store(
@@ -94,7 +94,7 @@ def test_documented_differences_replays_and_terminals_beyond_the_retention(
     The naive loop drops a replay (the store re-scores it as a duplicate), and it remembers a
     card's terminals forever (the store only within the retention).
     """
-    config = FeatureConfig(prefix=redis_prefix, allowed_lateness_s=0, **WINDOWS)  # type: ignore[arg-type]
+    config = FeatureConfig(prefix=redis_prefix, allowed_lateness_s=0, **WINDOWS)
     stream = _stream(seed=6, events=50)
     back_at = stream[-1].event_time_ms + 1
     again = Transaction.model_validate(

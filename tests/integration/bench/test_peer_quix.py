@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import orjson
 import pytest
@@ -12,6 +11,7 @@ from fraudstream.bench.peer_quix import INSTALL_HINT, quix_available
 from fraudstream.bench.pipeline import measure_peer_quix, preload, simulate_records
 from fraudstream.service.features.definitions import FeatureConfig, feature_names
 from fraudstream.service.kafka import ensure_topics
+from fraudstream.service.kafka.protocols import ConsumerRecord
 from fraudstream.service.model import FraudModel
 
 pytestmark = pytest.mark.skipif(
@@ -20,7 +20,9 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_the_peer_scores_every_transaction_and_publishes_alerts(
-    kafka_bootstrap: str, unique_name: Callable[[str], str], consume: Callable[..., list[Any]]
+    kafka_bootstrap: str,
+    unique_name: Callable[[str], str],
+    consume: Callable[..., list[ConsumerRecord]],
 ) -> None:
     topic, alerts = unique_name("peer-tx"), unique_name("peer-alerts")
     ensure_topics(kafka_bootstrap, {topic: 3, alerts: 3})
@@ -41,7 +43,7 @@ def test_the_peer_scores_every_transaction_and_publishes_alerts(
     assert result["peer_tx_per_s"] > 0 and result["peer_rss_mb"] > 0
     assert len(result["window"]) == 2
     records = consume(kafka_bootstrap, alerts, at_least=400, settle_s=1.0)
-    values = [orjson.loads(r.value) for r in records]
+    values = [orjson.loads(r.value or b"") for r in records]
     assert sorted(v["transaction_id"] for v in values) == sorted(
         orjson.loads(v)["transaction_id"] for v in data.values
     )

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import orjson
+from conftest import AppUnderTest
 
 from fraudstream.devstack.demo import clear_earlier_demo
 from fraudstream.service.kafka import committed_offsets
+from fraudstream.service.kafka.protocols import ConsumerRecord
 from fraudstream.service.redis_client import redis_client
 from fraudstream.service.settings import Settings
 from fraudstream.service.state import ensure_state, marker_key
@@ -21,9 +22,9 @@ from fraudstream.service.state import ensure_state, marker_key
 START = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
 
 
-def _scored_ids(read_topic: Callable[..., list[Any]], settings: Settings) -> list[str]:
+def _scored_ids(read_topic: Callable[..., list[ConsumerRecord]], settings: Settings) -> list[str]:
     return [
-        orjson.loads(r.value)["transaction_id"]
+        orjson.loads(r.value or b"")["transaction_id"]
         for r in read_topic(settings.bootstrap_servers, settings.topic_scores)
     ]
 
@@ -31,9 +32,9 @@ def _scored_ids(read_topic: Callable[..., list[Any]], settings: Settings) -> lis
 def _run_once(
     settings: Settings,
     stream: list[tuple[bytes, bytes]],
-    run_app: Callable[[Settings], Any],
+    run_app: Callable[[Settings], AppUnderTest],
     produce: Callable[..., None],
-    read_topic: Callable[..., list[Any]],
+    read_topic: Callable[..., list[ConsumerRecord]],
     wait_for: Callable[..., None],
     group_members: Callable[[str, str], dict[str, int]],
 ) -> float:
@@ -67,9 +68,9 @@ def _run_once(
 def test_a_second_demo_scores_the_same_stream_again_from_a_clean_state(
     make_settings: Callable[..., Settings],
     make_transaction: Callable[..., tuple[bytes, bytes]],
-    run_app: Callable[[Settings], Any],
+    run_app: Callable[[Settings], AppUnderTest],
     produce: Callable[..., None],
-    read_topic: Callable[..., list[Any]],
+    read_topic: Callable[..., list[ConsumerRecord]],
     wait_for: Callable[..., None],
     group_members: Callable[[str, str], dict[str, int]],
 ) -> None:

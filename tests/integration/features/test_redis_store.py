@@ -116,7 +116,10 @@ def test_equals_reference_on_random_streams(
         got = store.update_and_compute(batch)
         assert_same(got, reference.update_and_compute(batch))
         # Replays carry the same content: never a conflict.
-        assert got.is_conflict is None if not claims else not got.is_conflict.any()
+        if not claims:
+            assert got.is_conflict is None
+        else:
+            assert got.is_conflict is not None and not got.is_conflict.any()
         seen += batch
         # Labels arrive later, for random earlier transactions, some repeated.
         labels = [label_for(tx, rng.random() < 0.5) for tx in rng.sample(seen, min(len(seen), 3))]

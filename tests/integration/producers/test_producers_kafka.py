@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from kafka import TopicPartition
+from conftest import known_position
 
 from fraudstream.producers.labels import LabelDelay
 from fraudstream.producers.pacing import FakeClock, Pacer
@@ -19,19 +19,22 @@ from fraudstream.producers.simulator import SimulationConfig
 from fraudstream.producers.sink import KafkaSink
 from fraudstream.producers.stream import stream_simulation
 from fraudstream.service.kafka import ensure_topics, make_consumer
+from fraudstream.service.kafka.protocols import ConsumerRecord, TopicPartition
 from fraudstream.service.settings import Settings
 
 
-def _read_all(settings: Settings, topic: str) -> list[Any]:
+def _read_all(settings: Settings, topic: str) -> list[ConsumerRecord]:
     """Every record of ``topic`` (group-less reader, stops at the end offsets)."""
     consumer = make_consumer(settings.bootstrap_servers, client_id="test-reader", group_id=None)
     try:
-        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        partitions = consumer.partitions_for_topic(topic)
+        assert partitions is not None, f"{topic} is unknown"
+        parts = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(parts)
         consumer.seek_to_beginning()
         end = consumer.end_offsets(parts)
-        out: list[Any] = []
-        while any(consumer.position(tp) < end[tp] for tp in parts):
+        out: list[ConsumerRecord] = []
+        while any(known_position(consumer, tp) < end[tp] for tp in parts):
             for records in consumer.poll(timeout_ms=500).values():
                 out.extend(records)
         return out
@@ -50,12 +53,12 @@ def test_stream_simulation_sends_keyed_transactions_then_labels(
     assert len(txs) == stats.transactions == len(labels) == stats.labels > 0
     by_id = {}
     for rec in txs:
-        value = orjson.loads(rec.value)
+        value = orjson.loads(rec.value or b"")
         assert rec.key == value["card_id"].encode()
         assert "is_fraud" not in value and "fraud_scenario" not in value
         by_id[value["transaction_id"]] = (value, rec)
     for rec in labels:
-        label = orjson.loads(rec.value)
+        label = orjson.loads(rec.value or b"")
         tx, tx_rec = by_id[label["transaction_id"]]
         assert label["labeled_at"] > tx["timestamp"]  # same RFC 3339 layout: text order is time
         assert rec.timestamp >= tx_rec.timestamp  # and it was sent after its transaction
@@ -68,7 +71,7 @@ def test_file_producer_sends_valid_rows_reports_bad_ones(
 ) -> None:
     settings = make_settings()
     path = tmp_path / "tx.jsonl"
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "transaction_id": f"f{i}",
             "card_id": f"c{i % 3}",
@@ -92,9 +95,9 @@ def test_file_producer_sends_valid_rows_reports_bad_ones(
     )
     assert seen == [4] and stats.bad_rows == 1
     assert stats.transactions == 10 and stats.labels == 10
-    sent = [orjson.loads(r.value) for r in _read_all(settings, settings.topic_transactions)]
+    sent = [orjson.loads(r.value or b"") for r in _read_all(settings, settings.topic_transactions)]
     assert sorted(s["transaction_id"] for s in sent) == sorted(r["transaction_id"] for r in rows)
-    labels = [orjson.loads(r.value) for r in _read_all(settings, settings.topic_labels)]
+    labels = [orjson.loads(r.value or b"") for r in _read_all(settings, settings.topic_labels)]
     assert sum(label["is_fraud"] for label in labels) == 1
 
 
@@ -126,8 +129,10 @@ def test_record_replay_round_trip_keeps_keys_values_headers_and_order(
     replay_file(settings, recording, topic=target)
     original, replayed = _read_all(settings, source), _read_all(settings, target)
 
-    def per_key(recs: list[Any]) -> dict[bytes, list[tuple[Any, ...]]]:
-        out: dict[bytes, list[tuple[Any, ...]]] = {}
+    def per_key(
+        recs: list[ConsumerRecord],
+    ) -> dict[bytes | None, list[tuple[bytes | None, list[tuple[str, bytes]]]]]:
+        out: dict[bytes | None, list[tuple[bytes | None, list[tuple[str, bytes]]]]] = {}
         for rec in sorted(recs, key=lambda r: (r.partition, r.offset)):
             out.setdefault(rec.key, []).append((rec.value, list(rec.headers)))
         return out

@@ -6,16 +6,15 @@ import gzip
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import click
 import orjson
 import pytest
 from click.testing import CliRunner
-from kafka import TopicPartition
 
 from fraudstream.producers.cli import COMMANDS
 from fraudstream.service.kafka import make_consumer
+from fraudstream.service.kafka.protocols import ConsumerRecord, TopicPartition
 from fraudstream.service.settings import Settings
 
 
@@ -47,7 +46,7 @@ def _rows(n: int) -> bytes:
     )
 
 
-def _record_at(settings: Settings, topic: str, partition: int, offset: int) -> Any:
+def _record_at(settings: Settings, topic: str, partition: int, offset: int) -> ConsumerRecord:
     consumer = make_consumer(settings.bootstrap_servers, client_id="t-read", group_id=None)
     try:
         tp = TopicPartition(topic, partition)
@@ -62,7 +61,7 @@ def _record_at(settings: Settings, topic: str, partition: int, offset: int) -> A
 
 
 def test_gzip_cut_short_on_stdin_says_what_was_sent_and_the_last_offset(
-    make_settings: Callable[..., Settings], consume: Callable[..., list[Any]]
+    make_settings: Callable[..., Settings], consume: Callable[..., list[ConsumerRecord]]
 ) -> None:
     settings = make_settings()
     data = gzip.compress(_rows(30_000))
@@ -87,7 +86,7 @@ def test_gzip_cut_short_on_stdin_says_what_was_sent_and_the_last_offset(
     assert topic == settings.topic_transactions
     assert int(sent) == int(last_line) == int(intact) > 1000
     last = _record_at(settings, topic, int(partition), int(offset))
-    assert orjson.loads(last.value)["transaction_id"] == f"s{int(last_line) - 1}"
+    assert orjson.loads(last.value or b"")["transaction_id"] == f"s{int(last_line) - 1}"
     delivered = consume(settings.bootstrap_servers, topic, at_least=int(sent), settle_s=1)
     assert len(delivered) == int(sent)
 
@@ -95,7 +94,7 @@ def test_gzip_cut_short_on_stdin_says_what_was_sent_and_the_last_offset(
 def test_produce_record_and_replay_through_pipes(
     make_settings: Callable[..., Settings],
     unique_name: Callable[[str], str],
-    consume: Callable[..., list[Any]],
+    consume: Callable[..., list[ConsumerRecord]],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -117,6 +116,6 @@ def test_produce_record_and_replay_through_pipes(
     )
     assert replayed.exit_code == 0, replayed.output
     copies = consume(settings.bootstrap_servers, target, at_least=300, settle_s=1)
-    assert sorted(orjson.loads(r.value)["transaction_id"] for r in copies) == sorted(
+    assert sorted(orjson.loads(r.value or b"")["transaction_id"] for r in copies) == sorted(
         f"s{i}" for i in range(300)
     )

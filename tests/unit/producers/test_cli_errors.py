@@ -26,7 +26,7 @@ def cli() -> click.Group:
     @click.group()
     @click.pass_context
     def main(ctx: click.Context) -> None:
-        ctx.obj = Settings(_env_file=None, bootstrap_servers=CLOSED)  # type: ignore[call-arg]
+        ctx.obj = Settings(_env_file=None, bootstrap_servers=CLOSED)
 
     for command in COMMANDS:
         main.add_command(command)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+from collections.abc import Mapping
 from pathlib import Path
 
 import orjson
@@ -12,6 +13,7 @@ from fraudstream.producers.files import (
     HANDBOOK_MAPPING,
     BadRowError,
     FileFormatError,
+    ParsedRow,
     RowParser,
     detect_format,
     read_rows,
@@ -26,10 +28,12 @@ TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT,TX_TIME_SECONDS,TX_
 """
 
 
-def _parse_all(path: Path, fmt: str, **kwargs: object) -> list[object]:
-    parser = RowParser(assume_utc=bool(kwargs.pop("assume_utc", False)))
-    out: list[object] = []
-    for line, raw in read_rows(path, fmt, **kwargs):  # type: ignore[arg-type]
+def _parse_all(
+    path: Path, fmt: str, mapping: Mapping[str, str] | None = None, assume_utc: bool = False
+) -> list[ParsedRow | BadRowError]:
+    parser = RowParser(assume_utc=assume_utc)
+    out: list[ParsedRow | BadRowError] = []
+    for line, raw in read_rows(path, fmt, mapping=mapping):
         if isinstance(raw, BadRowError):
             out.append(raw)
             continue
@@ -49,9 +53,9 @@ def test_handbook_csv_with_mapping(tmp_path: Path, gz: bool) -> None:
     rows = _parse_all(path, "csv", mapping=HANDBOOK_MAPPING, assume_utc=True)
     good = [r for r in rows if not isinstance(r, BadRowError)]
     bad = [r for r in rows if isinstance(r, BadRowError)]
-    assert [r.transaction_id for r in good] == ["0", "1"]  # type: ignore[attr-defined]
-    assert [r.is_fraud for r in good] == [False, True]  # type: ignore[attr-defined]
-    first = orjson.loads(good[0].value)  # type: ignore[attr-defined]
+    assert [r.transaction_id for r in good] == ["0", "1"]
+    assert [r.is_fraud for r in good] == [False, True]
+    first = orjson.loads(good[0].value)
     assert first == {
         "transaction_id": "0",
         "card_id": "596",
@@ -60,7 +64,7 @@ def test_handbook_csv_with_mapping(tmp_path: Path, gz: bool) -> None:
         "currency": "EUR",
         "timestamp": "2018-04-01T00:00:31Z",
     }
-    assert good[0].event_ms == 1522540831000  # type: ignore[attr-defined]
+    assert good[0].event_ms == 1522540831000
     assert [(e.line, e.reason.split(":")[0]) for e in bad] == [
         (4, "amount"),
         (5, "6 fields, the header has 9"),
@@ -97,9 +101,9 @@ def test_jsonl_bad_lines_are_numbered(tmp_path: Path) -> None:
     path.write_bytes(b"\n".join(lines) + b"\n")
     rows = _parse_all(path, "jsonl")
     assert not isinstance(rows[0], BadRowError)
-    sent = orjson.loads(rows[0].value)  # type: ignore[attr-defined]
+    sent = orjson.loads(rows[0].value)
     assert "is_fraud" not in sent and "fraud_scenario" not in sent and sent["mcc"] == "5411"
-    assert rows[0].is_fraud is True  # type: ignore[attr-defined]
+    assert rows[0].is_fraud is True
     bad = [(r.line, r.reason) for r in rows[1:] if isinstance(r, BadRowError)]
     assert [line for line, _ in bad] == [3, 4, 5, 6]
     assert "not valid JSON" in bad[0][1] and "not a JSON object" in bad[1][1]

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from fraudstream.producers.labels import LabelDelay
-from fraudstream.producers.simulator import SimulationConfig, simulate
+from fraudstream.producers.simulator import Simulation, SimulationConfig, simulate
 from fraudstream.producers.stream import label_rows, label_simulation, simulation_events
 from fraudstream.service.schemas import Label, Transaction
 
@@ -37,12 +37,12 @@ def test_other_seed_gives_other_stream_and_other_ids() -> None:
 
 
 @pytest.fixture(scope="module")
-def handbook_sim():  # type: ignore[no-untyped-def]
+def handbook_sim() -> Simulation:
     """Default population over 90 days (about 0.9 M transactions, ~1 s)."""
     return simulate(SimulationConfig(seed=0, n_days=90))
 
 
-def test_volume_fraud_rate_and_scenario_shares(handbook_sim) -> None:  # type: ignore[no-untyped-def]
+def test_volume_fraud_rate_and_scenario_shares(handbook_sim: Simulation) -> None:
     sim = handbook_sim
     # Handbook: ~9,600 transactions per day for 5,000 customers, ~0.8% fraud.
     assert 9_000 < len(sim) / 90 < 10_200
@@ -55,7 +55,7 @@ def test_volume_fraud_rate_and_scenario_shares(handbook_sim) -> None:  # type: i
     assert counts["card-testing"] == counts["impossible-travel"] == 0
 
 
-def test_scenario_rules_hold(handbook_sim) -> None:  # type: ignore[no-untyped-def]
+def test_scenario_rules_hold(handbook_sim: Simulation) -> None:
     sim = handbook_sim
     assert (sim.is_fraud == (sim.scenario > 0)).all()
     # Scenario 1 is exactly "amount > 220" among rows no later scenario claimed.
