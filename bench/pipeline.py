@@ -297,7 +297,7 @@ def format_summary(result: Mapping[str, Any], profile_lines: int = 60) -> str:
     notes = result.get("notes") or []
     if notes:
         out += ["", "Notes:", ""] + [f"- {note}" for note in notes]
-    if "scorer_cpu_us_per_tx" in result and "redis_cpu_us_per_tx" in result:
+    if capacity_model(result):
         out += [
             "",
             "## Capacity model (from this run's CPU per transaction, each unit at 60 %)",
@@ -496,11 +496,18 @@ def capacity_model(
     [(1, 6, 1, 0.17), (4, 8, 3, 1.08)]
     >>> rows[0]["per_scorer_tx_per_s"], rows[0]["per_shard_tx_per_s"]
     (20000, 30000)
+
+    A run that timed too few events has no CPU per transaction, and no model:
+
+    >>> capacity_model({"scorer_cpu_us_per_tx": math.nan, "redis_cpu_us_per_tx": 20.0})
+    []
     """
     scorer_us = float(result.get("scorer_cpu_us_per_tx") or math.nan)
     redis_us = float(result.get("redis_cpu_us_per_tx") or math.nan)
     broker_us = result.get("broker_cpu_us_per_tx")
     broker_us = float(broker_us) if broker_us is not None else math.nan
+    if not (math.isfinite(scorer_us) and math.isfinite(redis_us)):
+        return []
     per_scorer = utilisation * 1e6 / scorer_us
     per_shard = utilisation * 1e6 / redis_us
     rows = []
