@@ -1293,8 +1293,8 @@ def _offer(
     ensure_topics(
         kafka,
         {topic_in: partitions, topic_out: partitions},
-        # Append times on both: the producer's futures give each transaction's, and the
-        # output topic each decision's (the loop's own latency is between the two).
+        # Append times on both, read back after the run: each transaction's and each
+        # decision's (the loop's own latency is between the two).
         configs={t: {"message.timestamp.type": "LogAppendTime"} for t in (topic_in, topic_out)},
     )
     stop = threading.Event()
@@ -1312,7 +1312,6 @@ def _offer(
         thread.start()
         producer = make_producer(kafka, client_id="fraudstream-bench-latency", linger_ms=5)
         sent_ms: dict[bytes, int] = {}
-        appends: list[tuple[bytes, Any]] = []
         warmup = 0
         total = int(rate * seconds)
         try:
@@ -1336,12 +1335,10 @@ def _offer(
                     time.sleep(delay)
                 j = warmup + i
                 sent_ms[tx_ids[i]] = int(time.time() * 1000)
-                future = producer.send(topic_in, value=values[j], key=keys[j])
-                appends.append((tx_ids[i], future))
+                producer.send(topic_in, value=values[j], key=keys[j])
             offered_s = time.perf_counter() - started
             producer.flush(timeout=60)
-            appended_ms = {tx: f.get(timeout=0).timestamp for tx, f in appends if f.succeeded()}
-            latencies = _collect_latencies(kafka, topic_out, sent_ms, appended_ms, timeout_s=60)
+            latencies = _collect_latencies(kafka, topic_in, topic_out, sent_ms, timeout_s=60)
         finally:
             producer.close(timeout=30)
             stop.set()
@@ -1351,45 +1348,56 @@ def _offer(
 
 def _collect_latencies(
     kafka: KafkaTarget,
-    topic: str,
+    topic_in: str,
+    topic_out: str,
     sent_ms: Mapping[bytes, int],
-    appended_ms: Mapping[bytes, int],
     timeout_s: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Read the scores topic: per transaction sent, ``(sent, end to end, scorer, Kafka to Kafka)``.
+    """Per transaction sent: ``(sent, end to end, scorer, Kafka to Kafka)``, from both topics.
 
-    End to end is the score record's append time minus the send time (the
-    sending producer's linger included); Kafka to Kafka is the score record's
-    append time minus the transaction's (the service's own latency). The
-    scorer's own figure is the ``latency_ms`` it wrote: scored time minus the
-    record's timestamp, here its append time, before producing.
+    End to end is the output record's append time minus the send time (the
+    sending producer's linger included); Kafka to Kafka is the output record's
+    append time minus the transaction's, read back from ``topic_in`` after the
+    run (the service's own latency). The scorer's own figure is the
+    ``latency_ms`` it wrote: scored time minus the record's timestamp, here its
+    append time, before producing.
     """
+    appended = _first_records(kafka, topic_in, sent_ms, timeout_s)
+    out = _first_records(kafka, topic_out, sent_ms, timeout_s)
+    rows = [
+        (
+            float(sent_ms[tx]),
+            float(out_ms - sent_ms[tx]),
+            float(orjson.loads(value).get("latency_ms", math.nan)),
+            float(out_ms - appended[tx][0]) if tx in appended else math.nan,
+        )
+        for tx, (out_ms, value) in out.items()
+    ]
+    table = np.array(rows, dtype=np.float64).reshape(-1, 4)
+    return table[:, 0], table[:, 1], table[:, 2], table[:, 3]
+
+
+def _first_records(
+    kafka: KafkaTarget, topic: str, wanted: Mapping[bytes, Any], timeout_s: float
+) -> dict[bytes, tuple[int, bytes]]:
+    """Timestamp and value of the first record of ``topic`` per transaction id in ``wanted``."""
     consumer = make_consumer(kafka, client_id="fraudstream-bench-lat", group_id=None)
-    out: dict[bytes, tuple[float, float, float, float]] = {}
+    found: dict[bytes, tuple[int, bytes]] = {}
     try:
         _assign_all(consumer, topic)
         deadline = time.monotonic() + timeout_s
         needle = b'"transaction_id":"'
-        while len(out) < len(sent_ms) and time.monotonic() < deadline:
+        while len(found) < len(wanted) and time.monotonic() < deadline:
             for batch in consumer.poll(timeout_ms=500, max_records=5000).values():
                 for record in batch:
                     value = record.value or b""
                     start = value.find(needle) + len(needle)
                     tx_id = value[start : value.find(b'"', start)]
-                    sent = sent_ms.get(tx_id)
-                    if sent is not None and tx_id not in out:
-                        scored = float(orjson.loads(value).get("latency_ms", math.nan))
-                        appended = appended_ms.get(tx_id, math.nan)
-                        out[tx_id] = (
-                            float(sent),
-                            float(record.timestamp - sent),
-                            scored,
-                            float(record.timestamp - appended),
-                        )
+                    if tx_id in wanted and tx_id not in found:
+                        found[tx_id] = (record.timestamp, value)
     finally:
         consumer.close()
-    table = np.array(list(out.values()), dtype=np.float64).reshape(-1, 4)
-    return table[:, 0], table[:, 1], table[:, 2], table[:, 3]
+    return found
 
 
 def by_second(sent_ms: np.ndarray, latency_ms: np.ndarray, q: float = 99.0) -> list[float]:
