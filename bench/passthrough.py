@@ -37,7 +37,7 @@ def pass_through(spec: dict[str, Any], stop: threading.Event) -> int:
     )
     producer = make_producer(kafka, client_id="fraudstream-bench-passthrough")
     copied = 0
-    ready = Path(spec["ready_file"])
+    ready = False
     try:
         while not stop.is_set():
             # The poll that joins the group may return records already.
@@ -46,8 +46,9 @@ def pass_through(spec: dict[str, Any], stop: threading.Event) -> int:
                     producer.send(spec["topic_out"], key=record.key, value=record.value)
                     copied += 1
             producer.flush()
-            if consumer.assignment() and not ready.exists():
-                ready.touch()
+            if not ready and consumer.assignment():
+                Path(spec["ready_file"]).touch()
+                ready = True
     finally:
         producer.close(timeout=10)
         consumer.close()
