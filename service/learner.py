@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -37,14 +37,14 @@ from fraudstream.service.errors import ConfigurationError, MissingSnapshotError,
 from fraudstream.service.features.store import LabelFact
 from fraudstream.service.model import FraudModel
 from fraudstream.service.progressive import ProgressiveMetrics
-from fraudstream.service.registry import ModelRegistry
+from fraudstream.service.registry import ModelRegistry, ModelVersion
 from fraudstream.service.rules import RulesPrior
 from fraudstream.service.schemas import Label
 from fraudstream.service.serving import learn_labelled
 from fraudstream.service.snapshots import (
     LABEL_CLAIMED,
     LABEL_HELD,
-    SnapshotStore,
+    Snapshot,
     feature_set_id,
 )
 from fraudstream.service.stores import snapshot_store
@@ -57,6 +57,53 @@ class LabelSink(Protocol):
 
     def record_labels(self, labels: Sequence[LabelFact]) -> None:
         """Feed received labels into the label-aware features."""
+        ...
+
+
+class LabelSnapshots(Protocol):
+    """The part of :class:`fraudstream.service.snapshots.SnapshotStore` the learner uses.
+
+    The single-node and the cluster snapshot stores both provide it.
+    """
+
+    def get_many(self, transaction_ids: Sequence[str]) -> list[Snapshot | None]:
+        """The snapshots stored at scoring time (``None`` when missing)."""
+        ...
+
+    def claim_many(
+        self, transaction_ids: Sequence[str], token: str = "1", stale: Sequence[str] = ()
+    ) -> list[int]:
+        """Claim the labels of ``transaction_ids`` for ``token``: one outcome per id."""
+        ...
+
+
+class VersionStore(Protocol):
+    """The part of :class:`fraudstream.service.registry.ModelRegistry` the learner uses."""
+
+    def versions(self) -> list[int]:
+        """Kept versions, ascending."""
+        ...
+
+    def load(self, version: int) -> ModelVersion:
+        """A verified version."""
+        ...
+
+    def reserve_version(self) -> int:
+        """The number of the coming version."""
+        ...
+
+    def abandoned_versions(self) -> list[int]:
+        """Reserved and never published versions."""
+        ...
+
+    def publish(
+        self,
+        model: FraudModel,
+        metrics: Mapping[str, Any] | None = None,
+        version: int | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Store ``model`` as version ``version``; returns it."""
         ...
 
 
@@ -105,8 +152,8 @@ class Learner:
     def __init__(
         self,
         model: FraudModel,
-        snapshots: SnapshotStore,
-        registry: ModelRegistry,
+        snapshots: LabelSnapshots,
+        registry: VersionStore,
         feature_store: LabelSink,
         *,
         publish_every_labels: int = 1000,
@@ -146,8 +193,8 @@ class Learner:
     @classmethod
     def resume(
         cls,
-        snapshots: SnapshotStore,
-        registry: ModelRegistry,
+        snapshots: LabelSnapshots,
+        registry: VersionStore,
         feature_store: LabelSink,
         *,
         model_name: str,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,14 +15,13 @@ from fraudstream.service.features.store import LabelFact
 from fraudstream.service.learner import Learner
 from fraudstream.service.model import FraudModel
 from fraudstream.service.progressive import roc_auc
-from fraudstream.service.registry import ModelRegistry, ModelVersion
+from fraudstream.service.registry import ModelVersion
 from fraudstream.service.schemas import Label
 from fraudstream.service.snapshots import (
     LABEL_CLAIMED,
     LABEL_HELD,
     LABEL_TAKEN,
     Snapshot,
-    SnapshotStore,
     feature_set_id,
 )
 
@@ -128,20 +127,9 @@ def label(i: int, fraud: bool) -> Label:
 Fakes = tuple[Learner, FakeSnapshots, FakeRegistry, FakeFeatureStore]
 
 
-def real(snaps: FakeSnapshots, reg: FakeRegistry) -> tuple[SnapshotStore, ModelRegistry]:
-    """The fakes, as the learner's parameters are typed.
-
-    The learner takes the Redis-backed classes themselves (no protocol, unlike its feature
-    store's ``LabelSink``); the fakes have the same methods, duck-typed.
-    """
-    return cast(SnapshotStore, snaps), cast(ModelRegistry, reg)
-
-
 def make(clock: Clock | None = None, **params: Any) -> Fakes:
     snaps, reg, fs = FakeSnapshots(), FakeRegistry(), FakeFeatureStore()
-    learner = Learner(
-        FraudModel("logreg", NAMES), *real(snaps, reg), fs, clock=clock or Clock(), **params
-    )
+    learner = Learner(FraudModel("logreg", NAMES), snaps, reg, fs, clock=clock or Clock(), **params)
     return learner, snaps, reg, fs
 
 
@@ -232,7 +220,7 @@ def test_crashed_learner_claims_are_retaken() -> None:
     learner.publish()
     learner.learn_many([label(2, True)])  # claimed, never published: the learner "crashes"
     successor = Learner.resume(
-        *real(snaps, reg), FakeFeatureStore(), model_name="logreg", feature_names=NAMES
+        snaps, reg, FakeFeatureStore(), model_name="logreg", feature_names=NAMES
     )
     assert successor.model.labels_learnt == 2
     out = successor.learn_many([label(0, True), label(2, True)])
@@ -247,7 +235,7 @@ def test_resume_refuses_other_features() -> None:
     learner.publish()
     with pytest.raises(Exception, match="other features"):
         Learner.resume(
-            *real(snaps, reg), FakeFeatureStore(), model_name="logreg", feature_names=NAMES[:-1]
+            snaps, reg, FakeFeatureStore(), model_name="logreg", feature_names=NAMES[:-1]
         )
 
 
@@ -267,7 +255,7 @@ class FlakyFeatureStore(FakeFeatureStore):
 
 def test_a_batch_retried_after_a_redis_failure_is_learnt_once() -> None:
     snaps, reg, fs = FakeSnapshots(), FakeRegistry(), FlakyFeatureStore(failures=1)
-    learner = Learner(FraudModel("logreg", NAMES), *real(snaps, reg), fs, clock=Clock())
+    learner = Learner(FraudModel("logreg", NAMES), snaps, reg, fs, clock=Clock())
     for i in range(3):
         snaps.put(str(i), X[i], 0.2)
     batch = [label(0, True), label(1, False), label(1, False), label(2, False)]
@@ -304,7 +292,7 @@ class SplitClaims(FakeSnapshots):
 
 def test_labels_claimed_by_a_call_that_failed_are_learnt_by_its_retry() -> None:
     snaps, reg, fs = SplitClaims(), FakeRegistry(), FakeFeatureStore()
-    learner = Learner(FraudModel("logreg", NAMES), *real(snaps, reg), fs, clock=Clock())
+    learner = Learner(FraudModel("logreg", NAMES), snaps, reg, fs, clock=Clock())
     for i in range(6):
         snaps.put(str(i), X[i], 0.2)
     learner.learn_many([label(0, True)])
