@@ -36,11 +36,11 @@ cleared on some masters, and on the failing one for the keys before the
 refused one): the replay reports the transactions whose flag went as
 duplicates (counted once, their features from the state as found), the others
 as the first run did. After 3 nothing is pending, and a replay is one of
-duplicates; so round 4 failing does not fail the batch (a retry would also
-count again, where the marks were already dropped, a label counted every
-time): it is retried once with the slot map reloaded, and the marks still
-there expire (``terminal_ttl``), as do those of a crash before 4 and those of
-a failed run that its replay found settled. Until then a later duplicate of
+duplicates; so round 4 failing does not fail the batch (a retry would count
+again each label counted every time, at the terminals whose marks were
+dropped already): it is retried once with the slot map reloaded, and the marks
+still there expire (``terminal_ttl``), as do those of a crash before 4 and
+those of a failed run that its replay found settled. Until then a later duplicate of
 the same transaction at that terminal may be given the ring a mark keeps, and a
 later label of it without a record (a mark of round 4 refused) counts nothing.
 Labels go the same way (``label_card.lua``, flag 16 "label pending", then
