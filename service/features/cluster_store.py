@@ -31,12 +31,20 @@ records the failed run wrote for later transactions (nor is a record that an
 earlier one of the call found trimmed); at the terminal an operation whose mark
 is there counts nothing again and returns the ring it found then. Nothing is
 counted twice or lost, and the features are those of one run (tested, with
-slots moved between batches). After 3 nothing is pending, and a replay is one
-of duplicates (counted once, their features from the state as found). A mark
-left by a crash before 4 expires (``terminal_ttl``); until then a later
-duplicate of the same transaction at that terminal may be given the ring it
-keeps. Labels go the same way (``label_card.lua``, flag 16 "label pending",
-then rounds 2-4 with label marks; a label counted every time is marked per
+slots moved between batches and between rounds). A failure in 3 (the flags
+cleared on some masters, and on the failing one for the keys before the
+refused one): the replay reports the transactions whose flag went as
+duplicates (counted once, their features from the state as found), the others
+as the first run did. After 3 nothing is pending, and a replay is one of
+duplicates; so round 4 failing does not fail the batch (a retry would count
+again each label counted every time, at the terminals whose marks were
+dropped already): it is retried once with the slot map reloaded, and the marks
+still there expire (``terminal_ttl``), as do those of a crash before 4 and
+those of a failed run that its replay found settled. Until then a later duplicate of
+the same transaction at that terminal may be given the ring a mark keeps, and a
+later label of it without a record (a mark of round 4 refused) counts nothing.
+Labels go the same way (``label_card.lua``, flag 16 "label pending", then
+rounds 2-4 with label marks; a label counted every time is marked per
 occurrence in its call).
 
 Every round runs the feature scripts on the keys of one master only, and each
@@ -47,6 +55,7 @@ store's, value for value (tested on the same stream).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
@@ -55,6 +64,7 @@ import numpy as np
 import redis
 from redis.cluster import RedisCluster
 
+from fraudstream.service.errors import is_dependency_error
 from fraudstream.service.features.definitions import FeatureConfig
 from fraudstream.service.features.redis_store import (
     _PRELUDE,
@@ -64,6 +74,8 @@ from fraudstream.service.features.redis_store import (
 )
 from fraudstream.service.redis_cluster import Call, Group, NodeRounds, NodeScript, slot_marker_key
 from fraudstream.service.state import StateLostError, lost_message
+
+log = logging.getLogger(__name__)
 
 #: Flag bits of a card record used by the rounds (see the module docstring).
 FLAG_TERMINAL_PENDING = 8
@@ -248,14 +260,37 @@ class ClusterFeatureStore(RedisFeatureStore):
         if calls:
             self._run(calls, wait=True)
         terminal_groups, terminal_keys, marks = terminals
-        calls = [
-            (node, [self._pending_script.command(
-                [terminal_keys[i] + ":n" for i in idx], [b"forget", fields.tobytes()]
-            )])
-            for (node, idx, _), fields in zip(terminal_groups, marks, strict=True)
-        ]  # fmt: skip
-        if calls:
-            self._run(calls)
+        keys = [terminal_keys[i] + ":n" for _, idx, _ in terminal_groups for i in idx]
+        if keys:
+            self._forget(keys, np.concatenate(marks))
+
+    def _forget(self, keys: Sequence[str], fields: np.ndarray) -> None:
+        """Round 4: drop the marks ``fields`` (one row per key) of a batch counted whole.
+
+        Its failure does not fail the batch: retried, the batch would be counted
+        again where round 4 had dropped the marks (a label without a record
+        counts at its terminal every time). A round refused (a slot moved: the
+        slot map is reloaded) is retried once; the marks still left expire with
+        ``terminal_ttl``.
+        """
+        for attempt in (1, 2):
+            try:
+                self._run([
+                    (node, [self._pending_script.command(
+                        [keys[i] for i in idx], [b"forget", fields[idx].tobytes()]
+                    )])
+                    for node, idx, _ in self._rounds.group(keys)
+                ])  # fmt: skip
+                return
+            except redis.RedisError as exc:
+                if not is_dependency_error(exc):
+                    raise
+                if attempt == 2:
+                    log.warning(
+                        "Redis Cluster: some marks of a batch counted whole were not dropped "
+                        "(%s); they expire with the terminals' TTL",
+                        exc,
+                    )
 
     def _labels_in_rounds(self, keys: list[str], args: list[Any]) -> int:
         """``labels.lua``'s contract (see there), in the rounds of the module docstring."""

@@ -8,6 +8,8 @@ claim and every snapshot must be the same.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import random
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -23,15 +25,21 @@ from cluster_slots import SlotMove, Step, move_steps, slot_owners
 from redis.crc import key_slot
 
 from fraudstream.producers.simulator import SimulationConfig, simulate
-from fraudstream.service.errors import ConfigurationError
+from fraudstream.service.errors import ConfigurationError, is_dependency_error
 from fraudstream.service.features.cluster_store import (
     FLAG_LABEL_PENDING,
     FLAG_TERMINAL_PENDING,
     ClusterFeatureStore,
 )
-from fraudstream.service.features.definitions import FeatureConfig
-from fraudstream.service.features.redis_store import FLAG_LABELLED, RECORD_DTYPE, RedisFeatureStore
-from fraudstream.service.features.store import LabelFact
+from fraudstream.service.features.definitions import FeatureConfig, stable_hash32
+from fraudstream.service.features.redis_store import (
+    FLAG_LABELLED,
+    RECORD_DTYPE,
+    RECORD_SIZE,
+    RedisFeatureStore,
+    pack_needle,
+)
+from fraudstream.service.features.store import FeatureBatch, LabelFact
 from fraudstream.service.redis_client import check_cluster_mode, redis_client
 from fraudstream.service.redis_cluster import (
     Call,
@@ -156,8 +164,12 @@ def test_features_on_a_cluster_equal_the_single_nodes(
     assert (flags & FLAG_LABELLED).sum() > 100  # the labels did flag their records
 
 
+class Crashed(Exception):
+    """The process stopped between two rounds (nothing of it catches this)."""
+
+
 class CrashAfter:
-    """Rounds that run ``rounds`` rounds, then fail as a lost connection would."""
+    """Rounds that run ``rounds`` rounds, then stop as a crash of the process would."""
 
     def __init__(self, rounds: NodeRounds, rounds_before_crash: int) -> None:
         self.inner = rounds
@@ -168,7 +180,7 @@ class CrashAfter:
 
     def run(self, calls: Sequence[Call], *, wait: bool = False) -> list[list[Any]]:
         if self.left == 0:
-            raise redis.ConnectionError("crash between rounds")
+            raise Crashed("crash between rounds")
         self.left -= 1
         return self.inner.run(calls, wait=wait)
 
@@ -192,7 +204,7 @@ def test_a_replay_after_a_crash_between_rounds_counts_nothing_twice(
         store = ClusterFeatureStore(cluster, config(f"{redis_prefix}-{stop_after}"))
         rounds = store._rounds
         store._rounds = CrashAfter(rounds, stop_after)  # type: ignore[assignment]
-        with pytest.raises(redis.ConnectionError):
+        with pytest.raises(Crashed):
             store.update_and_compute(batch)
         store._rounds = rounds
         replay = store.update_and_compute(batch)
@@ -541,3 +553,362 @@ def test_resharding_while_a_stream_is_counted(
     assert missing_slot_markers(cluster, redis_prefix) == []
     assert ensure_state(cluster, redis_prefix, lambda: True).origin == "fresh"
     assert all(s is not None for s in snapshots.get_many([tx.transaction_id for tx in stream]))
+
+
+# -- a slot moving between the rounds of one batch ------------------------------------
+
+
+def _data_keys(command: tuple[Any, ...]) -> list[str]:
+    """The keys of a :class:`NodeScript` command but the state markers."""
+    keys = command[4 : 4 + int(command[3])]
+    return [k for k in keys if not k.endswith(":state")]
+
+
+class MoveBeforeRound:
+    """Rounds of which round ``at`` meets a slot moved just after the round before it.
+
+    Just before round ``at`` runs (its calls grouped by the slot map as it was),
+    the slot of the key in the middle of its biggest call moves to the next
+    master: ``fully`` (every key of the slot migrated, its state marker among
+    them, and the new owner set on every master) or not (the slot migrating,
+    that key alone moved). :meth:`finish` completes a partial move.
+    """
+
+    def __init__(
+        self, store: ClusterFeatureStore, at: int, *, fully: bool, masters: Sequence[str]
+    ) -> None:
+        self.inner = store._rounds
+        self.terminal = store._terminal_script.source
+        self.at = at
+        self.fully = fully
+        self.masters = masters
+        self.move: SlotMove | None = None
+        self.key = ""
+        self.finished = False
+
+    def group(self, keys: Sequence[str]) -> list[Group]:
+        return self.inner.group(keys)
+
+    def run(self, calls: Sequence[Call], *, wait: bool = False) -> list[list[Any]]:
+        if self.move is None and self.round(calls[0][1][0]) == self.at:
+            node, commands = max(calls, key=lambda call: len(_data_keys(call[1][0])))
+            keys = _data_keys(commands[0])
+            self.key = keys[len(keys) // 2]
+            target = self.masters[(self.masters.index(node.name) + 1) % len(self.masters)]
+            self.move = SlotMove(key_slot(self.key.encode()), node.name, target, self.masters)
+            self.move.begin()
+            if self.fully:
+                self.finish()
+            else:
+                self.move.migrate([self.key])
+        return self.inner.run(calls, wait=wait)
+
+    def round(self, command: tuple[Any, ...]) -> int:
+        """The round of a command: 2 terminal.lua, 3 and 4 pending.lua's clear and forget."""
+        if command[1] == self.terminal:
+            return 2
+        mode = command[4 + int(command[3])]
+        return {b"clear": 3, b"forget": 4}.get(mode, 1)
+
+    def finish(self) -> None:
+        assert self.move is not None
+        if not self.finished:
+            self.move.finish()
+            self.finished = True
+
+
+def _retried(run: Callable[[], Any], moving: MoveBeforeRound) -> tuple[Any, int]:
+    """``run()`` until it succeeds, as the scorer and the learner retry a batch; the refusals.
+
+    Each failure must be one the service retries (a dependency error): Redis
+    7.0's refusal of a script touching a key its master does not serve now. A
+    slot left migrating is met once more by the retry, then its move completes.
+    """
+    refusals = 0
+    while True:
+        try:
+            out = run()
+        except Exception as exc:
+            assert is_dependency_error(exc), repr(exc)
+            assert "Script attempted to access a non local key" in str(exc)
+            refusals += 1
+            assert refusals <= 2
+            moving.finish()
+            continue
+        moving.finish()
+        return out, refusals
+
+
+def _flags(
+    client: redis.Redis | redis.cluster.RedisCluster,
+    store: RedisFeatureStore,
+    items: Sequence[tuple[str, str, int]],
+) -> list[int | None]:
+    """The flags of the record of each (transaction id, card id, event time), None when absent."""
+    out: list[int | None] = []
+    for tx_id, card_id, ts in items:
+        history = cast(bytes | None, client.get(store.card_key(card_id))) or b""
+        needle = pack_needle(stable_hash32(tx_id), ts)
+        at = history.find(needle)
+        while at >= 0 and at % RECORD_SIZE:
+            at = history.find(needle, at + 1)
+        out.append(None if at < 0 else history[at + 10])
+    return out
+
+
+def _check_the_replay(
+    batch: Sequence[Transaction],
+    flags: list[int | None],
+    got: FeatureBatch,
+    want: FeatureBatch,
+    again: FeatureBatch,
+) -> np.ndarray:
+    """The features of a batch replayed after its round 3 was refused (see the test below).
+
+    ``flags``: its records' flags after the refusal; ``want``, ``again``: the
+    single node's features of the batch, and of its replay right after.
+    Returns the transactions of the batch reported as duplicates by the replay only.
+    """
+    new = ~want.is_duplicate
+    cleared = new & np.array([f is not None and not f & FLAG_TERMINAL_PENDING for f in flags])
+    # The flags cleared on some masters (and on the refusing one before the refused key)...
+    assert 0 < cleared.sum() < new.sum()
+    # ... make those transactions duplicates; the others get the first run's features.
+    np.testing.assert_array_equal(got.is_duplicate, want.is_duplicate | cleared)
+    kept = ~got.is_duplicate
+    np.testing.assert_array_equal(got.values[kept], want.values[kept])
+    # A duplicate's features come from the state as found. Its terminal's: with the
+    # batch counted whole, or for one already a duplicate in the first run the ring
+    # it found then (kept in its mark); for a transaction twice in the batch they
+    # depend on which occurrence left which mark, so those are not compared.
+    terminal = np.array([name.startswith("terminal_") for name in got.names])
+    card = np.array([name.startswith("card_") for name in got.names])
+    ids = Counter(tx.transaction_id for tx in batch)
+    once = np.array([ids[tx.transaction_id] == 1 for tx in batch])
+    np.testing.assert_array_equal(
+        got.values[np.ix_(cleared & once, terminal)], again.values[np.ix_(cleared & once, terminal)]
+    )
+    first = want.is_duplicate & once
+    np.testing.assert_array_equal(
+        got.values[np.ix_(first, terminal)], want.values[np.ix_(first, terminal)]
+    )
+    # Its card's: the history with the batch's cleared records, without those still
+    # pending (a card with records on both sides of the refused key: not compared).
+    pending = {
+        tx.card_id for tx, f in zip(batch, flags, strict=True) if f and f & FLAG_TERMINAL_PENDING
+    }
+    settled = got.is_duplicate & np.array([tx.card_id not in pending for tx in batch])
+    assert (settled & cleared).any()
+    np.testing.assert_array_equal(
+        got.values[np.ix_(settled, card)], again.values[np.ix_(settled, card)]
+    )
+    return cast(np.ndarray, cleared)
+
+
+class MovesBetweenRounds:
+    """Store calls that each meet a slot moved between two of their rounds, then retried.
+
+    :meth:`run` checks what must hold once the call succeeded: the slot is its
+    target's, with its state marker, and no slot misses its marker. It records
+    the marks the call left in the terminals' ``:n`` hashes, by kind.
+    """
+
+    def __init__(
+        self,
+        cluster: redis.cluster.RedisCluster,
+        features: ClusterFeatureStore,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        self.cluster = cluster
+        self.features = features
+        self.caplog = caplog
+        self.prefix = features.config.prefix
+        self.primary = cluster.get_primaries()[0].name  # type: ignore[no-untyped-call]
+        self.masters = sorted(set(slot_owners(self.primary).values()))
+        self.moved: list[MoveBeforeRound] = []
+        self.marks_left: dict[tuple[str, int, bool], Counter[str]] = {}
+
+    def run(
+        self,
+        path: str,
+        call: Callable[[], Any],
+        plan: tuple[int, bool],
+        after_refusal: Callable[[], None] = lambda: None,
+    ) -> tuple[Any, int]:
+        """``call()`` meeting the move ``plan`` (refused unless in round 4), then retried.
+
+        Returns what it returned, and how many times its retries were refused.
+        """
+        before = self.marks()
+        rounds = self.features._rounds
+        moving = MoveBeforeRound(self.features, plan[0], fully=plan[1], masters=self.masters)
+        self.features._rounds = moving  # type: ignore[assignment]
+        out = None
+        try:
+            if plan[0] == 4:
+                with self.caplog.at_level(logging.WARNING):
+                    self.caplog.clear()
+                    out = call()
+                # Moved whole: the marks dropped once the slot map was reloaded.
+                # Migrating: refused again, left to expire.
+                warned = [r for r in self.caplog.records if "were not dropped" in r.getMessage()]
+                assert len(warned) == (0 if plan[1] else 1)
+            else:
+                with pytest.raises(ClusterUnavailableError, match="non local key"):
+                    call()
+        finally:
+            self.features._rounds = rounds
+        assert moving.move is not None
+        self.moved.append(moving)
+        refusals = 0
+        if plan[0] == 4:
+            moving.finish()
+        else:
+            after_refusal()
+            out, refusals = _retried(call, moving)
+        slot = moving.move.slot
+        assert slot_owners(self.primary)[slot] == moving.move.target
+        assert self.cluster.exists(slot_marker_key(self.prefix, slot))
+        assert missing_slot_markers(self.cluster, self.prefix) == []
+        self.marks_left[path, *plan] = self.marks() - before
+        return out, refusals
+
+    def marks(self) -> Counter[str]:
+        """The marks in the terminals' ``:n`` hashes, by kind."""
+        kinds: Counter[str] = Counter()
+        for key in self.cluster.scan_iter(match=f"{self.prefix}:*:n", count=1000):
+            fields = cast(list[bytes], self.cluster.hkeys(key))
+            kinds.update(chr(field[0]) for field in fields)
+        return kinds
+
+    def close(self) -> None:
+        for moving in self.moved:
+            if moving.move is not None:
+                moving.move.close()
+
+
+def test_a_slot_moving_between_the_rounds_of_a_batch(
+    cluster: redis.cluster.RedisCluster,
+    redis_client: redis.Redis,
+    redis_prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A slot the next round needs moves after round 1, 2 or 3 of a batch; the batch is retried.
+
+    In a simulated stream (duplicates, out-of-order and late events, labels, many
+    of them of transactions without a record), six batches of transactions and
+    six batches of labels each meet a move of a slot of their keys between two of
+    their rounds (:class:`MoveBeforeRound`): after round 1 a terminal's slot, met
+    by round 2; after round 2 a card's, met by round 3 (clearing the pending
+    flags); after round 3 a terminal's, met by round 4 (dropping the marks),
+    each fully moved or left migrating with the key met moved. A refused batch
+    is retried as the scorer and the learner retry one. Against a single node
+    fed the same stream: refused in round 2, the replay is one run of the batch;
+    refused in round 3, it reports as duplicates the transactions whose flags
+    were cleared (:func:`_check_the_replay`); round 4 refused does not fail the
+    batch. Every transaction and label is counted once: the card histories and
+    terminal rings equal the single node's byte for byte.
+    """
+    stream, labels = simulated_stream(seed=10)
+    cfg = config(redis_prefix)
+    ensure_state(cluster, redis_prefix, lambda: False)
+    single = RedisFeatureStore(redis_client, cfg)
+    features = ClusterFeatureStore(cluster, cfg, check_state=True, wait_replicas=1)
+    label_at: dict[int, list[LabelFact]] = {}
+    for at, fact in labels:
+        label_at.setdefault(at, []).append(fact)
+    plans = [(at, fully) for at in (2, 3, 4) for fully in (True, False)]
+    feature_plans, label_plans = list(plans), list(plans)
+    moves = MovesBetweenRounds(cluster, features, caplog)
+    reported = 0
+    try:
+        rng = random.Random(10)
+        i = 0
+        while i < len(stream):
+            batch = stream[i : i + rng.choice([150, 300])]
+            facts = [f for j in range(i, i + len(batch)) for f in label_at.get(j, [])]
+            i += len(batch)
+            if feature_plans:
+                reported += _a_batch_meeting_a_move(
+                    single, features, moves, batch, feature_plans.pop(0)
+                )
+            else:
+                want = single.update_and_compute(batch)
+                got = features.update_and_compute(batch)
+                np.testing.assert_array_equal(got.is_duplicate, want.is_duplicate)
+                np.testing.assert_array_equal(got.values, want.values)
+            if not facts:
+                continue
+            single.record_labels(facts)
+            # A move for a batch of labels with and without a record.
+            items = [(f.transaction_id, f.card_id, f.event_time_ms) for f in facts]
+            recorded = [r is not None for r in _flags(redis_client, single, items)]
+            if label_plans and 0 < sum(recorded) < len(recorded):
+                moves.run("labels", partial(features.record_labels, facts), label_plans.pop(0))
+            else:
+                features.record_labels(facts)
+        assert not feature_plans and not label_plans
+    finally:
+        moves.close()
+
+    # Each transaction counted once, the duplicates as on the single node plus those
+    # the replays of round 3 reported; each label counted once; byte for byte.
+    assert reported > 0
+    assert features.counters.inserted == single.counters.inserted - reported
+    assert features.counters.duplicates == single.counters.duplicates + reported
+    assert features.counters.too_late == single.counters.too_late
+    assert features.counters.terminal_dropped == single.counters.terminal_dropped
+    keys = {
+        key
+        for tx in stream
+        for key in (features.card_key(tx.card_id), features.terminal_key(tx.terminal_id))
+    }
+    assert [k for k in sorted(keys) if cluster.get(k) != redis_client.get(k)] == []
+    assert ensure_state(cluster, redis_prefix, lambda: True).origin == "fresh"
+    # The marks left to expire (terminal_ttl): those of the transactions and labels
+    # that a replay found settled (it counts nothing for them, so drops nothing), and
+    # those of round 4 refused while the slot was migrating. The others were dropped.
+    left = moves.marks_left
+    for path in ("features", "labels"):
+        assert left[path, 2, True] == left[path, 2, False] == left[path, 4, True] == {}
+    assert left["features", 3, True]["T"] > 0 and left["features", 3, False]["T"] > 0
+    assert (left["features", 3, True] + left["features", 3, False]).total() == reported
+    assert set(left["features", 4, False]) <= {"T", "R"}
+    assert left["features", 4, False].total() > 0
+    assert set(left["labels", 3, True] + left["labels", 3, False]) <= {"L"}
+    assert set(left["labels", 4, False]) <= {"L", "l"} and left["labels", 4, False].total() > 0
+
+
+def _a_batch_meeting_a_move(
+    single: RedisFeatureStore,
+    features: ClusterFeatureStore,
+    moves: MovesBetweenRounds,
+    batch: list[Transaction],
+    plan: tuple[int, bool],
+) -> int:
+    """A batch of the test above meeting the move ``plan``; the transactions it reports anew.
+
+    Returns how many transactions the replay reported as duplicates that the
+    single node counted (round 3 refused).
+    """
+    want = single.update_and_compute(batch)
+    counters = dataclasses.replace(single.counters)
+    again = single.update_and_compute(batch)  # a replay of the batch counted whole
+    single.counters = counters
+    flags: list[int | None] = []
+
+    def after_refusal() -> None:
+        items = [(tx.transaction_id, tx.card_id, tx.event_time_ms) for tx in batch]
+        flags.extend(_flags(moves.cluster, features, items))
+
+    got, refusals = moves.run(
+        "features", partial(features.update_and_compute, batch), plan, after_refusal
+    )
+    # Still migrating with the key moved, the slot refuses the retry too.
+    assert refusals == (0 if plan[1] or plan[0] == 4 else 1)
+    if plan[0] == 3:
+        return int(_check_the_replay(batch, flags, got, want, again).sum())
+    # Refused in round 2, the replay is the first run; round 4 did not fail the batch.
+    np.testing.assert_array_equal(got.is_duplicate, want.is_duplicate)
+    np.testing.assert_array_equal(got.values, want.values)
+    return 0
