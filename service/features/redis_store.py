@@ -403,7 +403,9 @@ class RedisFeatureStore:
         counted = (status & 4) != 0
         self._count(outcome[~conflict], counted[~conflict])
 
-        # Terminal rings before each transaction, plus its own increment.
+        # Terminal rings before each transaction, plus its own increment: one
+        # (transaction, slot) array per bucket field (day, transactions, labels,
+        # fraud labels), each contiguous for the window sums.
         size = BUCKET_SIZE * self._slots
         empty = bytes(size)
         rings = (
@@ -411,16 +413,17 @@ class RedisFeatureStore:
                 b"".join([t if len(t) == size else empty for t in reply[1 : n + 1]]), dtype="<u4"
             )
             .reshape(n, self._slots, 4)
-            .astype(np.int64)
+            .transpose(2, 0, 1)
+            .astype(np.int64, order="C")
         )
         day = batch.ts_ms // DAY_MS
         i = np.flatnonzero(counted)
         slot = day[i] % self._slots
-        same_day = rings[i, slot, 0] == day[i]
-        rings[i, slot, 1] = np.where(same_day, rings[i, slot, 1] + 1, 1)
-        for col in (2, 3):
-            rings[i, slot, col] = np.where(same_day, rings[i, slot, col], 0)
-        rings[i, slot, 0] = day[i]
+        same_day = rings[0, i, slot] == day[i]
+        rings[1, i, slot] = np.where(same_day, rings[1, i, slot] + 1, 1)
+        for field in (2, 3):
+            rings[field, i, slot] = np.where(same_day, rings[field, i, slot], 0)
+        rings[0, i, slot] = day[i]
 
         # Card histories as each transaction found them. An appended transaction
         # is not in its history (the script does not copy it back): like a too-late
@@ -566,28 +569,34 @@ class RedisFeatureStore:
     def _terminal_features(
         self, out: np.ndarray, col: int, t: np.ndarray, rings: np.ndarray
     ) -> int:
-        """Terminal traffic and label features from the day rings; the next column."""
+        """Terminal traffic and label features from the day rings; the next column.
+
+        ``rings``: the bucket fields (day, transactions, labels, fraud labels), one
+        ``(transaction, slot)`` array each. A bucket is inside a window of ``d``
+        days when its age in days (``day - bucket_day``, integers) is in ``[0, d)``.
+        """
         config = self.config
         day = (t // DAY_MS)[:, None]
-        bucket_day, bucket_tx = rings[..., 0], rings[..., 1]
-        bucket_labels, bucket_fraud = rings[..., 2], rings[..., 3]
+        bucket_day, bucket_tx, bucket_labels, bucket_fraud = rings
+        age = day - bucket_day
+        past = age >= 0
         for d in config.terminal_window_days:
-            inside = (bucket_day > day - d) & (bucket_day <= day)
+            inside = past & (age < d)
             out[:, col] = (bucket_tx * inside).sum(axis=1)
             col += 1
         for d in config.terminal_label_window_days:
-            inside = (bucket_day > day - d) & (bucket_day <= day)
+            inside = past & (age < d)
             labelled = (bucket_labels * inside).sum(axis=1).astype(np.float64)
             frauds = (bucket_fraud * inside).sum(axis=1).astype(np.float64)
             out[:, col] = frauds
             out[:, col + 1] = np.where(labelled > 0, frauds / np.maximum(labelled, 1.0), 0.0)
             col += 2
         longest = max(config.terminal_label_window_days)
-        fraud_day = (bucket_fraud > 0) & (bucket_day > day - longest) & (bucket_day <= day)
+        fraud_day = (bucket_fraud > 0) & past & (age < longest)
         any_fraud = fraud_day.any(axis=1)
         last = np.where(fraud_day, bucket_day, -1).max(axis=1)
         first = np.where(fraud_day, bucket_day, np.iinfo(np.int64).max).min(axis=1)
-        episode = (bucket_day >= first[:, None]) & (bucket_day <= day)
+        episode = (bucket_day >= first[:, None]) & past
         labelled = (bucket_labels * episode).sum(axis=1).astype(np.float64)
         frauds = (bucket_fraud * episode).sum(axis=1).astype(np.float64)
         today = day[:, 0]
