@@ -454,9 +454,10 @@ class RedisFeatureStore:
     ) -> np.ndarray:
         """All features of the batch from the histories and rings, vectorised.
 
-        The histories are ragged: one flat array of records, ``seg`` naming the
-        transaction each belongs to. Every per-transaction sum is one column of a
-        matrix reduced by segment with a single ``np.add.reduceat``.
+        The histories are ragged: one flat array of records, each transaction's
+        ``lengths`` of them in batch order; ``per_record`` repeats a value of each
+        transaction for each of its records. Every per-transaction sum is one
+        column of a matrix reduced by segment with a single ``np.add.reduceat``.
         """
         config = self.config
         n = len(outcome)
@@ -464,21 +465,23 @@ class RedisFeatureStore:
         t = batch.ts_ms
         virtual = (outcome == APPENDED) | (outcome == TOO_LATE)  # not in its history
 
-        seg = np.repeat(np.arange(n), lengths)
+        def per_record(values: np.ndarray) -> np.ndarray:
+            return np.repeat(values, lengths)
+
         ends = np.cumsum(lengths)
         starts = ends - lengths
-        pos = np.arange(len(seg)) - starts[seg]
+        pos = np.arange(len(history)) - per_record(starts)
         ts = history["ts_lo"].astype(np.int64) | (history["ts_hi"].astype(np.int64) << 32)
         amount = history["amount"].astype(np.float64)
-        tt = t[seg]
+        tt = per_record(t)
 
         # The newest event: the history's last record, or the appended transaction.
         # Older records than newest - retention are stale (trimmed lazily): ignored.
         last = ts[np.maximum(ends - 1, 0)] if len(ts) else np.zeros(n, np.int64)
         newest = np.where(outcome == APPENDED, t, last)
-        valid = ts > newest[seg] - config.retention_s * 1000
+        valid = ts > per_record(newest) - config.retention_s * 1000
         at_or_before = (ts <= tt) & valid
-        is_self = (history["tx"] == batch.tx_hash[seg]) & (ts == tt)
+        is_self = (history["tx"] == per_record(batch.tx_hash)) & (ts == tt)
         recent = at_or_before & (ts > tt - max(windows_ms))
 
         # Pass 1: the position of each transaction in its history (virtual ones go
@@ -496,9 +499,9 @@ class RedisFeatureStore:
         position = np.where(virtual, sums[:, 1], sums[:, 0]).astype(np.int64)
 
         # Pass 2: sums over the earlier records H[:p].
-        earlier = (pos < position[seg]) & valid
+        earlier = (pos < per_record(position)) & valid
         earlier_recent = earlier & recent
-        seen = earlier & (history["terminal"] == batch.terminal_hash[seg])
+        seen = earlier & (history["terminal"] == per_record(batch.terminal_hash))
         columns = [
             earlier_recent,
             np.where(earlier_recent, amount, 0.0),
@@ -517,7 +520,7 @@ class RedisFeatureStore:
             col += 3
 
         prev = np.where(position > 0, starts + position - 1, 0)
-        if len(seg):
+        if len(history):
             has_prev = (position > 0) & valid[prev]
             prev_ts = ts[prev]
         else:
@@ -535,14 +538,16 @@ class RedisFeatureStore:
         out[:, col + 2] = np.where(n_earlier >= 1, ratio, 1.0)
         col += 3
         # Pass 3: earlier records with a big amount (against that mean), per window.
-        big = earlier & (n_earlier[seg] >= 1) & (amount > BIG_AMOUNT_FACTOR * mean[seg])
+        big = (
+            earlier & (per_record(n_earlier) >= 1) & (amount > BIG_AMOUNT_FACTOR * per_record(mean))
+        )
         big_windows = config.big_amount_windows_s
         if big_windows:
             columns = [big & (ts > tt - w * 1000) for w in big_windows]
             out[:, col : col + len(big_windows)] = _segment_sums(columns, starts, lengths)
             col += len(big_windows)
 
-        if len(seg):
+        if len(history):
             located = has_prev & ((history["flags"][prev] & FLAG_LOCATION) != 0) & batch.located
             distance = haversine_km_np(
                 history["lat"][prev].astype(np.float64), history["lon"][prev].astype(np.float64),
