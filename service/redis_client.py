@@ -19,7 +19,9 @@ from collections.abc import Callable
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+import hiredis
 import redis
+import redis.utils
 from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 
@@ -30,6 +32,9 @@ from fraudstream.service.errors import (
     UnavailableError,
 )
 from fraudstream.service.settings import Settings, env_name, masked_url
+
+#: Whether redis-py packs commands with hiredis (:func:`pack_command` does the same).
+_HIREDIS_PACKS: bool = redis.utils.HIREDIS_AVAILABLE
 
 
 def redis_client(settings: Settings) -> redis.Redis:
@@ -261,8 +266,34 @@ def send_script(connection: redis.Connection, sha: str, keys: list[str], args: l
 
     The scorer sends a batch's script, works on another batch meanwhile and
     reads the reply later; replies come back in the order the calls were sent.
+    The bytes sent are those of ``connection.send_command`` (see :func:`pack_command`).
     """
-    connection.send_command("EVALSHA", sha, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
+    command = pack_command(connection, ("EVALSHA", sha, len(keys), *keys, *args))
+    connection.send_packed_command(command)  # type: ignore[no-untyped-call]
+
+
+def pack_command(connection: redis.Connection, command: tuple[Any, ...]) -> list[bytes]:
+    """``command`` in the Redis protocol, as ``connection.pack_command(*command)`` packs it.
+
+    With hiredis (``redis[hiredis]``, a dependency) redis-py packs with
+    ``hiredis.pack_command`` too, but first runs a Python generator over every
+    argument to turn ``bytearray`` and ``memoryview`` into ``bytes``: ~0.45 µs per
+    transaction of a scorer's batch (five arguments each). A command of ``str``,
+    ``bytes``, ``int`` and ``float`` goes to hiredis directly; anything else (or
+    redis-py without hiredis) takes redis-py's own path, with its conversions
+    and its ``DataError``.
+
+    >>> from redis.connection import Connection
+    >>> command = ("EVALSHA", "f" * 40, 1, "k:{x:é}", bytes(2), 7, 0.5)
+    >>> pack_command(Connection(), command) == Connection().pack_command(*command)
+    True
+    """
+    if _HIREDIS_PACKS:
+        try:
+            return [hiredis.pack_command(command)]
+        except TypeError:
+            pass
+    return cast(list[bytes], connection.pack_command(*command))  # type: ignore[no-untyped-call]
 
 
 def read_script_reply(connection: redis.Connection, load: Callable[[], object]) -> Any:

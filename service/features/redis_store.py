@@ -403,7 +403,9 @@ class RedisFeatureStore:
         counted = (status & 4) != 0
         self._count(outcome[~conflict], counted[~conflict])
 
-        # Terminal rings before each transaction, plus its own increment.
+        # Terminal rings before each transaction, plus its own increment: one
+        # (transaction, slot) array per bucket field (day, transactions, labels,
+        # fraud labels), each contiguous for the window sums.
         size = BUCKET_SIZE * self._slots
         empty = bytes(size)
         rings = (
@@ -411,16 +413,17 @@ class RedisFeatureStore:
                 b"".join([t if len(t) == size else empty for t in reply[1 : n + 1]]), dtype="<u4"
             )
             .reshape(n, self._slots, 4)
-            .astype(np.int64)
+            .transpose(2, 0, 1)
+            .astype(np.int64, order="C")
         )
         day = batch.ts_ms // DAY_MS
         i = np.flatnonzero(counted)
         slot = day[i] % self._slots
-        same_day = rings[i, slot, 0] == day[i]
-        rings[i, slot, 1] = np.where(same_day, rings[i, slot, 1] + 1, 1)
-        for col in (2, 3):
-            rings[i, slot, col] = np.where(same_day, rings[i, slot, col], 0)
-        rings[i, slot, 0] = day[i]
+        same_day = rings[0, i, slot] == day[i]
+        rings[1, i, slot] = np.where(same_day, rings[1, i, slot] + 1, 1)
+        for field in (2, 3):
+            rings[field, i, slot] = np.where(same_day, rings[field, i, slot], 0)
+        rings[0, i, slot] = day[i]
 
         # Card histories as each transaction found them. An appended transaction
         # is not in its history (the script does not copy it back): like a too-late
@@ -451,9 +454,10 @@ class RedisFeatureStore:
     ) -> np.ndarray:
         """All features of the batch from the histories and rings, vectorised.
 
-        The histories are ragged: one flat array of records, ``seg`` naming the
-        transaction each belongs to. Every per-transaction sum is one column of a
-        matrix reduced by segment with a single ``np.add.reduceat``.
+        The histories are ragged: one flat array of records, each transaction's
+        ``lengths`` of them in batch order; ``per_record`` repeats a value of each
+        transaction for each of its records. Every per-transaction sum is one
+        column of a matrix reduced by segment with a single ``np.add.reduceat``.
         """
         config = self.config
         n = len(outcome)
@@ -461,21 +465,23 @@ class RedisFeatureStore:
         t = batch.ts_ms
         virtual = (outcome == APPENDED) | (outcome == TOO_LATE)  # not in its history
 
-        seg = np.repeat(np.arange(n), lengths)
+        def per_record(values: np.ndarray) -> np.ndarray:
+            return np.repeat(values, lengths)
+
         ends = np.cumsum(lengths)
         starts = ends - lengths
-        pos = np.arange(len(seg)) - starts[seg]
+        pos = np.arange(len(history)) - per_record(starts)
         ts = history["ts_lo"].astype(np.int64) | (history["ts_hi"].astype(np.int64) << 32)
         amount = history["amount"].astype(np.float64)
-        tt = t[seg]
+        tt = per_record(t)
 
         # The newest event: the history's last record, or the appended transaction.
         # Older records than newest - retention are stale (trimmed lazily): ignored.
         last = ts[np.maximum(ends - 1, 0)] if len(ts) else np.zeros(n, np.int64)
         newest = np.where(outcome == APPENDED, t, last)
-        valid = ts > newest[seg] - config.retention_s * 1000
+        valid = ts > per_record(newest) - config.retention_s * 1000
         at_or_before = (ts <= tt) & valid
-        is_self = (history["tx"] == batch.tx_hash[seg]) & (ts == tt)
+        is_self = (history["tx"] == per_record(batch.tx_hash)) & (ts == tt)
         recent = at_or_before & (ts > tt - max(windows_ms))
 
         # Pass 1: the position of each transaction in its history (virtual ones go
@@ -493,9 +499,9 @@ class RedisFeatureStore:
         position = np.where(virtual, sums[:, 1], sums[:, 0]).astype(np.int64)
 
         # Pass 2: sums over the earlier records H[:p].
-        earlier = (pos < position[seg]) & valid
+        earlier = (pos < per_record(position)) & valid
         earlier_recent = earlier & recent
-        seen = earlier & (history["terminal"] == batch.terminal_hash[seg])
+        seen = earlier & (history["terminal"] == per_record(batch.terminal_hash))
         columns = [
             earlier_recent,
             np.where(earlier_recent, amount, 0.0),
@@ -514,7 +520,7 @@ class RedisFeatureStore:
             col += 3
 
         prev = np.where(position > 0, starts + position - 1, 0)
-        if len(seg):
+        if len(history):
             has_prev = (position > 0) & valid[prev]
             prev_ts = ts[prev]
         else:
@@ -532,14 +538,16 @@ class RedisFeatureStore:
         out[:, col + 2] = np.where(n_earlier >= 1, ratio, 1.0)
         col += 3
         # Pass 3: earlier records with a big amount (against that mean), per window.
-        big = earlier & (n_earlier[seg] >= 1) & (amount > BIG_AMOUNT_FACTOR * mean[seg])
+        big = (
+            earlier & (per_record(n_earlier) >= 1) & (amount > BIG_AMOUNT_FACTOR * per_record(mean))
+        )
         big_windows = config.big_amount_windows_s
         if big_windows:
             columns = [big & (ts > tt - w * 1000) for w in big_windows]
             out[:, col : col + len(big_windows)] = _segment_sums(columns, starts, lengths)
             col += len(big_windows)
 
-        if len(seg):
+        if len(history):
             located = has_prev & ((history["flags"][prev] & FLAG_LOCATION) != 0) & batch.located
             distance = haversine_km_np(
                 history["lat"][prev].astype(np.float64), history["lon"][prev].astype(np.float64),
@@ -566,28 +574,34 @@ class RedisFeatureStore:
     def _terminal_features(
         self, out: np.ndarray, col: int, t: np.ndarray, rings: np.ndarray
     ) -> int:
-        """Terminal traffic and label features from the day rings; the next column."""
+        """Terminal traffic and label features from the day rings; the next column.
+
+        ``rings``: the bucket fields (day, transactions, labels, fraud labels), one
+        ``(transaction, slot)`` array each. A bucket is inside a window of ``d``
+        days when its age in days (``day - bucket_day``, integers) is in ``[0, d)``.
+        """
         config = self.config
         day = (t // DAY_MS)[:, None]
-        bucket_day, bucket_tx = rings[..., 0], rings[..., 1]
-        bucket_labels, bucket_fraud = rings[..., 2], rings[..., 3]
+        bucket_day, bucket_tx, bucket_labels, bucket_fraud = rings
+        age = day - bucket_day
+        past = age >= 0
         for d in config.terminal_window_days:
-            inside = (bucket_day > day - d) & (bucket_day <= day)
+            inside = past & (age < d)
             out[:, col] = (bucket_tx * inside).sum(axis=1)
             col += 1
         for d in config.terminal_label_window_days:
-            inside = (bucket_day > day - d) & (bucket_day <= day)
+            inside = past & (age < d)
             labelled = (bucket_labels * inside).sum(axis=1).astype(np.float64)
             frauds = (bucket_fraud * inside).sum(axis=1).astype(np.float64)
             out[:, col] = frauds
             out[:, col + 1] = np.where(labelled > 0, frauds / np.maximum(labelled, 1.0), 0.0)
             col += 2
         longest = max(config.terminal_label_window_days)
-        fraud_day = (bucket_fraud > 0) & (bucket_day > day - longest) & (bucket_day <= day)
+        fraud_day = (bucket_fraud > 0) & past & (age < longest)
         any_fraud = fraud_day.any(axis=1)
         last = np.where(fraud_day, bucket_day, -1).max(axis=1)
         first = np.where(fraud_day, bucket_day, np.iinfo(np.int64).max).min(axis=1)
-        episode = (bucket_day >= first[:, None]) & (bucket_day <= day)
+        episode = (bucket_day >= first[:, None]) & past
         labelled = (bucket_labels * episode).sum(axis=1).astype(np.float64)
         frauds = (bucket_fraud * episode).sum(axis=1).astype(np.float64)
         today = day[:, 0]
@@ -629,12 +643,15 @@ def _segment_sums(columns: list[np.ndarray], starts: np.ndarray, lengths: np.nda
            [5.],
            [0.]])
     """
-    # A zero row at the end keeps every start index inside the array (reduceat
-    # needs that); an empty segment yields its start's row, so it is zeroed.
-    matrix = np.zeros((len(columns[0]) + 1, len(columns)))
+    # One row per column, each written and summed contiguously: the same additions
+    # in the same order as down the columns of a matrix of one row per record, ~5x
+    # faster than that (whose reduceat adds a few numbers at a time, row by row).
+    # A zero at the end of each row keeps every start index inside the array
+    # (reduceat needs that); an empty segment yields its start's value, so it is zeroed.
+    matrix = np.zeros((len(columns), len(columns[0]) + 1))
     for j, column in enumerate(columns):
-        matrix[:-1, j] = column
-    sums = np.add.reduceat(matrix, starts, axis=0)
+        matrix[j, :-1] = column
+    sums = np.add.reduceat(matrix, starts, axis=1).T
     sums[lengths == 0] = 0.0
     return sums
 
