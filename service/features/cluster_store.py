@@ -31,14 +31,16 @@ records the failed run wrote for later transactions (nor is a record that an
 earlier one of the call found trimmed); at the terminal an operation whose mark
 is there counts nothing again and returns the ring it found then. Nothing is
 counted twice or lost, and the features are those of one run (tested, with
-slots moved between batches and between rounds). A failure in 3 (the flags
-cleared on some masters, and on the failing one for the keys before the
-refused one): the replay reports the transactions whose flag went as
-duplicates (counted once, their features from the state as found), the others
-as the first run did. After 3 nothing is pending, and a replay is one of
-duplicates; so round 4 failing does not fail the batch (a retry would count
-again each label counted every time, at the terminals whose marks were
-dropped already): it is retried once with the slot map reloaded, and the marks
+slots moved between batches and between rounds). Rounds 3 and 4 only clear
+flags and drop marks, so a refused one runs once more in place, grouped by the
+reloaded slot map: a slot moved whole costs the batch nothing. Refused again
+in 3 (a slot still migrating; the flags cleared on the other masters, and on
+the refusing one for the keys before the refused one), the batch fails, and
+its replay reports the transactions whose flag went as duplicates (counted
+once, their features from the state as found), the others as the first run
+did. After 3 nothing is pending, and a replay is one of duplicates; so round 4
+failing does not fail the batch (a retry would count again each label counted
+every time, at the terminals whose marks were dropped already): the marks
 still there expire (``terminal_ttl``), as do those of a crash before 4 and
 those of a failed run that its replay found settled. Until then a later duplicate of
 the same transaction at that terminal may be given the ring a mark keeps, and a
@@ -56,7 +58,7 @@ store's, value for value (tested on the same stream).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any
 
@@ -244,21 +246,22 @@ class ClusterFeatureStore(RedisFeatureStore):
         each record.
         """
         needles, hints = records
-        calls: list[Call] = []
         card_groups, card_keys = cards
-        for node, idx, _ in card_groups:
+
+        def clear(idx: list[int]) -> tuple[Any, ...] | None:
             keep = [i for i in idx if pending[i]]
-            if keep:
-                args = [
-                    b"clear",
-                    needles[keep].tobytes(),
-                    bytes([flag]) * len(keep),
-                    hints[keep].tobytes(),
-                ]
-                command = self._pending_script.command([card_keys[i] for i in keep], args)
-                calls.append((node, [command]))
-        if calls:
-            self._run(calls, wait=True)
+            if not keep:
+                return None
+            args = [
+                b"clear",
+                needles[keep].tobytes(),
+                bytes([flag]) * len(keep),
+                hints[keep].tobytes(),
+            ]
+            return self._pending_script.command([card_keys[i] for i in keep], args)
+
+        if any(pending):
+            self._settling_round(card_keys, clear, wait=True, groups=card_groups)
         terminal_groups, terminal_keys, marks = terminals
         keys = [terminal_keys[i] + ":n" for _, idx, _ in terminal_groups for i in idx]
         if keys:
@@ -269,28 +272,57 @@ class ClusterFeatureStore(RedisFeatureStore):
 
         Its failure does not fail the batch: retried, the batch would be counted
         again where round 4 had dropped the marks (a label without a record
-        counts at its terminal every time). A round refused (a slot moved: the
-        slot map is reloaded) is retried once; the marks still left expire with
-        ``terminal_ttl``.
+        counts at its terminal every time). The marks a round refused twice
+        leaves expire with ``terminal_ttl``.
+        """
+        try:
+            self._settling_round(
+                keys,
+                lambda idx: self._pending_script.command(
+                    [keys[i] for i in idx], [b"forget", fields[idx].tobytes()]
+                ),
+                wait=False,
+            )
+        except redis.RedisError as exc:
+            if not is_dependency_error(exc):
+                raise
+            log.warning(
+                "Redis Cluster: some marks of a batch counted whole were not dropped "
+                "(%s); they expire with the terminals' TTL",
+                exc,
+            )
+
+    def _settling_round(
+        self,
+        keys: Sequence[str],
+        command: Callable[[list[int]], tuple[Any, ...] | None],
+        *,
+        wait: bool,
+        groups: list[Group] | None = None,
+    ) -> None:
+        """Round 3 or 4 on the masters of ``keys``, run once more if a master refused it.
+
+        ``command(positions)`` is the call for the keys at those positions of
+        ``keys`` that one master holds (``None``: nothing to do there);
+        ``groups``, the keys' grouping by master if the caller has it. These
+        rounds only clear flags or drop marks, so running one again where it
+        ran changes nothing: refused (a slot moved, and the slot map is
+        reloaded; a master away), it is grouped again and run once more, so a
+        slot moved whole costs the batch nothing. Refused again (a slot still
+        migrating, a master still away), the error is raised.
         """
         for attempt in (1, 2):
             try:
-                self._run([
-                    (node, [self._pending_script.command(
-                        [keys[i] for i in idx], [b"forget", fields[idx].tobytes()]
-                    )])
-                    for node, idx, _ in self._rounds.group(keys)
-                ])  # fmt: skip
+                grouped = (
+                    groups if attempt == 1 and groups is not None else self._rounds.group(keys)
+                )
+                calls = [(node, [call]) for node, idx, _ in grouped if (call := command(idx))]
+                if calls:
+                    self._run(calls, wait=wait)
                 return
             except redis.RedisError as exc:
-                if not is_dependency_error(exc):
+                if attempt == 2 or not is_dependency_error(exc):
                     raise
-                if attempt == 2:
-                    log.warning(
-                        "Redis Cluster: some marks of a batch counted whole were not dropped "
-                        "(%s); they expire with the terminals' TTL",
-                        exc,
-                    )
 
     def _labels_in_rounds(self, keys: list[str], args: list[Any]) -> int:
         """``labels.lua``'s contract (see there), in the rounds of the module docstring."""
