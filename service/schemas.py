@@ -120,11 +120,10 @@ def _parse_event_time(value: Any) -> Any:
 
 
 def _require_aware_utc(value: datetime) -> datetime:
-    if value.tzinfo is UTC and _MIN_EVENT_TIME <= value < _MAX_EVENT_TIME:
-        return value  # what the checks below return, without their calls
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError("timestamp must carry a timezone offset (e.g. 2018-04-01T10:00:00Z)")
-    value = value.astimezone(UTC)
+    if value.tzinfo is not UTC:  # already in UTC (the usual case): nothing to convert
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("timestamp must carry a timezone offset (e.g. 2018-04-01T10:00:00Z)")
+        value = value.astimezone(UTC)
     if not _MIN_EVENT_TIME <= value < _MAX_EVENT_TIME:
         raise ValueError(f"timestamp {value.isoformat()} is outside 2000-01-01..2100-01-01")
     return value
