@@ -212,8 +212,14 @@ class BatchDecodingPartitionRecords(Fetcher.PartitionRecords):  # type: ignore[m
 
     ``take`` hands out slices of the decoded batch; the fetch position, the
     error raised after the records before it, and the drain at the end are
-    kafka-python's.
+    kafka-python's. One thing is not: raising an error drains the records.
+    kafka-python 3.0.12 keeps its spent records in line, and its fetcher's next
+    poll then calls ``take`` (``[]``) forever; drained, the fetcher goes on,
+    the position stays at the bad record and the next fetch from it raises the
+    error again, as Kafka's Java consumer does until the application seeks past.
     """
+
+    _next_inline_exception: Exception | None  # kafka-python's, set by its __init__
 
     def __init__(
         self,
@@ -235,7 +241,10 @@ class BatchDecodingPartitionRecords(Fetcher.PartitionRecords):  # type: ignore[m
 
     def take(self, n: int | None = None) -> list[ConsumerRecord]:
         """Up to ``n`` records (all when ``None``); the fetch position moves past them."""
-        self._maybe_raise_next_inline_exception()
+        if self._next_inline_exception:  # drained with it: see the class docstring
+            error, self._next_inline_exception = self._next_inline_exception, None
+            self.drain()
+            raise error
         records: list[ConsumerRecord] = []
         try:
             while self.record_iterator is not None and (n is None or len(records) < n):
@@ -253,6 +262,7 @@ class BatchDecodingPartitionRecords(Fetcher.PartitionRecords):  # type: ignore[m
                 self.next_fetch_offset = records[-1].offset + 1
         except Exception as exc:
             if not records:
+                self.drain()
                 raise
             self._next_inline_exception = exc  # raised by the next take, as kafka-python does
         return records
