@@ -342,7 +342,11 @@ class BatchDecodingPartitionRecords(Fetcher.PartitionRecords):  # type: ignore[m
     def _legacy_records(
         self, batch: Any, tp: Any, key_deserializer: Any, value_deserializer: Any
     ) -> tuple[list[ConsumerRecord], Exception | None]:
-        """Records of a v0/v1 batch, step for step as kafka-python makes them (and counts them)."""
+        """Records of a batch that is not v2, step for step as kafka-python makes them.
+
+        v0/v1 messages, and a corrupt magic above 2 (read by kafka-python as v2
+        records, headers included, without the v2 batch logic).
+        """
         records: list[ConsumerRecord] = []
         try:
             for record in batch:
@@ -357,6 +361,14 @@ class BatchDecodingPartitionRecords(Fetcher.PartitionRecords):  # type: ignore[m
                 headers = record.headers
                 key = self._deserialize(key_deserializer, tp.topic, headers, key)
                 value = self._deserialize(value_deserializer, tp.topic, headers, value)
+                header_size = (
+                    sum(
+                        len(k.encode("utf-8")) + (len(v) if v is not None else 0)
+                        for k, v in headers
+                    )
+                    if headers
+                    else -1
+                )
                 self.records_read += 1
                 self.bytes_read += record.size_in_bytes
                 records.append(
@@ -373,7 +385,7 @@ class BatchDecodingPartitionRecords(Fetcher.PartitionRecords):  # type: ignore[m
                         record.checksum,
                         key_size,
                         value_size,
-                        -1,
+                        header_size,
                     )
                 )
         except Exception as exc:
