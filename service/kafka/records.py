@@ -163,10 +163,48 @@ def decode_batch(
                 f"{len(buf) - pos} unconsumed bytes after all records consumed"
             )
     except CorruptRecordError as exc:
-        return records, payload, exc
+        return _failed(records, payload, exc)
     except (ValueError, IndexError) as exc:
-        return records, payload, CorruptRecordError(f"Found invalid record structure: {exc!r}")
+        return _failed(
+            records, payload, CorruptRecordError(f"Found invalid record structure: {exc!r}")
+        )
     return records, payload, None
+
+
+def _failed(
+    records: list[ConsumerRecord], payload: int, error: Exception
+) -> tuple[list[ConsumerRecord], int, Exception]:
+    """What :func:`decode_batch` returns on an error, the last record's sizes as kafka-python's.
+
+    The key, value or a header value of the last record may run past the end
+    of the batch (the error comes after it): it then holds fewer bytes than its
+    length said, and kafka-python's serialized sizes measure the bytes it holds.
+    """
+    if not records:
+        return records, payload, error
+    record = records[-1]
+    headers = record.headers
+    records[-1] = record._replace(
+        serialized_key_size=-1 if record.key is None else len(record.key),
+        serialized_value_size=-1 if record.value is None else len(record.value),
+        serialized_header_size=sum(
+            len(name.encode("utf-8")) + (0 if value is None else len(value))
+            for name, value in headers
+        )
+        if headers
+        else -1,
+    )
+    return records, payload, error
+
+
+def _payload_of_first(batch: DefaultRecordBatch, count: int) -> int:
+    """The payload bytes of the first ``count`` records of a decoded v2 batch."""
+    buf, pos, payload = batch._buffer, batch._pos, 0
+    for _ in range(count):
+        length, pos = _varint(buf, pos)
+        payload += length
+        pos += length
+    return payload
 
 
 class BatchDecodingPartitionRecords(Fetcher.PartitionRecords):  # type: ignore[misc]
@@ -174,8 +212,14 @@ class BatchDecodingPartitionRecords(Fetcher.PartitionRecords):  # type: ignore[m
 
     ``take`` hands out slices of the decoded batch; the fetch position, the
     error raised after the records before it, and the drain at the end are
-    kafka-python's.
+    kafka-python's. One thing is not: raising an error drains the records.
+    kafka-python 3.0.12 keeps its spent records in line, and its fetcher's next
+    poll then calls ``take`` (``[]``) forever; drained, the fetcher goes on,
+    the position stays at the bad record and the next fetch from it raises the
+    error again, as Kafka's Java consumer does until the application seeks past.
     """
+
+    _next_inline_exception: Exception | None  # kafka-python's, set by its __init__
 
     def __init__(
         self,
@@ -197,7 +241,10 @@ class BatchDecodingPartitionRecords(Fetcher.PartitionRecords):  # type: ignore[m
 
     def take(self, n: int | None = None) -> list[ConsumerRecord]:
         """Up to ``n`` records (all when ``None``); the fetch position moves past them."""
-        self._maybe_raise_next_inline_exception()
+        if self._next_inline_exception:  # drained with it: see the class docstring
+            error, self._next_inline_exception = self._next_inline_exception, None
+            self.drain()
+            raise error
         records: list[ConsumerRecord] = []
         try:
             while self.record_iterator is not None and (n is None or len(records) < n):
@@ -215,6 +262,7 @@ class BatchDecodingPartitionRecords(Fetcher.PartitionRecords):  # type: ignore[m
                 self.next_fetch_offset = records[-1].offset + 1
         except Exception as exc:
             if not records:
+                self.drain()
                 raise
             self._next_inline_exception = exc  # raised by the next take, as kafka-python does
         return records
@@ -223,39 +271,49 @@ class BatchDecodingPartitionRecords(Fetcher.PartitionRecords):  # type: ignore[m
         self, tp: Any, records: Any, key_deserializer: Any, value_deserializer: Any
     ) -> Iterator[list[ConsumerRecord]]:
         """The records of each batch in turn: kafka-python's ``_unpack_records`` by batch."""
-        batch = records.next_batch()
-        last_batch = None
-        while batch is not None:
-            last_batch = batch
-            if self.check_crcs and not batch.validate_crc():
-                raise CorruptRecordError(
-                    f"Record batch for partition {self.topic_partition} at offset"
-                    f" {batch.base_offset} failed crc check"
-                )
-            if batch.magic == 2:
-                self.leader_epoch = batch.leader_epoch
-                if self._skip_batch(batch):
-                    self.next_fetch_offset = batch.next_offset
-                    batch = records.next_batch()
-                    continue
-                chunk, payload, error = decode_batch(
-                    batch, tp.topic, tp.partition, self.leader_epoch
-                )
-            else:
-                chunk, payload, error = self._legacy_records(batch, tp)
-            if key_deserializer is not None or value_deserializer is not None:
-                chunk = [self._deserialized(r, key_deserializer, value_deserializer) for r in chunk]
-            self.records_read += len(chunk)
-            self.bytes_read += payload
-            chunk = self._from_fetch_offset(chunk)
-            if chunk:
-                yield chunk
-            if error is not None:
-                raise error
+        try:
             batch = records.next_batch()
-        if last_batch is not None and last_batch.magic == 2:
-            self.next_fetch_offset = last_batch.next_offset
-        self.drain()
+            last_batch = None
+            while batch is not None:
+                last_batch = batch
+                chunk, error = self._batch_records(batch, tp, key_deserializer, value_deserializer)
+                if chunk:
+                    yield chunk
+                if error is not None:
+                    raise error
+                batch = records.next_batch()
+            if last_batch is not None and last_batch.magic == 2:
+                self.next_fetch_offset = last_batch.next_offset
+            self.drain()
+        except StopIteration:  # e.g. a control batch without its record: as kafka-python words it
+            log.exception("StopIteration raised unpacking messageset")
+            raise RuntimeError("StopIteration raised unpacking messageset") from None
+
+    def _batch_records(
+        self, batch: Any, tp: Any, key_deserializer: Any, value_deserializer: Any
+    ) -> tuple[list[ConsumerRecord], Exception | None]:
+        """The records of one batch from the fetch offset on, and the error that ended them."""
+        if self.check_crcs and not batch.validate_crc():
+            raise CorruptRecordError(
+                f"Record batch for partition {self.topic_partition} at offset"
+                f" {batch.base_offset} failed crc check"
+            )
+        if batch.magic != 2:
+            chunk, error = self._legacy_records(batch, tp, key_deserializer, value_deserializer)
+            return self._from_fetch_offset(chunk), error
+        self.leader_epoch = batch.leader_epoch
+        if self._skip_batch(batch):
+            self.next_fetch_offset = batch.next_offset
+            return [], None
+        chunk, payload, error = decode_batch(batch, tp.topic, tp.partition, self.leader_epoch)
+        if key_deserializer is not None or value_deserializer is not None:
+            chunk, failure = self._deserialized(chunk, key_deserializer, value_deserializer)
+            if failure is not None:  # the records before it, then its error
+                error = failure
+                payload = _payload_of_first(batch, len(chunk))
+        self.records_read += len(chunk)
+        self.bytes_read += payload
+        return self._from_fetch_offset(chunk), error
 
     def _skip_batch(self, batch: DefaultRecordBatch) -> bool:
         """Whether a v2 batch is a control batch or belongs to an aborted transaction."""
@@ -282,11 +340,14 @@ class BatchDecodingPartitionRecords(Fetcher.PartitionRecords):  # type: ignore[m
         return []
 
     def _legacy_records(
-        self, batch: Any, tp: Any
-    ) -> tuple[list[ConsumerRecord], int, Exception | None]:
-        """Records of a v0/v1 batch through kafka-python's own record objects."""
+        self, batch: Any, tp: Any, key_deserializer: Any, value_deserializer: Any
+    ) -> tuple[list[ConsumerRecord], Exception | None]:
+        """Records of a batch that is not v2, step for step as kafka-python makes them.
+
+        v0/v1 messages, and a corrupt magic above 2 (read by kafka-python as v2
+        records, headers included, without the v2 batch logic).
+        """
         records: list[ConsumerRecord] = []
-        payload = 0
         try:
             for record in batch:
                 if self.check_crcs and not record.validate_crc():
@@ -294,8 +355,22 @@ class BatchDecodingPartitionRecords(Fetcher.PartitionRecords):  # type: ignore[m
                         f"Record for partition {self.topic_partition} at offset"
                         f" {record.offset} failed crc check"
                     )
-                payload += record.size_in_bytes
                 key, value = record.key, record.value
+                key_size = len(key) if key is not None else -1
+                value_size = len(value) if value is not None else -1
+                headers = record.headers
+                key = self._deserialize(key_deserializer, tp.topic, headers, key)
+                value = self._deserialize(value_deserializer, tp.topic, headers, value)
+                header_size = (
+                    sum(
+                        len(k.encode("utf-8")) + (len(v) if v is not None else 0)
+                        for k, v in headers
+                    )
+                    if headers
+                    else -1
+                )
+                self.records_read += 1
+                self.bytes_read += record.size_in_bytes
                 records.append(
                     ConsumerRecord(
                         tp.topic,
@@ -308,23 +383,33 @@ class BatchDecodingPartitionRecords(Fetcher.PartitionRecords):  # type: ignore[m
                         value,
                         record.headers,
                         record.checksum,
-                        len(key) if key is not None else -1,
-                        len(value) if value is not None else -1,
-                        -1,
+                        key_size,
+                        value_size,
+                        header_size,
                     )
                 )
         except Exception as exc:
-            return records, payload, exc
-        return records, payload, None
+            return records, exc
+        return records, None
 
     def _deserialized(
-        self, record: ConsumerRecord, key_deserializer: Any, value_deserializer: Any
-    ) -> ConsumerRecord:
+        self, chunk: list[ConsumerRecord], key_deserializer: Any, value_deserializer: Any
+    ) -> tuple[list[ConsumerRecord], Exception | None]:
+        """``chunk`` deserialized, up to the record whose deserializer failed, and its error."""
         deserialize: Callable[..., Any] = self._deserialize
-        return record._replace(
-            key=deserialize(key_deserializer, record.topic, record.headers, record.key),
-            value=deserialize(value_deserializer, record.topic, record.headers, record.value),
-        )
+        done: list[ConsumerRecord] = []
+        try:
+            for record in chunk:
+                topic, headers = record.topic, record.headers
+                done.append(
+                    record._replace(
+                        key=deserialize(key_deserializer, topic, headers, record.key),
+                        value=deserialize(value_deserializer, topic, headers, record.value),
+                    )
+                )
+        except Exception as exc:
+            return done, exc
+        return done, None
 
 
 def install(consumer: Any) -> bool:
