@@ -253,6 +253,7 @@ def measure_naive(
         group_id=group,
         enable_auto_commit=True,
         topics=[topic],
+        batch_decoding=False,  # a hand-wired loop: kafka-python as it comes
     )
     config = FeatureConfig(
         prefix=prefix,

@@ -28,12 +28,14 @@ from fraudstream.service.settings import Settings
 
 def pass_through(spec: dict[str, Any], stop: threading.Event) -> int:
     """Copy ``topic_in`` to ``topic_out`` until ``stop``; return how many records were copied."""
-    kafka = KafkaConnection.from_settings(Settings(_env_file=None, **spec["settings"]))
+    settings = Settings(_env_file=None, **spec["settings"])
+    kafka = KafkaConnection.from_settings(settings)
     consumer = make_consumer(
         kafka,
         client_id="fraudstream-bench-passthrough",
         group_id=spec["group"],
         topics=[spec["topic_in"]],
+        batch_decoding=settings.kafka_batch_decoding,  # the scorer's, for a fair floor
     )
     producer = make_producer(kafka, client_id="fraudstream-bench-passthrough")
     copied = 0

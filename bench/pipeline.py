@@ -385,7 +385,7 @@ def format_readme_table(result: Mapping[str, Any]) -> str:
     if "raw_consume_tx_per_s" in result:
         rows.append(
             (
-                "raw kafka-python consume loop (crc32c)",
+                "raw kafka-python consume loop (crc32c, the scorer's record decoding)",
                 f"{_fmt(get('raw_consume_tx_per_s'))} tx/s (scorer = "
                 f"{_fmt(get('scorer_vs_raw_consume'))}{_X})",
                 "",
@@ -797,14 +797,19 @@ def _assign_all(consumer: Consumer, topic: str) -> None:
 
 
 def measure_raw_consume(
-    kafka: KafkaTarget, topic: str, expected: int, max_records: int
+    kafka: KafkaTarget, topic: str, expected: int, max_records: int, batch_decoding: bool
 ) -> dict[str, float]:
-    """A plain consumer loop that only counts records: Kafka + kafka-python's ceiling."""
+    """A plain consumer loop that only counts records: Kafka + kafka-python's ceiling.
+
+    Its records are decoded as the scorer's are (``batch_decoding``, the
+    ``kafka_batch_decoding`` setting).
+    """
     consumer = make_consumer(
         kafka,
         client_id="fraudstream-bench-raw",
         group_id=None,
         max_poll_records=max_records,
+        batch_decoding=batch_decoding,
     )
     try:
         _assign_all(consumer, topic)
@@ -1699,7 +1704,13 @@ def run_pipeline_bench(
 
         progress("raw consume")
         result.update(
-            measure_raw_consume(kafka, topic, config.events, base_settings.max_batch_size)
+            measure_raw_consume(
+                kafka,
+                topic,
+                config.events,
+                base_settings.max_batch_size,
+                base_settings.kafka_batch_decoding,
+            )
         )
 
         registry = ModelRegistry(client, run.prefix, SecretStr(str(values["model_signing_key"])))
