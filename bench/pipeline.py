@@ -184,7 +184,7 @@ _ROWS: tuple[tuple[str, str, str], ...] = (
     ("scorer_vs_peer", "scorer / peer", "x"),
     ("naive_tx_per_s", "naive per-event loop", "tx/s"),
     ("speedup_vs_naive", "scorer / naive", "x"),
-    ("raw_consume_tx_per_s", "raw kafka-python consume loop", "tx/s"),
+    ("raw_consume_tx_per_s", "raw consume loop (kafka-python, the scorer's decoding)", "tx/s"),
     ("scorer_vs_raw_consume", "scorer / raw consume", "x"),
     ("latency_p50_ms", "latency p50 at offered rate", "ms"),
     ("latency_p99_ms", "latency p99 at offered rate", "ms"),
