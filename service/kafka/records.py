@@ -60,6 +60,18 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
     return decode_varint(buf, pos)  # type: ignore[no-any-return]
 
 
+def _nullable_bytes(buf: bytes, pos: int) -> tuple[bytes | None, int, int]:
+    """The bytes at ``pos`` (a varint length, then the data), their length (-1: null), the end.
+
+    >>> _nullable_bytes(bytes([0x06]) + b"abc", 0), _nullable_bytes(bytes([0x01]), 0)
+    ((b'abc', 3, 4), (None, -1, 1))
+    """
+    length, pos = _varint(buf, pos)
+    if length < 0:
+        return None, -1, pos
+    return buf[pos : pos + length], length, pos + length
+
+
 def _headers(buf: bytes, pos: int, count: int) -> tuple[list[tuple[str, bytes | None]], int, int]:
     """``count`` record headers, their size as kafka-python counts it, and the end position."""
     headers: list[tuple[str, bytes | None]] = []
@@ -70,11 +82,8 @@ def _headers(buf: bytes, pos: int, count: int) -> tuple[list[tuple[str, bytes | 
             raise CorruptRecordError(f"Invalid negative header key size {key_len}")
         key = buf[pos : pos + key_len].decode("utf-8")
         pos += key_len
-        value_len, pos = _varint(buf, pos)
-        value: bytes | None = None
-        if value_len >= 0:
-            value = buf[pos : pos + value_len]
-            pos += value_len
+        value, value_len, pos = _nullable_bytes(buf, pos)
+        if value is not None:
             size += value_len
         size += len(key.encode("utf-8"))
         headers.append((key, value))
@@ -110,20 +119,8 @@ def decode_batch(
                 _, pos = decode_varint(buf, pos)
             timestamp_delta, pos = _varint(buf, pos)
             offset_delta, pos = _varint(buf, pos)
-            key_len, pos = _varint(buf, pos)
-            key: bytes | None = None
-            if key_len >= 0:
-                key = buf[pos : pos + key_len]
-                pos += key_len
-            else:
-                key_len = -1
-            value_len, pos = _varint(buf, pos)
-            value: bytes | None = None
-            if value_len >= 0:
-                value = buf[pos : pos + value_len]
-                pos += value_len
-            else:
-                value_len = -1
+            key, key_len, pos = _nullable_bytes(buf, pos)
+            value, value_len, pos = _nullable_bytes(buf, pos)
             header_count, pos = _varint(buf, pos)
             if header_count == 0:
                 headers: list[tuple[str, bytes | None]] = []
