@@ -19,6 +19,7 @@ Examples
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -111,6 +112,10 @@ class BudgetPolicy:
         self.min_history = min_history
         size = history if history is not None else min(100_000, expected_per_day)
         self._ring = np.zeros(max(size, min_history))
+        #: The ring's current scores in ascending order: the quantile and the
+        #: share of ties are read from it, instead of partitioning the ring each
+        #: batch (1.3 to 1.6 ms for 100,000 scores, against ~0.2 ms to update it).
+        self._sorted = np.zeros(0)
         self._filled = 0
         self._cursor = 0
         self._version: int | None = None
@@ -121,6 +126,10 @@ class BudgetPolicy:
     def _remember(self, scores: np.ndarray) -> None:
         size = len(self._ring)
         scores = scores[-size:]
+        written = (self._cursor + np.arange(len(scores))) % size
+        self._sorted = _replace_sorted(
+            self._sorted, self._ring[written[written < self._filled]], scores
+        )
         end = self._cursor + len(scores)
         if end <= size:
             self._ring[self._cursor : end] = scores
@@ -139,6 +148,7 @@ class BudgetPolicy:
         self._version = version
         self._filled = 0
         self._cursor = 0
+        self._sorted = np.zeros(0)
         self._trusted = keep_threshold  # a previous model version's threshold stands in
 
     def decide(self, scores: np.ndarray, scorer_version: int = 0) -> tuple[np.ndarray, float]:
@@ -146,20 +156,64 @@ class BudgetPolicy:
         if scorer_version != self._version:
             self._switch(scorer_version)
         self._remember(scores)
-        recent = self._ring[: self._filled]
+        recent = self._sorted
         if self._filled >= self.min_history or (not self._trusted and self._filled >= 20):
-            self._threshold = float(np.quantile(recent, self.quantile))
+            self._threshold = sorted_quantile(recent, self.quantile)
         threshold = self._threshold
         alert = scores > threshold
         tied = scores == threshold
         if tied.any() and self._filled >= 20:
             # Fill the budget's share with a random part of the ties, never more.
-            above = float(np.mean(recent > threshold))
-            at = float(np.mean(recent == threshold))
+            n = len(recent)
+            first = int(np.searchsorted(recent, threshold, "left"))
+            past = int(np.searchsorted(recent, threshold, "right"))
+            above, at = (n - past) / n, (past - first) / n  # shares of the recent scores
             share = (1.0 - self.quantile - above) / at if at > 0 else 0.0
             if share > 0:
                 alert |= tied & (self._rng.random(len(scores)) < min(1.0, share))
         return alert, threshold
+
+
+def _replace_sorted(values: np.ndarray, removed: np.ndarray, added: np.ndarray) -> np.ndarray:
+    """``values`` (ascending) without one occurrence of each of ``removed``, with ``added``.
+
+    Every value of ``removed`` must be in ``values`` (as often as it is removed).
+
+    >>> _replace_sorted(np.array([1.0, 2.0, 2.0, 5.0]), np.array([2.0, 5.0]), np.array([3.0, 0.0]))
+    array([0., 1., 2., 3.])
+    """
+    if len(removed):
+        removed = np.sort(removed)
+        # The k-th of equal removed values takes the k-th equal slot in ``values``.
+        rank = np.arange(len(removed)) - np.searchsorted(removed, removed, "left")
+        values = np.delete(values, np.searchsorted(values, removed, "left") + rank)
+    added = np.sort(added)
+    return np.insert(values, np.searchsorted(values, added, "left"), added)
+
+
+def sorted_quantile(values: np.ndarray, q: float) -> float:
+    """``np.quantile(values, q)`` (its default, linear method) of values already in ascending order.
+
+    The same arithmetic as numpy's, read off the two neighbouring values
+    instead of partitioning the array; NaN present: numpy's own answer.
+
+    >>> scores = np.random.default_rng(0).random(1001)
+    >>> sorted_quantile(np.sort(scores), 0.99) == float(np.quantile(scores, 0.99))
+    True
+    """
+    n = len(values)
+    if n == 0 or np.isnan(values[-1]):
+        return float(np.quantile(values, q))
+    index = (n - 1) * q  # numpy's virtual index for its linear method
+    if index >= n - 1:
+        return float(values[-1])
+    if index < 0:
+        return float(values[0])
+    below = math.floor(index)
+    a, b = float(values[below]), float(values[below + 1])
+    t = index - below
+    difference = b - a
+    return a + difference * t if t < 0.5 else b - difference * (1 - t)
 
 
 def _iso(ms: float) -> str:
