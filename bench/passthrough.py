@@ -21,23 +21,21 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from fraudstream.service.kafka import KafkaConnection
 from fraudstream.service.kafka.clients import make_consumer, make_producer
 from fraudstream.service.settings import Settings
 
 
 def pass_through(spec: dict[str, Any], stop: threading.Event) -> int:
     """Copy ``topic_in`` to ``topic_out`` until ``stop``; return how many records were copied."""
+    # The settings themselves: the consumer decodes records as the scorer's does.
     settings = Settings(_env_file=None, **spec["settings"])
-    kafka = KafkaConnection.from_settings(settings)
     consumer = make_consumer(
-        kafka,
+        settings,
         client_id="fraudstream-bench-passthrough",
         group_id=spec["group"],
         topics=[spec["topic_in"]],
-        batch_decoding=settings.kafka_batch_decoding,  # the scorer's, for a fair floor
     )
-    producer = make_producer(kafka, client_id="fraudstream-bench-passthrough")
+    producer = make_producer(settings, client_id="fraudstream-bench-passthrough")
     copied = 0
     ready = False
     try:

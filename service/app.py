@@ -423,7 +423,6 @@ class Application:
             session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=max(1000, s.session_timeout_ms // 4),
             max_poll_records=s.max_batch_size,
-            batch_decoding=s.kafka_batch_decoding,
         )
 
     def _enter_loop(

@@ -231,8 +231,8 @@ class Settings(BaseSettings):
         True,
         description="Decode each fetched record batch in one loop (fraudstream.service.kafka."
         "records) instead of kafka-python's per-record objects: the same records, ~3 µs less "
-        "CPU per record. Off: kafka-python's own decoder. Used only with a kafka-python "
-        "version it was checked against.",
+        "CPU per record, for every consumer built from these settings. Off: kafka-python's own "
+        "decoder. Used only with a kafka-python version it was checked against.",
     )
     max_batch_size: Annotated[int, Field(ge=1, le=100_000)] = Field(
         2000, description="Most records processed per batch (bounds time per batch)."

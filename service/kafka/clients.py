@@ -121,7 +121,7 @@ def make_consumer(
     topics: Iterable[str] = (),
     read_committed: bool = False,
     auto_offset_reset: str = "earliest",
-    batch_decoding: bool = True,
+    batch_decoding: bool | None = None,
     **overrides: Any,
 ) -> Consumer:
     """A consumer with auto-commit off: offsets are committed by the caller only.
@@ -138,7 +138,8 @@ def make_consumer(
         Only see records of committed transactions.
     batch_decoding
         Decode fetched batches with :mod:`fraudstream.service.kafka.records`
-        (the same records as kafka-python's decoder, in less CPU).
+        (the same records as kafka-python's decoder, in less CPU). Default:
+        the ``kafka_batch_decoding`` setting when ``kafka`` is the settings, else on.
     """
     connection = _connect(kafka)
     config: dict[str, Any] = {
@@ -160,6 +161,8 @@ def make_consumer(
         consumer: Consumer = KafkaConsumer(**config)
     except _UNREACHABLE as exc:
         raise _unavailable(connection, exc) from exc
+    if batch_decoding is None:
+        batch_decoding = bool(getattr(kafka, "kafka_batch_decoding", True))
     if batch_decoding:
         records.install(consumer)
     if group_id is not None:

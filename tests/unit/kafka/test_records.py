@@ -45,8 +45,9 @@ from kafka.record.memory_records import MemoryRecords, MemoryRecordsBuilder
 from kafka.record.util import calc_crc32c, encode_varint
 from kafka.structs import TopicPartition
 
-from fraudstream.service.kafka import records
+from fraudstream.service.kafka import make_consumer, records
 from fraudstream.service.kafka.records import BatchDecodingPartitionRecords
+from fraudstream.service.settings import Settings
 
 TP = TopicPartition("transactions", 3)
 STOCK = Fetcher.PartitionRecords
@@ -1040,3 +1041,31 @@ def test_install_refuses_a_kafka_python_it_was_not_checked_against(
     assert holder._fetcher.PartitionRecords is STOCK
     assert records.install(_Holder(None)) is False
     assert records.install(object()) is False
+
+
+@pytest.mark.parametrize(("setting", "decoder"), [(True, NEW), (False, STOCK)])
+def test_make_consumer_follows_the_setting_when_given_the_settings(
+    setting: bool, decoder: type
+) -> None:
+    settings = Settings(
+        _env_file=None, bootstrap_servers="127.0.0.1:1", kafka_batch_decoding=setting
+    )
+    consumer = make_consumer(settings, client_id="t", group_id=None, api_version=(2, 5))
+    try:
+        assert consumer._fetcher.PartitionRecords is decoder  # type: ignore[attr-defined]
+    finally:
+        consumer.close()
+
+
+def test_make_consumer_decides_without_the_settings_and_when_told() -> None:
+    for target, told, decoder in (
+        ("127.0.0.1:1", None, NEW),  # no settings: on
+        (Settings(_env_file=None, bootstrap_servers="127.0.0.1:1"), False, STOCK),
+    ):
+        consumer = make_consumer(
+            target, client_id="t", group_id=None, batch_decoding=told, api_version=(2, 5)
+        )
+        try:
+            assert consumer._fetcher.PartitionRecords is decoder  # type: ignore[attr-defined]
+        finally:
+            consumer.close()
