@@ -234,6 +234,13 @@ class Settings(BaseSettings):
         "CPU per record, for every consumer built from these settings. Off: kafka-python's own "
         "decoder. Used only with a kafka-python version it was checked against.",
     )
+    kafka_read_committed: bool = Field(
+        True,
+        description="Read only the records of committed Kafka transactions, for every consumer "
+        "built from these settings: records an upstream transactional producer aborted are "
+        "never scored, counted, learnt, rebuilt or recorded. Off: every record appended, "
+        "kafka-python's default (an aborted transaction is then scored as if it had happened).",
+    )
     max_batch_size: Annotated[int, Field(ge=1, le=100_000)] = Field(
         2000, description="Most records processed per batch (bounds time per batch)."
     )

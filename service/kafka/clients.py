@@ -119,7 +119,7 @@ def make_consumer(
     client_id: str,
     group_id: str | None,
     topics: Iterable[str] = (),
-    read_committed: bool = False,
+    read_committed: bool | None = None,
     auto_offset_reset: str = "earliest",
     batch_decoding: bool | None = None,
     **overrides: Any,
@@ -135,13 +135,17 @@ def make_consumer(
     topics
         Subscribed at once when given (group management); otherwise assign later.
     read_committed
-        Only see records of committed transactions.
+        Only see records of committed transactions (and no record of an aborted
+        one). Default: the ``kafka_read_committed`` setting when ``kafka`` is the
+        settings, else on.
     batch_decoding
         Decode fetched batches with :mod:`fraudstream.service.kafka.records`
         (the same records as kafka-python's decoder, in less CPU). Default:
         the ``kafka_batch_decoding`` setting when ``kafka`` is the settings, else on.
     """
     connection = _connect(kafka)
+    if read_committed is None:
+        read_committed = bool(getattr(kafka, "kafka_read_committed", True))
     config: dict[str, Any] = {
         **connection.options(),
         "client_id": client_id,

@@ -138,7 +138,9 @@ def test_transaction_commit_is_visible_and_abort_is_not_to_read_committed(
     committed.close()
     assert seen == [b"committed", b"committed-2"]
 
-    uncommitted = make_consumer(kafka_bootstrap, client_id="ru", group_id=None)
+    uncommitted = make_consumer(
+        kafka_bootstrap, client_id="ru", group_id=None, read_committed=False
+    )
     uncommitted.assign([TopicPartition(topic, 0)])
     assert b"aborted" in [r.value for r in _drain(uncommitted, 3)]
     uncommitted.close()
