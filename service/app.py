@@ -83,6 +83,7 @@ from fraudstream.service.settings import (
 from fraudstream.service.snapshots import SnapshotSender, SnapshotStore
 from fraudstream.service.state import StateLostError, ensure_state, lost_message, marker_key
 from fraudstream.service.stores import feature_store, snapshot_store
+from fraudstream.service.waiting_labels import LabelWaits, WaitingLabels
 
 log = logging.getLogger(__name__)
 
@@ -688,20 +689,33 @@ class Application:
             topic_dlq=s.topic_labels_dlq,
             max_message_bytes=s.max_message_bytes,
             dead_letter_max_bytes=s.dead_letter_max_bytes,
+            wait_ms=int(s.label_wait_s * 1000),
         )
         checkpoint = loop.checkpoint
+        waits = LabelWaits(WaitingLabels(self._redis, s.redis_prefix), labels)
 
         def turn(polled: Polled) -> None:
-            if polled.records:
-                outcome = labels.process(polled.records)
-                checkpoint.produce(outcome.outgoing)
-                checkpoint.track(polled.spans)
-                self._count_labels(outcome, len(polled.records))
-            # Offsets are committed only once a published version holds
-            # what was learnt: a crash before that relearns, never loses.
-            if learner.maybe_publish() is not None:
-                checkpoint.commit()
-                self._after_publish(learner)
+            try:
+                if polled.records:
+                    outcome = labels.process(polled.records)
+                    waits.keep(outcome)  # before the offsets past them can be committed
+                    checkpoint.produce(outcome.outgoing)
+                    checkpoint.track(polled.spans)
+                    self._count_labels(outcome, len(polled.records))
+                again = waits.look_again()
+                if again is not None:
+                    checkpoint.produce(again.outgoing)
+                    self._count_labels(again, 0)
+                    self.metrics.labels_waiting.set(waits.waiting())
+                # Offsets are committed only once a published version holds
+                # what was learnt: a crash before that relearns, never loses.
+                if learner.maybe_publish() is not None:
+                    checkpoint.commit()
+                    waits.durable()
+                    self._after_publish(learner)
+            except Exception:
+                waits.forget()
+                raise
 
         loop.run(turn, transient=_transient, healthy=self._redis_ok)
         try:
@@ -712,6 +726,7 @@ class Application:
             log.warning("learner: last version not published at stop (%s); relearnt at start", exc)
             return
         if published is not None and self._final_commit(loop):
+            waits.durable()
             self._after_publish(learner)
 
     def _final_commit(self, loop: ConsumeLoop) -> bool:

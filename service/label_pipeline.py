@@ -7,8 +7,11 @@ transactions in :meth:`fraudstream.service.pipeline.Pipeline.process`:
    become :class:`DeadLetter` s with their original bytes;
 2. **learn** the valid labels (:meth:`Learner.learn_many`: the snapshot each
    transaction was scored with, each label claimed once, then ``learn_one``);
-3. **dead-letter** the labels that cannot be learnt (no snapshot, or one of
-   another feature set) with the reason;
+3. **wait** for the snapshots not there yet (``wait_ms``; the caller keeps
+   those labels in :mod:`fraudstream.service.waiting_labels` and hands them
+   back with their deadlines), and **dead-letter** the labels that cannot be
+   learnt (no snapshot by their deadline, a snapshot of another feature set)
+   with the reason;
 4. return the records to produce (dead letters) and what was learnt.
 
 Kafka stays outside: the learner loop polls, hands the records here, hands the
@@ -38,6 +41,12 @@ class LabelBatchOutcome:
     duplicates: int = 0
     missing_snapshots: int = 0
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    #: Records of labels seen for the first time whose snapshot is not there
+    #: yet: the caller keeps them to wait (deadline ``now + wait_ms``).
+    waiting: list[ConsumedRecord] = field(default_factory=list)
+    #: Of records handed back with deadlines: the indices settled (learnt, a
+    #: duplicate or dead-lettered); the others still wait.
+    settled: list[int] = field(default_factory=list)
 
 
 class LabelPipeline:
@@ -53,6 +62,9 @@ class LabelPipeline:
         Larger records are dead-lettered.
     dead_letter_max_bytes
         Dead-letter values are cut to fit this size (see :func:`dead_letter_of`).
+    wait_ms
+        How long a label may wait for its transaction's snapshot after it was
+        first seen (``label_wait_s``); 0: dead-lettered at once.
     clock_ms
         Wall clock in epoch milliseconds (injectable for tests).
     """
@@ -64,16 +76,24 @@ class LabelPipeline:
         topic_dlq: str,
         max_message_bytes: int,
         dead_letter_max_bytes: int = 1_000_000,
+        wait_ms: int = 0,
         clock_ms: Callable[[], float] = lambda: time.time() * 1000.0,
     ) -> None:
         self.learner = learner
         self.topic_dlq = topic_dlq
         self.max_message_bytes = max_message_bytes
         self.dead_letter_max_bytes = dead_letter_max_bytes
+        self.wait_ms = wait_ms
         self.clock_ms = clock_ms
 
-    def process(self, records: Sequence[ConsumedRecord]) -> LabelBatchOutcome:
-        """Process one batch; nothing here commits or produces."""
+    def process(
+        self, records: Sequence[ConsumedRecord], deadlines_ms: Sequence[float] | None = None
+    ) -> LabelBatchOutcome:
+        """Process one batch; nothing here commits or produces.
+
+        ``deadlines_ms``: the records are waiting labels handed back, each with
+        its deadline; without it they are seen for the first time.
+        """
         labels: list[Label]
         labels, indices, failures = validate_records(
             records, self.max_message_bytes, Label, LABEL_BATCH
@@ -84,16 +104,46 @@ class LabelPipeline:
 
         learnt = self.learner.learn_many(labels)
 
-        record_of = {id(label): records[i] for label, i in zip(labels, indices, strict=True)}
+        index_of = {id(label): i for label, i in zip(labels, indices, strict=True)}
+        waiting: list[ConsumedRecord] = []
+        still_waiting: set[int] = set()
+        missing = 0
         for rejected in learnt.rejected:
-            record = record_of[id(rejected.label)]
-            letters.append(
-                dead_letter_of(record, MissingSnapshotError(rejected.reason), now_ms, cap)
-            )
+            i = index_of[id(rejected.label)]
+            reason = rejected.reason
+            if rejected.waitable and self.wait_ms > 0:
+                if deadlines_ms is None:
+                    waiting.append(records[i])
+                    continue
+                if now_ms < deadlines_ms[i]:
+                    still_waiting.add(i)
+                    continue
+                reason += f", after waiting {self.wait_ms / 1000:g} s (label_wait_s)"
+            missing += 1
+            if rejected.waitable:
+                self.learner.gave_up(1)
+            letters.append(dead_letter_of(records[i], MissingSnapshotError(reason), now_ms, cap))
+        settled = [] if deadlines_ms is None else sorted(set(range(len(records))) - still_waiting)
         return LabelBatchOutcome(
             outgoing=[Outgoing(self.topic_dlq, x.key, x.value, x.headers) for x in letters],
             learnt=learnt.learnt,
             duplicates=learnt.duplicates,
-            missing_snapshots=len(learnt.rejected),
+            missing_snapshots=missing,
+            dead_letters=letters,
+            waiting=waiting,
+            settled=settled,
+        )
+
+    def give_up(self, records: Sequence[ConsumedRecord], reason: str) -> LabelBatchOutcome:
+        """Dead-letter labels that cannot wait for their snapshot (no room), with ``reason``."""
+        now_ms = int(self.clock_ms())
+        letters = [
+            dead_letter_of(r, MissingSnapshotError(reason), now_ms, self.dead_letter_max_bytes)
+            for r in records
+        ]
+        self.learner.gave_up(len(letters))
+        return LabelBatchOutcome(
+            outgoing=[Outgoing(self.topic_dlq, x.key, x.value, x.headers) for x in letters],
+            missing_snapshots=len(letters),
             dead_letters=letters,
         )

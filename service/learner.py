@@ -3,7 +3,9 @@
 For a batch of labels, :meth:`Learner.learn_many`
 
 1. fetches the feature snapshots stored at scoring time (one round trip);
-   a missing or expired snapshot is returned as rejected, for ``labels.dlq``;
+   a missing or expired snapshot is returned as rejected, for ``labels.dlq``
+   (or, while the transaction may still be scored, to wait for it: see
+   :mod:`fraudstream.service.waiting_labels`);
 2. claims each label once (one round trip), so a redelivered label is counted
    as a duplicate, not learnt twice;
 3. feeds the label facts to the feature store (terminal fraud rates);
@@ -114,6 +116,8 @@ class RejectedLabel:
     label: Label
     error: str
     reason: str
+    #: No snapshot yet: the transaction may still be scored (the label can wait for it).
+    waitable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +274,7 @@ class Learner:
                         MissingSnapshotError.__name__,
                         f"no feature snapshot for transaction {label.transaction_id} "
                         "(never scored, or older than snapshot_ttl_s)",
+                        waitable=True,
                     )
                 )
             elif snap.feature_set != self._feature_set:
@@ -331,8 +336,14 @@ class Learner:
 
         self._since_publish += len(fresh)
         self.duplicates += duplicates
-        self.rejected += len(rejected)
+        # A label that may wait for its snapshot counts once it is dead-lettered
+        # (gave_up), not at each look while it waits.
+        self.rejected += sum(not r.waitable for r in rejected)
         return LearnOutcome(len(fresh), frauds, duplicates, tuple(rejected))
+
+    def gave_up(self, count: int) -> None:
+        """``count`` labels without a snapshot were dead-lettered (the versions' ``rejected``)."""
+        self.rejected += count
 
     # -- publishing ---------------------------------------------------------------
 

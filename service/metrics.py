@@ -179,6 +179,11 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.labels_waiting = Gauge(
+            "fraudstream_labels_waiting",
+            "Labels waiting for their transaction's feature snapshot (label_wait_s).",
+            registry=r,
+        )
         self.learner_version = Gauge(
             "fraudstream_learner_model_version",
             "Last model version the learner published (0: none yet).",

@@ -392,6 +392,12 @@ class Settings(BaseSettings):
     publish_every_s: Annotated[float, Field(gt=0)] = Field(
         60.0, description="...or after this many seconds with at least one new label."
     )
+    label_wait_s: Annotated[float, Field(ge=0)] = Field(
+        3600.0,
+        description="How long a label whose transaction has no feature snapshot yet (the scorer "
+        "behind, the transaction still on its way) waits for it, in Redis, before it is "
+        "dead-lettered; looked for again every few seconds. 0: dead-lettered at once.",
+    )
     model_versions_kept: Annotated[int, Field(ge=1)] = Field(
         10, description="Model versions kept in the registry."
     )

@@ -142,7 +142,8 @@ def test_labels_without_snapshot_or_malformed_go_to_the_labels_dlq(
     produce: Callable[..., None],
     consume: Callable[..., list[ConsumerRecord]],
 ) -> None:
-    settings = make_settings(role="learner", publish_every_s=1.0)
+    # The ghost label waits for its snapshot for label_wait_s, then is dead-lettered.
+    settings = make_settings(role="learner", publish_every_s=1.0, label_wait_s=2.0)
     app = run_app(settings)
     ghost = orjson.dumps(
         {
@@ -163,6 +164,7 @@ def test_labels_without_snapshot_or_malformed_go_to_the_labels_dlq(
     by_key = {r.key: dict(r.headers) for r in letters}
     assert by_key[b"k1"]["fraudstream.error.class"] == b"MissingSnapshotError"
     assert b"never-scored" in by_key[b"k1"]["fraudstream.error.message"]
+    assert b"after waiting 2 s" in by_key[b"k1"]["fraudstream.error.message"]
     assert by_key[b"k2"]["fraudstream.error.class"] == b"ValidationFailedError"
     assert {r.value for r in letters} == {ghost, b'{"transaction_id": "x", "is_fraud": "maybe"}'}
     assert app.metrics.labels_rejected.labels("missing_snapshot")._value.get() == 1

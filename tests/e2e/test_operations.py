@@ -128,7 +128,7 @@ def running(
 
         wait_until("fraudstream_transactions_processed_total", stats.transactions)
         # Labels once every snapshot is stored (sent together, a label can
-        # overtake its transaction's scoring and is then dead-lettered).
+        # overtake its transaction's scoring and would wait for it).
         sim = simulate(config)
         labels = label_simulation(sim, LabelDelay(delay_s=86_400))
         for label in label_rows(sim, labels, np.argsort(labels.labeled_ms)):

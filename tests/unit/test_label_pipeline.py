@@ -32,14 +32,22 @@ def _label(tx: str, fraud: bool) -> bytes:
 class StubLearner:
     """Learns every label it has a snapshot for; the first of a repeated id only."""
 
-    def __init__(self, scored: set[str]) -> None:
+    def __init__(self, scored: set[str], other_set: frozenset[str] = frozenset()) -> None:
         self.scored = scored
+        self.other_set = other_set  # scored with another feature set
         self.learnt: list[Label] = []
+        self.given_up = 0
+
+    def gave_up(self, count: int) -> None:
+        self.given_up += count
 
     def learn_many(self, labels: Sequence[Label]) -> LearnOutcome:
         rejected = [
             RejectedLabel(
-                lb, "MissingSnapshotError", f"no feature snapshot for {lb.transaction_id}"
+                lb,
+                "MissingSnapshotError",
+                f"no feature snapshot for {lb.transaction_id}",
+                waitable=lb.transaction_id not in self.other_set,
             )
             for lb in labels
             if lb.transaction_id not in self.scored
@@ -90,3 +98,61 @@ def test_labels_are_learnt_bad_and_unlearnable_ones_dead_lettered_with_their_byt
     assert headers[1]["fraudstream.error.class"] == b"MissingSnapshotError"
     assert headers[1]["fraudstream.source.offset"] == b"2"
     assert [x.error_class for x in outcome.dead_letters] == ["DecodeError", "MissingSnapshotError"]
+
+
+def test_a_label_without_its_snapshot_waits_then_is_learnt_or_dead_lettered_at_its_deadline() -> (
+    None
+):
+    learner = StubLearner({"0"}, other_set=frozenset({"other"}))
+    now = [1.0e12]
+    pipeline = LabelPipeline(
+        learner,  # type: ignore[arg-type]
+        topic_dlq="labels.dlq",
+        max_message_bytes=1024,
+        wait_ms=60_000,
+        clock_ms=lambda: now[0],
+    )
+    records = [
+        Record(_label("0", False), offset=0),
+        Record(_label("late", True), offset=1),  # scored later
+        Record(_label("never", True), offset=2),  # never scored
+        Record(_label("other", False), offset=3),  # another feature set: cannot wait
+    ]
+
+    first = pipeline.process(records)
+    assert first.learnt == 1
+    assert first.waiting == [records[1], records[2]]
+    assert [dict(o.headers or [])["fraudstream.source.offset"] for o in first.outgoing] == [b"3"]
+    assert (first.missing_snapshots, first.settled) == (1, [])
+
+    # Looked at again before the deadline: "late" has its snapshot now, "never" waits on.
+    learner.scored.add("late")
+    deadline = now[0] + 60_000
+    now[0] += 5_000
+    again = pipeline.process(first.waiting, [deadline, deadline])
+    assert (again.learnt, again.settled, again.outgoing, again.waiting) == (1, [0], [], [])
+    assert [lb.transaction_id for lb in learner.learnt] == ["0", "late"]
+
+    # At its deadline: dead-lettered with its own bytes and offset, the wait in the reason.
+    now[0] = deadline
+    last = pipeline.process([records[2]], [deadline])
+    assert (last.learnt, last.settled, last.missing_snapshots) == (0, [0], 1)
+    (letter,) = last.outgoing
+    headers = dict(letter.headers or [])
+    assert letter.value == records[2].value
+    assert headers["fraudstream.source.offset"] == b"2"
+    assert b"after waiting 60 s" in headers["fraudstream.error.message"]
+    assert learner.given_up == 1  # counted once, when dead-lettered, not at each look
+
+
+def test_without_a_wait_a_label_without_its_snapshot_is_dead_lettered_at_once() -> None:
+    pipeline = LabelPipeline(
+        StubLearner(set()),  # type: ignore[arg-type]
+        topic_dlq="labels.dlq",
+        max_message_bytes=1024,
+        wait_ms=0,
+    )
+    outcome = pipeline.process([Record(_label("x", True))])
+    assert (outcome.waiting, outcome.missing_snapshots, len(outcome.outgoing)) == ([], 1, 1)
+    given_up = pipeline.give_up([Record(_label("y", True), offset=7)], "no room")
+    assert dict(given_up.outgoing[0].headers or [])["fraudstream.error.message"] == b"no room"
