@@ -18,7 +18,8 @@ of it is durable -- the model version that learnt it published, or its dead
 letter acknowledged. A learner killed in between finds it again; its label
 claim makes a second learning a duplicate.
 
-At most :data:`WAITING_CAPACITY` labels wait; more are dead-lettered at once.
+At most :data:`WAITING_CAPACITY` labels wait, each record of at most
+:data:`WAITING_RECORD_MAX_BYTES`; others are dead-lettered at once.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ from fraudstream.service.pipeline import ConsumedRecord
 
 #: Most labels waiting at once (~200 bytes of Redis each); more are dead-lettered.
 WAITING_CAPACITY = 20_000
+#: Largest label record (key, value and headers) that may wait: labels keep
+#: unknown fields, and 20,000 records of a megabyte would not fit in Redis.
+WAITING_RECORD_MAX_BYTES = 4096
 
 
 @dataclass(slots=True)
@@ -66,6 +70,12 @@ def _b64(data: bytes | None) -> str | None:
 
 def _unb64(text: str | None) -> bytes | None:
     return None if text is None else base64.b64decode(text)
+
+
+def _size(record: ConsumedRecord) -> int:
+    """Bytes of a record's key, value and headers."""
+    headers = sum(len(name) + len(value or b"") for name, value in record.headers or [])
+    return len(record.key or b"") + len(record.value or b"") + headers
 
 
 def encode_record(record: ConsumedRecord) -> bytes:
@@ -113,25 +123,37 @@ class WaitingLabels:
         Key prefix (``Settings.redis_prefix``).
     capacity
         Most labels waiting at once.
+    max_bytes
+        Largest record that may wait (key, value and headers).
     """
 
-    def __init__(self, client: Any, prefix: str, capacity: int = WAITING_CAPACITY) -> None:
+    def __init__(
+        self,
+        client: Any,
+        prefix: str,
+        capacity: int = WAITING_CAPACITY,
+        max_bytes: int = WAITING_RECORD_MAX_BYTES,
+    ) -> None:
         self.client = client
         self.key = f"{prefix}:{{labels-waiting}}"
         self.capacity = capacity
+        self.max_bytes = max_bytes
 
     def add(self, records: Sequence[ConsumedRecord], deadline_ms: float) -> list[ConsumedRecord]:
-        """Keep ``records`` until ``deadline_ms``; returns those that did not fit.
+        """Keep ``records`` until ``deadline_ms``; returns those that cannot wait.
 
-        A record already waiting keeps its first deadline.
+        They cannot when :attr:`capacity` labels wait already or their record is
+        over :attr:`max_bytes`. A record already waiting keeps its first deadline.
         """
         if not records:
             return []
+        small = [r for r in records if _size(r) <= self.max_bytes]
         room = max(0, self.capacity - int(self.client.zcard(self.key)))
-        kept, overflow = records[:room], list(records[room:])
+        kept = small[:room]
         if kept:
             self.client.zadd(self.key, {encode_record(r): deadline_ms for r in kept}, nx=True)
-        return overflow
+        chosen = {id(r) for r in kept}
+        return [r for r in records if id(r) not in chosen]
 
     def due(self) -> list[WaitingLabel]:
         """Every waiting label, earliest deadline first."""
@@ -190,7 +212,10 @@ class LabelWaits:
         deadline_ms = self.pipeline.clock_ms() + self.pipeline.wait_ms
         full = self.store.add(outcome.waiting, deadline_ms)
         if full:
-            reason = f"no feature snapshot, and {self.store.capacity} labels wait already"
+            reason = (
+                f"no feature snapshot, and it cannot wait for one: {self.store.capacity} labels "
+                f"wait already, or its record is over {self.store.max_bytes} bytes"
+            )
             given_up = self.pipeline.give_up(full, reason)
             outcome.outgoing += given_up.outgoing
             outcome.dead_letters += given_up.dead_letters

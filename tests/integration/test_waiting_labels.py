@@ -66,6 +66,12 @@ def test_the_set_keeps_each_record_once_in_deadline_order_up_to_its_capacity(
     store.remove([due[0].member])
     assert store.count() == 2
 
+    # A record over max_bytes never waits (labels keep unknown fields: it could be a megabyte).
+    small = WaitingLabels(redis_client, redis_prefix + "-small", max_bytes=300)
+    big = WaitingRecord("labels", 0, 9, 0, b"k", b'{"pad": "' + b"x" * 300 + b'"}', [])
+    assert small.add([big, _record("e", 10)], 1.0) == [big]
+    assert [w.record for w in small.due()] == [_record("e", 10)]
+
 
 def test_waiting_labels_are_taken_off_only_once_durable_and_looked_at_again_after_a_failure(
     redis_client: redis.Redis, redis_prefix: str
