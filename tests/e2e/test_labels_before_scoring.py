@@ -8,8 +8,10 @@ killed while labels wait, its offsets committed past them, finds them again.
 
 from __future__ import annotations
 
+import random
 import signal
 import subprocess
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -103,3 +105,64 @@ def test_labels_wait_for_their_snapshot_through_a_learner_kill(
     )
     assert letters == []
     assert registry.load().model.labels_learnt == 20  # none learnt twice
+
+
+def test_labels_waiting_through_random_learner_kills_are_each_learnt_once(
+    make_settings: Callable[..., Settings],
+    make_transaction: Callable[..., tuple[bytes, bytes]],
+    run_app: Callable[[Settings], AppUnderTest],
+    spawn_service: Callable[..., subprocess.Popen[bytes]],
+    produce: Callable[..., None],
+    consume: Callable[..., list[ConsumerRecord]],
+    wait_for: Callable[..., None],
+    redis_url: str,
+) -> None:
+    """Every label comes before its transaction; the learner is SIGKILLed at random meanwhile."""
+    settings = make_settings(
+        publish_scores=True,
+        publish_every_labels=4,
+        publish_every_s=0.5,
+        min_labels_for_model=5,
+        model_margin_over_prior=-1.0,
+        label_wait_s=600.0,
+    )
+    client = redis.Redis.from_url(redis_url)
+    registry = ModelRegistry(client, settings.redis_prefix, settings.model_signing_key)
+    waiting = WaitingLabels(client, settings.redis_prefix)
+    rng = random.Random(7)
+    run_app(settings.model_copy(update={"role": "scorer"}))
+    learner = spawn_service(settings, "--role", "learner", name="learner-0")
+    rounds, per_round = 8, 6
+    for r in range(rounds):
+        names = [f"r{r}-{i}" for i in range(per_round)]
+        produce(settings.bootstrap_servers, settings.topic_labels, [_label(n) for n in names])
+        time.sleep(rng.uniform(0.2, 1.5))
+        if r % 2 == 1:  # a kill at a random point of the learner's loop
+            learner.send_signal(signal.SIGKILL)
+            learner.wait(timeout=30)
+            learner = spawn_service(settings, "--role", "learner", name=f"learner-{r}")
+        produce(
+            settings.bootstrap_servers,
+            settings.topic_transactions,
+            [
+                make_transaction(n, f"c{i % 4}", f"T{i % 3}", 20.0 + i, START + timedelta(hours=r))
+                for i, n in enumerate(names)
+            ],
+        )
+    n = rounds * per_round
+    consume(settings.bootstrap_servers, settings.topic_scores, at_least=n, timeout_s=180)
+    wait_for(
+        lambda: (
+            (registry.latest_version() or 0) > 0
+            and registry.load().model.labels_learnt == n
+            and waiting.count() == 0
+        ),
+        240,
+        "every label learnt and none waiting",
+    )
+    time.sleep(2)  # give a second learning time to show
+    assert registry.load().model.labels_learnt == n  # none lost, none learnt twice
+    letters = consume(
+        settings.bootstrap_servers, settings.topic_labels_dlq, at_least=0, timeout_s=3
+    )
+    assert letters == []
