@@ -35,6 +35,22 @@ def _label(transaction_id: str) -> tuple[bytes, bytes]:
     )
 
 
+def _waiting_setup(
+    make_settings: Callable[..., Settings], redis_url: str, **overrides: object
+) -> tuple[Settings, ModelRegistry, WaitingLabels]:
+    """Settings that learn from a few labels and let labels wait; the registry; the waiting set."""
+    settings = make_settings(
+        publish_scores=True,
+        min_labels_for_model=5,
+        model_margin_over_prior=-1.0,
+        label_wait_s=600.0,
+        **overrides,
+    )
+    client = redis.Redis.from_url(redis_url)
+    registry = ModelRegistry(client, settings.redis_prefix, settings.model_signing_key)
+    return settings, registry, WaitingLabels(client, settings.redis_prefix)
+
+
 def test_labels_wait_for_their_snapshot_through_a_learner_kill(
     make_settings: Callable[..., Settings],
     make_transaction: Callable[..., tuple[bytes, bytes]],
@@ -45,17 +61,9 @@ def test_labels_wait_for_their_snapshot_through_a_learner_kill(
     wait_for: Callable[..., None],
     redis_url: str,
 ) -> None:
-    settings = make_settings(
-        publish_scores=True,
-        publish_every_labels=5,
-        publish_every_s=1.0,
-        min_labels_for_model=5,
-        model_margin_over_prior=-1.0,
-        label_wait_s=600.0,
+    settings, registry, waiting = _waiting_setup(
+        make_settings, redis_url, publish_every_labels=5, publish_every_s=1.0
     )
-    client = redis.Redis.from_url(redis_url)
-    registry = ModelRegistry(client, settings.redis_prefix, settings.model_signing_key)
-    waiting = WaitingLabels(client, settings.redis_prefix)
 
     def tx(name: str, i: int) -> tuple[bytes, bytes]:
         return make_transaction(
@@ -118,17 +126,9 @@ def test_labels_waiting_through_random_learner_kills_are_each_learnt_once(
     redis_url: str,
 ) -> None:
     """Every label comes before its transaction; the learner is SIGKILLed at random meanwhile."""
-    settings = make_settings(
-        publish_scores=True,
-        publish_every_labels=4,
-        publish_every_s=0.5,
-        min_labels_for_model=5,
-        model_margin_over_prior=-1.0,
-        label_wait_s=600.0,
+    settings, registry, waiting = _waiting_setup(
+        make_settings, redis_url, publish_every_labels=4, publish_every_s=0.5
     )
-    client = redis.Redis.from_url(redis_url)
-    registry = ModelRegistry(client, settings.redis_prefix, settings.model_signing_key)
-    waiting = WaitingLabels(client, settings.redis_prefix)
     rng = random.Random(7)
     run_app(settings.model_copy(update={"role": "scorer"}))
     learner = spawn_service(settings, "--role", "learner", name="learner-0")
