@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -267,6 +268,53 @@ class _Rebalance(ConsumerRebalanceListener):
         )
 
 
+class FailureLog:
+    """Warns of each failed batch; the same failure again within ``every_s`` is only counted.
+
+    A failure that cannot pass (a poll failing the same way every time) is
+    retried every few hundred milliseconds while the dependencies answer: one
+    warning per ``every_s`` says so, with how often it came meanwhile.
+
+    >>> now = [0.0]
+    >>> failures = FailureLog(every_s=30.0, clock=lambda: now[0])
+    >>> [failures.warn("scorer", 0, "E: x") for _ in range(3)]
+    [True, False, False]
+    >>> now[0] = 31.0
+    >>> failures.warn("scorer", 0, "E: x"), failures.repeated
+    (True, 0)
+    >>> failures.warn("scorer", 5, "F: y")  # another failure: warned at once
+    True
+    """
+
+    def __init__(self, every_s: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every_s = every_s
+        self.clock = clock
+        self._reason: str | None = None
+        self._warned_at = -math.inf
+        #: Times the failure last warned of came again since its warning.
+        self.repeated = 0
+
+    def warn(self, name: str, records: int, reason: str) -> bool:
+        """Warn of a failed batch of ``records`` (``False``: a repeat, only counted)."""
+        now = self.clock()
+        if reason == self._reason and now - self._warned_at < self.every_s:
+            self.repeated += 1
+            log.debug("%s batch of %d not committed (%s), again", name, records, reason)
+            return False
+        since = ""
+        if self.repeated:
+            since = f" (the failure before came {self.repeated} more times after its warning)"
+        log.warning(
+            "%s batch of %d not committed (%s); retrying after back-off%s",
+            name,
+            records,
+            reason,
+            since,
+        )
+        self._reason, self._warned_at, self.repeated = reason, now, 0
+        return True
+
+
 class ConsumeLoop:
     """Polling, rebalances and retries of one consumer, for the scorer or the learner.
 
@@ -311,6 +359,7 @@ class ConsumeLoop:
         self.stopping = stopping
         self.metrics = metrics
         self.backing_off = False
+        self._failures = FailureLog()
         #: Times partitions were revoked (a batch in hand across one is read again).
         self.revocations = 0
         self._lag_at = -1e9
@@ -572,12 +621,7 @@ class ConsumeLoop:
         self.metrics.dependency_error(dependency)
         reason = f"{type(exc).__name__}: {exc}"
         self.health.failed(reason)
-        log.warning(
-            "%s batch of %d not committed (%s); retrying after back-off",
-            self.name,
-            len(polled.records),
-            reason,
-        )
+        self._failures.warn(self.name, len(polled.records), reason)
         resume: dict[TopicPartition, int] = {}
         try:
             resume = self.checkpoint.abort()
