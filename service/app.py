@@ -66,7 +66,9 @@ from fraudstream.service.model_watcher import ModelWatcher
 from fraudstream.service.pipeline import BatchOutcome, BegunBatch, Pipeline, SnapshotWriter
 from fraudstream.service.redis_client import (
     check_cluster_mode,
+    check_eviction,
     is_authentication_error,
+    memory_problem,
     redis_client,
     redis_error,
     redis_problem,
@@ -186,8 +188,11 @@ class Application:
                 return False, reason
         return True, "ok" if self._phase == "running" else f"ok ({self._phase})"
 
-    def _redis_problem(self) -> str | None:
-        """Why Redis cannot be used right now, or ``None`` when it answers with our state."""
+    def _redis_problem(self, memory: bool = True) -> str | None:
+        """Why Redis cannot be used right now, or ``None`` when it answers with our state.
+
+        With ``memory``, also when it is full or may evict keys (:func:`memory_problem`).
+        """
         if self._state_problem is not None:
             return self._state_problem
         try:
@@ -195,6 +200,8 @@ class Application:
                 return "redis not connected"
             if self._state_known and not self._redis.exists(marker_key(self.settings.redis_prefix)):
                 return lost_message(self.settings.redis_prefix)
+            if memory:
+                return memory_problem(self._redis, self.settings.redis_allow_eviction)
         except (redis.RedisError, RedisClusterException) as exc:
             return redis_problem(exc, self.settings)
         return None
@@ -267,6 +274,7 @@ class Application:
             if not self._wait_for_redis():
                 return  # stopped while waiting
             check_cluster_mode(self._redis, s)
+            check_eviction(self._redis, s)
             if not self._wait_for_state():
                 return  # stopped while waiting
             self._phase = "creating topics"
@@ -327,7 +335,7 @@ class Application:
         url = masked_url(self.settings.redis_url.get_secret_value())
         self._phase = f"waiting for redis at {url}"
         attempt = 0
-        while (problem := self._redis_problem()) is not None:
+        while (problem := self._redis_problem(memory=False)) is not None:
             self._refuse_credentials()
             self.metrics.dependency_error("redis")
             delay_s = min(30.0, 0.5 * 2**attempt)

@@ -103,7 +103,7 @@ def rebuild_cmd(settings: Settings, since: str | None, force: bool) -> None:
     """
     from fraudstream.service.features.definitions import FeatureConfig
     from fraudstream.service.kafka import make_consumer
-    from fraudstream.service.redis_client import redis_client
+    from fraudstream.service.redis_client import check_eviction, redis_client
     from fraudstream.service.state import StateMarker, rebuild_state
     from fraudstream.service.stores import feature_store, snapshot_store
 
@@ -111,6 +111,7 @@ def rebuild_cmd(settings: Settings, since: str | None, force: bool) -> None:
     client = redis_client(settings)
     consumer = make_consumer(settings, client_id=f"{settings.client_id}-rebuild", group_id=None)
     try:
+        check_eviction(client, settings)
         marker = StateMarker.read(client, settings.redis_prefix)
         if marker is not None and not force and not _missing_slots(client, settings.redis_prefix):
             raise click.ClickException(

@@ -13,6 +13,7 @@ says "authentication failed", never "not reachable".
 
 from __future__ import annotations
 
+import logging
 import re
 import ssl
 from collections.abc import Callable
@@ -32,6 +33,8 @@ from fraudstream.service.errors import (
     UnavailableError,
 )
 from fraudstream.service.settings import Settings, env_name, masked_url
+
+log = logging.getLogger(__name__)
 
 #: Whether redis-py packs commands with hiredis (:func:`pack_command` does the same).
 _HIREDIS_PACKS: bool = redis.utils.HIREDIS_AVAILABLE
@@ -95,6 +98,77 @@ def check_cluster_mode(client: redis.Redis, settings: Settings) -> None:
                 f"Redis Cluster node {node} runs Redis {info.get('redis_version')}: fraudstream "
                 "needs 7.0 or later on a cluster (its scripts use allow-cross-slot-keys)"
             )
+
+
+def _memory_by_node(client: redis.Redis) -> dict[str, dict[str, Any]]:
+    """``INFO memory`` of each master (``{"": info}`` on a single node)."""
+    if not isinstance(client, RedisCluster):
+        return {"": client.info("memory")}
+    infos = client.info("memory", target_nodes=RedisCluster.PRIMARIES)
+    # redis-py returns one node's reply as it is, several as {node: reply}.
+    return {"": infos} if "maxmemory" in infos else dict(infos)
+
+
+def memory_problem(
+    client: redis.Redis, allow_eviction: bool = False, full: bool = True
+) -> str | None:
+    """Why Redis memory endangers the state or the writes, or ``None``.
+
+    A master with a ``maxmemory`` and a ``maxmemory-policy`` other than
+    ``noeviction`` drops keys silently when full (a problem unless
+    ``allow_eviction``); with ``full``, a master over its ``maxmemory`` under
+    ``noeviction`` is one too: it refuses every write, so nothing can be counted
+    until it has room. Read from ``INFO memory``, which managed Redis services
+    answer even where ``CONFIG`` is disabled.
+
+    Raises
+    ------
+    redis.RedisError
+        Redis did not answer.
+    """
+    for node, info in _memory_by_node(client).items():
+        where = f" node {node}" if node else ""
+        limit = int(info.get("maxmemory", 0))
+        if not limit:
+            continue
+        policy = str(info.get("maxmemory_policy", "noeviction"))
+        if policy != "noeviction":
+            if allow_eviction:
+                continue
+            return (
+                f"Redis{where} evicts keys when full (maxmemory {limit:,} bytes, maxmemory-policy "
+                f"{policy}): card histories, id claims and snapshots would be dropped silently. "
+                "Set maxmemory-policy noeviction (CONFIG SET maxmemory-policy noeviction, or "
+                f"your provider's parameter group), or {env_name('redis_allow_eviction')}=true "
+                "to run anyway"
+            )
+        # Redis's own measure: the buffers of replicas and of the AOF do not count.
+        used = int(info.get("used_memory", 0)) - int(info.get("mem_not_counted_for_evict", 0))
+        if full and used > limit:
+            return (
+                f"Redis{where} is full ({used:,} bytes used, maxmemory {limit:,}, "
+                "maxmemory-policy noeviction): it refuses writes and nothing is counted "
+                "until it has room. Raise maxmemory or free memory"
+            )
+    return None
+
+
+def check_eviction(client: redis.Redis, settings: Settings) -> None:
+    """Refuse a Redis that may evict fraudstream's keys (see :func:`memory_problem`).
+
+    With ``FRAUDSTREAM_REDIS_ALLOW_EVICTION=true`` it is a warning instead.
+
+    Raises
+    ------
+    ConfigurationError
+        A master may evict keys and eviction is not allowed.
+    """
+    problem = memory_problem(client, full=False)
+    if problem is None:
+        return
+    if not settings.redis_allow_eviction:
+        raise ConfigurationError(problem)
+    log.warning("%s=true: %s", env_name("redis_allow_eviction"), problem)
 
 
 def redis_options(settings: Settings) -> dict[str, Any]:

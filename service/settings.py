@@ -340,6 +340,14 @@ class Settings(BaseSettings):
         "writes before its offsets are committed (WAIT): a failed master then loses none of "
         "them; 0 does not wait (the last writes may be lost at a failover).",
     )
+    redis_allow_eviction: bool = Field(
+        False,
+        description="Run even when Redis may evict keys (a maxmemory with a maxmemory-policy "
+        "other than noeviction). Eviction drops keys silently when Redis is full: card "
+        "histories (features start again from nothing), id claims (a replayed transaction is "
+        "counted twice) and snapshots (labels never learnt). Off: the service refuses to start "
+        "on such a Redis, and reports not ready when the policy is changed while it runs.",
+    )
     redis_prefix: str = Field("fs", description="Prefix of every Redis key fraudstream writes.")
     snapshot_ttl_s: Annotated[int, Field(ge=60)] = Field(
         45 * DAY_S, description="Life of a feature snapshot; must exceed the longest label delay."
