@@ -182,6 +182,7 @@ def summarize(first: Scrape, last: Scrape) -> dict[str, Any]:
         "rate_over_s": elapsed,
         "alerts": by_label(s, "fraudstream_alerts_total", "scorer"),
         "dead_letters": by_label(s, "fraudstream_dead_letters_total", "error"),
+        "records_lost": by_label(s, "fraudstream_records_lost_total", "topic"),
         "labels_learnt": value(s, "fraudstream_labels_learnt_total"),
         "progressive": {
             key: _finite(value(s, f"fraudstream_progressive_{key}"))
@@ -266,6 +267,13 @@ def render(url: str, info: dict[str, Any]) -> list[str]:
     detail = ", ".join(f"{k} {v:,.0f}" for k, v in sorted(letters.items()))
     total = f"{sum(letters.values()):,.0f}"
     lines.append(f"  dead letters {total}" + (f" ({detail})" if detail else ""))
+    lost = {topic: n for topic, n in info["records_lost"].items() if n}
+    if lost:
+        lines.append(
+            click.style("  LOST         ", fg="red", bold=True)
+            + ", ".join(f"{topic} {n:,.0f}" for topic, n in sorted(lost.items()))
+            + " records deleted from Kafka before they were read (retention?)"
+        )
     errors = info["dependency_errors"]
     shown = []
     for dependency, count in sorted(errors.items()):

@@ -51,6 +51,7 @@ from fraudstream.service.kafka.protocols import (
     MemberState,
     TopicPartition,
 )
+from fraudstream.service.kafka.resets import OffsetReset, OffsetResets
 from fraudstream.service.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -365,6 +366,7 @@ class ConsumeLoop:
         self._lag_at = -1e9
         self._lag_stale = True
         self._lag_labels: set[TopicPartition] = set()
+        self._resets = OffsetResets(consumer)
 
     def subscribe(self, topics: list[str]) -> None:
         """Join the group for ``topics``, with this loop's rebalance listener."""
@@ -606,11 +608,42 @@ class ConsumeLoop:
             tp: Span(batch[0].offset, batch[-1].offset) for tp, batch in batches.items() if batch
         }
         self.metrics.last_loop_s.set(time.time())
+        for reset in self._resets.take():
+            self._report_reset(reset)
         membership = self.consumer.group_metadata().state
         if not group_coordinator_known(self.consumer):
             membership = _COORDINATOR_UNKNOWN
         self.health.polled(membership, len(self.consumer.assignment()))
         return Polled(records, spans)
+
+    def _report_reset(self, reset: OffsetReset) -> None:
+        """Say that Kafka moved a position: records skipped, or to be read again."""
+        tp = reset.partition
+        if reset.skipped:
+            self.metrics.records_lost.labels(tp.topic).inc(reset.skipped)
+            log.error(
+                "%s: %s partition %d: %d records (offsets %d to %d) were deleted from Kafka "
+                "before this group read them (retention, delete-records or a truncated "
+                "partition) and are never processed; reading on from offset %d",
+                self.name,
+                tp.topic,
+                tp.partition,
+                reset.skipped,
+                reset.old,
+                reset.new - 1,
+                reset.new,
+            )
+        elif reset.new < reset.old:
+            log.warning(
+                "%s: %s partition %d no longer reaches offset %d (truncated, or the topic "
+                "created again): reading it from offset %d; what was processed before is "
+                "recognised as a replay",
+                self.name,
+                tp.topic,
+                tp.partition,
+                reset.old,
+                reset.new,
+            )
 
     def recover(
         self, polled: Polled, exc: BaseException, attempt: int, healthy: Callable[[], bool]

@@ -166,6 +166,13 @@ class Metrics:
             ["dependency"],
             registry=r,
         )
+        self.records_lost = Counter(
+            "fraudstream_records_lost",
+            "Records deleted from Kafka before this group read them (retention, "
+            "delete-records, a truncated partition): never processed.",
+            ["topic"],
+            registry=r,
+        )
         self.last_error_s = Gauge(
             "fraudstream_dependency_last_error_timestamp_seconds",
             "Wall time of the last error talking to a dependency (0: none yet).",
