@@ -188,5 +188,33 @@ def pipeline(
         click.echo(json.dumps(public_result(result), default=str))
 
 
+@bench.command("hot-card")
+@click.option("--batches", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option(
+    "--hot-share",
+    type=click.FloatRange(0.0, 1.0),
+    default=1.0,
+    show_default=True,
+    help="Share of each batch of 2,000 on the one hot card.",
+)
+@click.option(
+    "--cap",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Most records a card keeps (card_history_max); 0: the default.",
+)
+@click.option("--redis-url", default=None, help="Use this running Redis instead of starting one.")
+def hot_card(batches: int, hot_share: float, cap: int, redis_url: str | None) -> None:
+    """One card taking a share of every batch (card testing): time and memory per batch."""
+    from fraudstream.bench.hot_card import hot_card_batches
+
+    for row in hot_card_batches(redis_url, batches, hot_share, cap):
+        click.echo(
+            f"batch {row.batch}: {row.seconds * 1000:,.0f} ms, hot card history "
+            f"{row.hot_records:,} records, peak RSS {row.max_rss_mb:,.0f} MB"
+        )
+
+
 if __name__ == "__main__":
     bench()

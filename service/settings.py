@@ -357,6 +357,14 @@ class Settings(BaseSettings):
         description="How late an event may be and still update windows exactly "
         "(history is kept this long beyond the longest window).",
     )
+    card_history_max_records: Annotated[int, Field(ge=16, le=100_000)] = Field(
+        1000,
+        description="Most transactions a card's history keeps (within its retention): a card "
+        "with more (a card-testing attack, a fleet card) keeps its newest, so its longest "
+        "windows count at most this many, and a transaction older than the oldest kept one "
+        "is too late. Bounds the Redis memory and the scoring work of one card: without it a "
+        "card's every transaction costs time and memory in proportion to its history.",
+    )
     windows_s: str = Field(
         "3600,86400,604800,2592000",
         description="Card window lengths in seconds, comma separated (default 1h,1d,7d,30d).",

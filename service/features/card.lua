@@ -3,10 +3,11 @@
 -- cluster_store.py; redis_cluster.py unpacks KEYS and ARGV in front of it).
 --
 -- KEYS[i] = card key of record i (i = 1..n), then the state markers of the slots
--- those keys are in (checked when ARGV[4] = '1': none missing, or nothing is
+-- those keys are in (checked when ARGV[5] = '1': none missing, or nothing is
 -- counted and the call fails with FRAUDSTREAM_STATE_LOST).
 -- ARGV[1] = the n 28-byte records, each with the "terminal pending" flag (8) set
--- ARGV[2] = card retention (ms), ARGV[3] = card TTL (ms)
+-- ARGV[2] = card retention (ms), ARGV[3] = card TTL (ms), ARGV[4] = most valid
+-- records a card keeps (besides this call's; see history.lua)
 --
 -- Returns {status_string, history_1 .. history_n, hints}: status byte i = card outcome
 -- (0 appended, 1 duplicate, 2 too late, 3 inserted, as in update.lua) + 8 when the
@@ -21,12 +22,13 @@
 
 local recs = ARGV[1]
 local n = #recs / RECORD
-if ARGV[4] == '1' and state_lost(n + 1) then
+if ARGV[5] == '1' and state_lost(n + 1) then
   return redis.error_reply('FRAUDSTREAM_STATE_LOST')
 end
 
 local retention = tonumber(ARGV[2])
 local card_ttl = ARGV[3]
+local cap = tonumber(ARGV[4])
 local PENDING = 8
 local sub, char, byte = string.sub, string.char, string.byte
 local floor = math.floor
@@ -66,7 +68,7 @@ local status = {}
 local hints = {}
 for i = 1, n do
   local rec = sub(recs, (i - 1) * RECORD + 1, i * RECORD)
-  local st, h, at = add_to_history(KEYS[i], rec, struct.unpack('<I6', rec, 5), retention, card_ttl)
+  local st, h, at = add_to_history(KEYS[i], rec, struct.unpack('<I6', rec, 5), retention, card_ttl, cap)
   if st == 0 or st == 3 then
     st = st + PENDING
   else

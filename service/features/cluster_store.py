@@ -173,8 +173,8 @@ class ClusterFeatureStore(RedisFeatureStore):
 
     def _update_in_rounds(self, keys: list[str], args: list[Any]) -> list[bytes]:
         """``update.lua``'s contract (see there), in the rounds of the module docstring."""
-        retention, card_ttl, slots, terminal_ttl = args[1:5]
-        check = args[5]
+        retention, card_ttl, slots, terminal_ttl, cap = args[1:6]
+        check = args[6]
         records = np.frombuffer(args[0], dtype=np.uint8).reshape(-1, RECORD_SIZE).copy()
         records[:, 10] |= FLAG_TERMINAL_PENDING
         n = len(records)
@@ -187,7 +187,7 @@ class ClusterFeatureStore(RedisFeatureStore):
         for node, idx, used in card_groups:
             command = self._card_script.command(
                 [cards[i] for i in idx] + self._markers(used),
-                [records[idx].tobytes(), retention, card_ttl, check],
+                [records[idx].tobytes(), retention, card_ttl, cap, check],
             )
             calls.append((node, [command]))
         status = bytearray(n)

@@ -156,6 +156,10 @@ class FeatureConfig:
         hold labels, longer than the label delay.
     allowed_lateness_s
         How late an event may arrive and still get exact window values.
+    card_history_max
+        Most records a card keeps within its retention (besides those of the
+        batch being counted): beyond it the oldest go, and a transaction older
+        than the oldest kept one is too late (see ``history.lua``).
 
     Examples
     --------
@@ -169,6 +173,7 @@ class FeatureConfig:
     terminal_window_days: tuple[int, ...] = (1, 7, 30)
     terminal_label_window_days: tuple[int, ...] = (14, 30)
     allowed_lateness_s: int = 86400
+    card_history_max: int = 1000
 
     def __post_init__(self) -> None:
         if not self.windows_s or any(w <= 0 for w in self.windows_s):
@@ -179,6 +184,8 @@ class FeatureConfig:
                 raise ValueError(f"{name} must be positive: {days!r}")
         if self.allowed_lateness_s < 0:
             raise ValueError("allowed_lateness_s must be >= 0")
+        if self.card_history_max < 1:
+            raise ValueError(f"card_history_max must be >= 1, got {self.card_history_max}")
         # Sorted, unique: the column order is then a function of the values only.
         object.__setattr__(self, "windows_s", tuple(sorted(set(self.windows_s))))
         for name in ("terminal_window_days", "terminal_label_window_days"):
@@ -193,6 +200,7 @@ class FeatureConfig:
             terminal_window_days=settings.terminal_window_days,
             terminal_label_window_days=settings.terminal_label_window_days,
             allowed_lateness_s=settings.allowed_lateness_s,
+            card_history_max=settings.card_history_max_records,
         )
 
     @property

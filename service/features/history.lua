@@ -50,12 +50,31 @@ end
 -- Per card key, the oldest event time this call added (or found) there.
 local oldest_in_call = {}
 
+-- The byte offset of the first record of history `h` (`len` bytes) newer than
+-- `stale_to`: the records before it are stale (older than the retention).
+local function first_valid(h, len, stale_to)
+  local unpack = struct.unpack
+  local v = 0
+  while v < len and unpack('<I6', h, v + 5) <= stale_to do
+    v = v + RECORD
+  end
+  return v
+end
+
+
 -- Add record `rec` (event time `ts`) to the history of card key `ck`, keeping
--- `retention` ms of it (TTL `card_ttl` ms). Returns the outcome, the history as
--- found (with the record when inserted) and the record's byte offset in it:
--- 0 new and appended, 1 duplicate (the offset of the record already there),
--- 2 too late (offset 0), 3 new and inserted out of order.
-local function add_to_history(ck, rec, ts, retention, card_ttl)
+-- `retention` ms of it (TTL `card_ttl` ms) and at most `cap` valid records
+-- (those within the retention of the newest): the oldest go. Returns the
+-- outcome, the history as found (with the record when inserted) and the
+-- record's byte offset in the stored history: 0 new and appended, 1 duplicate
+-- (the offset of the record already there), 2 too late (offset 0): older than
+-- the retention, or, on a card holding `cap` valid records, older than the
+-- oldest of them (so a record the cap dropped is never counted again),
+-- 3 new and inserted out of order. The features are computed from the history
+-- as found: a card over its cap drops its oldest records after this one is counted.
+-- (Unlike the stale records, those are not kept for a replay of the call: on a
+-- Redis Cluster, a batch replayed after a crash between rounds finds them gone.)
+local function add_to_history(ck, rec, ts, retention, card_ttl, cap)
   local call, unpack = redis.call, struct.unpack
   local h = call('GET', ck)
   if not h then
@@ -70,6 +89,7 @@ local function add_to_history(ck, rec, ts, retention, card_ttl)
   end
   local keep_from = math.min(ts, oldest_in_call[ck] or ts)
   oldest_in_call[ck] = keep_from
+  local full = len >= cap * RECORD  -- may hold `cap` valid records
   if ts > newest then
     -- In order: append in place.
     -- Stale records are trimmed lazily, once there are STALE of them (trimming
@@ -77,6 +97,15 @@ local function add_to_history(ck, rec, ts, retention, card_ttl)
     -- older than `retention` before every record this call added to the card.
     -- A replay of the call (cluster rounds interrupted) finds what it found.
     local cutoff = keep_from - retention
+    if full then
+      local v = first_valid(h, len, ts - retention)
+      local e = v + math.max(0, len - v + RECORD - cap * RECORD)
+      if e > v then
+        local head = first_valid(h, v, cutoff)
+        call('SET', ck, string.sub(h, head + 1, v) .. string.sub(h, e + 1) .. rec, 'PX', card_ttl)
+        return 0, h, (v - head) + (len - e)
+      end
+    end
     if len >= STALE * RECORD and unpack('<I6', h, (STALE - 1) * RECORD + 5) <= cutoff then
       local head = STALE * RECORD
       while head < len and unpack('<I6', h, head + 5) <= cutoff do
@@ -103,11 +132,23 @@ local function add_to_history(ck, rec, ts, retention, card_ttl)
   if at then
     return 1, h, at
   end
+  local v = 0
+  if full then
+    v = first_valid(h, len, newest - retention)
+    if len - v >= cap * RECORD and ts < unpack('<I6', h, v + 5) then
+      return 2, h, 0
+    end
+  end
   local p = len
   while p > 0 and unpack('<I6', h, p - RECORD + 5) > ts do
     p = p - RECORD
   end
   h = string.sub(h, 1, p) .. rec .. string.sub(h, p + 1)
+  if full and len + RECORD - v > cap * RECORD then
+    local e = v + (len + RECORD - v - cap * RECORD)
+    call('SET', ck, string.sub(h, 1, v) .. string.sub(h, e + 1), 'PX', card_ttl)
+    return 3, h, math.max(0, p - (e - v))
+  end
   call('SET', ck, h, 'PX', card_ttl)
   return 3, h, p
 end

@@ -45,7 +45,10 @@ USAGE measures about 1.9 KB per such card. TTL: retention + 1 day, refreshed onc
 per event day. In-order events are appended in place (``APPEND``; the string is
 copied to an exact-size allocation when APPEND outgrew it, since Redis would
 double it). Records older than ``newest - retention`` are trimmed lazily, once 4
-have gone stale; until then the reading side ignores them.
+have gone stale; until then the reading side ignores them. A card keeps at most
+``card_history_max`` valid records: past it the oldest go, and a transaction
+older than the oldest kept is too late (``history.lua``), so a card-testing
+burst costs a bounded history per transaction.
 
 ``{prefix}:{t:<terminal_id>}`` — a string of ``16 * slots`` bytes: a ring of day
 buckets ``(u32 day, u32 transactions, u32 labels, u32 fraud labels)``, day ``k``
@@ -111,6 +114,11 @@ from fraudstream.service.state import StateLostError, lost_message, marker_key
 
 #: Size of one card history record (see the module docstring).
 RECORD_SIZE = 28
+#: Most history records :meth:`RedisFeatureStore.compute_update` expands at once
+#: (~150 bytes of numpy temporaries each). A batch of many transactions of cards
+#: with long histories (a card-testing burst: up to ``card_history_max`` records
+#: per transaction) is computed a slice of transactions at a time.
+ROWS_PER_PASS = 200_000
 #: Layout of a record, for ``np.frombuffer``.
 RECORD_DTYPE = np.dtype(
     {
@@ -303,6 +311,7 @@ class RedisFeatureStore:
             config.card_ttl_s * 1000,
             self._slots,
             config.terminal_ttl_s * 1000,
+            config.card_history_max,
         ]
         self._claim_ttl_s = claim_ttl_s
 
@@ -430,8 +439,16 @@ class RedisFeatureStore:
         # one, it is added to its own features as a "virtual" record.
         histories = reply[n + 1 :]
         lengths = np.fromiter(map(len, histories), np.int64, n) // RECORD_SIZE
-        records = np.frombuffer(b"".join(histories), dtype=RECORD_DTYPE)
-        values = self._compute(batch, outcome, lengths, records, rings)
+        if int(lengths.sum()) <= ROWS_PER_PASS:
+            records = np.frombuffer(b"".join(histories), dtype=RECORD_DTYPE)
+            values = self._compute(batch, outcome, lengths, records, rings)
+        else:  # long histories (cards near their cap): a slice of transactions at a time
+            values = np.empty((n, len(self._names)), dtype=np.float64)
+            for lo, hi in record_slices(lengths, ROWS_PER_PASS):
+                records = np.frombuffer(b"".join(histories[lo:hi]), dtype=RECORD_DTYPE)
+                values[lo:hi] = self._compute(
+                    batch.rows(lo, hi), outcome[lo:hi], lengths[lo:hi], records, rings[:, lo:hi]
+                )
         return FeatureBatch(
             self._names, values, outcome == DUPLICATE, conflict if claiming else None
         )
@@ -635,6 +652,27 @@ class RedisFeatureStore:
         )
 
 
+def record_slices(lengths: np.ndarray, budget: int) -> list[tuple[int, int]]:
+    """Consecutive ranges of transactions holding at most ``budget`` history records each.
+
+    A range holds one transaction at least, whatever its history.
+
+    >>> record_slices(np.array([3, 3, 3, 10, 1]), 6)
+    [(0, 2), (2, 3), (3, 4), (4, 5)]
+    >>> record_slices(np.array([], dtype=np.int64), 6)
+    []
+    """
+    ends = np.cumsum(lengths)
+    ranges: list[tuple[int, int]] = []
+    lo = 0
+    while lo < len(lengths):
+        before = int(ends[lo - 1]) if lo else 0
+        hi = max(lo + 1, int(np.searchsorted(ends, before + budget, side="right")))
+        ranges.append((lo, hi))
+        lo = hi
+    return ranges
+
+
 def _segment_sums(columns: list[np.ndarray], starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Per-segment sums of each column: shape ``(len(starts), len(columns))``.
 
@@ -703,3 +741,11 @@ class _BatchColumns:
         self.located = located
         self.tx_hash = tx_hash
         self.terminal_hash = terminal_hash
+
+    def rows(self, lo: int, hi: int) -> _BatchColumns:
+        """The columns of transactions ``lo`` to ``hi`` (views, no copy)."""
+        part = object.__new__(_BatchColumns)
+        for name in self.__slots__:
+            setattr(part, name, getattr(self, name)[lo:hi])
+        part.keys = self.keys[2 * lo : 2 * hi]
+        return part

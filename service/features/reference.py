@@ -168,7 +168,7 @@ class ReferenceFeatureStore:
         retention_ms = config.retention_s * 1000
 
         position: int | None = None  # index of the current transaction in `events`
-        is_dup = False
+        is_dup = inserted = False
         if events and t <= events[-1].ts_ms - retention_ms:
             self.counters.too_late += 1
         else:
@@ -178,10 +178,13 @@ class ReferenceFeatureStore:
                     break
             if is_dup:
                 self.counters.duplicates += 1
+            elif len(events) >= config.card_history_max and t < events[0].ts_ms:
+                self.counters.too_late += 1  # older than every record of a full card
             else:
                 position = self._insert(events, current)
                 self._count_at_terminal(tx.terminal_id, utc_day(t))
                 self.counters.inserted += 1
+                inserted = True
 
         # The as-of view: stored events, plus the current one when it was not stored.
         if position is None:
@@ -189,7 +192,11 @@ class ReferenceFeatureStore:
             view = [*events[:position], current, *events[position:]]
         else:
             view = events
-        return self._features(tx, view, position), is_dup
+        features = self._features(tx, view, position)
+        if inserted:
+            # Over the cap: the oldest records go.
+            del events[: max(0, len(events) - config.card_history_max)]
+        return features, is_dup
 
     def _insert(self, events: list[_Event], current: _Event) -> int:
         """Insert after every event with ``ts <= t``, trim, return the new position."""

@@ -9,10 +9,11 @@
 -- ARGV[1] = the batch's 28-byte records, concatenated, in batch order
 -- ARGV[2] = card retention (ms), ARGV[3] = card TTL (ms)
 -- ARGV[4] = terminal day slots, ARGV[5] = terminal TTL (ms)
--- ARGV[6] = '1' when the last KEY is the state marker: without it nothing is
+-- ARGV[6] = most valid records a card keeps (besides this call's)
+-- ARGV[7] = '1' when the last KEY is the state marker: without it nothing is
 -- counted and the call fails with FRAUDSTREAM_STATE_LOST (see service/state.py).
--- ARGV[7] = the batch's 9-byte id claims (service/snapshots.py), concatenated
--- in batch order, or '' to claim nothing; ARGV[8] = the claims' TTL (s).
+-- ARGV[8] = the batch's 9-byte id claims (service/snapshots.py), concatenated
+-- in batch order, or '' to claim nothing; ARGV[9] = the claims' TTL (s).
 --
 -- Returns {status_string, terminal_1 .. terminal_n, history_1 .. history_n}.
 -- status byte i = card outcome + 4 * (counted at the terminal); card outcome:
@@ -25,7 +26,7 @@
 --
 -- The card part is history.lua's add_to_history.
 
-if ARGV[6] == '1' and state_lost(#KEYS) then
+if ARGV[7] == '1' and state_lost(#KEYS) then
   return redis.error_reply('FRAUDSTREAM_STATE_LOST')
 end
 
@@ -34,8 +35,9 @@ local retention = tonumber(ARGV[2])
 local card_ttl = ARGV[3]
 local slots = tonumber(ARGV[4])
 local term_ttl = ARGV[5]
-local claims = ARGV[7] or ''
-local claim_ttl = ARGV[8]
+local cap = tonumber(ARGV[6])
+local claims = ARGV[8] or ''
+local claim_ttl = ARGV[9]
 local stride = 2
 if claims ~= '' then
   stride = 3
@@ -50,7 +52,7 @@ local call = redis.call
 -- Count transaction `rec` (event time `ts`) at its card `ck` and terminal `tk`;
 -- returns its status and the card history and terminal string it found.
 local function count(rec, ts, ck, tk)
-  local st, h = add_to_history(ck, rec, ts, retention, card_ttl)
+  local st, h = add_to_history(ck, rec, ts, retention, card_ttl, cap)
 
   local t = call('GET', tk) or ''
   if st == 0 or st == 3 then

@@ -116,18 +116,24 @@ def simulated_stream(seed: int) -> tuple[list[Transaction], list[tuple[int, Labe
     return stream, labels
 
 
-def config(prefix: str) -> FeatureConfig:
+def config(prefix: str, card_history_max: int = 1000) -> FeatureConfig:
     # Card windows up to 1 day and 1 hour of lateness: the 3-day-late events are too late.
-    return FeatureConfig(prefix=prefix, windows_s=(3600, 86400), allowed_lateness_s=3600)
+    return FeatureConfig(
+        prefix=prefix,
+        windows_s=(3600, 86400),
+        allowed_lateness_s=3600,
+        card_history_max=card_history_max,
+    )
 
 
+@pytest.mark.parametrize("cap", [1000, 3])  # 3: most cards go over their cap
 def test_features_on_a_cluster_equal_the_single_nodes(
-    cluster: redis.cluster.RedisCluster, redis_client: redis.Redis, redis_prefix: str
+    cluster: redis.cluster.RedisCluster, redis_client: redis.Redis, redis_prefix: str, cap: int
 ) -> None:
     stream, labels = simulated_stream(seed=5)
     assert len(stream) > 2000
-    single = RedisFeatureStore(redis_client, config(redis_prefix))
-    on_cluster = ClusterFeatureStore(cluster, config(redis_prefix), wait_replicas=1)
+    single = RedisFeatureStore(redis_client, config(redis_prefix, cap))
+    on_cluster = ClusterFeatureStore(cluster, config(redis_prefix, cap), wait_replicas=1)
     by_position: dict[int, list[LabelFact]] = {}
     for at, fact in labels:
         by_position.setdefault(at, []).append(fact)

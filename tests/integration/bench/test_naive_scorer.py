@@ -9,6 +9,7 @@ purpose (replays, see :mod:`fraudstream.bench.naive`) the test says so.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ START_MS = 1_522_540_800_000  # 2018-04-01 00:00 UTC
 #: Short windows so that a few hundred events cross every window boundary; the
 #: retention (longest window + lateness) outlasts the 4-day stream, as the default
 #: 31 days outlast the benchmark's 30 days (see the differences in bench/naive.py).
-WINDOWS = {"windows_s": (600, 3600, 6 * 3600), "terminal_window_days": (1, 2)}
+WINDOWS: dict[str, Any] = {"windows_s": (600, 3600, 6 * 3600), "terminal_window_days": (1, 2)}
 LATENESS_S = 4 * 86_400
 
 

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Iterator
+from typing import cast
 
 import numpy as np
 import pytest
 import redis
 
+from fraudstream.service.features import redis_store
 from fraudstream.service.features.definitions import FeatureConfig
-from fraudstream.service.features.redis_store import PreparedUpdate, RedisFeatureStore
+from fraudstream.service.features.redis_store import (
+    RECORD_DTYPE,
+    PreparedUpdate,
+    RedisFeatureStore,
+)
 from fraudstream.service.features.reference import ReferenceFeatureStore
 from fraudstream.service.features.store import FeatureBatch, LabelFact
 from fraudstream.service.schemas import Transaction
@@ -325,3 +332,90 @@ def test_the_empty_batch_sends_nothing(redis_client: redis.Redis, config: Featur
         assert store.compute_update(update, None).values.shape == (0, len(store.names))
     finally:
         redis_client.connection_pool.release(link)
+
+
+@pytest.mark.parametrize(
+    ("seed", "cap", "cards", "rows_per_pass"),
+    [(21, 12, 4, None), (22, 40, 1, None), (23, 1, 4, None), (24, 40, 1, 50)],
+)
+def test_a_card_over_its_cap_equals_the_reference(
+    redis_client: redis.Redis,
+    config: FeatureConfig,
+    seed: int,
+    cap: int,
+    cards: int,
+    rows_per_pass: int | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Few cards, many transactions: every card goes over its cap, out of order and replayed.
+
+    Features, duplicates and counters equal the reference's; no card keeps more
+    than ``cap`` valid records. With ``rows_per_pass``, every batch of more than
+    one transaction is computed in slices.
+    """
+    if rows_per_pass is not None:
+        monkeypatch.setattr(redis_store, "ROWS_PER_PASS", rows_per_pass)
+    config = dataclasses.replace(config, card_history_max=cap)
+    store = RedisFeatureStore(redis_client, config, claim_ttl_s=3600)
+    reference = ReferenceFeatureStore(config)
+    rng = random.Random(seed)
+    seen: list[Transaction] = []
+    stream = random_stream(seed, 1500, cards=cards, days=0.5, duplicate_rate=0.1)
+    for batch in batches(stream, rng):
+        assert_same(store.update_and_compute(batch), reference.update_and_compute(batch))
+        seen += batch
+        labels = [label_for(tx, rng.random() < 0.5) for tx in rng.sample(seen, min(len(seen), 3))]
+        store.record_labels(labels)
+        reference.record_labels(labels)
+        for card in {tx.card_id for tx in batch}:
+            records = np.frombuffer(
+                cast(bytes, redis_client.get(store.card_key(card)) or b""), RECORD_DTYPE
+            )
+            ts = records["ts_lo"].astype(np.int64) | (records["ts_hi"].astype(np.int64) << 32)
+            valid = int((ts > ts[-1] - config.retention_s * 1000).sum()) if len(ts) else 0
+            assert valid <= cap
+    assert store.counters == reference.counters
+    assert reference.counters.duplicates > 0
+    # Arrivals stay within the lateness bound: every too-late one is the cap's.
+    assert reference.counters.too_late > 0
+
+
+def test_a_card_testing_burst_costs_a_bounded_history(
+    redis_client: redis.Redis, config: FeatureConfig
+) -> None:
+    """20,000 transactions of one card in 3 hours: it keeps its newest ``cap``.
+
+    Its replays (the records the cap dropped included) are never counted again.
+    """
+    cap = 50
+    config = dataclasses.replace(config, card_history_max=cap)
+    store = RedisFeatureStore(redis_client, config)
+    burst = [
+        Transaction(
+            transaction_id=f"burst{i}",
+            card_id="tested",
+            terminal_id=f"shop{i % 3}",
+            amount=1.0,
+            timestamp=START_MS + i * 500,
+        )
+        for i in range(20_000)
+    ]
+    for i in range(0, len(burst), 2000):
+        store.update_and_compute(burst[i : i + 2000])
+    history = np.frombuffer(
+        cast(bytes, redis_client.get(store.card_key("tested")) or b""), RECORD_DTYPE
+    )
+    assert len(history) <= cap + 3  # and up to 3 stale ones, trimmed lazily
+    counted = store.counters.inserted
+    assert counted == 20_000
+    # Replayed: every transaction is a duplicate (still kept) or too late (dropped by
+    # the cap, older than every kept record): nothing is counted again.
+    for i in range(0, len(burst), 2000):
+        store.update_and_compute(burst[i : i + 2000])
+    assert store.counters.inserted == counted
+    assert store.counters.duplicates == cap
+    assert store.counters.too_late == 20_000 - cap
+    # The 1-hour count of the last transaction saturates at the cap (plus itself).
+    last = store.update_and_compute(burst[-1:])
+    assert last.is_duplicate.all()
+    assert last.values[0, list(last.names).index("card_tx_count_1h")] <= cap + 1

@@ -171,3 +171,23 @@ def test_terminal_label_features_count_known_outcomes_only(store: ReferenceFeatu
     assert (now["terminal_days_since_fraud"], now["terminal_fraud_episode_days"]) == (2, 2)
     # The episode starts on the first fraud day (-2): b and c, both frauds.
     assert (now["terminal_fraud_rate_episode"], now["terminal_labelled_episode"]) == (1.0, 2)
+
+
+def test_a_card_keeps_its_newest_records_up_to_its_cap() -> None:
+    """Card testing: 6 transactions a minute apart on a card that keeps 3."""
+    import dataclasses
+
+    store = ReferenceFeatureStore(dataclasses.replace(CONFIG, card_history_max=3))
+    burst = [tx(f"t{i}", T0 + i * MIN, amount=1.0 + i) for i in range(6)]
+    counts = [r["card_tx_count_1h"] for r in rows(store, *burst)]
+    # The history as found plus the transaction itself: at most 3 + 1.
+    assert counts == [1, 2, 3, 4, 4, 4]
+    last = rows(store, tx("t7", T0 + 7 * MIN, amount=8.0))[0]
+    assert (last["card_tx_count_1h"], last["card_amount_sum_1h"]) == (4, 5 + 6 + 4 + 8)
+    # Older than the oldest record kept (t3): too late, whatever the lateness.
+    late = store.update_and_compute([tx("t2b", T0 + 2 * MIN + 30_000)])
+    assert store.counters.too_late == 1 and not late.is_duplicate.any()
+    # A replay of a dropped record is not counted again, nor is one still kept.
+    store.update_and_compute([burst[0], burst[5]])
+    assert store.counters.too_late == 2 and store.counters.duplicates == 1
+    assert store.counters.inserted == 7
