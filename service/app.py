@@ -529,6 +529,7 @@ class Application:
                 topic_dlq=s.topic_transactions_dlq,
                 max_message_bytes=s.max_message_bytes,
                 dead_letter_max_bytes=s.dead_letter_max_bytes,
+                max_event_ahead_ms=s.max_event_ahead_s * 1000,
             )
 
         if not s.overlap_batches or s.guarantee is not DeliveryGuarantee.AT_LEAST_ONCE:

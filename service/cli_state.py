@@ -150,6 +150,7 @@ def rebuild_cmd(settings: Settings, since: str | None, force: bool) -> None:
             topic_labels=settings.topic_labels,
             since_ms=since_ms,
             max_message_bytes=settings.max_message_bytes,
+            max_event_ahead_s=settings.max_event_ahead_s,
             batch=settings.max_batch_size,
             progress=progress,
         )

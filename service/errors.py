@@ -48,6 +48,10 @@ class ValidationFailedError(InvalidEventError):
     """An event is JSON but breaks the message contract."""
 
 
+class EventTimeAheadError(InvalidEventError):
+    """An event time is further ahead of its record's Kafka timestamp than allowed."""
+
+
 class MissingSnapshotError(FraudstreamError):
     """A label arrived for a transaction whose feature snapshot is missing or expired."""
 

@@ -39,6 +39,7 @@ from fraudstream.service.deadletter import DEFAULT_MAX_BYTES as DEFAULT_DEAD_LET
 from fraudstream.service.deadletter import DeadLetter
 from fraudstream.service.errors import (
     DecodeError,
+    EventTimeAheadError,
     IdConflictError,
     OversizeEventError,
     UnprocessableEventError,
@@ -127,6 +128,67 @@ class BatchOutcome:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     latencies_ms: np.ndarray = field(default_factory=lambda: np.zeros(0))
     scorer_kind: Scorer = "rules"
+
+
+def _utc(ms: float) -> str:
+    """Epoch milliseconds as an RFC 3339 UTC time.
+
+    >>> _utc(1_700_000_000_000)
+    '2023-11-14T22:13:20Z'
+    """
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+
+
+def refuse_ahead(
+    records: Sequence[ConsumedRecord],
+    transactions: list[Transaction],
+    indices: list[int],
+    max_ahead_ms: int,
+) -> tuple[list[Transaction], list[int], list[tuple[int, Exception]]]:
+    """Transactions whose event time is more than ``max_ahead_ms`` after their record's timestamp.
+
+    Counted, one transaction dated years ahead (a terminal's clock, a unit
+    mistake) would move its card's newest event there: every real transaction
+    after it older than the retention before that date, too late, and the
+    card's windows empty until then. The record's Kafka timestamp (the
+    producer's clock, or the broker's) is the reference, not this process's
+    clock, so a replay or a state rebuild decides the same. ``0``: no limit;
+    a record without a timestamp (negative) is not checked.
+
+    Returns the kept transactions and indices, and ``(index, error)`` for the others.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace as R
+    >>> day = 86_400_000
+    >>> txs = [R(event_time_ms=5 * day), R(event_time_ms=9 * day)]
+    >>> kept, idx, bad = refuse_ahead([R(timestamp=day), R(timestamp=day)], txs, [0, 1], 7 * day)
+    >>> idx, [(i, type(e).__name__) for i, e in bad]
+    ([0], [(1, 'EventTimeAheadError')])
+    """
+    if not max_ahead_ms:
+        return transactions, indices, []
+    kept: list[Transaction] = []
+    kept_indices: list[int] = []
+    refused: list[tuple[int, Exception]] = []
+    for tx, i in zip(transactions, indices, strict=True):
+        at = records[i].timestamp
+        if at >= 0 and tx.event_time_ms - at > max_ahead_ms:
+            ahead_h = (tx.event_time_ms - at) / 3_600_000
+            refused.append(
+                (
+                    i,
+                    EventTimeAheadError(
+                        f"event time {_utc(tx.event_time_ms)} is {ahead_h:,.1f} h after its "
+                        f"record's timestamp {_utc(at)}, more than max_event_ahead_s="
+                        f"{max_ahead_ms // 1000} allows (a clock or unit mistake)"
+                    ),
+                )
+            )
+        else:
+            kept.append(tx)
+            kept_indices.append(i)
+    return kept, kept_indices, refused
 
 
 def validate_records(
@@ -253,6 +315,9 @@ class Pipeline:
     dead_letter_max_bytes
         Bound of a dead letter: larger records are cut to fit
         (see :mod:`~fraudstream.service.deadletter`).
+    max_event_ahead_ms
+        Transactions dated further ahead of their record's timestamp are
+        dead-lettered (:func:`refuse_ahead`); 0: no limit.
     clock_ms
         Wall clock in epoch milliseconds (injectable for tests).
     """
@@ -269,6 +334,7 @@ class Pipeline:
         topic_dlq: str,
         max_message_bytes: int,
         dead_letter_max_bytes: int = DEFAULT_DEAD_LETTER_BYTES,
+        max_event_ahead_ms: int = 0,
         clock_ms: Callable[[], float] = lambda: time.time() * 1000.0,
     ) -> None:
         self.features = features
@@ -280,6 +346,7 @@ class Pipeline:
         self.topic_dlq = topic_dlq
         self.max_message_bytes = max_message_bytes
         self.dead_letter_max_bytes = dead_letter_max_bytes
+        self.max_event_ahead_ms = max_event_ahead_ms
         self.clock_ms = clock_ms
         # A store that claims the ids in its own round trip (the Redis store with
         # claim_ttl_s) saves the separate claim call.
@@ -309,6 +376,12 @@ class Pipeline:
         outcome = BatchOutcome()
         transactions: list[Transaction]
         transactions, indices, failures = validate_records(records, self.max_message_bytes)
+        if self.max_event_ahead_ms:
+            transactions, indices, ahead = refuse_ahead(
+                records, transactions, indices, self.max_event_ahead_ms
+            )
+            if ahead:
+                failures = sorted(failures + ahead, key=lambda failure: failure[0])
         for i, error in failures:
             self._dead_letter(records[i], error, outcome)
         if transactions and not self._store_claims:

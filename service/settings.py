@@ -357,6 +357,14 @@ class Settings(BaseSettings):
         description="How late an event may be and still update windows exactly "
         "(history is kept this long beyond the longest window).",
     )
+    max_event_ahead_s: Annotated[int, Field(ge=0)] = Field(
+        DAY_S,
+        description="Transactions whose event time is further ahead of their Kafka record's "
+        "timestamp are dead-lettered (EventTimeAheadError): one transaction dated years ahead "
+        "(a terminal's clock, a unit mistake) would otherwise make every later transaction of "
+        "its card too late. The default takes any time-zone mistake (up to 14 h). 0: no limit "
+        "(e.g. to stream a simulation that starts today faster than real time).",
+    )
     card_history_max_records: Annotated[int, Field(ge=16, le=100_000)] = Field(
         1000,
         description="Most transactions a card's history keeps (within its retention): a card "

@@ -38,7 +38,7 @@ import numpy as np
 from fraudstream.service.errors import ConfigurationError, RedisUnavailableError
 from fraudstream.service.features.store import FeatureStore, LabelFact
 from fraudstream.service.kafka.protocols import Consumer, TopicPartition
-from fraudstream.service.pipeline import validate_records
+from fraudstream.service.pipeline import refuse_ahead, validate_records
 from fraudstream.service.redis_cluster import (
     forget_feature_state,
     is_cluster,
@@ -265,6 +265,7 @@ def rebuild_state(
     topic_labels: str,
     since_ms: int,
     max_message_bytes: int,
+    max_event_ahead_s: int = 0,
     batch: int = 2000,
     progress: Callable[[str], None] = lambda _: None,
 ) -> RebuildReport:
@@ -288,8 +289,12 @@ def rebuild_state(
         for records in read_since(consumer, topic_transactions, since_ms, batch):
             report.transactions_read += len(records)
             transactions: list[Transaction]
-            transactions, _, failures = validate_records(records, max_message_bytes)
-            report.transactions_invalid += len(failures)
+            transactions, indices, failures = validate_records(records, max_message_bytes)
+            # As the scorer did: the same record timestamps, the same refusals.
+            transactions, _, ahead = refuse_ahead(
+                records, transactions, indices, max_event_ahead_s * 1000
+            )
+            report.transactions_invalid += len(failures) + len(ahead)
             if not transactions:
                 continue
             claims = snapshots.claim_many_ids(transactions)

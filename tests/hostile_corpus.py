@@ -50,6 +50,10 @@ def corpus(max_message_bytes: int, *, prefix: str = "h") -> list[Case]:
     stamp = now.isoformat().replace("+00:00", "Z")
     now_ms = int(now.timestamp() * 1000)
 
+    def later(seconds: int) -> str:
+        """``seconds`` after ``now`` (an hour before the records are produced)."""
+        return (now + timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
+
     def tx(name: str, **overrides: Any) -> dict[str, Any]:
         base: dict[str, Any] = {
             "transaction_id": f"{prefix}-{name}",
@@ -178,6 +182,20 @@ def corpus(max_message_bytes: int, *, prefix: str = "h") -> list[Case]:
             "timestamp_year_2100",
             _json(tx("ts_2100", timestamp="2100-01-01T00:00:00Z")),
             "ValidationFailedError",
+        ),
+        # Within the limit of max_event_ahead_s (1 day): a local time sent as UTC.
+        Case(
+            "timestamp_ahead_13h", _json(tx("ts_ahead_13h", timestamp=later(14 * 3600))), "scored"
+        ),
+        Case(
+            "timestamp_ahead_3_days",
+            _json(tx("ts_ahead_3d", timestamp=later(3 * 86400))),
+            "EventTimeAheadError",
+        ),
+        Case(
+            "timestamp_year_2099",
+            _json(tx("ts_2099", timestamp="2099-12-31T23:59:59Z")),
+            "EventTimeAheadError",
         ),
         Case(
             "timestamp_bad_date",

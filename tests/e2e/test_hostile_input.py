@@ -10,11 +10,14 @@ from collections.abc import Callable
 from datetime import datetime
 
 import orjson
+import redis
 from conftest import AppUnderTest
 from hostile_corpus import corpus
 
+from fraudstream.service.features.definitions import FeatureConfig, feature_names
 from fraudstream.service.kafka.protocols import ConsumerRecord
 from fraudstream.service.settings import Settings
+from fraudstream.service.snapshots import SnapshotStore
 
 
 def test_a_hostile_stream_is_scored_or_dead_lettered_and_the_service_stays_up(
@@ -80,3 +83,49 @@ def _recent() -> datetime:
     from datetime import UTC, datetime, timedelta
 
     return datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+
+
+def test_a_transaction_dated_years_ahead_does_not_silence_its_card(
+    make_settings: Callable[..., Settings],
+    make_transaction: Callable[..., tuple[bytes, bytes]],
+    run_app: Callable[[Settings], AppUnderTest],
+    produce: Callable[..., None],
+    consume: Callable[..., list[ConsumerRecord]],
+    redis_url: str,
+) -> None:
+    """A terminal with its clock in 2099: the transaction is dead-lettered.
+
+    Counted, every later transaction of its card would be too late (older than
+    the retention before 2099) and the card's windows empty.
+    """
+    from datetime import UTC, timedelta
+    from datetime import datetime as dt
+
+    settings = make_settings(publish_scores=True, topic_partitions=1, role="scorer")
+    run_app(settings)
+    start = _recent() - timedelta(hours=1)
+    first = make_transaction("ahead-0", "ahead-card", "T1", 10.0, start)
+    broken = make_transaction("ahead-2099", "ahead-card", "T1", 10.0, dt(2099, 6, 1, tzinfo=UTC))
+    later = [
+        make_transaction(f"ahead-{i}", "ahead-card", "T1", 10.0, start + timedelta(minutes=i))
+        for i in range(1, 6)
+    ]
+    produce(settings.bootstrap_servers, settings.topic_transactions, [first, broken, *later])
+    scores = consume(
+        settings.bootstrap_servers, settings.topic_scores, at_least=6, timeout_s=180, settle_s=2
+    )
+    by_id = {orjson.loads(r.value or b"")["transaction_id"]: r for r in scores}
+    assert sorted(by_id) == sorted(["ahead-0"] + [f"ahead-{i}" for i in range(1, 6)])
+    letters = consume(
+        settings.bootstrap_servers, settings.topic_transactions_dlq, at_least=1, timeout_s=60
+    )
+    headers = dict(letters[0].headers)
+    assert headers["fraudstream.error.class"] == b"EventTimeAheadError"
+    assert b"2099-06-01T00:00:00Z" in headers["fraudstream.error.message"]
+    # The card's windows go on counting: the fifth later one is its sixth in the hour.
+    client = redis.Redis.from_url(redis_url)
+    snapshot = SnapshotStore(client, settings.redis_prefix, settings.snapshot_ttl_s).get_many(
+        ["ahead-5"]
+    )[0]
+    assert snapshot is not None
+    assert snapshot.x(feature_names(FeatureConfig()))["card_tx_count_1h"] == 6

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -221,8 +222,11 @@ def _dead_letters_by_offset(outcome: BatchOutcome) -> dict[int, dict[str, bytes]
 def test_every_hostile_record_is_scored_or_dead_lettered_as_documented(batch_size: int) -> None:
     cases = corpus(max_message_bytes=65_536)
     pipeline, _ = _pipeline(max_message_bytes=65_536, dead_letter_max_bytes=200_000)
+    pipeline.max_event_ahead_ms = Settings(_env_file=None).max_event_ahead_s * 1000
+    produced_ms = int(time.time() * 1000)  # the corpus is dated from now
     records = [
-        Record(c.value, offset=i, key=c.key, headers=list(c.headers)) for i, c in enumerate(cases)
+        Record(c.value, offset=i, key=c.key, headers=list(c.headers), timestamp=produced_ms)
+        for i, c in enumerate(cases)
     ]
     scored: list[str] = []
     letters: dict[int, dict[str, bytes]] = {}
