@@ -85,7 +85,12 @@ def check_cluster_mode(client: redis.Redis, settings: Settings) -> None:
     """
     url = masked_url(settings.redis_url.get_secret_value())
     if not settings.redis_cluster:
-        if client.info("cluster").get("cluster_enabled"):
+        try:
+            enabled = client.info("cluster").get("cluster_enabled")
+        except redis.exceptions.NoPermissionError:
+            log.warning("Redis refuses INFO to this user (ACL): its cluster mode is not checked")
+            return
+        if enabled:
             raise ConfigurationError(
                 f"Redis at {url} is a Redis Cluster node: set {env_name('redis_cluster')}=true"
             )
@@ -126,7 +131,11 @@ def memory_problem(
     redis.RedisError
         Redis did not answer.
     """
-    for node, info in _memory_by_node(client).items():
+    try:
+        infos = _memory_by_node(client)
+    except redis.exceptions.NoPermissionError:
+        return None  # INFO refused by an ACL: unknown (check_eviction warned at start)
+    for node, info in infos.items():
         where = f" node {node}" if node else ""
         limit = int(info.get("maxmemory", 0))
         if not limit:
@@ -163,6 +172,14 @@ def check_eviction(client: redis.Redis, settings: Settings) -> None:
     ConfigurationError
         A master may evict keys and eviction is not allowed.
     """
+    try:
+        _memory_by_node(client)
+    except redis.exceptions.NoPermissionError:
+        log.warning(
+            "Redis refuses INFO to this user (ACL): its maxmemory-policy cannot be checked; "
+            "make sure it is noeviction, or allow the user +info"
+        )
+        return
     problem = memory_problem(client, full=False)
     if problem is None:
         return

@@ -9,6 +9,7 @@ scores every transaction once.
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
+import pytest
 import redis
 from conftest import AppUnderTest
 
@@ -126,3 +128,40 @@ def test_a_redis_made_to_evict_while_running_is_reported(
     assert not ready and "maxmemory-policy allkeys-lru" in reason
     client.config_set("maxmemory-policy", "noeviction")
     wait_for(lambda: app.ready()[0], 60, "the scorer to be ready again")
+
+
+def test_a_user_refused_info_by_an_acl_still_scores(
+    make_settings: Callable[..., Settings],
+    make_transaction: Callable[..., tuple[bytes, bytes]],
+    run_app: Callable[[Settings], AppUnderTest],
+    produce: Callable[..., None],
+    consume: Callable[..., list[ConsumerRecord]],
+    wait_for: Callable[..., None],
+    own_redis: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A least-privilege user without ``@dangerous`` (INFO is in it) scores.
+
+    The memory and cluster-mode checks are skipped, with a warning.
+    """
+    admin = redis.Redis.from_url(own_redis.url)
+    admin.acl_setuser(
+        "scorer", enabled=True, passwords=["+s3cret"], keys=["*"], channels=["*"],
+        commands=["+@all", "-@dangerous"],
+    )  # fmt: skip
+    url = f"redis://scorer:s3cret@{own_redis.host}:{own_redis.port}/0"
+    settings = make_settings(redis_url=url, publish_scores=True, role="scorer")
+    with caplog.at_level(logging.WARNING, logger="fraudstream.service.redis_client"):
+        app = run_app(settings)
+        produce(
+            settings.bootstrap_servers,
+            settings.topic_transactions,
+            _batch(make_transaction, "acl", 12),
+        )
+        records = consume(
+            settings.bootstrap_servers, settings.topic_scores, at_least=12, timeout_s=180
+        )
+        wait_for(lambda: app.ready()[0], 60, "the scorer to be ready")
+    assert len(records) == 12
+    said = [r.getMessage() for r in caplog.records]
+    assert any("maxmemory-policy cannot be checked" in line for line in said), said

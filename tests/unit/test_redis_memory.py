@@ -98,3 +98,17 @@ def test_a_cluster_names_the_master_at_fault() -> None:
     one = _Cluster({"10.0.0.1:7000": _info(maxmemory=MB, policy="volatile-ttl")})
     assert (problem := memory_problem(cast(redis.Redis, one))) is not None
     assert "maxmemory-policy volatile-ttl" in problem
+
+
+class _Refused:
+    """A client whose user the ACL refuses INFO."""
+
+    def info(self, section: str) -> dict[str, Any]:
+        raise redis.exceptions.NoPermissionError("this user has no permissions to run 'info'")
+
+
+def test_info_refused_by_an_acl_is_unknown_not_a_problem(caplog: pytest.LogCaptureFixture) -> None:
+    refused = cast(redis.Redis, _Refused())
+    assert memory_problem(refused) is None
+    check_eviction(refused, Settings(bootstrap_servers="127.0.0.1:9092"))
+    assert "maxmemory-policy cannot be checked" in caplog.text

@@ -31,6 +31,7 @@ def _recording(scrapes: int = 30) -> Recording:
         m.consumed.labels("transactions").inc(1000)
         m.alerts.labels("rules" if i < 10 else "model").inc(10)
         m.dead_lettered.labels("transactions.dlq", "DecodeError").inc(1)
+        m.records_lost.labels("transactions").inc(5 if i == 20 else 0)
         m.observe_latencies_ms(rng.exponential(5.0, 1000))
         m.batch_seconds.observe(0.02)
         m.report_lag("scorer", {("transactions", 0): 5 * i, ("transactions", 1): 3})
