@@ -486,6 +486,37 @@ def wait_for() -> Callable[..., None]:
 
 
 @pytest.fixture
+def minute_batch(
+    make_transaction: Callable[..., tuple[bytes, bytes]],
+) -> Callable[..., list[tuple[bytes, bytes]]]:
+    """``minute_batch(prefix, n, cards=7, first_minute=0)``.
+
+    ``n`` transactions a minute apart from a day ago (the same start for every call
+    of one test): ids ``{prefix}-{i}``, card ``c{i % cards}``, terminal ``T1``,
+    amount ``10 + i``.
+    """
+    from datetime import UTC, datetime, timedelta
+
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+
+    def build(
+        prefix: str, n: int, cards: int = 7, first_minute: int = 0
+    ) -> list[tuple[bytes, bytes]]:
+        return [
+            make_transaction(
+                f"{prefix}-{i}",
+                f"c{i % cards}",
+                "T1",
+                10.0 + i,
+                start + timedelta(minutes=first_minute + i),
+            )
+            for i in range(n)
+        ]
+
+    return build
+
+
+@pytest.fixture
 def card_stream(
     make_transaction: Callable[..., tuple[bytes, bytes]],
 ) -> Callable[..., list[tuple[bytes, bytes]]]:

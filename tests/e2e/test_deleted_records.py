@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
@@ -24,27 +23,10 @@ from fraudstream.service.cli_status import Scrape, parse_exposition, render, sum
 from fraudstream.service.kafka.protocols import ConsumerRecord
 from fraudstream.service.settings import Settings
 
-START = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
-
-
-def _batch(
-    tx: Callable[..., tuple[bytes, bytes]], prefix: str, n: int, first_minute: int
-) -> list[tuple[bytes, bytes]]:
-    return [
-        tx(
-            f"{prefix}-{i}",
-            f"c{i % 5}",
-            "T1",
-            10.0 + i,
-            START + timedelta(minutes=first_minute + i),
-        )
-        for i in range(n)
-    ]
-
 
 def test_transactions_deleted_before_they_were_scored_are_reported(
     make_settings: Callable[..., Settings],
-    make_transaction: Callable[..., tuple[bytes, bytes]],
+    minute_batch: Callable[..., list[tuple[bytes, bytes]]],
     run_app: Callable[[Settings], AppUnderTest],
     produce: Callable[..., None],
     consume: Callable[..., list[ConsumerRecord]],
@@ -53,10 +35,13 @@ def test_transactions_deleted_before_they_were_scored_are_reported(
     group_members: Callable[[str, str], dict[str, int]],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    tx = make_transaction
     settings = make_settings(publish_scores=True, role="scorer")
     first = run_app(settings)
-    produce(settings.bootstrap_servers, settings.topic_transactions, _batch(tx, "before", 20, 0))
+    produce(
+        settings.bootstrap_servers,
+        settings.topic_transactions,
+        minute_batch("before", 20, cards=5, first_minute=0),
+    )
     consume(settings.bootstrap_servers, settings.topic_scores, at_least=20, timeout_s=180)
     wait_for(lambda: group_lag(settings) == 0, 60, "the scorer to commit what it scored")
     first.stop()
@@ -65,7 +50,11 @@ def test_transactions_deleted_before_they_were_scored_are_reported(
         lambda: not group_members(settings.bootstrap_servers, group), 60, "the scorer to leave"
     )
 
-    produce(settings.bootstrap_servers, settings.topic_transactions, _batch(tx, "gone", 30, 20))
+    produce(
+        settings.bootstrap_servers,
+        settings.topic_transactions,
+        minute_batch("gone", 30, cards=5, first_minute=20),
+    )
     committed, ends = committed_offsets(settings)
     admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
     try:
@@ -74,7 +63,11 @@ def test_transactions_deleted_before_they_were_scored_are_reported(
         admin.close()
     gone = {tp.partition: ends[tp] - committed[tp] for tp in ends if ends[tp] > committed[tp]}
     assert sum(gone.values()) == 30
-    produce(settings.bootstrap_servers, settings.topic_transactions, _batch(tx, "after", 10, 50))
+    produce(
+        settings.bootstrap_servers,
+        settings.topic_transactions,
+        minute_batch("after", 10, cards=5, first_minute=50),
+    )
 
     with caplog.at_level(logging.ERROR, logger="fraudstream.service.loop"):
         second = run_app(settings)

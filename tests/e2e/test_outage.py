@@ -7,7 +7,6 @@ every transaction without loss.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 
 import orjson
 import redis
@@ -17,37 +16,25 @@ from fraudstream.devstack import RedisServer
 from fraudstream.service.kafka.protocols import ConsumerRecord
 from fraudstream.service.settings import Settings
 
-START = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
-
-
-def _batch(
-    tx: Callable[..., tuple[bytes, bytes]], prefix: str, n: int
-) -> list[tuple[bytes, bytes]]:
-    return [
-        tx(f"{prefix}-{i}", f"c{i % 7}", "T1", 10.0 + i, START + timedelta(minutes=i))
-        for i in range(n)
-    ]
-
 
 def test_scorer_survives_a_redis_outage_without_losing_transactions(
     make_settings: Callable[..., Settings],
-    make_transaction: Callable[..., tuple[bytes, bytes]],
+    minute_batch: Callable[..., list[tuple[bytes, bytes]]],
     run_app: Callable[[Settings], AppUnderTest],
     produce: Callable[..., None],
     consume: Callable[..., list[ConsumerRecord]],
     wait_for: Callable[..., None],
     own_redis: RedisServer,
 ) -> None:
-    tx = make_transaction
     redis_server = own_redis
     settings = make_settings(redis_url=redis_server.url, publish_scores=True, role="scorer")
     app = run_app(settings)
-    produce(settings.bootstrap_servers, settings.topic_transactions, _batch(tx, "before", 20))
+    produce(settings.bootstrap_servers, settings.topic_transactions, minute_batch("before", 20))
     consume(settings.bootstrap_servers, settings.topic_scores, at_least=20, timeout_s=180)
     wait_for(lambda: app.ready()[0], 60, "the scorer to be ready")
 
     redis_server.stop()
-    produce(settings.bootstrap_servers, settings.topic_transactions, _batch(tx, "during", 30))
+    produce(settings.bootstrap_servers, settings.topic_transactions, minute_batch("during", 30))
     wait_for(
         lambda: not app.ready()[0] and "redis" in app.ready()[1],
         60,
@@ -72,7 +59,7 @@ def test_scorer_survives_a_redis_outage_without_losing_transactions(
 
 def test_scripts_lost_mid_stream_cost_a_retry_not_a_transaction(
     make_settings: Callable[..., Settings],
-    make_transaction: Callable[..., tuple[bytes, bytes]],
+    minute_batch: Callable[..., list[tuple[bytes, bytes]]],
     run_app: Callable[[Settings], AppUnderTest],
     produce: Callable[..., None],
     consume: Callable[..., list[ConsumerRecord]],
@@ -85,16 +72,15 @@ def test_scripts_lost_mid_stream_cost_a_retry_not_a_transaction(
     script is gone: both fail with nothing counted, are read again and scored.
     Every transaction is scored once and counted once in its card's history.
     """
-    tx = make_transaction
     settings = make_settings(publish_scores=True, role="scorer", max_batch_size=5)
     assert settings.overlap_batches
     app = run_app(settings)
-    produce(settings.bootstrap_servers, settings.topic_transactions, _batch(tx, "before", 20))
+    produce(settings.bootstrap_servers, settings.topic_transactions, minute_batch("before", 20))
     consume(settings.bootstrap_servers, settings.topic_scores, at_least=20, timeout_s=180)
     errors = app.metrics.errors.labels("redis")._value.get()
 
     redis_client.script_flush()
-    produce(settings.bootstrap_servers, settings.topic_transactions, _batch(tx, "after", 60))
+    produce(settings.bootstrap_servers, settings.topic_transactions, minute_batch("after", 60))
     records = consume(
         settings.bootstrap_servers, settings.topic_scores, at_least=80, timeout_s=180, settle_s=3
     )

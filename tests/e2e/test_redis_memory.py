@@ -13,7 +13,6 @@ import logging
 import re
 import subprocess
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -25,17 +24,7 @@ from fraudstream.devstack import RedisServer
 from fraudstream.service.kafka.protocols import ConsumerRecord
 from fraudstream.service.settings import Settings
 
-START = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
 CARDS = 7
-
-
-def _batch(
-    tx: Callable[..., tuple[bytes, bytes]], prefix: str, n: int
-) -> list[tuple[bytes, bytes]]:
-    return [
-        tx(f"{prefix}-{i}", f"c{i % CARDS}", "T1", 10.0 + i, START + timedelta(minutes=i))
-        for i in range(n)
-    ]
 
 
 def test_serve_refuses_a_redis_that_evicts_keys_in_one_line(
@@ -68,18 +57,17 @@ def test_serve_refuses_a_redis_that_evicts_keys_in_one_line(
 
 def test_a_full_redis_pauses_scoring_and_loses_no_transaction(
     make_settings: Callable[..., Settings],
-    make_transaction: Callable[..., tuple[bytes, bytes]],
+    minute_batch: Callable[..., list[tuple[bytes, bytes]]],
     run_app: Callable[[Settings], AppUnderTest],
     produce: Callable[..., None],
     consume: Callable[..., list[ConsumerRecord]],
     wait_for: Callable[..., None],
     own_redis: RedisServer,
 ) -> None:
-    tx = make_transaction
     client = redis.Redis.from_url(own_redis.url)
     settings = make_settings(redis_url=own_redis.url, publish_scores=True, role="scorer")
     app = run_app(settings)
-    produce(settings.bootstrap_servers, settings.topic_transactions, _batch(tx, "before", 20))
+    produce(settings.bootstrap_servers, settings.topic_transactions, minute_batch("before", 20))
     consume(settings.bootstrap_servers, settings.topic_scores, at_least=20, timeout_s=180)
     wait_for(lambda: app.ready()[0], 60, "the scorer to be ready")
 
@@ -87,7 +75,7 @@ def test_a_full_redis_pauses_scoring_and_loses_no_transaction(
     used = int(client.info("memory")["used_memory"])
     client.config_set("maxmemory", used // 2)
     with_room = client.dbsize()
-    produce(settings.bootstrap_servers, settings.topic_transactions, _batch(tx, "during", 30))
+    produce(settings.bootstrap_servers, settings.topic_transactions, minute_batch("during", 30))
     wait_for(lambda: "Redis is full" in app.ready()[1], 60, "the scorer to report Redis full")
     wait_for(lambda: app.metrics.errors.labels("redis")._value.get() > 0, 60, "a refused write")
     ready, reason = app.ready()
@@ -132,7 +120,7 @@ def test_a_redis_made_to_evict_while_running_is_reported(
 
 def test_a_user_refused_info_by_an_acl_still_scores(
     make_settings: Callable[..., Settings],
-    make_transaction: Callable[..., tuple[bytes, bytes]],
+    minute_batch: Callable[..., list[tuple[bytes, bytes]]],
     run_app: Callable[[Settings], AppUnderTest],
     produce: Callable[..., None],
     consume: Callable[..., list[ConsumerRecord]],
@@ -156,7 +144,7 @@ def test_a_user_refused_info_by_an_acl_still_scores(
         produce(
             settings.bootstrap_servers,
             settings.topic_transactions,
-            _batch(make_transaction, "acl", 12),
+            minute_batch("acl", 12),
         )
         records = consume(
             settings.bootstrap_servers, settings.topic_scores, at_least=12, timeout_s=180
