@@ -370,6 +370,9 @@ class ConsumeLoop:
 
     def subscribe(self, topics: list[str]) -> None:
         """Join the group for ``topics``, with this loop's rebalance listener."""
+        for topic in topics:
+            # Exported at 0 from the start, so that an alert can fire on its first increase.
+            self.metrics.records_lost.labels(topic)
         subscribe(self.consumer, topics, listener=_Rebalance(self))
 
     def run(
