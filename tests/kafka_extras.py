@@ -2,7 +2,8 @@
 
 :mod:`fraudstream.service.kafka.protocols` names what the package calls of
 kafka-python, nothing more. The tests also wait on one delivery
-(``future.get``), describe a consumer group and add partitions to a topic;
+(``future.get``), describe a consumer group, add partitions to a topic and
+delete records;
 these protocols extend the package's with those calls, with kafka-python's own
 parameter names, so that mypy checks the tests' calls too. A test holds them
 against the installed kafka-python as it holds the package's
@@ -45,6 +46,15 @@ class AdminForTests(Admin, Protocol):
         validate_only: bool = False,
     ) -> Any:
         """Grow each topic to the given total number of partitions."""
+        ...
+
+    def delete_records(
+        self,
+        records_to_delete: Mapping[Any, int],
+        timeout_ms: int | None = None,
+        partition_leader_id: int | None = None,
+    ) -> Any:
+        """Delete every record below the given offset of each partition (``DeleteRecords``)."""
         ...
 
 

@@ -212,3 +212,48 @@ def test_a_rebalance_that_outlives_the_poll_that_started_it_is_completed(
         assert consumer.group_metadata().state == MemberState.STABLE
     finally:
         consumer.close(autocommit=False)
+
+
+def test_offset_resets_are_noted_with_the_position_they_replace(
+    kafka_bootstrap: str, unique_name: Callable[[str], str]
+) -> None:
+    """Kafka's "earliest" policy moving a position, both ways, on a real broker.
+
+    Below the log start (records deleted): the records in between are skipped.
+    Beyond the log end (a truncated partition, as after an unclean leader
+    election): read again from the start, nothing skipped.
+    """
+    from fraudstream.service.kafka import make_admin
+    from fraudstream.service.kafka.resets import OffsetReset, OffsetResets
+
+    topic = unique_name("resets")
+    assert ensure_topics(kafka_bootstrap, {topic: 1}) == [topic]
+    producer = make_producer(kafka_bootstrap, client_id="test")
+    tracker = DeliveryTracker(producer)
+    for i in range(8):
+        tracker.send(topic, f"v{i}".encode())
+    assert tracker.flush(timeout_s=20) == 8
+    producer.close()
+    tp = TopicPartition(topic, 0)
+    admin = admin_for_tests(make_admin(kafka_bootstrap))
+    admin.delete_records({tp: 5})  # offsets 0-4 gone, as retention would
+    admin.close()
+
+    consumer = make_consumer(kafka_bootstrap, client_id="test-resets", group_id=None)
+    resets = OffsetResets(consumer)
+    assert resets.watching
+    consumer.assign([tp])
+    consumer.seek(tp, 2)  # a committed position whose records are deleted
+    assert [r.offset for r in _drain(consumer, 3)] == [5, 6, 7]
+    assert resets.take() == [OffsetReset(tp, 2, 5)]
+    assert resets.take() == []
+
+    consumer.seek(tp, 40)  # beyond the end
+    assert [r.offset for r in _drain(consumer, 3)] == [5, 6, 7]
+    noted = resets.take()
+    assert noted == [OffsetReset(tp, 40, 5)] and noted[0].skipped == 0
+
+    consumer.seek(tp, 6)  # a seek of our own is not a reset
+    assert [r.offset for r in _drain(consumer, 2)] == [6, 7]
+    assert resets.take() == []
+    consumer.close()
