@@ -124,7 +124,8 @@ def memory_problem(
     ``allow_eviction``); with ``full``, a master over its ``maxmemory`` under
     ``noeviction`` is one too: it refuses every write, so nothing can be counted
     until it has room. Read from ``INFO memory``, which managed Redis services
-    answer even where ``CONFIG`` is disabled.
+    answer even where ``CONFIG`` is disabled; ``None`` when an ACL refuses it
+    (:func:`check_eviction` warned at start).
 
     Raises
     ------
@@ -134,7 +135,14 @@ def memory_problem(
     try:
         infos = _memory_by_node(client)
     except redis.exceptions.NoPermissionError:
-        return None  # INFO refused by an ACL: unknown (check_eviction warned at start)
+        return None
+    return _memory_problem_in(infos, allow_eviction, full)
+
+
+def _memory_problem_in(
+    infos: dict[str, dict[str, Any]], allow_eviction: bool, full: bool
+) -> str | None:
+    """:func:`memory_problem` of the masters' ``INFO memory`` replies."""
     for node, info in infos.items():
         where = f" node {node}" if node else ""
         limit = int(info.get("maxmemory", 0))
@@ -173,14 +181,14 @@ def check_eviction(client: redis.Redis, settings: Settings) -> None:
         A master may evict keys and eviction is not allowed.
     """
     try:
-        _memory_by_node(client)
+        infos = _memory_by_node(client)
     except redis.exceptions.NoPermissionError:
         log.warning(
             "Redis refuses INFO to this user (ACL): its maxmemory-policy cannot be checked; "
             "make sure it is noeviction, or allow the user +info"
         )
         return
-    problem = memory_problem(client, full=False)
+    problem = _memory_problem_in(infos, allow_eviction=False, full=False)
     if problem is None:
         return
     if not settings.redis_allow_eviction:
