@@ -746,6 +746,7 @@ class _BatchColumns:
         """The columns of transactions ``lo`` to ``hi`` (views, no copy)."""
         part = object.__new__(_BatchColumns)
         for name in self.__slots__:
-            setattr(part, name, getattr(self, name)[lo:hi])
+            if name != "keys":  # two keys per transaction
+                setattr(part, name, getattr(self, name)[lo:hi])
         part.keys = self.keys[2 * lo : 2 * hi]
         return part
