@@ -142,3 +142,79 @@ def test_broker_killed_under_an_exactly_once_scorer(
         stop_feeding.set()
         producer.close(timeout=10)
         client.close()
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_broker_frozen_past_the_session_timeout(
+    guarantee: str,
+    own_kafka: KafkaServer,
+    make_settings: Callable[..., Settings],
+    card_stream: Callable[..., list[tuple[bytes, bytes]]],
+    run_app: Callable[[Settings], AppUnderTest],
+    wait_for: Callable[..., None],
+    counting_problems: Callable[..., list[str]],
+    committed_past_unscored: Callable[..., list[str]],
+    group_lag: Callable[..., int],
+    read_topic: Callable[..., list[ConsumerRecord]],
+) -> None:
+    """A broker that stops answering without closing anything (a long GC pause, a frozen VM).
+
+    Frozen for longer than the group's session timeout while transactions
+    flow: once it wakes, its coordinator finds every member's session expired
+    at once, so the scorer's commit of the batch in hand is refused. Nothing may
+    be lost, counted twice, or (exactly once) seen twice by a ``read_committed``
+    reader.
+    """
+    settings = make_settings(
+        bootstrap_servers=own_kafka.bootstrap_servers,
+        guarantee=guarantee,
+        publish_scores=True,
+        role="scorer",
+        max_batch_size=50,
+        session_timeout_ms=6000,
+    )
+    bootstrap = settings.bootstrap_servers
+    app = run_app(settings)
+    wait_for(lambda: app.ready()[0], 120, "the scorer to be ready")
+    stream = card_stream(f"f{guarantee[0]}", cards=20, per_card=30)
+    producer = make_producer(bootstrap, client_id="test-feeder")
+    stop_feeding = threading.Event()
+
+    def feed() -> None:  # 20 transactions every 0.1 s, through the freeze
+        for i in range(0, len(stream), 20):
+            for key, value in stream[i : i + 20]:
+                producer.send(settings.topic_transactions, key=key, value=value)
+            if stop_feeding.wait(0.1):
+                return
+
+    feeder = threading.Thread(target=feed, name="feeder", daemon=True)
+    pid = own_kafka.running_pid()
+    assert pid is not None
+    feeder.start()
+    try:
+        time.sleep(0.8)  # a few batches in
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: not app.ready()[0], 60, "not ready while the broker is frozen")
+            time.sleep(settings.session_timeout_ms / 1000 + 4)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        feeder.join(timeout=120)
+        producer.flush(timeout=60)
+        wait_for(lambda: group_lag(settings) == 0, 180, "every partition committed to its end")
+        wait_for(lambda: app.ready()[0], 60, "the scorer to be ready again")
+        assert counting_problems(settings, stream) == []
+        assert committed_past_unscored(settings) == []
+
+        ids = [orjson.loads(value)["transaction_id"] for _, value in stream]
+        records = read_topic(bootstrap, settings.topic_scores, read_committed=True)
+        seen = Counter(orjson.loads(r.value or b"")["transaction_id"] for r in records)
+        assert sorted(seen) == sorted(ids), f"lost {set(ids) - set(seen)}"
+        twice = [tx for tx, n in seen.items() if n > 1]
+        print(f"{guarantee}: {len(twice)} decisions published twice")
+        if guarantee == "exactly_once":
+            assert twice == []
+    finally:
+        stop_feeding.set()
+        os.kill(pid, signal.SIGCONT)
+        producer.close(timeout=10)
