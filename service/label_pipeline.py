@@ -28,8 +28,13 @@ from dataclasses import dataclass, field
 from fraudstream.service.deadletter import DeadLetter
 from fraudstream.service.errors import MissingSnapshotError
 from fraudstream.service.learner import Learner
-from fraudstream.service.pipeline import ConsumedRecord, Outgoing, dead_letter_of, validate_records
-from fraudstream.service.schemas import LABEL_BATCH, Label
+from fraudstream.service.pipeline import (
+    BatchValidation,
+    ConsumedRecord,
+    Outgoing,
+    dead_letter_of,
+)
+from fraudstream.service.schemas import Label
 
 
 @dataclass(slots=True)
@@ -85,6 +90,7 @@ class LabelPipeline:
         self.dead_letter_max_bytes = dead_letter_max_bytes
         self.wait_ms = wait_ms
         self.clock_ms = clock_ms
+        self._validate = BatchValidation()
 
     def process(
         self, records: Sequence[ConsumedRecord], deadlines_ms: Sequence[float] | None = None
@@ -95,9 +101,7 @@ class LabelPipeline:
         its deadline; without it they are seen for the first time.
         """
         labels: list[Label]
-        labels, indices, failures = validate_records(
-            records, self.max_message_bytes, Label, LABEL_BATCH
-        )
+        labels, indices, failures = self._validate(records, self.max_message_bytes, Label)
         now_ms = int(self.clock_ms())
         cap = self.dead_letter_max_bytes
         letters = [dead_letter_of(records[i], error, now_ms, cap) for i, error in failures]

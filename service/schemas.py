@@ -18,6 +18,7 @@ Examples
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
@@ -130,6 +131,7 @@ def _require_aware_utc(value: datetime) -> datetime:
 
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 
 class _computed_once(Generic[T]):
@@ -314,8 +316,32 @@ class Alert(ScoreRecord):
         return str(uuid.uuid5(_ALERT_NAMESPACE, transaction_id))
 
 
-TRANSACTION_BATCH = TypeAdapter(list[Transaction])
-LABEL_BATCH = TypeAdapter(list[Label])
+@functools.cache
+def batch_adapter(model: type[M], *, tolerant: bool = False) -> TypeAdapter[list[Any]]:
+    """The pydantic adapter of a list of ``model``, to validate a batch in one call.
+
+    Strict (the default), one bad item fails the whole call. ``tolerant``, a bad
+    item comes back as its JSON value (a dict, most often) instead, for the
+    caller to validate alone for its reason; each good item as a ``model``. The
+    tolerant list costs ~6 % more per item (pydantic parses each item before
+    trying the model, to try the other choice): it is for batches expected to
+    hold bad records.
+
+    >>> items = batch_adapter(Label, tolerant=True).validate_json(
+    ...     b'[{"transaction_id":"t1","is_fraud":true,"labeled_at":"2024-01-01T00:00:00Z"},'
+    ...     b'{"transaction_id":"t2"}]'
+    ... )
+    >>> [type(item).__name__ for item in items]
+    ['Label', 'dict']
+    """
+    if not tolerant:
+        return TypeAdapter(list[model])  # type: ignore[valid-type]
+    item = Annotated[model | Any, Field(union_mode="left_to_right")]  # type: ignore[valid-type]
+    return TypeAdapter(list[item])
+
+
+TRANSACTION_BATCH = batch_adapter(Transaction)
+
 
 #: Exported by ``fraudstream schemas``.
 EXPORTED_SCHEMAS: dict[str, type[BaseModel]] = {

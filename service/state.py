@@ -38,14 +38,14 @@ import numpy as np
 from fraudstream.service.errors import ConfigurationError, RedisUnavailableError
 from fraudstream.service.features.store import FeatureStore, LabelFact
 from fraudstream.service.kafka.protocols import Consumer, TopicPartition
-from fraudstream.service.pipeline import refuse_ahead, validate_records
+from fraudstream.service.pipeline import BatchValidation, refuse_ahead
 from fraudstream.service.redis_cluster import (
     forget_feature_state,
     is_cluster,
     missing_slot_markers,
     write_slot_markers,
 )
-from fraudstream.service.schemas import LABEL_BATCH, Label, Transaction
+from fraudstream.service.schemas import Label, Transaction
 from fraudstream.service.snapshots import CLAIM_CONFLICT, REBUILT_MODEL_VERSION, SnapshotStore
 
 log = logging.getLogger(__name__)
@@ -282,6 +282,7 @@ def rebuild_state(
         )
     report = RebuildReport(since_ms=since_ms)
     started = time.monotonic()
+    validate_transactions, validate_labels = BatchValidation(), BatchValidation()
     try:
         if is_cluster(client):
             # Partial loss cannot be replayed slot by slot (see forget_feature_state).
@@ -289,7 +290,7 @@ def rebuild_state(
         for records in read_since(consumer, topic_transactions, since_ms, batch):
             report.transactions_read += len(records)
             transactions: list[Transaction]
-            transactions, indices, failures = validate_records(records, max_message_bytes)
+            transactions, indices, failures = validate_transactions(records, max_message_bytes)
             # As the scorer did: the same record timestamps, the same refusals.
             transactions, _, ahead = refuse_ahead(
                 records, transactions, indices, max_event_ahead_s * 1000
@@ -314,7 +315,7 @@ def rebuild_state(
         for records in read_since(consumer, topic_labels, since_ms, batch):
             report.labels_read += len(records)
             labels: Sequence[Label]
-            labels, _, _ = validate_records(records, max_message_bytes, Label, LABEL_BATCH)
+            labels, _, _ = validate_labels(records, max_message_bytes, Label)
             frauds = [lb for lb in labels if lb.is_fraud]
             snaps = snapshots.get_many([lb.transaction_id for lb in frauds])
             facts = [

@@ -10,6 +10,7 @@ or fail with the same dead-letter reason as with the fast path switched off.
 from __future__ import annotations
 
 import json
+import random
 import re
 from datetime import UTC, datetime, timedelta, timezone
 from types import SimpleNamespace
@@ -21,7 +22,7 @@ from pydantic import TypeAdapter, ValidationError
 from pydantic_core import TzInfo
 
 from fraudstream.service import schemas
-from fraudstream.service.pipeline import validate_records
+from fraudstream.service.pipeline import BatchValidation, validate_records
 from fraudstream.service.schemas import Label, Transaction, _require_aware_utc
 
 #: Strings of the fast path's shape at every edge of a calendar and of the accepted range.
@@ -209,3 +210,57 @@ def test_a_transaction_from_epoch_milliseconds_is_unchanged() -> None:
     )
     assert tx.timestamp == datetime(2018, 4, 1, 0, 0, 0, 123000, tzinfo=UTC)
     assert tx.timestamp.tzinfo is UTC and tx.event_time_ms == 1522540800123
+
+
+def _verdicts(values: list[bytes], expect_bad: bool = False) -> list[tuple[Any, ...]]:
+    """Each value's verdict when validated as one batch: its transaction, or its reason."""
+    records = [SimpleNamespace(value=v) for v in values]
+    txs: list[Transaction]
+    txs, indices, failures = validate_records(records, 1 << 20, expect_bad=expect_bad)
+    verdicts: dict[int, tuple[Any, ...]] = {
+        i: ("ok", tx.model_dump_json(), tx.content_digest)
+        for tx, i in zip(txs, indices, strict=True)
+    }
+    verdicts.update({i: ("failed", type(e).__name__, str(e)) for i, e in failures})
+    return [verdicts[i] for i in range(len(values))]
+
+
+@pytest.mark.parametrize("expect_bad", [False, True])
+def test_a_record_is_judged_alike_alone_among_good_records_and_among_bad_ones(
+    expect_bad: bool,
+) -> None:
+    """Good records of a batch with bad ones are kept from one call: the verdicts stay.
+
+    Each value of the hostile corpus and of the timestamp lists alone, between
+    two good transactions, and in one shuffled batch of them all; with the
+    strict call first and with the tolerant call at once.
+    """
+    values = _values()
+    alone = [_verdicts([v])[0] for v in values]
+    good = values[alone.index(next(v for v in alone if v[0] == "ok"))]
+    assert [_verdicts([good, v, good], expect_bad)[1] for v in values] == alone
+    order = list(range(len(values)))
+    random.Random(7).shuffle(order)
+    shuffled = _verdicts([values[k] for k in order], expect_bad)
+    assert [shuffled[order.index(k)] for k in range(len(values))] == alone
+    assert sum(v[0] == "failed" for v in alone) >= 20, "too few bad records to mix"
+
+
+def test_after_a_bad_record_a_stream_expects_more_for_a_few_batches() -> None:
+    good = (
+        b'{"transaction_id":"t1","card_id":"c","terminal_id":"m","amount":3,'
+        b'"timestamp":"2024-01-01T00:00:00Z"}'
+    )
+    validation = BatchValidation()
+    clean = [SimpleNamespace(value=good)]
+    bad = [SimpleNamespace(value=good), SimpleNamespace(value=b'{"transaction_id": "t"}')]
+    assert not validation.expect_bad
+    validation(clean, 1 << 20)
+    assert not validation.expect_bad
+    txs: list[Transaction]
+    txs, indices, failures = validation(bad, 1 << 20)
+    assert (len(txs), indices, [i for i, _ in failures]) == (1, [0], [1])
+    for _ in range(BatchValidation.BATCHES):
+        assert validation.expect_bad
+        validation(clean, 1 << 20)
+    assert not validation.expect_bad
