@@ -31,7 +31,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from kafka.errors import KafkaError
@@ -88,6 +88,9 @@ from fraudstream.service.stores import feature_store, snapshot_store
 from fraudstream.service.waiting_labels import LabelWaits, WaitingLabels
 
 log = logging.getLogger(__name__)
+
+
+T = TypeVar("T")
 
 
 def _transient(exc: BaseException) -> bool:
@@ -267,30 +270,12 @@ class Application:
                 server.start()
                 self.health_port = server.port
                 stack.callback(server.stop)
-            if not self._connect_redis():
-                return  # stopped while waiting
-            assert self._redis is not None
-            stack.callback(self._redis.close)
-            if not self._wait_for_redis():
-                return  # stopped while waiting
-            check_cluster_mode(self._redis, s)
-            check_eviction(self._redis, s)
-            if not self._wait_for_state():
-                return  # stopped while waiting
-            self._phase = "creating topics"
-            self.ensure_topics()
-            self._phase = "joining the consumer groups"
-            features = feature_store(
-                self._redis,
-                FeatureConfig.from_settings(s),
-                check_state=True,
-                wait_replicas=s.redis_cluster_wait_replicas,
-                # The scorer's id claims ride in the feature script's round trip
-                # (single node; a cluster store claims in a call of its own).
-                claim_ttl_s=s.snapshot_ttl_s,
-            )
-            learner_loop = self._learner_loop(stack) if s.role is not Role.SCORER else None
-            scorer_loop = self._scorer_loop(stack) if s.role is not Role.LEARNER else None
+            features = self._prepare(stack)
+            if features is None:
+                return  # stopped while waiting for a dependency
+            role = Role(s.role)
+            learner_loop = self._learner_loop(stack) if role is not Role.SCORER else None
+            scorer_loop = self._scorer_loop(stack) if role is not Role.LEARNER else None
             if s.gc_threshold:
                 # A batch allocates thousands of short-lived objects (records, models, rows).
                 _, older, oldest = gc.get_threshold()
@@ -315,6 +300,45 @@ class Application:
             if self._failures:
                 raise self._failures[0]
 
+    def _prepare(self, stack: contextlib.ExitStack) -> RedisFeatureStore | None:
+        """Redis found and checked, the feature state known, the topics there, the scripts loaded.
+
+        ``None``: stopped while waiting for one of them.
+        """
+        s = self.settings
+        if not self._connect_redis():
+            return None
+        assert self._redis is not None
+        client = self._redis
+        stack.callback(client.close)
+        if not self._wait_for_redis():
+            return None
+
+        def check() -> bool:
+            check_cluster_mode(client, s)
+            check_eviction(client, s)
+            return True
+
+        if not self._starting("checking redis", check):
+            return None
+        if not self._wait_for_state():
+            return None
+        self._phase = "creating topics"
+        self.ensure_topics()
+        self._phase = "joining the consumer groups"
+        return self._starting(
+            "loading the feature scripts",
+            lambda: feature_store(
+                client,
+                FeatureConfig.from_settings(s),
+                check_state=True,
+                wait_replicas=s.redis_cluster_wait_replicas,
+                # The scorer's id claims ride in the feature script's round trip
+                # (single node; a cluster store claims in a call of its own).
+                claim_ttl_s=s.snapshot_ttl_s,
+            ),
+        )
+
     def _guard(self, loop: Callable[..., None], *args: Any) -> Callable[[], None]:
         def run() -> None:
             try:
@@ -329,6 +353,37 @@ class Application:
                 self.stopping.set()
 
         return run
+
+    def _starting(self, what: str, start: Callable[[], T]) -> T | None:
+        """``start()``, retried after a back-off while Redis or Kafka is away.
+
+        For the calls before a loop runs its batches (those are retried by the
+        loop): a dependency that stops answering between the checks at start
+        and a loop's first call (a restart, a failover, a stall past the
+        client's timeout) delays the service, never stops it. ``None``:
+        stopped meanwhile.
+        """
+        attempt = 0
+        while True:
+            try:
+                return start()
+            except Exception as exc:
+                if not _transient(exc):
+                    raise
+                dependency = "redis" if isinstance(exc, redis.RedisError) else "kafka"
+                self.metrics.dependency_error(dependency)
+                delay_s = min(30.0, 0.5 * 2**attempt)
+                attempt += 1
+                log.warning(
+                    "%s: %s: %s; attempt %d, next in %.1f s",
+                    what,
+                    type(exc).__name__,
+                    exc,
+                    attempt,
+                    delay_s,
+                )
+            if self.stopping.wait(delay_s):
+                return None
 
     def _wait_for_redis(self) -> bool:
         """Wait until Redis answers (``False``: stopped meanwhile); one line per attempt."""
@@ -594,8 +649,20 @@ class Application:
         scripts go on one connection, in batch order; the snapshots on another.
         """
         pool = features.client.connection_pool
-        link = pool.get_connection()
-        sender = SnapshotSender(snapshots, pool.get_connection())
+
+        def connect() -> tuple[Any, Any]:
+            link = pool.get_connection()
+            try:
+                return link, pool.get_connection()
+            except BaseException:
+                pool.release(link)
+                raise
+
+        connections = self._starting("scorer: connecting to redis", connect)
+        if connections is None:
+            return  # stopped while retrying
+        link, snapshot_link = connections
+        sender = SnapshotSender(snapshots, snapshot_link)
         scorer = pipeline(sender)
         loaded = False
 
@@ -631,7 +698,7 @@ class Application:
         def reset() -> None:
             nonlocal loaded
             loaded = False
-            link.disconnect()  # type: ignore[no-untyped-call]
+            link.disconnect()
             sender.reset()
 
         try:
@@ -692,7 +759,13 @@ class Application:
         """The learner loop: poll → label pipeline → produce and track → publish → commit."""
         s = self.settings
         assert self._redis is not None
-        learner = Learner.from_settings(s, self._redis, features, features.names)
+        client = self._redis
+        learner = self._starting(
+            "learner: loading the model",
+            lambda: Learner.from_settings(s, client, features, features.names),
+        )
+        if learner is None:
+            return  # stopped while retrying
         labels = LabelPipeline(
             learner,
             topic_dlq=s.topic_labels_dlq,

@@ -22,7 +22,7 @@ from conftest import AppUnderTest
 from fraudstream.service.kafka.clients import committed_offsets
 from fraudstream.service.kafka.protocols import ConsumerRecord
 from fraudstream.service.registry import ModelRegistry
-from fraudstream.service.settings import Settings
+from fraudstream.service.settings import Role, Settings
 from fraudstream.service.waiting_labels import WaitingLabels
 
 START = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
@@ -70,7 +70,7 @@ def test_labels_wait_for_their_snapshot_through_a_learner_kill(
             name, f"c{i % 4}", f"T{i % 3}", 20.0 + i, START + timedelta(hours=i)
         )
 
-    run_app(settings.model_copy(update={"role": "scorer"}))
+    run_app(settings.model_copy(update={"role": Role.SCORER}))
     produce(
         settings.bootstrap_servers, settings.topic_transactions, [tx(f"a{i}", i) for i in range(10)]
     )
@@ -130,7 +130,7 @@ def test_labels_waiting_through_random_learner_kills_are_each_learnt_once(
         make_settings, redis_url, publish_every_labels=4, publish_every_s=0.5
     )
     rng = random.Random(7)
-    run_app(settings.model_copy(update={"role": "scorer"}))
+    run_app(settings.model_copy(update={"role": Role.SCORER}))
     learner = spawn_service(settings, "--role", "learner", name="learner-0")
     rounds, per_round = 8, 6
     for r in range(rounds):

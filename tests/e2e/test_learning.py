@@ -19,7 +19,7 @@ from conftest import AppUnderTest
 
 from fraudstream.service.kafka.protocols import ConsumerRecord
 from fraudstream.service.registry import ModelRegistry
-from fraudstream.service.settings import Settings
+from fraudstream.service.settings import Role, Settings
 
 START = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
 
@@ -77,7 +77,7 @@ def test_learner_crash_and_restart_continue_versions_and_a_new_scorer_uses_them(
     client = redis.Redis.from_url(redis_url)
     registry = ModelRegistry(client, settings.redis_prefix, settings.model_signing_key)
     n = 300
-    run_app(settings.model_copy(update={"role": "scorer"}))
+    run_app(settings.model_copy(update={"role": Role.SCORER}))
     transactions = _transactions(make_transaction, n)
     produce(settings.bootstrap_servers, settings.topic_transactions, transactions)
     consume(settings.bootstrap_servers, settings.topic_scores, at_least=n, timeout_s=180)
@@ -110,7 +110,7 @@ def test_learner_crash_and_restart_continue_versions_and_a_new_scorer_uses_them(
     # publishes to a topic of its own: the first scorer scores the probe too.
     late = settings.model_copy(
         update={
-            "role": "scorer",
+            "role": Role.SCORER,
             "consumer_group": unique_name("late-scorer"),
             "topic_scores": unique_name("late-scores"),
         }

@@ -13,13 +13,16 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import orjson
+import redis
 from conftest import AppUnderTest
 
 from fraudstream.devstack import RedisServer
 from fraudstream.service.kafka.protocols import ConsumerRecord
-from fraudstream.service.settings import Settings
+from fraudstream.service.registry import ModelRegistry
+from fraudstream.service.settings import Role, Settings
 
 
 def test_calls_that_time_out_and_run_later_count_nothing_twice(
@@ -78,3 +81,120 @@ def test_calls_that_time_out_and_run_later_count_nothing_twice(
     # (28 of them in a run here): those calls did run, after the client gave up.
     print(f"found counted already: {app.metrics.duplicates._value.get():.0f}")
     assert sorted(scored) == sorted(orjson.loads(v)["transaction_id"] for _, v in stream)
+
+
+def test_a_learner_whose_calls_time_out_and_run_later_learns_each_label_once(
+    make_settings: Callable[..., Settings],
+    make_transaction: Callable[..., tuple[bytes, bytes]],
+    run_app: Callable[[Settings], AppUnderTest],
+    produce: Callable[..., None],
+    consume: Callable[..., list[ConsumerRecord]],
+    read_topic: Callable[..., list[ConsumerRecord]],
+    wait_for: Callable[..., None],
+    own_redis: RedisServer,
+) -> None:
+    """The learner's label claims, label facts and model versions through the same freeze."""
+    server = own_redis
+    settings = make_settings(
+        redis_url=server.url,
+        publish_every_labels=20,
+        publish_every_s=1.0,
+        publish_scores=True,
+        max_batch_size=20,
+    )
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
+    n = 240
+    transactions = [
+        make_transaction(
+            f"t{i}",
+            f"c{i % 30}",
+            f"T{i % 7}",
+            900.0 if i % 10 == 3 else 20.0,
+            start + timedelta(minutes=i),
+        )
+        for i in range(n)
+    ]
+    labels = [
+        (
+            b"l",
+            orjson.dumps(
+                {
+                    "transaction_id": f"t{i}",
+                    "is_fraud": i % 10 == 3,
+                    "labeled_at": (start + timedelta(days=1, minutes=i)).isoformat(),
+                }
+            ),
+        )
+        for i in range(n)
+    ]
+    run_app(settings.model_copy(update={"role": Role.SCORER}))
+    produce(settings.bootstrap_servers, settings.topic_transactions, transactions)
+    consume(settings.bootstrap_servers, settings.topic_scores, at_least=n, timeout_s=180)
+
+    learner = run_app(settings.model_copy(update={"role": Role.LEARNER}))
+    client = redis.Redis.from_url(server.url)
+    registry = ModelRegistry(client, settings.redis_prefix, settings.model_signing_key)
+
+    def learnt() -> int:
+        return registry.load().model.labels_learnt if registry.latest_version() else 0
+
+    produce(settings.bootstrap_servers, settings.topic_labels, labels[:80])
+    wait_for(lambda: learnt() >= 20, 120, "a first model version")
+    pid = server.running_pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        produce(settings.bootstrap_servers, settings.topic_labels, labels[80:160])
+        wait_for(
+            lambda: learner.metrics.errors.labels("redis")._value.get() > 0,
+            60,
+            "a learner call to time out",
+        )
+        time.sleep(4)  # a retry on a new connection, queued behind the first
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    produce(settings.bootstrap_servers, settings.topic_labels, labels[160:] + labels[:10])
+    wait_for(lambda: learnt() >= n, 180, "every label learnt")
+    time.sleep(3)  # give a wrong double-learning time to show
+    model = registry.load().model
+    assert model.labels_learnt == n  # none lost, none learnt twice
+    assert model.frauds_learnt == n // 10
+    assert read_topic(settings.bootstrap_servers, settings.topic_labels_dlq) == []
+    client.close()
+
+
+def test_a_redis_that_stops_taking_writes_as_the_loops_start_delays_them_only(
+    make_settings: Callable[..., Settings],
+    make_transaction: Callable[..., tuple[bytes, bytes]],
+    run_app: Callable[[Settings], AppUnderTest],
+    produce: Callable[..., None],
+    wait_for: Callable[..., None],
+    own_redis: RedisServer,
+) -> None:
+    """Redis answers the checks at start, then times out the learner's first write.
+
+    ``CLIENT PAUSE ... WRITE`` (as a failover or an operator does) lets reads
+    through: the service finds Redis and its state, and the learner's start
+    (it reserves its model version) waits past the client's timeout. It must
+    be retried like any batch, not stop the service.
+    """
+    server = own_redis
+    settings = make_settings(redis_url=server.url, publish_every_labels=1, publish_every_s=0.5)
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
+    first = run_app(settings.model_copy(update={"role": Role.SCORER}))
+    produce(
+        settings.bootstrap_servers,
+        settings.topic_transactions,
+        [make_transaction("t0", "c0", "T0", 20.0, start)],
+    )
+    wait_for(lambda: first.ready()[0], 120, "the feature state created and t0 scored")
+    client = redis.Redis.from_url(server.url)
+    client.client_pause(14_000, all=False)  # writes only
+    app = run_app(settings)  # a learner and a scorer
+    label = {"transaction_id": "t0", "is_fraud": False, "labeled_at": start.isoformat()}
+    produce(settings.bootstrap_servers, settings.topic_labels, [(b"l", orjson.dumps(label))])
+    registry = ModelRegistry(client, settings.redis_prefix, settings.model_signing_key)
+    wait_for(lambda: registry.latest_version() is not None, 120, "the label learnt")
+    assert getattr(app, "run_error", None) is None
+    assert app.metrics.errors.labels("redis")._value.get() > 0  # the start was retried
+    client.close()
