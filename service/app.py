@@ -746,8 +746,9 @@ class Application:
         m.duplicates.inc(outcome.duplicates)
         if outcome.alerts:
             m.alerts.labels(outcome.scorer_kind).inc(outcome.alerts)
-        for letter in outcome.dead_letters:
-            m.dead_lettered.labels(self.settings.topic_transactions_dlq, letter.error_class).inc()
+        m.count_dead_letters(
+            self.settings.topic_transactions_dlq, (x.error_class for x in outcome.dead_letters)
+        )
         m.batch_size.observe(consumed)
         m.batch_seconds.observe(seconds)
         # One observation per transaction, bucketed with numpy in one call per batch.
@@ -833,8 +834,7 @@ class Application:
         m.labels_learnt.inc(outcome.learnt)
         if outcome.duplicates:
             m.labels_rejected.labels("duplicate").inc(outcome.duplicates)
-        for letter in outcome.dead_letters:
-            m.dead_lettered.labels(s.topic_labels_dlq, letter.error_class).inc()
+        m.count_dead_letters(s.topic_labels_dlq, (x.error_class for x in outcome.dead_letters))
         if outcome.missing_snapshots:
             m.labels_rejected.labels("missing_snapshot").inc(outcome.missing_snapshots)
 

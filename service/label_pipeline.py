@@ -28,12 +28,7 @@ from dataclasses import dataclass, field
 from fraudstream.service.deadletter import DeadLetter
 from fraudstream.service.errors import MissingSnapshotError
 from fraudstream.service.learner import Learner
-from fraudstream.service.pipeline import (
-    BatchValidation,
-    ConsumedRecord,
-    Outgoing,
-    dead_letter_of,
-)
+from fraudstream.service.pipeline import BatchValidation, ConsumedRecord, Outgoing, dead_letter_of
 from fraudstream.service.schemas import Label
 
 

@@ -10,10 +10,11 @@ committed, or nothing to do).
 
 from __future__ import annotations
 
+import collections
 import errno
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -226,6 +227,11 @@ class Metrics:
     def observe_latencies_ms(self, latencies_ms: np.ndarray) -> None:
         """One end-to-end latency observation per transaction of a batch (milliseconds in)."""
         self.end_to_end_s.observe_many(np.asarray(latencies_ms, dtype=np.float64) / 1000.0)
+
+    def count_dead_letters(self, topic: str, error_classes: Iterable[str]) -> None:
+        """Count a batch's dead letters sent to ``topic``: one increment per error class."""
+        for error, count in collections.Counter(error_classes).items():
+            self.dead_lettered.labels(topic, error).inc(count)
 
     def dependency_error(self, dependency: str) -> None:
         """Count an error talking to ``kafka`` or ``redis`` and remember when it happened."""

@@ -92,3 +92,19 @@ def test_dependency_error_remembers_when() -> None:
     m.dependency_error("kafka")
     assert m.errors.labels("kafka")._value.get() == 1
     assert m.last_error_s.labels("kafka")._value.get() > 0
+
+
+def test_dead_letters_are_counted_per_topic_and_error_class() -> None:
+    metrics = Metrics()
+    metrics.count_dead_letters("dlq", ["DecodeError", "ValidationFailedError", "DecodeError"])
+    metrics.count_dead_letters("dlq", [])
+    metrics.count_dead_letters("labels.dlq", ["DecodeError"])
+
+    def sample(topic: str, error: str) -> float | None:
+        return metrics.registry.get_sample_value(
+            "fraudstream_dead_letters_total", {"topic": topic, "error": error}
+        )
+
+    assert sample("dlq", "DecodeError") == 2
+    assert sample("dlq", "ValidationFailedError") == 1
+    assert sample("labels.dlq", "DecodeError") == 1
