@@ -54,6 +54,32 @@ def _kill(server: KafkaServer) -> None:
     server.stop()  # reaps the process and forgets its pid file
 
 
+class _Feeder:
+    """Sends ``stream`` to ``topic`` in a thread, 20 transactions every 0.1 s, through a fault."""
+
+    def __init__(self, bootstrap: str, topic: str, stream: list[tuple[bytes, bytes]]) -> None:
+        self.producer = make_producer(bootstrap, client_id="test-feeder")
+        self.topic, self.stream = topic, stream
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._feed, name="feeder", daemon=True)
+
+    def _feed(self) -> None:
+        for i in range(0, len(self.stream), 20):
+            for key, value in self.stream[i : i + 20]:
+                self.producer.send(self.topic, key=key, value=value)
+            if self.stopping.wait(0.1):
+                return
+
+    def finish(self) -> None:
+        """Wait until every transaction is sent and acknowledged."""
+        self.thread.join(timeout=120)
+        self.producer.flush(timeout=60)
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.producer.close(timeout=10)
+
+
 def test_broker_killed_under_an_exactly_once_scorer(
     own_kafka: KafkaServer,
     make_settings: Callable[..., Settings],
@@ -79,18 +105,9 @@ def test_broker_killed_under_an_exactly_once_scorer(
     app = run_app(settings)
     wait_for(lambda: app.ready()[0], 120, "the scorer to be ready")
     stream = card_stream("k", cards=20, per_card=30)
-    producer = make_producer(bootstrap, client_id="test-feeder")
-    stop_feeding = threading.Event()
-
-    def feed() -> None:  # 20 transactions every 0.1 s, through the outage
-        for i in range(0, len(stream), 20):
-            for key, value in stream[i : i + 20]:
-                producer.send(settings.topic_transactions, key=key, value=value)
-            if stop_feeding.wait(0.1):
-                return
-
-    feeder = threading.Thread(target=feed, name="feeder", daemon=True)
-    feeder.start()
+    feeder = _Feeder(bootstrap, settings.topic_transactions, stream)
+    producer = feeder.producer
+    feeder.thread.start()
     client = redis.Redis.from_url(redis_url)
     snapshots = SnapshotStore(client, settings.redis_prefix, settings.snapshot_ttl_s)
     try:
@@ -117,8 +134,7 @@ def test_broker_killed_under_an_exactly_once_scorer(
         )
         assert scored_s < 8.0, "ready long before scoring resumed"
 
-        feeder.join(timeout=120)
-        producer.flush(timeout=60)
+        feeder.finish()
         wait_for(lambda: not counting_problems(settings, stream), 120, "every transaction scored")
         assert counting_problems(settings, stream) == []
         assert committed_past_unscored(settings) == []
@@ -139,8 +155,7 @@ def test_broker_killed_under_an_exactly_once_scorer(
             assert sorted(seen) == sorted(ids), f"{topic}: lost {set(ids) - set(seen)}"
             assert [tx for tx, n in seen.items() if n > 1] == [], f"{topic}: seen twice"
     finally:
-        stop_feeding.set()
-        producer.close(timeout=10)
+        feeder.close()
         client.close()
 
 
@@ -177,20 +192,10 @@ def test_broker_frozen_past_the_session_timeout(
     app = run_app(settings)
     wait_for(lambda: app.ready()[0], 120, "the scorer to be ready")
     stream = card_stream(f"f{guarantee[0]}", cards=20, per_card=30)
-    producer = make_producer(bootstrap, client_id="test-feeder")
-    stop_feeding = threading.Event()
-
-    def feed() -> None:  # 20 transactions every 0.1 s, through the freeze
-        for i in range(0, len(stream), 20):
-            for key, value in stream[i : i + 20]:
-                producer.send(settings.topic_transactions, key=key, value=value)
-            if stop_feeding.wait(0.1):
-                return
-
-    feeder = threading.Thread(target=feed, name="feeder", daemon=True)
+    feeder = _Feeder(bootstrap, settings.topic_transactions, stream)
     pid = own_kafka.running_pid()
     assert pid is not None
-    feeder.start()
+    feeder.thread.start()
     try:
         time.sleep(0.8)  # a few batches in
         os.kill(pid, signal.SIGSTOP)
@@ -199,8 +204,7 @@ def test_broker_frozen_past_the_session_timeout(
             time.sleep(settings.session_timeout_ms / 1000 + 4)
         finally:
             os.kill(pid, signal.SIGCONT)
-        feeder.join(timeout=120)
-        producer.flush(timeout=60)
+        feeder.finish()
         wait_for(lambda: group_lag(settings) == 0, 180, "every partition committed to its end")
         wait_for(lambda: app.ready()[0], 60, "the scorer to be ready again")
         assert counting_problems(settings, stream) == []
@@ -215,6 +219,5 @@ def test_broker_frozen_past_the_session_timeout(
         if guarantee == "exactly_once":
             assert twice == []
     finally:
-        stop_feeding.set()
         os.kill(pid, signal.SIGCONT)
-        producer.close(timeout=10)
+        feeder.close()
