@@ -216,5 +216,32 @@ def hot_card(batches: int, hot_share: float, cap: int, redis_url: str | None) ->
         )
 
 
+@bench.command("trees")
+@click.argument("old", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("new", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--events", type=click.IntRange(min=1000), default=100_000, show_default=True)
+@click.option(
+    "--bad-every",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Make every n-th transaction invalid (a negative amount); 0: none.",
+)
+@click.option("--rounds", type=click.IntRange(min=1), default=4, show_default=True)
+def trees(old: Path, new: Path, events: int, bad_every: int, rounds: int) -> None:
+    """The real scorer of two checkouts (e.g. a `git worktree` of main and yours), alternating."""
+    from fraudstream.bench.trees import compare_trees
+
+    cache = Path(__file__).resolve().parent.parent / ".cache"
+    checkouts = {"old": old.resolve(), "new": new.resolve()}
+    for row in compare_trees(
+        checkouts, events=events, bad_every=bad_every, rounds=rounds, cache_dir=cache
+    ):
+        click.echo(
+            f"round {row.round} {row.tree}: {row.tx_per_s:,.0f} tx/s, scorer "
+            f"{row.cpu_us_per_tx:.1f} µs CPU per transaction (load {row.load_1m:.1f})"
+        )
+
+
 if __name__ == "__main__":
     bench()
