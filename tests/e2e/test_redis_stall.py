@@ -176,7 +176,8 @@ def test_a_redis_that_stops_taking_writes_as_the_loops_start_delays_them_only(
     ``CLIENT PAUSE ... WRITE`` (as a failover or an operator does) lets reads
     through: the service finds Redis and its state, and the learner's start
     (it reserves its model version) waits past the client's timeout. It must
-    be retried like any batch, not stop the service.
+    be retried like any batch, not stop the service (before: ``_learn stopped
+    on an error``, and the label was never learnt).
     """
     server = own_redis
     settings = make_settings(redis_url=server.url, publish_every_labels=1, publish_every_s=0.5)
@@ -189,12 +190,23 @@ def test_a_redis_that_stops_taking_writes_as_the_loops_start_delays_them_only(
     )
     wait_for(lambda: first.ready()[0], 120, "the feature state created and t0 scored")
     client = redis.Redis.from_url(server.url)
-    client.client_pause(14_000, all=False)  # writes only
-    app = run_app(settings)  # a learner and a scorer
     label = {"transaction_id": "t0", "is_fraud": False, "labeled_at": start.isoformat()}
     produce(settings.bootstrap_servers, settings.topic_labels, [(b"l", orjson.dumps(label))])
+    client.client_pause(120_000, all=False)  # writes only, until unpaused below
+    try:
+        app = run_app(settings)  # a learner and a scorer
+        wait_for(
+            lambda: (
+                app.metrics.errors.labels("redis")._value.get() > 0 or hasattr(app, "run_error")
+            ),
+            90,
+            "a call at start to time out",
+        )
+        time.sleep(1)  # its first retry, into the pause again
+    finally:
+        client.client_unpause()
+    assert getattr(app, "run_error", None) is None, "the service stopped"
     registry = ModelRegistry(client, settings.redis_prefix, settings.model_signing_key)
     wait_for(lambda: registry.latest_version() is not None, 120, "the label learnt")
     assert getattr(app, "run_error", None) is None
-    assert app.metrics.errors.labels("redis")._value.get() > 0  # the start was retried
     client.close()
