@@ -3,7 +3,9 @@
 Every transaction is scored and counted exactly once, at its card and at its
 terminal; every label is learnt once. A master killed mid-stream (SIGKILL) is
 survived: its replica is promoted, the batches that failed meanwhile are
-retried, and the state ends as if nothing had happened.
+retried, and the state ends as if nothing had happened. So is one frozen
+(SIGSTOP) past the client's and the node timeout, which wakes to run the calls
+it was sent.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -194,6 +197,61 @@ def test_a_master_killed_mid_stream_is_survived_without_loss_or_double_counting(
         assert app.metrics.errors.labels("redis")._value.get() > 0  # the scorer met the outage
         roles = cluster.masters_by_address()
         assert list(roles.values()).count("master") == 3  # a replica took over
+        assert counted_problems(client, settings, records) == []
+    finally:
+        client.close()
+        cluster.stop()
+
+
+def test_a_master_frozen_past_the_timeouts_is_survived_without_loss_or_double_counting(
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    make_transaction: Callable[..., tuple[bytes, bytes]],
+    run_app: Callable[[Settings], AppUnderTest],
+    produce: Callable[..., None],
+    consume: Callable[..., list[ConsumerRecord]],
+    wait_for: Callable[..., None],
+) -> None:
+    """A master that freezes (SIGSTOP) instead of dying, past the client's and the node timeout.
+
+    Its replica is promoted while it sleeps; the calls the scorer had sent it
+    time out, and the frozen master runs them when it wakes, before it learns
+    it was replaced (then resyncs from the new master, dropping them). The
+    retries went to the new master: nothing lost, nothing counted twice.
+    """
+    cluster = RedisCluster(tmp_path / "cluster")
+    cluster.start()
+    client = redis.cluster.RedisCluster.from_url(cluster.url)
+    try:
+        settings = make_settings(
+            redis_url=cluster.url,
+            redis_cluster=True,
+            publish_scores=True,
+            max_batch_size=50,
+            role="scorer",
+        )
+        app = run_app(settings)
+        first = _stream(make_transaction, "z", cards=24, per_card=10)
+        produce(settings.bootstrap_servers, settings.topic_transactions, first)
+        _scored_ids(consume, settings, len(first))
+
+        later = _stream(make_transaction, "z", cards=24, per_card=30, first=10)
+        victim = client.get_node_from_key(f"{settings.redis_prefix}:{{c:zc0}}")  # type: ignore[no-untyped-call]
+        pid = cluster.node_at(f"{victim.host}:{victim.port}").running_pid() or 0
+        produce(settings.bootstrap_servers, settings.topic_transactions, later[:240])
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            produce(settings.bootstrap_servers, settings.topic_transactions, later[240:])
+            time.sleep(12)  # past the client's 10 s timeout; the node timeout is 1 s
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        print(f"redis errors seen by the scorer: {app.metrics.errors.labels('redis')._value.get()}")
+
+        records = first + later
+        scored = _scored_ids(consume, settings, len(records))
+        assert set(scored) == {orjson.loads(v)["transaction_id"] for _, v in records}
+        wait_for(lambda: app.ready()[0], 120, "the scorer to be ready again")
+        assert not hasattr(app, "run_error")
         assert counted_problems(client, settings, records) == []
     finally:
         client.close()
