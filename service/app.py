@@ -837,6 +837,8 @@ class Application:
         m.count_dead_letters(s.topic_labels_dlq, (x.error_class for x in outcome.dead_letters))
         if outcome.missing_snapshots:
             m.labels_rejected.labels("missing_snapshot").inc(outcome.missing_snapshots)
+        if outcome.conflicts:
+            m.labels_rejected.labels("conflict").inc(outcome.conflicts)
 
     def _after_publish(self, learner: Learner) -> None:
         self.metrics.model_published(learner.version, learner.metrics.report())

@@ -56,6 +56,14 @@ class MissingSnapshotError(FraudstreamError):
     """A label arrived for a transaction whose feature snapshot is missing or expired."""
 
 
+class LabelConflictError(FraudstreamError):
+    """A label says the opposite of the label already learnt for its transaction.
+
+    An online model cannot unlearn the first; the second is dead-lettered for
+    a person to look at (a corrected label, or a labelling bug upstream).
+    """
+
+
 class ModelVersionError(FraudstreamError):
     """A model version is missing or unreadable; the version in use stays."""
 

@@ -10,8 +10,8 @@ transactions in :meth:`fraudstream.service.pipeline.Pipeline.process`:
 3. **wait** for the snapshots not there yet (``wait_ms``; the caller keeps
    those labels in :mod:`fraudstream.service.waiting_labels` and hands them
    back with their deadlines), and **dead-letter** the labels that cannot be
-   learnt (no snapshot by their deadline, a snapshot of another feature set)
-   with the reason;
+   learnt (no snapshot by their deadline, a snapshot of another feature set,
+   a verdict opposite to the one learnt) with the reason;
 4. return the records to produce (dead letters) and what was learnt.
 
 Kafka stays outside: the learner loop polls, hands the records here, hands the
@@ -40,6 +40,8 @@ class LabelBatchOutcome:
     learnt: int = 0
     duplicates: int = 0
     missing_snapshots: int = 0
+    #: Labels saying the opposite of the label learnt for their transaction.
+    conflicts: int = 0
     dead_letters: list[DeadLetter] = field(default_factory=list)
     #: Records of labels seen for the first time whose snapshot is not there
     #: yet: the caller keeps them to wait (deadline ``now + wait_ms``).
@@ -106,7 +108,7 @@ class LabelPipeline:
         index_of = {id(label): i for label, i in zip(labels, indices, strict=True)}
         waiting: list[ConsumedRecord] = []
         still_waiting: set[int] = set()
-        missing = 0
+        missing = conflicts = 0
         for rejected in learnt.rejected:
             i = index_of[id(rejected.label)]
             reason = rejected.reason
@@ -118,16 +120,20 @@ class LabelPipeline:
                     still_waiting.add(i)
                     continue
                 reason += f", after waiting {self.wait_ms / 1000:g} s (label_wait_s)"
-            missing += 1
+            if rejected.error is MissingSnapshotError:
+                missing += 1
+            else:
+                conflicts += 1
             if rejected.waitable:
                 self.learner.gave_up(1)
-            letters.append(dead_letter_of(records[i], MissingSnapshotError(reason), now_ms, cap))
+            letters.append(dead_letter_of(records[i], rejected.error(reason), now_ms, cap))
         settled = [] if deadlines_ms is None else sorted(set(range(len(records))) - still_waiting)
         return LabelBatchOutcome(
             outgoing=[Outgoing(self.topic_dlq, x.key, x.value, x.headers) for x in letters],
             learnt=learnt.learnt,
             duplicates=learnt.duplicates,
             missing_snapshots=missing,
+            conflicts=conflicts,
             dead_letters=letters,
             waiting=waiting,
             settled=settled,

@@ -6,8 +6,9 @@ For a batch of labels, :meth:`Learner.learn_many`
    a missing or expired snapshot is returned as rejected, for ``labels.dlq``
    (or, while the transaction may still be scored, to wait for it: see
    :mod:`fraudstream.service.waiting_labels`);
-2. claims each label once (one round trip), so a redelivered label is counted
-   as a duplicate, not learnt twice;
+2. claims each label once with its verdict (one round trip), so a redelivered
+   label is counted as a duplicate, not learnt twice, and a label that says the
+   opposite of the one learnt is returned as rejected (a conflict), not learnt;
 3. feeds the label facts to the feature store (terminal fraud rates);
 4. updates the progressive metrics with the scores the scorer gave *then*
    (prequential), and only after that learns the batch with
@@ -35,7 +36,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fraudstream.service.errors import ConfigurationError, MissingSnapshotError, ModelVersionError
+from fraudstream.service.errors import (
+    ConfigurationError,
+    FraudstreamError,
+    LabelConflictError,
+    MissingSnapshotError,
+    ModelVersionError,
+)
 from fraudstream.service.features.store import LabelFact
 from fraudstream.service.model import FraudModel
 from fraudstream.service.progressive import ProgressiveMetrics
@@ -45,6 +52,7 @@ from fraudstream.service.schemas import Label
 from fraudstream.service.serving import learn_labelled
 from fraudstream.service.snapshots import (
     LABEL_CLAIMED,
+    LABEL_CONFLICT,
     LABEL_HELD,
     Snapshot,
     feature_set_id,
@@ -52,6 +60,21 @@ from fraudstream.service.snapshots import (
 from fraudstream.service.stores import snapshot_store
 
 log = logging.getLogger(__name__)
+
+
+def _conflict_reason(label: Label) -> str:
+    """Why a label with the other verdict than the one learnt is not learnt.
+
+    >>> from fraudstream.service.schemas import Label
+    >>> label = Label(transaction_id="t1", is_fraud=True, labeled_at="2026-01-02T00:00:00Z")
+    >>> _conflict_reason(label).split(" and ")[0]
+    'transaction t1 was labelled genuine; this label says fraud'
+    """
+    said, before = ("fraud", "genuine") if label.is_fraud else ("genuine", "fraud")
+    return (
+        f"transaction {label.transaction_id} was labelled {before}; this label says {said} "
+        "and is not learnt (a model cannot unlearn the first label)"
+    )
 
 
 class LabelSink(Protocol):
@@ -73,7 +96,11 @@ class LabelSnapshots(Protocol):
         ...
 
     def claim_many(
-        self, transaction_ids: Sequence[str], token: str = "1", stale: Sequence[str] = ()
+        self,
+        transaction_ids: Sequence[str],
+        is_fraud: Sequence[bool],
+        token: str = "1",
+        stale: Sequence[str] = (),
     ) -> list[int]:
         """Claim the labels of ``transaction_ids`` for ``token``: one outcome per id."""
         ...
@@ -114,7 +141,7 @@ class RejectedLabel:
     """A label that cannot be learnt; the caller dead-letters it with ``error`` and ``reason``."""
 
     label: Label
-    error: str
+    error: type[FraudstreamError]
     reason: str
     #: No snapshot yet: the transaction may still be scored (the label can wait for it).
     waitable: bool = False
@@ -271,7 +298,7 @@ class Learner:
                 rejected.append(
                     RejectedLabel(
                         label,
-                        MissingSnapshotError.__name__,
+                        MissingSnapshotError,
                         f"no feature snapshot for transaction {label.transaction_id} "
                         "(never scored, or older than snapshot_ttl_s)",
                         waitable=True,
@@ -281,7 +308,7 @@ class Learner:
                 rejected.append(
                     RejectedLabel(
                         label,
-                        MissingSnapshotError.__name__,
+                        MissingSnapshotError,
                         f"snapshot of {label.transaction_id} has another feature set",
                     )
                 )
@@ -290,7 +317,10 @@ class Learner:
 
         self._retrying = True  # until this call is done: no version is published meanwhile
         claims = self.snapshots.claim_many(
-            [lb.transaction_id for lb, _ in usable], token=str(self._pending), stale=self._stale
+            [lb.transaction_id for lb, _ in usable],
+            [lb.is_fraud for lb, _ in usable],
+            token=str(self._pending),
+            stale=self._stale,
         )
         # A label held by this learner's pending version and not learnt under it
         # was claimed by a call that then failed (Redis went away, or a master
@@ -298,8 +328,13 @@ class Learner:
         # others stay): the retry learns it, not a duplicate. Its first occurrence.
         fresh = []
         taken: set[str] = set()
+        conflicts = 0
         for (lb, snap), claim in zip(usable, claims, strict=True):
             tx_id = lb.transaction_id
+            if claim == LABEL_CONFLICT:
+                conflicts += 1
+                rejected.append(RejectedLabel(lb, LabelConflictError, _conflict_reason(lb)))
+                continue
             if tx_id in taken:
                 continue
             if claim == LABEL_CLAIMED or (
@@ -307,7 +342,7 @@ class Learner:
             ):
                 fresh.append((lb, snap))
                 taken.add(tx_id)
-        duplicates = len(usable) - len(fresh)
+        duplicates = len(usable) - len(fresh) - conflicts
 
         facts = [
             LabelFact(lb.transaction_id, s.card_id, s.terminal_id, s.event_time_ms, lb.is_fraud)

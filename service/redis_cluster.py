@@ -142,20 +142,11 @@ class NodeScript:
     ----------
     source
         The script's body. It reads ``KEYS`` and ``ARGV`` as a single-node
-        script would; ``per_key`` runs it once per key instead (``KEYS[1]`` its
-        key, ``ARGV`` shared), collecting the replies in a table.
+        script would.
     """
 
-    def __init__(self, source: str, *, per_key: bool = False) -> None:
-        if per_key:
-            body = (
-                "local function one(KEYS, ARGV)\n" + source + "\nend\n"
-                "local out = {}\nfor i = 1, #KEYS do out[i] = one({KEYS[i]}, ARGV) end\n"
-                "return out\n"
-            )
-        else:
-            body = source
-        self.source = _FLAGS + _UNPACK + body
+    def __init__(self, source: str) -> None:
+        self.source = _FLAGS + _UNPACK + source
 
     def command(self, keys: Sequence[str], args: Sequence[Any]) -> tuple[Any, ...]:
         """The ``EVAL`` command of one node's call (EVAL: a promoted replica needs no load)."""

@@ -29,10 +29,14 @@ Keys: ``{prefix}:{x:<transaction_id>}`` for the snapshot and
 both keys of one transaction live in one Redis Cluster slot, and every script
 touches one transaction's keys only.
 
-A label is claimed with a token (the learner's pending model version). A claim
-held by a *stale* token -- a learner that crashed before publishing the model
-that learnt it -- may be taken over, so that label is learnt again instead of
-lost; a claim held by the current or a published token is a duplicate.
+A label is claimed with a token (the learner's pending model version) and its
+verdict. A claim held by a *stale* token -- a learner that crashed before
+publishing the model that learnt it -- may be taken over, so that label is
+learnt again instead of lost; a claim held by the current or a published token
+is a duplicate when the verdicts agree and a **conflict** when they do not (a
+label corrected after review, or a labelling bug upstream: the model cannot
+unlearn the first, the caller dead-letters the second). A claim written before
+claims kept the verdict (the token alone) agrees with either.
 """
 
 from __future__ import annotations
@@ -91,26 +95,37 @@ return table.concat(out)
 )
 
 #: :meth:`SnapshotStore.claim_many`'s answers: another token holds the label, this
-#: call claimed it, the same token held it already.
-LABEL_TAKEN, LABEL_CLAIMED, LABEL_HELD = 0, 1, 2
+#: call claimed it, the same token held it already, a claim holds the other verdict.
+LABEL_TAKEN, LABEL_CLAIMED, LABEL_HELD, LABEL_CONFLICT = 0, 1, 2, 3
 
-# KEYS[1] = claim key; ARGV = token, ttl_s, stale tokens...
-# Returns 1 if the label is now claimed by ``token``, 2 if ``token`` held it
-# already, 0 if another did.
+# KEYS = label claim keys; ARGV[1] = token, ARGV[2] = ttl_s, ARGV[3] = one verdict
+# byte per key ('1' fraud, '0' genuine), ARGV[4...] = stale tokens. A claim holds
+# "<token>:<verdict>" (the token alone if written before verdicts were kept).
+# Returns one byte per key: LABEL_TAKEN, _CLAIMED, _HELD or _CONFLICT, in key
+# order (a key repeated sees what its earlier occurrence claimed).
 _CLAIM_LUA = """
-local held = redis.call('GET', KEYS[1])
-if held == ARGV[1] then
-  return 2
-end
-if held then
-  local stale = false
-  for i = 3, #ARGV do
-    if held == ARGV[i] then stale = true break end
+local token, ttl, verdicts = ARGV[1], ARGV[2], ARGV[3]
+local stale = {}
+for i = 4, #ARGV do stale[ARGV[i]] = true end
+local out = {}
+local sub, find, char = string.sub, string.find, string.char
+for i = 1, #KEYS do
+  local verdict = sub(verdicts, i, i)
+  local held = redis.call('GET', KEYS[i])
+  local answer = 1
+  if held then
+    local by, was = held, nil
+    local sep = find(held, ':', 1, true)
+    if sep then by, was = sub(held, 1, sep - 1), sub(held, sep + 1) end
+    if by == token then answer = 2 elseif not stale[by] then answer = 0 end
+    if answer ~= 1 and was and was ~= verdict then answer = 3 end
   end
-  if not stale then return 0 end
+  if answer == 1 then
+    redis.call('SET', KEYS[i], token .. ':' .. verdict, 'EX', ttl)
+  end
+  out[i] = char(answer)
 end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-return 1
+return table.concat(out)
 """
 
 
@@ -308,7 +323,7 @@ class SnapshotStore:
         self.client = client
         self.prefix = prefix
         self.ttl_s = int(ttl_s)
-        self._claim = client.register_script(_CLAIM_LUA)
+        self._claim_labels = client.register_script(_CLAIM_LUA)
         self._claim_ids = client.register_script(_CLAIM_IDS_LUA)
         self._put = client.register_script(_PUT_LUA)
 
@@ -417,14 +432,20 @@ class SnapshotStore:
         return out
 
     def claim_many(
-        self, transaction_ids: Sequence[str], token: str = "1", stale: Sequence[str] = ()
+        self,
+        transaction_ids: Sequence[str],
+        is_fraud: Sequence[bool],
+        token: str = "1",
+        stale: Sequence[str] = (),
     ) -> list[int]:
-        """Claim each label once, atomically per transaction (one round trip).
+        """Claim each label once with its verdict, atomically per transaction (one call).
 
         Parameters
         ----------
         transaction_ids
             Labels to claim; an id repeated in the list is claimed only the first time.
+        is_fraud
+            Each label's verdict.
         token
             Who claims: the learner's pending model version.
         stale
@@ -437,15 +458,17 @@ class SnapshotStore:
             Per label: :data:`LABEL_CLAIMED` where this call claimed it,
             :data:`LABEL_HELD` where ``token`` held it already (an earlier
             occurrence in the list, an earlier call, or a call that failed
-            after claiming it), :data:`LABEL_TAKEN` where another token holds it.
+            after claiming it), :data:`LABEL_TAKEN` where another token holds
+            it, :data:`LABEL_CONFLICT` where a claim holds the other verdict
+            (the claim is left as it is).
         """
         if not transaction_ids:
             return []
-        pipe = self.client.pipeline(transaction=False)
-        args = [token, self.ttl_s, *stale]
-        for tx_id in transaction_ids:
-            self._claim(keys=[self.claim_key(tx_id)], args=args, client=pipe)
-        return [int(r) for r in pipe.execute()]
+        keys = [self.claim_key(tx_id) for tx_id in transaction_ids]
+        verdicts = bytes(49 if fraud else 48 for fraud in is_fraud)
+        if len(verdicts) != len(keys):
+            raise ValueError("one verdict per transaction id")
+        return list(self._claim_labels(keys=keys, args=[token, self.ttl_s, verdicts, *stale]))
 
 
 class SnapshotSender:

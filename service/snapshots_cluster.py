@@ -47,22 +47,46 @@ class ClusterSnapshotStore(SnapshotStore):
         self._rounds = NodeRounds(client, wait_replicas)
         self._claim_ids_script = NodeScript(_CLAIM_IDS_LUA)
         self._put_script = NodeScript(_PUT_LUA)
-        self._claim_script = NodeScript(_CLAIM_LUA, per_key=True)
+        self._claim_labels_script = NodeScript(_CLAIM_LUA)
         # The single-node script calls, replaced with the same keyword contract.
         self._claim_ids = self._claim_ids_per_node
+        self._claim_labels = self._claim_labels_per_node
         self._put = self._put_per_node
 
     def _claim_ids_per_node(self, keys: Sequence[str], args: Sequence[Any]) -> bytes:
         ttl, claims = args
+        return self._per_node(self._claim_ids_script, keys, [ttl], claims, CLAIM_BYTES, ())
+
+    def _claim_labels_per_node(self, keys: Sequence[str], args: Sequence[Any]) -> bytes:
+        token, ttl, verdicts, *stale = args
+        return self._per_node(
+            self._claim_labels_script, keys, [token, ttl], verdicts, 1, stale, wait=True
+        )
+
+    def _per_node(
+        self,
+        script: NodeScript,
+        keys: Sequence[str],
+        head: Sequence[Any],
+        per_key: bytes,
+        width: int,
+        tail: Sequence[Any],
+        *,
+        wait: bool = False,
+    ) -> bytes:
+        """Run a script answering one byte per key on each master with its keys.
+
+        Its arguments: ``head``, then the ``width`` bytes of ``per_key`` of each
+        of the master's keys (in order), then ``tail``.
+        """
         groups = self._rounds.group(keys)
         calls = []
         for node, idx, _ in groups:
-            blob = b"".join(claims[i * CLAIM_BYTES : (i + 1) * CLAIM_BYTES] for i in idx)
-            calls.append(
-                (node, [self._claim_ids_script.command([keys[i] for i in idx], [ttl, blob])])
-            )
+            blob = b"".join(per_key[i * width : (i + 1) * width] for i in idx)
+            command = script.command([keys[i] for i in idx], [*head, blob, *tail])
+            calls.append((node, [command]))
         out = bytearray(len(keys))
-        for (_, idx, _), reply in zip(groups, self._rounds.run(calls), strict=True):
+        for (_, idx, _), reply in zip(groups, self._rounds.run(calls, wait=wait), strict=True):
             for j, i in enumerate(idx):
                 out[i] = reply[0][j]
         return bytes(out)
@@ -78,22 +102,3 @@ class ClusterSnapshotStore(SnapshotStore):
             calls.append((node, [command]))
         self._rounds.run(calls, wait=True)
         return len(keys)
-
-    def claim_many(
-        self, transaction_ids: Sequence[str], token: str = "1", stale: Sequence[str] = ()
-    ) -> list[int]:
-        """:meth:`SnapshotStore.claim_many`, one call per master."""
-        if not transaction_ids:
-            return []
-        keys = [self.claim_key(tx_id) for tx_id in transaction_ids]
-        groups = self._rounds.group(keys)
-        args = [token, self.ttl_s, *stale]
-        calls = [
-            (node, [self._claim_script.command([keys[i] for i in idx], args)])
-            for node, idx, _ in groups
-        ]
-        out = [0] * len(keys)
-        for (_, idx, _), reply in zip(groups, self._rounds.run(calls, wait=True), strict=True):
-            for j, i in enumerate(idx):
-                out[i] = int(reply[0][j])
-        return out

@@ -1,7 +1,8 @@
 """Delayed labels end to end.
 
 A learner process killed and restarted loses no label and learns none twice; a scorer started later
-scores with the newest version.
+scores with the newest version. Labels that cannot be learnt (no snapshot, malformed, or saying the
+opposite of the label learnt) go to the labels dead-letter topic with the reason.
 """
 
 from __future__ import annotations
@@ -136,35 +137,53 @@ def test_learner_crash_and_restart_continue_versions_and_a_new_scorer_uses_them(
     client.close()
 
 
-def test_labels_without_snapshot_or_malformed_go_to_the_labels_dlq(
+def test_labels_without_snapshot_malformed_or_contradicting_go_to_the_labels_dlq(
     make_settings: Callable[..., Settings],
+    make_transaction: Callable[..., tuple[bytes, bytes]],
     run_app: Callable[[Settings], AppUnderTest],
     produce: Callable[..., None],
     consume: Callable[..., list[ConsumerRecord]],
+    wait_for: Callable[..., None],
 ) -> None:
-    # The ghost label waits for its snapshot for label_wait_s, then is dead-lettered.
-    settings = make_settings(role="learner", publish_every_s=1.0, label_wait_s=2.0)
+    """The ghost label waits for its snapshot for label_wait_s, then is dead-lettered.
+
+    A transaction labelled genuine, then fraud (a corrected label): the first is
+    learnt, the second dead-lettered with the reason; its repeat is a duplicate.
+    """
+    settings = make_settings(publish_every_s=1.0, label_wait_s=2.0)
     app = run_app(settings)
-    ghost = orjson.dumps(
-        {
-            "transaction_id": "never-scored",
-            "is_fraud": True,
-            "labeled_at": _iso(START),
-            "source": "analyst",
-        }
-    )
     produce(
         settings.bootstrap_servers,
-        settings.topic_labels,
-        [(b"k1", ghost), (b"k2", b'{"transaction_id": "x", "is_fraud": "maybe"}')],
+        settings.topic_transactions,
+        [make_transaction("t1", "c1", "T1", 25.0, START)],
     )
+    wait_for(lambda: app.metrics.processed._value.get() >= 1, 120, "t1 to be scored")
+
+    def label(tx: str, fraud: bool | str) -> bytes:
+        return orjson.dumps(
+            {"transaction_id": tx, "is_fraud": fraud, "labeled_at": _iso(START), "source": "x"}
+        )
+
+    ghost, malformed = label("never-scored", True), label("x", "maybe")
+    genuine, corrected = label("t1", False), label("t1", True)
+    records = [(b"k1", ghost), (b"k2", malformed), (b"t1", genuine), (b"t1", corrected)]
+    records.append((b"t1", genuine))  # sent twice
+    produce(settings.bootstrap_servers, settings.topic_labels, records)
     letters = consume(
-        settings.bootstrap_servers, settings.topic_labels_dlq, at_least=2, timeout_s=180, settle_s=1
+        settings.bootstrap_servers, settings.topic_labels_dlq, at_least=3, timeout_s=180, settle_s=1
     )
     by_key = {r.key: dict(r.headers) for r in letters}
     assert by_key[b"k1"]["fraudstream.error.class"] == b"MissingSnapshotError"
     assert b"never-scored" in by_key[b"k1"]["fraudstream.error.message"]
     assert b"after waiting 2 s" in by_key[b"k1"]["fraudstream.error.message"]
     assert by_key[b"k2"]["fraudstream.error.class"] == b"ValidationFailedError"
-    assert {r.value for r in letters} == {ghost, b'{"transaction_id": "x", "is_fraud": "maybe"}'}
-    assert app.metrics.labels_rejected.labels("missing_snapshot")._value.get() == 1
+    assert by_key[b"t1"]["fraudstream.error.class"] == b"LabelConflictError"
+    assert by_key[b"t1"]["fraudstream.error.message"].startswith(
+        b"transaction t1 was labelled genuine; this label says fraud and is not learnt"
+    )
+    assert sorted(r.value or b"" for r in letters) == sorted([ghost, malformed, corrected])
+    m = app.metrics
+    assert m.labels_rejected.labels("missing_snapshot")._value.get() == 1
+    assert m.labels_rejected.labels("conflict")._value.get() == 1
+    assert m.labels_rejected.labels("duplicate")._value.get() == 1
+    assert m.labels_learnt._value.get() == 1

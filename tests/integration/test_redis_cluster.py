@@ -51,7 +51,14 @@ from fraudstream.service.redis_cluster import (
 )
 from fraudstream.service.schemas import Transaction
 from fraudstream.service.settings import Settings
-from fraudstream.service.snapshots import CLAIM_CONFLICT, Snapshot, SnapshotStore
+from fraudstream.service.snapshots import (
+    CLAIM_CONFLICT,
+    LABEL_CLAIMED,
+    LABEL_CONFLICT,
+    LABEL_HELD,
+    Snapshot,
+    SnapshotStore,
+)
 from fraudstream.service.snapshots_cluster import ClusterSnapshotStore
 from fraudstream.service.state import StateLostError, StateMarker, ensure_state, marker_key
 from fraudstream.service.stores import feature_store, snapshot_store
@@ -253,11 +260,13 @@ def test_snapshots_and_claims_on_a_cluster_equal_the_single_nodes(
     got, want = on_cluster.get_many(ids), single.get_many(ids)
     assert [fields(s) for s in got] == [fields(s) for s in want]
     assert want[-1] is None and all(s is not None for s in want[:-1])
-    label_ids = ids[:300] + ids[:10]
-    assert on_cluster.claim_many(label_ids, "7") == single.claim_many(label_ids, "7")
-    assert on_cluster.claim_many(ids[:20], "8", stale=["7"]) == single.claim_many(
-        ids[:20], "8", stale=["7"]
-    )
+    label_ids = ids[:300] + ids[:10] + ids[5:15]
+    verdicts = [i % 7 == 0 for i in range(300)] + [False] * 20
+    first = single.claim_many(label_ids, verdicts, "7")
+    assert on_cluster.claim_many(label_ids, verdicts, "7") == first
+    assert {LABEL_CLAIMED, LABEL_HELD, LABEL_CONFLICT} <= set(first)
+    again = single.claim_many(ids[:20], [True] * 20, "8", stale=["7"])
+    assert on_cluster.claim_many(ids[:20], [True] * 20, "8", stale=["7"]) == again
 
 
 def test_the_state_marker_of_every_slot(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 
 import numpy as np
+import pytest
 import redis
 
 from fraudstream.evaluation.synthetic import synthetic_stream
@@ -14,6 +15,7 @@ from fraudstream.service.snapshots import (
     CLAIM_NEW,
     CLAIM_REPLAY,
     LABEL_CLAIMED,
+    LABEL_CONFLICT,
     LABEL_HELD,
     LABEL_TAKEN,
     SnapshotSender,
@@ -61,13 +63,35 @@ def test_round_trip_ttl_and_missing(redis_client: redis.Redis, redis_prefix: str
 def test_claim_once(redis_client: redis.Redis, redis_prefix: str) -> None:
     store = SnapshotStore(redis_client, redis_prefix, ttl_s=3600)
     taken, claimed, held = LABEL_TAKEN, LABEL_CLAIMED, LABEL_HELD
-    assert store.claim_many(["a", "b", "a"], token="5") == [claimed, claimed, held]
-    assert store.claim_many(["a", "c"], token="6") == [taken, claimed]
-    assert store.claim_many(["c"], token="6") == [held]
+    genuine = [False] * 3
+    assert store.claim_many(["a", "b", "a"], genuine, token="5") == [claimed, claimed, held]
+    assert store.claim_many(["a", "c"], genuine[:2], token="6") == [taken, claimed]
+    assert store.claim_many(["c"], [False], token="6") == [held]
     # A claim by a crashed learner's token may be retaken once.
-    assert store.claim_many(["a", "b"], token="6", stale=["5"]) == [claimed, claimed]
-    assert store.claim_many(["a"], token="7", stale=["5"]) == [taken]
+    assert store.claim_many(["a", "b"], genuine[:2], token="6", stale=["5"]) == [claimed, claimed]
+    assert store.claim_many(["a"], [False], token="7", stale=["5"]) == [taken]
     assert 3500 < redis_client.ttl(store.claim_key("a")) <= 3600
+    with pytest.raises(ValueError, match="one verdict per transaction id"):
+        store.claim_many(["a", "b"], [False], token="7")
+
+
+def test_a_claim_with_the_other_verdict_is_a_conflict(
+    redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    """Against any token that is not stale, in one call or later; the claim stays as it was."""
+    store = SnapshotStore(redis_client, redis_prefix, ttl_s=3600)
+    conflict, claimed, held, taken = LABEL_CONFLICT, LABEL_CLAIMED, LABEL_HELD, LABEL_TAKEN
+    ids, verdicts = ["a", "a", "a", "b"], [False, True, False, True]
+    assert store.claim_many(ids, verdicts, token="5") == [claimed, conflict, held, claimed]
+    assert store.claim_many(["a", "b"], [True, False], token="5") == [conflict, conflict]
+    assert store.claim_many(["a", "b"], [True, True], token="6") == [conflict, taken]
+    assert redis_client.get(store.claim_key("a")) == b"5:0"
+    # A stale token's claim is taken over with the new verdict.
+    assert store.claim_many(["a"], [True], token="7", stale=["5"]) == [claimed]
+    assert store.claim_many(["a"], [False], token="8") == [conflict]
+    # A claim written before verdicts were kept (the token alone) agrees with either.
+    redis_client.set(store.claim_key("old"), b"4")
+    assert store.claim_many(["old", "old"], [True, False], token="8") == [taken, taken]
 
 
 def test_bytes_per_snapshot(redis_client: redis.Redis, redis_prefix: str) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import orjson
 import redis
 
+from fraudstream.service.errors import MissingSnapshotError
 from fraudstream.service.label_pipeline import LabelPipeline
 from fraudstream.service.learner import LearnOutcome, RejectedLabel
 from fraudstream.service.schemas import Label
@@ -33,7 +34,7 @@ class Learner:
 
     def learn_many(self, labels: Sequence[Label]) -> LearnOutcome:
         rejected = [
-            RejectedLabel(lb, "MissingSnapshotError", "no feature snapshot", waitable=True)
+            RejectedLabel(lb, MissingSnapshotError, "no feature snapshot", waitable=True)
             for lb in labels
             if lb.transaction_id not in self.scored
         ]

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from fraudstream.service.errors import LabelConflictError, MissingSnapshotError
 from fraudstream.service.label_pipeline import LabelPipeline
 from fraudstream.service.learner import LearnOutcome, RejectedLabel
 from fraudstream.service.schemas import Label
@@ -30,7 +31,10 @@ def _label(tx: str, fraud: bool) -> bytes:
 
 
 class StubLearner:
-    """Learns every label it has a snapshot for; the first of a repeated id only."""
+    """Learns every label it has a snapshot for; the first of a repeated id only.
+
+    A repeated id with the other verdict is rejected as a conflict.
+    """
 
     def __init__(self, scored: set[str], other_set: frozenset[str] = frozenset()) -> None:
         self.scored = scored
@@ -45,19 +49,23 @@ class StubLearner:
         rejected = [
             RejectedLabel(
                 lb,
-                "MissingSnapshotError",
+                MissingSnapshotError,
                 f"no feature snapshot for {lb.transaction_id}",
                 waitable=lb.transaction_id not in self.other_set,
             )
             for lb in labels
             if lb.transaction_id not in self.scored
         ]
-        seen = {lb.transaction_id for lb in self.learnt}
+        seen = {lb.transaction_id: lb.is_fraud for lb in self.learnt}
         fresh = []
         for lb in labels:
-            if lb.transaction_id in self.scored and lb.transaction_id not in seen:
-                seen.add(lb.transaction_id)
+            if lb.transaction_id not in self.scored:
+                continue
+            if lb.transaction_id not in seen:
+                seen[lb.transaction_id] = lb.is_fraud
                 fresh.append(lb)
+            elif seen[lb.transaction_id] != lb.is_fraud:
+                rejected.append(RejectedLabel(lb, LabelConflictError, "labelled otherwise"))
         self.learnt += fresh
         duplicates = len(labels) - len(rejected) - len(fresh)
         frauds = sum(lb.is_fraud for lb in fresh)
@@ -79,11 +87,13 @@ def test_labels_are_learnt_bad_and_unlearnable_ones_dead_lettered_with_their_byt
         Record(_label("1", True), offset=3),
         Record(_label("0", False), offset=4),  # sent twice
         Record(_label("2", False), offset=5),
+        Record(_label("1", False), offset=6, key=b"g"),  # the other verdict
     ]
 
     outcome = pipeline.process(records)
 
     assert (outcome.learnt, outcome.duplicates, outcome.missing_snapshots) == (3, 1, 1)
+    assert outcome.conflicts == 1
     assert [(lb.transaction_id, lb.is_fraud) for lb in learner.learnt] == [
         ("0", False),
         ("1", True),
@@ -92,12 +102,19 @@ def test_labels_are_learnt_bad_and_unlearnable_ones_dead_lettered_with_their_byt
     assert [(o.topic, o.key, o.value) for o in outcome.outgoing] == [
         ("labels.dlq", b"b", b"{not json"),
         ("labels.dlq", b"c", records[2].value),
+        ("labels.dlq", b"g", records[6].value),
     ]
     headers = [dict(o.headers or []) for o in outcome.outgoing]
     assert headers[0]["fraudstream.error.class"] == b"DecodeError"
     assert headers[1]["fraudstream.error.class"] == b"MissingSnapshotError"
     assert headers[1]["fraudstream.source.offset"] == b"2"
-    assert [x.error_class for x in outcome.dead_letters] == ["DecodeError", "MissingSnapshotError"]
+    assert headers[2]["fraudstream.error.class"] == b"LabelConflictError"
+    assert headers[2]["fraudstream.error.message"] == b"labelled otherwise"
+    assert [x.error_class for x in outcome.dead_letters] == [
+        "DecodeError",
+        "MissingSnapshotError",
+        "LabelConflictError",
+    ]
 
 
 def test_a_label_without_its_snapshot_waits_then_is_learnt_or_dead_lettered_at_its_deadline() -> (

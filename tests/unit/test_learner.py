@@ -11,6 +11,7 @@ import pytest
 from river import stream
 
 from fraudstream.evaluation.synthetic import synthetic_stream
+from fraudstream.service.errors import LabelConflictError, MissingSnapshotError
 from fraudstream.service.features.store import LabelFact
 from fraudstream.service.learner import Learner
 from fraudstream.service.model import FraudModel
@@ -19,6 +20,7 @@ from fraudstream.service.registry import ModelVersion
 from fraudstream.service.schemas import Label
 from fraudstream.service.snapshots import (
     LABEL_CLAIMED,
+    LABEL_CONFLICT,
     LABEL_HELD,
     LABEL_TAKEN,
     Snapshot,
@@ -33,7 +35,7 @@ class FakeSnapshots:
 
     def __init__(self) -> None:
         self.data: dict[str, Snapshot] = {}
-        self.claims: dict[str, str] = {}
+        self.claims: dict[str, tuple[str, bool]] = {}
 
     def put(self, tx_id: str, row: np.ndarray, score: float) -> None:
         self.data[tx_id] = Snapshot(
@@ -51,17 +53,22 @@ class FakeSnapshots:
         return [self.data.get(i) for i in ids]
 
     def claim_many(
-        self, ids: Sequence[str], token: str = "1", stale: Sequence[str] = ()
+        self,
+        ids: Sequence[str],
+        is_fraud: Sequence[bool],
+        token: str = "1",
+        stale: Sequence[str] = (),
     ) -> list[int]:
         out = []
-        for i in ids:
+        for i, fraud in zip(ids, is_fraud, strict=True):
             held = self.claims.get(i)
-            if held == token:
-                out.append(LABEL_HELD)
-            elif held is not None and held not in stale:
-                out.append(LABEL_TAKEN)
+            if held is not None and held[0] not in stale:
+                agree = held[1] == fraud
+                out.append(
+                    (LABEL_HELD if held[0] == token else LABEL_TAKEN) if agree else LABEL_CONFLICT
+                )
             else:
-                self.claims[i] = token
+                self.claims[i] = (token, fraud)
                 out.append(LABEL_CLAIMED)
         return out
 
@@ -183,12 +190,36 @@ def test_duplicates_and_missing_snapshots() -> None:
     out = learner.learn_many([label(0, True), label(1, False), label(0, True), label(99, True)])
     assert (out.learnt, out.frauds, out.duplicates) == (2, 1, 1)
     assert [r.label.transaction_id for r in out.rejected] == ["99"]
-    assert out.rejected[0].error == "MissingSnapshotError"
+    assert out.rejected[0].error is MissingSnapshotError
     again = learner.learn_many([label(1, False), label(2, False)])
     assert (again.learnt, again.duplicates) == (1, 1)
     assert [f.transaction_id for f in fs.facts] == ["0", "1", "2"]
     assert fs.facts[0] == LabelFact("0", "c0", "t1", 1_600_000_000_000, True)
     assert learner.model.labels_learnt == 3
+
+
+def test_a_label_with_the_other_verdict_is_rejected_as_a_conflict_not_learnt() -> None:
+    """Genuine, then fraud (a corrected label): the second is rejected with the reason.
+
+    The same in one batch and in a later one, and after a publish; a repeat of
+    the first verdict stays a duplicate. The model and the label facts hold the
+    first verdict only.
+    """
+    learner, snaps, _, fs = make()
+    for i in range(3):
+        snaps.put(str(i), X[i], 0.2)
+    out = learner.learn_many([label(0, False), label(0, True), label(0, False)])
+    assert (out.learnt, out.frauds, out.duplicates) == (1, 0, 1)
+    assert [(r.label.transaction_id, r.error) for r in out.rejected] == [("0", LabelConflictError)]
+    assert out.rejected[0].reason.startswith("transaction 0 was labelled genuine; this label")
+    assert not out.rejected[0].waitable
+    learner.publish()
+    later = learner.learn_many([label(0, True), label(1, True), label(1, True)])
+    assert (later.learnt, later.frauds, later.duplicates) == (1, 1, 1)
+    assert [r.label.transaction_id for r in later.rejected] == ["0"]
+    assert "labelled genuine; this label says fraud" in later.rejected[0].reason
+    assert [(f.transaction_id, f.is_fraud) for f in fs.facts] == [("0", False), ("1", True)]
+    assert learner.model.labels_learnt == 2 and learner.rejected == 2
 
 
 def test_publish_by_count_and_by_time() -> None:
@@ -281,13 +312,17 @@ class SplitClaims(FakeSnapshots):
         self.split: int | None = None
 
     def claim_many(
-        self, ids: Sequence[str], token: str = "1", stale: Sequence[str] = ()
+        self,
+        ids: Sequence[str],
+        is_fraud: Sequence[bool],
+        token: str = "1",
+        stale: Sequence[str] = (),
     ) -> list[int]:
         if self.split is not None:
-            super().claim_many(ids[: self.split], token, stale)
+            super().claim_many(ids[: self.split], is_fraud[: self.split], token, stale)
             self.split = None
             raise ConnectionError("a master refused its part (non local key)")
-        return super().claim_many(ids, token, stale)
+        return super().claim_many(ids, is_fraud, token, stale)
 
 
 def test_labels_claimed_by_a_call_that_failed_are_learnt_by_its_retry() -> None:
