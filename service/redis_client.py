@@ -199,8 +199,8 @@ def check_eviction(client: redis.Redis, settings: Settings) -> None:
 def redis_options(settings: Settings) -> dict[str, Any]:
     """redis-py keyword arguments besides the URL: timeouts, and TLS for ``rediss://``."""
     options: dict[str, Any] = {
-        "socket_timeout": 10,
-        "socket_connect_timeout": 5,
+        "socket_timeout": settings.redis_timeout_s,
+        "socket_connect_timeout": min(5.0, settings.redis_timeout_s),
         "health_check_interval": 30,
     }
     if urlsplit(settings.redis_url.get_secret_value()).scheme != "rediss":

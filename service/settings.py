@@ -349,6 +349,11 @@ class Settings(BaseSettings):
         "on such a Redis, and reports not ready when the policy is changed while it runs.",
     )
     redis_prefix: str = Field("fs", description="Prefix of every Redis key fraudstream writes.")
+    redis_timeout_s: Annotated[float, Field(gt=0, le=300)] = Field(
+        10.0,
+        description="How long a Redis call may wait for its answer before it is given up and "
+        "the batch retried (a Redis that stalls holds a batch this long per attempt).",
+    )
     snapshot_ttl_s: Annotated[int, Field(ge=60)] = Field(
         45 * DAY_S, description="Life of a feature snapshot; must exceed the longest label delay."
     )

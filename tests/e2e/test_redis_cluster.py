@@ -170,11 +170,12 @@ def test_a_master_killed_or_frozen_mid_stream_is_survived_without_loss_or_double
 ) -> None:
     """Its own cluster (the session's must stay whole); a master fails mid-stream.
 
-    ``killed``: SIGKILL, without warning. ``frozen``: SIGSTOP for 12 s, past the
-    client's 10 s and the 1 s node timeout: its replica is promoted while it
-    sleeps, and it wakes to run the calls it was sent before it learns it was
-    replaced (then resyncs from the new master, dropping them). Either way the
-    retries go to the promoted replica: nothing lost, nothing counted twice.
+    ``killed``: SIGKILL, without warning. ``frozen``: SIGSTOP for 6 s, past the
+    client's timeout (``redis_timeout_s``, 3 s here) and the 1 s node timeout:
+    its replica is promoted while it sleeps, and it wakes to run the calls it
+    was sent before it learns it was replaced (then resyncs from the new
+    master, dropping them). Either way the retries go to the promoted
+    replica: nothing lost, nothing counted twice.
     """
     cluster = RedisCluster(tmp_path / "cluster")
     cluster.start()
@@ -186,6 +187,7 @@ def test_a_master_killed_or_frozen_mid_stream_is_survived_without_loss_or_double
             publish_scores=True,
             max_batch_size=50,
             role="scorer",
+            redis_timeout_s=3.0,
         )
         app = run_app(settings)
         first = _stream(make_transaction, "f", cards=24, per_card=10)
@@ -204,7 +206,7 @@ def test_a_master_killed_or_frozen_mid_stream_is_survived_without_loss_or_double
             os.kill(pid, signal.SIGSTOP)
             try:
                 produce(settings.bootstrap_servers, settings.topic_transactions, later[240:])
-                time.sleep(12)
+                time.sleep(6)
             finally:
                 os.kill(pid, signal.SIGCONT)
 

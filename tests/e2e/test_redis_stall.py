@@ -1,5 +1,8 @@
 """Redis frozen for longer than the client waits: calls time out but run later.
 
+The client waits ``redis_timeout_s``: 3 s here (10 s by default), so that a
+freeze past it is short.
+
 A Redis that stops answering without closing its connections (a fork of a big
 instance, a slow disk under the append-only file, an operator's ``KEYS *``) is
 not an outage: the scorer's calls time out, yet Redis runs them once it wakes,
@@ -44,6 +47,7 @@ def test_calls_that_time_out_and_run_later_count_nothing_twice(
         topic_partitions=2,
         max_batch_size=20,
         publish_scores=True,
+        redis_timeout_s=3.0,
     )
     app = run_app(settings)
     stream = card_stream("stall", cards=12, per_card=4)
@@ -60,7 +64,7 @@ def test_calls_that_time_out_and_run_later_count_nothing_twice(
         wait_for(
             lambda: app.metrics.errors.labels("redis")._value.get() > 0, 60, "a call to time out"
         )
-        time.sleep(4)  # a retry on a new connection, queued behind the first
+        time.sleep(2)  # a retry on a new connection, queued behind the first
     finally:
         os.kill(pid, signal.SIGCONT)
     after = card_stream("stall", cards=12, per_card=2, first=8)
@@ -101,6 +105,7 @@ def test_a_learner_whose_calls_time_out_and_run_later_learns_each_label_once(
         publish_every_s=1.0,
         publish_scores=True,
         max_batch_size=20,
+        redis_timeout_s=3.0,
     )
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
     n = 240
@@ -150,7 +155,7 @@ def test_a_learner_whose_calls_time_out_and_run_later_learns_each_label_once(
             60,
             "a learner call to time out",
         )
-        time.sleep(4)  # a retry on a new connection, queued behind the first
+        time.sleep(2)  # a retry on a new connection, queued behind the first
     finally:
         os.kill(pid, signal.SIGCONT)
     produce(settings.bootstrap_servers, settings.topic_labels, labels[160:] + labels[:10])
@@ -175,12 +180,14 @@ def test_a_redis_that_stops_taking_writes_as_the_loops_start_delays_them_only(
 
     ``CLIENT PAUSE ... WRITE`` (as a failover or an operator does) lets reads
     through: the service finds Redis and its state, and the learner's start
-    (it reserves its model version) waits past the client's timeout. It must
+    (it reserves its model version) waits past the client's timeout (3 s here). It must
     be retried like any batch, not stop the service (before: ``_learn stopped
     on an error``, and the label was never learnt).
     """
     server = own_redis
-    settings = make_settings(redis_url=server.url, publish_every_labels=1, publish_every_s=0.5)
+    settings = make_settings(
+        redis_url=server.url, publish_every_labels=1, publish_every_s=0.5, redis_timeout_s=3.0
+    )
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
     first = run_app(settings.model_copy(update={"role": Role.SCORER}))
     produce(
