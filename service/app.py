@@ -60,7 +60,7 @@ from fraudstream.service.kafka import (
 from fraudstream.service.kafka.protocols import Consumer, Producer
 from fraudstream.service.label_pipeline import LabelBatchOutcome, LabelPipeline
 from fraudstream.service.learner import Learner
-from fraudstream.service.loop import ConsumeLoop, LoopHealth, Polled
+from fraudstream.service.loop import ConsumeLoop, LoopHealth, Polled, backoff_s
 from fraudstream.service.metrics import HealthServer, Metrics
 from fraudstream.service.model_watcher import ModelWatcher
 from fraudstream.service.pipeline import BatchOutcome, BegunBatch, Pipeline, SnapshotWriter
@@ -273,9 +273,10 @@ class Application:
             features = self._prepare(stack)
             if features is None:
                 return  # stopped while waiting for a dependency
-            role = Role(s.role)
-            learner_loop = self._learner_loop(stack) if role is not Role.SCORER else None
-            scorer_loop = self._scorer_loop(stack) if role is not Role.LEARNER else None
+            loops = self._starting("joining kafka", lambda: self._enter_loops(stack))
+            if loops is None:
+                return  # stopped while waiting for kafka
+            learner_loop, scorer_loop = loops
             if s.gc_threshold:
                 # A batch allocates thousands of short-lived objects (records, models, rows).
                 _, older, oldest = gc.get_threshold()
@@ -321,10 +322,18 @@ class Application:
 
         if not self._starting("checking redis", check):
             return None
+        if not self._wait_for_kafka():
+            return None
         if not self._wait_for_state():
             return None
         self._phase = "creating topics"
-        self.ensure_topics()
+
+        def topics() -> bool:
+            self.ensure_topics()
+            return True
+
+        if not self._starting("creating topics", topics):
+            return None
         self._phase = "joining the consumer groups"
         return self._starting(
             "loading the feature scripts",
@@ -338,6 +347,16 @@ class Application:
                 claim_ttl_s=s.snapshot_ttl_s,
             ),
         )
+
+    def _enter_loops(
+        self, stack: contextlib.ExitStack
+    ) -> tuple[ConsumeLoop | None, ConsumeLoop | None]:
+        """The learner's and the scorer's loops, of those the role runs."""
+        role = Role(self.settings.role)
+        self._loops.clear()  # of an attempt that failed half way (its clients are closed at exit)
+        learner = self._learner_loop(stack) if role is not Role.SCORER else None
+        scorer = self._scorer_loop(stack) if role is not Role.LEARNER else None
+        return learner, scorer
 
     def _guard(self, loop: Callable[..., None], *args: Any) -> Callable[[], None]:
         def run() -> None:
@@ -372,7 +391,7 @@ class Application:
                     raise
                 dependency = "redis" if isinstance(exc, redis.RedisError) else "kafka"
                 self.metrics.dependency_error(dependency)
-                delay_s = min(30.0, 0.5 * 2**attempt)
+                delay_s = backoff_s(attempt)
                 attempt += 1
                 log.warning(
                     "%s: %s: %s; attempt %d, next in %.1f s",
@@ -388,20 +407,49 @@ class Application:
     def _wait_for_redis(self) -> bool:
         """Wait until Redis answers (``False``: stopped meanwhile); one line per attempt."""
         url = masked_url(self.settings.redis_url.get_secret_value())
-        self._phase = f"waiting for redis at {url}"
-        attempt = 0
-        while (problem := self._redis_problem(memory=False)) is not None:
-            self._refuse_credentials()
-            self.metrics.dependency_error("redis")
-            delay_s = min(30.0, 0.5 * 2**attempt)
-            attempt += 1
-            log.warning(
-                "%s; is Redis running there? Set FRAUDSTREAM_REDIS_URL to its address "
-                "(`fraudstream dev up` starts a local one). Attempt %d, next in %.1f s",
-                problem,
-                attempt,
-                delay_s,
+
+        def problem() -> str | None:
+            found = self._redis_problem(memory=False)
+            if found is not None:
+                self._refuse_credentials()
+                found += (
+                    "; is Redis running there? Set FRAUDSTREAM_REDIS_URL to its address "
+                    "(`fraudstream dev up` starts a local one)"
+                )
+            return found
+
+        return self._wait_until("redis", f"waiting for redis at {url}", problem)
+
+    def _wait_for_kafka(self) -> bool:
+        """Wait until a bootstrap server accepts connections (``False``: stopped meanwhile).
+
+        As for Redis: a broker that starts after the service (a compose file, a
+        cluster restart) delays it, one line per attempt, ``/readyz`` saying why.
+        A broker that answers but refuses the credentials is a configuration
+        error, found when the topics are checked.
+        """
+        servers = self.settings.bootstrap_servers
+
+        def problem() -> str | None:
+            if any(accepts_connections(port, host) for host, port in self._bootstrap):
+                return None
+            return (
+                f"kafka unreachable at {servers}: no bootstrap server accepts connections; "
+                "is the broker running? Set FRAUDSTREAM_BOOTSTRAP_SERVERS to its address "
+                "(`fraudstream dev up` starts a local one)"
             )
+
+        return self._wait_until("kafka", f"waiting for kafka at {servers}", problem)
+
+    def _wait_until(self, dependency: str, phase: str, problem: Callable[[], str | None]) -> bool:
+        """Back off while ``problem()`` says what is wrong (``False``: stopped meanwhile)."""
+        self._phase = phase
+        attempt = 0
+        while (found := problem()) is not None:
+            self.metrics.dependency_error(dependency)
+            delay_s = backoff_s(attempt)
+            attempt += 1
+            log.warning("%s. Attempt %d, next in %.1f s", found, attempt, delay_s)
             if self.stopping.wait(delay_s):
                 return False
         return True
@@ -428,7 +476,7 @@ class Application:
                 self._state_problem = str(exc)
                 self.metrics.dependency_error("redis")
                 log.error("%s", exc)
-            except (redis.RedisError, KafkaError) as exc:
+            except (redis.RedisError, KafkaError, UnavailableError) as exc:
                 self._state_problem = f"cannot check the feature state: {exc}"
                 log.warning("%s; retrying", self._state_problem)
             else:
@@ -441,7 +489,7 @@ class Application:
                     marker.origin,
                 )
                 return True
-            self.stopping.wait(min(30.0, 0.5 * 2**attempt))
+            self.stopping.wait(backoff_s(attempt))
             attempt += 1
         return False
 
@@ -459,7 +507,7 @@ class Application:
             except UnavailableError as exc:
                 self._phase = f"waiting for redis: {exc}"
                 self.metrics.dependency_error("redis")
-                delay_s = min(30.0, 0.5 * 2**attempt)
+                delay_s = backoff_s(attempt)
                 attempt += 1
                 log.warning("%s; attempt %d, next in %.1f s", exc, attempt, delay_s)
                 if self.stopping.wait(delay_s):

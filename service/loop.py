@@ -63,6 +63,15 @@ _HUNG_AFTER_S = 60.0
 _COORDINATOR_UNKNOWN = "coordinator unknown"
 
 
+def backoff_s(attempt: int) -> float:
+    """Seconds to wait after the ``attempt``-th failure (from 0): 0.5 s doubling to 30 s.
+
+    >>> [backoff_s(a) for a in (0, 1, 5, 6, 20)]
+    [0.5, 1.0, 16.0, 30.0, 30.0]
+    """
+    return min(30.0, 0.5 * 2.0**attempt)
+
+
 @dataclass(frozen=True, slots=True)
 class Polled:
     """What one poll returned: the records, and per partition their first and last offset."""
@@ -703,7 +712,7 @@ class ConsumeLoop:
 
     def _back_off(self, attempt: int, healthy: Callable[[], bool]) -> None:
         """Wait (exponentially, up to 30 s) with partitions paused, staying in the group."""
-        delay = min(30.0, 0.5 * 2**attempt)
+        delay = backoff_s(attempt)
         deadline = time.monotonic() + delay
         self.backing_off = True
         try:

@@ -6,17 +6,67 @@ import re
 import signal
 import socket
 import subprocess
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from conftest import http_get
 
 from fraudstream.devstack import free_port
+from fraudstream.service.kafka.protocols import ConsumerRecord
 from fraudstream.service.settings import Settings
 
 
 def _log(tmp_path: Path, name: str) -> str:
     return (tmp_path / f"{name}-0.log").read_text(errors="replace")
+
+
+class _Forwarder:
+    """Forwards TCP connections from a port of its own to ``target``, once opened."""
+
+    def __init__(self, target: str) -> None:
+        host, _, port = target.rpartition(":")
+        self.target = (host, int(port))
+        self.port = free_port()
+        self._server: socket.socket | None = None
+
+    def open(self) -> None:
+        self._server = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, args=(self._server,), daemon=True).start()
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            sink.close()
+
+
+@pytest.fixture
+def kafka_later(kafka_bootstrap: str) -> Iterator[_Forwarder]:
+    """A bootstrap address where the session's broker appears once ``open()`` is called."""
+    forwarder = _Forwarder(kafka_bootstrap)
+    yield forwarder
+    forwarder.close()
 
 
 def test_serve_waiting_for_redis_says_where_and_what_to_do_and_stops_cleanly(
@@ -49,6 +99,48 @@ def test_serve_waiting_for_redis_says_where_and_what_to_do_and_stops_cleanly(
     assert "FRAUDSTREAM_REDIS_URL" in waits[0] and "fraudstream dev up" in waits[0]
     assert "Attempt 1, next in 0.5 s" in waits[0] and "Attempt 2, next in 1.0 s" in waits[1]
     assert "hunter2" not in log
+    assert "Traceback" not in log
+
+
+def test_serve_waits_for_a_kafka_that_is_not_there_yet_then_scores(
+    make_settings: Callable[..., Settings],
+    make_transaction: Callable[..., tuple[bytes, bytes]],
+    spawn_service: Callable[..., subprocess.Popen[bytes]],
+    wait_for: Callable[..., None],
+    produce: Callable[..., None],
+    consume: Callable[..., list[ConsumerRecord]],
+    kafka_later: _Forwarder,
+    kafka_bootstrap: str,
+    tmp_path: Path,
+) -> None:
+    """A broker that starts after the service (a compose file, a cluster restart) delays it only.
+
+    Before, ``serve`` gave up after kafka-python's 30 s bootstrap timeout and
+    exited 1, so its orchestrator had to restart it.
+    """
+    port, where = free_port(), f"127.0.0.1:{kafka_later.port}"
+    settings = make_settings(bootstrap_servers=where, metrics_port=port, publish_scores=True)
+    process = spawn_service(settings, name="no-kafka")
+    wait_for(lambda: _log(tmp_path, "no-kafka").count("Attempt ") >= 3, 60, "three attempts")
+    assert http_get(port, "/readyz") == (503, f"kafka unreachable at {where}\n")
+    assert http_get(port, "/healthz") == (200, f"ok (waiting for kafka at {where})\n")
+    assert process.poll() is None
+
+    kafka_later.open()
+    wait_for(lambda: http_get(port, "/readyz")[0] == 200, 120, "the service to be ready")
+    tx = make_transaction("late-kafka", "c1", "T1", 12.5, datetime.now(UTC))
+    produce(kafka_bootstrap, settings.topic_transactions, [tx])
+    scored = consume(kafka_bootstrap, settings.topic_scores, at_least=1, timeout_s=60)
+    assert [r.key for r in scored] == [b"c1"]
+
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
+    log = _log(tmp_path, "no-kafka")
+    waits = [line for line in log.splitlines() if "is the broker running?" in line]
+    assert len(waits) >= 3 and len(set(waits)) == len(waits), "one line per attempt"
+    assert f"kafka unreachable at {where}: no bootstrap server accepts connections" in waits[0]
+    assert "FRAUDSTREAM_BOOTSTRAP_SERVERS" in waits[0] and "fraudstream dev up" in waits[0]
+    assert "Attempt 1, next in 0.5 s" in waits[0] and "Attempt 2, next in 1.0 s" in waits[1]
     assert "Traceback" not in log
 
 
