@@ -1,13 +1,12 @@
 """Redis frozen for longer than the client waits: calls time out but run later.
 
-The client waits ``redis_timeout_s``: 3 s here (10 s by default), so that a
-freeze past it is short.
-
 A Redis that stops answering without closing its connections (a fork of a big
 instance, a slow disk under the append-only file, an operator's ``KEYS *``) is
 not an outage: the scorer's calls time out, yet Redis runs them once it wakes,
 and the retries too. Whatever ran how many times, every transaction must be
-counted once and scored once.
+counted once and scored once. The client waits ``redis_timeout_s``: 3 s here
+(10 s by default), so that a freeze past it is short. The learner's test also
+runs with a Redis that is full instead (writes refused, reads answered).
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import orjson
+import pytest
 import redis
 from conftest import AppUnderTest
 
@@ -87,7 +87,9 @@ def test_calls_that_time_out_and_run_later_count_nothing_twice(
     assert sorted(scored) == sorted(orjson.loads(v)["transaction_id"] for _, v in stream)
 
 
-def test_a_learner_whose_calls_time_out_and_run_later_learns_each_label_once(
+@pytest.mark.parametrize("fault", ["frozen", "full"])
+def test_a_learner_whose_calls_time_out_or_are_refused_learns_each_label_once(
+    fault: str,
     make_settings: Callable[..., Settings],
     make_transaction: Callable[..., tuple[bytes, bytes]],
     run_app: Callable[[Settings], AppUnderTest],
@@ -97,7 +99,12 @@ def test_a_learner_whose_calls_time_out_and_run_later_learns_each_label_once(
     wait_for: Callable[..., None],
     own_redis: RedisServer,
 ) -> None:
-    """The learner's label claims, label facts and model versions through the same freeze."""
+    """The learner's label claims, label facts and model versions through a Redis fault.
+
+    ``frozen``: the same freeze as the scorer's. ``full``: ``maxmemory`` below
+    what Redis holds (no eviction), so every write is refused with OOM, reads
+    still answered; then room again.
+    """
     server = own_redis
     settings = make_settings(
         redis_url=server.url,
@@ -147,17 +154,23 @@ def test_a_learner_whose_calls_time_out_and_run_later_learns_each_label_once(
     wait_for(lambda: learnt() >= 20, 120, "a first model version")
     pid = server.running_pid()
     assert pid is not None
-    os.kill(pid, signal.SIGSTOP)
+    if fault == "frozen":
+        os.kill(pid, signal.SIGSTOP)
+    else:
+        client.config_set("maxmemory", int(client.info("memory")["used_memory"]) // 2)
     try:
         produce(settings.bootstrap_servers, settings.topic_labels, labels[80:160])
         wait_for(
             lambda: learner.metrics.errors.labels("redis")._value.get() > 0,
             60,
-            "a learner call to time out",
+            "a learner call to time out or be refused",
         )
-        time.sleep(2)  # a retry on a new connection, queued behind the first
+        time.sleep(2)  # a retry (on a new connection, queued behind the first if frozen)
     finally:
-        os.kill(pid, signal.SIGCONT)
+        if fault == "frozen":
+            os.kill(pid, signal.SIGCONT)
+        else:
+            client.config_set("maxmemory", 0)
     produce(settings.bootstrap_servers, settings.topic_labels, labels[160:] + labels[:10])
     wait_for(lambda: learnt() >= n, 180, "every label learnt")
     time.sleep(3)  # give a wrong double-learning time to show
