@@ -4,6 +4,10 @@ Two scorers share four partitions; Redis goes away; one scorer leaves, so the
 other is assigned its partitions while it is backing off. Those arrive
 unpaused: whatever a poll returns for them must be read again once Redis is
 back, never skipped (it was, and later commits moved past it).
+
+Opt-in (``-m slow``, ~14 s): the default suite covers the same case in
+``test_faults.py::test_scorers_one_to_three_to_one_the_scale_in_while_redis_is_down``
+(one scorer given five more partitions while it backs off, records flowing).
 """
 
 from __future__ import annotations
@@ -11,12 +15,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import pytest
 from conftest import AppUnderTest
 
 from fraudstream.devstack import RedisServer
 from fraudstream.service.settings import Settings
 
 
+@pytest.mark.slow
 def test_scale_in_during_a_redis_outage_loses_nothing_and_counts_nothing_twice(
     make_settings: Callable[..., Settings],
     card_stream: Callable[..., list[tuple[bytes, bytes]]],
