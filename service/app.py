@@ -171,7 +171,7 @@ class Application:
             return False, self._phase
         if (problem := self._redis_problem()) is not None:
             return False, problem
-        if not any(accepts_connections(port, host) for host, port in self._bootstrap):
+        if not self._kafka_accepts_connections():
             return False, f"kafka unreachable at {self.settings.bootstrap_servers}"
         if self._failures:
             return False, f"failed: {self._failures[0]}"
@@ -182,6 +182,10 @@ class Application:
             if not ok:
                 return False, reason
         return True, "ready"
+
+    def _kafka_accepts_connections(self) -> bool:
+        """Whether a bootstrap server accepts TCP connections (cheap: no Kafka client)."""
+        return any(accepts_connections(port, host) for host, port in self._bootstrap)
 
     def live(self) -> tuple[bool, str]:
         """Liveness: no loop is hung, nor stalled with records waiting (``/healthz``)."""
@@ -431,7 +435,7 @@ class Application:
         servers = self.settings.bootstrap_servers
 
         def problem() -> str | None:
-            if any(accepts_connections(port, host) for host, port in self._bootstrap):
+            if self._kafka_accepts_connections():
                 return None
             return (
                 f"kafka unreachable at {servers}: no bootstrap server accepts connections; "
