@@ -40,6 +40,13 @@ class OversizeEventError(InvalidEventError):
     """An event is larger than ``max_message_bytes``."""
 
 
+class UnreadableRecordsError(InvalidEventError):
+    """Records in the log could not be read: a record batch damaged after the broker wrote it.
+
+    Its bytes are the dead letter's value; the partition goes on after the batch.
+    """
+
+
 class DecodeError(InvalidEventError):
     """An event's bytes are not UTF-8 JSON."""
 

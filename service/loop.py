@@ -39,10 +39,10 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import redis
-from kafka.errors import CommitFailedError
+from kafka.errors import CommitFailedError, CorruptRecordError
 
 from fraudstream.service.checkpoint import Checkpoint, ProducerFailedError, Span
-from fraudstream.service.errors import RedisUnavailableError
+from fraudstream.service.errors import RedisUnavailableError, UnreadableRecordsError
 from fraudstream.service.kafka import group_coordinator_known, subscribe
 from fraudstream.service.kafka.protocols import (
     Consumer,
@@ -51,8 +51,10 @@ from fraudstream.service.kafka.protocols import (
     MemberState,
     TopicPartition,
 )
+from fraudstream.service.kafka.records import UnreadableBatch, seek_past, unreadable_batch
 from fraudstream.service.kafka.resets import OffsetReset, OffsetResets
 from fraudstream.service.metrics import Metrics
+from fraudstream.service.pipeline import UnreadableRecord
 
 log = logging.getLogger(__name__)
 
@@ -613,12 +615,22 @@ class ConsumeLoop:
         return polled
 
     def _poll(self, timeout_ms: int) -> Polled:
-        batches = self.consumer.poll(timeout_ms=timeout_ms, max_records=self.max_records)
-        records = [r for batch in batches.values() for r in batch]
-        # Records of a partition come in offset order.
-        spans = {
-            tp: Span(batch[0].offset, batch[-1].offset) for tp, batch in batches.items() if batch
-        }
+        try:
+            batches = self.consumer.poll(timeout_ms=timeout_ms, max_records=self.max_records)
+        except CorruptRecordError as exc:
+            damaged = unreadable_batch(exc)
+            if damaged is None:
+                raise
+            polled = self._set_aside(damaged, exc)
+        else:
+            records = [r for batch in batches.values() for r in batch]
+            # Records of a partition come in offset order.
+            spans = {
+                tp: Span(batch[0].offset, batch[-1].offset)
+                for tp, batch in batches.items()
+                if batch
+            }
+            polled = Polled(records, spans)
         self.metrics.last_loop_s.set(time.time())
         for reset in self._resets.take():
             self._report_reset(reset)
@@ -626,7 +638,35 @@ class ConsumeLoop:
         if not group_coordinator_known(self.consumer):
             membership = _COORDINATOR_UNKNOWN
         self.health.polled(membership, len(self.consumer.assignment()))
-        return Polled(records, spans)
+        return polled
+
+    def _set_aside(self, damaged: UnreadableBatch, error: CorruptRecordError) -> Polled:
+        """Records the log cannot give (a damaged batch) as one dead letter; the partition goes on.
+
+        Every fetch from the batch fails the same way, so the consumer seeks
+        past it and the caller gets one :class:`UnreadableRecord` holding its
+        bytes, which becomes a dead letter; its span covers the batch, so the
+        offsets past it are committed only once that dead letter is durable,
+        like any other record's. A read again (a failed batch, a restart)
+        finds the batch damaged again and sets it aside again. Where the batch
+        ends: :func:`~fraudstream.service.kafka.records.seek_past`.
+        """
+        tp = TopicPartition(damaged.topic, damaged.partition)
+        last = seek_past(self.consumer, damaged)
+        reason = (
+            f"{tp.topic}[{tp.partition}] offsets {damaged.first_offset}..{last} cannot be read"
+            f" ({error}); their {len(damaged.raw)} bytes are this dead letter's value,"
+            f" and the partition goes on from offset {last + 1}"
+        )
+        log.error("%s: %s", self.name, reason)
+        record = UnreadableRecord(
+            topic=tp.topic,
+            partition=tp.partition,
+            offset=damaged.first_offset,
+            value=damaged.raw,
+            error=UnreadableRecordsError(reason),
+        )
+        return Polled([record], {tp: Span(damaged.first_offset, last)})
 
     def _report_reset(self, reset: OffsetReset) -> None:
         """Say that Kafka moved a position: records skipped, or to be read again."""

@@ -78,6 +78,25 @@ class ConsumedRecord(Protocol):
     headers: list[tuple[str, bytes]]
 
 
+@dataclass(slots=True)
+class UnreadableRecord:
+    """Stands in a batch for records the consumer could not read (a damaged batch in the log).
+
+    Its ``value`` is the bytes that could not be read, ``offset`` the first of
+    them; validation makes it a dead letter of ``error``, like a bad event.
+    """
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+    error: Exception
+    timestamp: int = -1
+    timestamp_type: int = 0
+    key: bytes | None = None
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+
 class SnapshotWriter(Protocol):
     """Stores what each transaction was scored with (see :mod:`fraudstream.service.snapshots`)."""
 
@@ -219,23 +238,7 @@ def validate_records(
     >>> [t.transaction_id for t in txs], idx, [type(e).__name__ for _, e in bad]
     (['t1'], [0], ['DecodeError'])
     """
-    failures: list[tuple[int, Exception]] = []
-    candidates: list[int] = []
-    for i, record in enumerate(records):
-        value = record.value
-        if value is None or not value.strip():
-            failures.append((i, DecodeError("empty value (no JSON document)")))
-        elif len(value) > max_bytes:
-            failures.append(
-                (
-                    i,
-                    OversizeEventError(
-                        f"value has {len(value)} bytes, more than max_message_bytes={max_bytes}"
-                    ),
-                )
-            )
-        else:
-            candidates.append(i)
+    candidates, failures = _screen(records, max_bytes)
     if not candidates:
         return [], [], failures
     values = [records[i].value or b"" for i in candidates]
@@ -261,6 +264,38 @@ def validate_records(
         indices.append(i)
     failures.sort(key=lambda failure: failure[0])
     return messages, indices, failures
+
+
+def _screen(
+    records: Sequence[ConsumedRecord], max_bytes: int
+) -> tuple[list[int], list[tuple[int, Exception]]]:
+    """Indices of the records worth parsing, and the failures of the rest (empty, too big, unread).
+
+    >>> from types import SimpleNamespace as R
+    >>> candidates, failures = _screen([R(value=b"{}"), R(value=b" "), R(value=b"x" * 9)], 8)
+    >>> candidates, [(i, type(e).__name__) for i, e in failures]
+    ([0], [(1, 'DecodeError'), (2, 'OversizeEventError')])
+    """
+    failures: list[tuple[int, Exception]] = []
+    candidates: list[int] = []
+    for i, record in enumerate(records):
+        value = record.value
+        if isinstance(record, UnreadableRecord):
+            failures.append((i, record.error))
+        elif value is None or not value.strip():
+            failures.append((i, DecodeError("empty value (no JSON document)")))
+        elif len(value) > max_bytes:
+            failures.append(
+                (
+                    i,
+                    OversizeEventError(
+                        f"value has {len(value)} bytes, more than max_message_bytes={max_bytes}"
+                    ),
+                )
+            )
+        else:
+            candidates.append(i)
+    return candidates, failures
 
 
 class BatchValidation:

@@ -129,6 +129,22 @@ def secured_redis(
         yield server
 
 
+@pytest.fixture(scope="module")
+def own_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaServer]:
+    """A broker of the test module's own, to stop, kill or tamper with."""
+    server = KafkaServer(
+        data_dir=tmp_path_factory.mktemp("own-kafka"),
+        cache_dir=REPO_ROOT / ".cache",
+        port=free_port(),
+        controller_port=free_port(),
+    )
+    server.start(timeout_s=120)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A persistent Redis of this test alone, to stop and start (an outage); stopped after."""

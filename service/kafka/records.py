@@ -23,8 +23,10 @@ errors for every batch shape, ``take`` size and corruption it generates.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import kafka
@@ -32,6 +34,7 @@ from kafka.consumer.fetcher import ConsumerRecord, Fetcher, IsolationLevel
 from kafka.errors import CorruptRecordError
 from kafka.record.default_records import DefaultRecordBatch
 from kafka.record.util import decode_varint
+from kafka.structs import TopicPartition
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +207,53 @@ def _payload_of_first(batch: DefaultRecordBatch, count: int) -> int:
     return payload
 
 
+@dataclass(frozen=True, slots=True)
+class UnreadableBatch:
+    """Records of a v2 batch the consumer cannot read (its CRC check failed, or a record is broken).
+
+    A broker checks every batch it is sent, so such a batch was damaged after
+    it was written (a disk, a copy of the log). Fetching from any of its
+    offsets fails the same way again: the consumer must seek past it.
+    """
+
+    topic: str
+    partition: int
+    #: The first offset not read (records before it in the batch were returned).
+    first_offset: int
+    #: The offset after the batch, as its header says.
+    next_offset: int
+    #: The batch's bytes as fetched (its records decompressed when the batch was
+    #: compressed and the damage was found decoding them).
+    raw: bytes
+
+
+def unreadable_batch(error: BaseException) -> UnreadableBatch | None:
+    """Where the records ``error`` left unread lie, when it is a damaged v2 batch's error.
+
+    >>> unreadable_batch(CorruptRecordError("x")) is None
+    True
+    """
+    found = getattr(error, "unreadable_batch", None)
+    return found if isinstance(found, UnreadableBatch) else None
+
+
+def seek_past(consumer: Any, damaged: UnreadableBatch) -> int:
+    """Seek ``consumer`` past ``damaged``; the last offset it covers.
+
+    That is the batch's end as its header says, which the damage may have
+    reached, kept within the partition's end (the header's word when the
+    broker does not answer).
+    """
+    tp = TopicPartition(damaged.topic, damaged.partition)
+    last = damaged.next_offset - 1
+    with contextlib.suppress(Exception):
+        end = consumer.end_offsets([tp]).get(tp)
+        if end is not None and end > damaged.first_offset:
+            last = min(last, end - 1)
+    consumer.seek(tp, last + 1)
+    return last
+
+
 class BatchDecodingPartitionRecords(Fetcher.PartitionRecords):  # type: ignore[misc]
     """kafka-python's ``PartitionRecords`` with each v2 batch decoded in one loop.
 
@@ -214,6 +264,8 @@ class BatchDecodingPartitionRecords(Fetcher.PartitionRecords):  # type: ignore[m
     poll then calls ``take`` (``[]``) forever; drained, the fetcher goes on,
     the position stays at the bad record and the next fetch from it raises the
     error again, as Kafka's Java consumer does until the application seeks past.
+    A damaged v2 batch's error also says where its unread records lie
+    (:func:`unreadable_batch`), so the application can seek past them.
     """
 
     _next_inline_exception: Exception | None  # kafka-python's, set by its __init__
@@ -273,10 +325,18 @@ class BatchDecodingPartitionRecords(Fetcher.PartitionRecords):  # type: ignore[m
             last_batch = None
             while batch is not None:
                 last_batch = batch
-                chunk, error = self._batch_records(batch, tp, key_deserializer, value_deserializer)
+                try:
+                    chunk, error = self._batch_records(
+                        batch, tp, key_deserializer, value_deserializer
+                    )
+                except CorruptRecordError as exc:  # its CRC check failed
+                    self._mark_unreadable(exc, batch, tp)
+                    raise
                 if chunk:
                     yield chunk
                 if error is not None:
+                    if isinstance(error, CorruptRecordError):
+                        self._mark_unreadable(error, batch, tp)
                     raise error
                 batch = records.next_batch()
             if last_batch is not None and last_batch.magic == 2:
@@ -285,6 +345,24 @@ class BatchDecodingPartitionRecords(Fetcher.PartitionRecords):  # type: ignore[m
         except StopIteration:  # e.g. a control batch without its record: as kafka-python words it
             log.exception("StopIteration raised unpacking messageset")
             raise RuntimeError("StopIteration raised unpacking messageset") from None
+
+    def _mark_unreadable(self, error: CorruptRecordError, batch: Any, tp: Any) -> None:
+        """Tell ``error`` where the records it leaves unread lie (:func:`unreadable_batch`).
+
+        A v2 batch's only. They run from the fetch position (past the records already taken) to
+        the batch's end as its header gives it, which the CRC may not vouch for:
+        the consumer bounds it by the partition's end.
+        """
+        if batch.magic != 2:
+            return
+        first = max(batch.base_offset, self.fetch_offset, self.next_fetch_offset)
+        error.unreadable_batch = UnreadableBatch(
+            topic=tp.topic,
+            partition=tp.partition,
+            first_offset=first,
+            next_offset=max(first + 1, batch.next_offset),
+            raw=bytes(batch._buffer),
+        )
 
     def _batch_records(
         self, batch: Any, tp: Any, key_deserializer: Any, value_deserializer: Any

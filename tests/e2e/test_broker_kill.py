@@ -13,7 +13,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,29 +22,13 @@ import pytest
 import redis
 from conftest import AppUnderTest
 
-from fraudstream.devstack import KafkaServer, free_port
+from fraudstream.devstack import KafkaServer
 from fraudstream.service.kafka import make_producer
 from fraudstream.service.kafka.protocols import ConsumerRecord
 from fraudstream.service.settings import Settings
 from fraudstream.service.snapshots import SnapshotStore
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def own_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaServer]:
-    """A broker of this module's own, to kill."""
-    server = KafkaServer(
-        data_dir=tmp_path_factory.mktemp("own-kafka"),
-        cache_dir=REPO_ROOT / ".cache",
-        port=free_port(),
-        controller_port=free_port(),
-    )
-    server.start(timeout_s=120)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _kill(server: KafkaServer) -> None:

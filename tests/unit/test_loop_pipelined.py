@@ -1,5 +1,8 @@
 """ConsumeLoop.run_pipelined: the order of a batch's steps, failures and revocations.
 
+Also what a poll that meets a damaged batch in the log returns, and what
+recover() commits to the group.
+
 Pure logic: the loop's poll, rewind and back-off are replaced by scripted ones
 (the real loop runs against Kafka and Redis in the e2e tests).
 """
@@ -259,3 +262,59 @@ def test_other_failures_do_not_commit_to_the_group() -> None:
     loop = _recovering_loop(consumer, checkpoint)
     loop.recover(Polled([], {}), ConnectionError("Redis went away"), 0, lambda: True)
     assert checkpoint.confirmed == []
+
+
+class _DamagedLog(_Consumer):
+    """Every poll fails on a damaged batch of offsets 40..44 (header's word) of ``t[0]``."""
+
+    def __init__(self, end: int | Exception, *, located: bool = True) -> None:
+        super().__init__()
+        self.end, self.located = end, located
+
+    def poll(self, timeout_ms: int = 0, max_records: int | None = None) -> Any:
+        from kafka.errors import CorruptRecordError
+
+        from fraudstream.service.kafka.records import UnreadableBatch
+
+        error = CorruptRecordError("Record batch for partition t-0 at offset 40 failed crc check")
+        if self.located:
+            error.unreadable_batch = UnreadableBatch("t", 0, 40, 45, b"\x00raw")
+        raise error
+
+    def end_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        if isinstance(self.end, Exception):
+            raise self.end
+        return {tp: self.end for tp in partitions}
+
+
+@pytest.mark.parametrize(
+    ("end", "last"),
+    [(100, 44), (43, 42), (ConnectionError("no broker"), 44)],
+    ids=["within the partition", "past its end", "end unknown"],
+)
+def test_a_damaged_batch_is_polled_as_one_unreadable_record_and_sought_past(
+    end: int | Exception, last: int
+) -> None:
+    """Its offsets up to the batch's end (kept within the partition's) make one dead letter."""
+    from fraudstream.service.pipeline import UnreadableRecord
+
+    consumer = _DamagedLog(end)
+    polled = _recovering_loop(consumer, _Checkpoint(refuse=False)).poll()
+    (record,) = polled.records
+    assert isinstance(record, UnreadableRecord)
+    assert (record.topic, record.partition, record.offset, record.value) == ("t", 0, 40, b"\x00raw")
+    assert polled.spans == {consumer.tp: Span(40, last)}
+    assert consumer.seeks == [(consumer.tp, last + 1)]
+    assert type(record.error).__name__ == "UnreadableRecordsError"
+    assert str(record.error).startswith(f"t[0] offsets 40..{last} cannot be read (")
+    assert f"goes on from offset {last + 1}" in str(record.error)
+
+
+def test_a_corrupt_batch_the_decoder_could_not_locate_fails_the_poll() -> None:
+    """kafka-python's own decoder (another version): the error is raised, as before."""
+    from kafka.errors import CorruptRecordError
+
+    consumer = _DamagedLog(100, located=False)
+    with pytest.raises(CorruptRecordError):
+        _recovering_loop(consumer, _Checkpoint(refuse=False)).poll()
+    assert consumer.seeks == []

@@ -21,6 +21,7 @@ from fraudstream.service.pipeline import (
     BatchOutcome,
     BegunBatch,
     Pipeline,
+    UnreadableRecord,
     validate_records,
 )
 from fraudstream.service.rules import RulesPrior
@@ -209,6 +210,28 @@ def test_budget_mode_keeps_alerts_near_the_budget() -> None:
 
 
 # -- whatever one record causes ends as its dead letter ----------------------------------
+
+
+def test_records_the_log_could_not_give_are_a_dead_letter_of_their_bytes() -> None:
+    """Even bytes that would pass as a transaction: the log could not vouch for them."""
+    from fraudstream.service.errors import UnreadableRecordsError
+
+    pipeline, _ = _pipeline()
+    unread = UnreadableRecord(
+        topic="transactions",
+        partition=0,
+        offset=7,
+        value=_tx(9),
+        error=UnreadableRecordsError("transactions[0] offsets 7..9 cannot be read (crc)"),
+    )
+    outcome = pipeline.process([Record(_tx(0), offset=6), unread, Record(_tx(1), offset=10)])
+    assert outcome.scored == 2
+    (letter,) = outcome.dead_letters
+    assert letter.value == _tx(9)
+    headers = dict(letter.headers)
+    assert headers["fraudstream.error.class"] == b"UnreadableRecordsError"
+    assert headers["fraudstream.source.offset"] == b"7"
+    assert headers["fraudstream.error.message"].startswith(b"transactions[0] offsets 7..9")
 
 
 def _dead_letters_by_offset(outcome: BatchOutcome) -> dict[int, dict[str, bytes]]:

@@ -694,6 +694,53 @@ def test_a_batch_failing_its_crc_check() -> None:
     assert [r.value for r in outcome.records] == [b"v", b"v", b"v", b"xy{", b"v"]
 
 
+def _the_error(payload: bytes, fetch_offset: int, take: int | None = None) -> CorruptRecordError:
+    """The error our decoder raises taking ``take`` records at a time from ``fetch_offset``."""
+    part = BatchDecodingPartitionRecords(
+        fetch_offset,
+        TP,
+        MemoryRecords(payload),
+        None,
+        None,
+        check_crcs=True,
+        isolation_level=READ_UNCOMMITTED,
+        aborted_transactions=[],
+        on_drain=lambda _: None,
+    )
+    while part:
+        try:
+            part.take(take)
+        except CorruptRecordError as exc:
+            return exc
+    raise AssertionError("no error")
+
+
+@pytest.mark.parametrize("take", [None, 1])
+def test_the_error_of_a_damaged_batch_says_where_the_unread_records_lie(take: int | None) -> None:
+    """From the fetch position (past what was taken) to the batch's end, with its bytes."""
+    good = Batch(0, [Rec(0), Rec(1)]).encode()
+    bad = bytearray(Batch(2, [Rec(0), Rec(1, value=b"xyz"), Rec(2)]).encode())
+    bad[-10] ^= 0x01
+    payload = good + bytes(bad) + Batch(5, [Rec(0)]).encode()
+    for fetch_offset, first in ((0, 2), (2, 2), (3, 3), (4, 4)):
+        damaged = records.unreadable_batch(_the_error(payload, fetch_offset, take))
+        assert damaged == records.UnreadableBatch(
+            topic=TP.topic,
+            partition=TP.partition,
+            first_offset=first,
+            next_offset=5,
+            raw=bytes(bad),
+        )
+    # A broken record inside a batch whose CRC holds: the records before it were taken.
+    # The batch's end is its header's word: base offset 50, last offset delta 2.
+    broken = _negative_header_key()  # a good record (offset 50), then the broken one
+    damaged = records.unreadable_batch(_the_error(good + broken, 0, take))
+    assert damaged is not None
+    assert (damaged.first_offset, damaged.next_offset, damaged.raw) == (51, 53, broken)
+    # Other errors, and kafka-python's own, say nothing of where.
+    assert records.unreadable_batch(CorruptRecordError("x")) is None
+
+
 def corrupt_batches() -> Iterator[tuple[str, bytes]]:
     """Batches whose records lie about themselves (the CRC is recomputed to match)."""
     ok = [Rec(0, key=b"key", headers=[("h", b"x")]), Rec(1, value=b"v" * 100)]
