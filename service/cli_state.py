@@ -164,3 +164,9 @@ def rebuild_cmd(settings: Settings, since: str | None, force: bool) -> None:
         f"recorded ({report.labels_without_transaction:,} for transactions before the replay); "
         f"new generation {report.generation}"
     )
+    if report.records_unreadable:
+        click.echo(
+            f"warning: {report.records_unreadable:,} records could not be read (damaged in the"
+            " broker's log) and were skipped: the log above names them",
+            err=True,
+        )

@@ -34,10 +34,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from kafka.errors import CorruptRecordError
 
 from fraudstream.service.errors import ConfigurationError, RedisUnavailableError
 from fraudstream.service.features.store import FeatureStore, LabelFact
 from fraudstream.service.kafka.protocols import Consumer, TopicPartition
+from fraudstream.service.kafka.records import seek_past, unreadable_batch
 from fraudstream.service.pipeline import BatchValidation, refuse_ahead
 from fraudstream.service.redis_cluster import (
     forget_feature_state,
@@ -208,6 +210,8 @@ class RebuildReport:
     labels_read: int = 0
     fraud_labels_recorded: int = 0
     labels_without_transaction: int = 0
+    #: Records of either topic that could not be read (a batch damaged in the broker's log).
+    records_unreadable: int = 0
     seconds: float = 0.0
     generation: str = ""
 
@@ -219,11 +223,19 @@ def _partitions(consumer: Consumer, topic: str) -> list[TopicPartition]:
     return [TopicPartition(topic, p) for p in sorted(partitions)]
 
 
-def read_since(consumer: Consumer, topic: str, since_ms: int, batch: int) -> Iterator[list[Any]]:
+def read_since(
+    consumer: Consumer,
+    topic: str,
+    since_ms: int,
+    batch: int,
+    unreadable: Callable[[int], None] = lambda _: None,
+) -> Iterator[list[Any]]:
     """Batches of the records of ``topic`` from ``since_ms`` (record time) to its end now.
 
     The end is the end offset of each partition when the call starts: records
-    produced meanwhile are left to the scorers, which see them as new.
+    produced meanwhile are left to the scorers, which see them as new. A batch
+    damaged in the broker's log is skipped with an error in the log, its
+    offsets told to ``unreadable``: nothing can rebuild from it.
     """
     partitions = _partitions(consumer, topic)
     consumer.assign(partitions)
@@ -239,15 +251,33 @@ def read_since(consumer: Consumer, topic: str, since_ms: int, batch: int) -> Ite
         else:
             consumer.pause(tp)
     while remaining:
-        polled = consumer.poll(timeout_ms=500, max_records=batch)
-        out = []
-        for tp, records in polled.items():
-            end = remaining.get(tp)
-            if end is None:
-                continue
-            kept = [r for r in records if r.offset < end]
-            out += kept
-            if records and records[-1].offset + 1 >= end:
+        try:
+            polled = consumer.poll(timeout_ms=500, max_records=batch)
+        except CorruptRecordError as exc:
+            damaged = unreadable_batch(exc)
+            if damaged is None:
+                raise
+            last = seek_past(consumer, damaged)
+            log.error(
+                "%s[%d] offsets %d..%d cannot be read (%s): skipped, nothing rebuilt from them",
+                damaged.topic,
+                damaged.partition,
+                damaged.first_offset,
+                last,
+                exc,
+            )
+            unreadable(last + 1 - damaged.first_offset)
+            polled = {}
+        out = [
+            r
+            for tp, records in polled.items()
+            if tp in remaining
+            for r in records
+            if r.offset < remaining[tp]
+        ]
+        for tp, end in list(remaining.items()):
+            # Positions, not offsets seen: a transaction's commit marker ends a log unseen.
+            if (consumer.position(tp) or 0) >= end:
                 del remaining[tp]
                 consumer.pause(tp)
         if out:
@@ -287,7 +317,11 @@ def rebuild_state(
         if is_cluster(client):
             # Partial loss cannot be replayed slot by slot (see forget_feature_state).
             forget_feature_state(client, prefix)
-        for records in read_since(consumer, topic_transactions, since_ms, batch):
+
+        def unreadable(count: int) -> None:
+            report.records_unreadable += count
+
+        for records in read_since(consumer, topic_transactions, since_ms, batch, unreadable):
             report.transactions_read += len(records)
             transactions: list[Transaction]
             transactions, indices, failures = validate_transactions(records, max_message_bytes)
@@ -312,7 +346,7 @@ def rebuild_state(
                 keep_existing=computed.is_duplicate,
             )
             progress(f"transactions: {report.transactions_read:,} read")
-        for records in read_since(consumer, topic_labels, since_ms, batch):
+        for records in read_since(consumer, topic_labels, since_ms, batch, unreadable):
             report.labels_read += len(records)
             labels: Sequence[Label]
             labels, _, _ = validate_labels(records, max_message_bytes, Label)

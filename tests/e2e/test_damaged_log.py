@@ -10,7 +10,8 @@ batch each, the broker is stopped, one byte of one transaction and of one
 label is flipped in the log segments, and the broker is started again. The
 service scores every other transaction, learns every other label, puts each
 damaged batch in its dead-letter topic (its bytes, the error, the partition
-and offset), commits past it and stays ready.
+and offset), commits past it and stays ready; what a state rebuild reads
+skips the damaged batch and counts it.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka_extras import delivered
 
 from fraudstream.devstack import KafkaServer
-from fraudstream.service.kafka import make_producer
+from fraudstream.service.kafka import make_consumer, make_producer
 from fraudstream.service.kafka.protocols import ConsumerRecord
 from fraudstream.service.settings import DeliveryGuarantee, Settings
+from fraudstream.service.state import read_since
 
 #: Transactions (and labels) per partition; the damaged ones are in partition 0.
 PER_PARTITION = 12
@@ -159,3 +161,14 @@ def test_a_damaged_batch_is_dead_lettered_and_the_partition_goes_on(
     ready, why = app.ready()
     assert ready, why
     assert not hasattr(app, "run_error")
+
+    # What `fraudstream state rebuild` reads: every record but the damaged one, which it counts.
+    unreadable: list[int] = []
+    consumer = make_consumer(settings, client_id="test-rebuild", group_id=None)
+    try:
+        read = read_since(consumer, settings.topic_transactions, 0, 100, unreadable.append)
+        values = [r.value for batch in read for r in batch]
+    finally:
+        consumer.close()
+    assert sorted(values) == sorted(v for _, _, v in transactions if v != damaged_tx)
+    assert unreadable == [1]

@@ -1,17 +1,30 @@
-"""The Redis state marker on a real Redis: created for a fresh deployment, its loss noticed."""
+"""The Redis state marker on a real Redis: created for a fresh deployment, its loss noticed.
+
+And what a rebuild reads, on a real broker.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 import redis
+from kafka.admin import KafkaAdminClient, NewTopic
 
 from fraudstream.service.features.definitions import FeatureConfig
 from fraudstream.service.features.redis_store import RedisFeatureStore
 from fraudstream.service.features.store import LabelFact
+from fraudstream.service.kafka import make_consumer, make_producer
 from fraudstream.service.schemas import Transaction
 from fraudstream.service.snapshots import REBUILT_MODEL_VERSION, SnapshotStore
-from fraudstream.service.state import StateLostError, StateMarker, ensure_state, marker_key
+from fraudstream.service.state import (
+    StateLostError,
+    StateMarker,
+    ensure_state,
+    marker_key,
+    read_since,
+)
 
 
 def _tx(i: int) -> Transaction:
@@ -76,3 +89,32 @@ def test_a_rebuilt_snapshot_gives_way_to_the_scorers_own(
     )
     snaps = store.get_many([tx.transaction_id for tx in txs])
     assert [s.model_version for s in snaps if s is not None] == [8, 7]
+
+
+def test_reading_for_a_rebuild_ends_where_a_committed_transaction_ends_the_log(
+    kafka_bootstrap: str, unique_name: Callable[[str], str]
+) -> None:
+    """The log's last entry is the commit marker of an upstream transaction, never a record."""
+    topic = unique_name("transactions")
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        admin.create_topics([NewTopic(topic, 1, 1)])
+    finally:
+        admin.close()
+    upstream = make_producer(
+        kafka_bootstrap, client_id="test-upstream", transactional_id=unique_name("upstream")
+    )
+    try:
+        upstream.init_transactions()
+        upstream.begin_transaction()
+        for i in range(5):
+            upstream.send(topic, key=b"c1", value=f"v{i}".encode(), partition=0)
+        upstream.commit_transaction()
+    finally:
+        upstream.close(timeout=10)
+    consumer = make_consumer(kafka_bootstrap, client_id="test-rebuild", group_id=None)
+    try:
+        batches = list(read_since(consumer, topic, since_ms=0, batch=100))
+    finally:
+        consumer.close()
+    assert [r.value for batch in batches for r in batch] == [f"v{i}".encode() for i in range(5)]
