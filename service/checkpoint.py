@@ -60,11 +60,27 @@ class InvalidStoredOffsetError(FraudstreamError):
 
 
 class ProducerFailedError(FraudstreamError):
-    """The transactional producer cannot go on.
+    """The producer cannot go on.
 
-    It was fenced by another scorer, or is in a fatal state: the scorer stops, and a restart starts
-    a new one.
+    The transactional producer was fenced by another scorer, or a producer is in a fatal state:
+    the scorer stops, and a restart starts a new one.
     """
+
+
+def _fatal_error(producer: Producer) -> BaseException | None:
+    """The error that left ``producer`` in a fatal state, if it is in one.
+
+    kafka-python's idempotent producer (every producer here is one) turns any
+    non-retriable error of a batch (a record above a topic's
+    ``max.message.bytes`` lowered meanwhile, an authorisation refused) into a
+    fatal state: every later send fails, whatever is fixed on the broker.
+    """
+    manager = getattr(producer, "_transaction_manager", None)
+    has_fatal_error = getattr(manager, "has_fatal_error", None)
+    if has_fatal_error is None or not has_fatal_error():
+        return None
+    error = getattr(manager, "last_error", None)
+    return error if isinstance(error, BaseException) else KafkaError("unknown error")
 
 
 class Span(NamedTuple):
@@ -289,6 +305,12 @@ class Checkpoint:
         already handed over may still be delivered: the replay repeats them
         with the same ids.
         """
+        fatal = _fatal_error(self.producer)
+        if fatal is not None and not self.exactly_once:
+            raise ProducerFailedError(
+                f"the producer cannot go on ({type(fatal).__name__}: {fatal}); stopping: a"
+                " restart starts a new one and replays what was not committed"
+            )
         if self.exactly_once and self._in_transaction:
             self._in_transaction = False
             try:

@@ -286,6 +286,27 @@ def test_a_producer_that_cannot_abort_stops_the_scorer() -> None:
         checkpoint.abort()
 
 
+def test_an_idempotent_producer_in_a_fatal_state_stops_the_scorer() -> None:
+    """kafka-python never leaves that state: retrying would stall the partition for ever."""
+    from kafka.errors import MessageSizeTooLargeError
+    from kafka.producer.transaction_manager import TransactionManager
+
+    from fraudstream.service.checkpoint import ProducerFailedError
+
+    consumer, _, _ = _clients()
+    producer = MagicMock(spec=KafkaProducer)
+    manager = TransactionManager(transactional_id=None, transaction_timeout_ms=60_000)
+    producer._transaction_manager = manager
+    checkpoint = Checkpoint(consumer, producer)
+    checkpoint.track({TP0: Span(0, 9)})
+    assert checkpoint.abort() == {TP0: 0}  # not fatal: the batch is replayed
+    manager.transition_to_fatal_error(MessageSizeTooLargeError("the request is too large"))
+    checkpoint.track({TP0: Span(0, 9)})
+    with pytest.raises(ProducerFailedError, match=r"MessageSizeTooLargeError.*restart"):
+        checkpoint.abort()
+    consumer.commit.assert_not_called()
+
+
 def test_confirm_commits_the_positions_when_idle_and_refuses_with_work_in_hand() -> None:
     consumer, producer, _ = _clients()
     checkpoint = Checkpoint(consumer, producer)
