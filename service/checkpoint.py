@@ -323,6 +323,15 @@ class Checkpoint:
         self._start.clear()
         return resume
 
+    def start_over(self, positions: Mapping[TopicPartition, int]) -> None:
+        """Commit ``positions`` to the group, forgetting what was done there before.
+
+        For partitions whose offsets mean nothing any more (their topic was
+        created again): the work on them, in hand or done, is dropped.
+        """
+        self.forget(positions)
+        self.consumer.commit(_payload(positions), timeout_ms=int(self.commit_timeout_s * 1000))
+
     def forget(self, partitions: Iterable[TopicPartition]) -> None:
         """Drop partitions this member no longer owns (after a rebalance)."""
         for tp in partitions:

@@ -79,6 +79,13 @@ class SignatureError(ModelVersionError):
     """A model version is unsigned, tampered or signed with another key: never unpickled."""
 
 
+class LogReplacedError(FraudstreamError):
+    """A log the service reads was replaced under it: its topic created again, or truncated.
+
+    Its offsets then mean other records: the loop stops for a restart to read on.
+    """
+
+
 class UnavailableError(FraudstreamError):
     """Kafka or Redis cannot be reached; the caller backs off and retries."""
 

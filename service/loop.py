@@ -33,16 +33,20 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, NoReturn, TypeVar
 
 import redis
 from kafka.errors import CommitFailedError, CorruptRecordError
 
 from fraudstream.service.checkpoint import Checkpoint, ProducerFailedError, Span
-from fraudstream.service.errors import RedisUnavailableError, UnreadableRecordsError
+from fraudstream.service.errors import (
+    LogReplacedError,
+    RedisUnavailableError,
+    UnreadableRecordsError,
+)
 from fraudstream.service.kafka import group_coordinator_known, subscribe
 from fraudstream.service.kafka.protocols import (
     Consumer,
@@ -52,7 +56,7 @@ from fraudstream.service.kafka.protocols import (
     TopicPartition,
 )
 from fraudstream.service.kafka.records import UnreadableBatch, seek_past, unreadable_batch
-from fraudstream.service.kafka.resets import OffsetReset, OffsetResets
+from fraudstream.service.kafka.resets import OffsetReset, OffsetResets, TopicIds
 from fraudstream.service.metrics import Metrics
 from fraudstream.service.pipeline import UnreadableRecord
 
@@ -378,6 +382,7 @@ class ConsumeLoop:
         self._lag_stale = True
         self._lag_labels: set[TopicPartition] = set()
         self._resets = OffsetResets(consumer)
+        self._topic_ids = TopicIds(consumer)
 
     def subscribe(self, topics: list[str]) -> None:
         """Join the group for ``topics``, with this loop's rebalance listener."""
@@ -632,6 +637,8 @@ class ConsumeLoop:
             }
             polled = Polled(records, spans)
         self.metrics.last_loop_s.set(time.time())
+        for topic, old_id, new_id in self._topic_ids.changed():
+            self._recreated(topic, old_id, new_id)
         for reset in self._resets.take():
             self._report_reset(reset)
         membership = self.consumer.group_metadata().state
@@ -668,8 +675,37 @@ class ConsumeLoop:
         )
         return Polled([record], {tp: Span(damaged.first_offset, last)})
 
+    def _recreated(self, topic: str, old_id: object, new_id: object) -> NoReturn:
+        """``topic`` was deleted and created again: a restart reads it from its start."""
+        partitions = [tp for tp in self.consumer.assignment() if tp.topic == topic]
+        self._start_over(
+            self.consumer.beginning_offsets(partitions),
+            f"topic {topic} was deleted and created again while {self.name} read it (topic id"
+            f" {old_id} -> {new_id}): its records before this member's position would never be"
+            " read",
+        )
+
+    def _start_over(self, positions: Mapping[TopicPartition, int], why: str) -> NoReturn:
+        """Commit ``positions`` (their logs were replaced) and stop, for a restart to read on.
+
+        What this member did on those partitions is forgotten (the batch just
+        polled included) and the loop stops: a new member (what the supervisor
+        or the orchestrator starts) reads from ``positions``, and what was
+        processed already is recognised as a replay. Going on here instead would
+        mix offsets of the old and the new log in batches still in flight.
+        """
+        self.checkpoint.start_over(positions)
+        where = ", ".join(
+            f"{tp.topic}[{tp.partition}] {offset}"
+            for tp, offset in sorted(positions.items(), key=lambda item: item[0].partition)
+        )
+        raise LogReplacedError(
+            f"{why}; the group's offsets now point at {where}, and this process stops so that"
+            " a restart reads on from there"
+        )
+
     def _report_reset(self, reset: OffsetReset) -> None:
-        """Say that Kafka moved a position: records skipped, or to be read again."""
+        """Report a position Kafka moved on (records skipped); start over from one moved back."""
         tp = reset.partition
         if reset.skipped:
             self.metrics.records_lost.labels(tp.topic).inc(reset.skipped)
@@ -686,15 +722,10 @@ class ConsumeLoop:
                 reset.new,
             )
         elif reset.new < reset.old:
-            log.warning(
-                "%s: %s partition %d no longer reaches offset %d (truncated, or the topic "
-                "created again): reading it from offset %d; what was processed before is "
-                "recognised as a replay",
-                self.name,
-                tp.topic,
-                tp.partition,
-                reset.old,
-                reset.new,
+            self._start_over(
+                {tp: reset.new},
+                f"{tp.topic} partition {tp.partition} no longer reaches offset {reset.old}"
+                " (the topic created again, or the partition truncated)",
             )
 
     def recover(

@@ -111,3 +111,37 @@ class OffsetResets:
                 # A partition lost meanwhile: its next owner notes its own.
                 self._awaiting = {tp: o for tp, o in self._awaiting.items() if tp in assigned}
         return done
+
+
+class TopicIds:
+    """The id of each topic a consumer reads; a new id: the topic was deleted and created again.
+
+    kafka-python fetches by topic name, so a consumer whose topic is deleted
+    and created again reads the new topic from its old position, when the new
+    log is long enough already: the records before it are never read, and
+    nothing says so. The id (KIP-516) tells the two topics apart; kafka-python
+    keeps the one of its last metadata (refreshed at least every
+    ``metadata_max_age_ms``). On a consumer without it (a test double, another
+    version) :meth:`changed` finds nothing.
+    """
+
+    def __init__(self, consumer: Any) -> None:
+        self.consumer = consumer
+        cluster = getattr(getattr(consumer, "_client", None), "cluster", None)
+        self._topic_id: Any = getattr(cluster, "topic_id", None)
+        self._seen: dict[str, Any] = {}
+
+    def changed(self) -> list[tuple[str, Any, Any]]:
+        """Topics read whose id changed since the last call: ``(topic, old id, new id)``."""
+        if self._topic_id is None:
+            return []
+        found = []
+        for topic in {tp.topic for tp in self.consumer.assignment()}:
+            now = self._topic_id(topic)
+            if now is None:
+                continue
+            before = self._seen.setdefault(topic, now)
+            if before != now:
+                found.append((topic, before, now))
+                self._seen[topic] = now
+        return found

@@ -307,6 +307,20 @@ def test_an_idempotent_producer_in_a_fatal_state_stops_the_scorer() -> None:
     consumer.commit.assert_not_called()
 
 
+def test_start_over_commits_positions_behind_what_was_done_and_forgets_the_work() -> None:
+    """A topic created again: its new offsets are below the old ones, and right."""
+    consumer, _, _ = _clients()
+    checkpoint = Checkpoint(consumer, _clients()[1])
+    checkpoint.track({TP0: Span(0, 29), TP1: Span(0, 4)})
+    checkpoint.commit()
+    checkpoint.track({TP0: Span(30, 39)})
+    checkpoint.start_over({TP0: 0})
+    consumer.commit.assert_called_with(_offsets(p0=0), timeout_ms=30_000)
+    assert checkpoint.pending() == {}
+    checkpoint.track({TP0: Span(0, 9)})  # read again from the start: not "backwards"
+    assert checkpoint.commit() == {TP0: 10}
+
+
 def test_confirm_commits_the_positions_when_idle_and_refuses_with_work_in_hand() -> None:
     consumer, producer, _ = _clients()
     checkpoint = Checkpoint(consumer, producer)

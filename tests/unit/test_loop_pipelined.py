@@ -318,3 +318,61 @@ def test_a_corrupt_batch_the_decoder_could_not_locate_fails_the_poll() -> None:
     with pytest.raises(CorruptRecordError):
         _recovering_loop(consumer, _Checkpoint(refuse=False)).poll()
     assert consumer.seeks == []
+
+
+class _Cluster:
+    def __init__(self) -> None:
+        self.ids = {"t": "id-1"}
+
+    def topic_id(self, topic: str) -> str | None:
+        return self.ids.get(topic)
+
+
+class _Recreated(_Consumer):
+    """``t`` is created again between two polls; its new log starts at offset 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._client = type("Client", (), {"cluster": _Cluster()})()
+
+    def poll(self, timeout_ms: int = 0, max_records: int | None = None) -> Any:
+        return {}
+
+    def beginning_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        return dict.fromkeys(partitions, 0)
+
+
+def test_a_topic_created_again_stops_the_loop_with_the_group_at_its_start() -> None:
+    from fraudstream.service.errors import LogReplacedError
+
+    consumer, checkpoint = _Recreated(), _StartingOver()
+    loop = _recovering_loop(consumer, checkpoint)
+    loop.poll()  # the id is noted
+    loop.poll()  # the same id: nothing to say
+    assert checkpoint.started_over == []
+    consumer._client.cluster.ids["t"] = "id-2"
+    with pytest.raises(LogReplacedError, match=r"topic t was deleted and created again .*t\[0\] 0"):
+        loop.poll()
+    assert checkpoint.started_over == [{consumer.tp: 0}]
+
+
+class _StartingOver(_Checkpoint):
+    def __init__(self) -> None:
+        super().__init__(refuse=False)
+        self.started_over: list[dict[TopicPartition, int]] = []
+
+    def start_over(self, positions: dict[TopicPartition, int]) -> None:
+        self.started_over.append(dict(positions))
+
+
+def test_a_position_kafka_moved_back_stops_the_loop_with_the_group_there() -> None:
+    """A truncated partition (or a topic created again, seen by its position first)."""
+    from fraudstream.service.errors import LogReplacedError
+    from fraudstream.service.kafka.resets import OffsetReset
+
+    consumer, checkpoint = _Recreated(), _StartingOver()
+    loop = _recovering_loop(consumer, checkpoint)
+    loop._resets.take = lambda: [OffsetReset(consumer.tp, 30, 0)]  # type: ignore[method-assign]
+    with pytest.raises(LogReplacedError, match=r"t partition 0 no longer reaches offset 30"):
+        loop.poll()
+    assert checkpoint.started_over == [{consumer.tp: 0}]
