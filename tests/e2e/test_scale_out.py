@@ -1,4 +1,4 @@
-"""Two scorer processes in one group, one killed mid-stream.
+"""Two scorer processes in one group, one killed mid-stream; partitions added mid-stream.
 
 Every transaction is counted exactly once in the feature store and none is lost.
 """
@@ -15,7 +15,10 @@ from pathlib import Path
 
 import orjson
 import redis
+from conftest import AppUnderTest, committed_offsets
+from kafka.admin import KafkaAdminClient, NewPartitions
 
+from fraudstream.service.kafka import make_producer
 from fraudstream.service.settings import Settings
 from fraudstream.service.snapshots import SnapshotStore
 
@@ -141,3 +144,49 @@ def test_a_scorer_reading_ahead_through_rebalances_counts_each_transaction_once(
     read_again = sum(log.read_text().count("read again") for log in tmp_path.glob("ahead-*.log"))
     print(f"{len(ids)} transactions; batches read again after a rebalance: {read_again}")
     client.close()
+
+
+def test_partitions_added_while_two_scorers_run_lose_and_double_count_nothing(
+    make_settings: Callable[..., Settings],
+    card_stream: Callable[..., list[tuple[bytes, bytes]]],
+    run_app: Callable[[Settings], AppUnderTest],
+    wait_for: Callable[..., None],
+    group_lag: Callable[[Settings], int],
+    counting_problems: Callable[..., list[str]],
+    committed_past_unscored: Callable[..., list[str]],
+) -> None:
+    """``transactions`` grows from 2 to 5 partitions mid-stream.
+
+    A case an independent tester wrote: a card's later transactions go to
+    another partition, maybe to the other scorer.
+    """
+    settings = make_settings(role="scorer", max_batch_size=20, session_timeout_ms=6000)
+    stream = card_stream("p", cards=30, per_card=12)
+    for name in ("one", "two"):
+        run_app(settings.model_copy(update={"client_id": name}))
+    time.sleep(5)
+
+    def feed() -> None:
+        producer = make_producer(settings, client_id="feeder", metadata_max_age_ms=1000)
+        try:
+            for i in range(0, len(stream), 6):
+                for key, value in stream[i : i + 6]:
+                    producer.send(settings.topic_transactions, key=key, value=value)
+                time.sleep(0.1)
+            producer.flush(timeout=60)
+        finally:
+            producer.close(timeout=10)
+
+    feeder = threading.Thread(target=feed, name="feeder")
+    feeder.start()
+    time.sleep(3)
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    try:
+        admin.create_partitions({settings.topic_transactions: NewPartitions(5)})
+    finally:
+        admin.close()
+    feeder.join(timeout=120)
+    wait_for(lambda: len(committed_offsets(settings)[1]) == 5, 60, "5 partitions")
+    wait_for(lambda: group_lag(settings) == 0, 90, "every offset committed")
+    assert committed_past_unscored(settings) == []
+    assert counting_problems(settings, stream) == []
