@@ -280,7 +280,7 @@ def _screen(
     candidates: list[int] = []
     for i, record in enumerate(records):
         value = record.value
-        if isinstance(record, UnreadableRecord):
+        if type(record) is UnreadableRecord:
             failures.append((i, record.error))
         elif value is None or not value.strip():
             failures.append((i, DecodeError("empty value (no JSON document)")))
