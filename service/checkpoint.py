@@ -329,8 +329,10 @@ class Checkpoint:
         For partitions whose offsets mean nothing any more (their topic was
         created again): the work on them, in hand or done, is dropped.
         """
-        self.forget(positions)
+        # Committed first: should the commit fail, the offsets done stay, and the next
+        # batch of the new log is refused as going backwards (the loop stops).
         self.consumer.commit(_payload(positions), timeout_ms=int(self.commit_timeout_s * 1000))
+        self.forget(positions)
 
     def forget(self, partitions: Iterable[TopicPartition]) -> None:
         """Drop partitions this member no longer owns (after a rebalance)."""

@@ -132,7 +132,7 @@ class TopicIds:
         self._seen: dict[str, Any] = {}
 
     def changed(self) -> list[tuple[str, Any, Any]]:
-        """Topics read whose id changed since the last call: ``(topic, old id, new id)``."""
+        """Topics read whose id changed since first seen: ``(topic, old id, new id)``."""
         if self._topic_id is None:
             return []
         found = []
@@ -141,7 +141,6 @@ class TopicIds:
             if now is None:
                 continue
             before = self._seen.setdefault(topic, now)
-            if before != now:
+            if before != now:  # said again at the next call: the caller stops
                 found.append((topic, before, now))
-                self._seen[topic] = now
         return found
