@@ -24,6 +24,7 @@ from fraudstream.producers.files import (
     HANDBOOK_MAPPING,
     BadRowError,
     FileFormatError,
+    check_stdio,
     detect_format,
     display_name,
     is_stdio,
@@ -188,6 +189,8 @@ def simulate_cmd(
         raise click.UsageError("--output and --labels-output cannot both be - (standard output)")
     delay = _delay(label_delay_days, early_fraud_prob)
     with _errors():
+        check_stdio(output, output=True)
+        check_stdio(labels_output, output=True)
         if output is not None or labels_output is not None:
             sim = simulate(config)
             stats = write_simulation(sim, output, labels_output, delay=delay, progress=progress)
@@ -312,6 +315,7 @@ def produce_cmd(
 
     with _errors():
         try:
+            check_stdio(file, output=False)
             stats = produce_file(
                 _settings(),
                 file,
@@ -393,6 +397,7 @@ def record_cmd(
 
     settings = _settings()
     with _errors():
+        check_stdio(output, output=True)
         stats = record_topic(
             settings,
             topic or settings.topic_transactions,
@@ -446,6 +451,7 @@ def replay_cmd(
     from fraudstream.producers.replayer import replay_file
 
     with _errors():
+        check_stdio(file, output=False)
         stats = replay_file(
             _settings(),
             file,

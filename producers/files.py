@@ -24,6 +24,7 @@ terminal_id: Field required; amount: Field required; timestamp: Field required
 
 from __future__ import annotations
 
+import codecs
 import csv
 import difflib
 import gzip
@@ -31,7 +32,7 @@ import io
 import re
 import sys
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, cast
@@ -122,15 +123,22 @@ class ParsedRow:
     is_fraud: bool | None  # None when the row carries no label
 
 
-class _StdStream(io.RawIOBase):
-    """Standard input or output as a binary file that ``close`` leaves open.
+class StreamClosedError(FileFormatError):
+    """Standard input or output was asked for (``-``) but the process has none (closed)."""
 
-    Reading keeps a prefix that was peeked at (the gzip magic), so nothing is lost.
+
+class _StdStream(io.RawIOBase):
+    """A binary stream behind a prefix that was already read from it (the gzip magic).
+
+    Reading yields ``prefix`` first, then the rest of the stream, so nothing is lost.
+    ``close`` closes the underlying stream only when ``owned`` (a file opened here;
+    standard input and output stay open).
     """
 
-    def __init__(self, stream: BinaryIO, prefix: bytes = b"") -> None:
+    def __init__(self, stream: BinaryIO, prefix: bytes = b"", *, owned: bool = False) -> None:
         self._stream = stream
         self._prefix = prefix
+        self._owned = owned
 
     def readable(self) -> bool:
         return True
@@ -145,7 +153,10 @@ class _StdStream(io.RawIOBase):
             view[:n] = self._prefix[:n]
             self._prefix = self._prefix[n:]
             return n
-        data = self._stream.read(len(view))
+        # read1: what is there now (at most one system call), so that rows that came down
+        # a pipe are handed on at once rather than when a whole buffer has filled.
+        read = getattr(self._stream, "read1", self._stream.read)
+        data = read(len(view))
         view[: len(data)] = data
         return len(data)
 
@@ -155,17 +166,55 @@ class _StdStream(io.RawIOBase):
 
     def close(self) -> None:
         if not self.closed:
-            self._stream.flush()
+            if self._owned:
+                self._stream.close()
+            elif self._stream.writable():
+                self._stream.flush()
         super().close()
+
+
+def _std_binary(name: str) -> BinaryIO:
+    """``sys.stdin.buffer`` or ``sys.stdout.buffer``; :class:`StreamClosedError` if closed.
+
+    A process started with its standard input or output closed (``<&-``,
+    ``>&-``) has ``None`` there.
+    """
+    stream = getattr(sys, name)
+    buffer = getattr(stream, "buffer", None)
+    if buffer is None or buffer.closed:
+        if name == "stdin":
+            raise StreamClosedError(
+                "standard input is closed, so - has nothing to read; give a file name, "
+                "or pipe the data in (e.g. `... < file` or `cat file | ...`)"
+            )
+        raise StreamClosedError(
+            "standard output is closed, so - cannot be written; give a file name, "
+            "or run with standard output open (e.g. `... -o - > file`)"
+        )
+    return cast(BinaryIO, buffer)
+
+
+def check_stdio(path: Path | str | None, *, output: bool) -> None:
+    """Raise :class:`StreamClosedError` when ``path`` is ``-`` and that standard stream is closed.
+
+    Commands call it before any work, so a closed stream is reported at once.
+    """
+    if path is not None and is_stdio(path):
+        _std_binary("stdout" if output else "stdin")
 
 
 def open_output(path: Path) -> BinaryIO:
     """Open ``path`` for binary writing, gzip-compressed when it ends in ``.gz``.
 
     ``-`` is standard output (uncompressed; pipe it through ``gzip`` if needed).
+
+    Raises
+    ------
+    StreamClosedError
+        ``path`` is ``-`` and standard output is closed.
     """
     if is_stdio(path):
-        return cast(BinaryIO, io.BufferedWriter(_StdStream(sys.stdout.buffer)))
+        return cast(BinaryIO, io.BufferedWriter(_StdStream(_std_binary("stdout"))))
     path = Path(path)
     if path.suffix == ".gz":
         # Level 3: the stream is big and level 6 would triple the time for a few % of size.
@@ -176,26 +225,58 @@ def open_output(path: Path) -> BinaryIO:
 def open_input(path: Path) -> BinaryIO:
     """Open ``path`` for binary reading, gunzipping when it starts with the gzip magic.
 
-    ``-`` is standard input (gzip or not, told by its first bytes). A file
-    named ``.gz`` that is not gzip data is refused rather than read as text.
+    ``-`` is standard input (gzip or not, told by its first bytes). The path is
+    opened once and its first bytes are kept, so a pipe or FIFO
+    (``produce <(zcat x.gz)``, ``/dev/fd/3``) is read whole, like a file. A
+    file named ``.gz`` that is not gzip data is refused rather than read as text.
+
+    Raises
+    ------
+    StreamClosedError
+        ``path`` is ``-`` and standard input is closed.
+    FileFormatError
+        A ``.gz`` name on data that is not gzip.
     """
     if is_stdio(path):
-        stdin = sys.stdin.buffer
-        head = stdin.read(2)
-        stream = cast(BinaryIO, io.BufferedReader(_StdStream(stdin, head)))
-        return cast(BinaryIO, gzip.GzipFile(fileobj=stream)) if head == _GZIP_MAGIC else stream
-    with open(path, "rb") as probe:
-        magic = probe.read(2)
-    if magic == _GZIP_MAGIC:
-        return cast(BinaryIO, gzip.open(path, "rb"))
-    if Path(path).suffix.lower() == ".gz":
-        with open(path, "rb") as probe:
-            head = probe.read(12)
-        raise FileFormatError(
-            f"{path}: named .gz but not gzip-compressed (it starts with {head!r}); "
-            f"rename it without .gz, or compress it (gzip)"
-        )
-    return open(path, "rb")
+        source, owned = _std_binary("stdin"), False
+    else:
+        source, owned = cast(BinaryIO, open(path, "rb")), True  # noqa: SIM115 (the caller closes it)
+    try:
+        magic = source.read(2)
+        if magic != _GZIP_MAGIC and not is_stdio(path) and Path(path).suffix.lower() == ".gz":
+            head = magic + source.read(10)
+            raise FileFormatError(
+                f"{path}: named .gz but not gzip-compressed (it starts with {head!r}); "
+                f"rename it without .gz, or compress it (gzip)"
+            )
+    except BaseException:
+        if owned:
+            source.close()
+        raise
+    if owned and source.seekable():
+        source.seek(0)  # a regular file: read it directly, without the prefix layer
+        stream = source
+    else:
+        stream = cast(BinaryIO, io.BufferedReader(_StdStream(source, magic, owned=owned)))
+    if magic != _GZIP_MAGIC:
+        return stream
+    return cast(BinaryIO, _GzipReader(stream, owned=owned))
+
+
+class _GzipReader(gzip.GzipFile):
+    """A gzip reader over an open stream that, when ``owned``, closes it as well."""
+
+    def __init__(self, stream: BinaryIO, *, owned: bool) -> None:
+        super().__init__(fileobj=stream, mode="rb")
+        self._source = stream if owned else None
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self._source is not None:
+                self._source.close()
+                self._source = None
 
 
 def _corrupt(path: Path, exc: BaseException, after_line: int) -> CorruptFileError:
@@ -217,8 +298,8 @@ def _corrupt(path: Path, exc: BaseException, after_line: int) -> CorruptFileErro
 def verify_gzip(path: Path, chunk_bytes: int = 1 << 20) -> None:
     """Decompress a gzip file once without parsing it.
 
-    Truncation or corruption is found before anything is sent (no-op for other files and for
-    standard input).
+    Truncation or corruption is found before anything is sent (no-op for other files, for
+    standard input, and for pipes and FIFOs, which can be read only once).
 
     zlib checks each member's CRC and length; lines are counted exactly, so the
     error names the last intact line. Costs one decompression pass (~0.3 s per
@@ -229,7 +310,7 @@ def verify_gzip(path: Path, chunk_bytes: int = 1 << 20) -> None:
     CorruptFileError
         Naming the line after which the data breaks.
     """
-    if is_stdio(path):
+    if is_stdio(path) or not Path(path).is_file():
         return
     with open(path, "rb") as probe:
         if probe.read(2) != _GZIP_MAGIC:
@@ -254,12 +335,16 @@ def verify_gzip(path: Path, chunk_bytes: int = 1 << 20) -> None:
 def json_lines(path: Path) -> Iterator[tuple[int, bytes]]:
     """The non-blank lines of a JSON-lines file (gzipped or not), numbered from 1.
 
-    Damaged gzip data raises :class:`CorruptFileError` naming the last good line.
+    A UTF-8 byte order mark before the first line (some Windows editors write
+    one) is dropped. Damaged gzip data raises :class:`CorruptFileError` naming
+    the last good line.
     """
     line_no = 0
     with open_input(path) as f:
         try:
             for line_no, line in enumerate(f, start=1):
+                if line_no == 1 and line.startswith(codecs.BOM_UTF8):
+                    line = line[len(codecs.BOM_UTF8) :]
                 if line.strip():
                     yield line_no, line
         except _GZIP_ERRORS as exc:
@@ -292,8 +377,8 @@ def read_rows(
     *,
     mapping: Mapping[str, str] | None = None,
     keep_unmapped: bool = False,
-) -> Iterator[tuple[int, dict[str, Any] | BadRowError]]:
-    """Raw rows of a file with their 1-based line numbers.
+) -> Generator[tuple[int, dict[str, Any] | BadRowError], None, None]:
+    """Raw rows of a file with their 1-based line numbers (``close()`` closes the file).
 
     Parameters
     ----------
@@ -369,7 +454,7 @@ def check_columns(
         close = difflib.get_close_matches(field_name, unused, n=1, cutoff=0.6)
         if close:
             hints.append(f"--map {close[0]}={field_name}")
-    hint = f"; did you mean {' '.join(hints)}?" if hints else "; rename the column(s) or use --map"
+    hint = f"; did you mean {' '.join(hints)}?" if hints else "; rename the column(s) or use --map."
     raise FileFormatError(
         f"{name}: the header has no {', '.join(missing)} column (a transaction needs "
         f"{', '.join(REQUIRED_FIELDS)}; the header is {', '.join(header)}){hint} "
@@ -377,16 +462,40 @@ def check_columns(
     )
 
 
+def check_unique_columns(path: Path, header: list[str]) -> None:
+    """Refuse a CSV header that names a column twice (which cell would be meant is unclear).
+
+    >>> check_unique_columns(Path("t.csv"), ["id", "amount", "card", "amount"])
+    Traceback (most recent call last):
+    ...
+    fraudstream.producers.files.FileFormatError: t.csv: the header repeats column amount \
+(columns 2 and 4); rename or remove one of them. Nothing was sent.
+    """
+    first_at: dict[str, int] = {}
+    for number, name in enumerate(header, start=1):
+        if name in first_at:
+            raise FileFormatError(
+                f"{display_name(path)}: the header repeats column {name} (columns "
+                f"{first_at[name]} and {number}); rename or remove one of them. Nothing was sent."
+            )
+        first_at[name] = number
+
+
 def _read_csv(
     path: Path, mapping: Mapping[str, str] | None, keep: bool
 ) -> Iterator[tuple[int, dict[str, Any] | BadRowError]]:
-    with open_input(path) as raw, io.TextIOWrapper(raw, encoding="utf-8", newline="") as text:
+    # utf-8-sig: a byte order mark (Excel's "CSV UTF-8") is not part of the first column's name.
+    with (
+        open_input(path) as raw,
+        io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as text,
+    ):
         reader = csv.reader(text)
         try:
             header = next(reader, None)
             if header is None:
                 return
             header = [h.strip() for h in header]
+            check_unique_columns(path, header)
             check_columns(path, header, mapping, keep)
             while True:
                 try:

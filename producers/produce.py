@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Mapping
+from contextlib import closing
 from dataclasses import dataclass, field
 from itertools import chain, islice
 from pathlib import Path
@@ -36,7 +37,7 @@ from fraudstream.producers.pacing import Pacer
 from fraudstream.producers.simulator import format_times_ms
 from fraudstream.producers.sink import KafkaSink, progress_bar
 from fraudstream.service.errors import FraudstreamError
-from fraudstream.service.kafka import check_reachable, ensure_topics
+from fraudstream.service.kafka import DeliveryError, check_reachable, ensure_topics
 from fraudstream.service.settings import Settings
 
 #: Rows read and checked before anything is sent: if none of them is a valid
@@ -146,11 +147,10 @@ def produce_file(
     rows = _checked_rows(
         path, fmt, mapping, keep_unmapped, RowParser(assume_utc=assume_utc), on_bad_row
     )
-    check_reachable(settings)
     delay = label_delay or LabelDelay()
     rng = random.Random(seed)
     topic_tx = topic or settings.topic_transactions
-    topics = _ensure_file_topics(settings, topic_tx, send_labels)
+    topics = _ensure_file_topics(settings, topic_tx, send_labels, rows)
     pacer = Pacer(speed)
     pending: DelayedQueue[tuple[ParsedRow, str]] = DelayedQueue()
     stats = ProduceStats()
@@ -168,48 +168,79 @@ def produce_file(
         stats.wall_s = time.perf_counter() - start
         return ProduceInterruptedError(f"{message}; {stats.summary()}. {_RESEND}", stats)
 
+    def lost(exc: DeliveryError) -> ProduceInterruptedError:
+        # Kafka stopped taking records (broker gone): count what it confirmed, not what was
+        # handed to the producer, and do not wait for it again.
+        stats.transactions = sink.delivered_by_topic.get(topic_tx, 0)
+        stats.labels = sink.delivered_by_topic.get(settings.topic_labels, 0) if send_labels else 0
+        stats.last_line = sink.last_delivered_line.get(topic_tx, 0)
+        _note_last_offset(stats, sink, topic_tx)
+        stats.labels_held = len(pending)
+        stats.wall_s = time.perf_counter() - start
+        return ProduceInterruptedError(
+            f"{name}: Kafka stopped confirming records ({exc}); {stats.summary()}. {_RESEND}",
+            stats,
+        )
+
     with (
+        closing(rows),  # the file is closed however the run ends (a pipe's writer sees it)
         KafkaSink(settings, client_suffix="file-producer") as sink,
         progress_bar(None, enabled=progress, desc=Path(name).name, unit="row") as bar,
     ):
-        sink.warm_up(list(topics))
         try:
-            for line, row in rows:
-                stats.rows += 1
-                bar.update(1)
-                if isinstance(row, BadRowError):
-                    _note_bad_row(stats, row)
-                    if stop_on_error:
-                        raise stop(f"{name}:{line}: {row.reason} (stopped: --on-error stop)")
-                    continue
-                pacer.wait(row.event_ms)
-                send_labels_due(pending.pop_due(row.event_ms))
-                sink.send(topic_tx, row.value, key=row.key)
-                stats.transactions += 1
-                stats.last_line = line
-                if send_labels and row.is_fraud is not None:
-                    delay_ms, source = delay.sample_one(rng, row.is_fraud)
-                    pending.push(row.event_ms + delay_ms, (row, source))
-        except FileFormatError as exc:  # the file breaks part-way (stdin, or changed meanwhile)
-            raise stop(str(exc)) from exc
-        send_labels_due(pending.pop_all())
-        sink.flush()
+            sink.warm_up(list(topics))
+            try:
+                for line, row in rows:
+                    stats.rows += 1
+                    bar.update(1)
+                    if isinstance(row, BadRowError):
+                        _note_bad_row(stats, row)
+                        if stop_on_error:
+                            raise stop(f"{name}:{line}: {row.reason} (stopped: --on-error stop)")
+                        continue
+                    pacer.wait(row.event_ms)
+                    send_labels_due(pending.pop_due(row.event_ms))
+                    sink.send(topic_tx, row.value, key=row.key, line=line)
+                    stats.transactions += 1
+                    stats.last_line = line
+                    if send_labels and row.is_fraud is not None:
+                        delay_ms, source = delay.sample_one(rng, row.is_fraud)
+                        pending.push(row.event_ms + delay_ms, (row, source))
+            except FileFormatError as exc:  # the file breaks part-way (stdin, or changed)
+                raise stop(str(exc)) from exc
+            send_labels_due(pending.pop_all())
+            sink.flush()
+        except DeliveryError as exc:
+            raise lost(exc) from exc
     _note_last_offset(stats, sink, topic_tx)
     stats.wall_s = time.perf_counter() - start
     return stats
 
 
-def _ensure_file_topics(settings: Settings, topic_tx: str, send_labels: bool) -> dict[str, int]:
-    """Make sure the transactions topic (and the labels topic if sent) exist; their partitions."""
+def _ensure_file_topics(
+    settings: Settings,
+    topic_tx: str,
+    send_labels: bool,
+    rows: Generator[tuple[int, ParsedRow | BadRowError], None, None],
+) -> dict[str, int]:
+    """Check Kafka, make sure the transactions topic (and the labels one if sent) exist.
+
+    Returns their partitions; on failure, ``rows`` (the open file) is closed.
+    """
     topics = {topic_tx: settings.topic_partitions}
     if send_labels:
         topics[settings.topic_labels] = settings.topic_partitions
-    ensure_topics(
-        settings,
-        topics,
-        replication=settings.topic_replication,
-        create=settings.create_topics,
-    )
+    try:
+        check_reachable(settings)
+        ensure_topics(
+            settings,
+            topics,
+            replication=settings.topic_replication,
+            create=settings.create_topics,
+        )
+    except BaseException:
+        rows.close()
+        raise
     return topics
 
 
@@ -233,13 +264,14 @@ def _checked_rows(
     keep_unmapped: bool,
     parser: RowParser,
     on_bad_row: Callable[[BadRowError], None] | None,
-) -> Iterator[tuple[int, ParsedRow | BadRowError]]:
+) -> Generator[tuple[int, ParsedRow | BadRowError], None, None]:
     """Parsed rows of the file, after checking that its first rows hold valid transactions.
 
     The first :data:`HEAD_ROWS` rows are read (and the CSV header checked) at
-    once; if none is valid the whole file is refused with the first reason,
-    before anything is sent. Bad rows are passed to ``on_bad_row`` as they
-    come.
+    once; if there are none, or none is valid, the whole file is refused (with
+    the first reason) before anything is sent. Bad rows are passed to
+    ``on_bad_row`` as they come. Closing the returned generator closes the file
+    (a pipe's writer then sees it closed).
     """
     raw_rows = read_rows(path, fmt, mapping=mapping, keep_unmapped=keep_unmapped)
 
@@ -251,8 +283,20 @@ def _checked_rows(
         except BadRowError as exc:
             return exc
 
-    head = [(line, parse(line, raw)) for line, raw in islice(raw_rows, HEAD_ROWS)]
+    try:
+        head = [(line, parse(line, raw)) for line, raw in islice(raw_rows, HEAD_ROWS)]
+    except BaseException:
+        raw_rows.close()
+        raise
+    if not head:
+        raw_rows.close()
+        also = "a header or blank lines" if fmt == "csv" else "blank lines"
+        raise FileFormatError(
+            f"{display_name(path)}: no rows to send (the file is empty, or has only {also}); "
+            "nothing was sent"
+        )
     if head and all(isinstance(row, BadRowError) for _, row in head):
+        raw_rows.close()
         line, first = head[0]
         assert isinstance(first, BadRowError)
         hint = ""
@@ -263,10 +307,13 @@ def _checked_rows(
             f"(line {line}: {first.reason}){hint}; nothing was sent"
         )
 
-    def rows() -> Iterator[tuple[int, ParsedRow | BadRowError]]:
-        for line, raw in chain(head, ((n, parse(n, r)) for n, r in raw_rows)):
-            if isinstance(raw, BadRowError) and on_bad_row is not None:
-                on_bad_row(raw)
-            yield line, raw
+    def rows() -> Generator[tuple[int, ParsedRow | BadRowError], None, None]:
+        try:
+            for line, raw in chain(head, ((n, parse(n, r)) for n, r in raw_rows)):
+                if isinstance(raw, BadRowError) and on_bad_row is not None:
+                    on_bad_row(raw)
+                yield line, raw
+        finally:
+            raw_rows.close()
 
     return rows()

@@ -132,12 +132,19 @@ def _check_partitions(settings: Settings, records: list[dict[str, Any]], topic: 
         needed[name] = max(needed.get(name, 0), rec["partition"] + 1)
     admin = make_admin(settings)
     try:
-        for described in admin.describe_topics(list(needed)):
-            have = len(described.get("partitions") or [])
-            if have < needed[described["topic"]]:
-                raise ConfigurationError(
-                    f"topic {described['topic']!r} has {have} partition(s), the recording uses "
-                    f"{needed[described['topic']]}: replay without --keep-partitions"
-                )
+        described_topics = admin.describe_topics(list(needed))
     finally:
         admin.close()
+    have_by_topic: dict[str, int] = {}
+    for described in described_topics:
+        # kafka-python 3 names the topic ``name``; older versions said ``topic``.
+        name = described.get("name", described.get("topic"))
+        if isinstance(name, str) and described.get("error_code", 0) == 0:
+            have_by_topic[name] = len(described.get("partitions") or [])
+    for name, want in sorted(needed.items()):
+        have = have_by_topic.get(name, 0)
+        if have < want:
+            raise ConfigurationError(
+                f"topic {name!r} has {have} partition(s), the recording uses {want}: "
+                "replay without --keep-partitions, or add partitions to the topic"
+            )

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from conftest import known_position
 
 from fraudstream.producers.labels import LabelDelay
@@ -18,6 +19,7 @@ from fraudstream.producers.replayer import replay_file
 from fraudstream.producers.simulator import SimulationConfig
 from fraudstream.producers.sink import KafkaSink
 from fraudstream.producers.stream import stream_simulation
+from fraudstream.service.errors import ConfigurationError
 from fraudstream.service.kafka import ensure_topics, make_consumer
 from fraudstream.service.kafka.protocols import ConsumerRecord, TopicPartition
 from fraudstream.service.settings import Settings
@@ -204,3 +206,66 @@ def test_paced_replay_keeps_inter_arrival_times(
     assert waits == [gap / 2 / 1000 for gap in gaps_ms[1:]]
     sent = sorted(_read_all(settings, topic), key=lambda r: r.offset)
     assert [r.value for r in sent] == [_b(str(i)) for i in range(len(gaps_ms))]
+
+
+def _recording_lines(topic: str, placements: list[tuple[int, int]]) -> bytes:
+    """A recording of ``topic`` with one record per ``(partition, offset)``, all keyed ``k``."""
+    lines = [
+        orjson.dumps(
+            {
+                "topic": topic,
+                "partition": partition,
+                "offset": offset,
+                "timestamp_ms": 1_700_000_000_000 + i,
+                "timestamp_type": 0,
+                "key": base64.b64encode(b"k").decode(),
+                "value": base64.b64encode(_b(f"p{partition}o{offset}")).decode(),
+                "headers": [],
+            }
+        )
+        for i, (partition, offset) in enumerate(placements)
+    ]
+    return b"\n".join(lines) + b"\n"
+
+
+def test_replay_keep_partitions_sends_each_record_to_its_original_partition(
+    make_settings: Callable[..., Settings],
+    unique_name: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    settings = make_settings()
+    source, target = unique_name("kp-source"), unique_name("kp-target")
+    ensure_topics(settings.bootstrap_servers, {target: 3})
+    placements = [(0, 0), (2, 0), (1, 0), (2, 1), (0, 1), (1, 1)]
+    recording = tmp_path / "kp.jsonl"
+    # One key throughout: partitioning by key would put every record in one partition.
+    recording.write_bytes(_recording_lines(source, placements))
+
+    stats = replay_file(settings, recording, topic=target, keep_partitions=True)
+
+    assert stats.records == len(placements)
+    sent = _read_all(settings, target)
+    assert sorted((r.partition, r.value) for r in sent) == sorted(
+        (p, _b(f"p{p}o{o}")) for p, o in placements
+    )
+
+
+def test_replay_keep_partitions_refuses_a_target_with_too_few_partitions(
+    make_settings: Callable[..., Settings],
+    unique_name: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    settings = make_settings()
+    source, target = unique_name("kp-source"), unique_name("kp-small")
+    ensure_topics(settings.bootstrap_servers, {target: 2})
+    recording = tmp_path / "kp.jsonl"
+    recording.write_bytes(_recording_lines(source, [(0, 0), (3, 0)]))
+
+    with pytest.raises(ConfigurationError) as caught:
+        replay_file(settings, recording, topic=target, keep_partitions=True)
+
+    assert str(caught.value) == (
+        f"topic {target!r} has 2 partition(s), the recording uses 4: replay without "
+        "--keep-partitions, or add partitions to the topic"
+    )
+    assert _read_all(settings, target) == []

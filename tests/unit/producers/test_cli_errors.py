@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import csv
 import gzip
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -178,3 +181,78 @@ def test_simulate_output_dash_is_stdout(
     assert not (tmp_path / "-").exists()
     both = CliRunner().invoke(cli, ["simulate", "-o", "-", "--labels-output", "-"])
     assert both.exit_code == 2 and "cannot both be -" in both.output
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "what"),
+    [
+        ("empty.csv", "", "a header or blank lines"),
+        ("header.csv", "transaction_id,card_id,terminal_id,amount,timestamp\r\n", "a header or "
+         "blank lines"),
+        ("empty.jsonl", "\n\n", "blank lines"),
+    ],
+)  # fmt: skip
+def test_a_file_without_rows_is_an_error_not_sent_0(
+    cli: click.Group, tmp_path: Path, name: str, content: str, what: str
+) -> None:
+    path = tmp_path / name
+    path.write_text(content)
+    result = CliRunner().invoke(cli, ["produce", str(path), "--no-progress"])
+    assert result.exit_code == 1
+    assert _error_line(result) == (
+        f"Error: {path}: no rows to send (the file is empty, or has only {what}); nothing was sent"
+    )
+
+
+def test_csv_header_problems_end_with_a_full_stop_and_a_repeated_column_is_refused(
+    cli: click.Group, tmp_path: Path
+) -> None:
+    semicolons = tmp_path / "semi.csv"
+    semicolons.write_text("transaction_id;card_id;terminal_id;amount;timestamp\nt1;c1;m1;5;0\n")
+    result = CliRunner().invoke(cli, ["produce", str(semicolons), "--no-progress"])
+    assert result.exit_code == 1
+    assert _error_line(result).endswith("; rename the column(s) or use --map. Nothing was sent.")
+
+    dup = tmp_path / "dup.csv"
+    dup.write_text(
+        "transaction_id,card_id,terminal_id,amount,timestamp,amount\n"
+        "t1,c1,m1,5,2024-01-01T00:00:00Z,999\n"
+    )
+    result = CliRunner().invoke(cli, ["produce", str(dup), "--no-progress"])
+    assert result.exit_code == 1
+    assert _error_line(result) == (
+        f"Error: {dup}: the header repeats column amount (columns 4 and 6); rename or "
+        "remove one of them. Nothing was sent."
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "closed_fd", "stream"),
+    [
+        (["produce", "-"], 0, "input"),
+        (["replay", "-"], 0, "input"),
+        (["simulate", "--customers", "5", "--terminals", "5", "--days", "1", "-o", "-"], 1,
+         "output"),
+        (["record", "-o", "-"], 1, "output"),
+    ],
+)  # fmt: skip
+def test_dash_with_a_closed_standard_stream_is_one_line(
+    args: list[str], closed_fd: int, stream: str
+) -> None:
+    # A real process: only then is sys.stdin/sys.stdout None (as after `<&-` / `>&-`).
+    fraudstream = Path(sys.executable).with_name("fraudstream")
+    env = {**os.environ, "FRAUDSTREAM_BOOTSTRAP_SERVERS": CLOSED}
+    done = subprocess.run(
+        [str(fraudstream), *args, "--no-progress"],
+        preexec_fn=lambda: os.close(closed_fd),  # closes the child's fd only
+        stdin=None if closed_fd == 0 else subprocess.DEVNULL,
+        stdout=None if closed_fd == 1 else subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.decode().strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"Error: standard {stream} is closed, so - ")

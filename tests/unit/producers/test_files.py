@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import os
+import sys
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -15,8 +19,12 @@ from fraudstream.producers.files import (
     FileFormatError,
     ParsedRow,
     RowParser,
+    StreamClosedError,
     detect_format,
+    open_input,
+    open_output,
     read_rows,
+    verify_gzip,
 )
 
 HANDBOOK_CSV = """\
@@ -113,3 +121,114 @@ def test_jsonl_bad_lines_are_numbered(tmp_path: Path) -> None:
 def test_unknown_suffix_needs_a_format() -> None:
     with pytest.raises(FileFormatError, match="--format"):
         detect_format(Path("data.txt"))
+
+
+_TX_ROWS = [
+    {
+        "transaction_id": f"p{i}",
+        "card_id": f"c{i % 3}",
+        "terminal_id": "m1",
+        "amount": 10 + i,
+        "timestamp": f"2024-01-01T00:00:{i:02d}Z",
+    }
+    for i in range(50)
+]
+_TX_JSONL = b"".join(orjson.dumps(r) + b"\n" for r in _TX_ROWS)
+
+
+def _feed(path: str, data: bytes) -> threading.Thread:
+    """Write ``data`` to ``path`` (a FIFO or a pipe's /dev/fd) from a thread, in small pieces."""
+
+    def write() -> None:
+        with contextlib.suppress(BrokenPipeError), open(path, "wb") as out:
+            for start in range(0, len(data), 700):
+                out.write(data[start : start + 700])
+                out.flush()
+
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("gz", [False, True])
+def test_a_fifo_is_read_once_and_whole(tmp_path: Path, gz: bool) -> None:
+    fifo = tmp_path / "feed.jsonl"
+    os.mkfifo(fifo)
+    writer = _feed(str(fifo), gzip.compress(_TX_JSONL) if gz else _TX_JSONL)
+    rows = list(read_rows(fifo, "jsonl"))
+    writer.join(5)
+    assert [line for line, _ in rows] == list(range(1, 51))
+    assert [raw for _, raw in rows] == _TX_ROWS
+
+
+@pytest.mark.timeout(20)
+def test_a_pipe_given_as_dev_fd_is_read_once_and_whole() -> None:
+    read_fd, write_fd = os.pipe()
+
+    def write() -> None:
+        with contextlib.suppress(BrokenPipeError), os.fdopen(write_fd, "wb") as out:
+            for start in range(0, len(_TX_JSONL), 700):
+                out.write(_TX_JSONL[start : start + 700])
+                out.flush()
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        rows = list(read_rows(Path(f"/dev/fd/{read_fd}"), "jsonl"))  # as bash's <(...) gives
+        writer.join(5)
+    finally:
+        os.close(read_fd)
+    assert [raw for _, raw in rows] == _TX_ROWS
+
+
+def test_a_pipe_is_not_probed_for_gzip_damage(tmp_path: Path) -> None:
+    fifo = tmp_path / "feed.jsonl.gz"
+    os.mkfifo(fifo)
+    verify_gzip(fifo)  # returns at once: opening the FIFO would wait for a writer
+
+
+def test_a_utf8_bom_is_not_part_of_the_first_column_or_row(tmp_path: Path) -> None:
+    csv_path = tmp_path / "excel.csv"
+    csv_path.write_bytes(
+        b"\xef\xbb\xbftransaction_id,card_id,terminal_id,amount,timestamp\r\n"
+        b"t1,c1,m1,12.5,2024-01-01T00:00:00Z\r\n"
+    )
+    jsonl_path = tmp_path / "notepad.jsonl"
+    jsonl_path.write_bytes(b"\xef\xbb\xbf" + _TX_JSONL)
+    assert list(read_rows(csv_path, "csv")) == [
+        (
+            2,
+            {
+                "transaction_id": "t1",
+                "card_id": "c1",
+                "terminal_id": "m1",
+                "amount": "12.5",
+                "timestamp": "2024-01-01T00:00:00Z",
+            },
+        )
+    ]
+    assert [raw for _, raw in read_rows(jsonl_path, "jsonl")] == _TX_ROWS
+
+
+def test_a_csv_header_that_repeats_a_column_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "dup.csv"
+    path.write_text(
+        "transaction_id,card_id,terminal_id,amount,timestamp,amount\n"
+        "t1,c1,m1,12.5,2024-01-01T00:00:00Z,999\n"
+    )
+    with pytest.raises(FileFormatError) as caught:
+        list(read_rows(path, "csv"))
+    assert str(caught.value) == (
+        f"{path}: the header repeats column amount (columns 4 and 6); rename or remove one "
+        "of them. Nothing was sent."
+    )
+
+
+def test_closed_standard_streams_are_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stdin", None)
+    monkeypatch.setattr(sys, "stdout", None)
+    with pytest.raises(StreamClosedError, match=r"^standard input is closed, so - has nothing"):
+        open_input(Path("-"))
+    with pytest.raises(StreamClosedError, match=r"^standard output is closed, so - cannot be"):
+        open_output(Path("-"))
