@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 import redis
@@ -128,6 +129,74 @@ def _lenient_settings(invalid: dict[str, tuple[object, str]]) -> Settings:
     return Settings.model_construct()
 
 
+def redis_url_of(exc: BaseException) -> str | None:
+    """The URL (password masked) of the Redis server ``exc`` came from, if its traceback says.
+
+    redis-py's errors carry no address, but the connection that raised one is
+    in the traceback: a command may use another Redis than ``FRAUDSTREAM_REDIS_URL``
+    (``evaluate --redis-url``, a Redis started for the run), and the error must
+    name the one it used.
+    """
+    from redis.connection import AbstractConnection, SSLConnection, UnixDomainSocketConnection
+
+    connection: AbstractConnection | None = None
+    tb = exc.__traceback__
+    while tb is not None:
+        candidate = tb.tb_frame.f_locals.get("self")
+        if isinstance(candidate, AbstractConnection):
+            connection = candidate  # the deepest one raised
+        tb = tb.tb_next
+    if connection is None:
+        return None
+    db = getattr(connection, "db", 0) or 0
+    if isinstance(connection, UnixDomainSocketConnection):
+        return f"unix://{connection.path}?db={db}"
+    host, port = getattr(connection, "host", None), getattr(connection, "port", None)
+    if host is None or port is None:
+        return None
+    scheme = "rediss" if isinstance(connection, SSLConnection) else "redis"
+    login = ""
+    if getattr(connection, "password", None):
+        login = f"{getattr(connection, 'username', None) or ''}:***@"
+    elif getattr(connection, "username", None):
+        login = f"{connection.username}@"
+    shown_host = f"[{host}]" if ":" in str(host) else host
+    return f"{scheme}://{login}{shown_host}:{port}/{db}"
+
+
+def _server(url: str) -> tuple[object, ...]:
+    """What identifies a Redis server and database in ``url`` (redis-py's defaults filled in)."""
+    from redis.connection import parse_url
+
+    try:
+        parsed = parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError:
+        return (url,)
+    tls = urlsplit(url).scheme == "rediss"
+    return (
+        tls,
+        parsed.get("path"),
+        parsed.get("host", "localhost"),
+        parsed.get("port", 6379),
+        parsed.get("db", 0),
+    )
+
+
+def redis_error_message(exc: redis.RedisError, settings: Settings) -> str:
+    """``exc`` in one line naming the Redis server it came from.
+
+    That is ``FRAUDSTREAM_REDIS_URL`` unless the traceback shows that the
+    command talked to another server.
+    """
+    used = redis_url_of(exc)
+    configured = settings.redis_url.get_secret_value()
+    if used is None or _server(used) == _server(configured):
+        return redis_problem(exc, settings)
+    other = settings.model_copy(update={"redis_url": SecretStr(used)})
+    # The URL came from elsewhere (an option, a server started for the run).
+    return redis_problem(exc, other).replace(env_name("redis_url"), "its URL")
+
+
 class _Group(click.Group):
     """Turns fraudstream's own errors, and Redis's, into one clear line and exit code 1."""
 
@@ -140,7 +209,7 @@ class _Group(click.Group):
             if not isinstance(ctx.obj, Settings):
                 raise
             # e.g. "Redis at redis://:***@host:6379/0: authentication failed (...)"
-            raise click.ClickException(redis_problem(exc, ctx.obj)) from exc
+            raise click.ClickException(redis_error_message(exc, ctx.obj)) from exc
 
 
 @click.group(cls=_Group)

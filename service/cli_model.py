@@ -103,13 +103,30 @@ def rollback(version: int) -> None:
     click.echo(f"version {version} republished as version {new}")
 
 
+def _write_problem(file: Path, exc: OSError) -> str:
+    """Why ``file`` cannot be written, and what to do, in one line."""
+    if isinstance(exc, FileNotFoundError):
+        return f"cannot write {file}: the folder {file.parent} does not exist; create it first"
+    if isinstance(exc, PermissionError):
+        return f"cannot write {file}: permission denied; choose a file you may write"
+    return f"cannot write {file} ({exc.strerror or exc}); choose another file"
+
+
 @model.command("export")
 @click.argument("version", type=int)
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path))
 def export(version: int, file: Path) -> None:
-    """Write VERSION, with its signature, to FILE."""
+    """Write VERSION, with its signature, to FILE (-: standard output)."""
     with _registry() as reg:
-        reg.export(version, file)
+        text = reg.exported(version)
+    if str(file) == "-":
+        click.echo(text)
+        click.echo(f"version {version} written to standard output", err=True)
+        return
+    try:
+        file.write_text(text)
+    except OSError as exc:
+        raise click.ClickException(_write_problem(file, exc)) from exc
     click.echo(f"version {version} written to {file}")
 
 

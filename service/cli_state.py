@@ -15,11 +15,21 @@ from fraudstream.service.settings import Settings
 
 
 def _default_since_ms(settings: Settings) -> int:
-    """Now minus the longest card window and the allowed lateness."""
-    return int((time.time() - settings.history_retention_s) * 1000)
+    """Now minus the longest card window and the allowed lateness (never before 1970)."""
+    return max(0, int((time.time() - settings.history_retention_s) * 1000))
 
 
-def _parse_since(value: str | None, settings: Settings) -> int:
+def _parse_since(value: str | None, settings: Settings, now_ms: int | None = None) -> int:
+    """``--since`` in epoch milliseconds.
+
+    Raises
+    ------
+    click.BadParameter
+        ``value`` is no ISO date or time.
+    click.ClickException
+        ``value`` is in the future (nothing to replay: the rebuild would mark an
+        empty state as rebuilt) or before 1970-01-01 (Kafka's timestamps start there).
+    """
     if value is None:
         return _default_since_ms(settings)
     try:
@@ -30,7 +40,19 @@ def _parse_since(value: str | None, settings: Settings) -> int:
         ) from exc
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return int(parsed.timestamp() * 1000)
+    since_ms = int(parsed.timestamp() * 1000)
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    if since_ms < 0:
+        raise click.ClickException(
+            f"--since {value} is before 1970-01-01, where Kafka's timestamps start: "
+            "give a time from 1970-01-01 on (or leave --since out for the default)"
+        )
+    if since_ms > now_ms:
+        raise click.ClickException(
+            f"--since {value} is in the future (now is {_when(now_ms)}): a rebuild replays "
+            "what happened since then, and would mark an empty state as rebuilt; give a past time"
+        )
+    return since_ms
 
 
 def _when(ms: int) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -268,6 +269,48 @@ class Metrics:
         return bytes(generate_latest(self.registry))
 
 
+def bind_problem(exc: OSError | UnicodeError, host: str, port: int) -> ConfigurationError:
+    """Why the metrics endpoint cannot listen on ``host``:``port``, and what to do, in one line.
+
+    >>> import errno
+    >>> str(bind_problem(OSError(errno.EADDRNOTAVAIL, "Cannot assign"), "8.8.8.8", 9108))[:60]
+    'metrics host 8.8.8.8 is not an address of this machine: set '
+    """
+    fix_port = "choose another port with FRAUDSTREAM_METRICS_PORT (0 turns the endpoint off)"
+    fix_host = (
+        "set FRAUDSTREAM_METRICS_HOST to an address of this machine (127.0.0.1: this machine "
+        "only, 0.0.0.0: every interface)"
+    )
+    reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        return ConfigurationError(
+            f"metrics port {port} on {host} is taken by another process: stop it, or {fix_port}"
+        )
+    if ":" in host and isinstance(exc, socket.gaierror):
+        return ConfigurationError(
+            f"metrics host {host} is an IPv6 address, and the metrics endpoint listens on IPv4 "
+            f"only: {fix_host}"
+        )
+    if isinstance(exc, socket.gaierror | UnicodeError):
+        return ConfigurationError(
+            f"metrics host {host!r} is not a name of this machine ({reason}): {fix_host}"
+        )
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRNOTAVAIL:
+        return ConfigurationError(
+            f"metrics host {host} is not an address of this machine: {fix_host}"
+        )
+    if isinstance(exc, PermissionError) or exc.errno in (errno.EACCES, errno.EPERM):
+        low = " (ports below 1024 need root or the CAP_NET_BIND_SERVICE capability)"
+        return ConfigurationError(
+            f"metrics port {port} on {host} may not be used by this process"
+            f"{low if 0 < port < 1024 else ''}: {fix_port}"
+        )
+    return ConfigurationError(
+        f"the metrics endpoint cannot listen on {host}:{port} ({reason}): check "
+        "FRAUDSTREAM_METRICS_HOST and FRAUDSTREAM_METRICS_PORT (0 turns the endpoint off)"
+    )
+
+
 class HealthServer:
     """Serves ``/metrics``, ``/healthz`` and ``/readyz`` from a daemon thread.
 
@@ -285,7 +328,7 @@ class HealthServer:
     Raises
     ------
     ConfigurationError
-        When the port is taken, naming it and the setting that chooses it.
+        When it cannot listen on ``host``:``port`` (see :func:`bind_problem`).
     """
 
     def __init__(
@@ -302,13 +345,8 @@ class HealthServer:
         handler = self._handler()
         try:
             self._server = ThreadingHTTPServer((host, port), handler)
-        except OSError as exc:
-            if exc.errno != errno.EADDRINUSE:
-                raise
-            raise ConfigurationError(
-                f"metrics port {port} on {host} is taken by another process: stop it, or choose "
-                "another port with FRAUDSTREAM_METRICS_PORT (0 turns the endpoint off)"
-            ) from exc
+        except (OSError, UnicodeError) as exc:
+            raise bind_problem(exc, host, port) from exc
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="health", daemon=True

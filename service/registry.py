@@ -274,8 +274,8 @@ class ModelRegistry:
         self._unpickle(payload)  # refuse to publish something that does not load
         return self._republish(meta, payload, rolled_back_from=version)
 
-    def export(self, version: int, path: str | Path) -> None:
-        """Write a verified version to a file (JSON with the signature)."""
+    def exported(self, version: int) -> str:
+        """A verified version as the text of an export file (JSON with the signature)."""
         meta, payload = self._raw(version)
         doc = {
             "format": _EXPORT_FORMAT,
@@ -283,7 +283,19 @@ class ModelRegistry:
             "payload": base64.b64encode(payload).decode(),
             "sig": sign(self._key, meta, payload),
         }
-        Path(path).write_text(json.dumps(doc))
+        return json.dumps(doc)
+
+    def export(self, version: int, path: str | Path) -> None:
+        """Write a verified version to a file (JSON with the signature, see :meth:`exported`).
+
+        Raises
+        ------
+        ModelVersionError
+            ``version`` is missing or fails its signature check.
+        OSError
+            The file cannot be written (its folder is missing, no permission...).
+        """
+        Path(path).write_text(self.exported(version))
 
     def import_(self, path: str | Path) -> int:
         """Verify an exported file with this registry's key and publish it as a new version."""

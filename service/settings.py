@@ -16,12 +16,14 @@ Examples
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -144,6 +146,128 @@ class SettingsConflict(ValueError):
     def __init__(self, setting: str, message: str) -> None:
         super().__init__(message)
         self.setting = setting
+
+
+def _invalid(message: str) -> PydanticCustomError:
+    """The validation error of one setting, shown as ``message`` alone."""
+    return PydanticCustomError("invalid_setting", "{message}", {"message": message})
+
+
+def _conflict(setting: str, message: str) -> PydanticCustomError:
+    """The validation error of settings wrong together; ``setting`` is the one to fix."""
+    return PydanticCustomError(
+        "settings_conflict", "{message}", {"message": message, "setting": setting}
+    )
+
+
+#: The settings that name Kafka topics.
+TOPIC_SETTINGS = (
+    "topic_transactions",
+    "topic_labels",
+    "topic_alerts",
+    "topic_scores",
+    "topic_transactions_dlq",
+    "topic_labels_dlq",
+)
+
+#: What Kafka accepts as a topic name (besides "." and "..").
+_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+
+
+def topic_name_problem(name: str) -> str | None:
+    """Why Kafka would refuse ``name`` as a topic name, or ``None`` when it is legal.
+
+    >>> topic_name_problem("transactions.dlq") is None
+    True
+    >>> topic_name_problem("bad!topic")
+    "'bad!topic' is not a Kafka topic name: use 1 to 249 letters, digits, '.', '_' or '-'"
+    """
+    if name in (".", ".."):
+        return f"{name!r} is not a Kafka topic name: '.' and '..' are reserved"
+    if not _TOPIC_NAME.fullmatch(name):
+        return f"{name!r} is not a Kafka topic name: use 1 to 249 letters, digits, '.', '_' or '-'"
+    return None
+
+
+def _port_problem(port: str) -> str | None:
+    if not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
+        return f"port {port!r} is not a whole number from 1 to 65535"
+    return None
+
+
+def bootstrap_servers_problem(value: str) -> str | None:
+    """Why ``value`` is no list of Kafka bootstrap servers, or ``None`` when it is one.
+
+    Each comma-separated entry is ``host``, ``host:port``, ``[ipv6]`` or
+    ``[ipv6]:port`` (as the Kafka client reads them; no port: 9092).
+
+    >>> bootstrap_servers_problem("kafka-1:9092, kafka-2:9092,[::1]:9093") is None
+    True
+    >>> bootstrap_servers_problem("127.0.0.1:9092,bogus::x")
+    "'bogus::x': port 'x' is not a whole number from 1 to 65535 (write host:port, comma separated)"
+    """
+    hint = "(write host:port, comma separated)"
+    if not value.strip():
+        return f"no server given {hint}"
+    for raw in value.strip().split(","):
+        entry = re.sub(r"^.*://", "", raw.strip())
+        problem: str | None = None
+        if not entry:
+            return f"an empty entry in {value!r} {hint}"
+        if any(c.isspace() for c in entry):
+            problem = "a space inside an address"
+        elif entry.startswith("["):
+            host, bracket, rest = entry[1:].partition("]")
+            if not bracket or not host:
+                problem = "an IPv6 address is written [address] or [address]:port"
+            elif rest:
+                problem = (
+                    _port_problem(rest[1:])
+                    if rest.startswith(":")
+                    else "an IPv6 address is written [address] or [address]:port"
+                )
+        elif ":" in entry:
+            try:
+                ipaddress.IPv6Address(entry)
+            except ValueError:
+                host, _, port = entry.rpartition(":")
+                problem = "no host before the port" if not host else _port_problem(port)
+        if problem:
+            return f"{raw.strip()!r}: {problem} {hint}"
+    return None
+
+
+def redis_url_problem(url: str) -> str | None:
+    """Why redis-py would fail on (or misread) ``url``, or ``None`` when it is usable.
+
+    >>> redis_url_problem("redis://:pw@h:6379/2") is None
+    True
+    >>> redis_url_problem("redis://h:6379/abc")
+    "the database 'abc' is not a whole number (redis://host:port/db, e.g. /0)"
+    """
+    from redis.connection import parse_url
+
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        return (
+            f"the port {parts.netloc.rpartition('@')[2].rpartition(':')[2]!r} is not a whole "
+            "number from 1 to 65535 (redis://host:port/db)"
+        )
+    if port == 0:
+        return "the port 0 is not one Redis listens on (redis://host:port/db)"
+    if parts.scheme in ("redis", "rediss"):
+        db = unquote(parts.path).strip("/")
+        if db and not (db.isascii() and db.isdigit()):
+            return f"the database {db!r} is not a whole number (redis://host:port/db, e.g. /0)"
+    elif not parts.path:
+        return "a unix:// URL needs the path of the socket (unix:///path/to/redis.sock?db=0)"
+    try:
+        parse_url(url)  # type: ignore[no-untyped-call]  # redis-py's own reading of it
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 class LogFormat(StrEnum):
@@ -527,12 +651,52 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: SecretStr) -> SecretStr:
-        scheme = urlsplit(value.get_secret_value()).scheme
+        url = value.get_secret_value()
+        scheme = urlsplit(url).scheme
         if scheme not in REDIS_SCHEMES:
             raise ValueError(
                 f"the URL must start with redis://, rediss:// (TLS) or unix://, not {scheme!r}"
             )
+        problem = redis_url_problem(url)
+        if problem:
+            raise _invalid(problem)
         return value
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _bootstrap_servers(cls, value: str) -> str:
+        problem = bootstrap_servers_problem(value)
+        if problem:
+            raise _invalid(problem)
+        return value
+
+    @field_validator(*TOPIC_SETTINGS)
+    @classmethod
+    def _topic_name(cls, value: str) -> str:
+        problem = topic_name_problem(value)
+        if problem:
+            raise _invalid(problem)
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_topics(self) -> Settings:
+        """The service must never read what it writes, nor read one topic as two."""
+        inputs = ("topic_transactions", "topic_labels")
+        if self.topic_transactions == self.topic_labels:
+            raise _conflict(
+                "topic_labels",
+                f"{env_name('topic_labels')} and {env_name('topic_transactions')} are both "
+                f"{self.topic_labels!r}: labels and transactions need topics of their own",
+            )
+        for output in TOPIC_SETTINGS[2:]:  # alerts, scores and the dead-letter topics
+            for source in inputs:
+                if getattr(self, output) == getattr(self, source):
+                    raise _conflict(
+                        output,
+                        f"{env_name(output)} is {env_name(source)} ({getattr(self, source)!r}): "
+                        "the service would read what it writes; give it a topic of its own",
+                    )
+        return self
 
     @model_validator(mode="after")
     def _security_combinations(self) -> Settings:
@@ -541,11 +705,7 @@ class Settings(BaseSettings):
             self._check_kafka_security()
             self._check_redis_tls()
         except SettingsConflict as conflict:
-            raise PydanticCustomError(
-                "settings_conflict",
-                "{message}",
-                {"message": str(conflict), "setting": conflict.setting},
-            ) from conflict
+            raise _conflict(conflict.setting, str(conflict)) from conflict
         return self
 
     def _check_kafka_security(self) -> None:

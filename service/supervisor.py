@@ -30,6 +30,7 @@ processes on the same machine (or on several) are how a deployment scales out.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -41,13 +42,18 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from pydantic import SecretStr
 
+from fraudstream.service.errors import ConfigurationError
 from fraudstream.service.settings import Role, Settings
 
 log = logging.getLogger(__name__)
+
+#: The highest TCP port.
+MAX_PORT = 65535
 
 #: Longest wait before restarting a crashed child.
 MAX_BACKOFF_S = 30.0
@@ -78,6 +84,15 @@ def child_specs(settings: Settings, scorers: int) -> list[ChildSpec]:
         raise ValueError("--scorers needs role all or scorer: the learner runs once per model")
     if scorers < 1:
         raise ValueError(f"scorers must be at least 1, got {scorers}")
+    processes = scorers + (1 if settings.role is Role.ALL else 0)
+    last = settings.metrics_port + processes - 1
+    if settings.metrics_port and last > MAX_PORT:
+        raise ConfigurationError(
+            f"serve --scorers {scorers} needs {processes} metrics ports, "
+            f"{settings.metrics_port} to {last}, beyond the last port {MAX_PORT}: set "
+            f"FRAUDSTREAM_METRICS_PORT to {MAX_PORT - processes + 1} or lower "
+            "(0 turns the endpoints off)"
+        )
 
     def port(offset: int) -> int:
         return settings.metrics_port + offset if settings.metrics_port else 0
@@ -103,6 +118,38 @@ def child_specs(settings: Settings, scorers: int) -> list[ChildSpec]:
             )
         )
     return specs
+
+
+def check_metrics_ports(specs: Sequence[ChildSpec]) -> None:
+    """Check that every child can listen on its metrics port, before any starts.
+
+    A child that cannot would crash at start, again and again, until the
+    supervisor gives up: better one clear error at once.
+
+    Raises
+    ------
+    ConfigurationError
+        Naming the first port (and its child) that cannot be listened on, and what to do.
+    """
+    from fraudstream.service.metrics import bind_problem
+
+    ports = [spec.settings.metrics_port for spec in specs if spec.settings.metrics_port]
+    for spec in specs:
+        host, port = spec.settings.metrics_host, spec.settings.metrics_port
+        if not port:
+            continue
+        try:
+            ThreadingHTTPServer((host, port), BaseHTTPRequestHandler).server_close()
+        except (OSError, UnicodeError) as exc:
+            problem = bind_problem(exc, host, port)
+            if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+                raise ConfigurationError(
+                    f"metrics port {port} on {host} (for {spec.name}; the {len(ports)} processes "
+                    f"use ports {min(ports)} to {max(ports)}) is taken by another process: stop "
+                    "it, or set FRAUDSTREAM_METRICS_PORT to the first of "
+                    f"{len(ports)} free ports in a row (0 turns the endpoints off)"
+                ) from exc
+            raise problem from exc
 
 
 def settings_payload(settings: Settings) -> bytes:
@@ -206,7 +253,15 @@ class Supervisor:
         }
 
     def run(self, poll_s: float = 0.2) -> int:
-        """Start the children and supervise them until stopped; return the exit code."""
+        """Start the children and supervise them until stopped; return the exit code.
+
+        Raises
+        ------
+        ConfigurationError
+            A child's metrics port cannot be listened on (see
+            :func:`check_metrics_ports`); no child was started.
+        """
+        check_metrics_ports([child.spec for child in self.children])
         for child in self.children:
             self._start(child)
         try:

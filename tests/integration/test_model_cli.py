@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import redis
 from click.testing import CliRunner
 from pydantic import SecretStr
@@ -70,3 +71,41 @@ def test_model_commands_round_trip(
     )
     assert foreign.exit_code == 1 and "signature" in foreign.output
     assert len(foreign.output.strip().splitlines()) == 1
+
+
+def test_model_export_to_standard_output_and_to_a_missing_folder(
+    make_settings: Callable[..., Settings],
+    redis_client: redis.Redis,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = make_settings(bootstrap_servers="127.0.0.1:1")
+    env = _env(settings)
+    registry = ModelRegistry(redis_client, settings.redis_prefix, SecretStr("cli-test-key"))
+    model = FraudModel("logreg", ["amount"])
+    model.learn_one({"amount": 5.0}, False)
+    version = registry.publish(model)
+    runner = CliRunner()  # click >= 8.2: stdout and stderr apart, ``output`` both
+
+    missing = tmp_path / "nodir" / "x.json"
+    failed = runner.invoke(main, ["model", "export", str(version), str(missing)], env=env)
+    assert failed.exit_code == 1
+    assert failed.output.strip() == (
+        f"Error: cannot write {missing}: the folder {missing.parent} does not exist; "
+        "create it first"
+    )
+
+    monkeypatch.chdir(tmp_path)
+    shown = runner.invoke(main, ["model", "export", str(version), "-"], env=env)
+    assert shown.exit_code == 0, shown.output
+    assert not (tmp_path / "-").exists()
+    document = json.loads(shown.stdout)
+    assert document["format"] and document["sig"] and document["payload"]
+    assert f"version {version} written to standard output" in shown.stderr
+
+    # What went to standard output imports like a file.
+    exported = tmp_path / "v.model"
+    exported.write_text(shown.stdout)
+    imported = runner.invoke(main, ["model", "import", str(exported)], env=env)
+    assert imported.exit_code == 0, imported.output
+    assert registry.load().model.labels_learnt == 1

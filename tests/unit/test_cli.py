@@ -1,11 +1,21 @@
-"""The ``fraudstream`` group: invalid settings, the config view of them, log format."""
+"""The ``fraudstream`` group: invalid settings, the config view of them, log format.
+
+Also the one-line errors of commands that are refused before they connect
+(``state rebuild --since``), and Redis errors naming the server actually used.
+"""
 
 from __future__ import annotations
 
 import io
 import json
 import logging
+import socket
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import pytest
+import redis
 from click.testing import CliRunner
 
 from fraudstream.cli import main
@@ -63,3 +73,98 @@ def test_json_logs_are_one_object_per_line_with_the_traceback_inside() -> None:
     assert first["message"] == "assigned ['transactions[0]']" and first["role"] == "scorer"
     assert first["level"] == "INFO" and first["logger"] == "fraudstream.test" and first["ts"]
     assert second["level"] == "ERROR" and "RuntimeError: boom" in second["exception"]
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A local port nothing listens on (bound, never listening: connections are refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+#: Servers nothing answers on: a refused rebuild must not get as far as connecting.
+_NOWHERE = {
+    "FRAUDSTREAM_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+    "FRAUDSTREAM_REDIS_URL": "redis://127.0.0.1:1/0",
+}
+
+
+@pytest.mark.parametrize("when", ["tomorrow", "2999-01-01T00:00:00Z"])
+def test_state_rebuild_since_the_future_is_refused(when: str) -> None:
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).date().isoformat()
+    since = tomorrow if when == "tomorrow" else when
+    result = CliRunner().invoke(main, ["state", "rebuild", "--since", since], env=_NOWHERE)
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: --since {since} is in the future (now is ")
+    assert "give a past time" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("since", ["1969-12-31", "0001-01-01", "1969-12-31T23:59:59.999Z"])
+def test_state_rebuild_since_before_1970_is_refused(since: str) -> None:
+    result = CliRunner().invoke(
+        main, ["state", "rebuild", "--force", "--since", since], env=_NOWHERE
+    )
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        f"Error: --since {since} is before 1970-01-01, where Kafka's timestamps start: give a "
+        "time from 1970-01-01 on (or leave --since out for the default)"
+    )
+
+
+def test_a_redis_error_names_the_server_given_not_the_setting(
+    tmp_path: Path, closed_port: int
+) -> None:
+    stream = tmp_path / "tx.jsonl"
+    stream.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "transaction_id": f"t{i}",
+                    "timestamp": f"2018-04-01T0{i}:00:00Z",
+                    "card_id": "C1",
+                    "terminal_id": "T1",
+                    "amount": 10.0 + i,
+                    "is_fraud": False,
+                }
+            )
+            + "\n"
+            for i in range(3)
+        )
+    )
+    given = f"redis://127.0.0.1:{closed_port}/0"
+    result = CliRunner().invoke(
+        main,
+        [
+            "evaluate",
+            str(stream),
+            "--no-progress",
+            "--bootstrap",
+            "0",
+            "--models",
+            "logreg",
+            "--redis-url",
+            given,
+        ],
+        env={"FRAUDSTREAM_REDIS_URL": "redis://:secret@192.0.2.1:6379/0"},
+    )
+    assert result.exit_code == 1, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith(f"Error: Redis at {given} is not reachable ("), result.output
+    assert "192.0.2.1" not in result.output and "secret" not in result.output
+
+
+def test_a_redis_error_of_the_configured_server_names_it_as_configured(closed_port: int) -> None:
+    from fraudstream.cli import redis_error_message
+    from fraudstream.service.settings import Settings
+
+    settings = Settings(_env_file=None, redis_url=f"redis://:pw@127.0.0.1:{closed_port}")
+    with pytest.raises(redis.RedisError) as error:
+        redis.Redis.from_url(settings.redis_url.get_secret_value()).ping()
+    assert redis_error_message(error.value, settings).startswith(
+        f"Redis at redis://:***@127.0.0.1:{closed_port} is not reachable ("
+    )
+    other = Settings(_env_file=None, redis_url="redis://:pw@192.0.2.1:6379/0")
+    assert redis_error_message(error.value, other).startswith(
+        f"Redis at redis://:***@127.0.0.1:{closed_port}/0 is not reachable ("
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 import urllib.error
 import urllib.request
@@ -9,6 +10,7 @@ import urllib.request
 import pytest
 
 from fraudstream.devstack import free_port
+from fraudstream.service import metrics as metrics_module
 from fraudstream.service.errors import ConfigurationError
 from fraudstream.service.metrics import HealthServer, Metrics
 
@@ -66,3 +68,68 @@ def test_a_taken_port_is_one_clear_error_naming_the_setting() -> None:
         f"metrics port {port} on 127.0.0.1 is taken by another process: stop it, or choose "
         "another port with FRAUDSTREAM_METRICS_PORT (0 turns the endpoint off)"
     )
+
+
+def _health_server(host: str, port: int) -> HealthServer:
+    return HealthServer(Metrics(), lambda: (True, ""), lambda: (True, ""), host, port)
+
+
+def test_an_address_of_another_machine_is_one_clear_error_naming_the_setting() -> None:
+    with pytest.raises(ConfigurationError) as error:
+        _health_server("192.0.2.1", 0)  # TEST-NET-1: never an address of this machine
+    assert str(error.value) == (
+        "metrics host 192.0.2.1 is not an address of this machine: set "
+        "FRAUDSTREAM_METRICS_HOST to an address of this machine (127.0.0.1: this machine only, "
+        "0.0.0.0: every interface)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "raised", "expected"),
+    [
+        (
+            "bogus.invalid",
+            9108,
+            socket.gaierror(socket.EAI_NONAME, "Name or service not known"),
+            "metrics host 'bogus.invalid' is not a name of this machine (Name or service not "
+            "known): set FRAUDSTREAM_METRICS_HOST to an address",
+        ),
+        (
+            "::1",
+            9108,
+            socket.gaierror(socket.EAI_ADDRFAMILY, "Address family for hostname not supported"),
+            "metrics host ::1 is an IPv6 address, and the metrics endpoint listens on IPv4 only",
+        ),
+        (
+            "127.0.0.1",
+            80,
+            PermissionError(errno.EACCES, "Permission denied"),
+            "metrics port 80 on 127.0.0.1 may not be used by this process (ports below 1024 need "
+            "root or the CAP_NET_BIND_SERVICE capability): choose another port with "
+            "FRAUDSTREAM_METRICS_PORT (0 turns the endpoint off)",
+        ),
+        (
+            "127.0.0.1",
+            9108,
+            OSError(errno.ENOBUFS, "No buffer space available"),
+            "the metrics endpoint cannot listen on 127.0.0.1:9108 (No buffer space available): "
+            "check FRAUDSTREAM_METRICS_HOST and FRAUDSTREAM_METRICS_PORT",
+        ),
+    ],
+)
+def test_every_bind_error_is_one_clear_error(
+    monkeypatch: pytest.MonkeyPatch, host: str, port: int, raised: OSError, expected: str
+) -> None:
+    """The errors the operating system gives, for hosts and ports not usable here for real.
+
+    A resolver's answer and a missing capability depend on the machine.
+    """
+
+    def refuse(address: tuple[str, int], handler: object) -> None:
+        assert address == (host, port)
+        raise raised
+
+    monkeypatch.setattr(metrics_module, "ThreadingHTTPServer", refuse)
+    with pytest.raises(ConfigurationError) as error:
+        _health_server(host, port)
+    assert str(error.value).startswith(expected)

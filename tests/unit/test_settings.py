@@ -1,11 +1,13 @@
-"""Settings: an unknown ``FRAUDSTREAM_*`` variable is an error naming the closest setting."""
+"""Settings: unknown variables, and values that would only fail later, are clear errors."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from pydantic import ValidationError
 
 from fraudstream.cli import main
 from fraudstream.service.model import DEFAULT_MODEL
@@ -44,3 +46,91 @@ def test_the_cli_refuses_to_run_in_one_line_and_config_shows_it() -> None:
         shown.output
     )
     assert f"FRAUDSTREAM_MODEL={DEFAULT_MODEL}" in shown.output
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "problem"),
+    [
+        (
+            "bootstrap_servers",
+            "127.0.0.1:19392,bogus::x",
+            "'bogus::x': port 'x' is not a whole number from 1 to 65535",
+        ),
+        ("bootstrap_servers", "", "no server given (write host:port, comma separated)"),
+        ("bootstrap_servers", "a:9092,", "an empty entry in 'a:9092,'"),
+        ("bootstrap_servers", "kafka:0", "'kafka:0': port '0' is not a whole number"),
+        ("bootstrap_servers", "[::1:9092", "an IPv6 address is written [address]"),
+        (
+            "redis_url",
+            "redis://127.0.0.1:notaport/0",
+            "the port 'notaport' is not a whole number from 1 to 65535",
+        ),
+        ("redis_url", "redis://h:1/abc", "the database 'abc' is not a whole number"),
+        ("redis_url", "redis://h:0/0", "the port 0 is not one Redis listens on"),
+        ("redis_url", "unix://", "a unix:// URL needs the path of the socket"),
+        ("topic_alerts", "bad!topic", "'bad!topic' is not a Kafka topic name"),
+        ("topic_transactions", "", "'' is not a Kafka topic name"),
+        ("topic_scores", "..", "'..' is not a Kafka topic name: '.' and '..' are reserved"),
+        ("topic_labels_dlq", "x" * 250, "is not a Kafka topic name: use 1 to 249"),
+    ],
+)
+def test_a_setting_that_would_end_in_a_traceback_is_invalid(
+    setting: str, value: str, problem: str
+) -> None:
+    values: dict[str, Any] = {setting: value}
+    with pytest.raises(ValidationError) as error:
+        Settings(_env_file=None, **values)
+    assert problem in str(error.value)
+    variable = f"FRAUDSTREAM_{setting.upper()}"
+    result = CliRunner().invoke(main, ["schemas", "--help"], env={variable: value})
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: invalid setting {variable}=")
+    assert problem in result.output and len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("output", "source"),
+    [
+        ("topic_alerts", "topic_transactions"),
+        ("topic_scores", "topic_transactions"),
+        ("topic_transactions_dlq", "topic_transactions"),
+        ("topic_alerts", "topic_labels"),
+        ("topic_labels_dlq", "topic_labels"),
+    ],
+)
+def test_an_output_topic_that_is_an_input_topic_is_refused(output: str, source: str) -> None:
+    values: dict[str, Any] = {source: "loop-tx", output: "loop-tx"}
+    with pytest.raises(ValidationError, match="the service would read what it writes"):
+        Settings(_env_file=None, **values)
+    env = {f"FRAUDSTREAM_{source.upper()}": "loop-tx", f"FRAUDSTREAM_{output.upper()}": "loop-tx"}
+    shown = CliRunner().invoke(main, ["config"], env=env)
+    assert shown.exit_code == 1
+    assert (
+        f"FRAUDSTREAM_{output.upper()}=loop-tx  <- INVALID: FRAUDSTREAM_{output.upper()} is "
+        f"FRAUDSTREAM_{source.upper()} ('loop-tx'): the service would read what it writes"
+    ) in shown.output
+
+
+def test_labels_and_transactions_on_one_topic_are_refused() -> None:
+    with pytest.raises(ValidationError, match="labels and transactions need topics of their own"):
+        Settings(_env_file=None, topic_transactions="events", topic_labels="events")
+
+
+def test_usual_values_stay_valid() -> None:
+    Settings(_env_file=None)
+    Settings(
+        _env_file=None,
+        # docker-compose.yml's service environment
+        bootstrap_servers="kafka:9092",
+        redis_url="redis://redis:6379/0",
+        metrics_host="0.0.0.0",
+    )
+    Settings(
+        _env_file=None,
+        bootstrap_servers=" b1:9096, b2 ,[::1]:9093,::1,SASL_SSL://b3.example.com:9094",
+        redis_url="rediss://app:pw@[::1]:6380/15?socket_timeout=5",
+        topic_transactions="tx_in.v2-eu",
+        topic_alerts="A" * 249,
+    )
+    Settings(_env_file=None, redis_url="unix:///run/redis.sock?db=2")
+    Settings(_env_file=None, redis_url="redis://h:6379")

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from fraudstream.service.errors import ConfigurationError
 from fraudstream.service.settings import Role, Settings
 from fraudstream.service.supervisor import ChildSpec, Supervisor, child_specs
 
@@ -197,3 +199,49 @@ def test_serve_refuses_several_scorers_for_the_learner_role() -> None:
     result = CliRunner().invoke(main, ["serve", "--role", "learner", "--scorers", "2"])
     assert result.exit_code == 2
     assert "--scorers needs role all or scorer: the learner runs once per model" in result.output
+
+
+@pytest.mark.parametrize(
+    ("role", "port", "processes", "highest"),
+    [(Role.SCORER, 65535, 2, 65534), (Role.ALL, 65534, 3, 65533)],
+)
+def test_metrics_ports_beyond_65535_are_one_clear_error(
+    role: Role, port: int, processes: int, highest: int
+) -> None:
+    from click.testing import CliRunner
+
+    from fraudstream.cli import main
+
+    env = {"FRAUDSTREAM_METRICS_PORT": str(port), "FRAUDSTREAM_ROLE": role.value}
+    result = CliRunner().invoke(main, ["serve", "--scorers", "2"], env=env)
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        f"Error: serve --scorers 2 needs {processes} metrics ports, {port} to "
+        f"{port + processes - 1}, beyond the last port 65535: set FRAUDSTREAM_METRICS_PORT to "
+        f"{highest} or lower (0 turns the endpoints off)"
+    )
+    assert child_specs(Settings(_env_file=None, metrics_port=highest, role=role), 2)
+
+
+def test_a_taken_metrics_port_of_a_child_is_one_clear_error_before_any_starts() -> None:
+    started: list[str] = []
+
+    def command(spec: ChildSpec) -> list[str]:
+        started.append(spec.name)
+        return [sys.executable, "-c", "pass"]
+
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = Settings(_env_file=None, metrics_port=port, role=Role.SCORER)
+        supervisor = Supervisor(child_specs(settings, 2), command=command)
+        with pytest.raises(ConfigurationError) as error:
+            supervisor.run(poll_s=0.01)
+    assert str(error.value) == (
+        f"metrics port {port} on 127.0.0.1 (for scorer-1; the 2 processes use ports {port} "
+        f"to {port + 1}) is taken by another process: stop it, or set FRAUDSTREAM_METRICS_PORT to "
+        "the first of 2 free ports in a row (0 turns the endpoints off)"
+    )
+    assert started == []
