@@ -76,7 +76,7 @@ def quiet_kafka_logs() -> Iterator[None]:
     logger.setLevel(level)
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(120)
 def test_produce_stops_within_a_bound_when_the_broker_dies_and_says_what_was_sent(
     own_kafka: KafkaServer,
     make_settings: Callable[..., Settings],
@@ -129,8 +129,11 @@ def test_produce_stops_within_a_bound_when_the_broker_dies_and_says_what_was_sen
         own_kafka.stop()
 
     assert killed_at, "the broker was not killed (the first rows never arrived)"
-    # Bounded: the delivery timeout, a few seconds of margin, no waiting at close.
-    assert ended_at - killed_at[0] < TIMEOUT_S + 12, ended_at - killed_at[0]
+    # Bounded by the sink's own worst case: a send blocked for buffer space (one delivery
+    # timeout), the flush that follows (another, plus its margin), a forced close; then
+    # slack for a loaded 2-core machine. Unbounded waiting would hit the test's timeout.
+    worst_case = 2 * TIMEOUT_S + sink._FLUSH_MARGIN_S + sink._FORCE_CLOSE_WAIT_S
+    assert ended_at - killed_at[0] < worst_case + 15, ended_at - killed_at[0]
     assert result.exit_code == 1, result.output
     assert isinstance(result.exception, SystemExit), repr(result.exception)
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
