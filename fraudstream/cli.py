@@ -217,6 +217,9 @@ class _Group(click.Group):
 @click.pass_context
 def main(ctx: click.Context) -> None:
     """fraudstream: streaming card-fraud detection on Kafka, Redis and River."""
+    unreadable = Settings.env_file_problem()
+    if unreadable:
+        raise click.ClickException(unreadable)
     try:
         settings = Settings()
     except ValidationError as exc:

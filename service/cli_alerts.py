@@ -21,6 +21,7 @@ from typing import Any
 import click
 import orjson
 
+from fraudstream.service.cli_options import TOPIC, FloatRange
 from fraudstream.service.errors import ConfigurationError
 from fraudstream.service.kafka import check_reachable, make_consumer
 from fraudstream.service.kafka.protocols import Consumer, TopicPartition
@@ -186,16 +187,16 @@ def alerts() -> None:
 )
 @click.option(
     "--min-score",
-    type=click.FloatRange(0.0, 1.0),
+    type=FloatRange(0.0, 1.0),
     default=0.0,
     show_default=True,
     help="Only alerts scored at least this high.",
 )
-@click.option("--topic", help="Alerts topic (default from settings).")
+@click.option("--topic", type=TOPIC, help="Alerts topic (default from settings).")
 @click.option("--max-alerts", "-n", type=click.IntRange(min=1), help="Stop after this many alerts.")
 @click.option(
     "--idle-timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FloatRange(min=0, min_open=True),
     help="Stop after this many seconds without a new record (default: follow until Ctrl-C).",
 )
 @click.pass_obj

@@ -8,6 +8,7 @@ one line (``click.ClickException``): unknown version, bad signature, bad file.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -130,10 +131,29 @@ def export(version: int, file: Path) -> None:
     click.echo(f"version {version} written to {file}")
 
 
+def _read_stdin() -> str:
+    """Standard input as text, refused in one line when the process has none (closed)."""
+    stream = sys.stdin
+    if stream is None or stream.closed:
+        raise click.ClickException(
+            "standard input is closed, so - has nothing to read; give a file name, or pipe "
+            "the export in (e.g. `... < v.model` or `fraudstream model export 3 - | ...`)"
+        )
+    try:
+        return stream.read()
+    except UnicodeDecodeError as exc:
+        raise click.ClickException(
+            f"<stdin>: not a fraudstream model export (not UTF-8 text: {exc.reason})"
+        ) from exc
+
+
 @model.command("import")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument(
+    "file", type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path)
+)
 def import_cmd(file: Path) -> None:
-    """Verify FILE with this deployment's signing key and publish it as a new version."""
+    """Verify FILE (-: standard input) with this deployment's signing key; publish it as new."""
+    text = _read_stdin() if str(file) == "-" else None
     with _registry() as reg:
-        new = reg.import_(file)
-    click.echo(f"{file} imported as version {new}")
+        new = reg.import_(file) if text is None else reg.import_text(text, "<stdin>")
+    click.echo(f"{'standard input' if text is not None else file} imported as version {new}")

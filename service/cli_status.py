@@ -16,10 +16,12 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 from prometheus_client.parser import text_string_to_metric_families
 
+from fraudstream.service.cli_options import FloatRange
 from fraudstream.service.settings import Settings
 
 #: One sample: (name, sorted label pairs) -> value.
@@ -289,6 +291,45 @@ def render(url: str, info: dict[str, Any]) -> list[str]:
     return lines
 
 
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a service's metrics endpoint, or ``None`` when it can.
+
+    >>> url_problem("http://127.0.0.1:9108") is None
+    True
+    >>> url_problem("http://[::1")
+    "'http://[::1' is not a URL (Invalid IPv6 URL): give http://HOST:PORT"
+    >>> url_problem("ftp://host:9108")
+    "'ftp://host:9108' is not an HTTP URL: the metrics endpoint is http://HOST:PORT (or https)"
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # a port that is no number, or out of range, raises here
+    except ValueError as exc:
+        return f"{url!r} is not a URL ({exc}): give http://HOST:PORT"
+    if parts.scheme.lower() not in ("http", "https"):
+        return f"{url!r} is not an HTTP URL: the metrics endpoint is http://HOST:PORT (or https)"
+    if not parts.hostname:
+        return f"{url!r} names no host: give http://HOST:PORT"
+    if port == 0:
+        return f"{url!r}: port 0 is no port: give http://HOST:PORT"
+    return None
+
+
+class _ServiceUrl(click.ParamType[str, Any]):
+    """A metrics endpoint: ``http(s)://host[:port]``, ``http://`` added when no scheme is given."""
+
+    name = "url"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        url = str(value).strip().rstrip("/")
+        if "://" not in url:
+            url = f"http://{url}"
+        problem = url_problem(url)
+        if problem:
+            self.fail(problem, param, ctx)
+        return url
+
+
 def default_url(settings: Settings) -> str | None:
     """The metrics endpoint the settings describe (``None`` when it is switched off)."""
     if not settings.metrics_port:
@@ -302,12 +343,13 @@ def default_url(settings: Settings) -> str | None:
 @click.command("status")
 @click.option(
     "--url",
+    type=_ServiceUrl(),
     help="Metrics endpoint of a running service, e.g. http://host:9108 "
     "(default: FRAUDSTREAM_METRICS_HOST and FRAUDSTREAM_METRICS_PORT).",
 )
 @click.option(
     "--interval",
-    type=click.FloatRange(min=0),
+    type=FloatRange(min=0),
     default=2.0,
     show_default=True,
     help="Seconds between the two scrapes that measure throughput (0: one scrape).",

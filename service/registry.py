@@ -300,18 +300,26 @@ class ModelRegistry:
     def import_(self, path: str | Path) -> int:
         """Verify an exported file with this registry's key and publish it as a new version."""
         try:
-            doc = json.loads(Path(path).read_text())
+            text = Path(path).read_text()
+        except (OSError, ValueError) as exc:
+            raise ModelVersionError(f"cannot read model export {path}: {exc}") from exc
+        return self.import_text(text, str(path))
+
+    def import_text(self, text: str, source: str) -> int:
+        """Verify an export's text (read from ``source``) and publish it as a new version."""
+        try:
+            doc = json.loads(text)
             if doc.get("format") != _EXPORT_FORMAT:
-                raise ModelVersionError(f"{path} is not a fraudstream model export")
+                raise ModelVersionError(f"{source} is not a fraudstream model export")
             meta = doc["meta"].encode()
             payload = base64.b64decode(doc["payload"], validate=True)
             sig = doc.get("sig")
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise ModelVersionError(f"cannot read model export {path}: {exc}") from exc
+            raise ModelVersionError(f"cannot read model export {source}: {exc}") from exc
         verify(self._key, meta, payload, sig)
         self._unpickle(payload)
         original = json.loads(meta).get("version")
-        return self._republish(meta, payload, imported_from=str(path), imported_version=original)
+        return self._republish(meta, payload, imported_from=source, imported_version=original)
 
 
 def _json_safe(value: Any) -> Any:

@@ -832,6 +832,33 @@ class Settings(BaseSettings):
         return self.model_copy(update=update)
 
     @classmethod
+    def env_file_problem(cls) -> str | None:
+        """Why the ``.env`` file cannot be read as settings, or ``None`` (fine, or no file).
+
+        pydantic-settings and python-dotenv read it as UTF-8 and would stop with a
+        ``UnicodeDecodeError`` traceback on any other encoding (a file saved as
+        Latin-1 by an editor): this says which file, which byte on which line,
+        and what to do, in one line.
+        """
+        env_file = cls.model_config.get("env_file")
+        if not isinstance(env_file, str | Path) or not Path(env_file).is_file():
+            return None
+        path = Path(env_file)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            return f"cannot read {path.absolute()} ({exc.strerror or exc}): fix or remove it"
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data.count(b"\n", 0, exc.start) + 1
+            return (
+                f"{path.absolute()} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line "
+                f"{line}): save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`) or fix that line"
+            )
+        return None
+
+    @classmethod
     def unknown_variables(cls) -> dict[str, tuple[str, str]]:
         """``FRAUDSTREAM_*`` variables of the environment and ``.env`` that are not settings.
 

@@ -109,3 +109,27 @@ def test_model_export_to_standard_output_and_to_a_missing_folder(
     imported = runner.invoke(main, ["model", "import", str(exported)], env=env)
     assert imported.exit_code == 0, imported.output
     assert registry.load().model.labels_learnt == 1
+
+
+def test_model_import_reads_standard_input(
+    make_settings: Callable[..., Settings], redis_client: redis.Redis
+) -> None:
+    settings = make_settings(bootstrap_servers="127.0.0.1:1")
+    env = _env(settings)
+    registry = ModelRegistry(redis_client, settings.redis_prefix, SecretStr("cli-test-key"))
+    model = FraudModel("logreg", ["amount"])
+    model.learn_one({"amount": 5.0}, False)
+    version = registry.publish(model)
+    runner = CliRunner()
+    exported = runner.invoke(main, ["model", "export", str(version), "-"], env=env)
+    assert exported.exit_code == 0, exported.output
+
+    imported = runner.invoke(main, ["model", "import", "-"], env=env, input=exported.stdout)
+    assert imported.exit_code == 0, imported.output
+    assert imported.stdout.strip() == f"standard input imported as version {version + 1}"
+    assert registry.load().meta["imported_from"] == "<stdin>"
+
+    garbage = runner.invoke(main, ["model", "import", "-"], env=env, input="not json\n")
+    assert garbage.exit_code == 1
+    assert garbage.output.startswith("Error: cannot read model export <stdin>: ")
+    assert len(garbage.output.strip().splitlines()) == 1
