@@ -10,15 +10,21 @@ import sys
 import time
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import numpy as np
 
 from fraudstream.producers.cli import column_map
+from fraudstream.service.cli_options import FloatRange
 from fraudstream.service.errors import FraudstreamError
 from fraudstream.service.model import CATALOGUE
 from fraudstream.service.settings import Settings
+
+if TYPE_CHECKING:
+    from fraudstream.evaluation.metrics import Assessment
+    from fraudstream.evaluation.report import Protocol
+    from fraudstream.evaluation.stream import LabelledStream
 
 
 def _models(value: str) -> tuple[str, ...]:
@@ -44,7 +50,9 @@ def _date(value: str | None) -> date | None:
 
 @click.command("evaluate")
 @click.argument(
-    "file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+    "file",
+    required=False,
+    type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path),
 )
 @click.option(
     "--format",
@@ -93,14 +101,14 @@ def _date(value: str | None) -> date | None:
 )
 @click.option(
     "--label-delay-days",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FloatRange(min=0, min_open=True),
     default=7.0,
     show_default=True,
     help="Delay of every label not found early.",
 )
 @click.option(
     "--early-fraud-share",
-    type=click.FloatRange(0, 1),
+    type=FloatRange(0, 1),
     default=0.0,
     show_default=True,
     help="Share of frauds labelled before the delay.",
@@ -162,7 +170,7 @@ def _date(value: str | None) -> date | None:
 @click.option("--bootstrap-servers", help="--via kafka: broker to use (default: one started).")
 @click.option(
     "--speed",
-    type=click.FloatRange(min=1),
+    type=FloatRange(min=1),
     default=43_200.0,
     show_default=True,
     help="--via kafka: event seconds per wall second.",
@@ -193,8 +201,8 @@ def _date(value: str | None) -> date | None:
 def evaluate_cmd(ctx: click.Context, /, **opts: Any) -> None:
     """Detection quality of the models on a labelled stream, measured the handbook's way.
 
-    Replays FILE (labelled transactions; --preset handbook reads the Fraud
-    Detection Handbook's CSV) or a --simulate'd stream through the service's own
+    Replays FILE (labelled transactions, - for standard input; --preset handbook
+    reads the Fraud Detection Handbook's CSV) or a --simulate'd stream through the service's own
     features and models: every transaction is scored before its label exists,
     labels arrive --label-delay-days later and are learnt only then, each model
     replaces the rules prior once its quality on recent labels beats the prior's.
@@ -276,6 +284,7 @@ def run_evaluation(
         top_k=opts["top_k"],
         n_boot=opts["n_boot"],
     )
+    check_assessable(stream, protocol.assessment(stream, config.label_delay_days), protocol)
     command = "fraudstream " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     progress = _Progress(len(stream), enabled=opts["progress"])
     with progress:
@@ -323,6 +332,44 @@ def run_evaluation(
         "labels": stream.is_fraud[test],
     }
     return report, extras
+
+
+def check_assessable(stream: LabelledStream, plan: Assessment, protocol: Protocol) -> None:
+    """Refuse, before the replay, a stream with no transaction to assess.
+
+    A stream shorter than the warm-up (or test weeks outside it) would be
+    replayed for nothing and give a table of dashes.
+
+    Raises
+    ------
+    click.ClickException
+        Naming the counts, the dates and the option to change.
+    """
+    from fraudstream.evaluation.report import day_date
+
+    days = stream.day
+    first, last = day_date(int(days.min())), day_date(int(days.max()))
+    in_weeks = int((plan.week_of(days) >= 0).sum())
+    weeks = f"{day_date(plan.start_day)} .. {day_date(plan.start_day + 7 * plan.weeks - 1)}"
+    span = (last - first).days + 1
+    name = stream.source.rsplit(" (", 1)[0]
+    held = f"{len(stream):,} transactions over {span:,} day(s) ({first} .. {last})"
+    if in_weeks == 0 and protocol.assessment_start is not None:
+        raise click.ClickException(
+            f"{name}: none of its {held} is in the test weeks {weeks}: nothing to assess; "
+            "choose an --assessment-start within the stream"
+        )
+    if in_weeks == 0:
+        raise click.ClickException(
+            f"{name}: too few transactions after the warm-up: {held}, none after the first "
+            f"{protocol.warmup_days} days (--warmup-days): nothing to assess; give a longer "
+            f"stream or fewer --warmup-days (at most {max(0, span - 1)} here)"
+        )
+    if not plan.test_mask(days, stream.card, stream.is_fraud).any():
+        raise click.ClickException(
+            f"{name}: the {in_weeks:,} transactions of the test weeks {weeks} are all of cards "
+            "already known compromised: nothing to assess; --keep-known keeps them"
+        )
 
 
 def write_report(report: dict[str, Any], extras: dict[str, Any], folder: Path) -> list[str]:

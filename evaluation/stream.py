@@ -38,6 +38,8 @@ from fraudstream.producers.files import (
     FileFormatError,
     RowParser,
     detect_format,
+    display_name,
+    is_stdio,
     read_rows,
 )
 from fraudstream.producers.labels import LabelDelay
@@ -159,7 +161,7 @@ class LabelledStream:
         assume_utc: bool | None = None,
         seed: int = 0,
     ) -> LabelledStream:
-        """Read a labelled file (JSON Lines or CSV, optionally gzipped).
+        """Read a labelled file (JSON Lines or CSV, optionally gzipped; ``-``: standard input).
 
         Every row needs the Transaction fields and a fraud label (``is_fraud``
         after the column mapping); ``fraud_scenario``, when present, names the
@@ -173,7 +175,9 @@ class LabelledStream:
             A row cannot be read, or has no label (the message names its line).
         """
         path = Path(path)
-        fmt = fmt or detect_format(path)
+        name = display_name(path)
+        if fmt is None:  # standard input has no name to tell it: a preset's files are CSV
+            fmt = "csv" if preset is not None and is_stdio(path) else detect_format(path)
         if preset is not None:
             if preset not in PRESETS:
                 raise FileFormatError(f"unknown preset {preset!r}: choose {', '.join(PRESETS)}")
@@ -192,13 +196,13 @@ class LabelledStream:
         has_scenarios = False
         for line, raw in read_rows(path, fmt, mapping=mapping, keep_unmapped=mapping is None):
             if isinstance(raw, BadRowError):
-                raise FileFormatError(f"{path}: {raw}")
+                raise FileFormatError(f"{name}: {raw}")
             try:
                 row = parser.parse(line, raw)
             except BadRowError as exc:
-                raise FileFormatError(f"{path}: {exc}") from None
+                raise FileFormatError(f"{name}: {exc}") from None
             if row.is_fraud is None:
-                raise FileFormatError(f"{path}: line {line}: no fraud label (is_fraud)")
+                raise FileFormatError(f"{name}: line {line}: no fraud label (is_fraud)")
             tx = orjson.loads(row.value)
             ids.append(row.transaction_id)
             cards.append(tx["card_id"])
@@ -215,7 +219,7 @@ class LabelledStream:
                 has_scenarios = True
                 scenarios.append(int(scenario))
         if not times:
-            raise FileFormatError(f"{path}: no transactions")
+            raise FileFormatError(f"{name}: no transactions")
         order = np.argsort(np.array(times, dtype=np.int64), kind="stable")
         card_names, card = np.unique(np.array(cards, dtype=object), return_inverse=True)
         terminal_names, terminal = np.unique(np.array(terminals, dtype=object), return_inverse=True)
@@ -223,7 +227,7 @@ class LabelledStream:
         scenario_arr = np.array(scenarios, dtype=np.int8)[order]
         fraud_arr = np.array(frauds, dtype=bool)[order]
         return cls(
-            source=f"{path.name} ({len(times):,} transactions)",
+            source=f"{Path(name).name} ({len(times):,} transactions)",
             time_ms=np.array(times, dtype=np.int64)[order],
             card=card.astype(np.int64)[order],
             terminal=terminal.astype(np.int64)[order],

@@ -8,15 +8,25 @@ puts the one :class:`fraudstream.service.settings.Settings` in ``ctx.obj``)::
 
 Every expected failure (bad file, bad option, broker down, failed delivery)
 ends with a one-line :class:`click.ClickException`.
+
+SIGINT (Ctrl-C) and SIGTERM stop every command cleanly, with one line saying
+what was done. ``record --follow``, whose normal end is such a stop, exits 0;
+a run cut short (``simulate -o``, ``produce``, ``replay``, ``record`` of a
+range) exits 128 + the signal's number (130, 143), so that a script never
+takes a partial output for a whole one. Files are closed complete, whole
+lines only.
 """
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -31,8 +41,13 @@ from fraudstream.producers.files import (
 )
 from fraudstream.producers.labels import LabelDelay
 from fraudstream.producers.simulator import EXTRA_SCENARIOS, SimulationConfig, simulate
+from fraudstream.producers.sink import RunCancelledError
+from fraudstream.service.cli_options import TOPIC, FloatRange
 from fraudstream.service.errors import FraudstreamError
 from fraudstream.service.settings import DAY_S, Settings
+
+if TYPE_CHECKING:
+    from fraudstream.producers.stream import StreamStats
 
 #: Bad rows printed one by one before the rest are only counted.
 _BAD_ROWS_SHOWN = 10
@@ -57,6 +72,95 @@ def _errors() -> Iterator[None]:
         raise click.ClickException(f"{where}{exc.strerror or exc}") from exc
 
 
+class _Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM outside a deferred section: the run stops where it is, like Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _SignalStop:
+    """SIGINT and SIGTERM while a command runs.
+
+    Outside :meth:`deferred` a signal raises :class:`_Interrupted` (a
+    ``KeyboardInterrupt``), at once. Inside it, where whole records are being
+    written, a signal only sets :attr:`signum`, which the writer checks
+    (:meth:`requested`) between records: at most one poll (200 ms) or one
+    line later.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._deferring = False
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        """Handle SIGINT and SIGTERM (from the main thread: a command run elsewhere gets none)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def restore(self) -> None:
+        """Put the previous handlers back."""
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        self.signum = signum
+        if not self._deferring:
+            raise _Interrupted(signum)
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """A section in which a signal only asks the writer to stop."""
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+
+    def requested(self) -> bool:
+        """Whether a signal came (the writer stops after the record in hand)."""
+        return self.signum is not None
+
+    @property
+    def name(self) -> str:
+        """The signal's name (``SIGINT`` when none came: a plain ``KeyboardInterrupt``)."""
+        return signal.Signals(self.signum or signal.SIGINT).name
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal's number, as a shell reports a process it stopped."""
+        return 128 + (self.signum or signal.SIGINT)
+
+
+def _stopped(stop: _SignalStop, message: str) -> NoReturn:
+    click.echo(f"stopped by {stop.name}: {message}", err=True)
+    raise click.exceptions.Exit(stop.exit_code)
+
+
+@contextmanager
+def _signals(nothing_done: str) -> Iterator[_SignalStop]:
+    """SIGINT/SIGTERM handled for the block: a stop before any work says ``nothing_done``.
+
+    A producer run cut short (:class:`RunCancelledError`) says what Kafka
+    confirmed; either way the exit status is 128 + the signal's number.
+    """
+    stop = _SignalStop()
+    stop.install()
+    try:
+        yield stop
+    except RunCancelledError as exc:
+        _stopped(stop, str(exc))
+    except KeyboardInterrupt:
+        _stopped(stop, nothing_done)
+    finally:
+        stop.restore()
+
+
 def _parse_time(value: str, name: str) -> datetime:
     """RFC 3339 / ISO date(-time) (naive means UTC), epoch ms, or ``now``/``today``."""
     text = value.strip()
@@ -79,7 +183,7 @@ def _parse_time(value: str, name: str) -> datetime:
 def _speed_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--speed",
-        type=click.FloatRange(min=0),
+        type=FloatRange(min=0),
         default=None,
         help="Event seconds per wall second: 1 = real time, 100 = 100x; default as fast as "
         "possible.",
@@ -89,14 +193,14 @@ def _speed_option(func: Callable[..., Any]) -> Callable[..., Any]:
 def _delay_options(func: Callable[..., Any]) -> Callable[..., Any]:
     func = click.option(
         "--early-fraud-prob",
-        type=click.FloatRange(0, 1),
+        type=FloatRange(0, 1),
         default=0.3,
         show_default=True,
         help="Probability that a fraud is labelled before the delay.",
     )(func)
     return click.option(
         "--label-delay-days",
-        type=click.FloatRange(min=0, min_open=True),
+        type=FloatRange(min=0, min_open=True),
         default=7.0,
         show_default=True,
         help="Event-time delay of labels.",
@@ -121,7 +225,7 @@ def _delay(days: float, early: float) -> LabelDelay:
 )
 @click.option(
     "--radius",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FloatRange(min=0, min_open=True),
     default=5.0,
     show_default=True,
     help="Grid distance within which customers use terminals.",
@@ -188,12 +292,22 @@ def simulate_cmd(
     if both_stdout:
         raise click.UsageError("--output and --labels-output cannot both be - (standard output)")
     delay = _delay(label_delay_days, early_fraud_prob)
-    with _errors():
+    with _errors(), _signals("nothing was written or sent") as stop:
         check_stdio(output, output=True)
         check_stdio(labels_output, output=True)
         if output is not None or labels_output is not None:
             sim = simulate(config)
-            stats = write_simulation(sim, output, labels_output, delay=delay, progress=progress)
+            with stop.deferred():
+                stats = write_simulation(
+                    sim,
+                    output,
+                    labels_output,
+                    delay=delay,
+                    progress=progress,
+                    should_stop=stop.requested,
+                )
+            if stats.stopped:
+                _stopped(stop, _partly_written(stats, len(sim), output, labels_output))
             click.echo(
                 f"{len(sim):,} transactions ({sim.fraud_rate:.3%} fraud: "
                 + ", ".join(f"{k} {v:,}" for k, v in sim.scenario_counts().items() if v)
@@ -213,6 +327,25 @@ def simulate_cmd(
         f"{stats.labels:,} labels in {stats.wall_s:.1f} s",
         err=True,
     )
+
+
+def _partly_written(
+    stats: StreamStats, total: int, output: Path | None, labels_output: Path | None
+) -> str:
+    """What a stopped ``simulate -o`` wrote, in one line."""
+    parts = []
+    if output is not None:
+        parts.append(f"{stats.transactions:,} of {total:,} transactions to {_shown(output)}")
+    if labels_output is not None:
+        parts.append(f"{stats.labels:,} of {total:,} labels to {_shown(labels_output)}")
+    return (
+        f"wrote {' and '.join(parts)} in {stats.wall_s:.1f} s (whole lines; each file is "
+        "complete up to there)"
+    )
+
+
+def _shown(path: Path) -> str:
+    return "<stdout>" if is_stdio(path) else str(path)
 
 
 def column_map(pairs: tuple[str, ...], preset: str | None = None) -> dict[str, str] | None:
@@ -273,7 +406,7 @@ def column_map(pairs: tuple[str, ...], preset: str | None = None) -> dict[str, s
 )
 @_delay_options
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of label delays.")
-@click.option("--topic", help="Transactions topic (default from settings).")
+@click.option("--topic", type=TOPIC, help="Transactions topic (default from settings).")
 @_speed_option
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def produce_cmd(
@@ -297,7 +430,8 @@ def produce_cmd(
     FILE `-` reads standard input (JSON Lines unless --format csv; gzip is
     recognised). The file is checked before anything is sent: a damaged gzip
     file, a CSV header without a required column, or first rows that are all
-    invalid stop the run with nothing sent.
+    invalid stop the run with nothing sent. Ctrl-C (or SIGTERM) says what Kafka
+    confirmed and exits 130 (143).
     """
     from fraudstream.producers.produce import produce_file
 
@@ -313,7 +447,7 @@ def produce_cmd(
         elif reported == _BAD_ROWS_SHOWN + 1:
             click.echo(f"{name}: more bad rows; counted, not shown", err=True)
 
-    with _errors():
+    with _errors(), _signals("nothing was sent"):
         try:
             check_stdio(file, output=False)
             stats = produce_file(
@@ -342,7 +476,7 @@ def produce_cmd(
 
 
 @click.command("record")
-@click.option("--topic", help="Topic to record (default: the transactions topic).")
+@click.option("--topic", type=TOPIC, help="Topic to record (default: the transactions topic).")
 @click.option(
     "--output",
     "-o",
@@ -361,11 +495,13 @@ def produce_cmd(
     multiple=True,
     help="Only this partition (repeatable).",
 )
-@click.option("--follow", is_flag=True, help="Keep recording new records until Ctrl-C.")
+@click.option(
+    "--follow", is_flag=True, help="Keep recording new records until Ctrl-C (or SIGTERM)."
+)
 @click.option("--max-records", type=click.IntRange(min=1))
 @click.option(
     "--idle-timeout",
-    type=click.FloatRange(min=0),
+    type=FloatRange(min=0),
     default=10.0,
     show_default=True,
     help="Stop after this many seconds without a record.",
@@ -384,7 +520,13 @@ def record_cmd(
     idle_timeout: float,
     progress: bool,
 ) -> None:
-    """Capture a topic (keys, values, headers, partitions, timestamps) to a file."""
+    """Capture a topic (keys, values, headers, partitions, timestamps) to a file.
+
+    Ctrl-C or SIGTERM stops it cleanly: every record read is written, the file
+    is complete; exit status 0 with --follow, else 130 (143) as the range was
+    cut short. A batch damaged in the broker's log is skipped with a warning
+    and counted.
+    """
     from fraudstream.producers.recorder import record_topic
 
     if from_time is not None and from_offset is not None:
@@ -395,35 +537,57 @@ def record_cmd(
     def ms(value: str | None, name: str) -> int | None:
         return None if value is None else round(_parse_time(value, name).timestamp() * 1000)
 
-    settings = _settings()
-    with _errors():
-        check_stdio(output, output=True)
-        stats = record_topic(
-            settings,
-            topic or settings.topic_transactions,
-            output,
-            from_time_ms=ms(from_time, "--from-time"),
-            from_offset=from_offset,
-            to_time_ms=ms(to_time, "--to-time"),
-            to_offset=to_offset,
-            partitions=list(partitions) or None,
-            follow=follow,
-            max_records=max_records,
-            idle_timeout_s=idle_timeout,
-            progress=progress,
+    from_ms, to_ms = ms(from_time, "--from-time"), ms(to_time, "--to-time")
+    if from_ms is not None and to_ms is not None and from_ms >= to_ms:
+        raise click.BadParameter(
+            f"{from_time} is not before --to-time {to_time}: the range holds no record",
+            param_hint="--from-time",
         )
-    click.echo(
+    if from_offset is not None and to_offset is not None and from_offset >= to_offset:
+        raise click.BadParameter(
+            f"{from_offset} is not below --to-offset {to_offset}: the range holds no record",
+            param_hint="--from-offset",
+        )
+    settings = _settings()
+    with _errors(), _signals("nothing was recorded") as stop:
+        check_stdio(output, output=True)
+        with stop.deferred():
+            stats = record_topic(
+                settings,
+                topic or settings.topic_transactions,
+                output,
+                from_time_ms=from_ms,
+                from_offset=from_offset,
+                to_time_ms=to_ms,
+                to_offset=to_offset,
+                partitions=list(partitions) or None,
+                follow=follow,
+                max_records=max_records,
+                idle_timeout_s=idle_timeout,
+                progress=progress,
+                should_stop=stop.requested,
+            )
+    summary = (
         f"recorded {stats.records:,} records from {stats.partitions} partition(s) "
-        f"to {'<stdout>' if is_stdio(output) else output} in {stats.wall_s:.1f} s",
-        err=True,
+        f"to {_shown(output)} in {stats.wall_s:.1f} s"
     )
+    if stats.unreadable:
+        summary += (
+            f"; {stats.unreadable:,} records could not be read (damaged in the broker's log) "
+            "and were skipped: the warnings above name them"
+        )
+    if stats.stopped and not follow:
+        _stopped(stop, f"{summary}, before the end of the range (the file is complete up to there)")
+    if stats.stopped:
+        summary = f"stopped by {stop.name}: {summary}"
+    click.echo(summary, err=True)
 
 
 @click.command("replay")
 @click.argument(
     "file", type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path)
 )
-@click.option("--topic", help="Target topic (default: each record's original topic).")
+@click.option("--topic", type=TOPIC, help="Target topic (default: each record's original topic).")
 @_speed_option
 @click.option(
     "--keep-partitions",
@@ -435,6 +599,12 @@ def record_cmd(
     is_flag=True,
     help="Keep the original record timestamps (default: send time).",
 )
+@click.option(
+    "--skip",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Leave out the first N records in replay order (resumes an interrupted replay).",
+)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def replay_cmd(
     file: Path,
@@ -442,15 +612,18 @@ def replay_cmd(
     speed: float | None,
     keep_partitions: bool,
     keep_timestamps: bool,
+    skip: int,
     progress: bool,
 ) -> None:
     """Play a recording back, per-key order kept, inter-arrival times scaled by --speed.
 
-    FILE `-` reads the recording from standard input.
+    FILE `-` reads the recording from standard input. Ctrl-C (or SIGTERM) says
+    what Kafka confirmed and the --skip that resumes the replay, and exits 130
+    (143).
     """
     from fraudstream.producers.replayer import replay_file
 
-    with _errors():
+    with _errors(), _signals("nothing was sent"):
         check_stdio(file, output=False)
         stats = replay_file(
             _settings(),
@@ -460,6 +633,7 @@ def replay_cmd(
             keep_partitions=keep_partitions,
             keep_timestamps=keep_timestamps,
             progress=progress,
+            skip=skip,
         )
     click.echo(f"replayed {stats.records:,} records in {stats.wall_s:.1f} s", err=True)
 

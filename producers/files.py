@@ -164,6 +164,13 @@ class _StdStream(io.RawIOBase):
         self._stream.write(data)
         return len(data)
 
+    def flush(self) -> None:
+        # What the writer flushed goes out now (a reader at the end of a pipe sees whole
+        # records as they are written, not when a buffer has filled).
+        super().flush()
+        if not self.closed and not self._stream.closed and self._stream.writable():
+            self._stream.flush()
+
     def close(self) -> None:
         if not self.closed:
             if self._owned:

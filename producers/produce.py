@@ -10,6 +10,7 @@ number and skipped, or stop the run.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import Callable, Generator, Mapping
@@ -35,7 +36,7 @@ from fraudstream.producers.files import (
 from fraudstream.producers.labels import DelayedQueue, LabelDelay
 from fraudstream.producers.pacing import Pacer
 from fraudstream.producers.simulator import format_times_ms
-from fraudstream.producers.sink import KafkaSink, progress_bar
+from fraudstream.producers.sink import INTERRUPT_FLUSH_S, KafkaSink, RunCancelledError, progress_bar
 from fraudstream.service.errors import FraudstreamError
 from fraudstream.service.kafka import DeliveryError, check_reachable, ensure_topics
 from fraudstream.service.settings import Settings
@@ -59,15 +60,15 @@ class ProduceStats:
     last_offset: tuple[str, int, int] | None = None  # (topic, partition, offset) of the last one
     labels_held: int = 0  # labels not sent because the run stopped early
 
-    def summary(self) -> str:
-        """What was sent, for a message about a run that stopped early."""
+    def summary(self, verb: str = "sent") -> str:
+        """What was sent (``verb``), for a message about a run that stopped early."""
         where = ""
         if self.last_offset is not None:
             topic, partition, offset = self.last_offset
             where = f", the last from line {self.last_line:,} at {topic} partition {partition} "
             where += f"offset {offset:,}"
         held = f"; {self.labels_held:,} labels held back were not sent" if self.labels_held else ""
-        return f"sent {self.transactions:,} transactions{where}, and {self.labels:,} labels{held}"
+        return f"{verb} {self.transactions:,} transactions{where}, and {self.labels:,} labels{held}"
 
 
 class ProduceInterruptedError(FraudstreamError):
@@ -78,9 +79,21 @@ class ProduceInterruptedError(FraudstreamError):
         self.stats = stats
 
 
+class ProduceCancelledError(ProduceInterruptedError, RunCancelledError):
+    """Ctrl-C (or SIGTERM, through the CLI) stopped a file run.
+
+    The message says what Kafka confirmed and how to resume.
+    """
+
+
 _RESEND = (
     "Repair or re-create the file and send it again: transactions and labels already "
     "sent are recognised by id and not counted twice."
+)
+
+_RESUME = (
+    "Send it again to resume: transactions and labels already sent are recognised by id "
+    "and not counted twice."
 )
 
 
@@ -150,6 +163,7 @@ def produce_file(
     delay = label_delay or LabelDelay()
     rng = random.Random(seed)
     topic_tx = topic or settings.topic_transactions
+    label_topic = settings.topic_labels if send_labels else None
     topics = _ensure_file_topics(settings, topic_tx, send_labels, rows)
     pacer = Pacer(speed)
     pending: DelayedQueue[tuple[ParsedRow, str]] = DelayedQueue()
@@ -167,20 +181,6 @@ def produce_file(
         stats.labels_held = len(pending)
         stats.wall_s = time.perf_counter() - start
         return ProduceInterruptedError(f"{message}; {stats.summary()}. {_RESEND}", stats)
-
-    def lost(exc: DeliveryError) -> ProduceInterruptedError:
-        # Kafka stopped taking records (broker gone): count what it confirmed, not what was
-        # handed to the producer, and do not wait for it again.
-        stats.transactions = sink.delivered_by_topic.get(topic_tx, 0)
-        stats.labels = sink.delivered_by_topic.get(settings.topic_labels, 0) if send_labels else 0
-        stats.last_line = sink.last_delivered_line.get(topic_tx, 0)
-        _note_last_offset(stats, sink, topic_tx)
-        stats.labels_held = len(pending)
-        stats.wall_s = time.perf_counter() - start
-        return ProduceInterruptedError(
-            f"{name}: Kafka stopped confirming records ({exc}); {stats.summary()}. {_RESEND}",
-            stats,
-        )
 
     with (
         closing(rows),  # the file is closed however the run ends (a pipe's writer sees it)
@@ -211,10 +211,39 @@ def produce_file(
             send_labels_due(pending.pop_all())
             sink.flush()
         except DeliveryError as exc:
-            raise lost(exc) from exc
+            # Kafka stopped taking records (broker gone): do not wait for it again.
+            _confirmed(stats, sink, topic_tx, label_topic, len(pending), start)
+            raise ProduceInterruptedError(
+                f"{name}: Kafka stopped confirming records ({exc}); {stats.summary()}. {_RESEND}",
+                stats,
+            ) from exc
+        except KeyboardInterrupt:
+            # Ctrl-C: a few seconds for what is in flight to be confirmed, then say what was.
+            with contextlib.suppress(DeliveryError):
+                sink.flush(timeout_s=INTERRUPT_FLUSH_S)
+            _confirmed(stats, sink, topic_tx, label_topic, len(pending), start)
+            summary = stats.summary("Kafka confirmed")
+            raise ProduceCancelledError(f"{name}: {summary}. {_RESUME}", stats) from None
     _note_last_offset(stats, sink, topic_tx)
     stats.wall_s = time.perf_counter() - start
     return stats
+
+
+def _confirmed(
+    stats: ProduceStats,
+    sink: KafkaSink,
+    topic_tx: str,
+    topic_labels: str | None,
+    labels_held: int,
+    start: float,
+) -> None:
+    """Count in ``stats`` what Kafka confirmed, not what was handed to the producer."""
+    stats.transactions = sink.delivered_by_topic.get(topic_tx, 0)
+    stats.labels = 0 if topic_labels is None else sink.delivered_by_topic.get(topic_labels, 0)
+    stats.last_line = sink.last_delivered_line.get(topic_tx, 0)
+    _note_last_offset(stats, sink, topic_tx)
+    stats.labels_held = labels_held
+    stats.wall_s = time.perf_counter() - start
 
 
 def _ensure_file_topics(

@@ -12,27 +12,40 @@ one line per record::
 Keys, values and header values are base64 so that any bytes survive
 untouched (``null`` stays ``null``). Within a partition, records are in
 offset order; partitions are interleaved as they were fetched.
+
+Records are written whole: each fetched batch is written and flushed (a gzip
+file with a sync flush) before the next poll, and a stop asked for (Ctrl-C,
+SIGTERM: ``should_stop``) is honoured between batches, so the file ends with
+the last record read and a gzip file is closed complete. A process killed
+outright leaves the records of the batches flushed before; its last line may
+be cut short, which :func:`read_recording` reports as such. A batch damaged in
+the broker's log is skipped as the scorer skips it (one warning naming its
+topic, partition and offsets; counted in :attr:`RecordStats.unreadable`).
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
+import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
+from kafka.errors import CorruptRecordError
 
-from fraudstream.producers.files import FileFormatError, json_lines, open_output
+from fraudstream.producers.files import FileFormatError, display_name, json_lines, open_output
 from fraudstream.producers.sink import progress_bar
 from fraudstream.service.errors import ConfigurationError
 from fraudstream.service.kafka import check_reachable, make_consumer
 from fraudstream.service.kafka.protocols import Consumer, ConsumerRecord, TopicPartition
+from fraudstream.service.kafka.records import seek_past, unreadable_batch
 from fraudstream.service.settings import Settings
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 
@@ -44,6 +57,14 @@ class RecordStats:
     records: int = 0
     partitions: int = 0
     wall_s: float = 0.0
+    #: Records of the range that could not be read (a batch damaged in the broker's log).
+    unreadable: int = 0
+    #: ``should_stop`` ended the recording before its end (the file is complete up to there).
+    stopped: bool = False
+
+
+def _never() -> bool:
+    return False
 
 
 def _b64(data: bytes | None) -> str | None:
@@ -80,6 +101,7 @@ def record_topic(
     max_records: int | None = None,
     idle_timeout_s: float = 10.0,
     progress: bool = False,
+    should_stop: Callable[[], bool] = _never,
 ) -> RecordStats:
     """Copy a range of ``topic`` into a recording file.
 
@@ -94,12 +116,16 @@ def record_topic(
         an offset. Default: the end offsets when the recording starts.
     follow
         Ignore the end and keep recording new records until ``max_records``,
-        ``idle_timeout_s`` without records, or Ctrl-C.
+        ``idle_timeout_s`` without records, or ``should_stop``.
     partitions
         Only these partitions (default: all).
     idle_timeout_s
         Give up waiting after this long without a record (a safety net: the
         end offsets are normally reached first).
+    should_stop
+        Asked between fetched batches (every 200 ms at most): ``True`` ends the
+        recording there, every record read so far written and the file closed
+        complete (``stats.stopped``). The CLI sets it on SIGINT and SIGTERM.
     """
     check_reachable(settings)
     consumer = make_consumer(
@@ -143,9 +169,12 @@ def record_topic(
             ) as bar,
         ):
             out.write(orjson.dumps(header) + b"\n")
-            # A followed recording ends with Ctrl-C; what was written is kept.
-            with contextlib.suppress(KeyboardInterrupt):
-                _copy(consumer, out, bar, active, stop, stats, max_records, idle_timeout_s)
+            out.flush()
+            copy = _Copy(consumer, out, bar, stop, stats, should_stop)
+            try:
+                copy.run(active, max_records, idle_timeout_s)
+            except KeyboardInterrupt:  # no should_stop given: what was written is kept
+                stats.stopped = True
     finally:
         consumer.close()
     stats.partitions = len(chosen)
@@ -198,38 +227,83 @@ def _range(
     return first, stop
 
 
-def _copy(
-    consumer: Consumer,
-    out: BinaryIO,
-    bar: Any,
-    active: set[TopicPartition],
-    stop: dict[TopicPartition, int | None],
-    stats: RecordStats,
-    max_records: int | None,
-    idle_timeout_s: float,
-) -> None:
-    """Write polled records until every partition reached its end, or a limit."""
-    last_data = time.monotonic()
-    while active:
-        if max_records is not None and stats.records >= max_records:
-            break
-        batch = consumer.poll(timeout_ms=200, max_records=5000)
-        if batch:
-            last_data = time.monotonic()
-        for tp, records in batch.items():
-            room = None if max_records is None else max_records - stats.records
-            lines = _lines_within(records, stop[tp], room)
-            out.write(b"".join(lines))
-            stats.records += len(lines)
-            bar.update(len(lines))
-        for tp in list(active):
-            limit = stop[tp]
-            # Positions, not offsets seen: transaction markers leave gaps.
-            position = consumer.position(tp)
-            if limit is not None and position is not None and position >= limit:
-                active.discard(tp)
-        if time.monotonic() - last_data > idle_timeout_s:
-            break
+class _Copy:
+    """Polled records written to the recording, batch by batch, until the range is done."""
+
+    def __init__(
+        self,
+        consumer: Consumer,
+        out: BinaryIO,
+        bar: Any,
+        stop: dict[TopicPartition, int | None],
+        stats: RecordStats,
+        should_stop: Callable[[], bool],
+    ) -> None:
+        self.consumer = consumer
+        self.out = out
+        self.bar = bar
+        self.stop = stop
+        self.stats = stats
+        self.should_stop = should_stop
+
+    def run(self, active: set[TopicPartition], max_records: int | None, idle_s: float) -> None:
+        """Write polled records until every partition reached its end, a limit, or a stop."""
+        stats = self.stats
+        last_data = time.monotonic()
+        while active:
+            if self.should_stop():
+                stats.stopped = True
+                break
+            if max_records is not None and stats.records >= max_records:
+                break
+            batch = self._poll()
+            if batch:
+                last_data = time.monotonic()
+            written = 0
+            for tp, records in batch.items():
+                room = None if max_records is None else max_records - stats.records
+                lines = _lines_within(records, self.stop[tp], room)
+                self.out.write(b"".join(lines))
+                stats.records += len(lines)
+                written += len(lines)
+                self.bar.update(len(lines))
+            if written:
+                self.out.flush()  # whole records on disk before the next poll
+            for tp in list(active):
+                limit = self.stop[tp]
+                # Positions, not offsets seen: transaction markers leave gaps.
+                position = self.consumer.position(tp)
+                if limit is not None and position is not None and position >= limit:
+                    active.discard(tp)
+            if time.monotonic() - last_data > idle_s:
+                break
+
+    def _poll(self) -> dict[TopicPartition, list[ConsumerRecord]]:
+        """One poll; a batch damaged in the broker's log is skipped, counted and warned of.
+
+        As the scorer and ``state rebuild`` do (``seek_past``): the records before
+        it were returned by earlier polls, those after it come with the next ones.
+        """
+        try:
+            return self.consumer.poll(timeout_ms=200, max_records=5000)
+        except CorruptRecordError as exc:
+            damaged = unreadable_batch(exc)
+            if damaged is None:
+                raise
+            last = seek_past(self.consumer, damaged)
+            limit = self.stop.get(TopicPartition(damaged.topic, damaged.partition))
+            in_range = last if limit is None else min(last, limit - 1)
+            self.stats.unreadable += max(0, in_range + 1 - damaged.first_offset)
+            log.warning(
+                "%s partition %d offsets %d..%d cannot be read (damaged in the broker's log: "
+                "%s): skipped, not recorded",
+                damaged.topic,
+                damaged.partition,
+                damaged.first_offset,
+                last,
+                exc,
+            )
+            return {}
 
 
 def _lines_within(
@@ -255,10 +329,26 @@ def _offsets_at(
 
 
 def read_recording(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The metadata and the records of a recording (keys/values decoded to bytes)."""
+    """The metadata and the records of a recording (keys/values decoded to bytes).
+
+    Raises
+    ------
+    FileFormatError
+        A line is not a recording line; a last line without its newline is
+        said to be cut short (a recorder killed while writing it).
+    """
     meta: dict[str, Any] = {}
     records: list[dict[str, Any]] = []
     for line_no, line in json_lines(path):
+        if not line.endswith(b"\n"):  # only the last line can end without one
+            try:
+                orjson.loads(line)
+            except orjson.JSONDecodeError:
+                raise FileFormatError(
+                    f"{display_name(path)}:{line_no}: the last line is cut short (the recorder "
+                    f"was killed while writing it); the {len(records):,} records before it are "
+                    "whole: remove that line to replay them"
+                ) from None
         try:
             row = orjson.loads(line)
             if line_no == 1 and "fraudstream_recording" in row:

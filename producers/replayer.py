@@ -13,6 +13,7 @@ the gap between their sends (see :class:`fraudstream.producers.pacing.Pacer`).
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import time
 from collections.abc import Iterator
@@ -20,12 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fraudstream.producers.files import display_name
 from fraudstream.producers.pacing import Pacer
 from fraudstream.producers.recorder import read_recording
-from fraudstream.producers.sink import KafkaSink, progress_bar
+from fraudstream.producers.sink import INTERRUPT_FLUSH_S, KafkaSink, RunCancelledError, progress_bar
 from fraudstream.service.errors import ConfigurationError
-from fraudstream.service.kafka import check_reachable, ensure_topics, make_admin
-from fraudstream.service.settings import Settings
+from fraudstream.service.kafka import DeliveryError, check_reachable, ensure_topics, make_admin
+from fraudstream.service.settings import Settings, topic_name_problem
 
 
 @dataclass
@@ -35,6 +37,19 @@ class ReplayStats:
     records: int = 0
     wall_s: float = 0.0
     max_lag_s: float = 0.0
+
+
+class ReplayCancelledError(RunCancelledError):
+    """Ctrl-C stopped a replay: what Kafka confirmed, and the ``--skip`` that resumes it.
+
+    ``resume_skip`` is the number of records, in replay order, that Kafka
+    confirmed before the first one it did not.
+    """
+
+    def __init__(self, message: str, stats: ReplayStats, resume_skip: int) -> None:
+        super().__init__(message)
+        self.stats = stats
+        self.resume_skip = resume_skip
 
 
 def replay_order(records: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -66,6 +81,7 @@ def replay_file(
     keep_timestamps: bool = False,
     progress: bool = False,
     pacer: Pacer | None = None,
+    skip: int = 0,
 ) -> ReplayStats:
     """Send a recording's records to Kafka.
 
@@ -83,11 +99,24 @@ def replay_file(
         old timestamp can be deleted at once by the target's retention.
     pacer
         Injected pacer (tests); built from ``speed`` otherwise.
+    skip
+        Leave out the first ``skip`` records in replay order (to resume a replay
+        that was stopped: :class:`ReplayCancelledError` says how many).
+
+    Raises
+    ------
+    ReplayCancelledError
+        On Ctrl-C (``KeyboardInterrupt``), once the records in flight are
+        confirmed or :data:`~fraudstream.producers.sink.INTERRUPT_FLUSH_S` has passed.
     """
     meta, records = read_recording(path)
-    check_reachable(settings)
     targets = {topic} if topic else {r["topic"] for r in records} or {meta.get("topic", "")}
     targets.discard("")
+    for name in sorted(targets):
+        problem = topic_name_problem(name)
+        if problem:
+            raise ConfigurationError(f"{display_name(path)}: {problem}; replay it with --topic")
+    check_reachable(settings)
     if targets:
         ensure_topics(
             settings,
@@ -101,27 +130,63 @@ def replay_file(
     stats = ReplayStats()
     start = time.perf_counter()
     linger_ms = 0 if pacer.paced else 20  # paced: send at once, the pace is the point
+    to_send = max(0, len(records) - skip)
     with (
         KafkaSink(settings, client_suffix="replayer", linger_ms=linger_ms) as sink,
-        progress_bar(len(records), enabled=progress, desc="replay", unit="rec") as bar,
+        progress_bar(to_send, enabled=progress, desc="replay", unit="rec") as bar,
     ):
-        sink.warm_up(targets)
-        for rec in replay_order(records):
-            pacer.wait(rec["timestamp_ms"])
-            sink.send(
-                topic or rec["topic"],
-                rec["value"],
-                key=rec["key"],
-                headers=rec["headers"],
-                partition=rec["partition"] if keep_partitions else None,
-                timestamp_ms=rec["timestamp_ms"] if keep_timestamps else None,
-            )
-            stats.records += 1
-            bar.update(1)
-        sink.flush()
+        try:
+            sink.warm_up(targets)
+            for index, rec in enumerate(replay_order(records), start=1):
+                if index <= skip:
+                    continue
+                pacer.wait(rec["timestamp_ms"])
+                sink.send(
+                    topic or rec["topic"],
+                    rec["value"],
+                    key=rec["key"],
+                    headers=rec["headers"],
+                    partition=rec["partition"] if keep_partitions else None,
+                    timestamp_ms=rec["timestamp_ms"] if keep_timestamps else None,
+                    line=index,
+                )
+                stats.records += 1
+                bar.update(1)
+            sink.flush()
+        except KeyboardInterrupt:
+            stats.wall_s = time.perf_counter() - start
+            raise _cancelled(path, sink, stats, len(records), skip) from None
     stats.wall_s = time.perf_counter() - start
     stats.max_lag_s = pacer.max_lag_s
     return stats
+
+
+def _cancelled(
+    path: Path, sink: KafkaSink, stats: ReplayStats, total: int, skip: int
+) -> ReplayCancelledError:
+    """What Kafka confirmed of an interrupted replay, and the ``--skip`` that resumes it.
+
+    Records in flight get :data:`INTERRUPT_FLUSH_S` to be confirmed. The resume
+    point is the first record in replay order Kafka did not confirm: records
+    after it that it did confirm are sent again by the resumed replay.
+    """
+    with contextlib.suppress(DeliveryError):
+        sink.flush(timeout_s=INTERRUPT_FLUSH_S)
+    stats.records = sink.delivered
+    first_missing = sink.first_undelivered_line
+    if first_missing is None:  # every record handed over was confirmed: a prefix
+        resume = max([skip, *sink.last_delivered_line.values()])
+        again = ""
+    else:
+        resume = first_missing - 1
+        again = " (records after it that Kafka confirmed are sent again)"
+    sent_before = f" after the {skip:,} skipped" if skip else ""
+    return ReplayCancelledError(
+        f"{display_name(path)}: Kafka confirmed {stats.records:,} of its {total:,} records"
+        f"{sent_before}; to resume, replay it again with --skip {resume}{again}",
+        stats,
+        resume,
+    )
 
 
 def _check_partitions(settings: Settings, records: list[dict[str, Any]], topic: str | None) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 from kafka.errors import KafkaError
 from tqdm import tqdm
 
+from fraudstream.service.errors import FraudstreamError
 from fraudstream.service.kafka import DeliveryError, DeliveryTracker, make_producer
 from fraudstream.service.kafka.protocols import SendFuture
 from fraudstream.service.settings import Settings
@@ -39,6 +40,18 @@ _FORCE_CLOSE_WAIT_S = 2.0
 #: Longest single wait inside a flush, so the deadline is kept (kafka-python's
 #: flush waits ``timeout`` for *each* batch).
 _FLUSH_STEP_S = 0.2
+
+#: Seconds the records in flight get to be confirmed after Ctrl-C, before the
+#: run says what Kafka confirmed.
+INTERRUPT_FLUSH_S = 5.0
+
+
+class RunCancelledError(FraudstreamError):
+    """Ctrl-C (or SIGTERM, through the CLI) stopped a producer run part-way.
+
+    The message says what Kafka confirmed and how to resume; the command exits
+    with 128 + the signal's number (130 for Ctrl-C).
+    """
 
 
 class KafkaSink(DeliveryTracker):
@@ -104,6 +117,8 @@ class KafkaSink(DeliveryTracker):
         self.delivered_by_topic: dict[str, int] = {}
         #: Topic -> the largest ``line`` of a record delivered to it (sent with one).
         self.last_delivered_line: dict[str, int] = {}
+        #: The smallest ``line`` of a record a flush found failed or unconfirmed (any topic).
+        self.first_undelivered_line: int | None = None
 
     def send(
         self,
@@ -168,9 +183,7 @@ class KafkaSink(DeliveryTracker):
         failures: list[str] = []
         count = 0
         for future, topic, line in self._sent:
-            if future.failed():
-                failures.append(repr(future.exception))
-            elif future.succeeded():
+            if future.succeeded():
                 count += 1
                 meta = future.value
                 self.last_delivered[meta.topic] = (meta.partition, meta.offset)
@@ -178,8 +191,14 @@ class KafkaSink(DeliveryTracker):
                 if line is not None:
                     last = self.last_delivered_line.get(topic, 0)
                     self.last_delivered_line[topic] = max(last, line)
+                continue
+            if future.failed():
+                failures.append(repr(future.exception))
             else:
                 failures.append(f"not confirmed within {limit:.0f} s")
+            if line is not None:
+                first = self.first_undelivered_line
+                self.first_undelivered_line = line if first is None else min(first, line)
         self._sent.clear()
         self.delivered += count
         if failures:
@@ -230,8 +249,9 @@ class KafkaSink(DeliveryTracker):
     ) -> None:
         if exc_type is not None:
             # An error or Ctrl-C is on its way: a few seconds for what is in flight, no more
-            # (none at all once Kafka has failed to take the records).
-            self.close(0.0 if isinstance(exc, DeliveryError) else 5.0)
+            # (none at all once Kafka has failed to take the records, or the run has waited
+            # for them already).
+            self.close(0.0 if isinstance(exc, DeliveryError | RunCancelledError) else 5.0)
             return
         try:
             self.flush()  # a delivery failure surfaces here, never silently

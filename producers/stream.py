@@ -12,11 +12,12 @@ the event time travels in the JSON (``timestamp``/``labeled_at``), and a
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import orjson
@@ -25,8 +26,13 @@ from fraudstream.producers.files import open_output
 from fraudstream.producers.labels import SOURCES, LabelDelay
 from fraudstream.producers.pacing import Pacer
 from fraudstream.producers.simulator import Simulation, SimulationConfig, format_times_ms, simulate
-from fraudstream.producers.sink import KafkaSink, progress_bar
-from fraudstream.service.kafka import check_reachable, ensure_topics
+from fraudstream.producers.sink import (
+    INTERRUPT_FLUSH_S,
+    KafkaSink,
+    RunCancelledError,
+    progress_bar,
+)
+from fraudstream.service.kafka import DeliveryError, check_reachable, ensure_topics
 from fraudstream.service.settings import Settings
 
 _DEFAULT_DELAY = LabelDelay()
@@ -49,6 +55,8 @@ class StreamStats:
     frauds: int = 0
     wall_s: float = 0.0
     max_lag_s: float = 0.0
+    #: ``should_stop`` ended the run early (files written are complete up to there).
+    stopped: bool = False
 
     @property
     def events(self) -> int:
@@ -88,6 +96,10 @@ def label_rows(
         }
 
 
+def _never() -> bool:
+    return False
+
+
 def write_simulation(
     sim: Simulation,
     output: Path | None,
@@ -95,11 +107,21 @@ def write_simulation(
     *,
     delay: LabelDelay | None = None,
     progress: bool = False,
+    should_stop: Callable[[], bool] = _never,
 ) -> StreamStats:
     """Write transactions (with ground truth) and/or labels as JSON Lines.
 
     Labels are written in the order they arrive (``labeled_at``). A path ending
-    in ``.gz`` is gzip-compressed.
+    in ``.gz`` is gzip-compressed. Lines are written whole, and flushed (a gzip
+    file with a sync flush) every 50,000 lines, so a process killed outright
+    leaves readable data up to the last flush.
+
+    Parameters
+    ----------
+    should_stop
+        Asked before each line: ``True`` ends the writing there, the files
+        closed complete with whole lines only (``stats.stopped``; the counts
+        are the lines written). The CLI sets it on SIGINT and SIGTERM.
     """
     start = time.perf_counter()
     stats = StreamStats(frauds=int(sim.is_fraud.sum()))
@@ -108,27 +130,48 @@ def write_simulation(
             open_output(output) as out,
             progress_bar(len(sim), enabled=progress, desc="transactions", unit="tx") as bar,
         ):
-            buffer: list[bytes] = []
-            for line in sim.to_json_lines(ground_truth=True):
-                buffer.append(line)
-                if len(buffer) >= 50_000:
-                    out.write(b"\n".join(buffer) + b"\n")
-                    bar.update(len(buffer))
-                    buffer.clear()
-            if buffer:
-                out.write(b"\n".join(buffer) + b"\n")
-                bar.update(len(buffer))
-        stats.transactions = len(sim)
-    if labels_output is not None:
+            lines = sim.to_json_lines(ground_truth=True)
+            stats.transactions = _write_lines(out, lines, should_stop, bar)
+        stats.stopped = stats.transactions < len(sim)
+        stats.frauds = int(sim.is_fraud[: stats.transactions].sum())
+    if labels_output is not None and not stats.stopped:
         labels = label_simulation(sim, delay or LabelDelay())
         order = np.argsort(labels.labeled_ms, kind="stable")
+        rows = (
+            orjson.dumps(r)
+            for lo in range(0, len(order), 100_000)
+            for r in label_rows(sim, labels, order[lo : lo + 100_000])
+        )
         with open_output(labels_output) as out:
-            for lo in range(0, len(order), 100_000):
-                rows = label_rows(sim, labels, order[lo : lo + 100_000])
-                out.write(b"".join(orjson.dumps(r) + b"\n" for r in rows))
-        stats.labels = len(sim)
+            stats.labels = _write_lines(out, rows, should_stop)
+        stats.stopped = stats.labels < len(sim)
     stats.wall_s = time.perf_counter() - start
     return stats
+
+
+def _write_lines(
+    out: BinaryIO, lines: Iterable[bytes], should_stop: Callable[[], bool], bar: Any = None
+) -> int:
+    """Write ``lines`` (no newlines) to ``out`` until they end or ``should_stop``; how many."""
+    written = 0
+    buffer: list[bytes] = []
+    for line in lines:
+        if should_stop():
+            break
+        buffer.append(line)
+        if len(buffer) >= 50_000:
+            out.write(b"\n".join(buffer) + b"\n")
+            out.flush()
+            written += len(buffer)
+            if bar is not None:
+                bar.update(len(buffer))
+            buffer.clear()
+    if buffer:
+        out.write(b"\n".join(buffer) + b"\n")
+        written += len(buffer)
+        if bar is not None:
+            bar.update(len(buffer))
+    return written
 
 
 def simulation_events(
@@ -228,22 +271,42 @@ def stream_simulation(
         KafkaSink(settings, client_suffix="simulator", linger_ms=linger_ms) as sink,
         progress_bar(total, enabled=progress, desc="simulate", unit="ev") as bar,
     ):
-        sink.warm_up(topics)
-        for event_ms, is_label, key, value in simulation_events(sim, labels):
-            if stats.events >= total:
-                break
-            if not (fast_label_tail and is_label and event_ms > last_tx_ms):
-                pacer.wait(event_ms)
-            if is_label:
-                sink.send(settings.topic_labels, value, key=key)
-                stats.labels += 1
-            else:
-                sink.send(settings.topic_transactions, value, key=key)
-                stats.transactions += 1
-            bar.update(1)
-        sink.flush()
+        try:
+            sink.warm_up(topics)
+            for event_ms, is_label, key, value in simulation_events(sim, labels):
+                if stats.events >= total:
+                    break
+                if not (fast_label_tail and is_label and event_ms > last_tx_ms):
+                    pacer.wait(event_ms)
+                if is_label:
+                    sink.send(settings.topic_labels, value, key=key)
+                    stats.labels += 1
+                else:
+                    sink.send(settings.topic_transactions, value, key=key)
+                    stats.transactions += 1
+                bar.update(1)
+            sink.flush()
+        except KeyboardInterrupt:
+            raise _cancelled(settings, sink, len(sim)) from None
     # Rows are time-ordered, so the first ones are those sent.
     stats.frauds = int(sim.is_fraud[: stats.transactions].sum())
     stats.wall_s = time.perf_counter() - start
     stats.max_lag_s = pacer.max_lag_s
     return stats
+
+
+def _cancelled(settings: Settings, sink: KafkaSink, total: int) -> RunCancelledError:
+    """What Kafka confirmed of a simulation stream stopped by Ctrl-C.
+
+    Records in flight get :data:`~fraudstream.producers.sink.INTERRUPT_FLUSH_S`
+    to be confirmed first.
+    """
+    with contextlib.suppress(DeliveryError):
+        sink.flush(timeout_s=INTERRUPT_FLUSH_S)
+    transactions = sink.delivered_by_topic.get(settings.topic_transactions, 0)
+    labels = sink.delivered_by_topic.get(settings.topic_labels, 0)
+    return RunCancelledError(
+        f"Kafka confirmed {transactions:,} of the simulation's {total:,} transactions and "
+        f"{labels:,} labels; run the same command again to resume: transactions and labels "
+        "already sent are recognised by id and not counted twice"
+    )

@@ -143,6 +143,8 @@ def test_a_redis_error_names_the_server_given_not_the_setting(
             "0",
             "--models",
             "logreg",
+            "--warmup-days",
+            "0",  # a day of transactions to assess: the replay runs, and meets the Redis
             "--redis-url",
             given,
         ],
@@ -168,3 +170,20 @@ def test_a_redis_error_of_the_configured_server_names_it_as_configured(closed_po
     assert redis_error_message(error.value, other).startswith(
         f"Redis at redis://:***@127.0.0.1:{closed_port}/0 is not reachable ("
     )
+
+
+@pytest.mark.parametrize("command", [["schemas", "--output-dir", "x"], ["config"]])
+def test_an_env_file_that_is_not_utf8_is_one_line_naming_it(
+    command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_bytes(
+        b"FRAUDSTREAM_LOG_LEVEL=INFO\n# r\xe9seau (Latin-1)\nFRAUDSTREAM_REDIS_PREFIX=x\n"
+    )
+    result = CliRunner().invoke(main, command)
+    assert result.exit_code == 1, result.output
+    assert result.output.strip() == (
+        f"Error: {tmp_path / '.env'} is not UTF-8 text (byte 0xe9 on line 2): save it as UTF-8 "
+        "(e.g. `iconv -f latin1 -t utf-8`) or fix that line"
+    )
+    assert not (tmp_path / "x").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -162,3 +163,42 @@ def test_the_ceiling_needs_the_frauds_scenarios(tmp_path: Path) -> None:
         main, ["evaluate", str(path), "--preset", "handbook", "--ceiling", "--no-progress"]
     )
     assert result.exit_code != 0 and "--ceiling needs the frauds' scenarios" in result.output
+
+
+def test_a_stream_shorter_than_the_warm_up_is_refused_before_the_replay(tmp_path: Path) -> None:
+    path = tmp_path / "hb.csv"
+    path.write_text(HANDBOOK_CSV)
+    result = CliRunner().invoke(
+        main, ["evaluate", str(path), "--preset", "handbook", "--store", "reference",
+               "--no-progress"],
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert result.output.strip() == (
+        "Error: hb.csv: too few transactions after the warm-up: 5 transactions over 2 day(s) "
+        "(2018-04-01 .. 2018-04-02), none after the first 14 days (--warmup-days): nothing to "
+        "assess; give a longer stream or fewer --warmup-days (at most 1 here)"
+    )
+    outside = CliRunner().invoke(
+        main, ["evaluate", str(path), "--preset", "handbook", "--assessment-start", "2019-01-01",
+               "--no-progress"],
+    )  # fmt: skip
+    assert outside.exit_code == 1
+    assert outside.output.strip() == (
+        "Error: hb.csv: none of its 5 transactions over 2 day(s) (2018-04-01 .. 2018-04-02) is "
+        "in the test weeks 2019-01-01 .. 2019-01-28: nothing to assess; choose an "
+        "--assessment-start within the stream"
+    )
+
+
+def test_evaluate_reads_standard_input(tmp_path: Path) -> None:
+    args = ["evaluate", "-", "--preset", "handbook", "--store", "reference", "--models",
+            "logreg", "--warmup-days", "1", "--bootstrap", "0", "--no-progress",
+            "--json"]  # fmt: skip
+    result = CliRunner().invoke(main, args, input=HANDBOOK_CSV)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["source"] == "<stdin> (5 transactions)"
+    assert report["assessed"]["transactions"] == 1  # the second day
+    # gzip-compressed too: recognised by its first bytes.
+    zipped = CliRunner().invoke(main, args, input=gzip.compress(HANDBOOK_CSV.encode()))
+    assert zipped.exit_code == 0, zipped.output
