@@ -22,12 +22,12 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
+from broker_log import flip_a_byte, write_one_batch_each
 from conftest import AppUnderTest
 from kafka.admin import KafkaAdminClient, NewTopic
-from kafka_extras import delivered
 
 from fraudstream.devstack import KafkaServer
-from fraudstream.service.kafka import make_consumer, make_producer
+from fraudstream.service.kafka import make_consumer
 from fraudstream.service.kafka.protocols import ConsumerRecord
 from fraudstream.service.settings import DeliveryGuarantee, Settings
 from fraudstream.service.state import read_since
@@ -35,32 +35,6 @@ from fraudstream.service.state import read_since
 #: Transactions (and labels) per partition; the damaged ones are in partition 0.
 PER_PARTITION = 12
 DAMAGED = 5  # the index, in partition 0, of the damaged transaction and label
-
-
-def _write_one_batch_each(
-    bootstrap: str, topic: str, values: list[tuple[int, bytes, bytes]]
-) -> dict[bytes, int]:
-    """Write ``(partition, key, value)`` records a batch each; the offset of each value."""
-    producer = make_producer(bootstrap, client_id="test-writer")
-    try:
-        offsets = {}
-        for partition, key, value in values:
-            sent = producer.send(topic, key=key, value=value, partition=partition)
-            producer.flush(timeout=30)
-            offsets[value] = delivered(sent, 30).offset
-        return offsets
-    finally:
-        producer.close(timeout=10)
-
-
-def _flip_a_byte(server: KafkaServer, topic: str, inside: bytes) -> None:
-    """Flip one byte of ``inside`` (a record's value) in partition 0's log of ``topic``."""
-    (segment,) = (server.data_dir / "logs" / f"{topic}-0").glob("*.log")
-    data = bytearray(segment.read_bytes())
-    at = data.find(inside)
-    assert at >= 0 and data.find(inside, at + 1) < 0
-    data[at + len(inside) // 2] ^= 0x20
-    segment.write_bytes(bytes(data))
 
 
 def _stream(
@@ -110,13 +84,13 @@ def test_a_damaged_batch_is_dead_lettered_and_the_partition_goes_on(
     finally:
         admin.close()
     transactions, labels = _stream(make_transaction)
-    tx_offsets = _write_one_batch_each(bootstrap, settings.topic_transactions, transactions)
-    label_offsets = _write_one_batch_each(bootstrap, settings.topic_labels, labels)
+    tx_offsets = write_one_batch_each(bootstrap, settings.topic_transactions, transactions)
+    label_offsets = write_one_batch_each(bootstrap, settings.topic_labels, labels)
     damaged_tx, damaged_label = transactions[DAMAGED][2], labels[DAMAGED][2]
 
     own_kafka.stop()  # a clean stop: the broker does not recover (re-read) its logs at start
-    _flip_a_byte(own_kafka, settings.topic_transactions, damaged_tx)
-    _flip_a_byte(own_kafka, settings.topic_labels, damaged_label)
+    flip_a_byte(own_kafka.data_dir / "logs", settings.topic_transactions, damaged_tx)
+    flip_a_byte(own_kafka.data_dir / "logs", settings.topic_labels, damaged_label)
     own_kafka.start(timeout_s=120)
 
     read_committed = guarantee is DeliveryGuarantee.EXACTLY_ONCE

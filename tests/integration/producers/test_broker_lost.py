@@ -14,31 +14,19 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import click
 import orjson
 import pytest
 from click.testing import CliRunner
+from producer_cli import producers_cli
 
 from fraudstream.devstack import KafkaServer
 from fraudstream.producers import sink
-from fraudstream.producers.cli import COMMANDS
 from fraudstream.service.kafka import make_consumer
 from fraudstream.service.kafka.protocols import TopicPartition
 from fraudstream.service.settings import Settings
 
 #: Delivery timeout of the test's sink (the command's default is 30 s).
 TIMEOUT_S = 6.0
-
-
-def _cli(settings: Settings) -> click.Group:
-    @click.group()
-    @click.pass_context
-    def main(ctx: click.Context) -> None:
-        ctx.obj = settings
-
-    for command in COMMANDS:
-        main.add_command(command)
-    return main
 
 
 def _rows(start: int, stop: int) -> Iterator[bytes]:
@@ -119,7 +107,7 @@ def test_produce_stops_within_a_bound_when_the_broker_dies_and_says_what_was_sen
         thread.start()
     try:
         result = CliRunner().invoke(
-            _cli(settings), ["produce", str(feed), "--no-progress", "--no-labels"]
+            producers_cli(settings), ["produce", str(feed), "--no-progress", "--no-labels"]
         )
         ended_at = time.monotonic()
     finally:

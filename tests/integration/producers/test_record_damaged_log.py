@@ -13,27 +13,15 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-import click
 import pytest
 from broker_log import flip_a_byte, write_one_batch_each
 from click.testing import CliRunner
+from producer_cli import producers_cli
 
 from fraudstream.devstack import KafkaServer
-from fraudstream.producers.cli import COMMANDS
 from fraudstream.producers.recorder import read_recording
 from fraudstream.service.kafka import ensure_topics
 from fraudstream.service.settings import Settings
-
-
-def _cli(settings: Settings) -> click.Group:
-    @click.group()
-    @click.pass_context
-    def main(ctx: click.Context) -> None:
-        ctx.obj = settings
-
-    for command in COMMANDS:
-        main.add_command(command)
-    return main
 
 
 def test_a_damaged_batch_is_skipped_counted_and_named_once(
@@ -55,7 +43,7 @@ def test_a_damaged_batch_is_skipped_counted_and_named_once(
     out = tmp_path / "incident.jsonl.gz"
     with caplog.at_level(logging.WARNING, logger="fraudstream.producers.recorder"):
         result = CliRunner().invoke(
-            _cli(settings), ["record", "--topic", topic, "-o", str(out), "--no-progress"]
+            producers_cli(settings), ["record", "--topic", topic, "-o", str(out), "--no-progress"]
         )
 
     assert result.exit_code == 0, result.output

@@ -7,26 +7,14 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-import click
 import orjson
 import pytest
 from click.testing import CliRunner
+from producer_cli import producers_cli
 
-from fraudstream.producers.cli import COMMANDS
 from fraudstream.service.kafka import make_consumer
 from fraudstream.service.kafka.protocols import ConsumerRecord, TopicPartition
 from fraudstream.service.settings import Settings
-
-
-def _cli(settings: Settings) -> click.Group:
-    @click.group()
-    @click.pass_context
-    def main(ctx: click.Context) -> None:
-        ctx.obj = settings
-
-    for command in COMMANDS:
-        main.add_command(command)
-    return main
 
 
 def _rows(n: int) -> bytes:
@@ -66,7 +54,7 @@ def test_gzip_cut_short_on_stdin_says_what_was_sent_and_the_last_offset(
     settings = make_settings()
     data = gzip.compress(_rows(30_000))
     result = CliRunner().invoke(
-        _cli(settings), ["produce", "-", "--no-progress"], input=data[: len(data) // 2]
+        producers_cli(settings), ["produce", "-", "--no-progress"], input=data[: len(data) // 2]
     )
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
@@ -100,7 +88,7 @@ def test_produce_record_and_replay_through_pipes(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     settings = make_settings()
-    cli = _cli(settings)
+    cli = producers_cli(settings)
     produced = CliRunner().invoke(
         cli, ["produce", "-", "--no-labels", "--no-progress"], input=_rows(300)
     )

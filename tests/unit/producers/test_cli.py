@@ -13,8 +13,8 @@ import click
 import orjson
 import pytest
 from click.testing import CliRunner
+from producer_cli import producers_cli
 
-from fraudstream.producers.cli import COMMANDS
 from fraudstream.producers.simulator import Simulation
 from fraudstream.service.schemas import Label, Transaction
 from fraudstream.service.settings import Settings
@@ -22,15 +22,8 @@ from fraudstream.service.settings import Settings
 
 @pytest.fixture
 def cli() -> click.Group:
-    @click.group()
-    @click.pass_context
-    def main(ctx: click.Context) -> None:
-        # Nothing listens here: a command that needs Kafka fails fast and clearly.
-        ctx.obj = Settings(_env_file=None, bootstrap_servers="127.0.0.1:1")
-
-    for command in COMMANDS:
-        main.add_command(command)
-    return main
+    # Nothing listens here: a command that needs Kafka fails fast and clearly.
+    return producers_cli(Settings(_env_file=None, bootstrap_servers="127.0.0.1:1"))
 
 
 def _run(cli: click.Group, *args: str) -> tuple[int, str]:
@@ -199,13 +192,13 @@ def test_simulate_to_a_file_stopped_by_sigterm_leaves_a_valid_file_of_whole_line
 def test_simulate_stopped_before_writing_writes_nothing(
     cli: click.Group, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fraudstream.producers import cli as producers_cli
+    from fraudstream.producers import cli as producer_commands
 
     def interrupted(config: object) -> Simulation:
         os.kill(os.getpid(), signal.SIGINT)
         raise AssertionError("SIGINT did not stop the simulation")
 
-    monkeypatch.setattr(producers_cli, "simulate", interrupted)
+    monkeypatch.setattr(producer_commands, "simulate", interrupted)
     out = tmp_path / "tx.jsonl.gz"
     result = CliRunner().invoke(cli, ["simulate", "-o", str(out), "--no-progress"])
     assert result.exit_code == 130, result.output

@@ -17,8 +17,8 @@ import click
 import orjson
 import pytest
 from click.testing import CliRunner, Result
+from producer_cli import producers_cli
 
-from fraudstream.producers.cli import COMMANDS
 from fraudstream.service.settings import Settings
 
 CLOSED = "127.0.0.1:1"
@@ -26,14 +26,7 @@ CLOSED = "127.0.0.1:1"
 
 @pytest.fixture
 def cli() -> click.Group:
-    @click.group()
-    @click.pass_context
-    def main(ctx: click.Context) -> None:
-        ctx.obj = Settings(_env_file=None, bootstrap_servers=CLOSED)
-
-    for command in COMMANDS:
-        main.add_command(command)
-    return main
+    return producers_cli(Settings(_env_file=None, bootstrap_servers=CLOSED))
 
 
 def _rows(n: int) -> list[dict[str, object]]:
