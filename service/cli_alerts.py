@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 import click
@@ -175,6 +178,21 @@ def alerts() -> None:
     """Read the alerts the service publishes (topic FRAUDSTREAM_TOPIC_ALERTS)."""
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_on_sigterm() -> Any:
+    """SIGTERM stops a follow like Ctrl-C (whole lines out, the summary, exit 0).
+
+    Returns the handler it replaced (``None`` off the main thread, where Python
+    delivers no signal).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _interrupt)
+
+
 @alerts.command("tail")
 @click.option(
     "--from-beginning", is_flag=True, help="Start at the oldest alert kept, not at new ones."
@@ -220,6 +238,7 @@ def tail(
             err=True,
         )
     shown = 0
+    previous = _stop_on_sigterm()
     try:
         for alert in tail_alerts(consumer, min_score=min_score, idle_timeout_s=idle_timeout):
             if json_lines:
@@ -236,6 +255,8 @@ def tail(
         # Python would complain when flushing stdout at exit; send the rest nowhere.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         _close_quietly(consumer)
     if not json_lines:
         click.echo(f"{shown:,} alert(s) shown", err=True)
