@@ -114,7 +114,9 @@ def _transactions(n: int) -> bytes:
     )
 
 
-def test_produce_stopped_by_ctrl_c_says_what_kafka_confirmed_and_exits_130(
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_produce_stopped_by_a_signal_says_what_kafka_confirmed_and_exits_128_plus_it(
+    signum: signal.Signals,
     make_settings: Callable[..., Settings],
     consume: Callable[..., list[ConsumerRecord]],
     tmp_path: Path,
@@ -128,12 +130,12 @@ def test_produce_stopped_by_ctrl_c_says_what_kafka_confirmed_and_exits_130(
         # The first transaction is sent at once, the second an hour of event time later.
         (first,) = consume(settings.bootstrap_servers, settings.topic_transactions, at_least=1)
     finally:
-        code, err = _stop(producer, signal.SIGINT)
+        code, err = _stop(producer, signum)
 
-    assert code == 130, err
+    assert code == 128 + signum, err
     assert err == [
-        f"stopped by SIGINT: {path}: Kafka confirmed 1 transactions, the last from line 1 at "
-        f"{settings.topic_transactions} partition {first.partition} offset {first.offset}, "
+        f"stopped by {signum.name}: {path}: Kafka confirmed 1 transactions, the last from line 1 "
+        f"at {settings.topic_transactions} partition {first.partition} offset {first.offset}, "
         "and 0 labels. Send it again to resume: transactions and labels already sent are "
         "recognised by id and not counted twice."
     ]
