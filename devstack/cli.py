@@ -195,8 +195,8 @@ def demo(
     "--metrics",
     "metrics_file",
     required=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Metrics recorded by `fraudstream demo --record-metrics FILE`.",
+    type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path),
+    help="Metrics recorded by `fraudstream demo --record-metrics FILE` (-: standard input).",
 )
 @click.option(
     "--dashboard",
@@ -223,8 +223,24 @@ def dashboard_picture(metrics_file: Path, dashboard: Path | None, output: Path) 
         raise click.ClickException(
             "matplotlib is needed to draw the picture: pip install 'fraudstream[dev]'"
         ) from None
-    board = json.loads((dashboard or DASHBOARD).read_text())
-    recording = Recording.load(metrics_file)
+    board_file = dashboard or DASHBOARD
+    try:
+        board = json.loads(board_file.read_text())
+        if str(metrics_file) == "-":
+            recording = Recording.parse(click.get_text_stream("stdin").read(), "<stdin>")
+        else:
+            recording = Recording.load(metrics_file)
+    except json.JSONDecodeError as exc:
+        raise click.ClickException(f"{board_file}: not a Grafana dashboard (JSON: {exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise click.ClickException(f"{metrics_file}: not text ({exc.reason})") from exc
+    except ValueError as exc:  # a line that is not a scrape
+        raise click.ClickException(str(exc)) from exc
+    except OSError as exc:
+        where = exc.filename or metrics_file
+        raise click.ClickException(f"{where}: {exc.strerror or exc}") from exc
+    if not isinstance(board, dict) or not isinstance(board.get("panels"), list):
+        raise click.ClickException(f"{board_file}: not a Grafana dashboard (no panels list)")
     if len(recording.times) < 2:
         raise click.ClickException(f"{metrics_file}: fewer than two scrapes recorded")
     click.echo(f"wrote {render(board, recording, output)}")

@@ -89,10 +89,40 @@ class Recording:
     @classmethod
     def load(cls, path: Path) -> Recording:
         """Read a recording written by ``fraudstream demo --record-metrics``."""
-        scrapes = [json.loads(line) for line in Path(path).read_text().splitlines() if line]
-        return cls.from_scrapes(
-            (s["t"], [(n, labels, v) for n, labels, v in s["samples"]]) for s in scrapes
-        )
+        return cls.parse(Path(path).read_text(), str(path))
+
+    @classmethod
+    def parse(cls, text: str, source: str = "<recording>") -> Recording:
+        r"""A recording from its JSON lines (one scrape a line), read from ``source``.
+
+        Raises
+        ------
+        ValueError
+            Naming the first line that is not a scrape.
+
+        Examples
+        --------
+        >>> Recording.parse('{"t": 0, "samples": [["up", {}, 1]]}\n').times
+        array([0.])
+        >>> Recording.parse("up 1\n", "m.jsonl")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: m.jsonl: line 1 is not a scrape recorded by ... (JSONDecodeError: ...)
+        """
+        scrapes = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                s = json.loads(line)
+                samples = [(str(n), dict(labels), v) for n, labels, v in s["samples"]]
+                scrapes.append((float(s["t"]), samples))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ValueError(
+                    f"{source}: line {number} is not a scrape recorded by `fraudstream demo "
+                    f"--record-metrics` ({type(exc).__name__}: {exc})"
+                ) from exc
+        return cls.from_scrapes(scrapes)
 
     @classmethod
     def from_scrapes(

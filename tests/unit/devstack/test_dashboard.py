@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
+from fraudstream.cli import main
 from fraudstream.devstack.dashboard import (
     DASHBOARD,
     PromQLError,
@@ -23,6 +25,11 @@ from fraudstream.service.metrics import Metrics
 
 def _recording(scrapes: int = 30) -> Recording:
     """Scrapes of a real Metrics registry while it counts a steady stream."""
+    return Recording.from_scrapes(_scrapes(scrapes))
+
+
+def _scrapes(scrapes: int) -> list[tuple[float, list[tuple[str, dict[str, str], float | None]]]]:
+    """The ``(time, samples)`` of each scrape :func:`_recording` holds."""
     m = Metrics()
     rows = []
     rng = np.random.default_rng(1)
@@ -46,7 +53,7 @@ def _recording(scrapes: int = 30) -> Recording:
             for s in family.samples
         ]
         rows.append((1_000.0 + 2 * i, samples))
-    return Recording.from_scrapes(rows)
+    return rows
 
 
 def test_every_panel_query_evaluates_to_data() -> None:
@@ -88,3 +95,52 @@ def test_render_writes_a_png(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     out = render(json.loads(DASHBOARD.read_text()), _recording(), tmp_path / "d.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _as_recorded(scrapes: int) -> str:
+    """Scrapes as ``fraudstream demo --record-metrics`` writes them: a JSON line each."""
+    return "".join(
+        json.dumps({"t": t, "samples": samples}) + "\n" for t, samples in _scrapes(scrapes)
+    )
+
+
+def test_the_picture_command_reads_a_recording_from_standard_input(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "d.png"
+    result = CliRunner().invoke(
+        main, ["dev", "dashboard-picture", "--metrics", "-", "-o", str(out)], input=_as_recorded(8)
+    )
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_picture_command_refuses_a_bad_recording_or_dashboard_in_one_line(
+    tmp_path: Path,
+) -> None:
+    metrics, board, out = tmp_path / "m.jsonl", tmp_path / "board.json", tmp_path / "d.png"
+
+    def error(*args: str) -> str:
+        result = CliRunner().invoke(main, ["dev", "dashboard-picture", *args, "-o", str(out)])
+        assert result.exit_code == 1, result.output
+        assert "Traceback" not in result.output
+        return result.output.strip()
+
+    metrics.write_text(_as_recorded(2) + "garbage\n")
+    assert error("--metrics", str(metrics)) == (
+        f"Error: {metrics}: line 3 is not a scrape recorded by `fraudstream demo "
+        "--record-metrics` (JSONDecodeError: Expecting value: line 1 column 1 (char 0))"
+    )
+    metrics.write_text('{"t": 1}\n')
+    assert error("--metrics", str(metrics)).startswith(
+        f"Error: {metrics}: line 1 is not a scrape recorded by"
+    )
+    metrics.write_text(_as_recorded(2))
+    board.write_text("{")
+    assert error("--metrics", str(metrics), "--dashboard", str(board)).startswith(
+        f"Error: {board}: not a Grafana dashboard (JSON: "
+    )
+    board.write_text("[]")
+    assert error("--metrics", str(metrics), "--dashboard", str(board)) == (
+        f"Error: {board}: not a Grafana dashboard (no panels list)"
+    )
+    assert not out.exists()
