@@ -227,7 +227,7 @@ def dashboard_picture(metrics_file: Path, dashboard: Path | None, output: Path) 
     try:
         board = json.loads(board_file.read_text())
         if str(metrics_file) == "-":
-            recording = Recording.parse(click.get_text_stream("stdin").read(), "<stdin>")
+            recording = Recording.parse(sys.stdin.read(), "<stdin>")
         else:
             recording = Recording.load(metrics_file)
     except json.JSONDecodeError as exc:
