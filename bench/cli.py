@@ -20,6 +20,7 @@ from fraudstream.bench.pipeline import (
     run_pipeline_bench,
     write_results,
 )
+from fraudstream.service.cli_options import BOOTSTRAP_SERVERS, REDIS_URL, FloatRange
 from fraudstream.service.settings import Settings
 
 
@@ -60,7 +61,7 @@ def bench() -> None:
 )
 @click.option(
     "--latency-seconds",
-    type=click.FloatRange(min=0),
+    type=FloatRange(min=0),
     default=20.0,
     show_default=True,
     help="Length of the offered-load latency phase (0: skip).",
@@ -74,9 +75,17 @@ def bench() -> None:
 )
 @click.option("--partitions", type=click.IntRange(min=1), default=6, show_default=True)
 @click.option(
-    "--bootstrap-servers", default=None, help="Use this running Kafka instead of starting one."
+    "--bootstrap-servers",
+    type=BOOTSTRAP_SERVERS,
+    default=None,
+    help="Use this running Kafka instead of starting one.",
 )
-@click.option("--redis-url", default=None, help="Use this running Redis instead of starting one.")
+@click.option(
+    "--redis-url",
+    type=REDIS_URL,
+    default=None,
+    help="Use this running Redis instead of starting one.",
+)
 @click.option(
     "--profile/--no-profile",
     default=True,
@@ -89,7 +98,7 @@ def bench() -> None:
     default=None,
     help="Events of the profiled run (default: --events).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option(
     "--scorers",
     "scorer_counts",
@@ -192,7 +201,7 @@ def pipeline(
 @click.option("--batches", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option(
     "--hot-share",
-    type=click.FloatRange(0.0, 1.0),
+    type=FloatRange(0.0, 1.0),
     default=1.0,
     show_default=True,
     help="Share of each batch of 2,000 on the one hot card.",
@@ -204,7 +213,12 @@ def pipeline(
     show_default=True,
     help="Most records a card keeps (card_history_max); 0: the default.",
 )
-@click.option("--redis-url", default=None, help="Use this running Redis instead of starting one.")
+@click.option(
+    "--redis-url",
+    type=REDIS_URL,
+    default=None,
+    help="Use this running Redis instead of starting one.",
+)
 def hot_card(batches: int, hot_share: float, cap: int, redis_url: str | None) -> None:
     """One card taking a share of every batch (card testing): time and memory per batch."""
     from fraudstream.bench.hot_card import hot_card_batches

@@ -71,6 +71,7 @@ from fraudstream.service.errors import ConfigurationError
 from fraudstream.service.kafka import (
     DeliveryTracker,
     KafkaConnection,
+    check_reachable,
     ensure_topics,
     make_consumer,
     make_producer,
@@ -1688,6 +1689,7 @@ def run_pipeline_bench(
         )
         bench_settings = Settings(_env_file=None, **values)
         kafka = KafkaConnection.from_settings(bench_settings)
+        check_reachable(kafka)  # a given broker that is down: one line at once, not a 30 s retry
         client = redis_client(bench_settings)
         ensure_topics(kafka, {run.name(name): config.partitions for name in names})
 

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import click
 
 from fraudstream.devstack.stack import DevStack
+from fraudstream.service.cli_options import FloatRange
 from fraudstream.service.settings import DecisionMode, Settings
 
 #: A decorated command function (click options return it unchanged in type).
@@ -30,13 +31,16 @@ def _folder_option(name: str, default: str, help_text: str) -> Callable[[_F], _F
     )
 
 
+#: A TCP port a server can listen on.
+_PORT = click.IntRange(1, 65535)
+
 _cache_option = _folder_option("--cache-dir", ".cache", "Where the Kafka jars go.")
 _dev_options = [
     _folder_option("--home", ".cache/dev", "Folder for the servers' data, logs and pid files."),
     _cache_option,
-    click.option("--kafka-port", type=int, default=9092, show_default=True),
-    click.option("--controller-port", type=int, default=9093, show_default=True),
-    click.option("--redis-port", type=int, default=6379, show_default=True),
+    click.option("--kafka-port", type=_PORT, default=9092, show_default=True),
+    click.option("--controller-port", type=_PORT, default=9093, show_default=True),
+    click.option("--redis-port", type=_PORT, default=6379, show_default=True),
 ]
 
 
@@ -129,17 +133,21 @@ def dev_fetch(cache_dir: Path) -> None:
 
 @click.command()
 @_with_dev_options
-@click.option("--customers", type=int, default=1000, show_default=True)
-@click.option("--terminals", type=int, default=2000, show_default=True)
-@click.option("--days", type=int, default=21, show_default=True, help="Simulated days.")
+@click.option("--customers", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--terminals", type=click.IntRange(min=1), default=2000, show_default=True)
+@click.option(
+    "--days", type=click.IntRange(min=1), default=21, show_default=True, help="Simulated days."
+)
 @click.option(
     "--speed",
-    type=float,
+    type=FloatRange(min=0, allow_inf=True),
     default=20_000,
     show_default=True,
     help="Event seconds per wall second (20,000: a day in ~4 s).",
 )
-@click.option("--seed", type=int, default=None, help="Simulation seed (default: random).")
+@click.option(
+    "--seed", type=click.IntRange(min=0), default=None, help="Simulation seed (default: random)."
+)
 @click.option(
     "--record-metrics",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -162,7 +170,10 @@ def demo(
     import random
 
     from fraudstream.devstack.demo import DemoPlan, run_demo
+    from fraudstream.producers.cli import simulation_config
 
+    # Refused (naming the option) before any server starts.
+    simulation_config(n_customers=customers, n_terminals=terminals, n_days=days)
     stack = _stack(**dev_options)
     # The simulator's cards make ~2 transactions a day. A fraud team reviews a
     # fixed number of cards a day, so the demo runs in budget mode sized to 1 %.
@@ -223,15 +234,28 @@ def dashboard_picture(metrics_file: Path, dashboard: Path | None, output: Path) 
         raise click.ClickException(
             "matplotlib is needed to draw the picture: pip install 'fraudstream[dev]'"
         ) from None
+    from fraudstream.producers.files import StreamClosedError, check_stdio
+
     board_file = dashboard or DASHBOARD
     try:
         board = json.loads(board_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise click.ClickException(f"{board_file}: not a Grafana dashboard (JSON: {exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise click.ClickException(
+            f"{board_file}: not a Grafana dashboard (not text: {exc.reason})"
+        ) from exc
+    except OSError as exc:
+        where = exc.filename or board_file
+        raise click.ClickException(f"{where}: {exc.strerror or exc}") from exc
+    try:
         if str(metrics_file) == "-":
+            check_stdio(metrics_file, output=False)
             recording = Recording.parse(sys.stdin.read(), "<stdin>")
         else:
             recording = Recording.load(metrics_file)
-    except json.JSONDecodeError as exc:
-        raise click.ClickException(f"{board_file}: not a Grafana dashboard (JSON: {exc})") from exc
+    except StreamClosedError as exc:
+        raise click.ClickException(str(exc)) from exc
     except UnicodeDecodeError as exc:
         raise click.ClickException(f"{metrics_file}: not text ({exc.reason})") from exc
     except ValueError as exc:  # a line that is not a scrape

@@ -8,15 +8,17 @@ import json
 import shlex
 import sys
 import time
-from datetime import UTC, date, datetime
+from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 import numpy as np
 
-from fraudstream.producers.cli import column_map
-from fraudstream.service.cli_options import FloatRange
+from fraudstream.producers.cli import column_map, parse_time, simulation_config
+from fraudstream.producers.simulator import EXTRA_SCENARIOS
+from fraudstream.service.cli_options import BOOTSTRAP_SERVERS, REDIS_URL, FloatRange
 from fraudstream.service.errors import FraudstreamError
 from fraudstream.service.model import CATALOGUE
 from fraudstream.service.settings import Settings
@@ -45,7 +47,9 @@ def _date(value: str | None) -> date | None:
     try:
         return date.fromisoformat(value)
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)") from None
+        raise click.BadParameter(
+            f"{value!r} is not a date (YYYY-MM-DD)", param_hint="--assessment-start"
+        ) from None
 
 
 @click.command("evaluate")
@@ -83,12 +87,21 @@ def _date(value: str | None) -> date | None:
 @click.option("--customers", type=click.IntRange(min=1), default=5_000, show_default=True)
 @click.option("--terminals", type=click.IntRange(min=1), default=10_000, show_default=True)
 @click.option(
-    "--start", default="2018-04-01", show_default=True, help="Simulation start (UTC date)."
+    "--start",
+    default="2018-04-01",
+    show_default=True,
+    help="Simulation start (ISO date/time, epoch ms, 'today').",
 )
-@click.option("--extra", "extras", multiple=True, help="Extra simulator scenario (repeatable).")
+@click.option(
+    "--extra",
+    "extras",
+    multiple=True,
+    type=click.Choice(sorted(EXTRA_SCENARIOS)),
+    help="Extra simulator scenario (repeatable).",
+)
 @click.option(
     "--seed",
-    type=int,
+    type=click.IntRange(min=0),
     default=0,
     show_default=True,
     help="Seed of the simulation, of the label delays and of the bootstrap.",
@@ -159,7 +172,9 @@ def _date(value: str | None) -> date | None:
     show_default=True,
     help="Feature store (in-process).",
 )
-@click.option("--redis-url", help="Redis to use (default: one started for the run).")
+@click.option(
+    "--redis-url", type=REDIS_URL, help="Redis to use (default: one started for the run)."
+)
 @click.option(
     "--via",
     type=click.Choice(["in-process", "kafka"]),
@@ -167,7 +182,11 @@ def _date(value: str | None) -> date | None:
     show_default=True,
     help="kafka: the deployed path, real Kafka + Redis + the service's Application.",
 )
-@click.option("--bootstrap-servers", help="--via kafka: broker to use (default: one started).")
+@click.option(
+    "--bootstrap-servers",
+    type=BOOTSTRAP_SERVERS,
+    help="--via kafka: broker to use (default: one started).",
+)
 @click.option(
     "--speed",
     type=FloatRange(min=1),
@@ -210,15 +229,25 @@ def evaluate_cmd(ctx: click.Context, /, **opts: Any) -> None:
     ROC AUC, average precision, card precision@k, with 95 % bootstrap intervals.
     """
     settings: Settings = ctx.obj if isinstance(ctx.obj, Settings) else Settings()
+    if opts["report_dir"] is not None:
+        with _report_errors(opts["report_dir"]):  # before the run, not after it
+            opts["report_dir"].mkdir(parents=True, exist_ok=True)
     try:
         report, extras = run_evaluation(settings, opts)
     except (FraudstreamError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
+    except MemoryError as exc:  # e.g. numpy's "Unable to allocate 14.2 PiB for an array ..."
+        said = f" ({exc})" if str(exc) else ""
+        raise click.ClickException(
+            f"not enough memory{said}: give fewer --customers, --terminals or --days, "
+            "or a smaller FILE"
+        ) from exc
     from fraudstream.evaluation import report as rep
 
     click.echo(rep.table(report))
     if opts["report_dir"] is not None:
-        written = write_report(report, extras, opts["report_dir"])
+        with _report_errors(opts["report_dir"]):
+            written = write_report(report, extras, opts["report_dir"])
         click.echo(f"report written to {opts['report_dir']}: {', '.join(written)}", err=True)
     if opts["as_json"]:
         click.echo(json.dumps(report, separators=(",", ":")))
@@ -241,14 +270,13 @@ def run_evaluation(
         raise click.UsageError("give a FILE or --simulate, not both")
     models = _models(opts["models"])
     if opts["simulate_"]:
-        start = datetime.fromisoformat(opts["start"])
         sim = simulate(
-            SimulationConfig(
+            simulation_config(
                 seed=opts["seed"],
                 n_customers=opts["customers"],
                 n_terminals=opts["terminals"],
                 n_days=opts["days"],
-                start=start if start.tzinfo else start.replace(tzinfo=UTC),
+                start=parse_time(opts["start"], "--start"),
                 extras=frozenset(opts["extras"]),
             )
         )
@@ -370,6 +398,25 @@ def check_assessable(stream: LabelledStream, plan: Assessment, protocol: Protoco
             f"{name}: the {in_weeks:,} transactions of the test weeks {weeks} are all of cards "
             "already known compromised: nothing to assess; --keep-known keeps them"
         )
+
+
+@contextlib.contextmanager
+def _report_errors(folder: Path) -> Iterator[None]:
+    """An :class:`OSError` writing the report in ``folder``: one line naming it and what to do.
+
+    Parameters
+    ----------
+    folder
+        The ``--report`` folder.
+    """
+    try:
+        yield
+    except OSError as exc:
+        where = exc.filename or folder
+        raise click.ClickException(
+            f"cannot write the report to {where}: {exc.strerror or exc}; "
+            "give a writable --report folder"
+        ) from exc
 
 
 def write_report(report: dict[str, Any], extras: dict[str, Any], folder: Path) -> list[str]:

@@ -40,7 +40,7 @@ from fraudstream.producers.pacing import Pacer
 from fraudstream.producers.simulator import format_times_ms
 from fraudstream.producers.sink import KafkaSink
 from fraudstream.service.errors import FraudstreamError
-from fraudstream.service.kafka import ensure_topics, make_consumer
+from fraudstream.service.kafka import check_reachable, ensure_topics, make_consumer
 from fraudstream.service.serving import ServingPolicy
 from fraudstream.service.settings import Settings
 
@@ -111,6 +111,7 @@ def replay_via_kafka(
                 "topic_labels": f"eval-{run}-labels",
             }
         )
+        check_reachable(base)  # a given broker that is down: one line at once, not a 30 s retry
         per_app = {name: _app_settings(base, run, name, config.policy) for name in scorers}
         ensure_topics(
             base,

@@ -51,6 +51,8 @@ if TYPE_CHECKING:
 
 #: Bad rows printed one by one before the rest are only counted.
 _BAD_ROWS_SHOWN = 10
+#: The last epoch millisecond a time option takes (9999-12-31T23:59:59.999Z).
+_MAX_EPOCH_MS = 253_402_300_799_999
 
 
 def _settings() -> Settings:
@@ -61,8 +63,14 @@ def _settings() -> Settings:
 
 
 @contextmanager
-def _errors() -> Iterator[None]:
-    """Turn fraudstream's and the OS's errors into one-line CLI errors."""
+def _errors(smaller: str = "make the run smaller") -> Iterator[None]:
+    """Turn fraudstream's and the OS's errors into one-line CLI errors.
+
+    Parameters
+    ----------
+    smaller
+        What to do when the run does not fit in memory (e.g. which options to lower).
+    """
     try:
         yield
     except FraudstreamError as exc:
@@ -70,6 +78,9 @@ def _errors() -> Iterator[None]:
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
         raise click.ClickException(f"{where}{exc.strerror or exc}") from exc
+    except MemoryError as exc:  # e.g. numpy's "Unable to allocate 14.2 PiB for an array ..."
+        said = f" ({exc})" if str(exc) else ""
+        raise click.ClickException(f"not enough memory{said}: {smaller}") from exc
 
 
 class _Interrupted(KeyboardInterrupt):
@@ -161,15 +172,27 @@ def _signals(nothing_done: str) -> Iterator[_SignalStop]:
         stop.restore()
 
 
-def _parse_time(value: str, name: str) -> datetime:
-    """RFC 3339 / ISO date(-time) (naive means UTC), epoch ms, or ``now``/``today``."""
+def parse_time(value: str, name: str) -> datetime:
+    """RFC 3339 / ISO date(-time) (naive means UTC), epoch ms, or ``now``/``today``.
+
+    Raises
+    ------
+    click.BadParameter
+        ``value`` is no such time, or one out of range; the error names option ``name``.
+    """
     text = value.strip()
     if text == "now":
         return datetime.now(UTC)
     if text == "today":
         return datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     if text.isdigit():
-        return datetime.fromtimestamp(int(text) / 1000, tz=UTC)
+        try:
+            return datetime.fromtimestamp(int(text) / 1000, tz=UTC)
+        except (OverflowError, OSError, ValueError):
+            raise click.BadParameter(
+                f"{value!r} is out of range: epoch ms up to {_MAX_EPOCH_MS} (9999-12-31)",
+                param_hint=name,
+            ) from None
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -183,7 +206,7 @@ def _parse_time(value: str, name: str) -> datetime:
 def _speed_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--speed",
-        type=FloatRange(min=0),
+        type=FloatRange(min=0, allow_inf=True),
         default=None,
         help="Event seconds per wall second: 1 = real time, 100 = 100x; default as fast as "
         "possible.",
@@ -212,8 +235,42 @@ def _delay(days: float, early: float) -> LabelDelay:
     return LabelDelay(delay_s=delay_s, early_fraud_prob=early, early_min_s=min(3600.0, delay_s))
 
 
+def simulation_config(**knobs: Any) -> SimulationConfig:
+    """The :class:`SimulationConfig` of ``knobs``, its refusals naming the option to change.
+
+    Parameters
+    ----------
+    **knobs
+        Fields of :class:`SimulationConfig`, as the ``simulate`` and ``evaluate
+        --simulate`` options give them.
+
+    Raises
+    ------
+    click.BadParameter
+        A population too small for the frauds drawn every day (``--customers``,
+        ``--terminals``), or any other value the simulator refuses.
+    """
+    floors = {
+        "n_customers": ("--customers", "customers", SimulationConfig.compromised_customers_per_day),
+        "n_terminals": ("--terminals", "terminals", SimulationConfig.compromised_terminals_per_day),
+    }
+    for field, (option, what, per_day) in floors.items():
+        if field in knobs and knobs[field] < per_day:
+            raise click.BadParameter(
+                f"{knobs[field]} is too few: the simulation compromises {per_day} {what} a day; "
+                f"give {option} {per_day} or more",
+                param_hint=option,
+            )
+    try:
+        return SimulationConfig(**knobs)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @click.command("simulate")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every draw.")
+@click.option(
+    "--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of every draw."
+)
 @click.option("--customers", type=click.IntRange(min=1), default=5_000, show_default=True)
 @click.option("--terminals", type=click.IntRange(min=1), default=10_000, show_default=True)
 @click.option("--days", type=click.IntRange(min=1), default=183, show_default=True)
@@ -276,23 +333,23 @@ def simulate_cmd(
     """
     from fraudstream.producers.stream import stream_simulation, write_simulation
 
-    try:
-        config = SimulationConfig(
-            seed=seed,
-            n_customers=customers,
-            n_terminals=terminals,
-            n_days=days,
-            start=_parse_time(start, "--start"),
-            radius=radius,
-            extras=frozenset(extras),
-        )
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+    config = simulation_config(
+        seed=seed,
+        n_customers=customers,
+        n_terminals=terminals,
+        n_days=days,
+        start=parse_time(start, "--start"),
+        radius=radius,
+        extras=frozenset(extras),
+    )
     both_stdout = [output, labels_output].count(Path("-")) == 2
     if both_stdout:
         raise click.UsageError("--output and --labels-output cannot both be - (standard output)")
     delay = _delay(label_delay_days, early_fraud_prob)
-    with _errors(), _signals("nothing was written or sent") as stop:
+    with (
+        _errors("give fewer --customers, --terminals or --days"),
+        _signals("nothing was written or sent") as stop,
+    ):
         check_stdio(output, output=True)
         check_stdio(labels_output, output=True)
         if output is not None or labels_output is not None:
@@ -308,9 +365,10 @@ def simulate_cmd(
                 )
             if stats.stopped:
                 _stopped(stop, _partly_written(stats, len(sim), output, labels_output))
+            counts = ", ".join(f"{k} {v:,}" for k, v in sim.scenario_counts().items() if v)
             click.echo(
-                f"{len(sim):,} transactions ({sim.fraud_rate:.3%} fraud: "
-                + ", ".join(f"{k} {v:,}" for k, v in sim.scenario_counts().items() if v)
+                f"{len(sim):,} transactions ({sim.fraud_rate:.3%} fraud"
+                + (f": {counts}" if counts else "")
                 + f") written in {stats.wall_s:.1f} s",
                 err=True,
             )
@@ -405,7 +463,13 @@ def column_map(pairs: tuple[str, ...], preset: str | None = None) -> dict[str, s
     help="Send delayed labels of rows that carry is_fraud.",
 )
 @_delay_options
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of label delays.")
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Seed of label delays.",
+)
 @click.option("--topic", type=TOPIC, help="Transactions topic (default from settings).")
 @_speed_option
 @click.option("--progress/--no-progress", default=True, show_default=True)
@@ -535,7 +599,7 @@ def record_cmd(
         raise click.UsageError("give --to-time or --to-offset, not both")
 
     def ms(value: str | None, name: str) -> int | None:
-        return None if value is None else round(_parse_time(value, name).timestamp() * 1000)
+        return None if value is None else round(parse_time(value, name).timestamp() * 1000)
 
     from_ms, to_ms = ms(from_time, "--from-time"), ms(to_time, "--to-time")
     if from_ms is not None and to_ms is not None and from_ms >= to_ms:

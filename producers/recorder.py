@@ -367,9 +367,35 @@ def read_recording(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
             )
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise FileFormatError(
-                f"{path}:{line_no}: not a recording line ({type(exc).__name__}: {exc})"
+                f"{display_name(path)}:{line_no}: not a recording line "
+                f"({_line_problem(line, exc)}); replay reads the files `fraudstream record` writes"
             ) from None
     return meta, records
+
+
+#: JSON's names of the values a recording line can be instead of an object.
+_JSON_TYPES = {list: "an array", str: "a string", bool: "a boolean", int: "a number"}
+
+
+def _line_problem(line: bytes, exc: Exception) -> str:
+    """What is wrong with a recording ``line`` that raised ``exc`` when read.
+
+    Parameters
+    ----------
+    line
+        The line as read.
+    exc
+        What reading it raised.
+    """
+    if isinstance(exc, orjson.JSONDecodeError):
+        return f"not JSON: {exc}"
+    row = orjson.loads(line)
+    if not isinstance(row, dict):
+        kind = "null" if row is None else _JSON_TYPES.get(type(row), "a number")
+        return f"{kind}, not a JSON object"
+    if isinstance(exc, KeyError):
+        return f"no {exc.args[0]!r} field"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _unb64(text: str | None) -> bytes | None:

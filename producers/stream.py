@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import orjson
 
-from fraudstream.producers.files import open_output
+from fraudstream.producers.files import is_stdio, open_output
 from fraudstream.producers.labels import SOURCES, LabelDelay
 from fraudstream.producers.pacing import Pacer
 from fraudstream.producers.simulator import Simulation, SimulationConfig, format_times_ms, simulate
@@ -127,6 +127,7 @@ def write_simulation(
     stats = StreamStats(frauds=int(sim.is_fraud.sum()))
     if output is not None:
         with (
+            _named(output),
             open_output(output) as out,
             progress_bar(len(sim), enabled=progress, desc="transactions", unit="tx") as bar,
         ):
@@ -142,11 +143,28 @@ def write_simulation(
             for lo in range(0, len(order), 100_000)
             for r in label_rows(sim, labels, order[lo : lo + 100_000])
         )
-        with open_output(labels_output) as out:
+        with _named(labels_output), open_output(labels_output) as out:
             stats.labels = _write_lines(out, rows, should_stop)
         stats.stopped = stats.labels < len(sim)
     stats.wall_s = time.perf_counter() - start
     return stats
+
+
+@contextlib.contextmanager
+def _named(path: Path) -> Iterator[None]:
+    """Give an :class:`OSError` without a file name (a failed write or close) ``path``'s name.
+
+    Parameters
+    ----------
+    path
+        The output being written (``-``: standard output, named ``<stdout>``).
+    """
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = "<stdout>" if is_stdio(path) else str(path)
+        raise
 
 
 def _write_lines(

@@ -96,11 +96,18 @@ def config(ctx: click.Context, markdown: bool) -> None:
 )
 def schemas(output_dir: Path) -> None:
     """Write the JSON Schemas of every message (transaction, label, alert, score)."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    for name, schema in json_schemas().items():
-        path = output_dir / f"{name}.schema.json"
-        path.write_text(json.dumps(schema, indent=2) + "\n")
-        click.echo(f"wrote {path}")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        for name, schema in json_schemas().items():
+            path = output_dir / f"{name}.schema.json"
+            path.write_text(json.dumps(schema, indent=2) + "\n")
+            click.echo(f"wrote {path}")
+    except OSError as exc:
+        where = exc.filename or output_dir
+        raise click.ClickException(
+            f"cannot write the schemas to {where}: {exc.strerror or exc}; "
+            "give a writable --output-dir"
+        ) from exc
 
 
 @click.command()

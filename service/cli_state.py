@@ -36,7 +36,8 @@ def _parse_since(value: str | None, settings: Settings, now_ms: int | None = Non
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError as exc:
         raise click.BadParameter(
-            f"{value!r} is not an ISO date or time (e.g. 2026-11-01 or 2026-11-01T12:00:00Z)"
+            f"{value!r} is not an ISO date or time (e.g. 2026-11-01 or 2026-11-01T12:00:00Z)",
+            param_hint="--since",
         ) from exc
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)

@@ -187,3 +187,24 @@ def test_an_env_file_that_is_not_utf8_is_one_line_naming_it(
         "(e.g. `iconv -f latin1 -t utf-8`) or fix that line"
     )
     assert not (tmp_path / "x").exists()
+
+
+def test_state_rebuild_since_that_is_no_time_names_the_option() -> None:
+    result = CliRunner().invoke(main, ["state", "rebuild", "--since", "junk"], env=_NOWHERE)
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1] == (
+        "Error: Invalid value for --since: 'junk' is not an ISO date or time (e.g. 2026-11-01 "
+        "or 2026-11-01T12:00:00Z)"
+    )
+
+
+def test_schemas_into_a_folder_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    folder = blocker / "schemas"  # under a file: no one, not even root, can make it
+    result = CliRunner().invoke(main, ["schemas", "--output-dir", str(folder)], env=_NOWHERE)
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        f"Error: cannot write the schemas to {folder}: Not a directory; give a writable "
+        "--output-dir"
+    )

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +115,38 @@ def test_the_picture_command_reads_a_recording_from_standard_input(tmp_path: Pat
     )
     assert result.exit_code == 0, result.output
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_picture_command_names_the_dashboard_file_that_is_not_text(tmp_path: Path) -> None:
+    metrics, board = tmp_path / "m.jsonl", tmp_path / "board.json"
+    metrics.write_text(_as_recorded(2))
+    board.write_bytes(b"\xff\xfe{}")
+    args = ["--metrics", str(metrics), "--dashboard", str(board), "-o", str(tmp_path / "d.png")]
+    result = CliRunner().invoke(main, ["dev", "dashboard-picture", *args])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip() == (
+        f"Error: {board}: not a Grafana dashboard (not text: invalid start byte)"
+    )
+
+
+def test_the_picture_command_with_closed_standard_input_is_one_line(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")  # checked first: without it, that is the error
+    # A real process: only then is sys.stdin None (as after `<&-`).
+    fraudstream = Path(sys.executable).with_name("fraudstream")
+    args = ["dev", "dashboard-picture", "--metrics", "-", "-o", str(tmp_path / "d.png")]
+    done = subprocess.run(
+        [str(fraudstream), *args],
+        preexec_fn=lambda: os.close(0),  # closes the child's stdin only
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.decode().strip() == (
+        "Error: standard input is closed, so - has nothing to read; give a file name, or pipe "
+        "the data in (e.g. `... < file` or `cat file | ...`)"
+    )
 
 
 def test_the_picture_command_refuses_a_bad_recording_or_dashboard_in_one_line(

@@ -202,3 +202,80 @@ def test_evaluate_reads_standard_input(tmp_path: Path) -> None:
     # gzip-compressed too: recognised by its first bytes.
     zipped = CliRunner().invoke(main, args, input=gzip.compress(HANDBOOK_CSV.encode()))
     assert zipped.exit_code == 0, zipped.output
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ["--start", "junk"],
+            "Error: Invalid value for --start: 'junk' is not a time (2018-04-01, "
+            "2018-04-01T10:00:00Z, epoch ms, now, today)",
+        ),
+        (
+            ["--start", "99999999999999999999"],
+            "Error: Invalid value for --start: '99999999999999999999' is out of range: epoch ms "
+            "up to 253402300799999 (9999-12-31)",
+        ),
+        (
+            ["--extra", "junk"],
+            "Error: Invalid value for '--extra': 'junk' is not one of 'account-takeover', "
+            "'card-testing', 'impossible-travel'.",
+        ),
+        (
+            ["--customers", "1"],
+            "Error: Invalid value for --customers: 1 is too few: the simulation compromises 3 "
+            "customers a day; give --customers 3 or more",
+        ),
+        (
+            ["--assessment-start", "junk"],
+            "Error: Invalid value for --assessment-start: 'junk' is not a date (YYYY-MM-DD)",
+        ),
+    ],
+)
+def test_a_wrong_simulation_option_is_named_before_anything_runs(
+    args: list[str], line: str
+) -> None:
+    result = CliRunner().invoke(main, ["evaluate", "--simulate", "--days", "1", *args])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1] == line
+
+
+def test_a_simulation_too_big_for_memory_is_one_line() -> None:
+    args = ["--customers", "999999999999999", "--days", "1", "--no-progress"]
+    result = CliRunner().invoke(main, ["evaluate", "--simulate", *args])
+    assert result.exit_code == 1, result.output
+    line = result.output.strip()
+    assert line.startswith("Error: not enough memory (Unable to allocate "), line
+    assert line.endswith("): give fewer --customers, --terminals or --days, or a smaller FILE"), (
+        line
+    )
+
+
+_SMALL_RUN = [
+    "evaluate", "--simulate", "--days", "20", "--customers", "50", "--terminals", "100",
+    "--warmup-days", "1", "--models", "logreg", "--bootstrap", "0", "--no-progress",
+]  # fmt: skip
+
+
+def test_a_report_folder_that_cannot_be_made_is_refused_before_the_run(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    folder = blocker / "report"  # under a file: no one, not even root, can make it
+    result = CliRunner().invoke(main, [*_SMALL_RUN, "--report", str(folder)])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip() == (
+        f"Error: cannot write the report to {folder}: Not a directory; give a writable "
+        "--report folder"
+    )
+
+
+def test_via_kafka_with_a_given_broker_that_is_down_is_one_fast_line() -> None:
+    args = ["--via", "kafka", "--bootstrap-servers", "127.0.0.1:1"]
+    result = CliRunner().invoke(main, [*_SMALL_RUN, *args, "--redis-url", "redis://127.0.0.1:1"])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines() == [
+        "Error: Kafka at 127.0.0.1:1 is not reachable (nothing accepts connections there): is "
+        "the broker running? Start a local one with `fraudstream dev up`, or set "
+        "FRAUDSTREAM_BOOTSTRAP_SERVERS"
+    ]

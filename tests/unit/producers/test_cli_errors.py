@@ -249,3 +249,86 @@ def test_dash_with_a_closed_standard_stream_is_one_line(
     lines = done.stderr.decode().strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith(f"Error: standard {stream} is closed, so - ")
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["simulate", "-o", "-", "--start"], "--start"),
+        (["record", "-o", "-", "--from-time"], "--from-time"),
+        (["record", "-o", "-", "--to-time"], "--to-time"),
+    ],
+)
+@pytest.mark.parametrize("value", ["99999999999999999999", "253402300800000"])
+def test_an_epoch_ms_out_of_range_is_a_wrong_option(
+    cli: click.Group, args: list[str], option: str, value: str
+) -> None:
+    result = CliRunner().invoke(cli, [*args, value])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"Error: Invalid value for {option}: {value!r} is out of range: epoch ms up to "
+        "253402300799999 (9999-12-31)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("option", "given", "what", "floor"),
+    [("--customers", "2", "customers", 3), ("--terminals", "1", "terminals", 2)],
+)
+def test_a_population_too_small_for_the_daily_frauds_names_its_option(
+    cli: click.Group, option: str, given: str, what: str, floor: int
+) -> None:
+    result = CliRunner().invoke(cli, ["simulate", "-o", "-", option, given])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"Error: Invalid value for {option}: {given} is too few: the simulation compromises "
+        f"{floor} {what} a day; give {option} {floor} or more"
+    )
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("flag", ["-o", "--labels-output"])
+def test_a_failed_write_names_the_file(cli: click.Group, flag: str) -> None:
+    other = "--labels-output" if flag == "-o" else "-o"
+    args = ["simulate", "--customers", "50", "--terminals", "100", "--days", "1"]
+    result = CliRunner().invoke(cli, [*args, flag, "/dev/full", other, os.devnull, "--no-progress"])
+    assert result.exit_code == 1, result.output
+    assert _error_line(result) == "Error: /dev/full: No space left on device"
+
+
+def test_a_simulation_without_frauds_says_so_plainly(cli: click.Group) -> None:
+    # 5 customers, 10 terminals on the 100 x 100 grid: none within reach, no transaction.
+    args = ["simulate", "--customers", "5", "--terminals", "10", "--days", "1", "-o", os.devnull]
+    result = CliRunner().invoke(cli, [*args, "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith("0 transactions (0.000% fraud) written in "), result.stderr
+
+
+def test_a_simulation_too_big_for_memory_is_one_line(cli: click.Group) -> None:
+    args = ["simulate", "--customers", "999999999999999", "--days", "1", "-o", os.devnull]
+    result = CliRunner().invoke(cli, [*args, "--no-progress"])
+    assert result.exit_code == 1, result.output
+    line = _error_line(result)
+    assert line.startswith("Error: not enough memory (Unable to allocate "), line
+    assert line.endswith("): give fewer --customers, --terminals or --days"), line
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"[1, 2]\n", "an array, not a JSON object"),
+        (b'"text"\n', "a string, not a JSON object"),
+        (b'{"transaction_id": "t1"}\n', "no 'topic' field"),
+        (b"{not json\n", "not JSON: "),
+    ],
+)
+def test_a_file_that_is_no_recording_says_what_is_wrong(
+    cli: click.Group, tmp_path: Path, content: bytes, problem: str
+) -> None:
+    path = tmp_path / "rec.jsonl"
+    path.write_bytes(content)
+    result = CliRunner().invoke(cli, ["replay", str(path), "--no-progress"])
+    assert result.exit_code == 1, result.output
+    line = _error_line(result)
+    assert line.startswith(f"Error: {path}:1: not a recording line ({problem}"), line
+    assert line.endswith("); replay reads the files `fraudstream record` writes"), line
