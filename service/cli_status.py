@@ -321,13 +321,13 @@ class _ServiceUrl(click.ParamType[str, Any]):
     name = "url"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        url = str(value).strip().rstrip("/")
+        url = str(value).strip()
         if "://" not in url:
             url = f"http://{url}"
         problem = url_problem(url)
         if problem:
             self.fail(problem, param, ctx)
-        return url
+        return url.rstrip("/")
 
 
 def default_url(settings: Settings) -> str | None:

@@ -307,8 +307,18 @@ class ModelRegistry:
 
     def import_text(self, text: str, source: str) -> int:
         """Verify an export's text (read from ``source``) and publish it as a new version."""
+        if not text.strip():
+            raise ModelVersionError(
+                f"{source} is empty: not a fraudstream model export (`fraudstream model export`)"
+            )
         try:
             doc = json.loads(text)
+        except ValueError as exc:
+            raise ModelVersionError(
+                f"{source} is not a fraudstream model export (not JSON: {exc}); "
+                "`fraudstream model export` writes them"
+            ) from exc
+        try:
             if doc.get("format") != _EXPORT_FORMAT:
                 raise ModelVersionError(f"{source} is not a fraudstream model export")
             meta = doc["meta"].encode()

@@ -131,5 +131,12 @@ def test_model_import_reads_standard_input(
 
     garbage = runner.invoke(main, ["model", "import", "-"], env=env, input="not json\n")
     assert garbage.exit_code == 1
-    assert garbage.output.startswith("Error: cannot read model export <stdin>: ")
-    assert len(garbage.output.strip().splitlines()) == 1
+    assert garbage.output.strip() == (
+        "Error: <stdin> is not a fraudstream model export (not JSON: Expecting value: line 1 "
+        "column 1 (char 0)); `fraudstream model export` writes them"
+    )
+    empty = runner.invoke(main, ["model", "import", "-"], env=env, input="")
+    assert empty.exit_code == 1
+    assert empty.output.strip() == (
+        "Error: <stdin> is empty: not a fraudstream model export (`fraudstream model export`)"
+    )

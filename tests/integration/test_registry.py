@@ -99,7 +99,7 @@ def test_rollback_export_import(
     with pytest.raises(SignatureError, match="signature"):
         other.import_(path)
     path.write_text("not json")
-    with pytest.raises(ModelVersionError, match="cannot read"):
+    with pytest.raises(ModelVersionError, match="is not a fraudstream model export \\(not JSON"):
         other.import_(path)
     with pytest.raises(ModelVersionError, match="does not exist"):
         reg.rollback(999)

@@ -23,6 +23,7 @@ from fraudstream.cli import main
         ("http://host:port", "'http://host:port' is not a URL (Port could not be cast to "
          "integer value as 'port'): give http://HOST:PORT"),
         ("http://:9108", "'http://:9108' names no host: give http://HOST:PORT"),
+        ("http://", "'http://' names no host: give http://HOST:PORT"),
     ],
 )  # fmt: skip
 def test_a_url_that_is_no_metrics_endpoint_is_refused(url: str, problem: str) -> None:
