@@ -34,7 +34,12 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import redis
-from kafka.errors import KafkaError
+from kafka.errors import (
+    CoordinatorLoadInProgressError,
+    CoordinatorNotAvailableError,
+    KafkaError,
+    NotCoordinatorError,
+)
 from redis.exceptions import RedisClusterException
 
 from fraudstream.service.alerts import BudgetPolicy, DecisionPolicy, ThresholdPolicy
@@ -88,6 +93,16 @@ from fraudstream.service.stores import feature_store, snapshot_store
 from fraudstream.service.waiting_labels import LabelWaits, WaitingLabels
 
 log = logging.getLogger(__name__)
+
+#: Kafka's answers while a broker's group coordinator is starting (a new broker
+#: creates its offsets topic at the first group lookup), and how many attempts
+#: (0.5 + 1 + 2 + 4 s of back-off) they are logged as progress, not as a warning.
+_COORDINATOR_STARTING = (
+    CoordinatorNotAvailableError,
+    CoordinatorLoadInProgressError,
+    NotCoordinatorError,
+)
+_QUIET_COORDINATOR_ATTEMPTS = 4
 
 
 T = TypeVar("T")
@@ -482,7 +497,12 @@ class Application:
                 log.error("%s", exc)
             except (redis.RedisError, KafkaError, UnavailableError) as exc:
                 self._state_problem = f"cannot check the feature state: {exc}"
-                log.warning("%s; retrying", self._state_problem)
+                if isinstance(exc, _COORDINATOR_STARTING) and attempt < _QUIET_COORDINATOR_ATTEMPTS:
+                    # A new broker makes its offsets topic at the first group
+                    # lookup: a few seconds of this is its start, not a fault.
+                    log.info("waiting for the broker's group coordinator (%s)", type(exc).__name__)
+                else:
+                    log.warning("%s; retrying", self._state_problem)
             else:
                 self._state_problem = None
                 self._state_known = True
