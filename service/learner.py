@@ -235,6 +235,7 @@ class Learner:
         """Continue from the newest loadable version, or start a fresh ``model_name``.
 
         A version that fails verification is skipped (logged) for the previous one.
+        A version of another model than ``model_name`` is continued, with a warning.
         """
         for version in reversed(registry.versions()):
             try:
@@ -248,6 +249,14 @@ class Learner:
                     "feature store provides; publish a fresh model or roll back"
                 )
             log.info("learner resumes from version %d (%d labels)", version, cp.model.labels_learnt)
+            if cp.model.name != model_name:
+                log.warning(
+                    "FRAUDSTREAM_MODEL is %r, but model version %d is a %r model: the learner "
+                    "continues it (the setting chooses the model of an empty registry only)",
+                    model_name,
+                    version,
+                    cp.model.name,
+                )
             return cls(cp.model, snapshots, registry, feature_store, version=version, **params)
         fresh = FraudModel(model_name, feature_names)
         return cls(fresh, snapshots, registry, feature_store, **params)

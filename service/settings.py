@@ -648,6 +648,21 @@ class Settings(BaseSettings):
             raise ValueError(f"{value} is not readable by this user")
         return value
 
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        # Imported here: the model module imports serving, which imports this one.
+        from fraudstream.service.model import CATALOGUE
+
+        if value in CATALOGUE:
+            return value
+        close = difflib.get_close_matches(value, CATALOGUE, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise _invalid(
+            f"unknown model {value!r}: {hint}one of {', '.join(CATALOGUE)} "
+            "(`fraudstream model catalogue` describes them)"
+        )
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: SecretStr) -> SecretStr:

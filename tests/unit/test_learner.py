@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -343,3 +344,24 @@ def test_labels_claimed_by_a_call_that_failed_are_learnt_by_its_retry() -> None:
     assert learner.publish() is not None
     assert learner.learn_many(batch).duplicates == 5  # and never again
     assert learner.model.labels_learnt == 4
+
+
+def test_resume_continues_another_model_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    learner, snaps, reg, _ = make()
+    snaps.put("0", X[0], 0.2)
+    learner.learn_many([label(0, True)])
+    version = learner.publish()
+    with caplog.at_level(logging.WARNING, logger="fraudstream.service.learner"):
+        same = Learner.resume(
+            snaps, reg, FakeFeatureStore(), model_name="logreg", feature_names=NAMES
+        )
+    assert same.model.name == "logreg" and not caplog.records
+    with caplog.at_level(logging.WARNING, logger="fraudstream.service.learner"):
+        other = Learner.resume(
+            snaps, reg, FakeFeatureStore(), model_name="forest", feature_names=NAMES
+        )
+    assert other.model.name == "logreg" and other.model.labels_learnt == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        f"FRAUDSTREAM_MODEL is 'forest', but model version {version} is a 'logreg' model: the "
+        "learner continues it (the setting chooses the model of an empty registry only)"
+    ]

@@ -134,3 +134,22 @@ def test_usual_values_stay_valid() -> None:
     )
     Settings(_env_file=None, redis_url="unix:///run/redis.sock?db=2")
     Settings(_env_file=None, redis_url="redis://h:6379")
+
+
+@pytest.mark.parametrize(
+    ("value", "hint"),
+    [("arf", ""), ("logreg_undr", "did you mean 'logreg_under'? ")],
+)
+def test_a_model_not_in_the_catalogue_is_refused_before_anything_runs(
+    value: str, hint: str
+) -> None:
+    # Before, the service connected to Kafka and Redis and its learner and
+    # scorer then died with a KeyError traceback each (on a fresh registry).
+    result = CliRunner().invoke(main, ["serve"], env={"FRAUDSTREAM_MODEL": value})
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        f"Error: invalid setting FRAUDSTREAM_MODEL={value}: unknown model {value!r}: {hint}one "
+        "of forest_logreg, forest, logreg, logreg_plain, logreg_under (`fraudstream model "
+        "catalogue` describes them); fix or unset it (environment or .env); `fraudstream "
+        "config` shows every setting"
+    )
