@@ -695,7 +695,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _distinct_topics(self) -> Settings:
-        """The service must never read what it writes, nor read one topic as two."""
+        """The service must never read what it writes, nor read one topic as two.
+
+        Nor write alerts or scores where other records go, nor put its learner
+        in its scorers' consumer group.
+        """
         inputs = ("topic_transactions", "topic_labels")
         if self.topic_transactions == self.topic_labels:
             raise _conflict(
@@ -711,6 +715,25 @@ class Settings(BaseSettings):
                         f"{env_name(output)} is {env_name(source)} ({getattr(self, source)!r}): "
                         "the service would read what it writes; give it a topic of its own",
                     )
+        # Alerts and scores each have readers of their own; the dead-letter
+        # topics may share one topic (each record's headers say its source).
+        outputs = TOPIC_SETTINGS[2:]
+        for i, stream in enumerate(("topic_alerts", "topic_scores")):
+            for other in outputs[i + 1 :]:
+                if getattr(self, other) == getattr(self, stream):
+                    raise _conflict(
+                        other,
+                        f"{env_name(other)} is {env_name(stream)} ({getattr(self, stream)!r}): "
+                        f"{stream[6:-1]} readers would take its records for {stream[6:]}; "
+                        "give it a topic of its own",
+                    )
+        if self.learner_group == self.consumer_group:
+            raise _conflict(
+                "learner_group",
+                f"{env_name('learner_group')} and {env_name('consumer_group')} are both "
+                f"{self.consumer_group!r}: the learner and the scorers need groups of their "
+                "own (in one group, a learner restarting would stop every scorer to rebalance)",
+            )
         return self
 
     @model_validator(mode="after")

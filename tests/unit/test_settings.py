@@ -116,6 +116,45 @@ def test_labels_and_transactions_on_one_topic_are_refused() -> None:
         Settings(_env_file=None, topic_transactions="events", topic_labels="events")
 
 
+@pytest.mark.parametrize(
+    ("stream", "other"),
+    [
+        ("topic_alerts", "topic_scores"),
+        ("topic_alerts", "topic_transactions_dlq"),
+        ("topic_alerts", "topic_labels_dlq"),
+        ("topic_scores", "topic_transactions_dlq"),
+        ("topic_scores", "topic_labels_dlq"),
+    ],
+)
+def test_alerts_or_scores_sharing_a_topic_with_another_output_are_refused(
+    stream: str, other: str
+) -> None:
+    kind = stream.removeprefix("topic_")
+    with pytest.raises(ValidationError) as refused:
+        values: dict[str, Any] = {stream: "out", other: "out"}
+        Settings(_env_file=None, **values)
+    assert (
+        f"FRAUDSTREAM_{other.upper()} is FRAUDSTREAM_{stream.upper()} ('out'): "
+        f"{kind[:-1]} readers would take its records for {kind}; give it a topic of its own"
+    ) in str(refused.value)
+
+
+def test_the_dead_letter_topics_may_be_one_topic() -> None:
+    Settings(_env_file=None, topic_transactions_dlq="dead", topic_labels_dlq="dead")
+
+
+def test_the_learner_in_the_scorers_group_is_refused() -> None:
+    result = CliRunner().invoke(
+        main, ["status"], env={"FRAUDSTREAM_LEARNER_GROUP": "fraudstream-scorer"}
+    )
+    assert result.exit_code == 1
+    assert result.output.startswith(
+        "Error: invalid setting FRAUDSTREAM_LEARNER_GROUP=fraudstream-scorer: "
+        "FRAUDSTREAM_LEARNER_GROUP and FRAUDSTREAM_CONSUMER_GROUP are both "
+        "'fraudstream-scorer': the learner and the scorers need groups of their own"
+    )
+
+
 def test_usual_values_stay_valid() -> None:
     Settings(_env_file=None)
     Settings(
