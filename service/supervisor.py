@@ -67,8 +67,17 @@ class ChildSpec:
     settings: Settings
 
 
-def child_specs(settings: Settings, scorers: int) -> list[ChildSpec]:
+#: Most scorer processes ``serve --scorers`` starts per CPU core: a scorer under
+#: load keeps about one core busy, so more only compete for the cores (and a
+#: typo such as ``--scorers 4000`` would start thousands of processes).
+SCORERS_PER_CORE = 4
+
+
+def child_specs(settings: Settings, scorers: int, cores: int | None = None) -> list[ChildSpec]:
     """The children of ``serve --scorers N``: N scorers, plus the learner unless role is scorer.
+
+    At most :data:`SCORERS_PER_CORE` scorers per core of ``cores`` (default:
+    this machine's).
 
     Examples
     --------
@@ -84,6 +93,13 @@ def child_specs(settings: Settings, scorers: int) -> list[ChildSpec]:
         raise ValueError("--scorers needs role all or scorer: the learner runs once per model")
     if scorers < 1:
         raise ValueError(f"scorers must be at least 1, got {scorers}")
+    cores = cores or os.cpu_count() or 1
+    if scorers > SCORERS_PER_CORE * cores:
+        raise ValueError(
+            f"--scorers {scorers} is more than {SCORERS_PER_CORE} scorer processes per CPU core "
+            f"({cores} here): they would only compete for the cores; start at most "
+            f"{SCORERS_PER_CORE * cores} here, and more on other machines in the same group"
+        )
     processes = scorers + (1 if settings.role is Role.ALL else 0)
     last = settings.metrics_port + processes - 1
     if settings.metrics_port and last > MAX_PORT:

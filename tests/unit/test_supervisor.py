@@ -245,3 +245,27 @@ def test_a_taken_metrics_port_of_a_child_is_one_clear_error_before_any_starts() 
         "the first of 2 free ports in a row (0 turns the endpoints off)"
     )
     assert started == []
+
+
+def test_more_scorers_than_the_cores_can_run_is_refused_before_any_starts() -> None:
+    from click.testing import CliRunner
+
+    from fraudstream.cli import main
+    from fraudstream.service.supervisor import SCORERS_PER_CORE
+
+    settings = Settings(_env_file=None, metrics_port=0)
+    assert len(child_specs(settings, 8, cores=2)) == 9  # 8 scorers and the learner
+    with pytest.raises(ValueError, match="--scorers 9 is more than 4 scorer processes per CPU"):
+        child_specs(settings, 9, cores=2)
+    # A typo's worth of processes, with the metrics endpoints off (no port
+    # range to stop it first): refused in one line, nothing started.
+    result = CliRunner().invoke(
+        main, ["serve", "--scorers", "100000"], env={"FRAUDSTREAM_METRICS_PORT": "0"}
+    )
+    assert result.exit_code == 2
+    cores = os.cpu_count() or 1
+    assert (
+        f"Error: --scorers 100000 is more than {SCORERS_PER_CORE} scorer processes per CPU core "
+        f"({cores} here): they would only compete for the cores; start at most "
+        f"{SCORERS_PER_CORE * cores} here, and more on other machines in the same group"
+    ) in result.output
