@@ -30,6 +30,11 @@ LATENCY_BUCKETS_S = (
     0.001, 0.002, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5,
     1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
+#: Seconds a connection to the metrics and health endpoints may stay silent
+#: before it is closed: a client that connects and sends nothing (or too
+#: little) would otherwise hold a thread of the service for ever.
+IDLE_CONNECTION_TIMEOUT_S = 10.0
+
 _BATCH_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
 
@@ -361,6 +366,8 @@ class HealthServer:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = IDLE_CONNECTION_TIMEOUT_S
+
             def do_GET(self) -> None:
                 if self.path.startswith("/metrics"):
                     self._reply(200, outer.metrics.exposition(), CONTENT_TYPE_LATEST)

@@ -133,3 +133,23 @@ def test_every_bind_error_is_one_clear_error(
     with pytest.raises(ConfigurationError) as error:
         _health_server(host, port)
     assert str(error.value).startswith(expected)
+
+
+def test_a_client_that_connects_and_says_nothing_is_let_go(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(metrics_module, "IDLE_CONNECTION_TIMEOUT_S", 0.5)
+    server = HealthServer(Metrics(), lambda: (True, "ready"), lambda: (True, "ok"), "127.0.0.1", 0)
+    server.start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as silent:
+            silent.sendall(b"GET /healthz HTTP/1.1\r\n")  # and never the end of the headers
+            # The endpoints answer others meanwhile.
+            with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz") as reply:
+                assert reply.status == 200
+            # The server closes the silent connection (an empty read), well
+            # before this socket's own 10 s timeout (without the server's
+            # timeout, this read times out).
+            assert silent.recv(1024) == b""
+    finally:
+        server.stop()
