@@ -1,0 +1,478 @@
+"""The scorer crashed at each named point of its batch loop and restarted: nothing lost or doubled.
+
+Opt-in (``-m slow``): ``.venv/bin/python -m pytest -m slow tests/e2e/test_crash_points.py``.
+
+``test_faults.py`` SIGKILLs the scorer at random moments, which may never land
+between two particular steps. Here each case runs the scorer through
+``tests/crash_at.py``, which ends it with ``os._exit(137)`` (no ``finally``, like
+SIGKILL) exactly at one point (:data:`crash_at.POINTS`), the fourth time it gets
+there, with earlier batches committed. A normal scorer then drains the stream,
+and the case checks what ``test_faults.py`` checks: every transaction scored
+and counted once in its card's history in Redis, every alert published (at
+least once; in exactly-once mode once per record to ``read_committed``
+readers), the group's offsets at the end of the log, no dead letters; and that
+every snapshot (the features a transaction was scored with) equals the one a
+run without a crash stores for the same stream.
+
+The stream (one partition, so that every run counts in the same order) has
+cards repeated within each batch, transactions a little out of their card's
+order, and records sent twice (at once, and much later). It is in the topic
+before the scorer starts, so the scorer is behind and the pipelined loop has
+two batches in flight. Every case runs at the same time as the others (each with
+its own topics, group, transactional id and Redis prefix); the tests then check
+each.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import cast
+
+import numpy as np
+import orjson
+import pytest
+import redis
+from conftest import REPO_ROOT, _produce, _transaction, committed_offsets, read_all, settings_env
+
+from fraudstream.service.app import Application
+from fraudstream.service.features.definitions import FeatureConfig, feature_names
+from fraudstream.service.settings import Settings
+from fraudstream.service.snapshots import Snapshot, SnapshotStore
+
+pytestmark = pytest.mark.slow
+
+ALO, EOS = "at_least_once", "exactly_once"
+#: The crash comes at the point's sixth (counted) call: batches before it are committed.
+NTH = 6
+BATCH = 40
+#: Cases run at once (each mostly waits: for the group to drop the crashed member).
+PARALLEL = 6
+
+#: Points of the pipelined scorer (at-least-once, overlapping batches: the default).
+ALO_POINTS = [
+    "features-sent",
+    "features-ran-unread",
+    "features-read",
+    "snapshots-sent",
+    "snapshots-written-unacked",
+    "snapshots-acked",
+    "produced",
+    "flushed",
+    "commit-sent",
+    "commit-confirmed",
+    "next-features-in-flight-before-settle",
+    "next-features-in-flight-before-commit",
+    "next-features-in-flight-after-commit",
+]
+#: Points of the one-at-a-time scorer (exactly-once).
+EOS_POINTS = [
+    "features-ran-unread-sync",
+    "features-read-sync",
+    "snapshots-written-unacked-sync",
+    "snapshots-acked-sync",
+    "produced",
+    "flushed",
+    "offsets-in-transaction",
+    "commit-confirmed",
+]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One scorer run: crashed at ``point`` (none: the clean run), then drained."""
+
+    guarantee: str
+    point: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.guarantee}-{self.point or 'clean'}"
+
+
+CLEAN = {ALO: Case(ALO), EOS: Case(EOS)}
+CASES = [Case(ALO, p) for p in ALO_POINTS] + [Case(EOS, p) for p in EOS_POINTS]
+
+
+@dataclass
+class Outcome:
+    """What a case's run left, for its test to check."""
+
+    settings: Settings
+    log: Path
+    crash_code: int | None = None
+    marker: str = ""
+    error: str = ""
+    took_s: float = 0.0
+    snapshots: dict[str, Snapshot] = field(default_factory=dict)
+    #: Transactions the crashed scorer counted in Redis (id claimed) without their snapshot.
+    pending: set[str] = field(default_factory=set)
+    #: Offsets committed before the crash (summed over partitions).
+    committed: int = 0
+
+
+def _stream() -> list[tuple[bytes, bytes]]:
+    """Twelve cards, 70 transactions each, interleaved; some late, some sent twice.
+
+    Event times are ten minutes apart per card (a few seconds apart between
+    cards), on shared terminals, from a day ago. Every 23rd record goes 30
+    places later (after two later ones of its card), every 31st is sent again at once, and
+    every 47th again 300 records later (a replay in a later batch).
+    """
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+    records: list[tuple[bytes, bytes]] = []
+    for i in range(70):
+        for c in range(12):
+            at = start + timedelta(minutes=10 * i, seconds=3 * c)
+            card = f"k{c}"
+            amount = 5.0 + (i * 17 + c * 7) % 90
+            records.append(_transaction(f"{card}-{i}", card, f"T{(c + i) % 5}", amount, at))
+    for k in range(len(records) - 31, 0, -23):
+        records.insert(k + 30, records.pop(k))
+    out: list[tuple[bytes, bytes]] = []
+    later: dict[int, tuple[bytes, bytes]] = {}
+    for k, record in enumerate(records):
+        out.append(record)
+        if k % 31 == 7:
+            out.append(record)
+        if k % 47 == 11:
+            later[k + 300] = record
+        if k in later:
+            out.append(later.pop(k))
+    return out + list(later.values())
+
+
+def _ids(stream: list[tuple[bytes, bytes]]) -> list[str]:
+    return [orjson.loads(value)["transaction_id"] for _, value in stream]
+
+
+def _settings(case: Case, bootstrap: str, redis_url: str) -> Settings:
+    tag = f"{case.name}-{time.time_ns() % 10**9}"
+    return Settings(
+        _env_file=None,
+        bootstrap_servers=bootstrap,
+        redis_url=redis_url,
+        redis_prefix=f"cp{abs(hash(tag)) % 10**10}",
+        consumer_group=f"scorer-{tag}",
+        learner_group=f"learner-{tag}",
+        topic_transactions=f"transactions-{tag}",
+        topic_labels=f"labels-{tag}",
+        topic_alerts=f"alerts-{tag}",
+        topic_scores=f"scores-{tag}",
+        topic_transactions_dlq=f"transactions.dlq-{tag}",
+        topic_labels_dlq=f"labels.dlq-{tag}",
+        topic_partitions=1,
+        guarantee=case.guarantee,
+        transactional_id=f"scorer-{tag}",  # the restart aborts the crashed one's transaction
+        alert_threshold=0.0,  # every decision is an alert
+        max_batch_size=BATCH,
+        session_timeout_ms=6000,
+        metrics_port=0,
+    )
+
+
+def _spawn(settings: Settings, log: Path, *crash: str) -> subprocess.Popen[bytes]:
+    command = ["tests/crash_at.py", *crash] if crash else ["-m", "fraudstream", "serve"]
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, *command, "--role", "scorer"],
+            env=settings_env(settings, PYTHONPATH=str(REPO_ROOT / "tests")),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+        )
+
+
+def _group_lag(settings: Settings) -> int:
+    committed, ends = committed_offsets(settings)
+    return sum(ends[tp] - committed[tp] for tp in ends) if ends else -1
+
+
+def _claimed_without_snapshot(
+    client: redis.Redis, snapshots: SnapshotStore, ids: list[str]
+) -> set[str]:
+    """Ids whose key holds the feature script's claim but no snapshot: counted, not stored."""
+    pipe = client.pipeline(transaction=False)
+    for tx in ids:
+        pipe.exists(snapshots.key(tx))
+    exists = pipe.execute()
+    got = snapshots.get_many(ids)
+    return {tx for tx, there, s in zip(ids, exists, got, strict=True) if there and s is None}
+
+
+def _run(
+    case: Case, settings: Settings, stream: list[tuple[bytes, bytes]], folder: Path
+) -> Outcome:
+    """Crash the scorer at the case's point, restart it, let it drain the stream."""
+    started = time.monotonic()
+    outcome = Outcome(settings, folder / f"{case.name}.log")
+    ids = sorted(set(_ids(stream)))
+    client = redis.Redis.from_url(settings.redis_url.get_secret_value())
+    snapshots = SnapshotStore(client, settings.redis_prefix, settings.snapshot_ttl_s)
+    scorer: subprocess.Popen[bytes] | None = None
+    try:
+        Application(settings).ensure_topics()
+        _produce(settings.bootstrap_servers, settings.topic_transactions, stream)
+        if case.point:
+            marker = folder / f"{case.name}.crashed"
+            crashing = _spawn(settings, outcome.log, case.point, str(NTH), str(marker))
+            try:
+                outcome.crash_code = crashing.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                crashing.kill()
+                crashing.wait()
+                raise
+            outcome.marker = marker.read_text().strip() if marker.exists() else ""
+            outcome.pending = _claimed_without_snapshot(client, snapshots, ids)
+            if case.guarantee == ALO:  # no transaction to wait for: what the group holds
+                outcome.committed = sum(committed_offsets(settings)[0].values())
+        scorer = _spawn(settings, outcome.log)
+        deadline = time.monotonic() + 150
+        while True:
+            got = snapshots.get_many(ids)
+            if all(s is not None for s in got) and _group_lag(settings) == 0:
+                break
+            if scorer.poll() is not None:
+                raise AssertionError(f"the restarted scorer ended ({scorer.returncode})")
+            if time.monotonic() > deadline:
+                missing = sum(s is None for s in got)
+                raise AssertionError(f"not drained in 150 s: {missing} transactions unscored")
+            time.sleep(0.3)
+        outcome.snapshots = {tx: s for tx, s in zip(ids, got, strict=True) if s is not None}
+    except Exception as exc:
+        outcome.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        if scorer is not None and scorer.poll() is None:
+            scorer.terminate()
+            try:
+                scorer.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                scorer.kill()
+                scorer.wait()
+        client.close()
+        outcome.took_s = time.monotonic() - started
+    return outcome
+
+
+class Sweep:
+    """Runs the selected cases (and the clean runs they are compared with) at once, lazily."""
+
+    def __init__(self, bootstrap: str, redis_url: str, folder: Path, selected: list[Case]):
+        self.bootstrap, self.redis_url, self.folder = bootstrap, redis_url, folder
+        self.stream = _stream()
+        self.selected = selected
+        self.outcomes: dict[Case, Outcome] = {}
+        self.started_at = 0.0
+        self._lock = threading.Lock()
+
+    def outcome(self, case: Case) -> Outcome:
+        with self._lock:
+            if not self.outcomes:
+                self._run_all()
+        return self.outcomes[case]
+
+    def _run_all(self) -> None:
+        started = time.monotonic()
+        cases = list(dict.fromkeys([*CLEAN.values(), *self.selected]))
+        with ThreadPoolExecutor(PARALLEL) as pool:
+            futures = {
+                case: pool.submit(
+                    _run,
+                    case,
+                    _settings(case, self.bootstrap, self.redis_url),
+                    self.stream,
+                    self.folder,
+                )
+                for case in cases
+            }
+            self.outcomes = {case: future.result() for case, future in futures.items()}
+        took = time.monotonic() - started
+        print(f"\n{len(cases)} scorer runs in {took:.0f} s (logs in {self.folder})")
+        for case, outcome in self.outcomes.items():
+            print(
+                f"  {case.name}: {outcome.took_s:.0f} s, crash marker {outcome.marker!r},"
+                f" {len(outcome.pending)} counted without a snapshot {outcome.error}"
+            )
+
+
+@pytest.fixture(scope="module")
+def sweep(
+    request: pytest.FixtureRequest,
+    kafka_bootstrap: str,
+    redis_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Sweep]:
+    selected = [
+        item.callspec.params["case"]
+        for item in request.session.items
+        if getattr(item, "module", None) is request.module and hasattr(item, "callspec")
+    ]
+    yield Sweep(kafka_bootstrap, redis_url, tmp_path_factory.mktemp("crash-points"), selected)
+
+
+def _check_counts(outcome: Outcome, stream: list[tuple[bytes, bytes]]) -> list[str]:
+    """Cards and terminal days in Redis that do not count each transaction exactly once.
+
+    A card's history holds each of its transactions once (a 28-byte record whose
+    first 10 bytes are its needle); a terminal's day buckets count each of its
+    transactions of that day once.
+    """
+    s = outcome.settings
+    unique = {orjson.loads(value)["transaction_id"]: orjson.loads(value) for _, value in stream}
+    per_card = Counter(tx.rsplit("-", 1)[0] for tx in unique)
+    per_terminal_day = Counter(
+        (t["terminal_id"], int(datetime.fromisoformat(t["timestamp"]).timestamp()) // 86_400)
+        for t in unique.values()
+    )
+    client = redis.Redis.from_url(s.redis_url.get_secret_value())
+    try:
+        problems = []
+        for card, n in sorted(per_card.items()):
+            history = client.get(f"{s.redis_prefix}:{{c:{card}}}") or b""
+            needles = [history[k : k + 10] for k in range(0, len(history), 28)]
+            if len(needles) != n or len(set(needles)) != n:
+                problems.append(f"{card}: {len(needles)} records ({len(set(needles))} distinct)")
+        counted: Counter[tuple[str, int]] = Counter()
+        for terminal in sorted({terminal for terminal, _ in per_terminal_day}):
+            ring = cast(bytes, client.get(f"{s.redis_prefix}:{{t:{terminal}}}") or b"")
+            for day, transactions, _, _ in np.frombuffer(ring, "<u4").reshape(-1, 4).tolist():
+                if transactions:
+                    counted[terminal, day] += transactions
+        if counted != per_terminal_day:
+            problems.append(f"terminal days counted {dict(counted)}, are {dict(per_terminal_day)}")
+        return problems
+    finally:
+        client.close()
+
+
+def _feature_differences(outcome: Outcome, clean: Outcome) -> list[str]:
+    """Transactions whose snapshot differs from the clean run's: which features, how."""
+    names = feature_names(FeatureConfig.from_settings(outcome.settings))
+    out = []
+    for tx, snapshot in sorted(outcome.snapshots.items()):
+        reference = clean.snapshots[tx]
+        if np.array_equal(snapshot.features, reference.features) and (
+            snapshot.score == reference.score
+        ):
+            continue
+        differ = np.flatnonzero(snapshot.features != reference.features)
+        what = ", ".join(
+            f"{names[k]} {snapshot.features[k]:g} (clean {reference.features[k]:g})" for k in differ
+        )
+        out.append(f"{tx}: {what or 'score'}")
+    return out
+
+
+def _check(sweep: Sweep, case: Case) -> None:
+    outcome = sweep.outcome(case)
+    s, stream = outcome.settings, sweep.stream
+    assert outcome.error == "", f"{case.name}: {outcome.error} (log: {outcome.log})"
+    if case.point:
+        assert outcome.crash_code == 137, f"exit {outcome.crash_code}, log: {outcome.log}"
+        point, nth, seen_committed = outcome.marker.split()
+        assert (point, int(nth)) == (case.point, NTH)
+        committed = max(int(seen_committed), outcome.committed)
+        assert 0 < committed < len(stream) // 2, f"not mid-stream: {committed} committed"
+    ids = _ids(stream)
+    assert sorted(outcome.snapshots) == sorted(set(ids)), "a transaction was never scored"
+    assert _check_counts(outcome, stream) == [], "not counted exactly once"
+    assert _group_lag(s) == 0
+    assert read_all(s.bootstrap_servers, s.topic_transactions_dlq) == [], "dead letters"
+    if case.guarantee == EOS:
+        alerts = read_all(s.bootstrap_servers, s.topic_alerts, read_committed=True)
+        seen = Counter(orjson.loads(r.value or b"")["transaction_id"] for r in alerts)
+        assert seen == Counter(ids), "read_committed: an alert lost or seen twice"
+    else:
+        alerts = read_all(s.bootstrap_servers, s.topic_alerts)
+        seen = Counter(orjson.loads(r.value or b"")["transaction_id"] for r in alerts)
+        assert set(seen) == set(ids), "an alert lost"
+        short = [tx for tx, n in Counter(ids).items() if seen[tx] < n]
+        assert short == [], "a transaction sent twice alerted once"
+
+
+def _check_features(sweep: Sweep, case: Case, *, replayed: bool) -> None:
+    """Snapshots equal the clean run's, of the crash's counted-unstored transactions or the rest.
+
+    ``replayed``: of the transactions the crash left counted without a snapshot;
+    otherwise of all the others.
+    """
+    outcome, clean = sweep.outcome(case), sweep.outcome(CLEAN[case.guarantee])
+    assert outcome.error == clean.error == "", f"{outcome.error} {clean.error}"
+    assert len(outcome.snapshots) == len(clean.snapshots) == len(set(_ids(sweep.stream)))
+    if replayed and not outcome.pending:
+        raise RuntimeError("the crash left no transaction counted without its snapshot")
+    differences = [
+        d
+        for d in _feature_differences(outcome, clean)
+        if (d.split(":", 1)[0] in outcome.pending) == replayed
+    ]
+    names = sorted(
+        {part.split()[0] for d in differences for part in d.split(": ", 1)[1].split(", ")}
+    )
+    assert differences == [], (
+        f"{len(differences)} snapshots differ from a run without crash, in {names}: "
+        + "; ".join(differences[:6])
+    )
+
+
+@pytest.mark.parametrize("case", [*CLEAN.values(), *CASES], ids=lambda case: case.name)
+def test_scorer_crashed_at_a_point_then_restarted_loses_and_doubles_nothing(
+    sweep: Sweep, case: Case
+) -> None:
+    _check(sweep, case)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+def test_what_the_crashed_scorer_did_not_count_is_scored_as_a_clean_run_scores_it(
+    sweep: Sweep, case: Case
+) -> None:
+    _check_features(sweep, case, replayed=False)
+
+
+#: Diagnosis of the transactions a crash leaves counted without their snapshot.
+REPLAY_SEES_LATER_WORK = (
+    "DEFECT (not fixed: no local fix). A transaction whose feature script ran (id claimed,"
+    " appended to its card history, counted in its terminal's day bucket) and whose snapshot"
+    " was not written before the crash is found again as a duplicate by update.lua on the"
+    " replay, which returns its card history and terminal ring as they are now, with what the"
+    " crashed run counted after it: later transactions of its batch (and, pipelined, of batch"
+    " k + 1). Its features are then computed over more than it first found: terminal_tx_count_*"
+    " up to ~15 higher here, card counts/sums/means including transactions with an earlier event"
+    " time that were inserted after it; the replay publishes that score and stores those"
+    " features as its snapshot, so they differ from a run without the crash. Single-node"
+    " update.lua has no 'as first found' (card.lua's pending flag covers only a Redis Cluster"
+    " batch interrupted between rounds, and not a crash after round 3 either); a fix needs state"
+    " per counted transaction kept until its snapshot is written."
+)
+
+#: Points that always leave transactions counted without their snapshot (the script's reply
+#: waited for, no snapshot sent).
+REPLAY_POINTS = [
+    Case(ALO, "features-ran-unread"),
+    Case(ALO, "features-read"),
+    Case(ALO, "next-features-in-flight-before-settle"),
+    Case(EOS, "features-ran-unread-sync"),
+    Case(EOS, "features-read-sync"),
+]
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=REPLAY_SEES_LATER_WORK)
+@pytest.mark.parametrize("case", REPLAY_POINTS, ids=lambda case: case.name)
+def test_what_the_crashed_scorer_counted_without_a_snapshot_is_scored_as_a_clean_run_scores_it(
+    sweep: Sweep, case: Case
+) -> None:
+    _check_features(sweep, case, replayed=True)
+
+
+def test_the_clean_runs_of_both_modes_store_the_same_features(sweep: Sweep) -> None:
+    alo, eos = sweep.outcome(CLEAN[ALO]), sweep.outcome(CLEAN[EOS])
+    assert len(alo.snapshots) == len(set(_ids(sweep.stream))) == len(eos.snapshots)
+    assert _feature_differences(alo, eos) == []
