@@ -48,6 +48,35 @@ def test_produce_consume_round_trip_keeps_keys_values_and_headers(
     assert records[3].headers == [("source", b"test"), ("n", b"3")]
 
 
+def test_a_record_timestamp_far_ahead_is_refused_by_the_broker(
+    kafka_bootstrap: str, unique_name: Callable[[str], str]
+) -> None:
+    # FRAUDSTREAM_MAX_EVENT_AHEAD_S measures a transaction's event time from its
+    # record's timestamp; that bound holds against a producer whose own clock
+    # is years ahead only because Kafka 4 refuses such timestamps by default
+    # (log.message.timestamp.after.max.ms, one hour; README, Guarantees).
+    import time
+
+    from kafka.errors import InvalidTimestampError
+
+    topic = unique_name("ahead")
+    assert ensure_topics(kafka_bootstrap, {topic: 1}) == [topic]
+    year_2099_ms = 4_070_908_800_000
+    now_ms = int(time.time() * 1000)
+    # One producer each: an idempotent producer refused a record is done for.
+    for timestamp_ms, accepted in ((year_2099_ms, False), (now_ms, True)):
+        producer = make_producer(kafka_bootstrap, client_id="test")
+        try:
+            sent = producer.send(topic, b"x", timestamp_ms=timestamp_ms)
+            producer.flush(timeout=20)
+            if accepted:
+                assert sent.succeeded()
+            else:
+                assert isinstance(sent.exception, InvalidTimestampError)
+        finally:
+            producer.close()
+
+
 def test_ensure_topics_is_idempotent(
     kafka_bootstrap: str, unique_name: Callable[[str], str]
 ) -> None:
