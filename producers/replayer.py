@@ -156,6 +156,8 @@ def replay_file(
         except KeyboardInterrupt:
             stats.wall_s = time.perf_counter() - start
             raise _cancelled(path, sink, stats, len(records), skip) from None
+        except DeliveryError as exc:
+            raise _undelivered(path, sink, exc, len(records), skip, keep_timestamps) from None
     stats.wall_s = time.perf_counter() - start
     stats.max_lag_s = pacer.max_lag_s
     return stats
@@ -173,6 +175,29 @@ def _cancelled(
     with contextlib.suppress(DeliveryError):
         sink.flush(timeout_s=INTERRUPT_FLUSH_S)
     stats.records = sink.delivered
+    confirmed, resume, again = _resume_point(sink, total, skip)
+    resumes = f"to resume, replay it again with --skip {resume}{again}"
+    return ReplayCancelledError(f"{display_name(path)}: {confirmed}; {resumes}", stats, resume)
+
+
+def _undelivered(
+    path: Path, sink: KafkaSink, exc: DeliveryError, total: int, skip: int, keep_timestamps: bool
+) -> DeliveryError:
+    """A replay Kafka refused: why, what it confirmed, and the ``--skip`` that resumes it."""
+    confirmed, resume, again = _resume_point(sink, total, skip)
+    stamped = (
+        " (or without --keep-timestamps: the records stamped when sent)"
+        if keep_timestamps and "InvalidTimestampError" in str(exc)
+        else ""
+    )
+    return DeliveryError(
+        f"{display_name(path)}: {exc}; {confirmed}; once the cause is fixed, replay it again "
+        f"with --skip {resume}{again}{stamped}"
+    )
+
+
+def _resume_point(sink: KafkaSink, total: int, skip: int) -> tuple[str, int, str]:
+    """What Kafka confirmed of a replay; the ``--skip`` that resumes it; what is then sent again."""
     first_missing = sink.first_undelivered_line
     if first_missing is None:  # every record handed over was confirmed: a prefix
         resume = max([skip, *sink.last_delivered_line.values()])
@@ -181,12 +206,8 @@ def _cancelled(
         resume = first_missing - 1
         again = " (records after it that Kafka confirmed are sent again)"
     sent_before = f" after the {skip:,} skipped" if skip else ""
-    return ReplayCancelledError(
-        f"{display_name(path)}: Kafka confirmed {stats.records:,} of its {total:,} records"
-        f"{sent_before}; to resume, replay it again with --skip {resume}{again}",
-        stats,
-        resume,
-    )
+    confirmed = f"Kafka confirmed {sink.delivered:,} of its {total:,} records{sent_before}"
+    return confirmed, resume, again
 
 
 def _check_partitions(settings: Settings, records: list[dict[str, Any]], topic: str | None) -> None:

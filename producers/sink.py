@@ -18,7 +18,7 @@ import time
 from types import TracebackType
 from typing import Any
 
-from kafka.errors import KafkaError
+from kafka.errors import InvalidTimestampError, KafkaError
 from tqdm import tqdm
 
 from fraudstream.service.errors import FraudstreamError
@@ -180,7 +180,7 @@ class KafkaSink(DeliveryTracker):
             except KafkaError:  # KafkaTimeoutError: a batch is not done yet
                 if time.monotonic() >= deadline:
                     break
-        failures: list[str] = []
+        failures: list[tuple[str, BaseException | None]] = []
         count = 0
         for future, topic, line in self._sent:
             if future.succeeded():
@@ -193,9 +193,9 @@ class KafkaSink(DeliveryTracker):
                     self.last_delivered_line[topic] = max(last, line)
                 continue
             if future.failed():
-                failures.append(repr(future.exception))
+                failures.append((repr(future.exception), future.exception))
             else:
-                failures.append(f"not confirmed within {limit:.0f} s")
+                failures.append((f"not confirmed within {limit:.0f} s", None))
             if line is not None:
                 first = self.first_undelivered_line
                 self.first_undelivered_line = line if first is None else min(first, line)
@@ -204,7 +204,7 @@ class KafkaSink(DeliveryTracker):
         if failures:
             raise DeliveryError(
                 f"{len(failures):,} record(s) not delivered to Kafka at "
-                f"{self.settings.bootstrap_servers}, first: {failures[0]}"
+                f"{self.settings.bootstrap_servers}, first: {_first_cause(failures)}"
             )
         return count
 
@@ -273,3 +273,31 @@ def progress_bar(total: int | None, *, enabled: bool, desc: str, unit: str = "ev
         smoothing=0.1,
         dynamic_ncols=True,
     )
+
+
+def _first_cause(failures: list[tuple[str, BaseException | None]]) -> str:
+    """What to say of a flush's failures: the first record refused for itself.
+
+    The broker refuses a whole batch for one bad record; kafka-python fails
+    the others with a plain ``KafkaError`` ("part of a batch which had ... invalid
+    records"), which says nothing of the cause when it comes first.
+
+    >>> from kafka.errors import KafkaError
+    >>> late = InvalidTimestampError("out of range")
+    >>> _first_cause([("KafkaError('part of a batch')", KafkaError("part of a batch")),
+    ...               ("InvalidTimestampError('out of range')", late)])
+    "InvalidTimestampError('out of range') (a record timestamp further from the broker's clock \
+than the topic's message.timestamp.after.max.ms or before.max.ms allow; the rest of its batch \
+was refused with it)"
+    """
+    said, exc = next(
+        ((said, exc) for said, exc in failures if exc is not None and type(exc) is not KafkaError),
+        failures[0],
+    )
+    if isinstance(exc, InvalidTimestampError):
+        said += (
+            " (a record timestamp further from the broker's clock than the topic's "
+            "message.timestamp.after.max.ms or before.max.ms allow; the rest of its batch was "
+            "refused with it)"
+        )
+    return said

@@ -20,7 +20,7 @@ from fraudstream.producers.simulator import SimulationConfig
 from fraudstream.producers.sink import KafkaSink
 from fraudstream.producers.stream import stream_simulation
 from fraudstream.service.errors import ConfigurationError
-from fraudstream.service.kafka import ensure_topics, make_consumer
+from fraudstream.service.kafka import DeliveryError, ensure_topics, make_consumer
 from fraudstream.service.kafka.protocols import ConsumerRecord, TopicPartition
 from fraudstream.service.settings import Settings
 
@@ -269,3 +269,45 @@ def test_replay_keep_partitions_refuses_a_target_with_too_few_partitions(
         "--keep-partitions, or add partitions to the topic"
     )
     assert _read_all(settings, target) == []
+
+
+def test_replay_of_a_timestamp_the_broker_refuses_says_why_and_how_to_resume(
+    make_settings: Callable[..., Settings],
+    unique_name: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    # A recording from a broker that accepted a record dated 2099 (an older
+    # Kafka, or a topic allowing it): Kafka 4 refuses that timestamp, and with
+    # it the rest of its batch. Before, the error named the batch's first
+    # record's plain "part of a batch which had invalid records".
+    import time
+
+    settings = make_settings()
+    target = unique_name("ahead")
+    ensure_topics(settings.bootstrap_servers, {target: 1})
+    lines = _recording_lines(target, [(0, 0), (0, 1), (0, 2)]).splitlines()
+    records = [orjson.loads(line) for line in lines]
+    now_ms = int(time.time() * 1000)
+    for record, stamp in zip(records, (now_ms - 1000, 4_070_908_800_000, now_ms), strict=True):
+        record["timestamp_ms"] = stamp
+    recording = tmp_path / "ahead.jsonl"
+    recording.write_bytes(b"\n".join(orjson.dumps(r) for r in records) + b"\n")
+
+    with pytest.raises(DeliveryError) as refused:
+        replay_file(settings, recording, keep_timestamps=True)
+
+    said = str(refused.value)
+    assert said.startswith(
+        f"{recording}: 3 record(s) not delivered to Kafka at {settings.bootstrap_servers}, "
+    ), said
+    assert "first: InvalidTimestampError('Timestamp 4070908800000 of message" in said
+    assert "the rest of its batch was refused with it" in said
+    assert said.endswith(
+        "Kafka confirmed 0 of its 3 records; once the cause is fixed, replay it again with "
+        "--skip 0 (records after it that Kafka confirmed are sent again) (or without "
+        "--keep-timestamps: the records stamped when sent)"
+    ), said
+    assert _read_all(settings, target) == []
+
+    assert replay_file(settings, recording).records == 3
+    assert [r.value for r in _read_all(settings, target)] == [_b(f"p0o{i}") for i in range(3)]
