@@ -1689,7 +1689,8 @@ def run_pipeline_bench(
         )
         bench_settings = Settings(_env_file=None, **values)
         kafka = KafkaConnection.from_settings(bench_settings)
-        check_reachable(kafka)  # a given broker that is down: one line at once, not a 30 s retry
+        # A given broker that is down: one line at once, not a 30 s retry.
+        check_reachable(kafka, given_by="--bootstrap-servers" if config.bootstrap_servers else None)
         client = redis_client(bench_settings)
         ensure_topics(kafka, {run.name(name): config.partitions for name in names})
 

@@ -111,7 +111,8 @@ def replay_via_kafka(
                 "topic_labels": f"eval-{run}-labels",
             }
         )
-        check_reachable(base)  # a given broker that is down: one line at once, not a 30 s retry
+        # A given broker that is down: one line at once, not a 30 s retry.
+        check_reachable(base, given_by="--bootstrap-servers" if bootstrap_servers else None)
         per_app = {name: _app_settings(base, run, name, config.policy) for name in scorers}
         ensure_topics(
             base,

@@ -441,7 +441,9 @@ class DeliveryTracker:
         return count
 
 
-def check_reachable(kafka: KafkaTarget, timeout_s: float = 2.0) -> None:
+def check_reachable(
+    kafka: KafkaTarget, timeout_s: float = 2.0, given_by: str | None = None
+) -> None:
     """Fail fast, in one line, when Kafka cannot be used as configured.
 
     Connects to the first bootstrap server that accepts TCP connections the
@@ -458,8 +460,11 @@ def check_reachable(kafka: KafkaTarget, timeout_s: float = 2.0) -> None:
     ConfigurationError
         TLS, SASL or protocol problems (``AuthenticationFailedError`` for a
         refused login), naming the setting to fix.
+
+    ``given_by``: where the bootstrap servers came from when not the settings
+    (e.g. ``--bootstrap-servers``), for the first message.
     """
-    verify(kafka, timeout_s)
+    verify(kafka, timeout_s, given_by)
 
 
 def accepts_connections(port: int, host: str = "127.0.0.1", timeout_s: float = 0.5) -> bool:

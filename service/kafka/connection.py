@@ -251,7 +251,9 @@ class _Closed(Exception):
     """The broker closed the connection, or sent what is not a Kafka answer."""
 
 
-def verify(target: KafkaConnection | Settings | str, timeout_s: float = 5.0) -> None:
+def verify(
+    target: KafkaConnection | Settings | str, timeout_s: float = 5.0, given_by: str | None = None
+) -> None:
     """Connect to a bootstrap server as the clients will, log in, and ask for metadata.
 
     The first server that accepts a TCP connection is tried: a TLS handshake
@@ -265,6 +267,10 @@ def verify(target: KafkaConnection | Settings | str, timeout_s: float = 5.0) -> 
     timeout_s
         How long to wait for each TCP connection (default 5 s); every later
         step may take up to 10 s.
+    given_by
+        Where the bootstrap servers came from when not the settings (a command's
+        option, e.g. ``--bootstrap-servers``): what an unreachable broker's
+        message says to check.
 
     Raises
     ------
@@ -291,10 +297,14 @@ def verify(target: KafkaConnection | Settings | str, timeout_s: float = 5.0) -> 
         finally:
             sock.close()
         return
+    fix = (
+        f"Check {given_by}"
+        if given_by
+        else "Start a local one with `fraudstream dev up`, or set FRAUDSTREAM_BOOTSTRAP_SERVERS"
+    )
     raise UnavailableError(
         f"Kafka at {connection.bootstrap_servers} is not reachable (nothing accepts "
-        "connections there): is the broker running? Start a local one with `fraudstream dev "
-        "up`, or set FRAUDSTREAM_BOOTSTRAP_SERVERS"
+        f"connections there): is the broker running? {fix}"
     )
 
 

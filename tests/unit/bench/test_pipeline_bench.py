@@ -334,3 +334,15 @@ def test_readme_table_shows_the_service_latency_beside_its_floor() -> None:
     assert "p50 9.00 ms, p99 50.00 ms" in own
     [floor] = [line for line in lines if line.startswith("| the floor")]
     assert "p50 6.00 ms, p99 93.00 ms; p50 3.00 ms, p99 71.00 ms" in floor
+
+
+def test_a_given_broker_that_is_down_is_one_line_naming_the_option() -> None:
+    from fraudstream.cli import main
+
+    args = ["--bootstrap-servers", "127.0.0.1:1", "--redis-url", "redis://127.0.0.1:1"]
+    result = CliRunner().invoke(main, ["bench", "pipeline", *args, "--events", "1000"])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        "Error: Kafka at 127.0.0.1:1 is not reachable (nothing accepts connections there): is "
+        "the broker running? Check --bootstrap-servers"
+    )

@@ -276,6 +276,5 @@ def test_via_kafka_with_a_given_broker_that_is_down_is_one_fast_line() -> None:
     assert result.exit_code == 1, result.output
     assert result.output.strip().splitlines() == [
         "Error: Kafka at 127.0.0.1:1 is not reachable (nothing accepts connections there): is "
-        "the broker running? Start a local one with `fraudstream dev up`, or set "
-        "FRAUDSTREAM_BOOTSTRAP_SERVERS"
+        "the broker running? Check --bootstrap-servers"
     ]
