@@ -455,6 +455,11 @@ def check_columns(
     missing = [f for f in REQUIRED_FIELDS if f not in available]
     if not missing:
         return
+    if header and header[0].lstrip().startswith(("{", "[")):
+        raise FileFormatError(
+            f"{name}: read as CSV, but its first line is JSON, not a header: give --format "
+            "jsonl (or leave --format out: it follows the file name). Nothing was sent."
+        )
     hints = []
     unused = [h for h in header if h not in available and h not in (mapping or {})] or header
     for field_name in missing:

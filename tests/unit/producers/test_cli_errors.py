@@ -74,6 +74,18 @@ def test_csv_with_a_misspelt_column_is_refused_before_sending(
     )
 
 
+def test_a_json_lines_file_read_as_csv_says_so(cli: click.Group, tmp_path: Path) -> None:
+    # Before, its first line was taken for a header and --map suggestions made of JSON.
+    path = tmp_path / "tx.jsonl"
+    path.write_bytes(_jsonl(_rows(3)))
+    result = CliRunner().invoke(cli, ["produce", str(path), "--format", "csv", "--no-progress"])
+    assert result.exit_code == 1
+    assert _error_line(result) == (
+        f"Error: {path}: read as CSV, but its first line is JSON, not a header: give --format "
+        "jsonl (or leave --format out: it follows the file name). Nothing was sent."
+    )
+
+
 def test_jsonl_whose_first_rows_are_all_bad_is_refused(cli: click.Group, tmp_path: Path) -> None:
     rows = [{("timestmp" if k == "timestamp" else k): v for k, v in r.items()} for r in _rows(500)]
     path = tmp_path / "tx.jsonl"
