@@ -414,6 +414,27 @@ def _rename(row: dict[str, Any], mapping: Mapping[str, str] | None, keep: bool) 
     return out
 
 
+def json_line_problem(line: bytes, exc: Exception) -> str:
+    r"""Why ``line`` is no JSON document (``exc``: the parser's error), said for a person.
+
+    A line that is not UTF-8 (a file saved as Latin-1, say) is named as such:
+    the JSON parser's own words for it are about surrogates.
+
+    >>> json_line_problem(b'{"card_id": "c\xe91"}', ValueError("surrogates"))
+    'not UTF-8 text (byte 0xe9 at column 15): save the file as UTF-8'
+    >>> json_line_problem(b'{"card_id": ', ValueError("unexpected end of data"))
+    'not valid JSON (unexpected end of data)'
+    """
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return (
+            f"not UTF-8 text (byte 0x{line[bad.start]:02x} at column {bad.start + 1}): save the "
+            "file as UTF-8"
+        )
+    return f"not valid JSON ({exc})"
+
+
 def _read_jsonl(
     path: Path, mapping: Mapping[str, str] | None, keep: bool
 ) -> Iterator[tuple[int, dict[str, Any] | BadRowError]]:
@@ -421,7 +442,7 @@ def _read_jsonl(
         try:
             row = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
-            yield line_no, BadRowError(line_no, f"not valid JSON ({exc})")
+            yield line_no, BadRowError(line_no, json_line_problem(line, exc))
             continue
         if not isinstance(row, dict):
             yield line_no, BadRowError(line_no, "not a JSON object")

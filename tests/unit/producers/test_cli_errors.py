@@ -86,6 +86,16 @@ def test_a_json_lines_file_read_as_csv_says_so(cli: click.Group, tmp_path: Path)
     )
 
 
+def test_a_json_line_that_is_not_utf8_says_so(cli: click.Group, tmp_path: Path) -> None:
+    # Before: orjson's "str is not valid UTF-8: surrogates not allowed".
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(_jsonl(_rows(1)).replace(b'"card_id":"', b'"card_id":"\xe9', 1))
+    result = CliRunner().invoke(cli, ["produce", str(path), "--no-progress"])
+    assert result.exit_code == 1
+    assert "(line 1: not UTF-8 text (byte 0xe9 at column " in _error_line(result)
+    assert "): save the file as UTF-8)" in _error_line(result)
+
+
 def test_jsonl_whose_first_rows_are_all_bad_is_refused(cli: click.Group, tmp_path: Path) -> None:
     rows = [{("timestmp" if k == "timestamp" else k): v for k, v in r.items()} for r in _rows(500)]
     path = tmp_path / "tx.jsonl"
