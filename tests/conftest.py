@@ -177,6 +177,20 @@ def redis_prefix() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
 
 
+def isolated_names(name: Callable[[str], str]) -> dict[str, Any]:
+    """The consumer groups and topics of a service no other test shares: ``name(role)`` each."""
+    return {
+        "consumer_group": name("scorer"),
+        "learner_group": name("learner"),
+        "topic_transactions": name("transactions"),
+        "topic_labels": name("labels"),
+        "topic_alerts": name("alerts"),
+        "topic_scores": name("scores"),
+        "topic_transactions_dlq": name("transactions.dlq"),
+        "topic_labels_dlq": name("labels.dlq"),
+    }
+
+
 @pytest.fixture
 def make_settings(
     request: pytest.FixtureRequest, unique_name: Callable[[str], str], redis_prefix: str
@@ -189,14 +203,7 @@ def make_settings(
 
     def build(**overrides: object) -> Settings:
         values: dict[str, Any] = {
-            "consumer_group": unique_name("scorer"),
-            "learner_group": unique_name("learner"),
-            "topic_transactions": unique_name("transactions"),
-            "topic_labels": unique_name("labels"),
-            "topic_alerts": unique_name("alerts"),
-            "topic_scores": unique_name("scores"),
-            "topic_transactions_dlq": unique_name("transactions.dlq"),
-            "topic_labels_dlq": unique_name("labels.dlq"),
+            **isolated_names(unique_name),
             "topic_partitions": 2,
             "redis_prefix": redis_prefix,
             "metrics_port": 0,

@@ -41,7 +41,15 @@ import numpy as np
 import orjson
 import pytest
 import redis
-from conftest import REPO_ROOT, _produce, _transaction, committed_offsets, read_all, settings_env
+from conftest import (
+    REPO_ROOT,
+    _produce,
+    _transaction,
+    committed_offsets,
+    isolated_names,
+    read_all,
+    settings_env,
+)
 
 from fraudstream.service.app import Application
 from fraudstream.service.features.definitions import FeatureConfig, feature_names
@@ -163,14 +171,7 @@ def _settings(case: Case, bootstrap: str, redis_url: str) -> Settings:
         bootstrap_servers=bootstrap,
         redis_url=redis_url,
         redis_prefix=f"cp{abs(hash(tag)) % 10**10}",
-        consumer_group=f"scorer-{tag}",
-        learner_group=f"learner-{tag}",
-        topic_transactions=f"transactions-{tag}",
-        topic_labels=f"labels-{tag}",
-        topic_alerts=f"alerts-{tag}",
-        topic_scores=f"scores-{tag}",
-        topic_transactions_dlq=f"transactions.dlq-{tag}",
-        topic_labels_dlq=f"labels.dlq-{tag}",
+        **isolated_names(lambda role: f"{role}-{tag}"),
         topic_partitions=1,
         guarantee=case.guarantee,
         transactional_id=f"scorer-{tag}",  # the restart aborts the crashed one's transaction

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-from conftest import settings_env
+from conftest import isolated_names, settings_env
 from kafka_extras import delivered
 
 from fraudstream.devstack import free_port
@@ -78,14 +78,7 @@ def running(
         bootstrap_servers=kafka_bootstrap,
         redis_url=redis_url,
         redis_prefix=f"ops{suffix}",
-        consumer_group=f"scorer-{suffix}",
-        learner_group=f"learner-{suffix}",
-        topic_transactions=f"transactions-{suffix}",
-        topic_labels=f"labels-{suffix}",
-        topic_alerts=f"alerts-{suffix}",
-        topic_scores=f"scores-{suffix}",
-        topic_transactions_dlq=f"transactions.dlq-{suffix}",
-        topic_labels_dlq=f"labels.dlq-{suffix}",
+        **isolated_names(lambda role: f"{role}-{suffix}"),
         topic_partitions=2,
         metrics_port=port,
         log_format="json",
