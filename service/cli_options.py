@@ -22,6 +22,7 @@ letters, digits, '.', '_' or '-'")
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -70,36 +71,32 @@ class FloatRange(click.FloatRange):
         return number
 
 
-class TopicName(click.ParamType[str, Any]):
-    """A topic name Kafka accepts (``topic_name_problem`` of the settings says why not)."""
+class CheckedText(click.ParamType[str, Any]):
+    """Text refused when ``problem(text)`` says why (the settings' own check of that value).
 
-    name = "topic"
+    Parameters
+    ----------
+    name
+        What the help shows for the value (``topic``, ``host:port``).
+    problem
+        ``None`` for an acceptable value, else what is wrong with it.
+    """
+
+    def __init__(self, name: str, problem: Callable[[str], str | None]) -> None:
+        self.name = name
+        self.problem = problem
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        """``value``, refused when Kafka would refuse it as a topic name."""
+        """``value``, refused when its ``problem`` says why."""
         text = str(value)
-        problem = topic_name_problem(text)
+        problem = self.problem(text)
         if problem:
             self.fail(problem, param, ctx)
         return text
 
 
-#: The type of every option that names a topic.
-TOPIC = TopicName()
-
-
-class BootstrapServers(click.ParamType[str, Any]):
-    """Kafka bootstrap servers, checked as ``FRAUDSTREAM_BOOTSTRAP_SERVERS`` is."""
-
-    name = "host:port"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        """``value``, refused when it is no comma-separated list of ``host:port``."""
-        text = str(value)
-        problem = bootstrap_servers_problem(text)
-        if problem:
-            self.fail(problem, param, ctx)
-        return text
+#: The type of every option that names a topic (refused when Kafka would refuse the name).
+TOPIC = CheckedText("topic", topic_name_problem)
 
 
 class RedisUrl(click.ParamType[str, Any]):
@@ -124,7 +121,8 @@ class RedisUrl(click.ParamType[str, Any]):
         return text
 
 
-#: The type of every option that gives Kafka bootstrap servers.
-BOOTSTRAP_SERVERS = BootstrapServers()
+#: The type of every option that gives Kafka bootstrap servers (checked as
+#: ``FRAUDSTREAM_BOOTSTRAP_SERVERS`` is: a comma-separated list of ``host:port``).
+BOOTSTRAP_SERVERS = CheckedText("host:port", bootstrap_servers_problem)
 #: The type of every option that gives a Redis URL.
 REDIS_URL = RedisUrl()
