@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING, Any
 import click
 import numpy as np
 
-from fraudstream.producers.cli import column_map, parse_time, simulation_config
-from fraudstream.producers.simulator import EXTRA_SCENARIOS
+from fraudstream.producers.cli import column_map, extras_option, parse_time, simulation_config
 from fraudstream.service.cli_options import BOOTSTRAP_SERVERS, REDIS_URL, FloatRange
 from fraudstream.service.errors import FraudstreamError
 from fraudstream.service.model import CATALOGUE
@@ -92,13 +91,7 @@ def _date(value: str | None) -> date | None:
     show_default=True,
     help="Simulation start (ISO date/time, epoch ms, 'today').",
 )
-@click.option(
-    "--extra",
-    "extras",
-    multiple=True,
-    type=click.Choice(sorted(EXTRA_SCENARIOS)),
-    help="Extra simulator scenario (repeatable).",
-)
+@extras_option
 @click.option(
     "--seed",
     type=click.IntRange(min=0),

@@ -213,6 +213,17 @@ def _speed_option(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
+def extras_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--extra``: the simulator's opt-in fraud scenarios (``simulate``, ``evaluate``)."""
+    return click.option(
+        "--extra",
+        "extras",
+        multiple=True,
+        type=click.Choice(sorted(EXTRA_SCENARIOS)),
+        help="Opt-in extra fraud scenario of the simulator (repeatable).",
+    )(func)
+
+
 def _delay_options(func: Callable[..., Any]) -> Callable[..., Any]:
     func = click.option(
         "--early-fraud-prob",
@@ -287,13 +298,7 @@ def simulation_config(**knobs: Any) -> SimulationConfig:
     show_default=True,
     help="Grid distance within which customers use terminals.",
 )
-@click.option(
-    "--extra",
-    "extras",
-    multiple=True,
-    type=click.Choice(sorted(EXTRA_SCENARIOS)),
-    help="Opt-in extra fraud scenario (repeatable).",
-)
+@extras_option
 @click.option(
     "--output",
     "-o",
