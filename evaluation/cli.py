@@ -8,7 +8,6 @@ import json
 import shlex
 import sys
 import time
-from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,7 +16,13 @@ import click
 import numpy as np
 
 from fraudstream.producers.cli import column_map, extras_option, parse_time, simulation_config
-from fraudstream.service.cli_options import BOOTSTRAP_SERVERS, REDIS_URL, FloatRange
+from fraudstream.service.cli_options import (
+    BOOTSTRAP_SERVERS,
+    REDIS_URL,
+    FloatRange,
+    not_enough_memory,
+    writing_to,
+)
 from fraudstream.service.errors import FraudstreamError
 from fraudstream.service.model import CATALOGUE
 from fraudstream.service.settings import Settings
@@ -222,24 +227,22 @@ def evaluate_cmd(ctx: click.Context, /, **opts: Any) -> None:
     ROC AUC, average precision, card precision@k, with 95 % bootstrap intervals.
     """
     settings: Settings = ctx.obj if isinstance(ctx.obj, Settings) else Settings()
-    if opts["report_dir"] is not None:
-        with _report_errors(opts["report_dir"]):  # before the run, not after it
+    if opts["report_dir"] is not None:  # checked before the run, not after it
+        with writing_to(opts["report_dir"], "the report", "--report folder"):
             opts["report_dir"].mkdir(parents=True, exist_ok=True)
     try:
         report, extras = run_evaluation(settings, opts)
     except (FraudstreamError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     except MemoryError as exc:  # e.g. numpy's "Unable to allocate 14.2 PiB for an array ..."
-        said = f" ({exc})" if str(exc) else ""
-        raise click.ClickException(
-            f"not enough memory{said}: give fewer --customers, --terminals or --days, "
-            "or a smaller FILE"
+        raise not_enough_memory(
+            exc, "give fewer --customers, --terminals or --days, or a smaller FILE"
         ) from exc
     from fraudstream.evaluation import report as rep
 
     click.echo(rep.table(report))
     if opts["report_dir"] is not None:
-        with _report_errors(opts["report_dir"]):
+        with writing_to(opts["report_dir"], "the report", "--report folder"):
             written = write_report(report, extras, opts["report_dir"])
         click.echo(f"report written to {opts['report_dir']}: {', '.join(written)}", err=True)
     if opts["as_json"]:
@@ -391,25 +394,6 @@ def check_assessable(stream: LabelledStream, plan: Assessment, protocol: Protoco
             f"{name}: the {in_weeks:,} transactions of the test weeks {weeks} are all of cards "
             "already known compromised: nothing to assess; --keep-known keeps them"
         )
-
-
-@contextlib.contextmanager
-def _report_errors(folder: Path) -> Iterator[None]:
-    """An :class:`OSError` writing the report in ``folder``: one line naming it and what to do.
-
-    Parameters
-    ----------
-    folder
-        The ``--report`` folder.
-    """
-    try:
-        yield
-    except OSError as exc:
-        where = exc.filename or folder
-        raise click.ClickException(
-            f"cannot write the report to {where}: {exc.strerror or exc}; "
-            "give a writable --report folder"
-        ) from exc
 
 
 def write_report(report: dict[str, Any], extras: dict[str, Any], folder: Path) -> list[str]:

@@ -42,7 +42,7 @@ from fraudstream.producers.files import (
 from fraudstream.producers.labels import LabelDelay
 from fraudstream.producers.simulator import EXTRA_SCENARIOS, SimulationConfig, simulate
 from fraudstream.producers.sink import RunCancelledError
-from fraudstream.service.cli_options import TOPIC, FloatRange
+from fraudstream.service.cli_options import TOPIC, FloatRange, not_enough_memory
 from fraudstream.service.errors import FraudstreamError
 from fraudstream.service.settings import DAY_S, Settings
 
@@ -79,8 +79,7 @@ def _errors(smaller: str = "make the run smaller") -> Iterator[None]:
         where = f"{exc.filename}: " if exc.filename else ""
         raise click.ClickException(f"{where}{exc.strerror or exc}") from exc
     except MemoryError as exc:  # e.g. numpy's "Unable to allocate 14.2 PiB for an array ..."
-        said = f" ({exc})" if str(exc) else ""
-        raise click.ClickException(f"not enough memory{said}: {smaller}") from exc
+        raise not_enough_memory(exc, smaller) from exc
 
 
 class _Interrupted(KeyboardInterrupt):

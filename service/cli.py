@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from fraudstream.service.cli_options import writing_to
 from fraudstream.service.kafka.connection import KafkaConnection
 from fraudstream.service.schemas import json_schemas
 from fraudstream.service.settings import Role, Settings
@@ -96,18 +97,12 @@ def config(ctx: click.Context, markdown: bool) -> None:
 )
 def schemas(output_dir: Path) -> None:
     """Write the JSON Schemas of every message (transaction, label, alert, score)."""
-    try:
+    with writing_to(output_dir, "the schemas", "--output-dir"):
         output_dir.mkdir(parents=True, exist_ok=True)
         for name, schema in json_schemas().items():
             path = output_dir / f"{name}.schema.json"
             path.write_text(json.dumps(schema, indent=2) + "\n")
             click.echo(f"wrote {path}")
-    except OSError as exc:
-        where = exc.filename or output_dir
-        raise click.ClickException(
-            f"cannot write the schemas to {where}: {exc.strerror or exc}; "
-            "give a writable --output-dir"
-        ) from exc
 
 
 @click.command()

@@ -1,5 +1,8 @@
 """Option types the commands share: numbers that refuse NaN, Kafka topic names, server addresses.
 
+(And the two one-line errors several commands end with: an output folder that
+cannot be written, and a run that does not fit in memory.)
+
 A wrong value is refused by click before the command runs: one ``Error:``
 line naming the option, exit status 2.
 
@@ -21,8 +24,10 @@ letters, digits, '.', '_' or '-'")
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -126,3 +131,35 @@ class RedisUrl(click.ParamType[str, Any]):
 BOOTSTRAP_SERVERS = CheckedText("host:port", bootstrap_servers_problem)
 #: The type of every option that gives a Redis URL.
 REDIS_URL = RedisUrl()
+
+
+@contextlib.contextmanager
+def writing_to(folder: Path, what: str, option: str) -> Iterator[None]:
+    """An :class:`OSError` writing ``what`` in ``folder``: one line naming it and the option.
+
+    Parameters
+    ----------
+    folder
+        The output folder (the file the error names, when it names one, is said instead).
+    what
+        What is written there (``"the report"``).
+    option
+        The option that chose the folder (``"--report folder"``).
+    """
+    try:
+        yield
+    except OSError as exc:
+        where = exc.filename or folder
+        raise click.ClickException(
+            f"cannot write {what} to {where}: {exc.strerror or exc}; give a writable {option}"
+        ) from exc
+
+
+def not_enough_memory(exc: MemoryError, smaller: str) -> click.ClickException:
+    """The one-line error of a run that did not fit in memory, and what to make ``smaller``.
+
+    >>> not_enough_memory(MemoryError("Unable to allocate 14.2 PiB"), "give fewer --days").message
+    'not enough memory (Unable to allocate 14.2 PiB): give fewer --days'
+    """
+    said = f" ({exc})" if str(exc) else ""
+    return click.ClickException(f"not enough memory{said}: {smaller}")
