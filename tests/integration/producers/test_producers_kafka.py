@@ -208,15 +208,20 @@ def test_paced_replay_keeps_inter_arrival_times(
     assert [r.value for r in sent] == [_b(str(i)) for i in range(len(gaps_ms))]
 
 
-def _recording_lines(topic: str, placements: list[tuple[int, int]]) -> bytes:
-    """A recording of ``topic`` with one record per ``(partition, offset)``, all keyed ``k``."""
+def _recording_lines(
+    topic: str, placements: list[tuple[int, int]], stamps: list[int] | None = None
+) -> bytes:
+    """A recording of ``topic`` with one record per ``(partition, offset)``, all keyed ``k``.
+
+    Record ``i`` is stamped ``stamps[i]`` (default: 1,700,000,000,000 + ``i`` ms).
+    """
     lines = [
         orjson.dumps(
             {
                 "topic": topic,
                 "partition": partition,
                 "offset": offset,
-                "timestamp_ms": 1_700_000_000_000 + i,
+                "timestamp_ms": stamps[i] if stamps else 1_700_000_000_000 + i,
                 "timestamp_type": 0,
                 "key": base64.b64encode(b"k").decode(),
                 "value": base64.b64encode(_b(f"p{partition}o{offset}")).decode(),
@@ -285,13 +290,10 @@ def test_replay_of_a_timestamp_the_broker_refuses_says_why_and_how_to_resume(
     settings = make_settings()
     target = unique_name("ahead")
     ensure_topics(settings.bootstrap_servers, {target: 1})
-    lines = _recording_lines(target, [(0, 0), (0, 1), (0, 2)]).splitlines()
-    records = [orjson.loads(line) for line in lines]
     now_ms = int(time.time() * 1000)
-    for record, stamp in zip(records, (now_ms - 1000, 4_070_908_800_000, now_ms), strict=True):
-        record["timestamp_ms"] = stamp
+    stamps = [now_ms - 1000, 4_070_908_800_000, now_ms]
     recording = tmp_path / "ahead.jsonl"
-    recording.write_bytes(b"\n".join(orjson.dumps(r) for r in records) + b"\n")
+    recording.write_bytes(_recording_lines(target, [(0, 0), (0, 1), (0, 2)], stamps))
 
     with pytest.raises(DeliveryError) as refused:
         replay_file(settings, recording, keep_timestamps=True)
