@@ -22,7 +22,10 @@ is a replay (harmless: nothing is counted twice); with another digest it is a
 conflict, and the transaction is dead-lettered instead of being counted as a
 second transaction with the same id (and the same alert id). The snapshot
 written after scoring replaces the claim; a claim never followed by a
-snapshot reads as "no snapshot".
+snapshot reads as "no snapshot". The feature script appends to the claim what
+the transaction found (:data:`FOUND_MARK`, then its card history and terminal
+ring: see ``claims.lua``), so that a replay before the snapshot is written is
+computed as the first count was; that too reads as "no snapshot".
 
 Keys: ``{prefix}:{x:<transaction_id>}`` for the snapshot and
 ``{prefix}:{x:<transaction_id>}:claim`` for the label claim. The hash tag makes
@@ -63,6 +66,11 @@ _HEADER_V1 = struct.Struct("<BIIfqHHH")
 _HEADER = struct.Struct("<B8sIIfqHHH")
 
 _VERSION_BYTE = bytes([SNAPSHOT_VERSION])
+
+#: Bytes 9-16 of an id claim followed by what its transaction found (``keep_found``
+#: in ``features/claims.lua``): read as feature set and model version 0xFFFFFFFF,
+#: which the snapshot script replaces even where it keeps an existing snapshot.
+FOUND_MARK = b"\xff" * 8
 
 #: Model version of a snapshot written by a state rebuild (``fraudstream state
 #: rebuild``): its features are exact, but no model scored it (score NaN).
@@ -294,7 +302,7 @@ def decode(transaction_id: str, data: bytes) -> Snapshot:
         _, fset, mver, score, t_ms, n, lc, lt = _HEADER_V1.unpack_from(data)
         off = _HEADER_V1.size
     else:
-        if len(data) <= CLAIM_BYTES:
+        if len(data) <= CLAIM_BYTES or data[CLAIM_BYTES : CLAIM_BYTES + 8] == FOUND_MARK:
             raise ValueError("an id claim, no snapshot yet")
         _, _, fset, mver, score, t_ms, n, lc, lt = _HEADER.unpack_from(data)
         off = _HEADER.size

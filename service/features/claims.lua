@@ -21,3 +21,36 @@ local function claim_id(key, claim, ttl)
   end
   return 2
 end
+
+-- What a transaction found when it was counted, kept after its claim until its
+-- snapshot replaces both (service/snapshots.py, FOUND_MARK): the 8 bytes below
+-- (read as feature set and model version 0xFFFFFFFF, so the snapshot script
+-- overwrites them and a reader sees "no snapshot yet"), its status byte, the
+-- length of its terminal string (u32), that string and its card history. A
+-- replay of the transaction before its snapshot is written (a crash, or a
+-- duplicate in the next pipelined batch) gets these back instead of the state
+-- as it is now, with what was counted after it.
+local FOUND = '\255\255\255\255\255\255\255\255'
+
+-- Keep status `st`, terminal string `t` and card history `h` after the claim
+-- at `key` (APPEND: no Lua string is made from them).
+local function keep_found(key, st, t, h)
+  redis.call('APPEND', key, FOUND .. struct.pack('<BI4', st, #t))
+  if #t > 0 then
+    redis.call('APPEND', key, t)
+  end
+  if #h > 0 then
+    redis.call('APPEND', key, h)
+  end
+end
+
+-- The status, terminal string and card history kept at `key` by keep_found,
+-- or nil when it holds none (a claim alone, or a snapshot).
+local function found_at(key)
+  local held = redis.call('GET', key)
+  if not held or #held < 22 or string.sub(held, 10, 17) ~= FOUND then
+    return nil
+  end
+  local st, tl = struct.unpack('<BI4', held, 18)
+  return st, string.sub(held, 23, 22 + tl), string.sub(held, 23 + tl)
+end

@@ -20,6 +20,11 @@ set, ``update.lua`` also claims every transaction id (``claim_id`` from
 ``claims.lua``, the rule of :mod:`fraudstream.service.snapshots`) before
 counting it, so the scorer's id claims cost no round trip of their own; an id
 claimed before with other content is not counted (``FeatureBatch.is_conflict``).
+The call that claims an id also keeps, after the claim, the card history and
+terminal ring the transaction found (``keep_found``, until its snapshot replaces
+them), so that a replay before the snapshot is written (the scorer crashed in
+between, or a duplicate arrived in the next pipelined batch) is computed from
+what the first count found, not from a state that has since counted more.
 
 A script runs atomically, so each transaction is atomic, two scorers sharing a
 terminal never race, and a replayed batch (after a crash) counts nothing twice:
@@ -135,9 +140,12 @@ FLAG_LABELLED = 4
 BUCKET_SIZE = 16
 
 #: Card outcomes returned by ``update.lua`` (bits 0-1 of a status byte; bit 2 is
-#: "counted at the terminal", bit 3 "id conflict: nothing counted").
+#: "counted at the terminal", bit 3 "id conflict: nothing counted", bit 4 "a
+#: replay: the rest of the status, the history and the ring are what its first
+#: count returned").
 APPENDED, DUPLICATE, TOO_LATE, INSERTED = 0, 1, 2, 3
 CONFLICT_BIT = 8
+REPLAY_BIT = 16
 
 _RECORD = struct.Struct("<IIHBBIfff")
 _NEEDLE = struct.Struct("<IIH")
@@ -409,8 +417,12 @@ class RedisFeatureStore:
         # A conflict counted nothing: computed as a too-late event with no
         # history (its row is dropped by the caller).
         outcome = np.where(conflict, TOO_LATE, status & 3)
+        # A replay is computed as its first count was, from what that found.
+        replayed = (status & REPLAY_BIT) != 0
         counted = (status & 4) != 0
-        self._count(outcome[~conflict], counted[~conflict])
+        now = ~conflict & ~replayed
+        self._count(outcome[now], counted[now])
+        self.counters.duplicates += int(replayed.sum())
 
         # Terminal rings before each transaction, plus its own increment: one
         # (transaction, slot) array per bucket field (day, transactions, labels,
@@ -450,7 +462,7 @@ class RedisFeatureStore:
                     batch.rows(lo, hi), outcome[lo:hi], lengths[lo:hi], records, rings[:, lo:hi]
                 )
         return FeatureBatch(
-            self._names, values, outcome == DUPLICATE, conflict if claiming else None
+            self._names, values, (outcome == DUPLICATE) | replayed, conflict if claiming else None
         )
 
     def _count(self, outcome: np.ndarray, counted: np.ndarray) -> None:

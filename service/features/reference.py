@@ -105,13 +105,20 @@ class ReferenceFeatureStore:
     ----------
     config
         Windows, lateness and (unused here) key prefix.
+    first_found
+        As the Redis store that claims ids (``claim_ttl_s``) before the
+        transaction's snapshot is written: an id seen before is a duplicate
+        whose features are those of its first occurrence, computed from what
+        that found. Otherwise (default) a duplicate is computed from the state
+        as it is now, as of its own event time.
     """
 
-    def __init__(self, config: FeatureConfig) -> None:
+    def __init__(self, config: FeatureConfig, first_found: bool = False) -> None:
         self.config = config
         self._names = feature_names(config)
         self._cards: dict[str, list[_Event]] = {}
         self._terminals: dict[str, _Terminal] = {}
+        self._first: dict[str, list[float]] | None = {} if first_found else None
         self.counters = StoreCounters()
 
     @property
@@ -153,6 +160,16 @@ class ReferenceFeatureStore:
         return None
 
     def _one(self, tx: Transaction) -> tuple[list[float], bool]:
+        if self._first is None:
+            return self._count(tx)
+        if tx.transaction_id in self._first:
+            self.counters.duplicates += 1
+            return self._first[tx.transaction_id], True
+        features, is_dup = self._count(tx)
+        self._first[tx.transaction_id] = features
+        return features, is_dup
+
+    def _count(self, tx: Transaction) -> tuple[list[float], bool]:
         config = self.config
         t = tx.event_time_ms
         has_location = tx.lat is not None and tx.lon is not None

@@ -21,6 +21,9 @@
 -- the record it sent), 1 duplicate, 2 too late, 3 new and inserted out of order
 -- (history_i already holds it). Status 8: the id was claimed before with other
 -- content (a conflict): nothing counted, terminal_i and history_i are ''.
+-- Status + 16: a replay of a transaction counted before and not snapshotted
+-- yet: nothing counted now; status, terminal_i and history_i are what that first
+-- count returned (claims.lua's keep_found, written by the call that claimed it).
 -- terminal_i is the terminal string before this transaction's increment ('' when
 -- the terminal has none).
 --
@@ -72,10 +75,10 @@ local status = {}
 
 -- Every claim first, as a separate claim call would (claiming inside the
 -- counting loop measured ~10 % more Redis CPU).
-local conflict = {}
+local claimed = {}
 if stride == 3 then
   for i = 1, n do
-    conflict[i] = claim_id(KEYS[3 * i], sub(claims, 9 * i - 8, 9 * i), claim_ttl) == 2
+    claimed[i] = claim_id(KEYS[3 * i], sub(claims, 9 * i - 8, 9 * i), claim_ttl)
   end
 end
 
@@ -84,8 +87,18 @@ for i = 1, n do
   local rec = sub(recs, off + 1, off + RS)
   local ts = unpack('<I6', rec, 5)
   local st, h, t = 8, '', ''
-  if not conflict[i] then
+  local claim = claimed[i]
+  if claim == 1 then
+    st, t, h = found_at(KEYS[3 * i])
+    if st then
+      st = st + 16
+    end
+  end
+  if claim ~= 2 and not (claim == 1 and st) then
     st, h, t = count(rec, ts, KEYS[stride * (i - 1) + 1], KEYS[stride * (i - 1) + 2])
+    if claim == 0 then
+      keep_found(KEYS[3 * i], st, t, h)
+    end
   end
   out[i + 1] = t
   out[n + i + 1] = h

@@ -452,23 +452,6 @@ def test_what_the_crashed_scorer_did_not_count_is_scored_as_a_clean_run_scores_i
     _check_features(sweep, case, replayed=False)
 
 
-#: Diagnosis of the transactions a crash leaves counted without their snapshot.
-REPLAY_SEES_LATER_WORK = (
-    "DEFECT (not fixed: no local fix). A transaction whose feature script ran (id claimed,"
-    " appended to its card history, counted in its terminal's day bucket) and whose snapshot"
-    " was not written before the crash is found again as a duplicate by update.lua on the"
-    " replay, which returns its card history and terminal ring as they are now, with what the"
-    " crashed run counted after it: later transactions of its batch (and, pipelined, of batch"
-    " k + 1). Its features are then computed over more than it first found: terminal_tx_count_*"
-    " up to ~15 higher here, card counts/sums/means including transactions with an earlier event"
-    " time that were inserted after it; the replay publishes that score and stores those"
-    " features as its snapshot, so they differ from a run without the crash. Single-node"
-    " update.lua has no 'as first found' (card.lua's pending flags cover only a Redis Cluster"
-    " batch interrupted between its rounds; after round 3, cluster_store.py says, a replay is"
-    " one of duplicates too: not tested here); a fix needs state per counted transaction kept"
-    " until its snapshot is written."
-)
-
 #: Points that always leave transactions counted without their snapshot (the script's reply
 #: waited for, no snapshot sent).
 REPLAY_POINTS = [
@@ -480,11 +463,16 @@ REPLAY_POINTS = [
 ]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=REPLAY_SEES_LATER_WORK)
 @pytest.mark.parametrize("case", REPLAY_POINTS, ids=lambda case: case.name)
 def test_what_the_crashed_scorer_counted_without_a_snapshot_is_scored_as_a_clean_run_scores_it(
     sweep: Sweep, case: Case
 ) -> None:
+    """Its replay gets what its first count found (kept after its id claim), not the state now.
+
+    The state now holds what the crashed run counted after it: later transactions of
+    its batch (and, pipelined, of batch k + 1) at its terminal, and transactions with an
+    earlier event time inserted in its card's history after it.
+    """
     _check_features(sweep, case, replayed=True)
 
 

@@ -116,7 +116,7 @@ def test_equals_reference_on_random_streams(
     redis_client: redis.Redis, config: FeatureConfig, seed: int, claims: bool
 ) -> None:
     store = RedisFeatureStore(redis_client, config, claim_ttl_s=3600 if claims else None)
-    reference = ReferenceFeatureStore(config)
+    reference = ReferenceFeatureStore(config, first_found=claims)
     rng = random.Random(seed)
     seen: list[Transaction] = []
     for batch in batches(random_stream(seed, 1500), rng):
@@ -174,11 +174,54 @@ def test_replaying_a_batch_counts_nothing_twice(
     assert store.counters.inserted == 400
 
 
+def test_a_replay_before_its_snapshot_is_computed_from_what_its_first_count_found(
+    redis_client: redis.Redis, config: FeatureConfig
+) -> None:
+    """A crash after the feature script, before the snapshot: the replay sees its first count.
+
+    Not the state now, which holds what was counted after it (here: a later
+    transaction at its terminal and an earlier one of its card, arrived late).
+    Once its snapshot is written, that replaces what was kept: a replay then
+    keeps the snapshot and is computed from the state now.
+    """
+    store = RedisFeatureStore(redis_client, config, claim_ttl_s=3600)
+    snapshots = SnapshotStore(redis_client, config.prefix, ttl_s=3600)
+    first = Transaction(transaction_id="a", card_id="c", terminal_id="m", amount=10.0,
+                        timestamp=START_MS + HOUR_MS)  # fmt: skip
+    later = [
+        Transaction(transaction_id="b", card_id="d", terminal_id="m", amount=5.0,
+                    timestamp=START_MS + 2 * HOUR_MS),
+        Transaction(transaction_id="c0", card_id="c", terminal_id="n", amount=7.0,
+                    timestamp=START_MS + HOUR_MS - 60_000),
+    ]  # fmt: skip
+    counted = store.update_and_compute([first])
+    store.update_and_compute(later)
+    names = list(store.names)
+    columns = [names.index("terminal_tx_count_1d"), names.index("card_tx_count_1h")]
+    assert counted.values[0, columns].tolist() == [1, 1]
+
+    replay = store.update_and_compute([first])
+    assert replay.is_duplicate.tolist() == [True]
+    np.testing.assert_array_equal(replay.values, counted.values)
+    assert snapshots.get_many(["a"]) == [None], "what was kept reads as no snapshot yet"
+
+    snapshots.put_many([first], replay.values, np.array([0.5]), 7, store.names,
+                       keep_existing=replay.is_duplicate)  # fmt: skip
+    stored = snapshots.get_many(["a"])[0]
+    assert stored is not None and stored.model_version == 7
+    np.testing.assert_array_equal(stored.features, counted.values[0].astype(np.float32))
+    assert len(cast(bytes, redis_client.get(snapshots.key("a")))) < 300
+    after = store.update_and_compute([first])
+    assert after.is_duplicate.tolist() == [True]
+    assert after.values[0, columns].tolist() == [2, 2], "from the state now"
+    assert store.counters.inserted == 3 and store.counters.duplicates == 2
+
+
 def test_ids_claimed_with_other_content_are_flagged_and_not_counted(
     redis_client: redis.Redis, config: FeatureConfig
 ) -> None:
     store = RedisFeatureStore(redis_client, config, claim_ttl_s=3600)
-    reference = ReferenceFeatureStore(config)
+    reference = ReferenceFeatureStore(config, first_found=True)
     snapshots = SnapshotStore(redis_client, config.prefix, ttl_s=3600)
     stream = random_stream(21, 300, duplicate_rate=0.05)
     rng = random.Random(21)
@@ -276,7 +319,7 @@ def test_two_batches_in_flight_on_one_connection_equal_the_reference(
 ) -> None:
     """As the overlapping scorer calls it: batch k + 1's script is sent before k's reply is read."""
     store = RedisFeatureStore(redis_client, config, claim_ttl_s=3600)
-    reference = ReferenceFeatureStore(config)
+    reference = ReferenceFeatureStore(config, first_found=True)
     link = redis_client.connection_pool.get_connection()
     try:
         store.load_scripts()
@@ -335,8 +378,13 @@ def test_the_empty_batch_sends_nothing(redis_client: redis.Redis, config: Featur
 
 
 @pytest.mark.parametrize(
-    ("seed", "cap", "cards", "rows_per_pass"),
-    [(21, 12, 4, None), (22, 40, 1, None), (23, 1, 4, None), (24, 40, 1, 50)],
+    ("seed", "cap", "cards", "rows_per_pass", "claims"),
+    [
+        (21, 12, 4, None, True),
+        (22, 40, 1, None, True),
+        (23, 1, 4, None, True),
+        (24, 40, 1, 50, False),
+    ],
 )
 def test_a_card_over_its_cap_equals_the_reference(
     redis_client: redis.Redis,
@@ -345,19 +393,21 @@ def test_a_card_over_its_cap_equals_the_reference(
     cap: int,
     cards: int,
     rows_per_pass: int | None,
+    claims: bool,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Few cards, many transactions: every card goes over its cap, out of order and replayed.
 
     Features, duplicates and counters equal the reference's; no card keeps more
     than ``cap`` valid records. With ``rows_per_pass``, every batch of more than
-    one transaction is computed in slices.
+    one transaction is computed in slices. Without ``claims``, a replay is
+    counted again from the state as it is now (too late once the cap dropped it).
     """
     if rows_per_pass is not None:
         monkeypatch.setattr(redis_store, "ROWS_PER_PASS", rows_per_pass)
     config = dataclasses.replace(config, card_history_max=cap)
-    store = RedisFeatureStore(redis_client, config, claim_ttl_s=3600)
-    reference = ReferenceFeatureStore(config)
+    store = RedisFeatureStore(redis_client, config, claim_ttl_s=3600 if claims else None)
+    reference = ReferenceFeatureStore(config, first_found=claims)
     rng = random.Random(seed)
     seen: list[Transaction] = []
     stream = random_stream(seed, 1500, cards=cards, days=0.5, duplicate_rate=0.1)
