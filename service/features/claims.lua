@@ -31,12 +31,28 @@ end
 -- duplicate in the next pipelined batch) gets these back instead of the state
 -- as it is now, with what was counted after it.
 local FOUND = '\255\255\255\255\255\255\255\255'
+-- Most bytes of card histories and terminal strings one call keeps (a batch
+-- of typical cards keeps ~3 MB; a card-testing burst on a card at its cap would
+-- keep ~28 KB per transaction): past it, transactions keep nothing, and their
+-- replay is computed from the state as it is now.
+local FOUND_BUDGET = 8388608
 
 -- Keep status `st`, terminal string `t` and card history `h` after the claim
--- at `key` (APPEND: no Lua string is made from them).
+-- at `key` (APPEND: no Lua string is made from them). The caller turns the
+-- AOF and replicas off around it (redis.set_repl): a few KB per transaction,
+-- replaced within two batches, are not worth persisting; a Redis restarted or
+-- failed over in between has the claim alone, and a replay then is computed
+-- from the state as it is now, as without this.
+local found_headers = {}
 local function keep_found(key, st, t, h)
-  redis.call('APPEND', key, FOUND .. struct.pack('<BI4', st, #t))
-  if #t > 0 then
+  local tl = #t
+  local header = found_headers[st * 4294967296 + tl]
+  if not header then
+    header = FOUND .. struct.pack('<BI4', st, tl)
+    found_headers[st * 4294967296 + tl] = header
+  end
+  redis.call('APPEND', key, header)
+  if tl > 0 then
     redis.call('APPEND', key, t)
   end
   if #h > 0 then

@@ -23,7 +23,8 @@
 -- content (a conflict): nothing counted, terminal_i and history_i are ''.
 -- Status + 16: a replay of a transaction counted before and not snapshotted
 -- yet: nothing counted now; status, terminal_i and history_i are what that first
--- count returned (claims.lua's keep_found, written by the call that claimed it).
+-- count returned (claims.lua's keep_found, written by the call that claimed it,
+-- for up to FOUND_BUDGET bytes per call).
 -- terminal_i is the terminal string before this transaction's increment ('' when
 -- the terminal has none).
 --
@@ -48,7 +49,7 @@ end
 
 local RS = RECORD                    -- record size
 local TS = slots * BUCKET            -- terminal string size
-local sub, char = string.sub, string.char
+local sub, char, byte = string.sub, string.char, string.byte
 local unpack = struct.unpack
 local call = redis.call
 
@@ -76,12 +77,18 @@ local status = {}
 -- Every claim first, as a separate claim call would (claiming inside the
 -- counting loop measured ~10 % more Redis CPU).
 local claimed = {}
+local budget = FOUND_BUDGET
 if stride == 3 then
   for i = 1, n do
     claimed[i] = claim_id(KEYS[3 * i], sub(claims, 9 * i - 8, 9 * i), claim_ttl)
   end
 end
 
+-- Snapshot key -> the transaction of this call that claimed it (its replays
+-- in the same call get what it found), and the transactions whose found state
+-- is kept, written after the loop with the AOF and replicas off.
+local first = {}
+local kept = {}
 for i = 1, n do
   local off = (i - 1) * RS
   local rec = sub(recs, off + 1, off + RS)
@@ -89,7 +96,12 @@ for i = 1, n do
   local st, h, t = 8, '', ''
   local claim = claimed[i]
   if claim == 1 then
-    st, t, h = found_at(KEYS[3 * i])
+    local j = first[KEYS[3 * i]]
+    if j then
+      st, t, h = byte(status[j]), out[j + 1], out[n + j + 1]
+    else
+      st, t, h = found_at(KEYS[3 * i])
+    end
     if st then
       st = st + 16
     end
@@ -97,12 +109,24 @@ for i = 1, n do
   if claim ~= 2 and not (claim == 1 and st) then
     st, h, t = count(rec, ts, KEYS[stride * (i - 1) + 1], KEYS[stride * (i - 1) + 2])
     if claim == 0 then
-      keep_found(KEYS[3 * i], st, t, h)
+      first[KEYS[3 * i]] = i
+      if budget >= #t + #h then
+        budget = budget - #t - #h
+        kept[#kept + 1] = i
+      end
     end
   end
   out[i + 1] = t
   out[n + i + 1] = h
   status[i] = char(st)
+end
+
+if #kept > 0 then
+  redis.set_repl(redis.REPL_NONE)
+  for _, i in ipairs(kept) do
+    keep_found(KEYS[3 * i], byte(status[i]), out[i + 1], out[n + i + 1])
+  end
+  redis.set_repl(redis.REPL_ALL)
 end
 
 out[1] = table.concat(status)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import redis
 
+from fraudstream.devstack import RedisServer
 from fraudstream.service.features import redis_store
 from fraudstream.service.features.definitions import FeatureConfig
 from fraudstream.service.features.redis_store import (
@@ -21,7 +22,14 @@ from fraudstream.service.features.redis_store import (
 from fraudstream.service.features.reference import ReferenceFeatureStore
 from fraudstream.service.features.store import FeatureBatch, LabelFact
 from fraudstream.service.schemas import Transaction
-from fraudstream.service.snapshots import CLAIM_CONFLICT, CLAIM_REPLAY, SnapshotStore
+from fraudstream.service.snapshots import (
+    CLAIM_BYTES,
+    CLAIM_CONFLICT,
+    CLAIM_REPLAY,
+    SnapshotStore,
+    id_claims,
+    snapshot_key,
+)
 
 START_MS = 1_522_540_800_000  # 2018-04-01 00:00 UTC
 HOUR_MS = 3_600_000
@@ -215,6 +223,34 @@ def test_a_replay_before_its_snapshot_is_computed_from_what_its_first_count_foun
     assert after.is_duplicate.tolist() == [True]
     assert after.values[0, columns].tolist() == [2, 2], "from the state now"
     assert store.counters.inserted == 3 and store.counters.duplicates == 2
+
+
+def test_what_a_transaction_found_is_not_written_to_the_aof(
+    own_redis: RedisServer, config: FeatureConfig
+) -> None:
+    """Kept for a replay before the snapshot, not persisted: after a restart, the claim alone.
+
+    The replay is then computed from the state as it is now, and nothing is counted twice.
+    """
+    client = redis.Redis.from_url(own_redis.url)
+    store = RedisFeatureStore(client, config, claim_ttl_s=3600)
+    stream = random_stream(31, 200, days=0.2, duplicate_rate=0.0)
+    store.update_and_compute(stream)
+    key = snapshot_key(config.prefix, stream[0].transaction_id)
+    assert len(cast(bytes, client.get(key))) > CLAIM_BYTES
+    cards = {k: client.get(k) for k in client.scan_iter(f"{config.prefix}:{{c:*")}
+    client.close()
+    own_redis.stop()
+    own_redis.start()
+    client = redis.Redis.from_url(own_redis.url)
+    try:
+        assert client.get(key) == id_claims(stream[:1])
+        assert {k: client.get(k) for k in client.scan_iter(f"{config.prefix}:{{c:*")} == cards
+        replay = RedisFeatureStore(client, config, claim_ttl_s=3600).update_and_compute(stream)
+        assert replay.is_duplicate.all()
+        assert {k: client.get(k) for k in client.scan_iter(f"{config.prefix}:{{c:*")} == cards
+    finally:
+        client.close()
 
 
 def test_ids_claimed_with_other_content_are_flagged_and_not_counted(
@@ -469,3 +505,32 @@ def test_a_card_testing_burst_costs_a_bounded_history(
     last = store.update_and_compute(burst[-1:])
     assert last.is_duplicate.all()
     assert last.values[0, list(last.names).index("card_tx_count_1h")] <= cap + 1
+
+
+def test_what_a_burst_keeps_for_its_replay_is_bounded(
+    redis_client: redis.Redis, config: FeatureConfig
+) -> None:
+    """2,000 transactions of one card at its cap (1,000): ~40 MB of histories found.
+
+    One call keeps at most 8 MiB of them for a replay before the snapshots; the
+    rest keep their claim alone, and their replay is counted nowhere again (too
+    late where the cap dropped them).
+    """
+    store = RedisFeatureStore(redis_client, config, claim_ttl_s=3600)
+    burst = [
+        Transaction(transaction_id=f"b{i}", card_id="tested", terminal_id="shop", amount=1.0,
+                    timestamp=START_MS + i * 500)
+        for i in range(2000)
+    ]  # fmt: skip
+    first = store.update_and_compute(burst)
+    pipe = redis_client.pipeline(transaction=False)
+    for tx in burst:
+        pipe.strlen(snapshot_key(config.prefix, tx.transaction_id))
+    lengths = np.array(pipe.execute())
+    kept = lengths > CLAIM_BYTES
+    assert kept[0] and not kept[-1]
+    assert 4 << 20 < int((lengths - CLAIM_BYTES).sum()) <= (8 << 20) + 2000 * 32
+    replay = store.update_and_compute(burst)
+    assert store.counters.inserted == 2000, "a replay counted again"
+    assert replay.is_duplicate[kept].all()
+    np.testing.assert_array_equal(replay.values[kept], first.values[kept])
