@@ -364,6 +364,7 @@ class Application:
                 # The scorer's id claims ride in the feature script's round trip
                 # (single node; a cluster store claims in a call of its own).
                 claim_ttl_s=s.snapshot_ttl_s,
+                exact_replays=s.exact_replays,
             ),
         )
 

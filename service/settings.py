@@ -335,6 +335,15 @@ class Settings(BaseSettings):
         "scorer's open transaction then holds read_committed readers back until it times out "
         "(60 s).",
     )
+    exact_replays: bool = Field(
+        True,
+        description="Single Redis node: keep the card history and terminal buckets each "
+        "transaction found until its snapshot is written, so that a transaction replayed "
+        "after a crash before its snapshot is scored from them, exactly as it was first, "
+        "not from a state that has counted later transactions too. Costs Redis CPU and "
+        "memory for a few KB per transaction in flight (bench/README.md); off: such a "
+        "replay is scored from the state as it is now.",
+    )
     overlap_batches: bool = Field(
         True,
         description="at_least_once: overlap batches. On one Redis node, two batches in flight "

@@ -31,11 +31,6 @@ end
 -- duplicate in the next pipelined batch) gets these back instead of the state
 -- as it is now, with what was counted after it.
 local FOUND = '\255\255\255\255\255\255\255\255'
--- Most bytes of card histories and terminal strings one call keeps (a batch
--- of typical cards keeps ~3 MB; a card-testing burst on a card at its cap would
--- keep ~28 KB per transaction): past it, transactions keep nothing, and their
--- replay is computed from the state as it is now.
-local FOUND_BUDGET = 8388608
 
 -- Keep status `st`, terminal string `t` and card history `h` after the claim
 -- at `key` (APPEND: no Lua string is made from them). The caller turns the

@@ -146,6 +146,9 @@ BUCKET_SIZE = 16
 APPENDED, DUPLICATE, TOO_LATE, INSERTED = 0, 1, 2, 3
 CONFLICT_BIT = 8
 REPLAY_BIT = 16
+#: Default ``found_budget``: a batch of 2,000 typical transactions keeps ~4 MB; a
+#: card-testing burst on a card at its cap would keep ~28 KB per transaction.
+FOUND_BUDGET = 8 << 20
 
 _RECORD = struct.Struct("<IIHBBIfff")
 _NEEDLE = struct.Struct("<IIH")
@@ -286,6 +289,11 @@ class RedisFeatureStore:
         <fraudstream.service.snapshots.SnapshotStore.claim_many_ids>` would: an
         id held with other content is not counted and is flagged in
         ``FeatureBatch.is_conflict``. ``None`` (default): no claims.
+    found_budget
+        With claims: most bytes of card histories and terminal rings one call
+        keeps after its new claims (``keep_found`` in ``claims.lua``), so that a
+        replay before the snapshot is computed from what the first count found;
+        past it, and with 0, a replay is computed from the state as it is now.
 
     Attributes
     ----------
@@ -300,6 +308,7 @@ class RedisFeatureStore:
         *,
         check_state: bool = False,
         claim_ttl_s: int | None = None,
+        found_budget: int = FOUND_BUDGET,
     ) -> None:
         self.config = config
         self.counters = StoreCounters()
@@ -322,6 +331,7 @@ class RedisFeatureStore:
             config.card_history_max,
         ]
         self._claim_ttl_s = claim_ttl_s
+        self._found_budget = found_budget
 
     @property
     def client(self) -> redis.Redis:
@@ -378,7 +388,7 @@ class RedisFeatureStore:
             keys[0::3] = batch.keys[0::2]
             keys[1::3] = batch.keys[1::2]
             keys[2::3] = [snapshot_key(prefix, tx.transaction_id) for tx in transactions]
-            claim_args = [id_claims(transactions), self._claim_ttl_s]
+            claim_args = [id_claims(transactions), self._claim_ttl_s, self._found_budget]
         return PreparedUpdate(
             batch,
             keys + self._marker,

@@ -13,7 +13,9 @@
 -- ARGV[7] = '1' when the last KEY is the state marker: without it nothing is
 -- counted and the call fails with FRAUDSTREAM_STATE_LOST (see service/state.py).
 -- ARGV[8] = the batch's 9-byte id claims (service/snapshots.py), concatenated
--- in batch order, or '' to claim nothing; ARGV[9] = the claims' TTL (s).
+-- in batch order, or '' to claim nothing; ARGV[9] = the claims' TTL (s);
+-- ARGV[10] = most bytes of card histories and terminal strings this call keeps
+-- after its new claims (claims.lua's keep_found; 0: none).
 --
 -- Returns {status_string, terminal_1 .. terminal_n, history_1 .. history_n}.
 -- status byte i = card outcome + 4 * (counted at the terminal); card outcome:
@@ -24,7 +26,7 @@
 -- Status + 16: a replay of a transaction counted before and not snapshotted
 -- yet: nothing counted now; status, terminal_i and history_i are what that first
 -- count returned (claims.lua's keep_found, written by the call that claimed it,
--- for up to FOUND_BUDGET bytes per call).
+-- for up to ARGV[10] bytes per call).
 -- terminal_i is the terminal string before this transaction's increment ('' when
 -- the terminal has none).
 --
@@ -77,7 +79,7 @@ local status = {}
 -- Every claim first, as a separate claim call would (claiming inside the
 -- counting loop measured ~10 % more Redis CPU).
 local claimed = {}
-local budget = FOUND_BUDGET
+local budget = tonumber(ARGV[10] or '0')
 if stride == 3 then
   for i = 1, n do
     claimed[i] = claim_id(KEYS[3 * i], sub(claims, 9 * i - 8, 9 * i), claim_ttl)
@@ -108,12 +110,10 @@ for i = 1, n do
   end
   if claim ~= 2 and not (claim == 1 and st) then
     st, h, t = count(rec, ts, KEYS[stride * (i - 1) + 1], KEYS[stride * (i - 1) + 2])
-    if claim == 0 then
+    if claim == 0 and budget >= #t + #h then
+      budget = budget - #t - #h
       first[KEYS[3 * i]] = i
-      if budget >= #t + #h then
-        budget = budget - #t - #h
-        kept[#kept + 1] = i
-      end
+      kept[#kept + 1] = i
     end
   end
   out[i + 1] = t

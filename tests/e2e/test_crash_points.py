@@ -59,6 +59,8 @@ from fraudstream.service.snapshots import Snapshot, SnapshotStore
 pytestmark = pytest.mark.slow
 
 ALO, EOS = "at_least_once", "exactly_once"
+#: At least once with ``overlap_batches`` off: one batch at a time, as exactly-once runs.
+ALO_SEQ = "at_least_once_sequential"
 #: The crash comes at the point's sixth (counted) call: batches before it are committed.
 NTH = 6
 BATCH = 40
@@ -81,7 +83,8 @@ ALO_POINTS = [
     "next-features-in-flight-before-commit",
     "next-features-in-flight-after-commit",
 ]
-#: Points of the one-at-a-time scorer (exactly-once).
+#: Points of the one-at-a-time scorer (exactly-once; at-least-once without overlap has
+#: the same but the transaction's offsets, and a commit of its own).
 EOS_POINTS = [
     "features-ran-unread-sync",
     "features-read-sync",
@@ -106,8 +109,17 @@ class Case:
         return f"{self.guarantee}-{self.point or 'clean'}"
 
 
-CLEAN = {ALO: Case(ALO), EOS: Case(EOS)}
-CASES = [Case(ALO, p) for p in ALO_POINTS] + [Case(EOS, p) for p in EOS_POINTS]
+ALO_SEQ_POINTS = [
+    *(p for p in EOS_POINTS if p != "offsets-in-transaction"),
+    "commit-sent",
+]
+
+CLEAN = {ALO: Case(ALO), EOS: Case(EOS), ALO_SEQ: Case(ALO_SEQ)}
+CASES = (
+    [Case(ALO, p) for p in ALO_POINTS]
+    + [Case(EOS, p) for p in EOS_POINTS]
+    + [Case(ALO_SEQ, p) for p in ALO_SEQ_POINTS]
+)
 
 
 @dataclass
@@ -173,7 +185,8 @@ def _settings(case: Case, bootstrap: str, redis_url: str) -> Settings:
         redis_prefix=f"cp{abs(hash(tag)) % 10**10}",
         **isolated_names(lambda role: f"{role}-{tag}"),
         topic_partitions=1,
-        guarantee=case.guarantee,
+        guarantee=ALO if case.guarantee == ALO_SEQ else case.guarantee,
+        overlap_batches=case.guarantee != ALO_SEQ,
         transactional_id=f"scorer-{tag}",  # the restart aborts the crashed one's transaction
         alert_threshold=0.0,  # every decision is an alert
         max_batch_size=BATCH,
@@ -239,7 +252,7 @@ def _run(
             # at-least-once ones may be in flight: what the group holds (no transaction
             # to wait for).
             outcome.committed = int(outcome.marker.split()[-1]) if outcome.marker else 0
-            if case.guarantee == ALO:
+            if case.guarantee != EOS:
                 outcome.committed = max(
                     outcome.committed, sum(committed_offsets(settings)[0].values())
                 )
@@ -460,6 +473,8 @@ REPLAY_POINTS = [
     Case(ALO, "next-features-in-flight-before-settle"),
     Case(EOS, "features-ran-unread-sync"),
     Case(EOS, "features-read-sync"),
+    Case(ALO_SEQ, "features-ran-unread-sync"),
+    Case(ALO_SEQ, "features-read-sync"),
 ]
 
 
@@ -476,7 +491,8 @@ def test_what_the_crashed_scorer_counted_without_a_snapshot_is_scored_as_a_clean
     _check_features(sweep, case, replayed=True)
 
 
-def test_the_clean_runs_of_both_modes_store_the_same_features(sweep: Sweep) -> None:
-    alo, eos = sweep.outcome(CLEAN[ALO]), sweep.outcome(CLEAN[EOS])
+def test_the_clean_runs_of_every_mode_store_the_same_features(sweep: Sweep) -> None:
+    alo, eos, seq = (sweep.outcome(CLEAN[mode]) for mode in (ALO, EOS, ALO_SEQ))
     assert len(alo.snapshots) == len(set(_ids(sweep.stream))) == len(eos.snapshots)
     assert _feature_differences(alo, eos) == []
+    assert _feature_differences(alo, seq) == []

@@ -15,6 +15,7 @@ from fraudstream.devstack import RedisServer
 from fraudstream.service.features import redis_store
 from fraudstream.service.features.definitions import FeatureConfig
 from fraudstream.service.features.redis_store import (
+    FOUND_BUDGET,
     RECORD_DTYPE,
     PreparedUpdate,
     RedisFeatureStore,
@@ -119,12 +120,18 @@ def label_for(tx: Transaction, is_fraud: bool = True) -> LabelFact:
     return LabelFact(tx.transaction_id, tx.card_id, tx.terminal_id, tx.event_time_ms, is_fraud)
 
 
-@pytest.mark.parametrize(("seed", "claims"), [(1, False), (2, False), (3, False), (4, True)])
+@pytest.mark.parametrize(
+    ("seed", "claims", "found_budget"),
+    [(1, False, 0), (2, False, 0), (3, False, 0), (4, True, FOUND_BUDGET), (5, True, 0)],
+)
 def test_equals_reference_on_random_streams(
-    redis_client: redis.Redis, config: FeatureConfig, seed: int, claims: bool
+    redis_client: redis.Redis, config: FeatureConfig, seed: int, claims: bool, found_budget: int
 ) -> None:
-    store = RedisFeatureStore(redis_client, config, claim_ttl_s=3600 if claims else None)
-    reference = ReferenceFeatureStore(config, first_found=claims)
+    """With claims and a budget, a replay is computed as its first count; else from now."""
+    store = RedisFeatureStore(
+        redis_client, config, claim_ttl_s=3600 if claims else None, found_budget=found_budget
+    )
+    reference = ReferenceFeatureStore(config, first_found=found_budget > 0)
     rng = random.Random(seed)
     seen: list[Transaction] = []
     for batch in batches(random_stream(seed, 1500), rng):
