@@ -41,10 +41,11 @@ local FOUND = '\255\255\255\255\255\255\255\255'
 local found_headers = {}
 local function keep_found(key, st, t, h)
   local tl = #t
-  local header = found_headers[st * 4294967296 + tl]
+  local slot = st * 4294967296 + tl
+  local header = found_headers[slot]
   if not header then
     header = FOUND .. struct.pack('<BI4', st, tl)
-    found_headers[st * 4294967296 + tl] = header
+    found_headers[slot] = header
   end
   redis.call('APPEND', key, header)
   if tl > 0 then
