@@ -5,8 +5,11 @@ Opt-in (``-m slow``): ``.venv/bin/python -m pytest -m slow tests/e2e/test_crash_
 ``test_faults.py`` SIGKILLs the scorer at random moments, which may never land
 between two particular steps. Here each case runs the scorer through
 ``tests/crash_at.py``, which ends it with ``os._exit(137)`` (no ``finally``, like
-SIGKILL) exactly at one point (:data:`crash_at.POINTS`), the fourth time it gets
-there, with earlier batches committed. A normal scorer then drains the stream,
+SIGKILL) exactly at one point (:data:`crash_at.POINTS`), the sixth time it gets
+there, with earlier batches committed (or the first time: a crash in the group's
+first batch, nothing committed). In some cases the restarted scorer crashes too,
+at the first call of a second point, while it replays what the first crash
+left. A normal scorer then drains the stream,
 and the case checks what ``test_faults.py`` checks: every transaction scored
 and counted once in its card's history in Redis, every alert published (at
 least once; in exactly-once mode once per record to ``read_committed``
@@ -99,14 +102,24 @@ EOS_POINTS = [
 
 @dataclass(frozen=True)
 class Case:
-    """One scorer run: crashed at ``point`` (none: the clean run), then drained."""
+    """One scorer run: crashed at ``point`` (none: the clean run), then drained.
+
+    The crash comes at the point's ``nth`` call; with ``again``, the restarted scorer
+    crashes too, at the first call of that point (while it replays what the first
+    crash left), and a third run drains the stream.
+    """
 
     guarantee: str
     point: str = ""
+    nth: int = NTH
+    again: str = ""
 
     @property
     def name(self) -> str:
-        return f"{self.guarantee}-{self.point or 'clean'}"
+        name = f"{self.guarantee}-{self.point or 'clean'}"
+        if self.nth != NTH:
+            name += f"-call-{self.nth}"
+        return name + (f"-then-{self.again}" if self.again else "")
 
 
 ALO_SEQ_POINTS = [
@@ -114,11 +127,32 @@ ALO_SEQ_POINTS = [
     "commit-sent",
 ]
 
+#: A crash in the group's first batch: nothing committed yet, the restart starts from
+#: the topic's beginning (``auto_offset_reset``).
+FIRST_BATCH = [
+    Case(ALO, "features-read", nth=1),
+    Case(ALO, "commit-sent", nth=1),
+    Case(EOS, "features-read-sync", nth=1),
+    Case(EOS, "offsets-in-transaction", nth=1),
+    Case(ALO_SEQ, "commit-sent", nth=1),
+]
+#: Two crashes in a row: the restarted scorer crashes while it replays what the first
+#: crash left counted without a snapshot (kept found state read, not written again).
+TWICE = [
+    Case(ALO, "features-read", again="features-read"),
+    Case(ALO, "snapshots-sent", again="features-ran-unread"),
+    Case(ALO, "next-features-in-flight-before-settle", again="snapshots-written-unacked"),
+    Case(EOS, "features-read-sync", again="features-read-sync"),
+    Case(EOS, "snapshots-written-unacked-sync", again="offsets-in-transaction"),
+    Case(ALO_SEQ, "features-ran-unread-sync", again="features-read-sync"),
+]
 CLEAN = {ALO: Case(ALO), EOS: Case(EOS), ALO_SEQ: Case(ALO_SEQ)}
 CASES = (
     [Case(ALO, p) for p in ALO_POINTS]
     + [Case(EOS, p) for p in EOS_POINTS]
     + [Case(ALO_SEQ, p) for p in ALO_SEQ_POINTS]
+    + FIRST_BATCH
+    + TWICE
 )
 
 
@@ -128,16 +162,17 @@ class Outcome:
 
     settings: Settings
     log: Path
-    crash_code: int | None = None
-    marker: str = ""
+    #: Per crash (one, or two with ``Case.again``): exit code and crash marker.
+    crash_codes: list[int | None] = field(default_factory=list)
+    markers: list[str] = field(default_factory=list)
     error: str = ""
     took_s: float = 0.0
     snapshots: dict[str, Snapshot] = field(default_factory=dict)
-    #: Transactions the crashed scorer counted in Redis (id claimed) without their snapshot.
+    #: Transactions a crashed scorer counted in Redis (id claimed) without their snapshot.
     pending: set[str] = field(default_factory=set)
-    #: Offsets committed before the crash (summed over partitions).
+    #: Offsets committed before the first crash (summed over partitions).
     committed: int = 0
-    #: Transactions below those offsets without a snapshot when the scorer crashed.
+    #: Transactions below the committed offsets without a snapshot when a scorer crashed.
     unscored_below_committed: list[str] = field(default_factory=list)
 
 
@@ -224,6 +259,36 @@ def _claimed_without_snapshot(
     return {tx for tx, there, s in zip(ids, exists, got, strict=True) if there and s is None}
 
 
+def _crash(
+    case: Case,
+    outcome: Outcome,
+    point: str,
+    nth: int,
+    marker: Path,
+    snapshots: SnapshotStore,
+    ids: list[str],
+) -> int:
+    """Run a scorer that crashes at ``point``'s ``nth`` call; the offsets committed then."""
+    settings = outcome.settings
+    crashing = _spawn(settings, outcome.log, point, str(nth), str(marker))
+    try:
+        outcome.crash_codes.append(crashing.wait(timeout=120))
+    except subprocess.TimeoutExpired:
+        crashing.kill()
+        crashing.wait()
+        raise
+    said = marker.read_text().strip() if marker.exists() else ""
+    outcome.markers.append(said)
+    outcome.pending |= _claimed_without_snapshot(snapshots.client, snapshots, ids)
+    # Exactly-once commits are synchronous: the process saw each (the marker says);
+    # at-least-once ones may be in flight: what the group holds (no transaction
+    # to wait for).
+    committed = int(said.split()[-1]) if said else 0
+    if case.guarantee != EOS:
+        committed = max(committed, sum(committed_offsets(settings)[0].values()))
+    return committed
+
+
 def _run(
     case: Case, settings: Settings, stream: list[tuple[bytes, bytes]], folder: Path
 ) -> Outcome:
@@ -237,28 +302,17 @@ def _run(
     try:
         Application(settings).ensure_topics()
         _produce(settings.bootstrap_servers, settings.topic_transactions, stream)
-        if case.point:
-            marker = folder / f"{case.name}.crashed"
-            crashing = _spawn(settings, outcome.log, case.point, str(NTH), str(marker))
-            try:
-                outcome.crash_code = crashing.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                crashing.kill()
-                crashing.wait()
-                raise
-            outcome.marker = marker.read_text().strip() if marker.exists() else ""
-            outcome.pending = _claimed_without_snapshot(client, snapshots, ids)
-            # Exactly-once commits are synchronous: the process saw each (the marker says);
-            # at-least-once ones may be in flight: what the group holds (no transaction
-            # to wait for).
-            outcome.committed = int(outcome.marker.split()[-1]) if outcome.marker else 0
-            if case.guarantee != EOS:
-                outcome.committed = max(
-                    outcome.committed, sum(committed_offsets(settings)[0].values())
-                )
+        crashes = [(case.point, case.nth)] if case.point else []
+        if case.again:
+            crashes.append((case.again, 1))
+        for k, (point, nth) in enumerate(crashes):
+            marker = folder / f"{case.name}.crashed-{k}"
+            committed = _crash(case, outcome, point, nth, marker, snapshots, ids)
+            if k == 0:
+                outcome.committed = committed
             # One partition: the records below the committed offset are the stream's first.
-            below = _ids(stream[: outcome.committed])
-            outcome.unscored_below_committed = [
+            below = _ids(stream[:committed])
+            outcome.unscored_below_committed += [
                 tx for tx, s in zip(below, snapshots.get_many(below), strict=True) if s is None
             ]
         scorer = _spawn(settings, outcome.log)
@@ -325,7 +379,7 @@ class Sweep:
         print(f"\n{len(cases)} scorer runs in {took:.0f} s (logs in {self.folder})")
         for case, outcome in self.outcomes.items():
             print(
-                f"  {case.name}: {outcome.took_s:.0f} s, crash marker {outcome.marker!r},"
+                f"  {case.name}: {outcome.took_s:.0f} s, crash markers {outcome.markers!r},"
                 f" {len(outcome.pending)} counted without a snapshot {outcome.error}"
             )
 
@@ -403,11 +457,15 @@ def _check(sweep: Sweep, case: Case) -> None:
     s, stream = outcome.settings, sweep.stream
     assert outcome.error == "", f"{case.name}: {outcome.error} (log: {outcome.log})"
     if case.point:
-        assert outcome.crash_code == 137, f"exit {outcome.crash_code}, log: {outcome.log}"
-        point, nth, _ = outcome.marker.split()
-        assert (point, int(nth)) == (case.point, NTH)
+        expected = [(case.point, case.nth)] + ([(case.again, 1)] if case.again else [])
+        assert outcome.crash_codes == [137] * len(expected), f"exits, log: {outcome.log}"
+        said = [(m.split()[0], int(m.split()[1])) for m in outcome.markers]
+        assert said == expected
         committed = outcome.committed
-        assert 0 < committed < len(stream) // 2, f"not mid-stream: {committed} committed"
+        if case.nth == 1:
+            assert committed <= BATCH, f"not in the first batch: {committed} committed"
+        else:
+            assert 0 < committed < len(stream) // 2, f"not mid-stream: {committed} committed"
         assert outcome.unscored_below_committed == [], "committed past unscored transactions"
     ids = _ids(stream)
     assert sorted(outcome.snapshots) == sorted(set(ids)), "a transaction was never scored"
@@ -475,6 +533,10 @@ REPLAY_POINTS = [
     Case(EOS, "features-read-sync"),
     Case(ALO_SEQ, "features-ran-unread-sync"),
     Case(ALO_SEQ, "features-read-sync"),
+]
+#: The same points in the first batch, and first crashes at them followed by a second.
+REPLAY_POINTS += [
+    case for case in FIRST_BATCH + TWICE if Case(case.guarantee, case.point) in REPLAY_POINTS
 ]
 
 
