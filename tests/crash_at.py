@@ -5,7 +5,8 @@ time the scorer reaches ``POINT`` (one of :data:`POINTS`; only the times its
 condition holds count), the process writes ``POINT N`` to the file ``MARKER``
 and ends with ``os._exit(137)``: no ``finally`` block, no flush, no goodbye to
 the group or the transaction coordinator, like a SIGKILL (the marker's third
-word: the offsets this process saw committed before, summed over partitions). Until then it is the
+word: the offsets this process saw committed before, summed over partitions; its
+fourth, per partition: ``0=40,1=80``, or ``-``). Until then it is the
 service unchanged, configured by the ``FRAUDSTREAM_*`` environment as
 ``fraudstream serve`` is (``tests/e2e/test_crash_points.py`` runs it).
 
@@ -195,8 +196,10 @@ POINTS: dict[str, Point] = {
 
 
 def _crash(point: str, n: int, marker: str) -> None:
+    offsets = _Committed.offsets
+    each = ",".join(f"{tp.partition}={off}" for tp, off in sorted(offsets.items())) or "-"
     with open(marker, "w", encoding="utf-8") as out:
-        out.write(f"{point} {n} {sum(_Committed.offsets.values())}\n")
+        out.write(f"{point} {n} {sum(offsets.values())} {each}\n")
     sys.stderr.write(f"crash_at: crashing at {point}, call {n}\n")
     sys.stderr.flush()
     os._exit(137)

@@ -19,7 +19,10 @@ run without a crash stores for the same stream.
 
 The stream (one partition, so that every run counts in the same order) has
 cards repeated within each batch, transactions a little out of their card's
-order, and records sent twice (at once, and much later). It is in the topic
+order, and records sent twice (at once, and much later). A few cases run on
+three partitions, with each card on terminals of its own, so that what a
+transaction finds still does not depend on how the partitions interleave; there
+"committed" is per partition. It is in the topic
 before the scorer starts, so the scorer is behind and the pipelined loop has
 two batches in flight. Every case runs at the same time as the others (each with
 its own topics, group, transactional id and Redis prefix); the tests then check
@@ -113,13 +116,21 @@ class Case:
     point: str = ""
     nth: int = NTH
     again: str = ""
+    partitions: int = 1
 
     @property
     def name(self) -> str:
         name = f"{self.guarantee}-{self.point or 'clean'}"
         if self.nth != NTH:
             name += f"-call-{self.nth}"
-        return name + (f"-then-{self.again}" if self.again else "")
+        if self.again:
+            name += f"-then-{self.again}"
+        return name + (f"-{self.partitions}-partitions" if self.partitions > 1 else "")
+
+    @property
+    def clean(self) -> Case:
+        """The run without a crash this case is compared with."""
+        return Case(self.guarantee, partitions=self.partitions)
 
 
 ALO_SEQ_POINTS = [
@@ -146,13 +157,25 @@ TWICE = [
     Case(EOS, "snapshots-written-unacked-sync", again="offsets-in-transaction"),
     Case(ALO_SEQ, "features-ran-unread-sync", again="features-read-sync"),
 ]
+#: Three partitions: offsets committed per partition, batches across them.
+SEVERAL_PARTITIONS = [
+    Case(ALO, "features-read", partitions=3),
+    Case(ALO, "snapshots-acked", partitions=3),
+    Case(ALO, "commit-sent", partitions=3),
+    Case(ALO, "next-features-in-flight-after-commit", partitions=3),
+    Case(EOS, "features-read-sync", partitions=3),
+    Case(EOS, "offsets-in-transaction", partitions=3),
+    Case(ALO_SEQ, "commit-sent", partitions=3),
+]
 CLEAN = {ALO: Case(ALO), EOS: Case(EOS), ALO_SEQ: Case(ALO_SEQ)}
+CLEAN_RUNS = [*CLEAN.values(), *dict.fromkeys(case.clean for case in SEVERAL_PARTITIONS)]
 CASES = (
     [Case(ALO, p) for p in ALO_POINTS]
     + [Case(EOS, p) for p in EOS_POINTS]
     + [Case(ALO_SEQ, p) for p in ALO_SEQ_POINTS]
     + FIRST_BATCH
     + TWICE
+    + SEVERAL_PARTITIONS
 )
 
 
@@ -172,15 +195,18 @@ class Outcome:
     pending: set[str] = field(default_factory=set)
     #: Offsets committed before the first crash (summed over partitions).
     committed: int = 0
+    #: The stream as the topic holds it: (partition, offset, transaction id).
+    placed: list[tuple[int, int, str]] = field(default_factory=list)
     #: Transactions below the committed offsets without a snapshot when a scorer crashed.
     unscored_below_committed: list[str] = field(default_factory=list)
 
 
-def _stream() -> list[tuple[bytes, bytes]]:
+def _stream(shared_terminals: bool = True) -> list[tuple[bytes, bytes]]:
     """Twelve cards, 70 transactions each, interleaved; some late, some sent twice.
 
     Event times are ten minutes apart per card (a few seconds apart between
-    cards), on shared terminals, from a day ago. Every 23rd record goes 30
+    cards), on five terminals shared by every card (or, with ``shared_terminals``
+    false, five of each card's own), from a day ago. Every 23rd record goes 30
     places later (after two later ones of its card), every 31st is sent again at once, and
     every 47th again 300 records later (a replay in a later batch).
     """
@@ -191,7 +217,8 @@ def _stream() -> list[tuple[bytes, bytes]]:
             at = start + timedelta(minutes=10 * i, seconds=3 * c)
             card = f"k{c}"
             amount = 5.0 + (i * 17 + c * 7) % 90
-            records.append(_transaction(f"{card}-{i}", card, f"T{(c + i) % 5}", amount, at))
+            terminal = f"T{(c + i) % 5}" if shared_terminals else f"T{card}-{i % 5}"
+            records.append(_transaction(f"{card}-{i}", card, terminal, amount, at))
     for k in range(len(records) - 31, 0, -23):
         records.insert(k + 30, records.pop(k))
     out: list[tuple[bytes, bytes]] = []
@@ -219,7 +246,7 @@ def _settings(case: Case, bootstrap: str, redis_url: str) -> Settings:
         redis_url=redis_url,
         redis_prefix=f"cp{abs(hash(tag)) % 10**10}",
         **isolated_names(lambda role: f"{role}-{tag}"),
-        topic_partitions=1,
+        topic_partitions=case.partitions,
         guarantee=ALO if case.guarantee == ALO_SEQ else case.guarantee,
         overlap_batches=case.guarantee != ALO_SEQ,
         transactional_id=f"scorer-{tag}",  # the restart aborts the crashed one's transaction
@@ -267,7 +294,7 @@ def _crash(
     marker: Path,
     snapshots: SnapshotStore,
     ids: list[str],
-) -> int:
+) -> dict[int, int]:
     """Run a scorer that crashes at ``point``'s ``nth`` call; the offsets committed then."""
     settings = outcome.settings
     crashing = _spawn(settings, outcome.log, point, str(nth), str(marker))
@@ -283,9 +310,13 @@ def _crash(
     # Exactly-once commits are synchronous: the process saw each (the marker says);
     # at-least-once ones may be in flight: what the group holds (no transaction
     # to wait for).
-    committed = int(said.split()[-1]) if said else 0
+    committed: dict[int, int] = {}
+    for each in said.split()[3].split(",") if said and said.split()[3] != "-" else ():
+        partition, seen = each.split("=")
+        committed[int(partition)] = int(seen)
     if case.guarantee != EOS:
-        committed = max(committed, sum(committed_offsets(settings)[0].values()))
+        for tp, held in committed_offsets(settings)[0].items():
+            committed[tp.partition] = max(committed.get(tp.partition, 0), held)
     return committed
 
 
@@ -302,6 +333,10 @@ def _run(
     try:
         Application(settings).ensure_topics()
         _produce(settings.bootstrap_servers, settings.topic_transactions, stream)
+        outcome.placed = [
+            (r.partition, r.offset, orjson.loads(r.value or b"")["transaction_id"])
+            for r in read_all(settings.bootstrap_servers, settings.topic_transactions)
+        ]
         crashes = [(case.point, case.nth)] if case.point else []
         if case.again:
             crashes.append((case.again, 1))
@@ -309,9 +344,8 @@ def _run(
             marker = folder / f"{case.name}.crashed-{k}"
             committed = _crash(case, outcome, point, nth, marker, snapshots, ids)
             if k == 0:
-                outcome.committed = committed
-            # One partition: the records below the committed offset are the stream's first.
-            below = _ids(stream[:committed])
+                outcome.committed = sum(committed.values())
+            below = [tx for p, off, tx in outcome.placed if off < committed.get(p, 0)]
             outcome.unscored_below_committed += [
                 tx for tx, s in zip(below, snapshots.get_many(below), strict=True) if s is None
             ]
@@ -348,11 +382,15 @@ class Sweep:
 
     def __init__(self, bootstrap: str, redis_url: str, folder: Path, selected: list[Case]):
         self.bootstrap, self.redis_url, self.folder = bootstrap, redis_url, folder
-        self.stream = _stream()
+        self._streams = {True: _stream(shared_terminals=True), False: _stream(False)}
         self.selected = selected
         self.outcomes: dict[Case, Outcome] = {}
         self.started_at = 0.0
         self._lock = threading.Lock()
+
+    def stream(self, case: Case) -> list[tuple[bytes, bytes]]:
+        """The stream ``case`` runs on (cards on shared terminals on one partition)."""
+        return self._streams[case.partitions == 1]
 
     def outcome(self, case: Case) -> Outcome:
         with self._lock:
@@ -362,14 +400,18 @@ class Sweep:
 
     def _run_all(self) -> None:
         started = time.monotonic()
-        cases = list(dict.fromkeys([*CLEAN.values(), *self.selected]))
+        cases = list(
+            dict.fromkeys(
+                [*CLEAN.values(), *(case.clean for case in self.selected), *self.selected]
+            )
+        )
         with ThreadPoolExecutor(PARALLEL) as pool:
             futures = {
                 case: pool.submit(
                     _run,
                     case,
                     _settings(case, self.bootstrap, self.redis_url),
-                    self.stream,
+                    self.stream(case),
                     self.folder,
                 )
                 for case in cases
@@ -454,7 +496,7 @@ def _feature_differences(outcome: Outcome, clean: Outcome) -> list[str]:
 
 def _check(sweep: Sweep, case: Case) -> None:
     outcome = sweep.outcome(case)
-    s, stream = outcome.settings, sweep.stream
+    s, stream = outcome.settings, sweep.stream(case)
     assert outcome.error == "", f"{case.name}: {outcome.error} (log: {outcome.log})"
     if case.point:
         expected = [(case.point, case.nth)] + ([(case.again, 1)] if case.again else [])
@@ -490,9 +532,9 @@ def _check_features(sweep: Sweep, case: Case, *, replayed: bool) -> None:
     ``replayed``: of the transactions the crash left counted without a snapshot;
     otherwise of all the others.
     """
-    outcome, clean = sweep.outcome(case), sweep.outcome(CLEAN[case.guarantee])
+    outcome, clean = sweep.outcome(case), sweep.outcome(case.clean)
     assert outcome.error == clean.error == "", f"{outcome.error} {clean.error}"
-    assert len(outcome.snapshots) == len(clean.snapshots) == len(set(_ids(sweep.stream)))
+    assert len(outcome.snapshots) == len(clean.snapshots) == len(set(_ids(sweep.stream(case))))
     if replayed and not outcome.pending:
         raise RuntimeError("the crash left no transaction counted without its snapshot")
     differences = [
@@ -509,7 +551,7 @@ def _check_features(sweep: Sweep, case: Case, *, replayed: bool) -> None:
     )
 
 
-@pytest.mark.parametrize("case", [*CLEAN.values(), *CASES], ids=lambda case: case.name)
+@pytest.mark.parametrize("case", [*CLEAN_RUNS, *CASES], ids=lambda case: case.name)
 def test_scorer_crashed_at_a_point_then_restarted_loses_and_doubles_nothing(
     sweep: Sweep, case: Case
 ) -> None:
@@ -534,9 +576,12 @@ REPLAY_POINTS = [
     Case(ALO_SEQ, "features-ran-unread-sync"),
     Case(ALO_SEQ, "features-read-sync"),
 ]
-#: The same points in the first batch, and first crashes at them followed by a second.
+#: The same points in the first batch, on three partitions, and first crashes at them
+#: followed by a second.
 REPLAY_POINTS += [
-    case for case in FIRST_BATCH + TWICE if Case(case.guarantee, case.point) in REPLAY_POINTS
+    case
+    for case in FIRST_BATCH + TWICE + SEVERAL_PARTITIONS
+    if Case(case.guarantee, case.point) in REPLAY_POINTS
 ]
 
 
@@ -555,6 +600,6 @@ def test_what_the_crashed_scorer_counted_without_a_snapshot_is_scored_as_a_clean
 
 def test_the_clean_runs_of_every_mode_store_the_same_features(sweep: Sweep) -> None:
     alo, eos, seq = (sweep.outcome(CLEAN[mode]) for mode in (ALO, EOS, ALO_SEQ))
-    assert len(alo.snapshots) == len(set(_ids(sweep.stream))) == len(eos.snapshots)
+    assert len(alo.snapshots) == len(set(_ids(sweep.stream(CLEAN[ALO])))) == len(eos.snapshots)
     assert _feature_differences(alo, eos) == []
     assert _feature_differences(alo, seq) == []
