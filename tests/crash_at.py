@@ -29,6 +29,7 @@ from typing import Any
 from kafka import KafkaProducer
 
 from fraudstream.service.checkpoint import Checkpoint
+from fraudstream.service.features.cluster_store import ClusterFeatureStore
 from fraudstream.service.features.redis_store import RedisFeatureStore, _Script
 from fraudstream.service.kafka.clients import DeliveryTracker
 from fraudstream.service.snapshots import SnapshotSender, SnapshotStore
@@ -153,6 +154,11 @@ def _wait_for_reply(_: object, connection: Any) -> None:
     _replied(connection)
 
 
+def _cards_round(store: ClusterFeatureStore, calls: Any, *_: Any, **__: Any) -> bool:
+    """A Redis Cluster round that ran the card script (round 1 of a batch's features)."""
+    return bool(calls) and calls[0][1][0][1] == store._card_script.source
+
+
 #: Every point, by name. The pipelined scorer (at-least-once, overlapping batches on
 #: one Redis node) sends its feature script and its snapshot writes without waiting
 #: and reads their replies later; the one-at-a-time scorer (exactly-once) waits for each.
@@ -192,6 +198,12 @@ POINTS: dict[str, Point] = {
     "next-features-in-flight-after-commit": Point(
         Checkpoint, "_confirm", "after", _advances_with_next_features_in_flight
     ),
+    # (h) Redis Cluster, between the feature rounds (service/features/cluster_store.py):
+    # the cards counted (round 1), the terminals too (round 2), the flags and marks
+    # settled (rounds 3 and 4)
+    "rounds-cards-counted": Point(ClusterFeatureStore, "_run", "after", _cards_round),
+    "rounds-terminals-counted": Point(ClusterFeatureStore, "_settle", "before"),
+    "rounds-settled": Point(ClusterFeatureStore, "_settle", "after"),
 }
 
 

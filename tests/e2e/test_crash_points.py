@@ -41,12 +41,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import orjson
 import pytest
 import redis
+import redis.cluster
 from conftest import (
     REPO_ROOT,
     _produce,
@@ -61,6 +62,7 @@ from fraudstream.service.app import Application
 from fraudstream.service.features.definitions import FeatureConfig, feature_names
 from fraudstream.service.settings import Settings
 from fraudstream.service.snapshots import Snapshot, SnapshotStore
+from fraudstream.service.stores import snapshot_store
 
 pytestmark = pytest.mark.slow
 
@@ -117,6 +119,7 @@ class Case:
     nth: int = NTH
     again: str = ""
     partitions: int = 1
+    cluster: bool = False
 
     @property
     def name(self) -> str:
@@ -125,12 +128,14 @@ class Case:
             name += f"-call-{self.nth}"
         if self.again:
             name += f"-then-{self.again}"
-        return name + (f"-{self.partitions}-partitions" if self.partitions > 1 else "")
+        if self.partitions > 1:
+            name += f"-{self.partitions}-partitions"
+        return name + ("-cluster" if self.cluster else "")
 
     @property
     def clean(self) -> Case:
         """The run without a crash this case is compared with."""
-        return Case(self.guarantee, partitions=self.partitions)
+        return Case(self.guarantee, partitions=self.partitions, cluster=self.cluster)
 
 
 ALO_SEQ_POINTS = [
@@ -167,8 +172,21 @@ SEVERAL_PARTITIONS = [
     Case(EOS, "offsets-in-transaction", partitions=3),
     Case(ALO_SEQ, "commit-sent", partitions=3),
 ]
+#: On a real Redis Cluster (3 masters, 3 replicas): between the feature rounds, and after.
+ON_A_CLUSTER = [
+    Case(ALO, "rounds-cards-counted", cluster=True),
+    Case(ALO, "rounds-terminals-counted", cluster=True),
+    Case(ALO, "rounds-settled", cluster=True),
+    Case(ALO, "snapshots-acked-sync", cluster=True),
+    Case(ALO, "commit-sent", cluster=True),
+    Case(EOS, "rounds-terminals-counted", cluster=True),
+    Case(EOS, "offsets-in-transaction", cluster=True),
+]
 CLEAN = {ALO: Case(ALO), EOS: Case(EOS), ALO_SEQ: Case(ALO_SEQ)}
-CLEAN_RUNS = [*CLEAN.values(), *dict.fromkeys(case.clean for case in SEVERAL_PARTITIONS)]
+CLEAN_RUNS = [
+    *CLEAN.values(),
+    *dict.fromkeys(case.clean for case in SEVERAL_PARTITIONS + ON_A_CLUSTER),
+]
 CASES = (
     [Case(ALO, p) for p in ALO_POINTS]
     + [Case(EOS, p) for p in EOS_POINTS]
@@ -176,6 +194,7 @@ CASES = (
     + FIRST_BATCH
     + TWICE
     + SEVERAL_PARTITIONS
+    + ON_A_CLUSTER
 )
 
 
@@ -244,6 +263,7 @@ def _settings(case: Case, bootstrap: str, redis_url: str) -> Settings:
         _env_file=None,
         bootstrap_servers=bootstrap,
         redis_url=redis_url,
+        redis_cluster=case.cluster,
         redis_prefix=f"cp{abs(hash(tag)) % 10**10}",
         **isolated_names(lambda role: f"{role}-{tag}"),
         topic_partitions=case.partitions,
@@ -255,6 +275,14 @@ def _settings(case: Case, bootstrap: str, redis_url: str) -> Settings:
         session_timeout_ms=6000,
         metrics_port=0,
     )
+
+
+def _client(settings: Settings) -> Any:
+    """A client of the case's Redis: a node, or the cluster."""
+    url = settings.redis_url.get_secret_value()
+    if settings.redis_cluster:
+        return redis.cluster.RedisCluster.from_url(url)
+    return redis.Redis.from_url(url)
 
 
 def _spawn(settings: Settings, log: Path, *crash: str) -> subprocess.Popen[bytes]:
@@ -274,9 +302,7 @@ def _group_lag(settings: Settings) -> int:
     return sum(ends[tp] - committed[tp] for tp in ends) if ends else -1
 
 
-def _claimed_without_snapshot(
-    client: redis.Redis, snapshots: SnapshotStore, ids: list[str]
-) -> set[str]:
+def _claimed_without_snapshot(client: Any, snapshots: SnapshotStore, ids: list[str]) -> set[str]:
     """Ids whose key holds the feature script's claim but no snapshot: counted, not stored."""
     pipe = client.pipeline(transaction=False)
     for tx in ids:
@@ -327,8 +353,8 @@ def _run(
     started = time.monotonic()
     outcome = Outcome(settings, folder / f"{case.name}.log")
     ids = sorted(set(_ids(stream)))
-    client = redis.Redis.from_url(settings.redis_url.get_secret_value())
-    snapshots = SnapshotStore(client, settings.redis_prefix, settings.snapshot_ttl_s)
+    client = _client(settings)
+    snapshots = snapshot_store(client, settings.redis_prefix, settings.snapshot_ttl_s)
     scorer: subprocess.Popen[bytes] | None = None
     try:
         Application(settings).ensure_topics()
@@ -380,8 +406,11 @@ def _run(
 class Sweep:
     """Runs the selected cases (and the clean runs they are compared with) at once, lazily."""
 
-    def __init__(self, bootstrap: str, redis_url: str, folder: Path, selected: list[Case]):
-        self.bootstrap, self.redis_url, self.folder = bootstrap, redis_url, folder
+    def __init__(
+        self, bootstrap: str, redis_urls: tuple[str, str], folder: Path, selected: list[Case]
+    ):
+        """``redis_urls``: a node's, and a cluster's ('' when no selected case needs one)."""
+        self.bootstrap, self.redis_urls, self.folder = bootstrap, redis_urls, folder
         self._streams = {True: _stream(shared_terminals=True), False: _stream(False)}
         self.selected = selected
         self.outcomes: dict[Case, Outcome] = {}
@@ -410,7 +439,7 @@ class Sweep:
                 case: pool.submit(
                     _run,
                     case,
-                    _settings(case, self.bootstrap, self.redis_url),
+                    _settings(case, self.bootstrap, self.redis_urls[case.cluster]),
                     self.stream(case),
                     self.folder,
                 )
@@ -438,7 +467,16 @@ def sweep(
         for item in request.session.items
         if getattr(item, "module", None) is request.module and hasattr(item, "callspec")
     ]
-    yield Sweep(kafka_bootstrap, redis_url, tmp_path_factory.mktemp("crash-points"), selected)
+    # The cluster is started only when a selected case runs on one.
+    cluster_url = (
+        request.getfixturevalue("redis_cluster_url") if any(c.cluster for c in selected) else ""
+    )
+    yield Sweep(
+        kafka_bootstrap,
+        (redis_url, cluster_url),
+        tmp_path_factory.mktemp("crash-points"),
+        selected,
+    )
 
 
 def _check_counts(outcome: Outcome, stream: list[tuple[bytes, bytes]]) -> list[str]:
@@ -455,7 +493,7 @@ def _check_counts(outcome: Outcome, stream: list[tuple[bytes, bytes]]) -> list[s
         (t["terminal_id"], int(datetime.fromisoformat(t["timestamp"]).timestamp()) // 86_400)
         for t in unique.values()
     )
-    client = redis.Redis.from_url(s.redis_url.get_secret_value())
+    client = _client(s)
     try:
         problems = []
         for card, n in sorted(per_card.items()):
@@ -583,6 +621,10 @@ REPLAY_POINTS += [
     for case in FIRST_BATCH + TWICE + SEVERAL_PARTITIONS
     if Case(case.guarantee, case.point) in REPLAY_POINTS
 ]
+#: On a cluster, a batch crashed between its feature rounds is counted and computed on
+#: its replay as the first run did (the pending flags and the terminals' marks); one
+#: crashed after them is computed from the state as it is now (README, Redis Cluster).
+REPLAY_POINTS += [case for case in ON_A_CLUSTER if case.point.endswith("-counted")]
 
 
 @pytest.mark.parametrize("case", REPLAY_POINTS, ids=lambda case: case.name)
@@ -596,6 +638,15 @@ def test_what_the_crashed_scorer_counted_without_a_snapshot_is_scored_as_a_clean
     earlier event time inserted in its card's history after it.
     """
     _check_features(sweep, case, replayed=True)
+
+
+@pytest.mark.parametrize("case", [Case(ALO, cluster=True)], ids=lambda case: case.name)
+def test_the_clean_run_on_a_cluster_stores_the_single_nodes_features(
+    sweep: Sweep, case: Case
+) -> None:
+    node, cluster = sweep.outcome(CLEAN[ALO]), sweep.outcome(case)
+    assert len(node.snapshots) == len(cluster.snapshots) == len(set(_ids(sweep.stream(case))))
+    assert _feature_differences(cluster, node) == []
 
 
 def test_the_clean_runs_of_every_mode_store_the_same_features(sweep: Sweep) -> None:
