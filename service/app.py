@@ -104,6 +104,9 @@ _COORDINATOR_STARTING = (
 )
 _QUIET_COORDINATOR_ATTEMPTS = 4
 
+#: Seconds between two warnings about transactions not keyed by their card id.
+KEY_WARNING_EVERY_S = 60.0
+
 
 T = TypeVar("T")
 
@@ -156,6 +159,8 @@ class Application:
         # state marker was found or created (then its loss is watched).
         self._state_problem: str | None = None
         self._state_known = False
+        # When the next warning about records not keyed by card may be logged.
+        self._key_warning_due = 0.0
         self.health_port: int | None = None
         self._bootstrap = [
             (host, int(port))
@@ -817,6 +822,9 @@ class Application:
         m.consumed.labels(self.settings.topic_transactions).inc(consumed)
         m.processed.inc(outcome.scored)
         m.duplicates.inc(outcome.duplicates)
+        if outcome.not_keyed_by_card:
+            m.not_keyed_by_card.inc(outcome.not_keyed_by_card)
+            self._warn_not_keyed(outcome)
         if outcome.alerts:
             m.alerts.labels(outcome.scorer_kind).inc(outcome.alerts)
         m.count_dead_letters(
@@ -826,6 +834,21 @@ class Application:
         m.batch_seconds.observe(seconds)
         # One observation per transaction, bucketed with numpy in one call per batch.
         m.observe_latencies_ms(outcome.latencies_ms)
+
+    def _warn_not_keyed(self, outcome: BatchOutcome) -> None:
+        """Warn that transactions are not keyed by card, once per ``KEY_WARNING_EVERY_S``."""
+        now = time.monotonic()
+        if now < self._key_warning_due:
+            return
+        self._key_warning_due = now + KEY_WARNING_EVERY_S
+        log.warning(
+            "%d transaction(s) of a batch not keyed by their card id (e.g. %s): scored and "
+            "counted once, but a card's transactions may be spread over partitions, read out "
+            "of order and by several scorers; produce them with key = card_id "
+            "(fraudstream_transactions_not_keyed_by_card_total counts them)",
+            outcome.not_keyed_by_card,
+            outcome.not_keyed_example,
+        )
 
     # -- learner --------------------------------------------------------------
 

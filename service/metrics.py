@@ -127,6 +127,12 @@ class Metrics:
         self.dead_lettered = Counter(
             "fraudstream_dead_letters", "Records dead-lettered.", ["topic", "error"], registry=r
         )
+        self.not_keyed_by_card = Counter(
+            "fraudstream_transactions_not_keyed_by_card",
+            "Transactions whose record key is not their card id (scored; a card's "
+            "transactions may then be read out of order and by several scorers).",
+            registry=r,
+        )
         self.alerts = Counter(
             "fraudstream_alerts",
             "Alerts published, by scorer (rules prior or model).",

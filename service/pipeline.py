@@ -147,6 +147,9 @@ class BatchOutcome:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     latencies_ms: np.ndarray = field(default_factory=lambda: np.zeros(0))
     scorer_kind: Scorer = "rules"
+    #: Transactions whose record key is not their card id, and one of them described.
+    not_keyed_by_card: int = 0
+    not_keyed_example: str = ""
 
 
 def _utc(ms: float) -> str:
@@ -156,6 +159,39 @@ def _utc(ms: float) -> str:
     '2023-11-14T22:13:20Z'
     """
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+
+
+def not_keyed_by_card(
+    records: Sequence[ConsumedRecord], transactions: Sequence[Transaction], indices: Sequence[int]
+) -> tuple[int, str]:
+    """How many transactions came in a record whose key is not their card id, and one described.
+
+    The contract is key = card id: a card's transactions then share a partition,
+    are read in order and by one scorer. Keyed otherwise (a transaction id, no
+    key), they are still scored and counted once, but a card's transactions may
+    be spread over partitions, read out of their order and by several scorers at
+    once.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace as R
+    >>> records = [R(topic="tx", key=b"c1", partition=0, offset=7)]
+    >>> records.append(R(topic="tx", key=b"t9", partition=2, offset=5))
+    >>> not_keyed_by_card(records, [R(card_id="c1"), R(card_id="c2")], [0, 1])
+    (1, "tx[2]@5: key b't9', card 'c2'")
+    >>> not_keyed_by_card(records[:1], [R(card_id="c1")], [0])
+    (0, '')
+    """
+    count, example = 0, ""
+    for tx, i in zip(transactions, indices, strict=True):
+        key = records[i].key
+        if key is None or key != tx.card_id.encode():
+            if not count:
+                record = records[i]
+                where = f"{record.topic}[{record.partition}]@{record.offset}"
+                example = f"{where}: key {key!r}, card {tx.card_id!r}"
+            count += 1
+    return count, example
 
 
 def refuse_ahead(
@@ -515,6 +551,9 @@ class Pipeline:
                 failures = sorted(failures + ahead, key=lambda failure: failure[0])
         for i, error in failures:
             self._dead_letter(records[i], error, outcome)
+        outcome.not_keyed_by_card, outcome.not_keyed_example = not_keyed_by_card(
+            records, transactions, indices
+        )
         if transactions and not self._store_claims:
             conflict = self.snapshots.claim_many_ids(transactions) == CLAIM_CONFLICT
             transactions, indices = self._drop_conflicts(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import orjson
+import pytest
 from conftest import AppUnderTest
 
 from fraudstream.service.kafka.protocols import ConsumerRecord
@@ -159,3 +161,38 @@ def test_bad_inputs_land_in_the_dlq_untouched_while_good_events_are_scored(
         if k is not None and k.decode() not in BAD_INPUTS
     }
     assert scored_ids == good_ids
+
+
+def test_transactions_not_keyed_by_their_card_are_scored_and_reported(
+    make_settings: Callable[..., Settings],
+    make_transaction: Callable[..., tuple[bytes, bytes]],
+    run_app: Callable[[Settings], AppUnderTest],
+    produce: Callable[..., None],
+    wait_for: Callable[..., None],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Keyed by transaction id or not keyed at all: scored as usual, counted, warned once."""
+    tx = make_transaction
+    settings = make_settings()
+    at = NOW - timedelta(hours=1)
+    keyed = [
+        tx(f"kk-{i}", f"kk-card{i % 3}", "T1", 10.0 + i, at + timedelta(minutes=i))
+        for i in range(6)
+    ]
+    by_id = [
+        (f"kx-{i}".encode(), tx(f"kx-{i}", f"kx-card{i % 2}", "T2", 20.0 + i, at)[1])
+        for i in range(5)
+    ]
+    unkeyed = [(None, tx(f"kn-{i}", "kn-card", "T3", 30.0 + i, at)[1]) for i in range(4)]
+    caplog.set_level(logging.WARNING, logger="fraudstream.service.app")
+    app = run_app(settings)
+    produce(settings.bootstrap_servers, settings.topic_transactions, keyed + by_id + unkeyed)
+
+    wait_for(lambda: app.metrics.processed._value.get() >= 15, 120, "15 transactions scored")
+    assert app.metrics.processed._value.get() == 15
+    assert app.metrics.not_keyed_by_card._value.get() == 9
+    warned = [
+        r.getMessage() for r in caplog.records if "not keyed by their card id" in r.getMessage()
+    ]
+    assert len(warned) == 1, warned  # once a minute at most
+    assert "key = card_id" in warned[0]
