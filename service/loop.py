@@ -65,6 +65,11 @@ log = logging.getLogger(__name__)
 #: A loop that has not polled for this long is hung, whatever else it says.
 _HUNG_AFTER_S = 60.0
 
+#: A loop that has not polled for this long is inside one slow call (a commit, a flush, a
+#: Redis round trip waiting on a dependency that went away): not ready, whatever its last
+#: turn said, until the call returns. A turn takes milliseconds when all is well.
+_BUSY_NOT_READY_S = 5.0
+
 #: Membership while the group coordinator is unknown (no commit can succeed).
 _COORDINATOR_UNKNOWN = "coordinator unknown"
 
@@ -214,7 +219,13 @@ class LoopHealth:
         return self._lag
 
     def ready(self) -> tuple[bool, str]:
-        """Partitions assigned, and the last batch committed or nothing to do."""
+        """Partitions assigned, the last batch committed or nothing to do, and not stuck in a call.
+
+        What the last turn said is stale while the loop is inside a call that
+        waits on a dependency: a scorer blocked in a transaction commit while
+        the broker restarts would otherwise say ready, and score nothing, for
+        as long as the call waits.
+        """
         if self.needs_partitions and self._member != MemberState.STABLE:
             return False, f"{self.name}: {self._member_text()}"
         if self.needs_partitions and self._partitions == 0:
@@ -230,6 +241,12 @@ class LoopHealth:
                 return False, f"{self.name}: lag unknown ({self._lag_problem})"
             if self._lag > 0:
                 return False, f"{self.name}: {self._lag} records waiting, none processed yet"
+        busy_s = self.clock() - self._polled_at
+        if busy_s > _BUSY_NOT_READY_S:
+            return (
+                False,
+                f"{self.name}: no poll for {busy_s:.0f} s (inside a call to Kafka or Redis)",
+            )
         return True, "ready"
 
     def live(self) -> tuple[bool, str]:

@@ -181,6 +181,9 @@ def not_keyed_by_card(
     (1, "tx[2]@5: key b't9', card 'c2'")
     >>> not_keyed_by_card(records[:1], [R(card_id="c1")], [0])
     (0, '')
+    >>> records = [R(topic="tx", key=b"k" * 1000, partition=0, offset=1)]
+    >>> not_keyed_by_card(records, [R(card_id="c1")], [0])[1]
+    "tx[0]@1: key b'kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk'..., card 'c1'"
     """
     count, example = 0, ""
     for tx, i in zip(transactions, indices, strict=True):
@@ -189,7 +192,8 @@ def not_keyed_by_card(
             if not count:
                 record = records[i]
                 where = f"{record.topic}[{record.partition}]@{record.offset}"
-                example = f"{where}: key {key!r}, card {tx.card_id!r}"
+                shown = repr(key[:40]) + ("..." if len(key) > 40 else "") if key else repr(key)
+                example = f"{where}: key {shown}, card {tx.card_id!r}"
             count += 1
     return count, example
 

@@ -99,6 +99,7 @@ def test_broker_killed_under_a_scorer(
     snapshots = SnapshotStore(client, settings.redis_prefix, settings.snapshot_ttl_s)
     try:
         time.sleep(0.8)  # a few batches in
+        killed_at = time.monotonic()
         _kill(own_kafka)
         wait_for(lambda: not app.ready()[0], 30, "not ready while the broker is away")
         own_kafka.start(timeout_s=120)
@@ -117,7 +118,8 @@ def test_broker_killed_under_a_scorer(
         wait_for(lambda: snapshots.get_many(["probe"])[0] is not None, 60, "the probe scored")
         scored_s = time.monotonic() - ready_at
         print(
-            f"broker back -> ready {ready_at - restarted_at:.1f} s, ready -> probe {scored_s:.1f} s"
+            f"broker away {restarted_at - killed_at:.1f} s, back -> ready "
+            f"{ready_at - restarted_at:.1f} s, ready -> probe {scored_s:.1f} s"
         )
         assert scored_s < 8.0, "ready long before scoring resumed"
 

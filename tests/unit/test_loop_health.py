@@ -97,3 +97,23 @@ def test_idle_with_nothing_to_do_is_never_a_stall_but_a_hung_loop_is() -> None:
     assert health.ready() == (True, "ready")
     clock.now += 61
     assert health.live() == (False, "learner: loop has not turned for 61 s")
+
+
+def test_a_loop_inside_one_slow_call_is_not_ready_until_it_polls_again() -> None:
+    """A turn blocked in a commit while the broker restarts: its last turn said "done"."""
+    clock = Clock()
+    health = _scorer(clock)
+    health.polled(MemberState.STABLE, 2)
+    health.lag(0)
+    health.done(30)
+    assert health.ready() == (True, "ready")
+    clock.now += 5  # the next turn's commit waits on the broker
+    assert health.ready() == (True, "ready")
+    clock.now += 2
+    assert health.ready() == (
+        False,
+        "scorer: no poll for 7 s (inside a call to Kafka or Redis)",
+    )
+    assert health.live() == (True, "ok")  # not hung yet
+    health.polled(MemberState.STABLE, 2)
+    assert health.ready() == (True, "ready")
