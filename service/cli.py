@@ -140,6 +140,8 @@ def serve(settings: Settings, role: str | None, scorers: int) -> None:
     if uses_default_signing_key(settings):
         app.metrics.insecure_signing_key.set(1)
         log.warning(INSECURE_KEY_WARNING)
+    if (short := short_snapshot_ttl(settings.snapshot_ttl_s)) is not None:
+        log.warning(short)
     log.info(
         "fraudstream serving (role %s) on %s; metrics on http://%s:%s/metrics",
         settings.role.value,
@@ -149,6 +151,33 @@ def serve(settings: Settings, role: str | None, scorers: int) -> None:
     )
     app.run()
     log.info("fraudstream stopped")
+
+
+#: Snapshots kept for less than this likely expire before their labels come (the
+#: Fraud Detection Handbook's labels come 7 days after the transaction).
+SHORT_SNAPSHOT_TTL_S = 7 * 86_400
+
+
+def short_snapshot_ttl(ttl_s: int) -> str | None:
+    """The warning for a snapshot TTL shorter than :data:`SHORT_SNAPSHOT_TTL_S`, else ``None``.
+
+    Examples
+    --------
+    >>> short_snapshot_ttl(45 * 86_400) is None
+    True
+    >>> print(short_snapshot_ttl(3600))  # doctest: +NORMALIZE_WHITESPACE
+    FRAUDSTREAM_SNAPSHOT_TTL_S is 3600 s (0.0 days): a label that comes later than that
+    finds no snapshot, is dead-lettered to the labels' dead-letter topic and is not learnt;
+    keep snapshots longer than the longest label delay (default 45 days)
+    """
+    if ttl_s >= SHORT_SNAPSHOT_TTL_S:
+        return None
+    return (
+        f"FRAUDSTREAM_SNAPSHOT_TTL_S is {ttl_s} s ({ttl_s / 86_400:.1f} days): a label that "
+        "comes later than that finds no snapshot, is dead-lettered to the labels' dead-letter "
+        "topic and is not learnt; keep snapshots longer than the longest label delay "
+        "(default 45 days)"
+    )
 
 
 def _supervise(settings: Settings, scorers: int) -> None:
