@@ -165,15 +165,18 @@ def short_snapshot_ttl(ttl_s: int) -> str | None:
     --------
     >>> short_snapshot_ttl(45 * 86_400) is None
     True
+    >>> "259200 s (3.0 days)" in short_snapshot_ttl(3 * 86_400)
+    True
     >>> print(short_snapshot_ttl(3600))  # doctest: +NORMALIZE_WHITESPACE
-    FRAUDSTREAM_SNAPSHOT_TTL_S is 3600 s (0.0 days): a label that comes later than that
+    FRAUDSTREAM_SNAPSHOT_TTL_S is 3600 s (1.0 h): a label that comes later than that
     finds no snapshot, is dead-lettered to the labels' dead-letter topic and is not learnt;
     keep snapshots longer than the longest label delay (default 45 days)
     """
     if ttl_s >= SHORT_SNAPSHOT_TTL_S:
         return None
+    span = f"{ttl_s / 3600:.1f} h" if ttl_s < 86_400 else f"{ttl_s / 86_400:.1f} days"
     return (
-        f"FRAUDSTREAM_SNAPSHOT_TTL_S is {ttl_s} s ({ttl_s / 86_400:.1f} days): a label that "
+        f"FRAUDSTREAM_SNAPSHOT_TTL_S is {ttl_s} s ({span}): a label that "
         "comes later than that finds no snapshot, is dead-lettered to the labels' dead-letter "
         "topic and is not learnt; keep snapshots longer than the longest label delay "
         "(default 45 days)"
