@@ -41,13 +41,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import numpy as np
 import orjson
 import pytest
 import redis
-import redis.cluster
 from conftest import (
     REPO_ROOT,
     _produce,
@@ -60,6 +59,7 @@ from conftest import (
 
 from fraudstream.service.app import Application
 from fraudstream.service.features.definitions import FeatureConfig, feature_names
+from fraudstream.service.redis_client import redis_client
 from fraudstream.service.settings import Settings
 from fraudstream.service.snapshots import Snapshot, SnapshotStore
 from fraudstream.service.stores import snapshot_store
@@ -277,14 +277,6 @@ def _settings(case: Case, bootstrap: str, redis_url: str) -> Settings:
     )
 
 
-def _client(settings: Settings) -> Any:
-    """A client of the case's Redis: a node, or the cluster."""
-    url = settings.redis_url.get_secret_value()
-    if settings.redis_cluster:
-        return redis.cluster.RedisCluster.from_url(url)
-    return redis.Redis.from_url(url)
-
-
 def _spawn(settings: Settings, log: Path, *crash: str) -> subprocess.Popen[bytes]:
     command = ["tests/crash_at.py", *crash] if crash else ["-m", "fraudstream", "serve"]
     with log.open("ab") as out:
@@ -302,7 +294,9 @@ def _group_lag(settings: Settings) -> int:
     return sum(ends[tp] - committed[tp] for tp in ends) if ends else -1
 
 
-def _claimed_without_snapshot(client: Any, snapshots: SnapshotStore, ids: list[str]) -> set[str]:
+def _claimed_without_snapshot(
+    client: redis.Redis, snapshots: SnapshotStore, ids: list[str]
+) -> set[str]:
     """Ids whose key holds the feature script's claim but no snapshot: counted, not stored."""
     pipe = client.pipeline(transaction=False)
     for tx in ids:
@@ -353,7 +347,7 @@ def _run(
     started = time.monotonic()
     outcome = Outcome(settings, folder / f"{case.name}.log")
     ids = sorted(set(_ids(stream)))
-    client = _client(settings)
+    client = redis_client(settings)
     snapshots = snapshot_store(client, settings.redis_prefix, settings.snapshot_ttl_s)
     scorer: subprocess.Popen[bytes] | None = None
     try:
@@ -493,7 +487,7 @@ def _check_counts(outcome: Outcome, stream: list[tuple[bytes, bytes]]) -> list[s
         (t["terminal_id"], int(datetime.fromisoformat(t["timestamp"]).timestamp()) // 86_400)
         for t in unique.values()
     )
-    client = _client(s)
+    client = redis_client(s)
     try:
         problems = []
         for card, n in sorted(per_card.items()):
