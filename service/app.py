@@ -586,6 +586,11 @@ class Application:
             max_request_size=max(
                 2 * 1024 * 1024, dead_letter_record_limit(s.dead_letter_max_bytes)
             ),
+            **(
+                {"transaction_timeout_ms": int(s.transaction_timeout_s * 1000)}
+                if transactional_id is not None
+                else {}
+            ),
         )
         stack.callback(_close_producer, producer)
         if transactional_id is not None:

@@ -35,6 +35,7 @@ forgets the work in hand and says where each partition must resume.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -102,6 +103,31 @@ def _payload(offsets: Mapping[TopicPartition, int]) -> dict[TopicPartition, Offs
     return {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()}
 
 
+def fenced_reason(transactional_id: str | None, open_s: float, timeout_s: float) -> str:
+    """Why the broker fenced this transactional producer, for the one line the scorer stops with.
+
+    Either another producer started with the same transactional id, or this
+    one's transaction, open for ``open_s``, outlived the transaction timeout
+    (``timeout_s``) and the broker aborted it.
+
+    >>> fenced_reason("pod-a", 0.1, 60.0).split(":")[0]
+    'another scorer took over transactional id pod-a'
+    >>> print(fenced_reason("pod-a", 75.0, 60.0)[:96])
+    the transaction of pod-a was open for 75 s, longer than FRAUDSTREAM_TRANSACTION_TIMEOUT_S (60 s)
+    """
+    if open_s >= timeout_s:
+        return (
+            f"the transaction of {transactional_id} was open for {open_s:.0f} s, longer than "
+            f"FRAUDSTREAM_TRANSACTION_TIMEOUT_S ({timeout_s:g} s), and the broker aborted it "
+            "(or another scorer took over the id); this one stops: a restart replays what "
+            "was not committed"
+        )
+    return (
+        f"another scorer took over transactional id {transactional_id}: give each "
+        "scorer its own FRAUDSTREAM_TRANSACTIONAL_ID; this one stops"
+    )
+
+
 class Checkpoint:
     """Produces a batch's records, confirms their delivery, then commits its offsets.
 
@@ -145,6 +171,8 @@ class Checkpoint:
         #: Per partition: the offset the coordinator (or the transaction) confirmed.
         self._committed: dict[TopicPartition, int] = {}
         self._in_flight: _InFlight | None = None
+        #: When the open transaction began (monotonic seconds).
+        self._began_at = 0.0
         #: The next group commit waits for the coordinator (first, or after a failure).
         self._sync_next = True
         self._in_transaction = False
@@ -342,12 +370,14 @@ class Checkpoint:
         self._sync_next = True
 
     def _fatal_reason(self, exc: KafkaError) -> str:
-        transactional_id = getattr(self.producer, "config", {}).get("transactional_id")
+        config = getattr(self.producer, "config", {})
+        transactional_id = config.get("transactional_id")
         manager = getattr(self.producer, "_transaction_manager", None)
         if isinstance(getattr(manager, "last_error", None), ProducerFencedError):
-            return (
-                f"another scorer took over transactional id {transactional_id}: give each "
-                "scorer its own FRAUDSTREAM_TRANSACTIONAL_ID; this one stops"
+            return fenced_reason(
+                transactional_id,
+                time.monotonic() - self._began_at,
+                config.get("transaction_timeout_ms", 60_000) / 1000,
             )
         return f"the transactional producer {transactional_id} cannot go on ({exc}); stopping"
 
@@ -355,3 +385,4 @@ class Checkpoint:
         if not self._in_transaction:
             self.producer.begin_transaction()
             self._in_transaction = True
+            self._began_at = time.monotonic()

@@ -23,6 +23,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TextIO
 
@@ -72,6 +74,72 @@ class _StderrHandler(logging.StreamHandler[TextIO]):
         pass
 
 
+class HeldOffsetsNote(logging.Filter):
+    """kafka-python's "UnstableOffsetCommitError" lines, as one explanation every ``every_s``.
+
+    In exactly-once mode, a scorer that stopped without ending its transaction
+    (killed, its machine lost) leaves the offsets of its partitions held until the
+    broker aborts that transaction. The member that takes them over retries its
+    offset fetch about ten times a second meanwhile, each time logging an
+    ERROR line that says neither why nor what to do. The first line, and one
+    every ``every_s`` after it, becomes one WARNING that says both; the others
+    are dropped and counted in the next one.
+
+    Examples
+    --------
+    >>> clock = iter([0.0, 1.0, 2.0, 31.0]).__next__
+    >>> note = HeldOffsetsNote(every_s=30.0, clock=clock)
+    >>> def record(msg, *args):
+    ...     return logging.LogRecord("kafka.coordinator.consumer", logging.ERROR, "", 0,
+    ...                              msg, args, None)
+    >>> line = "Unknown error fetching offsets for %s: %s"
+    >>> error = "[Error 88] UnstableOffsetCommitError"
+    >>> first = record(line, "TopicPartition(topic='tx', partition=2)", error)
+    >>> note.filter(first), first.levelname
+    (True, 'WARNING')
+    >>> print(first.getMessage())  # doctest: +ELLIPSIS
+    offsets of TopicPartition(topic='tx', partition=2) are held by an open transaction ...
+    >>> note.filter(record(line, "tp", error)), note.filter(record(line, "tp", error))
+    (False, False)
+    >>> again = record(line, "tp", error)
+    >>> note.filter(again), again.getMessage().endswith("(2 more such answers since the last note)")
+    (True, True)
+    >>> note.filter(record("Unknown error fetching offsets for %s: %s", "tp", "[Error 7]"))
+    True
+    """
+
+    def __init__(self, every_s: float = 30.0, clock: Callable[[], float] = time.monotonic):
+        super().__init__()
+        self.every_s, self._clock = every_s, clock
+        self._last: float | None = None
+        self._dropped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite the first held-offsets line of a period, drop the rest."""
+        if "UnstableOffsetCommitError" not in record.getMessage():
+            return True
+        now = self._clock()
+        if self._last is not None and now - self._last < self.every_s:
+            self._dropped += 1
+            return False
+        where = record.args[0] if isinstance(record.args, tuple) and len(record.args) > 1 else ""
+        record.msg = (
+            "offsets of %s are held by an open transaction of a scorer that stopped without "
+            "ending it (UnstableOffsetCommitError): this member polls nothing until the "
+            "broker aborts it (after FRAUDSTREAM_TRANSACTION_TIMEOUT_S of that scorer, 60 s "
+            "by default) or that scorer is restarted with its FRAUDSTREAM_TRANSACTIONAL_ID"
+        )
+        record.args = (where or "a partition",)
+        if self._dropped:
+            record.msg += f" ({self._dropped} more such answers since the last note)"
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        self._last, self._dropped = now, 0
+        return True
+
+
+#: The held-offsets note on kafka-python's consumer coordinator (installed once).
+_HELD_OFFSETS = HeldOffsetsNote()
+
 #: The handler :func:`configure_logging` installed last (replaced, never stacked).
 _installed: logging.Handler | None = None
 
@@ -83,7 +151,8 @@ def configure_logging(level: str, fmt: str = "text", stream: TextIO | None = Non
     lines) and leaves other handlers (an embedding application's, a test
     runner's) alone. Kafka's client logs only warnings; its selector's
     GIL-contention warnings (expected with a scorer and a learner in one
-    process) are dropped.
+    process) are dropped, and its repeated held-offsets errors become one
+    explanation every 30 s (:class:`HeldOffsetsNote`).
     """
     global _installed
     handler: logging.Handler = (
@@ -101,3 +170,6 @@ def configure_logging(level: str, fmt: str = "text", stream: TextIO | None = Non
     # kafka-python 3 warns whenever another thread holds the GIL for >100 ms;
     # with a scorer and a learner in one process that is expected, not a fault.
     logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
+    coordinator = logging.getLogger("kafka.coordinator.consumer")
+    if _HELD_OFFSETS not in coordinator.filters:
+        coordinator.addFilter(_HELD_OFFSETS)

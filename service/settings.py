@@ -331,9 +331,19 @@ class Settings(BaseSettings):
         "",
         description="exactly_once: this scorer's Kafka transactional id, stable across restarts "
         "and different for each scorer (e.g. the pod name), so a restarted scorer aborts its "
-        "predecessor's open transaction at once. Empty: a random id per process; a killed "
+        "predecessor's open transaction at once; serve --scorers N gives its scorers this id "
+        "with -1 .. -N appended. Empty: a random id per process; a killed "
         "scorer's open transaction then holds read_committed readers back until it times out "
         "(60 s).",
+    )
+    transaction_timeout_s: Annotated[float, Field(ge=1, le=900)] = Field(
+        60.0,
+        description="exactly_once: longest life of a scorer's Kafka transaction before the "
+        "broker aborts it. A scorer that stops without ending its transaction (killed, its "
+        "machine lost) holds the offsets of its partitions until then: whoever takes them "
+        "over waits, polling nothing, unless that scorer is restarted with its transactional "
+        "id. Lower: a shorter wait; but a commit that outlives it (the broker away for longer "
+        "in the middle of one) stops the scorer, whose restart replays the batch.",
     )
     exact_replays: bool = Field(
         True,

@@ -6,7 +6,8 @@ processes on the same machine (or on several) are how a deployment scales out.
 :class:`Supervisor` starts the children, watches them and stops them:
 
 * **children**: ``scorer-1`` .. ``scorer-N`` (role ``scorer``, client id
-  ``<client_id>-<i>``, metrics on ``metrics_port + i - 1``), plus one ``learner``
+  ``<client_id>-<i>``, metrics on ``metrics_port + i - 1``, in exactly-once mode
+  transactional id ``<transactional_id>-<i>`` when one is set), plus one ``learner``
   (role ``learner``, metrics on ``metrics_port + N``) unless the role is
   ``scorer``. Each is ``python -m fraudstream.service.supervisor`` reading its
   settings, secrets included, as JSON from its standard input (never from the
@@ -73,6 +74,20 @@ class ChildSpec:
 SCORERS_PER_CORE = 4
 
 
+def scorer_transactional_id(transactional_id: str, scorer: int) -> str:
+    """The transactional id of scorer ``scorer`` (1-based) of ``serve --scorers``.
+
+    Each scorer needs its own: two producers with one id fence each other (the
+    older one fails on its next send). Derived from the configured id, so that
+    every scorer keeps its id across restarts and aborts its predecessor's open
+    transaction; empty stays empty (a random id per process).
+
+    >>> scorer_transactional_id("pod-a", 2), scorer_transactional_id("", 2)
+    ('pod-a-2', '')
+    """
+    return f"{transactional_id}-{scorer}" if transactional_id else ""
+
+
 def child_specs(settings: Settings, scorers: int, cores: int | None = None) -> list[ChildSpec]:
     """The children of ``serve --scorers N``: N scorers, plus the learner unless role is scorer.
 
@@ -121,6 +136,7 @@ def child_specs(settings: Settings, scorers: int, cores: int | None = None) -> l
                     "role": Role.SCORER,
                     "client_id": f"{settings.client_id}-{i}",
                     "metrics_port": port(i - 1),
+                    "transactional_id": scorer_transactional_id(settings.transactional_id, i),
                 }
             ),
         )

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import functools
+import subprocess
+import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import orjson
-from conftest import AppUnderTest
+from conftest import REPO_ROOT, AppUnderTest, settings_env
 
 from fraudstream.service.kafka.protocols import ConsumerRecord
 from fraudstream.service.settings import Settings
@@ -87,3 +91,97 @@ def test_a_scorer_fenced_by_another_with_its_transactional_id_stops_with_one_cle
         "give each scorer its own FRAUDSTREAM_TRANSACTIONAL_ID; this one stops"
     )
     assert first.ready()[0] is False
+
+
+def test_a_scorer_lost_inside_its_transaction_holds_the_group_until_the_timeout_and_says_why(
+    make_settings: Callable[..., Settings],
+    make_transaction: Callable[..., tuple[bytes, bytes]],
+    produce: Callable[..., None],
+    consume: Callable[..., list[ConsumerRecord]],
+    group_members: Callable[[str, str], dict[str, int]],
+    wait_for: Callable[..., None],
+    tmp_path: Path,
+) -> None:
+    """Two scorers; one dies after its offsets went into its transaction, before the commit.
+
+    Its transaction holds the offsets of its partition until the broker aborts it
+    (FRAUDSTREAM_TRANSACTION_TIMEOUT_S, here 15 s instead of 60): the other scorer,
+    which takes the partition over, scores nothing meanwhile, then everything, once
+    (``read_committed``), and its log explains the wait in one warning instead of
+    kafka-python's ten ERROR lines a second.
+    """
+    settings = make_settings(
+        guarantee="exactly_once",
+        publish_scores=True,
+        role="scorer",
+        topic_partitions=2,
+        max_batch_size=20,
+        session_timeout_ms=6000,
+        transaction_timeout_s=15,
+    )
+    logs = [tmp_path / "lost.log", tmp_path / "survivor.log"]
+    marker = tmp_path / "crashed"
+    commands = [
+        ["tests/crash_at.py", "offsets-in-transaction", "2", str(marker)],
+        ["-m", "fraudstream", "serve"],
+    ]
+    processes = []
+    for j, (command, path) in enumerate(zip(commands, logs, strict=True)):
+        with path.open("wb") as out:
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, *command, "--role", "scorer"],
+                    env=settings_env(
+                        settings.model_copy(update={"client_id": f"fs{j}"}),
+                        PYTHONPATH=str(REPO_ROOT / "tests"),
+                    ),
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    cwd=REPO_ROOT,
+                )
+            )
+    lost, survivor = processes
+    try:
+        bootstrap = settings.bootstrap_servers
+        wait_for(
+            lambda: sorted(group_members(bootstrap, settings.consumer_group).values()) == [1, 1],
+            180,
+            "both scorers to own a partition",
+        )
+        records = [
+            make_transaction(
+                f"h{c}-{i}", f"card{c}", f"T{c}", 5.0 + i, NOW - timedelta(hours=20 - i)
+            )
+            for i in range(20)
+            for c in range(10)
+        ]
+        produce(bootstrap, settings.topic_transactions, records)
+        assert lost.wait(timeout=120) == 137, logs[0].read_text()[-3000:]
+        crashed_at = time.monotonic()
+        scores = consume(
+            bootstrap,
+            settings.topic_scores,
+            at_least=len(records),
+            timeout_s=150,
+            settle_s=2,
+            read_committed=True,
+        )
+        resumed_s = time.monotonic() - crashed_at
+        scored = Counter(orjson.loads(r.value or b"")["transaction_id"] for r in scores)
+        assert scored == Counter(orjson.loads(v)["transaction_id"] for _, v in records)
+        assert survivor.poll() is None, logs[1].read_text()[-3000:]
+        said = logs[1].read_text()
+        print(f"everything scored {resumed_s:.0f} s after the crash")
+        # With the default 60 s the broker aborts the transaction a minute after it began.
+        assert resumed_s < 55, said[-3000:]
+        assert "are held by an open transaction of a scorer that stopped" in said, said[-3000:]
+        assert "ERROR kafka.coordinator.consumer" not in said, said[-3000:]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()

@@ -1,7 +1,8 @@
 """``fraudstream serve --scorers 2`` as a real process tree on real Kafka and Redis.
 
 Both scorers own partitions, the learner runs once, every transaction is scored exactly once, and
-SIGTERM stops everything with exit code 0.
+SIGTERM stops everything with exit code 0; in exactly-once mode too, with one transactional id
+configured (each scorer derives its own from it: two producers with one id fence each other).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
+import pytest
 
 from fraudstream.service.kafka.protocols import ConsumerRecord
 from fraudstream.service.settings import Settings
@@ -21,7 +23,9 @@ from fraudstream.service.settings import Settings
 START = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
 
 
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 def test_serve_with_two_scorers_scores_each_transaction_once_and_stops_on_sigterm(
+    guarantee: str,
     make_settings: Callable[..., Settings],
     make_transaction: Callable[..., tuple[bytes, bytes]],
     spawn_service: Callable[..., subprocess.Popen[bytes]],
@@ -30,9 +34,16 @@ def test_serve_with_two_scorers_scores_each_transaction_once_and_stops_on_sigter
     wait_for: Callable[..., None],
     group_members: Callable[[str, str], dict[str, int]],
     tmp_path: Path,
+    unique_name: Callable[[str], str],
 ) -> None:
+    exactly_once = guarantee == "exactly_once"
     settings = make_settings(
-        topic_partitions=4, max_batch_size=50, publish_scores=True, client_id="fs"
+        topic_partitions=4,
+        max_batch_size=50,
+        publish_scores=True,
+        client_id="fs",
+        guarantee=guarantee,
+        transactional_id=unique_name("pod") if exactly_once else "",
     )
     service = spawn_service(settings, "--scorers", "2")
     bootstrap = settings.bootstrap_servers
@@ -66,7 +77,13 @@ def test_serve_with_two_scorers_scores_each_transaction_once_and_stops_on_sigter
         for c in range(16)
     ]
     produce(bootstrap, settings.topic_transactions, records)
-    scores = consume(bootstrap, settings.topic_scores, at_least=len(records), settle_s=3.0)
+    scores = consume(
+        bootstrap,
+        settings.topic_scores,
+        at_least=len(records),
+        settle_s=3.0,
+        read_committed=exactly_once,
+    )
     scored = Counter(orjson.loads(r.value or b"")["transaction_id"] for r in scores)
     assert set(scored) == {orjson.loads(v)["transaction_id"] for _, v in records}
     assert set(scored.values()) == {1}, "a transaction was scored more than once"

@@ -191,6 +191,19 @@ def test_child_specs_need_a_scoring_role() -> None:
         child_specs(settings, 2)
 
 
+def test_each_scorer_child_has_a_transactional_id_of_its_own_stable_across_restarts() -> None:
+    """Two producers with one transactional id fence each other: every child needs its own."""
+    settings = Settings(_env_file=None, guarantee="exactly_once", transactional_id="pod-a")
+    specs = child_specs(settings, 3)
+    ids = [spec.settings.transactional_id for spec in specs if spec.settings.role is Role.SCORER]
+    assert ids == ["pod-a-1", "pod-a-2", "pod-a-3"]
+    assert [s.settings.transactional_id for s in child_specs(settings, 3)] == [
+        spec.settings.transactional_id for spec in specs
+    ]
+    unset = child_specs(Settings(_env_file=None, guarantee="exactly_once"), 2)
+    assert {spec.settings.transactional_id for spec in unset} == {""}  # random per process
+
+
 def test_serve_refuses_several_scorers_for_the_learner_role() -> None:
     from click.testing import CliRunner
 
