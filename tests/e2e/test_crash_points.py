@@ -9,7 +9,9 @@ SIGKILL) exactly at one point (:data:`crash_at.POINTS`), the sixth time it gets
 there, with earlier batches committed (or the first time: a crash in the group's
 first batch, nothing committed). In some cases the restarted scorer crashes too,
 at the first call of a second point, while it replays what the first crash
-left. A normal scorer then drains the stream,
+left, or a few batches later; in others two scorers of one group crash, each at
+its own fourth call of the point. Normal scorers (as many as crashed together)
+then drain the stream,
 and the case checks what ``test_faults.py`` checks: every transaction scored
 and counted once in its card's history in Redis, every alert published (at
 least once; in exactly-once mode once per record to ``read_committed``
@@ -109,16 +111,21 @@ EOS_POINTS = [
 class Case:
     """One scorer run: crashed at ``point`` (none: the clean run), then drained.
 
-    The crash comes at the point's ``nth`` call; with ``again``, the restarted scorer
-    crashes too, at the first call of that point (while it replays what the first
-    crash left), and a third run drains the stream.
+    The crash comes at the point's ``nth`` call, in each of ``scorers`` processes of
+    one group started together (each crashes at its own ``nth`` call; the one that
+    crashes later has taken over the other's partitions by then, or is taking them
+    over). With ``again``, the restarted scorer crashes too, at the ``again_nth``
+    call of that point (the first: while it replays what the first crash left;
+    later: after it has replayed it and gone on), and a last run drains the stream.
     """
 
     guarantee: str
     point: str = ""
     nth: int = NTH
     again: str = ""
+    again_nth: int = 1
     partitions: int = 1
+    scorers: int = 1
     cluster: bool = False
 
     @property
@@ -128,9 +135,19 @@ class Case:
             name += f"-call-{self.nth}"
         if self.again:
             name += f"-then-{self.again}"
+            if self.again_nth != 1:
+                name += f"-call-{self.again_nth}"
         if self.partitions > 1:
             name += f"-{self.partitions}-partitions"
+        if self.scorers > 1:
+            name += f"-{self.scorers}-scorers"
         return name + ("-cluster" if self.cluster else "")
+
+    @property
+    def crashes(self) -> list[tuple[str, int]]:
+        """The crashes, in order: (point, call), one per scorer process."""
+        crashes = [(self.point, self.nth)] * self.scorers if self.point else []
+        return crashes + ([(self.again, self.again_nth)] if self.again else [])
 
     @property
     def clean(self) -> Case:
@@ -162,6 +179,17 @@ TWICE = [
     Case(EOS, "snapshots-written-unacked-sync", again="offsets-in-transaction"),
     Case(ALO_SEQ, "features-ran-unread-sync", again="features-read-sync"),
 ]
+#: Two crashes, the second a few batches after the restart: the replay of what the first
+#: left is done (its snapshots written, kept found state replaced) and new batches
+#: counted when the second comes.
+TWICE_LATER = [
+    Case(ALO, "features-read", again="features-read", again_nth=4),
+    Case(
+        ALO, "snapshots-written-unacked", again="next-features-in-flight-before-commit", again_nth=3
+    ),
+    Case(EOS, "features-read-sync", again="produced", again_nth=3),
+    Case(ALO_SEQ, "features-read-sync", again="commit-sent", again_nth=3),
+]
 #: Three partitions: offsets committed per partition, batches across them.
 SEVERAL_PARTITIONS = [
     Case(ALO, "features-read", partitions=3),
@@ -171,6 +199,16 @@ SEVERAL_PARTITIONS = [
     Case(EOS, "features-read-sync", partitions=3),
     Case(EOS, "offsets-in-transaction", partitions=3),
     Case(ALO_SEQ, "commit-sent", partitions=3),
+]
+#: Two scorers of one group on three partitions, both crashing (a machine that ran both
+#: lost): the one crashing later replays what the first left, or is doing so.
+SEVERAL_SCORERS = [
+    Case(ALO, "features-read", nth=4, partitions=3, scorers=2),
+    Case(ALO, "snapshots-acked", nth=4, partitions=3, scorers=2),
+    Case(ALO, "commit-sent", nth=4, partitions=3, scorers=2),
+    Case(EOS, "features-read-sync", nth=4, partitions=3, scorers=2),
+    Case(EOS, "offsets-in-transaction", nth=4, partitions=3, scorers=2),
+    Case(ALO_SEQ, "features-read-sync", nth=4, partitions=3, scorers=2),
 ]
 #: On a real Redis Cluster (3 masters, 3 replicas): between the feature rounds, and after.
 ON_A_CLUSTER = [
@@ -185,7 +223,7 @@ ON_A_CLUSTER = [
 CLEAN = {ALO: Case(ALO), EOS: Case(EOS), ALO_SEQ: Case(ALO_SEQ)}
 CLEAN_RUNS = [
     *CLEAN.values(),
-    *dict.fromkeys(case.clean for case in SEVERAL_PARTITIONS + ON_A_CLUSTER),
+    *dict.fromkeys(case.clean for case in SEVERAL_PARTITIONS + SEVERAL_SCORERS + ON_A_CLUSTER),
 ]
 CASES = (
     [Case(ALO, p) for p in ALO_POINTS]
@@ -193,7 +231,9 @@ CASES = (
     + [Case(ALO_SEQ, p) for p in ALO_SEQ_POINTS]
     + FIRST_BATCH
     + TWICE
+    + TWICE_LATER
     + SEVERAL_PARTITIONS
+    + SEVERAL_SCORERS
     + ON_A_CLUSTER
 )
 
@@ -277,8 +317,13 @@ def _settings(case: Case, bootstrap: str, redis_url: str) -> Settings:
     )
 
 
-def _spawn(settings: Settings, log: Path, *crash: str) -> subprocess.Popen[bytes]:
+def _spawn(settings: Settings, log: Path, *crash: str, scorer: int = 0) -> subprocess.Popen[bytes]:
+    """Scorer number ``scorer`` of the case (its own transactional id, kept on restarts)."""
     command = ["tests/crash_at.py", *crash] if crash else ["-m", "fraudstream", "serve"]
+    if scorer:
+        settings = settings.model_copy(
+            update={"transactional_id": f"{settings.transactional_id}-{scorer}"}
+        )
     with log.open("ab") as out:
         return subprocess.Popen(
             [sys.executable, *command, "--role", "scorer"],
@@ -309,35 +354,69 @@ def _claimed_without_snapshot(
 def _crash(
     case: Case,
     outcome: Outcome,
-    point: str,
-    nth: int,
-    marker: Path,
+    crashes: list[tuple[str, int]],
+    markers: list[Path],
     snapshots: SnapshotStore,
     ids: list[str],
 ) -> dict[int, int]:
-    """Run a scorer that crashes at ``point``'s ``nth`` call; the offsets committed then."""
+    """Run scorers that crash at their ``(point, nth)`` together; the offsets committed then."""
     settings = outcome.settings
-    crashing = _spawn(settings, outcome.log, point, str(nth), str(marker))
+    crashing = [
+        _spawn(settings, outcome.log, point, str(nth), str(marker), scorer=j)
+        for j, ((point, nth), marker) in enumerate(zip(crashes, markers, strict=True))
+    ]
     try:
-        outcome.crash_codes.append(crashing.wait(timeout=120))
-    except subprocess.TimeoutExpired:
-        crashing.kill()
-        crashing.wait()
-        raise
-    said = marker.read_text().strip() if marker.exists() else ""
-    outcome.markers.append(said)
-    outcome.pending |= _claimed_without_snapshot(snapshots.client, snapshots, ids)
-    # Exactly-once commits are synchronous: the process saw each (the marker says);
-    # at-least-once ones may be in flight: what the group holds (no transaction
-    # to wait for).
+        for process in crashing:
+            outcome.crash_codes.append(process.wait(timeout=120))
+    finally:
+        for process in crashing:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
     committed: dict[int, int] = {}
-    for each in said.split()[3].split(",") if said and said.split()[3] != "-" else ():
-        partition, seen = each.split("=")
-        committed[int(partition)] = int(seen)
+    for marker in markers:
+        said = marker.read_text().strip() if marker.exists() else ""
+        outcome.markers.append(said)
+        # Exactly-once commits are synchronous: the process saw each (the marker
+        # says); at-least-once ones may be in flight: what the group holds (below).
+        for each in said.split()[3].split(",") if said and said.split()[3] != "-" else ():
+            partition, seen = each.split("=")
+            committed[int(partition)] = max(committed.get(int(partition), 0), int(seen))
+    outcome.pending |= _claimed_without_snapshot(snapshots.client, snapshots, ids)
     if case.guarantee != EOS:
         for tp, held in committed_offsets(settings)[0].items():
             committed[tp.partition] = max(committed.get(tp.partition, 0), held)
     return committed
+
+
+def _drain(
+    case: Case, outcome: Outcome, snapshots: SnapshotStore, ids: list[str]
+) -> dict[str, Snapshot]:
+    """Run as many scorers as crashed together (each with its transactional id) to the end."""
+    scorers = [_spawn(outcome.settings, outcome.log, scorer=j) for j in range(case.scorers)]
+    try:
+        deadline = time.monotonic() + 150
+        while True:
+            got = snapshots.get_many(ids)
+            if all(s is not None for s in got) and _group_lag(outcome.settings) == 0:
+                return {tx: s for tx, s in zip(ids, got, strict=True) if s is not None}
+            for scorer in scorers:
+                if scorer.poll() is not None:
+                    raise AssertionError(f"a restarted scorer ended ({scorer.returncode})")
+            if time.monotonic() > deadline:
+                missing = sum(s is None for s in got)
+                raise AssertionError(f"not drained in 150 s: {missing} transactions unscored")
+            time.sleep(0.3)
+    finally:
+        for scorer in scorers:
+            if scorer.poll() is None:
+                scorer.terminate()
+        for scorer in scorers:
+            try:
+                scorer.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                scorer.kill()
+                scorer.wait()
 
 
 def _run(
@@ -349,7 +428,6 @@ def _run(
     ids = sorted(set(_ids(stream)))
     client = redis_client(settings)
     snapshots = snapshot_store(client, settings.redis_prefix, settings.snapshot_ttl_s)
-    scorer: subprocess.Popen[bytes] | None = None
     try:
         Application(settings).ensure_topics()
         _produce(settings.bootstrap_servers, settings.topic_transactions, stream)
@@ -357,41 +435,22 @@ def _run(
             (r.partition, r.offset, orjson.loads(r.value or b"")["transaction_id"])
             for r in read_all(settings.bootstrap_servers, settings.topic_transactions)
         ]
-        crashes = [(case.point, case.nth)] if case.point else []
-        if case.again:
-            crashes.append((case.again, 1))
-        for k, (point, nth) in enumerate(crashes):
-            marker = folder / f"{case.name}.crashed-{k}"
-            committed = _crash(case, outcome, point, nth, marker, snapshots, ids)
+        # The first crash's scorers together, then the restarted one's crash.
+        crashes = case.crashes
+        steps = [crashes[: case.scorers], crashes[case.scorers :]] if case.point else []
+        for k, step in enumerate(s for s in steps if s):
+            markers = [folder / f"{case.name}.crashed-{k}-{j}" for j in range(len(step))]
+            committed = _crash(case, outcome, step, markers, snapshots, ids)
             if k == 0:
                 outcome.committed = sum(committed.values())
             below = [tx for p, off, tx in outcome.placed if off < committed.get(p, 0)]
             outcome.unscored_below_committed += [
                 tx for tx, s in zip(below, snapshots.get_many(below), strict=True) if s is None
             ]
-        scorer = _spawn(settings, outcome.log)
-        deadline = time.monotonic() + 150
-        while True:
-            got = snapshots.get_many(ids)
-            if all(s is not None for s in got) and _group_lag(settings) == 0:
-                break
-            if scorer.poll() is not None:
-                raise AssertionError(f"the restarted scorer ended ({scorer.returncode})")
-            if time.monotonic() > deadline:
-                missing = sum(s is None for s in got)
-                raise AssertionError(f"not drained in 150 s: {missing} transactions unscored")
-            time.sleep(0.3)
-        outcome.snapshots = {tx: s for tx, s in zip(ids, got, strict=True) if s is not None}
+        outcome.snapshots = _drain(case, outcome, snapshots, ids)
     except Exception as exc:
         outcome.error = f"{type(exc).__name__}: {exc}"
     finally:
-        if scorer is not None and scorer.poll() is None:
-            scorer.terminate()
-            try:
-                scorer.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                scorer.kill()
-                scorer.wait()
         client.close()
         outcome.took_s = time.monotonic() - started
     return outcome
@@ -531,7 +590,7 @@ def _check(sweep: Sweep, case: Case) -> None:
     s, stream = outcome.settings, sweep.stream(case)
     assert outcome.error == "", f"{case.name}: {outcome.error} (log: {outcome.log})"
     if case.point:
-        expected = [(case.point, case.nth)] + ([(case.again, 1)] if case.again else [])
+        expected = case.crashes
         assert outcome.crash_codes == [137] * len(expected), f"exits, log: {outcome.log}"
         said = [(m.split()[0], int(m.split()[1])) for m in outcome.markers]
         assert said == expected
@@ -608,11 +667,12 @@ REPLAY_POINTS = [
     Case(ALO_SEQ, "features-ran-unread-sync"),
     Case(ALO_SEQ, "features-read-sync"),
 ]
-#: The same points in the first batch, on three partitions, and first crashes at them
+#: The same points in the first batch, on three partitions, with two scorers, and first
+#: crashes at them
 #: followed by a second.
 REPLAY_POINTS += [
     case
-    for case in FIRST_BATCH + TWICE + SEVERAL_PARTITIONS
+    for case in FIRST_BATCH + TWICE + TWICE_LATER + SEVERAL_PARTITIONS + SEVERAL_SCORERS
     if Case(case.guarantee, case.point) in REPLAY_POINTS
 ]
 #: On a cluster, a batch crashed between its feature rounds is counted and computed on
