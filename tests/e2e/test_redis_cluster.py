@@ -152,7 +152,8 @@ def test_the_service_on_a_cluster_scores_counts_and_learns_each_once(
             "every label learnt",
         )
         assert registry.load().model.labels_learnt == 200  # the 20 repeated ones once
-        assert app.ready() == (True, "ready")
+        # Ready (a loop inside one call for over 5 s reports not ready for that while).
+        wait_for(lambda: app.ready() == (True, "ready"), 30, "the scorer to be ready")
     finally:
         client.close()
 
@@ -385,7 +386,8 @@ def test_a_reshard_mid_stream_scores_counts_and_learns_each_once(
             "every label learnt",
         )
         assert registry.load().model.labels_learnt == len(labels)
-        assert app.ready() == (True, "ready")
+        # Ready (a loop inside one call for over 5 s reports not ready for that while).
+        wait_for(lambda: app.ready() == (True, "ready"), 30, "the scorer to be ready")
         assert not hasattr(app, "run_error")
     finally:
         client.close()
