@@ -137,6 +137,67 @@ class HeldOffsetsNote(logging.Filter):
         return True
 
 
+class KafkaLogThrottle(logging.Filter):
+    """kafka-python's repeated lines: one per logger and message every ``every_s``.
+
+    While a broker is away, kafka-python logs every reconnection attempt,
+    metadata refresh and coordinator lookup, each time (about 17 lines a second
+    from one scorer, measured); the service's own lines, which say what it does
+    about it, drown. The first line of each kind (logger and message template)
+    passes, then one every ``every_s``, saying how many like it were dropped in
+    between (as librdkafka suppresses repeated connection errors). Records of
+    other loggers pass untouched.
+
+    Examples
+    --------
+    >>> clock = iter([0.0, 1.0, 2.0, 31.0]).__next__
+    >>> throttle = KafkaLogThrottle(every_s=30.0, clock=clock)
+    >>> def record(name, msg, *args):
+    ...     return logging.LogRecord(name, logging.ERROR, "", 0, msg, args, None)
+    >>> lost = "Connection failed: %s"
+    >>> throttle.filter(record("kafka.net.manager", lost, "111 ECONNREFUSED"))
+    True
+    >>> throttle.filter(record("kafka.net.manager", lost, "111 ECONNREFUSED"))
+    False
+    >>> throttle.filter(record("kafka.cluster", "Metadata refresh: failed %s", "refused"))
+    True
+    >>> throttle.filter(record("fraudstream.service.loop", "retrying after back-off"))
+    True
+    >>> later = record("kafka.net.manager", lost, "111 ECONNREFUSED")
+    >>> throttle.filter(later), later.getMessage()
+    (True, 'Connection failed: 111 ECONNREFUSED (1 more like it dropped in the last 31 s)')
+    """
+
+    #: Kinds remembered at most (then forgotten all at once: a line more, never fewer).
+    MAX_KINDS = 1000
+
+    def __init__(self, every_s: float = 30.0, clock: Callable[[], float] = time.monotonic):
+        super().__init__()
+        self.every_s, self._clock = every_s, clock
+        #: (logger, message template) -> [when last passed, dropped since]
+        self._kinds: dict[tuple[str, str], list[float]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Pass the first line of a kind in each period, drop (and count) the others."""
+        if record.name != "kafka" and not record.name.startswith("kafka."):
+            return True
+        now = self._clock()
+        kind = (record.name, str(record.msg))
+        seen = self._kinds.get(kind)
+        if seen is not None and now - seen[0] < self.every_s:
+            seen[1] += 1
+            return False
+        if len(self._kinds) >= self.MAX_KINDS:
+            self._kinds.clear()
+        if seen is not None and seen[1]:
+            record.msg = (
+                f"{record.msg} ({seen[1]:.0f} more like it dropped in the last "
+                f"{now - seen[0]:.0f} s)"
+            )
+        self._kinds[kind] = [now, 0]
+        return True
+
+
 #: The held-offsets note on kafka-python's consumer coordinator (installed once).
 _HELD_OFFSETS = HeldOffsetsNote()
 
@@ -151,14 +212,16 @@ def configure_logging(level: str, fmt: str = "text", stream: TextIO | None = Non
     lines) and leaves other handlers (an embedding application's, a test
     runner's) alone. Kafka's client logs only warnings; its selector's
     GIL-contention warnings (expected with a scorer and a learner in one
-    process) are dropped, and its repeated held-offsets errors become one
-    explanation every 30 s (:class:`HeldOffsetsNote`).
+    process) are dropped, its repeated held-offsets errors become one
+    explanation every 30 s (:class:`HeldOffsetsNote`), and any other line it
+    repeats passes once every 30 s (:class:`KafkaLogThrottle`).
     """
     global _installed
     handler: logging.Handler = (
         logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     )
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.addFilter(KafkaLogThrottle())
     root = logging.getLogger()
     if _installed is not None:
         root.removeHandler(_installed)
