@@ -1,14 +1,15 @@
-"""Run ``fraudstream serve`` and crash it at one named point of the scorer's batch loop.
+"""Run ``fraudstream serve`` and crash it at one named point of the scorer's (or learner's) loop.
 
 ``python tests/crash_at.py POINT N MARKER [serve options...]``: the ``N``-th
-time the scorer reaches ``POINT`` (one of :data:`POINTS`; only the times its
+time the process reaches ``POINT`` (one of :data:`POINTS`; only the times its
 condition holds count), the process writes ``POINT N`` to the file ``MARKER``
 and ends with ``os._exit(137)``: no ``finally`` block, no flush, no goodbye to
 the group or the transaction coordinator, like a SIGKILL (the marker's third
 word: the offsets this process saw committed before, summed over partitions; its
 fourth, per partition: ``0=40,1=80``, or ``-``). Until then it is the
 service unchanged, configured by the ``FRAUDSTREAM_*`` environment as
-``fraudstream serve`` is (``tests/e2e/test_crash_points.py`` runs it).
+``fraudstream serve`` is (``tests/e2e/test_crash_points.py`` runs it, and
+``tests/e2e/test_learner_crash_points.py`` with ``--role learner``).
 
 A point is a function of the service (or of kafka-python) wrapped so that the
 crash comes just *before* it runs or just *after* it returned. Where a request
@@ -32,6 +33,8 @@ from fraudstream.service.checkpoint import Checkpoint
 from fraudstream.service.features.cluster_store import ClusterFeatureStore
 from fraudstream.service.features.redis_store import RedisFeatureStore, _Script
 from fraudstream.service.kafka.clients import DeliveryTracker
+from fraudstream.service.learner import Learner
+from fraudstream.service.registry import ModelRegistry
 from fraudstream.service.snapshots import SnapshotSender, SnapshotStore
 
 #: Longest wait for a reply to reach the socket before crashing without it.
@@ -154,6 +157,11 @@ def _wait_for_reply(_: object, connection: Any) -> None:
     _replied(connection)
 
 
+def _some_labels(_: Learner, labels: Any, *__: Any) -> bool:
+    """A batch with labels (not a look at waiting labels that found none)."""
+    return bool(labels)
+
+
 def _cards_round(store: ClusterFeatureStore, calls: Any, *_: Any, **__: Any) -> bool:
     """A Redis Cluster round that ran the card script (round 1 of a batch's features)."""
     return bool(calls) and calls[0][1][0][1] == store._card_script.source
@@ -204,6 +212,14 @@ POINTS: dict[str, Point] = {
     "rounds-cards-counted": Point(ClusterFeatureStore, "_run", "after", _cards_round),
     "rounds-terminals-counted": Point(ClusterFeatureStore, "_settle", "before"),
     "rounds-settled": Point(ClusterFeatureStore, "_settle", "after"),
+    # (i) the learner (``--role learner``; its commits are (f)'s): a batch's labels
+    # claimed for the pending version, counted in the card and terminal features,
+    # learnt (in memory); a version published (before the next is reserved and the
+    # offsets committed)
+    "labels-claimed": Point(SnapshotStore, "claim_many", "after"),
+    "labels-recorded": Point(RedisFeatureStore, "record_labels", "after"),
+    "labels-learnt": Point(Learner, "learn_many", "after", _some_labels),
+    "version-published": Point(ModelRegistry, "publish", "after"),
 }
 
 

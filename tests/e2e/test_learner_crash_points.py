@@ -1,0 +1,359 @@
+"""The learner crashed at each named point of its loop and restarted: no label lost or learnt twice.
+
+Opt-in (``-m slow``): ``.venv/bin/python -m pytest -m slow tests/e2e/test_learner_crash_points.py``.
+
+``test_learning.py`` SIGKILLs the learner once, at a moment of the test's choosing.
+Here each case scores a stream first (a scorer process, to the end), then runs
+the learner through ``tests/crash_at.py``, which ends it with ``os._exit(137)``
+(like SIGKILL) exactly at one point of its loop (:data:`POINTS`), at the point's
+``nth`` call: a batch's labels claimed for the version being learnt, counted in
+the card and terminal features, learnt in memory, a version published, the
+offsets committed. A normal learner then goes on to the end, and the case checks
+against a run without a crash: the newest version learnt every label once
+(``labels_learnt``, ``frauds_learnt``), each terminal day counts each label once
+(labels and frauds), each card record carries its label once, and nothing went
+to the labels' dead-letter topic. Labels are sent twice too (at once, and much
+later), as a label feed redelivers them.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import cast
+
+import numpy as np
+import orjson
+import pytest
+import redis
+from conftest import (
+    REPO_ROOT,
+    _produce,
+    _transaction,
+    committed_offsets,
+    isolated_names,
+    read_all,
+    settings_env,
+)
+
+from fraudstream.service.app import Application
+from fraudstream.service.redis_client import redis_client
+from fraudstream.service.registry import ModelRegistry
+from fraudstream.service.settings import Settings
+from fraudstream.service.stores import snapshot_store
+
+pytestmark = pytest.mark.slow
+
+#: Labels per learner batch.
+BATCH = 30
+CARDS, PER_CARD = 10, 24
+#: Cases run at once.
+PARALLEL = 6
+
+
+@dataclass(frozen=True)
+class Case:
+    """A learner run crashed at ``point``'s ``nth`` call (none: the clean run), then resumed."""
+
+    point: str = ""
+    nth: int = 3
+
+    @property
+    def name(self) -> str:
+        return f"learner-{self.point or 'clean'}" + (f"-call-{self.nth}" if self.nth != 3 else "")
+
+
+CLEAN = Case()
+CASES = [
+    Case("labels-claimed"),
+    Case("labels-recorded"),
+    Case("labels-learnt"),
+    Case("version-published", nth=2),
+    Case("commit-sent", nth=2),
+    Case("commit-confirmed", nth=2),
+    Case("labels-recorded", nth=1),
+    Case("version-published", nth=1),
+]
+
+
+def _transactions() -> list[tuple[bytes, bytes]]:
+    """Ten cards, 24 transactions each, on four terminals, from two days ago; every 8th a fraud."""
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
+    return [
+        _transaction(
+            f"k{c}-{i}",
+            f"k{c}",
+            f"T{(c + i) % 4}",
+            900.0 + i if (c * PER_CARD + i) % 8 == 3 else 10.0 + (i * 7 + c) % 40,
+            start + timedelta(minutes=20 * i, seconds=c),
+        )
+        for i in range(PER_CARD)
+        for c in range(CARDS)
+    ]
+
+
+def _labels() -> list[tuple[bytes, bytes]]:
+    """A label for each transaction, in event order, some sent twice.
+
+    Every 13th is sent again at once, every 29th again 60 records later.
+    """
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+    labels = [
+        (
+            f"k{c}".encode(),
+            orjson.dumps(
+                {
+                    "transaction_id": f"k{c}-{i}",
+                    "is_fraud": (c * PER_CARD + i) % 8 == 3,
+                    "labeled_at": (start + timedelta(minutes=i)).isoformat(),
+                    "source": "chargeback",
+                }
+            ),
+        )
+        for i in range(PER_CARD)
+        for c in range(CARDS)
+    ]
+    out: list[tuple[bytes, bytes]] = []
+    later: dict[int, tuple[bytes, bytes]] = {}
+    for k, label in enumerate(labels):
+        out.append(label)
+        if k % 13 == 5:
+            out.append(label)
+        if k % 29 == 7:
+            later[k + 60] = label
+        if k in later:
+            out.append(later.pop(k))
+    return out + list(later.values())
+
+
+@dataclass
+class Outcome:
+    """What a case's run left."""
+
+    settings: Settings
+    log: Path
+    crash_code: int | None = None
+    marker: str = ""
+    error: str = ""
+    took_s: float = 0.0
+    #: The newest version's labels and frauds learnt.
+    learnt: tuple[int, int] = (0, 0)
+    #: Per terminal: its (day, transactions, labels, fraud labels) buckets in use.
+    terminals: dict[str, list[tuple[int, ...]]] = field(default_factory=dict)
+    #: Per card: each record's flags byte, in history order.
+    card_flags: dict[str, bytes] = field(default_factory=dict)
+
+
+def _settings(case: Case, bootstrap: str, redis_url: str) -> Settings:
+    tag = f"{case.name}-{time.time_ns() % 10**9}"
+    return Settings(
+        _env_file=None,
+        bootstrap_servers=bootstrap,
+        redis_url=redis_url,
+        redis_prefix=f"lp{abs(hash(tag)) % 10**10}",
+        **isolated_names(lambda role: f"{role}-{tag}"),
+        topic_partitions=1,
+        max_batch_size=BATCH,
+        publish_every_labels=BATCH,
+        publish_every_s=1.0,
+        min_labels_for_model=40,
+        model_margin_over_prior=-1.0,  # this is about counts, not quality
+        session_timeout_ms=6000,
+        metrics_port=0,
+    )
+
+
+def _spawn(settings: Settings, log: Path, role: str, *crash: str) -> subprocess.Popen[bytes]:
+    command = ["tests/crash_at.py", *crash] if crash else ["-m", "fraudstream", "serve"]
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, *command, "--role", role],
+            env=settings_env(settings, PYTHONPATH=str(REPO_ROOT / "tests")),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+        )
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _lag(settings: Settings, group: str, topic: str) -> int:
+    committed, ends = committed_offsets(
+        settings.model_copy(update={"consumer_group": group, "topic_transactions": topic})
+    )
+    return sum(ends[tp] - committed[tp] for tp in ends) if ends else -1
+
+
+def _wait(
+    predicate: Callable[[], bool],
+    timeout_s: float,
+    what: str,
+    *processes: subprocess.Popen[bytes],
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        for process in processes:
+            if process.poll() is not None:
+                raise AssertionError(f"{what}: the process ended ({process.returncode})")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not in {timeout_s:.0f} s")
+        time.sleep(0.3)
+
+
+Buckets = list[tuple[int, ...]]
+
+
+def _state(client: redis.Redis, prefix: str) -> tuple[dict[str, Buckets], dict[str, bytes]]:
+    """Terminal buckets in use, and each card record's flags byte (history order)."""
+    terminals: dict[str, Buckets] = {}
+    for t in range(4):
+        ring = cast(bytes, client.get(f"{prefix}:{{t:T{t}}}") or b"")
+        buckets = np.frombuffer(ring, "<u4").reshape(-1, 4).tolist()
+        terminals[f"T{t}"] = sorted(tuple(b) for b in buckets if any(b[1:]))
+    cards = {}
+    for c in range(CARDS):
+        history = cast(bytes, client.get(f"{prefix}:{{c:k{c}}}") or b"")
+        cards[f"k{c}"] = bytes(history[k + 10] for k in range(0, len(history), 28))
+    return terminals, cards
+
+
+def _run(case: Case, settings: Settings, folder: Path) -> Outcome:
+    """Score the stream, then learn its labels: crashed at the case's point, then to the end."""
+    started = time.monotonic()
+    outcome = Outcome(settings, folder / f"{case.name}.log")
+    client = redis_client(settings)
+    snapshots = snapshot_store(client, settings.redis_prefix, settings.snapshot_ttl_s)
+    registry = ModelRegistry(client, settings.redis_prefix, settings.model_signing_key)
+    transactions, labels = _transactions(), _labels()
+    ids = [orjson.loads(value)["transaction_id"] for _, value in transactions]
+    try:
+        Application(settings).ensure_topics()
+        _produce(settings.bootstrap_servers, settings.topic_transactions, transactions)
+        scorer = _spawn(settings, outcome.log, "scorer")
+        try:
+            _wait(
+                lambda: all(s is not None for s in snapshots.get_many(ids)),
+                150,
+                "every transaction scored",
+                scorer,
+            )
+        finally:
+            _stop(scorer)
+        _produce(settings.bootstrap_servers, settings.topic_labels, labels)
+        if case.point:
+            marker = folder / f"{case.name}.crashed"
+            crashing = _spawn(
+                settings, outcome.log, "learner", case.point, str(case.nth), str(marker)
+            )
+            try:
+                outcome.crash_code = crashing.wait(timeout=120)
+            finally:
+                _stop(crashing)
+            outcome.marker = marker.read_text().strip() if marker.exists() else ""
+        learner = _spawn(settings, outcome.log, "learner")
+        expected = len(ids)
+
+        def done() -> bool:
+            if (registry.latest_version() or 0) == 0:
+                return False
+            learnt = registry.load().model.labels_learnt
+            return bool(
+                learnt >= expected
+                and _lag(settings, settings.learner_group, settings.topic_labels) == 0
+            )
+
+        try:
+            _wait(done, 150, "every label learnt and committed", learner)
+            time.sleep(1.5)  # a label learnt twice has time to show in a version
+        finally:
+            _stop(learner)  # publishes what it learnt since its last version
+        model = registry.load().model
+        outcome.learnt = (model.labels_learnt, model.frauds_learnt)
+        outcome.terminals, outcome.card_flags = _state(client, settings.redis_prefix)
+    except Exception as exc:
+        outcome.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        client.close()
+        outcome.took_s = time.monotonic() - started
+    return outcome
+
+
+class Sweep:
+    """Runs the selected cases and the clean run at once, lazily."""
+
+    def __init__(self, bootstrap: str, redis_url: str, folder: Path, selected: list[Case]):
+        self.bootstrap, self.redis_url, self.folder = bootstrap, redis_url, folder
+        self.selected = selected
+        self.outcomes: dict[Case, Outcome] = {}
+
+    def outcome(self, case: Case) -> Outcome:
+        if not self.outcomes:
+            cases = list(dict.fromkeys([CLEAN, *self.selected]))
+            started = time.monotonic()
+            with ThreadPoolExecutor(PARALLEL) as pool:
+                futures = {
+                    c: pool.submit(
+                        _run, c, _settings(c, self.bootstrap, self.redis_url), self.folder
+                    )
+                    for c in cases
+                }
+                self.outcomes = {c: f.result() for c, f in futures.items()}
+            print(f"\n{len(cases)} learner runs in {time.monotonic() - started:.0f} s")
+            for c, o in self.outcomes.items():
+                print(f"  {c.name}: {o.took_s:.0f} s, marker {o.marker!r}, learnt {o.learnt}")
+        return self.outcomes[case]
+
+
+@pytest.fixture(scope="module")
+def sweep(
+    request: pytest.FixtureRequest,
+    kafka_bootstrap: str,
+    redis_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Sweep]:
+    selected = [
+        item.callspec.params["case"]
+        for item in request.session.items
+        if getattr(item, "module", None) is request.module and hasattr(item, "callspec")
+    ]
+    yield Sweep(kafka_bootstrap, redis_url, tmp_path_factory.mktemp("learner-crash"), selected)
+
+
+@pytest.mark.parametrize("case", [CLEAN, *CASES], ids=lambda case: case.name)
+def test_learner_crashed_at_a_point_then_restarted_learns_each_label_once(
+    sweep: Sweep, case: Case
+) -> None:
+    outcome, clean = sweep.outcome(case), sweep.outcome(CLEAN)
+    s = outcome.settings
+    assert outcome.error == "", f"{case.name}: {outcome.error} (log: {outcome.log})"
+    n = CARDS * PER_CARD
+    frauds = sum((c * PER_CARD + i) % 8 == 3 for i in range(PER_CARD) for c in range(CARDS))
+    assert outcome.learnt == (n, frauds), "a label lost or learnt twice"
+    if case.point:
+        assert outcome.crash_code == 137, f"exit, log: {outcome.log}"
+        assert outcome.marker.split()[:2] == [case.point, str(case.nth)]
+        assert outcome.terminals == clean.terminals, "terminal label counts differ"
+        assert outcome.card_flags == clean.card_flags, "card records' label flags differ"
+    else:
+        # Every label counted at its terminal once, every record flagged once.
+        labels = sum(b[2] for buckets in outcome.terminals.values() for b in buckets)
+        fraud_labels = sum(b[3] for buckets in outcome.terminals.values() for b in buckets)
+        assert (labels, fraud_labels) == (n, frauds)
+        flags = b"".join(outcome.card_flags.values())
+        assert len(flags) == n and all(f & 4 for f in flags)
+        assert sum(f & 1 for f in flags) == frauds
+    assert read_all(s.bootstrap_servers, s.topic_labels_dlq) == [], "dead letters"
