@@ -897,6 +897,16 @@ class Application:
                     checkpoint.commit()
                     waits.durable()
                     self._after_publish(learner)
+                elif learner.labels_since_publish == 0 and (
+                    checkpoint.pending() or waits.settled()
+                ):
+                    # Nothing learnt waits for a version: these records were
+                    # duplicates, dead letters (delivered before the commit) or
+                    # labels parked to wait. Committed now, or a quiet feed would
+                    # leave them uncommitted (lag that never drains) until the
+                    # next label is learnt.
+                    checkpoint.commit()
+                    waits.durable()
             except Exception:
                 waits.forget()
                 raise
@@ -909,9 +919,14 @@ class Application:
                 raise
             log.warning("learner: last version not published at stop (%s); relearnt at start", exc)
             return
-        if published is not None and self._final_commit(loop):
+        # Nothing learnt unpublished (the version just published, or none to publish):
+        # what was done is durable once committed.
+        if (published is not None or learner.labels_since_publish == 0) and self._final_commit(
+            loop
+        ):
             waits.durable()
-            self._after_publish(learner)
+            if published is not None:
+                self._after_publish(learner)
 
     def _final_commit(self, loop: ConsumeLoop) -> bool:
         """Commit what is done and wait (at stop); a dependency away only costs a replay."""

@@ -236,6 +236,10 @@ class LabelWaits:
         self._settled.update(due[i].member for i in outcome.settled)
         return outcome
 
+    def settled(self) -> int:
+        """Labels settled (learnt or dead-lettered) and not taken off yet (:meth:`durable`)."""
+        return len(self._settled)
+
     def waiting(self) -> int:
         """Labels waiting and not settled."""
         return self.store.count() - len(self._settled)

@@ -27,15 +27,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from kafka import KafkaProducer
 
 from fraudstream.service.checkpoint import Checkpoint
 from fraudstream.service.features.cluster_store import ClusterFeatureStore
 from fraudstream.service.features.redis_store import RedisFeatureStore, _Script
 from fraudstream.service.kafka.clients import DeliveryTracker
+from fraudstream.service.label_pipeline import LabelPipeline
 from fraudstream.service.learner import Learner
 from fraudstream.service.registry import ModelRegistry
 from fraudstream.service.snapshots import SnapshotSender, SnapshotStore
+from fraudstream.service.waiting_labels import WaitingLabels
 
 #: Longest wait for a reply to reach the socket before crashing without it.
 _REPLY_WAIT_S = 10.0
@@ -157,9 +160,17 @@ def _wait_for_reply(_: object, connection: Any) -> None:
     _replied(connection)
 
 
-def _some_labels(_: Learner, labels: Any, *__: Any) -> bool:
-    """A batch with labels (not a look at waiting labels that found none)."""
-    return bool(labels)
+def _some(_: object, items: Any, *__: Any) -> bool:
+    """Called with something (records, members) to act on."""
+    return bool(items)
+
+
+def _learns_waiting(pipeline: LabelPipeline, records: Any, deadlines: Any = None) -> bool:
+    """A look at waiting labels, some of which have their snapshot now (they are learnt)."""
+    if not deadlines:
+        return False
+    ids = [orjson.loads(r.value or b"{}").get("transaction_id", "") for r in records]
+    return any(s is not None for s in pipeline.learner.snapshots.get_many(ids))
 
 
 def _cards_round(store: ClusterFeatureStore, calls: Any, *_: Any, **__: Any) -> bool:
@@ -218,8 +229,14 @@ POINTS: dict[str, Point] = {
     # offsets committed)
     "labels-claimed": Point(SnapshotStore, "claim_many", "after"),
     "labels-recorded": Point(RedisFeatureStore, "record_labels", "after"),
-    "labels-learnt": Point(Learner, "learn_many", "after", _some_labels),
+    "labels-learnt": Point(Learner, "learn_many", "after", _some),
     "version-published": Point(ModelRegistry, "publish", "after"),
+    # (j) labels that came before their snapshot: parked in Redis to wait; learnt
+    # once their snapshot is there; taken off once the version that learnt them is
+    # published and its offsets committed
+    "labels-waiting": Point(WaitingLabels, "add", "after", _some),
+    "waiting-labels-learnt": Point(LabelPipeline, "process", "after", _learns_waiting),
+    "waiting-labels-removed": Point(WaitingLabels, "remove", "before", _some),
 }
 
 

@@ -12,8 +12,10 @@ offsets committed. A normal learner then goes on to the end, and the case checks
 against a run without a crash: the newest version learnt every label once
 (``labels_learnt``, ``frauds_learnt``), each terminal day counts each label once
 (labels and frauds), each card record carries its label once, and nothing went
-to the labels' dead-letter topic. Labels are sent twice too (at once, and much
-later), as a label feed redelivers them.
+to the labels' dead-letter topic, and no label is left waiting. Labels are sent
+twice too (at once, and much later), as a label feed redelivers them; in some
+cases the labels of the last transactions come first and wait in Redis for
+their snapshots (crashes while they are parked, learnt, taken off).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from fraudstream.service.redis_client import redis_client
 from fraudstream.service.registry import ModelRegistry
 from fraudstream.service.settings import Settings
 from fraudstream.service.stores import snapshot_store
+from fraudstream.service.waiting_labels import WaitingLabels
 
 pytestmark = pytest.mark.slow
 
@@ -63,10 +66,18 @@ class Case:
 
     point: str = ""
     nth: int = 3
+    #: The labels of the last transactions come before them: they wait for their snapshots.
+    waiting: bool = False
 
     @property
     def name(self) -> str:
-        return f"learner-{self.point or 'clean'}" + (f"-call-{self.nth}" if self.nth != 3 else "")
+        name = f"learner-{self.point or 'clean'}" + (f"-call-{self.nth}" if self.nth != 3 else "")
+        return name + ("-waiting" if self.waiting else "")
+
+    @property
+    def clean(self) -> Case:
+        """The run without a crash this case is compared with."""
+        return Case(waiting=self.waiting)
 
 
 CLEAN = Case()
@@ -79,7 +90,13 @@ CASES = [
     Case("commit-confirmed", nth=2),
     Case("labels-recorded", nth=1),
     Case("version-published", nth=1),
+    Case("labels-waiting", nth=1, waiting=True),
+    Case("waiting-labels-learnt", nth=1, waiting=True),
+    Case("waiting-labels-removed", nth=1, waiting=True),
+    Case("version-published", nth=4, waiting=True),
 ]
+#: Transactions scored only once the learner has parked their labels (``waiting`` cases).
+LATE = 40
 
 
 def _transactions() -> list[tuple[bytes, bytes]]:
@@ -148,6 +165,8 @@ class Outcome:
     terminals: dict[str, list[tuple[int, ...]]] = field(default_factory=dict)
     #: Per card: each record's flags byte, in history order.
     card_flags: dict[str, bytes] = field(default_factory=dict)
+    #: Labels still parked in Redis to wait for their snapshot at the end.
+    waiting_left: int = -1
 
 
 def _settings(case: Case, bootstrap: str, redis_url: str) -> Settings:
@@ -163,6 +182,7 @@ def _settings(case: Case, bootstrap: str, redis_url: str) -> Settings:
         publish_every_labels=BATCH,
         publish_every_s=1.0,
         min_labels_for_model=40,
+        label_wait_s=90,  # looked at again every 5 s
         model_margin_over_prior=-1.0,  # this is about counts, not quality
         session_timeout_ms=6000,
         metrics_port=0,
@@ -240,31 +260,47 @@ def _run(case: Case, settings: Settings, folder: Path) -> Outcome:
     registry = ModelRegistry(client, settings.redis_prefix, settings.model_signing_key)
     transactions, labels = _transactions(), _labels()
     ids = [orjson.loads(value)["transaction_id"] for _, value in transactions]
+    # In waiting cases the last transactions are sent once the learner has parked
+    # their labels, while the scorer runs on: they are scored under the learner.
+    late = LATE if case.waiting else 0
+    first, last = transactions[: len(transactions) - late], transactions[len(transactions) - late :]
+    waiting = WaitingLabels(client, settings.redis_prefix)
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def scored(these: list[tuple[bytes, bytes]]) -> Callable[[], bool]:
+        wanted = [orjson.loads(value)["transaction_id"] for _, value in these]
+        return lambda: all(s is not None for s in snapshots.get_many(wanted))
+
     try:
         Application(settings).ensure_topics()
-        _produce(settings.bootstrap_servers, settings.topic_transactions, transactions)
+        _produce(settings.bootstrap_servers, settings.topic_transactions, first)
         scorer = _spawn(settings, outcome.log, "scorer")
-        try:
-            _wait(
-                lambda: all(s is not None for s in snapshots.get_many(ids)),
-                150,
-                "every transaction scored",
-                scorer,
-            )
-        finally:
+        processes.append(scorer)
+        _wait(scored(first), 150, "every transaction scored", scorer)
+        if not late:
             _stop(scorer)
         _produce(settings.bootstrap_servers, settings.topic_labels, labels)
-        if case.point:
-            marker = folder / f"{case.name}.crashed"
-            crashing = _spawn(
-                settings, outcome.log, "learner", case.point, str(case.nth), str(marker)
+        marker = folder / f"{case.name}.crashed"
+        crash = [case.point, str(case.nth), str(marker)] if case.point else []
+        learner = _spawn(settings, outcome.log, "learner", *crash)
+        processes.append(learner)
+        if late:
+            # (A learner crashing while it parks them parks the rest once restarted.)
+            _wait(
+                lambda: waiting.count() >= late or learner.poll() is not None,
+                120,
+                "the late labels parked",
             )
+            _produce(settings.bootstrap_servers, settings.topic_transactions, last)
+            _wait(scored(last), 150, "the late transactions scored", scorer)
+        if case.point:
             try:
-                outcome.crash_code = crashing.wait(timeout=120)
+                outcome.crash_code = learner.wait(timeout=120)
             finally:
-                _stop(crashing)
+                _stop(learner)
             outcome.marker = marker.read_text().strip() if marker.exists() else ""
-        learner = _spawn(settings, outcome.log, "learner")
+            learner = _spawn(settings, outcome.log, "learner")
+            processes.append(learner)
         expected = len(ids)
 
         def done() -> bool:
@@ -274,19 +310,21 @@ def _run(case: Case, settings: Settings, folder: Path) -> Outcome:
             return bool(
                 learnt >= expected
                 and _lag(settings, settings.learner_group, settings.topic_labels) == 0
+                and waiting.count() == 0
             )
 
-        try:
-            _wait(done, 150, "every label learnt and committed", learner)
-            time.sleep(1.5)  # a label learnt twice has time to show in a version
-        finally:
-            _stop(learner)  # publishes what it learnt since its last version
+        _wait(done, 150, "every label learnt and committed, none left waiting", learner)
+        time.sleep(1.5)  # a label learnt twice has time to show in a version
+        _stop(learner)  # publishes what it learnt since its last version
         model = registry.load().model
         outcome.learnt = (model.labels_learnt, model.frauds_learnt)
         outcome.terminals, outcome.card_flags = _state(client, settings.redis_prefix)
+        outcome.waiting_left = waiting.count()
     except Exception as exc:
         outcome.error = f"{type(exc).__name__}: {exc}"
     finally:
+        for process in processes:
+            _stop(process)
         client.close()
         outcome.took_s = time.monotonic() - started
     return outcome
@@ -302,7 +340,7 @@ class Sweep:
 
     def outcome(self, case: Case) -> Outcome:
         if not self.outcomes:
-            cases = list(dict.fromkeys([CLEAN, *self.selected]))
+            cases = list(dict.fromkeys([CLEAN, *(c.clean for c in self.selected), *self.selected]))
             started = time.monotonic()
             with ThreadPoolExecutor(PARALLEL) as pool:
                 futures = {
@@ -333,11 +371,11 @@ def sweep(
     yield Sweep(kafka_bootstrap, redis_url, tmp_path_factory.mktemp("learner-crash"), selected)
 
 
-@pytest.mark.parametrize("case", [CLEAN, *CASES], ids=lambda case: case.name)
+@pytest.mark.parametrize("case", [CLEAN, Case(waiting=True), *CASES], ids=lambda case: case.name)
 def test_learner_crashed_at_a_point_then_restarted_learns_each_label_once(
     sweep: Sweep, case: Case
 ) -> None:
-    outcome, clean = sweep.outcome(case), sweep.outcome(CLEAN)
+    outcome, clean = sweep.outcome(case), sweep.outcome(case.clean)
     s = outcome.settings
     assert outcome.error == "", f"{case.name}: {outcome.error} (log: {outcome.log})"
     n = CARDS * PER_CARD
@@ -357,3 +395,4 @@ def test_learner_crashed_at_a_point_then_restarted_learns_each_label_once(
         assert len(flags) == n and all(f & 4 for f in flags)
         assert sum(f & 1 for f in flags) == frauds
     assert read_all(s.bootstrap_servers, s.topic_labels_dlq) == [], "dead letters"
+    assert outcome.waiting_left == 0, "labels left waiting though learnt"

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 import redis
-from conftest import AppUnderTest
+from conftest import AppUnderTest, committed_offsets
 
 from fraudstream.service.kafka.protocols import ConsumerRecord
 from fraudstream.service.registry import ModelRegistry
@@ -187,3 +187,69 @@ def test_labels_without_snapshot_malformed_or_contradicting_go_to_the_labels_dlq
     assert m.labels_rejected.labels("conflict")._value.get() == 1
     assert m.labels_rejected.labels("duplicate")._value.get() == 1
     assert m.labels_learnt._value.get() == 1
+
+
+def test_labels_that_teach_nothing_new_are_committed_without_a_new_version(
+    make_settings: Callable[..., Settings],
+    make_transaction: Callable[..., tuple[bytes, bytes]],
+    run_app: Callable[[Settings], AppUnderTest],
+    produce: Callable[..., None],
+    consume: Callable[..., list[ConsumerRecord]],
+    wait_for: Callable[..., None],
+    redis_url: str,
+) -> None:
+    """Duplicates and a malformed label alone, on a quiet feed: the learner's lag drains.
+
+    Offsets wait for the version that holds what was learnt; when nothing new was
+    learnt there is no version to wait for (found by the learner crash sweep: a
+    learner restarted after a crash relearnt its labels from the waiting set, then
+    re-read only duplicates, and its lag never drained).
+    """
+    settings = make_settings(
+        publish_every_labels=20,
+        publish_every_s=1.0,
+        min_labels_for_model=20,
+        model_margin_over_prior=-1.0,  # this is about offsets, not quality
+        publish_scores=True,
+    )
+    run_app(settings)
+    n = 30
+    produce(
+        settings.bootstrap_servers, settings.topic_transactions, _transactions(make_transaction, n)
+    )
+    consume(settings.bootstrap_servers, settings.topic_scores, at_least=n, timeout_s=180)
+    produce(settings.bootstrap_servers, settings.topic_labels, _labels(range(n)))
+    client = redis.Redis.from_url(redis_url)
+    registry = ModelRegistry(client, settings.redis_prefix, settings.model_signing_key)
+
+    def lag() -> int:
+        committed, ends = committed_offsets(
+            settings.model_copy(
+                update={
+                    "consumer_group": settings.learner_group,
+                    "topic_transactions": settings.topic_labels,
+                }
+            )
+        )
+        return sum(ends[tp] - committed[tp] for tp in ends)
+
+    try:
+        wait_for(
+            lambda: (
+                (registry.latest_version() or 0) > 0
+                and registry.load().model.labels_learnt == n
+                and lag() == 0
+            ),
+            180,
+            "every label learnt and committed",
+        )
+        version = registry.latest_version()
+        malformed = (b"k", b'{"transaction_id": "t1", "is_fraud": "perhaps"}')
+        produce(settings.bootstrap_servers, settings.topic_labels, [*_labels(range(10)), malformed])
+        wait_for(lambda: lag() == 0, 60, "the duplicates and the dead letter committed")
+        letters = consume(settings.bootstrap_servers, settings.topic_labels_dlq, at_least=1)
+        assert [r.value for r in letters] == [malformed[1]]
+        assert registry.latest_version() == version  # nothing new learnt, no new version
+        assert registry.load().model.labels_learnt == n
+    finally:
+        client.close()
