@@ -173,6 +173,11 @@ def _learns_waiting(pipeline: LabelPipeline, records: Any, deadlines: Any = None
     return any(s is not None for s in pipeline.learner.snapshots.get_many(ids))
 
 
+def _label_cards_round(store: ClusterFeatureStore, calls: Any, *_: Any, **__: Any) -> bool:
+    """A Redis Cluster round that ran the label card script (round 1 of a batch's labels)."""
+    return bool(calls) and calls[0][1][0][1] == store._label_card_script.source
+
+
 def _cards_round(store: ClusterFeatureStore, calls: Any, *_: Any, **__: Any) -> bool:
     """A Redis Cluster round that ran the card script (round 1 of a batch's features)."""
     return bool(calls) and calls[0][1][0][1] == store._card_script.source
@@ -237,6 +242,10 @@ POINTS: dict[str, Point] = {
     "labels-waiting": Point(WaitingLabels, "add", "after", _some),
     "waiting-labels-learnt": Point(LabelPipeline, "process", "after", _learns_waiting),
     "waiting-labels-removed": Point(WaitingLabels, "remove", "before", _some),
+    # (k) the learner on a Redis Cluster: a batch's labels flagged in the card
+    # histories (round 1; rounds 2-4 are (h)'s "rounds-terminals-counted" and
+    # "rounds-settled", which only labels reach in a learner)
+    "label-rounds-cards-flagged": Point(ClusterFeatureStore, "_run", "after", _label_cards_round),
 }
 
 

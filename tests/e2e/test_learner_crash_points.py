@@ -15,7 +15,8 @@ against a run without a crash: the newest version learnt every label once
 to the labels' dead-letter topic, and no label is left waiting. Labels are sent
 twice too (at once, and much later), as a label feed redelivers them; in some
 cases the labels of the last transactions come first and wait in Redis for
-their snapshots (crashes while they are parked, learnt, taken off).
+their snapshots (crashes while they are parked, learnt, taken off); in others
+the features are on a real Redis Cluster (crashes between the label rounds).
 """
 
 from __future__ import annotations
@@ -68,16 +69,18 @@ class Case:
     nth: int = 3
     #: The labels of the last transactions come before them: they wait for their snapshots.
     waiting: bool = False
+    #: On a real Redis Cluster (3 masters, 3 replicas).
+    cluster: bool = False
 
     @property
     def name(self) -> str:
         name = f"learner-{self.point or 'clean'}" + (f"-call-{self.nth}" if self.nth != 3 else "")
-        return name + ("-waiting" if self.waiting else "")
+        return name + ("-waiting" if self.waiting else "") + ("-cluster" if self.cluster else "")
 
     @property
     def clean(self) -> Case:
         """The run without a crash this case is compared with."""
-        return Case(waiting=self.waiting)
+        return Case(waiting=self.waiting, cluster=self.cluster)
 
 
 CLEAN = Case()
@@ -94,6 +97,11 @@ CASES = [
     Case("waiting-labels-learnt", nth=1, waiting=True),
     Case("waiting-labels-removed", nth=1, waiting=True),
     Case("version-published", nth=4, waiting=True),
+    # Between the label rounds on a cluster (flags written, terminals counted, settled).
+    Case("label-rounds-cards-flagged", cluster=True),
+    Case("rounds-terminals-counted", cluster=True),
+    Case("rounds-settled", cluster=True),
+    Case("labels-learnt", cluster=True),
 ]
 #: Transactions scored only once the learner has parked their labels (``waiting`` cases).
 LATE = 40
@@ -175,6 +183,7 @@ def _settings(case: Case, bootstrap: str, redis_url: str) -> Settings:
         _env_file=None,
         bootstrap_servers=bootstrap,
         redis_url=redis_url,
+        redis_cluster=case.cluster,
         redis_prefix=f"lp{abs(hash(tag)) % 10**10}",
         **isolated_names(lambda role: f"{role}-{tag}"),
         topic_partitions=1,
@@ -333,8 +342,11 @@ def _run(case: Case, settings: Settings, folder: Path) -> Outcome:
 class Sweep:
     """Runs the selected cases and the clean run at once, lazily."""
 
-    def __init__(self, bootstrap: str, redis_url: str, folder: Path, selected: list[Case]):
-        self.bootstrap, self.redis_url, self.folder = bootstrap, redis_url, folder
+    def __init__(
+        self, bootstrap: str, redis_urls: tuple[str, str], folder: Path, selected: list[Case]
+    ):
+        """``redis_urls``: a node's, and a cluster's ('' when no selected case needs one)."""
+        self.bootstrap, self.redis_urls, self.folder = bootstrap, redis_urls, folder
         self.selected = selected
         self.outcomes: dict[Case, Outcome] = {}
 
@@ -345,7 +357,10 @@ class Sweep:
             with ThreadPoolExecutor(PARALLEL) as pool:
                 futures = {
                     c: pool.submit(
-                        _run, c, _settings(c, self.bootstrap, self.redis_url), self.folder
+                        _run,
+                        c,
+                        _settings(c, self.bootstrap, self.redis_urls[c.cluster]),
+                        self.folder,
                     )
                     for c in cases
                 }
@@ -368,10 +383,21 @@ def sweep(
         for item in request.session.items
         if getattr(item, "module", None) is request.module and hasattr(item, "callspec")
     ]
-    yield Sweep(kafka_bootstrap, redis_url, tmp_path_factory.mktemp("learner-crash"), selected)
+    # The cluster is started only when a selected case runs on one.
+    cluster_url = (
+        request.getfixturevalue("redis_cluster_url") if any(c.cluster for c in selected) else ""
+    )
+    yield Sweep(
+        kafka_bootstrap,
+        (redis_url, cluster_url),
+        tmp_path_factory.mktemp("learner-crash"),
+        selected,
+    )
 
 
-@pytest.mark.parametrize("case", [CLEAN, Case(waiting=True), *CASES], ids=lambda case: case.name)
+@pytest.mark.parametrize(
+    "case", [CLEAN, Case(waiting=True), Case(cluster=True), *CASES], ids=lambda case: case.name
+)
 def test_learner_crashed_at_a_point_then_restarted_learns_each_label_once(
     sweep: Sweep, case: Case
 ) -> None:
@@ -396,3 +422,14 @@ def test_learner_crashed_at_a_point_then_restarted_learns_each_label_once(
         assert sum(f & 1 for f in flags) == frauds
     assert read_all(s.bootstrap_servers, s.topic_labels_dlq) == [], "dead letters"
     assert outcome.waiting_left == 0, "labels left waiting though learnt"
+
+
+@pytest.mark.parametrize("case", [Case(cluster=True)], ids=lambda case: case.name)
+def test_the_clean_run_on_a_cluster_counts_the_labels_as_a_single_node_does(
+    sweep: Sweep, case: Case
+) -> None:
+    node, cluster = sweep.outcome(CLEAN), sweep.outcome(case)
+    assert node.error == cluster.error == ""
+    assert cluster.learnt == node.learnt
+    assert cluster.terminals == node.terminals
+    assert cluster.card_flags == node.card_flags
