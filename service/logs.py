@@ -141,7 +141,7 @@ class KafkaLogThrottle(logging.Filter):
     """kafka-python's repeated lines: one per logger and message every ``every_s``.
 
     While a broker is away, kafka-python logs every reconnection attempt,
-    metadata refresh and coordinator lookup, each time (about 17 lines a second
+    metadata refresh and coordinator lookup, each time (about ten lines a second
     from one scorer, measured); the service's own lines, which say what it does
     about it, drown. The first line of each kind (logger and message template)
     passes, then one every ``every_s``, saying how many like it were dropped in

@@ -334,7 +334,7 @@ class Settings(BaseSettings):
         "predecessor's open transaction at once; serve --scorers N gives its scorers this id "
         "with -1 .. -N appended. Empty: a random id per process; a killed "
         "scorer's open transaction then holds read_committed readers back until it times out "
-        "(60 s).",
+        "(FRAUDSTREAM_TRANSACTION_TIMEOUT_S).",
     )
     transaction_timeout_s: Annotated[float, Field(ge=1, le=900)] = Field(
         60.0,
