@@ -448,14 +448,54 @@ def spawn_service(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[byt
         return process
 
     yield spawn
+    stop_processes(processes)
+
+
+def spawn_serve(settings: Settings, log: Path, role: str, *crash: str) -> subprocess.Popen[bytes]:
+    """``fraudstream serve --role ROLE`` as a process of its own, appending to ``log``.
+
+    With ``crash`` (``POINT N MARKER``) it runs through ``tests/crash_at.py``,
+    which ends it at that point of its loop.
+    """
+    import sys
+
+    command = ["tests/crash_at.py", *crash] if crash else ["-m", "fraudstream", "serve"]
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, *command, "--role", role],
+            env=settings_env(settings, PYTHONPATH=str(REPO_ROOT / "tests")),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+        )
+
+
+def stop_processes(processes: Sequence[subprocess.Popen[bytes]], timeout_s: float = 60.0) -> None:
+    """SIGTERM each process still running, then wait for each; one that outlives it is killed."""
     for process in processes:
         if process.poll() is None:
             process.terminate()
     for process in processes:
         try:
-            process.wait(timeout=60)
+            process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             process.kill()
+            process.wait()
+
+
+def sweep_selection(request: pytest.FixtureRequest) -> tuple[list[Any], str]:
+    """The cases of a crash sweep's selected tests (its module's parametrized ``case``).
+
+    With a Redis Cluster's URL when one of them runs on one (``case.cluster``;
+    the cluster is started only then), else ''.
+    """
+    selected = [
+        item.callspec.params["case"]
+        for item in request.session.items
+        if getattr(item, "module", None) is request.module and hasattr(item, "callspec")
+    ]
+    needs_cluster = any(getattr(case, "cluster", False) for case in selected)
+    return selected, request.getfixturevalue("redis_cluster_url") if needs_cluster else ""
 
 
 def _group_members(bootstrap: str, group: str) -> dict[str, int]:

@@ -34,7 +34,6 @@ each.
 from __future__ import annotations
 
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -50,13 +49,14 @@ import orjson
 import pytest
 import redis
 from conftest import (
-    REPO_ROOT,
     _produce,
     _transaction,
     committed_offsets,
     isolated_names,
     read_all,
-    settings_env,
+    spawn_serve,
+    stop_processes,
+    sweep_selection,
 )
 
 from fraudstream.service.app import Application
@@ -319,19 +319,11 @@ def _settings(case: Case, bootstrap: str, redis_url: str) -> Settings:
 
 def _spawn(settings: Settings, log: Path, *crash: str, scorer: int = 0) -> subprocess.Popen[bytes]:
     """Scorer number ``scorer`` of the case (its own transactional id, kept on restarts)."""
-    command = ["tests/crash_at.py", *crash] if crash else ["-m", "fraudstream", "serve"]
     if scorer:
         settings = settings.model_copy(
             update={"transactional_id": f"{settings.transactional_id}-{scorer}"}
         )
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, *command, "--role", "scorer"],
-            env=settings_env(settings, PYTHONPATH=str(REPO_ROOT / "tests")),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=REPO_ROOT,
-        )
+    return spawn_serve(settings, log, "scorer", *crash)
 
 
 def _group_lag(settings: Settings) -> int:
@@ -408,15 +400,7 @@ def _drain(
                 raise AssertionError(f"not drained in 150 s: {missing} transactions unscored")
             time.sleep(0.3)
     finally:
-        for scorer in scorers:
-            if scorer.poll() is None:
-                scorer.terminate()
-        for scorer in scorers:
-            try:
-                scorer.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                scorer.kill()
-                scorer.wait()
+        stop_processes(scorers)
 
 
 def _run(
@@ -515,15 +499,7 @@ def sweep(
     redis_url: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Sweep]:
-    selected = [
-        item.callspec.params["case"]
-        for item in request.session.items
-        if getattr(item, "module", None) is request.module and hasattr(item, "callspec")
-    ]
-    # The cluster is started only when a selected case runs on one.
-    cluster_url = (
-        request.getfixturevalue("redis_cluster_url") if any(c.cluster for c in selected) else ""
-    )
+    selected, cluster_url = sweep_selection(request)
     yield Sweep(
         kafka_bootstrap,
         (redis_url, cluster_url),

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import functools
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -12,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
-from conftest import REPO_ROOT, AppUnderTest, settings_env
+from conftest import AppUnderTest, spawn_serve, stop_processes
 
 from fraudstream.service.kafka.protocols import ConsumerRecord
 from fraudstream.service.settings import Settings
@@ -121,25 +119,11 @@ def test_a_scorer_lost_inside_its_transaction_holds_the_group_until_the_timeout_
     )
     logs = [tmp_path / "lost.log", tmp_path / "survivor.log"]
     marker = tmp_path / "crashed"
-    commands = [
-        ["tests/crash_at.py", "offsets-in-transaction", "2", str(marker)],
-        ["-m", "fraudstream", "serve"],
+    crashes = [["offsets-in-transaction", "2", str(marker)], []]
+    processes = [
+        spawn_serve(settings.model_copy(update={"client_id": f"fs{j}"}), path, "scorer", *crash)
+        for j, (crash, path) in enumerate(zip(crashes, logs, strict=True))
     ]
-    processes = []
-    for j, (command, path) in enumerate(zip(commands, logs, strict=True)):
-        with path.open("wb") as out:
-            processes.append(
-                subprocess.Popen(
-                    [sys.executable, *command, "--role", "scorer"],
-                    env=settings_env(
-                        settings.model_copy(update={"client_id": f"fs{j}"}),
-                        PYTHONPATH=str(REPO_ROOT / "tests"),
-                    ),
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    cwd=REPO_ROOT,
-                )
-            )
     lost, survivor = processes
     try:
         bootstrap = settings.bootstrap_servers
@@ -177,11 +161,4 @@ def test_a_scorer_lost_inside_its_transaction_holds_the_group_until_the_timeout_
         assert "are held by an open transaction of a scorer that stopped" in said, said[-3000:]
         assert "ERROR kafka.coordinator.consumer" not in said, said[-3000:]
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(processes)

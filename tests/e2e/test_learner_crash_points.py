@@ -22,7 +22,6 @@ the features are on a real Redis Cluster (crashes between the label rounds).
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -36,13 +35,14 @@ import orjson
 import pytest
 import redis
 from conftest import (
-    REPO_ROOT,
     _produce,
     _transaction,
     committed_offsets,
     isolated_names,
     read_all,
-    settings_env,
+    spawn_serve,
+    stop_processes,
+    sweep_selection,
 )
 
 from fraudstream.service.app import Application
@@ -198,28 +198,6 @@ def _settings(case: Case, bootstrap: str, redis_url: str) -> Settings:
     )
 
 
-def _spawn(settings: Settings, log: Path, role: str, *crash: str) -> subprocess.Popen[bytes]:
-    command = ["tests/crash_at.py", *crash] if crash else ["-m", "fraudstream", "serve"]
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, *command, "--role", role],
-            env=settings_env(settings, PYTHONPATH=str(REPO_ROOT / "tests")),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=REPO_ROOT,
-        )
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-    try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 def _lag(settings: Settings, group: str, topic: str) -> int:
     committed, ends = committed_offsets(
         settings.model_copy(update={"consumer_group": group, "topic_transactions": topic})
@@ -283,15 +261,15 @@ def _run(case: Case, settings: Settings, folder: Path) -> Outcome:
     try:
         Application(settings).ensure_topics()
         _produce(settings.bootstrap_servers, settings.topic_transactions, first)
-        scorer = _spawn(settings, outcome.log, "scorer")
+        scorer = spawn_serve(settings, outcome.log, "scorer")
         processes.append(scorer)
         _wait(scored(first), 150, "every transaction scored", scorer)
         if not late:
-            _stop(scorer)
+            stop_processes([scorer])
         _produce(settings.bootstrap_servers, settings.topic_labels, labels)
         marker = folder / f"{case.name}.crashed"
         crash = [case.point, str(case.nth), str(marker)] if case.point else []
-        learner = _spawn(settings, outcome.log, "learner", *crash)
+        learner = spawn_serve(settings, outcome.log, "learner", *crash)
         processes.append(learner)
         if late:
             # (A learner crashing while it parks them parks the rest once restarted.)
@@ -306,9 +284,9 @@ def _run(case: Case, settings: Settings, folder: Path) -> Outcome:
             try:
                 outcome.crash_code = learner.wait(timeout=120)
             finally:
-                _stop(learner)
+                stop_processes([learner])
             outcome.marker = marker.read_text().strip() if marker.exists() else ""
-            learner = _spawn(settings, outcome.log, "learner")
+            learner = spawn_serve(settings, outcome.log, "learner")
             processes.append(learner)
         expected = len(ids)
 
@@ -324,7 +302,7 @@ def _run(case: Case, settings: Settings, folder: Path) -> Outcome:
 
         _wait(done, 150, "every label learnt and committed, none left waiting", learner)
         time.sleep(1.5)  # a label learnt twice has time to show in a version
-        _stop(learner)  # publishes what it learnt since its last version
+        stop_processes([learner])  # publishes what it learnt since its last version
         model = registry.load().model
         outcome.learnt = (model.labels_learnt, model.frauds_learnt)
         outcome.terminals, outcome.card_flags = _state(client, settings.redis_prefix)
@@ -332,8 +310,7 @@ def _run(case: Case, settings: Settings, folder: Path) -> Outcome:
     except Exception as exc:
         outcome.error = f"{type(exc).__name__}: {exc}"
     finally:
-        for process in processes:
-            _stop(process)
+        stop_processes(processes)
         client.close()
         outcome.took_s = time.monotonic() - started
     return outcome
@@ -378,15 +355,7 @@ def sweep(
     redis_url: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Sweep]:
-    selected = [
-        item.callspec.params["case"]
-        for item in request.session.items
-        if getattr(item, "module", None) is request.module and hasattr(item, "callspec")
-    ]
-    # The cluster is started only when a selected case runs on one.
-    cluster_url = (
-        request.getfixturevalue("redis_cluster_url") if any(c.cluster for c in selected) else ""
-    )
+    selected, cluster_url = sweep_selection(request)
     yield Sweep(
         kafka_bootstrap,
         (redis_url, cluster_url),

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-from conftest import isolated_names, settings_env
+from conftest import isolated_names, settings_env, stop_processes
 from kafka_extras import delivered
 
 from fraudstream.devstack import free_port
@@ -140,12 +140,7 @@ def running(
             time.sleep(0.5)
         yield Running(settings, url, log, process, stats.transactions)
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes([process])
 
 
 def test_every_metric_a_dashboard_panel_queries_exists(running: Running) -> None:
