@@ -9,6 +9,7 @@ import dataclasses
 from collections.abc import Callable
 
 import numpy as np
+import pytest
 
 from fraudstream.evaluation.prequential import ReplayConfig, replay
 from fraudstream.evaluation.stream import LabelledStream
@@ -20,6 +21,7 @@ from fraudstream.service.serving import ServingPolicy
 from fraudstream.service.settings import Settings
 
 
+@pytest.mark.slow  # ~20 s; the evaluation tooling, not the service: opt-in (-m slow)
 def test_in_process_and_kafka_agree(
     make_settings: Callable[..., Settings], kafka_bootstrap: str, redis_url: str, redis_prefix: str
 ) -> None:

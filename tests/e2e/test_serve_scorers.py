@@ -23,7 +23,10 @@ from fraudstream.service.settings import Settings
 START = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
 
 
-@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+# At-least-once is opt-in (-m slow): exactly-once checks the same and its own ids too.
+@pytest.mark.parametrize(
+    "guarantee", [pytest.param("at_least_once", marks=pytest.mark.slow), "exactly_once"]
+)
 def test_serve_with_two_scorers_scores_each_transaction_once_and_stops_on_sigterm(
     guarantee: str,
     make_settings: Callable[..., Settings],
