@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
+import pytest
 from conftest import AppUnderTest, spawn_serve, stop_processes
 
 from fraudstream.service.kafka.protocols import ConsumerRecord
@@ -91,6 +92,7 @@ def test_a_scorer_fenced_by_another_with_its_transactional_id_stops_with_one_cle
     assert first.ready()[0] is False
 
 
+@pytest.mark.slow  # ~30 s, most of it the broker's wait for the timeout: opt-in (-m slow)
 def test_a_scorer_lost_inside_its_transaction_holds_the_group_until_the_timeout_and_says_why(
     make_settings: Callable[..., Settings],
     make_transaction: Callable[..., tuple[bytes, bytes]],
