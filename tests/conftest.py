@@ -647,14 +647,19 @@ def counting_problems(redis_url: str) -> Iterator[Callable[..., list[str]]]:
 
 
 def committed_offsets(
-    settings: Settings,
+    settings: Settings, *, learner: bool = False
 ) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
-    """The scorer group's committed offset and the end offset of each ``transactions`` partition."""
+    """The scorer group's committed offset and the end offset of each ``transactions`` partition.
+
+    With ``learner``: the learner group's, on ``labels``.
+    """
     from fraudstream.service.kafka import make_consumer
 
-    topic = settings.topic_transactions
+    topic = settings.topic_labels if learner else settings.topic_transactions
     group = make_consumer(
-        settings.bootstrap_servers, client_id="test-committed", group_id=settings.consumer_group
+        settings.bootstrap_servers,
+        client_id="test-committed",
+        group_id=settings.learner_group if learner else settings.consumer_group,
     )
     try:
         partitions = [TopicPartition(topic, p) for p in group.partitions_for_topic(topic) or ()]
@@ -666,15 +671,22 @@ def committed_offsets(
         group.close(autocommit=False)
 
 
+def lag_of(settings: Settings, *, learner: bool = False) -> int:
+    """Records beyond the scorer group's commits on ``transactions`` (-1: no partition yet).
+
+    With ``learner``: beyond the learner group's, on ``labels``.
+    """
+    committed, ends = committed_offsets(settings, learner=learner)
+    return sum(ends[tp] - committed[tp] for tp in ends) if ends else -1
+
+
 @pytest.fixture
 def group_lag() -> Callable[[Settings], int]:
-    """``group_lag(settings)``: records of ``transactions`` beyond the scorer group's commits."""
+    """``group_lag(settings)``: records of ``transactions`` beyond the scorer group's commits.
 
-    def lag(settings: Settings) -> int:
-        committed, ends = committed_offsets(settings)
-        return sum(ends[tp] - committed[tp] for tp in ends)
-
-    return lag
+    0 before the topic has partitions.
+    """
+    return lambda settings: max(lag_of(settings), 0)
 
 
 @pytest.fixture

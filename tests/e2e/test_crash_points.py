@@ -53,6 +53,7 @@ from conftest import (
     _transaction,
     committed_offsets,
     isolated_names,
+    lag_of,
     read_all,
     spawn_serve,
     stop_processes,
@@ -326,11 +327,6 @@ def _spawn(settings: Settings, log: Path, *crash: str, scorer: int = 0) -> subpr
     return spawn_serve(settings, log, "scorer", *crash)
 
 
-def _group_lag(settings: Settings) -> int:
-    committed, ends = committed_offsets(settings)
-    return sum(ends[tp] - committed[tp] for tp in ends) if ends else -1
-
-
 def _claimed_without_snapshot(
     client: redis.Redis, snapshots: SnapshotStore, ids: list[str]
 ) -> set[str]:
@@ -390,7 +386,7 @@ def _drain(
         deadline = time.monotonic() + 150
         while True:
             got = snapshots.get_many(ids)
-            if all(s is not None for s in got) and _group_lag(outcome.settings) == 0:
+            if all(s is not None for s in got) and lag_of(outcome.settings) == 0:
                 return {tx: s for tx, s in zip(ids, got, strict=True) if s is not None}
             for scorer in scorers:
                 if scorer.poll() is not None:
@@ -579,7 +575,7 @@ def _check(sweep: Sweep, case: Case) -> None:
     ids = _ids(stream)
     assert sorted(outcome.snapshots) == sorted(set(ids)), "a transaction was never scored"
     assert _check_counts(outcome, stream) == [], "not counted exactly once"
-    assert _group_lag(s) == 0
+    assert lag_of(s) == 0
     assert read_all(s.bootstrap_servers, s.topic_transactions_dlq) == [], "dead letters"
     if case.guarantee == EOS:
         alerts = read_all(s.bootstrap_servers, s.topic_alerts, read_committed=True)

@@ -37,8 +37,8 @@ import redis
 from conftest import (
     _produce,
     _transaction,
-    committed_offsets,
     isolated_names,
+    lag_of,
     read_all,
     spawn_serve,
     stop_processes,
@@ -198,13 +198,6 @@ def _settings(case: Case, bootstrap: str, redis_url: str) -> Settings:
     )
 
 
-def _lag(settings: Settings, group: str, topic: str) -> int:
-    committed, ends = committed_offsets(
-        settings.model_copy(update={"consumer_group": group, "topic_transactions": topic})
-    )
-    return sum(ends[tp] - committed[tp] for tp in ends) if ends else -1
-
-
 def _wait(
     predicate: Callable[[], bool],
     timeout_s: float,
@@ -295,9 +288,7 @@ def _run(case: Case, settings: Settings, folder: Path) -> Outcome:
                 return False
             learnt = registry.load().model.labels_learnt
             return bool(
-                learnt >= expected
-                and _lag(settings, settings.learner_group, settings.topic_labels) == 0
-                and waiting.count() == 0
+                learnt >= expected and lag_of(settings, learner=True) == 0 and waiting.count() == 0
             )
 
         _wait(done, 150, "every label learnt and committed, none left waiting", learner)

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 import redis
-from conftest import AppUnderTest, committed_offsets
+from conftest import AppUnderTest, lag_of
 
 from fraudstream.service.kafka.protocols import ConsumerRecord
 from fraudstream.service.registry import ModelRegistry
@@ -222,23 +222,12 @@ def test_labels_that_teach_nothing_new_are_committed_without_a_new_version(
     client = redis.Redis.from_url(redis_url)
     registry = ModelRegistry(client, settings.redis_prefix, settings.model_signing_key)
 
-    def lag() -> int:
-        committed, ends = committed_offsets(
-            settings.model_copy(
-                update={
-                    "consumer_group": settings.learner_group,
-                    "topic_transactions": settings.topic_labels,
-                }
-            )
-        )
-        return sum(ends[tp] - committed[tp] for tp in ends)
-
     try:
         wait_for(
             lambda: (
                 (registry.latest_version() or 0) > 0
                 and registry.load().model.labels_learnt == n
-                and lag() == 0
+                and lag_of(settings, learner=True) == 0
             ),
             180,
             "every label learnt and committed",
@@ -246,7 +235,11 @@ def test_labels_that_teach_nothing_new_are_committed_without_a_new_version(
         version = registry.latest_version()
         malformed = (b"k", b'{"transaction_id": "t1", "is_fraud": "perhaps"}')
         produce(settings.bootstrap_servers, settings.topic_labels, [*_labels(range(10)), malformed])
-        wait_for(lambda: lag() == 0, 60, "the duplicates and the dead letter committed")
+        wait_for(
+            lambda: lag_of(settings, learner=True) == 0,
+            60,
+            "the duplicates and the dead letter committed",
+        )
         letters = consume(settings.bootstrap_servers, settings.topic_labels_dlq, at_least=1)
         assert [r.value for r in letters] == [malformed[1]]
         assert registry.latest_version() == version  # nothing new learnt, no new version
