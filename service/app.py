@@ -65,6 +65,7 @@ from fraudstream.service.kafka import (
 from fraudstream.service.kafka.protocols import Consumer, Producer
 from fraudstream.service.label_pipeline import LabelBatchOutcome, LabelPipeline
 from fraudstream.service.learner import Learner
+from fraudstream.service.learner_lease import LearnerLease, holder_name
 from fraudstream.service.loop import ConsumeLoop, LoopHealth, Polled, backoff_s
 from fraudstream.service.metrics import HealthServer, Metrics
 from fraudstream.service.model_watcher import ModelWatcher
@@ -297,19 +298,22 @@ class Application:
             features = self._prepare(stack)
             if features is None:
                 return  # stopped while waiting for a dependency
-            loops = self._starting("joining kafka", lambda: self._enter_loops(stack))
-            if loops is None:
-                return  # stopped while waiting for kafka
-            learner_loop, scorer_loop = loops
+            role = Role(s.role)
+            scorer_loop = None
+            if role is not Role.LEARNER:
+                scorer_loop = self._starting("joining kafka", lambda: self._scorer_loop(stack))
+                if scorer_loop is None:
+                    return  # stopped while waiting for kafka
             if s.gc_threshold:
                 # A batch allocates thousands of short-lived objects (records, models, rows).
                 _, older, oldest = gc.get_threshold()
                 gc.set_threshold(s.gc_threshold, older, oldest)
             self._phase = "running"
             threads: list[threading.Thread] = []
-            if learner_loop is not None:
+            if role is not Role.SCORER:
+                # It joins the labels' group once it holds the learner lease.
                 learner = threading.Thread(
-                    target=self._guard(self._learn, learner_loop, features),
+                    target=self._guard(self._learn, stack, features),
                     name="learner",
                     daemon=True,
                 )
@@ -372,16 +376,6 @@ class Application:
                 exact_replays=s.exact_replays,
             ),
         )
-
-    def _enter_loops(
-        self, stack: contextlib.ExitStack
-    ) -> tuple[ConsumeLoop | None, ConsumeLoop | None]:
-        """The learner's and the scorer's loops, of those the role runs."""
-        role = Role(self.settings.role)
-        self._loops.clear()  # of an attempt that failed half way (its clients are closed at exit)
-        learner = self._learner_loop(stack) if role is not Role.SCORER else None
-        scorer = self._scorer_loop(stack) if role is not Role.LEARNER else None
-        return learner, scorer
 
     def _guard(self, loop: Callable[..., None], *args: Any) -> Callable[[], None]:
         def run() -> None:
@@ -857,14 +851,59 @@ class Application:
 
     # -- learner --------------------------------------------------------------
 
-    def _learn(self, loop: ConsumeLoop, features: RedisFeatureStore) -> None:
+    def _learn(self, stack: contextlib.ExitStack, features: RedisFeatureStore) -> None:
+        """The learner: the lease, then its loop; gives the lease up when it ends."""
+        s = self.settings
+        assert self._redis is not None
+        lease = LearnerLease(
+            self._redis, s.redis_prefix, holder_name(s.client_id), s.learner_lease_s
+        )
+        if not self._take_lease(lease):
+            return  # stopped on standby
+        try:
+            loop = self._starting("learner: joining kafka", lambda: self._learner_loop(stack))
+            if loop is not None:
+                self._learn_labels(loop, features, lease)
+        finally:
+            self.metrics.learner_active.set(0)
+            try:
+                lease.give_up()
+            except Exception as exc:  # it expires instead
+                log.warning("learner: lease not given up (%s); it expires", exc)
+
+    def _take_lease(self, lease: LearnerLease) -> bool:
+        """Stand by until this learner holds the lease (``False``: stopped meanwhile)."""
+        standing_by = ""
+        while not self.stopping.is_set():
+            held = self._starting("learner: taking the lease", lease.try_take)
+            if held is None:
+                return False
+            if held == lease.holder:
+                if standing_by:
+                    log.info("learner: took the lease over from %r", standing_by)
+                self.metrics.learner_active.set(1)
+                return True
+            if held != standing_by:
+                log.info(
+                    "learner: standing by, the learner lease is held by %r; taking over when "
+                    "it is given up or expires (FRAUDSTREAM_LEARNER_LEASE_S=%g)",
+                    held,
+                    self.settings.learner_lease_s,
+                )
+                standing_by = held
+            self.stopping.wait(1.0)
+        return False
+
+    def _learn_labels(
+        self, loop: ConsumeLoop, features: RedisFeatureStore, lease: LearnerLease
+    ) -> None:
         """The learner loop: poll → label pipeline → produce and track → publish → commit."""
         s = self.settings
         assert self._redis is not None
         client = self._redis
         learner = self._starting(
             "learner: loading the model",
-            lambda: Learner.from_settings(s, client, features, features.names),
+            lambda: Learner.from_settings(s, client, features, features.names, lease=lease.holder),
         )
         if learner is None:
             return  # stopped while retrying
@@ -880,6 +919,7 @@ class Application:
 
         def turn(polled: Polled) -> None:
             try:
+                lease.keep()  # another learner took it: stop before learning more
                 if polled.records:
                     outcome = labels.process(polled.records)
                     waits.keep(outcome)  # before the offsets past them can be committed

@@ -79,6 +79,13 @@ class SignatureError(ModelVersionError):
     """A model version is unsigned, tampered or signed with another key: never unpickled."""
 
 
+class LeaseLostError(FraudstreamError):
+    """Another learner took the lease this learner held: it stops, its model unpublished.
+
+    See :mod:`fraudstream.service.learner_lease`.
+    """
+
+
 class LogReplacedError(FraudstreamError):
     """A log the service reads was replaced under it: its topic created again, or truncated.
 

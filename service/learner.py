@@ -131,8 +131,9 @@ class VersionStore(Protocol):
         metrics: Mapping[str, Any] | None = None,
         version: int | None = None,
         extra: Mapping[str, Any] | None = None,
+        lease: str | None = None,
     ) -> int:
-        """Store ``model`` as version ``version``; returns it."""
+        """Store ``model`` as version ``version`` while ``lease`` holds the lease; returns it."""
         ...
 
 
@@ -176,6 +177,10 @@ class Learner:
         Progressive metrics parameters.
     version
         Version ``model`` was loaded from (0 for a fresh model).
+    lease
+        This learner's name in the learner lease it holds
+        (:mod:`~fraudstream.service.learner_lease`): a version is published only
+        while it holds it. ``None``: no lease (a learner alone by construction).
     clock
         Monotonic seconds; injectable for tests.
     """
@@ -192,6 +197,7 @@ class Learner:
         metrics_window: int = 10_000,
         alert_threshold: float = 0.5,
         version: int = 0,
+        lease: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.model = model
@@ -202,13 +208,15 @@ class Learner:
         self.publish_every_s = publish_every_s
         self.metrics = ProgressiveMetrics(metrics_window, alert_threshold)
         self.version = version
+        self.lease = lease
         self.clock = clock
         self.duplicates = 0
         self.rejected = 0
         self._feature_set = feature_set_id(model.feature_names)
         self._prior = RulesPrior(model.feature_names)
-        # One learner runs per model: every reservation not yet published
-        # belongs to a learner that died, so its label claims may be retaken.
+        # One learner runs per model (the holder of the lease): every reservation
+        # not yet published belongs to a learner that died or stopped, so its
+        # label claims may be retaken.
         self._stale = [str(v) for v in registry.abandoned_versions()]
         self._pending = registry.reserve_version()
         self._since_publish = 0
@@ -269,8 +277,9 @@ class Learner:
         feature_store: LabelSink,
         feature_names: Sequence[str],
         clock: Callable[[], float] = time.monotonic,
+        lease: str | None = None,
     ) -> Learner:
-        """Build snapshots, registry and learner from the settings."""
+        """Build snapshots, registry and learner from the settings (``lease``: its holder name)."""
         snapshots = snapshot_store(
             client,
             settings.redis_prefix,
@@ -291,6 +300,7 @@ class Learner:
             metrics_window=settings.metrics_window,
             alert_threshold=settings.alert_threshold,
             clock=clock,
+            lease=lease,
         )
 
     # -- learning --------------------------------------------------------------
@@ -416,6 +426,7 @@ class Learner:
             self.metrics.report(),
             version=self._pending,
             extra={"duplicates": self.duplicates, "rejected": self.rejected},
+            lease=self.lease,
         )
         self.version = version
         self._pending = self.registry.reserve_version()

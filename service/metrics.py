@@ -209,6 +209,11 @@ class Metrics:
             "Last model version the learner published (0: none yet).",
             registry=r,
         )
+        self.learner_active = Gauge(
+            "fraudstream_learner_active",
+            "1 while this process's learner holds the learner lease and learns, 0 on standby.",
+            registry=r,
+        )
         self.learner_published_s = Gauge(
             "fraudstream_learner_last_publish_timestamp_seconds",
             "Wall time the learner last published a model version (0: never).",

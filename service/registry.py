@@ -13,6 +13,7 @@ Keys (one hash tag, so every script runs on one Redis Cluster slot)::
     {prefix}:{models}:versions   sorted set of kept versions
     {prefix}:{models}:reserved   versions reserved by a learner, not yet published
     {prefix}:{models}:v:<n>      hash: payload, meta (JSON), sig
+    {prefix}:{models}:learner    the learner lease (:mod:`~fraudstream.service.learner_lease`)
 
 A learner *reserves* its next version number before learning (it tags its
 label claims with it) and publishes under it. Versions reserved but never
@@ -40,20 +41,31 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import redis
 import river
 from pydantic import SecretStr
 
-from fraudstream.service.errors import ConfigurationError, ModelVersionError, SignatureError
+from fraudstream.service.errors import (
+    ConfigurationError,
+    LeaseLostError,
+    ModelVersionError,
+    SignatureError,
+)
+from fraudstream.service.learner_lease import lease_key
 from fraudstream.service.model import FraudModel
 
 #: Signed into every version; a stable constant (changing it refuses every stored version).
 _DOMAIN = b"fraudstream-checkpoint-v1\x00"
 _EXPORT_FORMAT = "fraudstream-model-v1"
 
-# KEYS: versions, latest, reserved, version hash. ARGV: version, payload, meta,
-# sig, keep, version-key prefix. Writes, advances latest (never backwards) and
-# trims to the newest `keep` versions, atomically.
+# KEYS: versions, latest, reserved, version hash, learner lease. ARGV: version,
+# payload, meta, sig, keep, version-key prefix, lease holder ('' for none).
+# Unless a lease holder is given and no longer holds the lease: writes, advances
+# latest (never backwards) and trims to the newest `keep` versions, atomically.
 _PUBLISH_LUA = """
+if ARGV[7] ~= '' and redis.call('GET', KEYS[5]) ~= ARGV[7] then
+  return redis.error_reply('FRAUDSTREAM_LEASE_LOST')
+end
 redis.call('HSET', KEYS[4], 'payload', ARGV[2], 'meta', ARGV[3], 'sig', ARGV[4])
 redis.call('ZADD', KEYS[1], ARGV[1], ARGV[1])
 redis.call('SREM', KEYS[3], ARGV[1])
@@ -217,7 +229,11 @@ class ModelRegistry:
         return version
 
     def abandoned_versions(self) -> builtins.list[int]:
-        """Reserved but never published versions (only meaningful with no learner running)."""
+        """Reserved but never published versions (meaningful to the learner lease's holder only).
+
+        Read by a learner once it holds the lease: the reservations of any other
+        are then a dead or stopped learner's.
+        """
         return sorted(int(v) for v in self.client.smembers(self._k("reserved")))
 
     def forget_abandoned(self, versions: builtins.list[int]) -> None:
@@ -231,10 +247,18 @@ class ModelRegistry:
         metrics: Mapping[str, Any] | None = None,
         version: int | None = None,
         extra: Mapping[str, Any] | None = None,
+        lease: str | None = None,
     ) -> int:
         """Sign and store ``model`` as a new version; returns the version.
 
         ``version`` is a number from :meth:`reserve_version`; a new one is taken if omitted.
+        ``lease``: the learner's name, published only while it holds the learner lease
+        (:mod:`~fraudstream.service.learner_lease`).
+
+        Raises
+        ------
+        LeaseLostError
+            ``lease`` no longer holds the lease; nothing was written.
         """
         payload = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
         if version is None:
@@ -252,13 +276,30 @@ class ModelRegistry:
             "payload_sha256": hashlib.sha256(payload).hexdigest(),
             **dict(extra or {}),
         }
-        return self._store(version, json.dumps(meta, sort_keys=True).encode(), payload)
+        return self._store(version, json.dumps(meta, sort_keys=True).encode(), payload, lease)
 
-    def _store(self, version: int, meta: bytes, payload: bytes) -> int:
-        self._publish(
-            keys=[self._k("versions"), self._k("latest"), self._k("reserved"), self._vkey(version)],
-            args=[version, payload, meta, sign(self._key, meta, payload), self.keep, self._k("v:")],
-        )
+    def _store(self, version: int, meta: bytes, payload: bytes, lease: str | None = None) -> int:
+        keys = [self._k("versions"), self._k("latest"), self._k("reserved"), self._vkey(version)]
+        try:
+            self._publish(
+                keys=[*keys, lease_key(self.prefix)],
+                args=[
+                    version,
+                    payload,
+                    meta,
+                    sign(self._key, meta, payload),
+                    self.keep,
+                    self._k("v:"),
+                    lease or "",
+                ],
+            )
+        except redis.ResponseError as exc:
+            if "FRAUDSTREAM_LEASE_LOST" not in str(exc):
+                raise
+            raise LeaseLostError(
+                f"model version {version} not published: the learner lease is no longer "
+                f"held by {lease!r} (another learner took over)"
+            ) from None
         return version
 
     def _republish(self, meta_raw: bytes, payload: bytes, **extra: Any) -> int:

@@ -570,6 +570,13 @@ class Settings(BaseSettings):
         "behind, the transaction still on its way) waits for it, in Redis, before it is "
         "dead-lettered; looked for again every few seconds. 0: dead-lettered at once.",
     )
+    learner_lease_s: Annotated[float, Field(ge=1, le=3600)] = Field(
+        30.0,
+        description="One learner learns a model; others stand by. The active one holds a lease "
+        "in Redis, renewed at every turn of its loop: stopped, it gives the lease up and a "
+        "standby takes over within a second; killed or paused, after this many seconds (at once "
+        "when a learner starts on the host where the killed one ran).",
+    )
     model_versions_kept: Annotated[int, Field(ge=1)] = Field(
         10, description="Model versions kept in the registry."
     )

@@ -103,6 +103,7 @@ class FakeRegistry:
         metrics: Mapping[str, Any] | None = None,
         version: int | None = None,
         extra: Mapping[str, Any] | None = None,
+        lease: str | None = None,
     ) -> int:
         import pickle
 
