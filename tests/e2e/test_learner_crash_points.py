@@ -12,11 +12,15 @@ offsets committed. A normal learner then goes on to the end, and the case checks
 against a run without a crash: the newest version learnt every label once
 (``labels_learnt``, ``frauds_learnt``), each terminal day counts each label once
 (labels and frauds), each card record carries its label once, and nothing went
-to the labels' dead-letter topic, and no label is left waiting. Labels are sent
-twice too (at once, and much later), as a label feed redelivers them; in some
+to the labels' dead-letter topic but the contradicting labels, and no label is
+left waiting. Labels are sent twice too (at once, and much later), as a label
+feed redelivers them, and a few again with the opposite verdict (a label
+corrected after review: never learnt nor counted, dead-lettered); in some
 cases the labels of the last transactions come first and wait in Redis for
 their snapshots (crashes while they are parked, learnt, taken off); in others
-the features are on a real Redis Cluster (crashes between the label rounds).
+the features are on a real Redis Cluster (crashes between the label rounds);
+in others a second learner stands by from the start and takes over from the
+one that crashed (no learner is restarted).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from conftest import (
 )
 
 from fraudstream.service.app import Application
+from fraudstream.service.learner_lease import lease_key
 from fraudstream.service.redis_client import redis_client
 from fraudstream.service.registry import ModelRegistry
 from fraudstream.service.settings import Settings
@@ -57,6 +62,8 @@ pytestmark = pytest.mark.slow
 #: Labels per learner batch.
 BATCH = 30
 CARDS, PER_CARD = 10, 24
+#: Transactions scored only once the learner has parked their labels (``waiting`` cases).
+LATE = 40
 #: Cases run at once.
 PARALLEL = 6
 
@@ -71,11 +78,14 @@ class Case:
     waiting: bool = False
     #: On a real Redis Cluster (3 masters, 3 replicas).
     cluster: bool = False
+    #: A second learner stands by from the start and takes over (none is restarted).
+    standby: bool = False
 
     @property
     def name(self) -> str:
         name = f"learner-{self.point or 'clean'}" + (f"-call-{self.nth}" if self.nth != 3 else "")
-        return name + ("-waiting" if self.waiting else "") + ("-cluster" if self.cluster else "")
+        name += ("-waiting" if self.waiting else "") + ("-cluster" if self.cluster else "")
+        return name + ("-standby" if self.standby else "")
 
     @property
     def clean(self) -> Case:
@@ -102,9 +112,13 @@ CASES = [
     Case("rounds-terminals-counted", cluster=True),
     Case("rounds-settled", cluster=True),
     Case("labels-learnt", cluster=True),
+    # The learner that crashes holds the lease; a standby takes over from it.
+    Case("labels-claimed", standby=True),
+    Case("labels-learnt", standby=True),
+    Case("version-published", nth=2, standby=True),
+    Case("commit-sent", nth=2, standby=True),
+    Case("waiting-labels-learnt", nth=1, waiting=True, standby=True),
 ]
-#: Transactions scored only once the learner has parked their labels (``waiting`` cases).
-LATE = 40
 
 
 def _transactions() -> list[tuple[bytes, bytes]]:
@@ -123,38 +137,47 @@ def _transactions() -> list[tuple[bytes, bytes]]:
     ]
 
 
-def _labels() -> list[tuple[bytes, bytes]]:
-    """A label for each transaction, in event order, some sent twice.
-
-    Every 13th is sent again at once, every 29th again 60 records later.
-    """
+def _label(c: int, i: int, *, flipped: bool = False) -> tuple[bytes, bytes]:
+    """The label of transaction ``i`` of card ``c`` (``flipped``: saying the opposite)."""
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
-    labels = [
-        (
-            f"k{c}".encode(),
-            orjson.dumps(
-                {
-                    "transaction_id": f"k{c}-{i}",
-                    "is_fraud": (c * PER_CARD + i) % 8 == 3,
-                    "labeled_at": (start + timedelta(minutes=i)).isoformat(),
-                    "source": "chargeback",
-                }
-            ),
-        )
-        for i in range(PER_CARD)
-        for c in range(CARDS)
-    ]
+    return (
+        f"k{c}".encode(),
+        orjson.dumps(
+            {
+                "transaction_id": f"k{c}-{i}",
+                "is_fraud": ((c * PER_CARD + i) % 8 == 3) != flipped,
+                "labeled_at": (start + timedelta(minutes=i)).isoformat(),
+                "source": "review" if flipped else "chargeback",
+            }
+        ),
+    )
+
+
+#: Labels sent again with the opposite verdict, 40 records after the first (a
+#: label corrected after review): (card, transaction), none of the late ones.
+FLIPPED = [(c, i) for i in range(PER_CARD - LATE // CARDS) for c in range(CARDS)][11::37]
+
+
+def _labels() -> list[tuple[bytes, bytes]]:
+    """A label for each transaction, in event order, some sent twice, some contradicted.
+
+    Every 13th is sent again at once, every 29th again 60 records later; those
+    of :data:`FLIPPED` are followed, 40 records later, by one saying the opposite.
+    """
+    ids = [(c, i) for i in range(PER_CARD) for c in range(CARDS)]
     out: list[tuple[bytes, bytes]] = []
-    later: dict[int, tuple[bytes, bytes]] = {}
-    for k, label in enumerate(labels):
+    later: dict[int, list[tuple[bytes, bytes]]] = {}
+    for k, (c, i) in enumerate(ids):
+        label = _label(c, i)
         out.append(label)
         if k % 13 == 5:
             out.append(label)
         if k % 29 == 7:
-            later[k + 60] = label
-        if k in later:
-            out.append(later.pop(k))
-    return out + list(later.values())
+            later.setdefault(k + 60, []).append(label)
+        if (c, i) in FLIPPED:
+            later.setdefault(k + 40, []).append(_label(c, i, flipped=True))
+        out += later.pop(k, [])
+    return out + [label for labels in later.values() for label in labels]
 
 
 @dataclass
@@ -175,6 +198,10 @@ class Outcome:
     card_flags: dict[str, bytes] = field(default_factory=dict)
     #: Labels still parked in Redis to wait for their snapshot at the end.
     waiting_left: int = -1
+    #: The labels' dead letters: value and error class.
+    dead_letters: list[tuple[bytes, bytes]] = field(default_factory=list)
+    #: A learner took the lease over from another (standby cases).
+    took_over: bool = False
 
 
 def _settings(case: Case, bootstrap: str, redis_url: str) -> Settings:
@@ -245,6 +272,7 @@ def _run(case: Case, settings: Settings, folder: Path) -> Outcome:
     late = LATE if case.waiting else 0
     first, last = transactions[: len(transactions) - late], transactions[len(transactions) - late :]
     waiting = WaitingLabels(client, settings.redis_prefix)
+    lease = lease_key(settings.redis_prefix)
     processes: list[subprocess.Popen[bytes]] = []
 
     def scored(these: list[tuple[bytes, bytes]]) -> Callable[[], bool]:
@@ -259,11 +287,30 @@ def _run(case: Case, settings: Settings, folder: Path) -> Outcome:
         _wait(scored(first), 150, "every transaction scored", scorer)
         if not late:
             stop_processes([scorer])
-        _produce(settings.bootstrap_servers, settings.topic_labels, labels)
+        if not case.standby:
+            _produce(settings.bootstrap_servers, settings.topic_labels, labels)
         marker = folder / f"{case.name}.crashed"
         crash = [case.point, str(case.nth), str(marker)] if case.point else []
         learner = spawn_serve(settings, outcome.log, "learner", *crash)
         processes.append(learner)
+        standby = None
+        if case.standby:
+            # The learner that crashes takes the lease; the other stands by before any label.
+            _wait(
+                lambda: f"pid {learner.pid} ".encode() in (client.get(lease) or b""),
+                60,
+                "the first learner holding the lease",
+                learner,
+            )
+            standby = spawn_serve(settings, outcome.log, "learner")
+            processes.append(standby)
+            _wait(
+                lambda: b"learner: standing by" in outcome.log.read_bytes(),
+                60,
+                "the second learner standing by",
+                standby,
+            )
+            _produce(settings.bootstrap_servers, settings.topic_labels, labels)
         if late:
             # (A learner crashing while it parks them parks the rest once restarted.)
             _wait(
@@ -279,8 +326,11 @@ def _run(case: Case, settings: Settings, folder: Path) -> Outcome:
             finally:
                 stop_processes([learner])
             outcome.marker = marker.read_text().strip() if marker.exists() else ""
-            learner = spawn_serve(settings, outcome.log, "learner")
-            processes.append(learner)
+            if standby is None:
+                learner = spawn_serve(settings, outcome.log, "learner")
+                processes.append(learner)
+            else:
+                learner = standby
         expected = len(ids)
 
         def done() -> bool:
@@ -298,6 +348,11 @@ def _run(case: Case, settings: Settings, folder: Path) -> Outcome:
         outcome.learnt = (model.labels_learnt, model.frauds_learnt)
         outcome.terminals, outcome.card_flags = _state(client, settings.redis_prefix)
         outcome.waiting_left = waiting.count()
+        outcome.dead_letters = [
+            (r.value or b"", dict(r.headers).get("fraudstream.error.class", b""))
+            for r in read_all(settings.bootstrap_servers, settings.topic_labels_dlq)
+        ]
+        outcome.took_over = b"learner: took the lease over" in outcome.log.read_bytes()
     except Exception as exc:
         outcome.error = f"{type(exc).__name__}: {exc}"
     finally:
@@ -362,7 +417,6 @@ def test_learner_crashed_at_a_point_then_restarted_learns_each_label_once(
     sweep: Sweep, case: Case
 ) -> None:
     outcome, clean = sweep.outcome(case), sweep.outcome(case.clean)
-    s = outcome.settings
     assert outcome.error == "", f"{case.name}: {outcome.error} (log: {outcome.log})"
     n = CARDS * PER_CARD
     frauds = sum((c * PER_CARD + i) % 8 == 3 for i in range(PER_CARD) for c in range(CARDS))
@@ -380,8 +434,18 @@ def test_learner_crashed_at_a_point_then_restarted_learns_each_label_once(
         flags = b"".join(outcome.card_flags.values())
         assert len(flags) == n and all(f & 4 for f in flags)
         assert sum(f & 1 for f in flags) == frauds
-    assert read_all(s.bootstrap_servers, s.topic_labels_dlq) == [], "dead letters"
+    # Each contradicting label dead-lettered, nothing else (once each without a
+    # crash; a crash before the commit past one sends it again).
+    flipped = sorted((f"k{c}-{i}", (c * PER_CARD + i) % 8 != 3) for c, i in FLIPPED)
+    letters = [
+        (label["transaction_id"], label["is_fraud"], error)
+        for label, error in ((orjson.loads(v), e) for v, e in outcome.dead_letters)
+    ]
+    assert sorted(set(letters)) == [(*f, b"LabelConflictError") for f in flipped]
+    if not case.point:
+        assert len(letters) == len(flipped)
     assert outcome.waiting_left == 0, "labels left waiting though learnt"
+    assert outcome.took_over == case.standby
 
 
 @pytest.mark.parametrize("case", [Case(cluster=True)], ids=lambda case: case.name)
