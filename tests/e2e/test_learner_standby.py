@@ -62,7 +62,7 @@ def _labels(ids: range) -> list[tuple[bytes, bytes]]:
     ]
 
 
-def test_a_second_learner_stands_by_and_takes_over_when_the_first_is_killed(
+def test_two_replicas_one_learner_learns_the_other_stands_by_and_takes_over_when_it_is_killed(
     make_settings: Callable[..., Settings],
     make_transaction: Callable[..., tuple[bytes, bytes]],
     run_app: Callable[[Settings], AppUnderTest],
@@ -92,11 +92,12 @@ def test_a_second_learner_stands_by_and_takes_over_when_the_first_is_killed(
 
     client = redis.Redis.from_url(redis_url)
     registry = ModelRegistry(client, settings.redis_prefix, settings.model_signing_key)
-    first = spawn_service(settings, "--role", "learner", name="learner-a")
-    second = spawn_service(settings, "--role", "learner", name="learner-b")
+    # Two replicas of the whole service (scorer and learner each): two learners.
+    first = spawn_service(settings, name="serve-a")
+    second = spawn_service(settings, name="serve-b")
 
     def standing_by() -> int:
-        return sum(b"learner: standing by" in p.read_bytes() for p in tmp_path.glob("learner-*"))
+        return sum(b"learner: standing by" in p.read_bytes() for p in tmp_path.glob("serve-*"))
 
     try:
         wait_for(lambda: standing_by() == 1, 120, "one learner standing by")
@@ -133,8 +134,7 @@ def test_a_second_learner_stands_by_and_takes_over_when_the_first_is_killed(
         assert standing_by() == 1  # the standby took over: nobody stood by again
         # At once, not after the lease's 6 s: the holder's process is gone from this host.
         assert any(
-            b"is no longer running: taking over" in p.read_bytes()
-            for p in tmp_path.glob("learner-*")
+            b"is no longer running: taking over" in p.read_bytes() for p in tmp_path.glob("serve-*")
         )
         time.sleep(2)  # a label learnt twice has time to show
         model = registry.load().model
