@@ -13,12 +13,13 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import cast
 
 import orjson
+import pytest
 import redis
 from conftest import AppUnderTest, lag_of
 
@@ -62,36 +63,54 @@ def _labels(ids: range) -> list[tuple[bytes, bytes]]:
     ]
 
 
-def test_two_replicas_one_learner_learns_the_other_stands_by_and_takes_over_when_it_is_killed(
+ScoredStream = Callable[..., tuple[Settings, redis.Redis, ModelRegistry]]
+
+
+@pytest.fixture
+def scored_stream(
     make_settings: Callable[..., Settings],
     make_transaction: Callable[..., tuple[bytes, bytes]],
     run_app: Callable[[Settings], AppUnderTest],
-    spawn_service: Callable[..., subprocess.Popen[bytes]],
     produce: Callable[..., None],
     consume: Callable[..., list[ConsumerRecord]],
-    wait_for: Callable[..., None],
     redis_url: str,
+) -> Iterator[ScoredStream]:
+    """``scored_stream(n, lease_s=...)``: settings, a client and the registry, ``n`` scored."""
+    clients: list[redis.Redis] = []
+
+    def score(n: int, *, lease_s: float) -> tuple[Settings, redis.Redis, ModelRegistry]:
+        settings = make_settings(
+            topic_partitions=4,
+            publish_every_labels=30,
+            publish_every_s=1.0,
+            min_labels_for_model=40,
+            model_margin_over_prior=-1.0,  # this is about counts, not quality
+            publish_scores=True,
+            session_timeout_ms=6000,
+            learner_lease_s=lease_s,
+        )
+        run_app(settings.model_copy(update={"role": Role.SCORER}))
+        transactions = _transactions(make_transaction, n)
+        produce(settings.bootstrap_servers, settings.topic_transactions, transactions)
+        consume(settings.bootstrap_servers, settings.topic_scores, at_least=n, timeout_s=180)
+        clients.append(redis.Redis.from_url(redis_url))
+        registry = ModelRegistry(clients[-1], settings.redis_prefix, settings.model_signing_key)
+        return settings, clients[-1], registry
+
+    yield score
+    for client in clients:
+        client.close()
+
+
+def test_two_replicas_one_learner_learns_the_other_stands_by_and_takes_over_when_it_is_killed(
+    scored_stream: ScoredStream,
+    spawn_service: Callable[..., subprocess.Popen[bytes]],
+    produce: Callable[..., None],
+    wait_for: Callable[..., None],
     tmp_path: Path,
 ) -> None:
-    settings = make_settings(
-        topic_partitions=4,
-        publish_every_labels=30,
-        publish_every_s=1.0,
-        min_labels_for_model=40,
-        model_margin_over_prior=-1.0,  # this is about counts, not quality
-        publish_scores=True,
-        session_timeout_ms=6000,
-        learner_lease_s=6.0,
-    )
     n = 240
-    run_app(settings.model_copy(update={"role": Role.SCORER}))
-    produce(
-        settings.bootstrap_servers, settings.topic_transactions, _transactions(make_transaction, n)
-    )
-    consume(settings.bootstrap_servers, settings.topic_scores, at_least=n, timeout_s=180)
-
-    client = redis.Redis.from_url(redis_url)
-    registry = ModelRegistry(client, settings.redis_prefix, settings.model_signing_key)
+    settings, client, registry = scored_stream(n, lease_s=6.0)
     # Two replicas of the whole service (scorer and learner each): two learners.
     first = spawn_service(settings, name="serve-a")
     second = spawn_service(settings, name="serve-b")
@@ -99,81 +118,56 @@ def test_two_replicas_one_learner_learns_the_other_stands_by_and_takes_over_when
     def standing_by() -> int:
         return sum(b"learner: standing by" in p.read_bytes() for p in tmp_path.glob("serve-*"))
 
-    try:
-        wait_for(lambda: standing_by() == 1, 120, "one learner standing by")
-        produce(settings.bootstrap_servers, settings.topic_labels, _labels(range(0, 120)))
-        wait_for(
-            lambda: (
-                (registry.latest_version() or 0) > 0
-                and registry.load().model.labels_learnt == 120
-                and lag_of(settings, learner=True) == 0
-            ),
-            180,
-            "the first 120 labels learnt in one version and committed",
-        )
-        time.sleep(2)  # a second learner learning too would have published by now
-        versions = [registry.load(v).model.labels_learnt for v in registry.versions()]
-        assert versions == sorted(versions), f"versions of two lineages: {versions}"
+    wait_for(lambda: standing_by() == 1, 120, "one learner standing by")
+    produce(settings.bootstrap_servers, settings.topic_labels, _labels(range(0, 120)))
+    wait_for(
+        lambda: (
+            (registry.latest_version() or 0) > 0
+            and registry.load().model.labels_learnt == 120
+            and lag_of(settings, learner=True) == 0
+        ),
+        180,
+        "the first 120 labels learnt in one version and committed",
+    )
+    time.sleep(2)  # a second learner learning too would have published by now
+    versions = [registry.load(v).model.labels_learnt for v in registry.versions()]
+    assert versions == sorted(versions), f"versions of two lineages: {versions}"
 
-        # Kill the learner that holds the lease; the other takes over.
-        holder = cast(bytes, client.get(lease_key(settings.redis_prefix)) or b"").decode()
-        active = next(p for p in (first, second) if f"pid {p.pid} " in holder + " ")
-        standby = second if active is first else first
-        active.send_signal(signal.SIGKILL)
-        active.wait(timeout=30)
-        produce(settings.bootstrap_servers, settings.topic_labels, _labels(range(120, n)))
-        produce(settings.bootstrap_servers, settings.topic_labels, _labels(range(100, 110)))
-        wait_for(
-            lambda: (
-                registry.load().model.labels_learnt >= n and lag_of(settings, learner=True) == 0
-            ),
-            180,
-            "every label learnt by the standby",
-        )
-        assert standby.poll() is None
-        assert standing_by() == 1  # the standby took over: nobody stood by again
-        # At once, not after the lease's 6 s: the holder's process is gone from this host.
-        assert any(
-            b"is no longer running: taking over" in p.read_bytes() for p in tmp_path.glob("serve-*")
-        )
-        time.sleep(2)  # a label learnt twice has time to show
-        model = registry.load().model
-        assert model.labels_learnt == n  # none lost, none learnt twice
-        assert model.frauds_learnt == sum(1 for i in range(n) if i % 10 == 3)
-    finally:
-        client.close()
+    # Kill the learner that holds the lease; the other takes over.
+    holder = cast(bytes, client.get(lease_key(settings.redis_prefix)) or b"").decode()
+    active = next(p for p in (first, second) if f"pid {p.pid} " in holder + " ")
+    standby = second if active is first else first
+    active.send_signal(signal.SIGKILL)
+    active.wait(timeout=30)
+    produce(settings.bootstrap_servers, settings.topic_labels, _labels(range(120, n)))
+    produce(settings.bootstrap_servers, settings.topic_labels, _labels(range(100, 110)))
+    wait_for(
+        lambda: registry.load().model.labels_learnt >= n and lag_of(settings, learner=True) == 0,
+        180,
+        "every label learnt by the standby",
+    )
+    assert standby.poll() is None
+    assert standing_by() == 1  # the standby took over: nobody stood by again
+    # At once, not after the lease's 6 s: the holder's process is gone from this host.
+    assert any(
+        b"is no longer running: taking over" in p.read_bytes() for p in tmp_path.glob("serve-*")
+    )
+    time.sleep(2)  # a label learnt twice has time to show
+    model = registry.load().model
+    assert model.labels_learnt == n  # none lost, none learnt twice
+    assert model.frauds_learnt == sum(1 for i in range(n) if i % 10 == 3)
 
 
 def test_a_learner_paused_past_its_lease_stops_when_it_wakes_and_publishes_nothing(
-    make_settings: Callable[..., Settings],
-    make_transaction: Callable[..., tuple[bytes, bytes]],
-    run_app: Callable[[Settings], AppUnderTest],
+    scored_stream: ScoredStream,
     spawn_service: Callable[..., subprocess.Popen[bytes]],
     produce: Callable[..., None],
-    consume: Callable[..., list[ConsumerRecord]],
     wait_for: Callable[..., None],
-    redis_url: str,
     tmp_path: Path,
 ) -> None:
     """SIGSTOP the active learner past its lease: the standby takes over; SIGCONT: it stops."""
-    settings = make_settings(
-        topic_partitions=4,
-        publish_every_labels=30,
-        publish_every_s=1.0,
-        min_labels_for_model=40,
-        model_margin_over_prior=-1.0,
-        publish_scores=True,
-        session_timeout_ms=6000,
-        learner_lease_s=4.0,
-    )
     n = 160
-    run_app(settings.model_copy(update={"role": Role.SCORER}))
-    produce(
-        settings.bootstrap_servers, settings.topic_transactions, _transactions(make_transaction, n)
-    )
-    consume(settings.bootstrap_servers, settings.topic_scores, at_least=n, timeout_s=180)
-    client = redis.Redis.from_url(redis_url)
-    registry = ModelRegistry(client, settings.redis_prefix, settings.model_signing_key)
+    settings, client, registry = scored_stream(n, lease_s=4.0)
     learners = [spawn_service(settings, "--role", "learner", name=f"learner-{k}") for k in "ab"]
     # spawn_service's log names: the name, then how many it started before.
     logs = {
@@ -184,46 +178,43 @@ def test_a_learner_paused_past_its_lease_stops_when_it_wakes_and_publishes_nothi
     def logged(process: subprocess.Popen[bytes], line: bytes) -> bool:
         return line in logs[process.pid].read_bytes()
 
+    wait_for(
+        lambda: any(logged(p, b"learner: standing by") for p in learners),
+        120,
+        "one learner standing by",
+    )
+    produce(settings.bootstrap_servers, settings.topic_labels, _labels(range(0, 80)))
+    wait_for(
+        lambda: (
+            (registry.latest_version() or 0) > 0
+            and registry.load().model.labels_learnt == 80
+            and lag_of(settings, learner=True) == 0
+        ),
+        180,
+        "the first 80 labels learnt and committed",
+    )
+    holder = cast(bytes, client.get(lease_key(settings.redis_prefix)) or b"").decode()
+    paused = next(p for p in learners if f"pid {p.pid} " in holder + " ")
+    other = next(p for p in learners if p is not paused)
+    paused.send_signal(signal.SIGSTOP)
     try:
-        wait_for(
-            lambda: any(logged(p, b"learner: standing by") for p in learners),
-            120,
-            "one learner standing by",
-        )
-        produce(settings.bootstrap_servers, settings.topic_labels, _labels(range(0, 80)))
+        wait_for(lambda: logged(other, b"learner: took the lease over"), 60, "the takeover")
+        produce(settings.bootstrap_servers, settings.topic_labels, _labels(range(80, n)))
         wait_for(
             lambda: (
-                (registry.latest_version() or 0) > 0
-                and registry.load().model.labels_learnt == 80
-                and lag_of(settings, learner=True) == 0
+                registry.load().model.labels_learnt == n and lag_of(settings, learner=True) == 0
             ),
             180,
-            "the first 80 labels learnt and committed",
+            "every label learnt by the new holder",
         )
-        holder = cast(bytes, client.get(lease_key(settings.redis_prefix)) or b"").decode()
-        paused = next(p for p in learners if f"pid {p.pid} " in holder + " ")
-        other = next(p for p in learners if p is not paused)
-        paused.send_signal(signal.SIGSTOP)
-        try:
-            wait_for(lambda: logged(other, b"learner: took the lease over"), 60, "the takeover")
-            produce(settings.bootstrap_servers, settings.topic_labels, _labels(range(80, n)))
-            wait_for(
-                lambda: (
-                    registry.load().model.labels_learnt == n and lag_of(settings, learner=True) == 0
-                ),
-                180,
-                "every label learnt by the new holder",
-            )
-            latest = registry.latest_version()
-        finally:
-            paused.send_signal(signal.SIGCONT)
-        assert paused.wait(timeout=60) != 0
-        assert logged(paused, b"the learner lease was taken by"), "stopped for another reason"
-        assert other.poll() is None
-        time.sleep(2)
-        assert registry.latest_version() == latest  # the paused learner published nothing
-        model = registry.load().model
-        assert model.labels_learnt == n
-        assert model.frauds_learnt == sum(1 for i in range(n) if i % 10 == 3)
+        latest = registry.latest_version()
     finally:
-        client.close()
+        paused.send_signal(signal.SIGCONT)
+    assert paused.wait(timeout=60) != 0
+    assert logged(paused, b"the learner lease was taken by"), "stopped for another reason"
+    assert other.poll() is None
+    time.sleep(2)
+    assert registry.latest_version() == latest  # the paused learner published nothing
+    model = registry.load().model
+    assert model.labels_learnt == n
+    assert model.frauds_learnt == sum(1 for i in range(n) if i % 10 == 3)

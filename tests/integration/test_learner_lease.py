@@ -39,12 +39,17 @@ def client(request: pytest.FixtureRequest) -> Iterator[Any]:
     client.close()
 
 
+def _two_learners(client: Any, prefix: str) -> tuple[Clock, LearnerLease, LearnerLease]:
+    """The leases of learners "learner a" and "learner b" (30 s), on one test clock."""
+    clock = Clock()
+    a = LearnerLease(client, prefix, "learner a", ttl_s=30, clock=clock)
+    return clock, a, LearnerLease(client, prefix, "learner b", ttl_s=30, clock=clock)
+
+
 def test_one_learner_holds_the_lease_the_other_stands_by_until_it_is_given_up(
     client: Any, redis_prefix: str
 ) -> None:
-    clock = Clock()
-    a = LearnerLease(client, redis_prefix, "learner a", ttl_s=30, clock=clock)
-    b = LearnerLease(client, redis_prefix, "learner b", ttl_s=30, clock=clock)
+    clock, a, b = _two_learners(client, redis_prefix)
     assert a.try_take() == "learner a" and a.held
     assert b.try_take() == "learner a" and not b.held  # b stands by
     assert 29_000 < client.pttl(lease_key(redis_prefix)) <= 30_000
@@ -65,9 +70,7 @@ def test_a_learner_whose_lease_was_taken_stops_and_cannot_publish(
     client: Any, redis_prefix: str
 ) -> None:
     """A learner paused past its lease: another took it; its version is refused, nothing written."""
-    clock = Clock()
-    a = LearnerLease(client, redis_prefix, "learner a", ttl_s=30, clock=clock)
-    b = LearnerLease(client, redis_prefix, "learner b", ttl_s=30, clock=clock)
+    clock, a, b = _two_learners(client, redis_prefix)
     registry = ModelRegistry(client, redis_prefix, KEY)
     model = FraudModel("logreg", NAMES)
     assert a.try_take() == "learner a"
