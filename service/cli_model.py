@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from fraudstream.service.errors import FraudstreamError
+from fraudstream.service.learner_lease import lease_key
 from fraudstream.service.model import CATALOGUE, describe
 from fraudstream.service.registry import ModelRegistry
 
@@ -95,11 +96,34 @@ def show(version: int) -> None:
     click.echo(json.dumps(cp.meta, indent=2, sort_keys=True))
 
 
+def _refuse_while_learning(reg: ModelRegistry, what: str) -> None:
+    """Refuse in one line while a learner holds the lease: its next version would supersede ours."""
+    holder = reg.client.get(lease_key(reg.prefix))
+    if holder is None:
+        return
+    name = holder.decode("utf-8", "replace") if isinstance(holder, bytes) else str(holder)
+    raise click.ClickException(
+        f"a learner is running ({name}): it learns on from its own model, and its next "
+        f"version would supersede the {what}; stop it first (it resumes from the newest "
+        "version when started again), or pass --while-learning to publish anyway"
+    )
+
+
+_WHILE_LEARNING = click.option(
+    "--while-learning",
+    is_flag=True,
+    help="Publish even though a learner runs (its next version supersedes this one).",
+)
+
+
 @model.command("rollback")
 @click.argument("version", type=int)
-def rollback(version: int) -> None:
+@_WHILE_LEARNING
+def rollback(version: int, while_learning: bool) -> None:
     """Publish VERSION again as the new latest (scorers pick it up by polling)."""
     with _registry() as reg:
+        if not while_learning:
+            _refuse_while_learning(reg, "rollback")
         new = reg.rollback(version)
     click.echo(f"version {version} republished as version {new}")
 
@@ -151,9 +175,12 @@ def _read_stdin() -> str:
 @click.argument(
     "file", type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path)
 )
-def import_cmd(file: Path) -> None:
+@_WHILE_LEARNING
+def import_cmd(file: Path, while_learning: bool) -> None:
     """Verify FILE (-: standard input) with this deployment's signing key; publish it as new."""
     text = _read_stdin() if str(file) == "-" else None
     with _registry() as reg:
+        if not while_learning:
+            _refuse_while_learning(reg, "import")
         new = reg.import_(file) if text is None else reg.import_text(text, "<stdin>")
     click.echo(f"{'standard input' if text is not None else file} imported as version {new}")

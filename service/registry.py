@@ -23,7 +23,8 @@ label claims as stale (see :mod:`fraudstream.service.snapshots`).
 Rollback and import publish an existing payload as a *new* latest version, so
 scorers pick it up by polling. A running learner keeps learning from its own
 model and its next version supersedes a rollback: stop the learner before
-rolling back, it resumes from the rolled-back version when restarted.
+rolling back, it resumes from the rolled-back version when restarted (``fraudstream
+model rollback|import`` refuse while a learner holds the lease).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from pydantic import SecretStr
 
 from fraudstream.cli import main
+from fraudstream.service.learner_lease import LearnerLease
 from fraudstream.service.model import FraudModel
 from fraudstream.service.registry import ModelRegistry
 from fraudstream.service.settings import Settings
@@ -140,3 +141,34 @@ def test_model_import_reads_standard_input(
     assert empty.output.strip() == (
         "Error: <stdin> is empty: not a fraudstream model export (`fraudstream model export`)"
     )
+
+
+def test_rollback_and_import_are_refused_while_a_learner_runs(
+    make_settings: Callable[..., Settings], redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """A running learner's next version would supersede them: refused, unless asked for."""
+    settings = make_settings(bootstrap_servers="127.0.0.1:1")
+    env = _env(settings)
+    registry = ModelRegistry(redis_client, settings.redis_prefix, SecretStr("cli-test-key"))
+    first = registry.publish(FraudModel("logreg", ["amount"]))
+    exported = tmp_path / "v.model"
+    runner = CliRunner()
+    assert (
+        runner.invoke(main, ["model", "export", str(first), str(exported)], env=env).exit_code == 0
+    )
+    lease = LearnerLease(redis_client, settings.redis_prefix, "fraudstream on h pid 7 x", 30)
+    assert lease.try_take() == lease.holder
+    for command in (["rollback", str(first)], ["import", str(exported)]):
+        refused = runner.invoke(main, ["model", *command], env=env)
+        assert refused.exit_code == 1
+        assert refused.output.startswith(
+            "Error: a learner is running (fraudstream on h pid 7 x): it learns on from its own"
+        )
+        assert len(refused.output.strip().splitlines()) == 1
+    assert registry.versions() == [first]
+    for command in (["rollback", str(first)], ["import", str(exported)]):
+        done = runner.invoke(main, ["model", *command, "--while-learning"], env=env)
+        assert done.exit_code == 0, done.output
+    lease.give_up()
+    assert runner.invoke(main, ["model", "rollback", str(first)], env=env).exit_code == 0
+    assert len(registry.versions()) == 4
