@@ -153,6 +153,8 @@ class Application:
         self.stopping = threading.Event()
         self._redis: redis.Redis | None = None
         self._loops: list[ConsumeLoop] = []
+        #: The learner lease's holder while this process's learner stands by.
+        self._standing_by = ""
         self._watcher: ModelWatcher | None = None
         self._phase = "starting"
         self._failures: list[BaseException] = []
@@ -202,6 +204,8 @@ class Application:
             ok, reason = loop.health.ready()
             if not ok:
                 return False, reason
+        if self._standing_by:
+            return True, f"ready; the learner stands by ({self._standing_by} holds the lease)"
         return True, "ready"
 
     def _kafka_accepts_connections(self) -> bool:
@@ -873,26 +877,28 @@ class Application:
 
     def _take_lease(self, lease: LearnerLease) -> bool:
         """Stand by until this learner holds the lease (``False``: stopped meanwhile)."""
-        standing_by = ""
-        while not self.stopping.is_set():
-            held = self._starting("learner: taking the lease", lease.try_take)
-            if held is None:
-                return False
-            if held == lease.holder:
-                if standing_by:
-                    log.info("learner: took the lease over from %r", standing_by)
-                self.metrics.learner_active.set(1)
-                return True
-            if held != standing_by:
-                log.info(
-                    "learner: standing by, the learner lease is held by %r; taking over when "
-                    "it is given up or expires (FRAUDSTREAM_LEARNER_LEASE_S=%g)",
-                    held,
-                    self.settings.learner_lease_s,
-                )
-                standing_by = held
-            self.stopping.wait(1.0)
-        return False
+        try:
+            while not self.stopping.is_set():
+                held = self._starting("learner: taking the lease", lease.try_take)
+                if held is None:
+                    return False
+                if held == lease.holder:
+                    if self._standing_by:
+                        log.info("learner: took the lease over from %r", self._standing_by)
+                    self.metrics.learner_active.set(1)
+                    return True
+                if held != self._standing_by:
+                    log.info(
+                        "learner: standing by, the learner lease is held by %r; taking over "
+                        "when it is given up or expires (FRAUDSTREAM_LEARNER_LEASE_S=%g)",
+                        held,
+                        self.settings.learner_lease_s,
+                    )
+                    self._standing_by = held
+                self.stopping.wait(1.0)
+            return False
+        finally:
+            self._standing_by = ""
 
     def _learn_labels(
         self, loop: ConsumeLoop, features: RedisFeatureStore, lease: LearnerLease

@@ -80,7 +80,14 @@ def holder_name(client_id: str) -> str:
     >>> name.startswith("fraudstream on ") and f" pid {os.getpid()} " in name
     True
     """
-    return f"{client_id} on {socket.gethostname()} pid {os.getpid()} {uuid.uuid4().hex[:8]}"
+    name = f"{client_id} on {socket.gethostname()} pid {os.getpid()} {uuid.uuid4().hex[:8]}"
+    _NAMED_HERE.add(name)
+    return name
+
+
+#: The names :func:`holder_name` gave in this process (several applications may
+#: run in one process: tests, an embedding).
+_NAMED_HERE: set[str] = set()
 
 
 def dead_here(holder: str, me: str) -> bool:
@@ -88,7 +95,8 @@ def dead_here(holder: str, me: str) -> bool:
 
     Such a learner was killed (or crashed) and its lease would only delay the
     one that replaces it, often the same container restarted (same host name,
-    maybe the same pid: a process cannot be ``holder`` and ``me`` at once).
+    maybe the same pid: a name with this process's pid that this process did
+    not give is a past incarnation's).
     Wrong only for two hosts with one name: the live holder then loses its lease
     and stops at its next renewal (as when paused), nothing worse.
 
@@ -97,6 +105,8 @@ def dead_here(holder: str, me: str) -> bool:
     True
     >>> dead_here(me, me), dead_here("fs on elsewhere pid 1 0badc0de", me)
     (False, False)
+    >>> dead_here(holder_name("another application of this process"), me)
+    False
     >>> dead_here("written by hand", me)
     False
     """
@@ -109,7 +119,7 @@ def dead_here(holder: str, me: str) -> bool:
     if holder == me or host != socket.gethostname() or pid <= 0:
         return False
     if pid == os.getpid():
-        return True
+        return holder not in _NAMED_HERE
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

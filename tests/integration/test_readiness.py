@@ -31,3 +31,27 @@ def test_ready_only_when_redis_and_kafka_answer_and_the_loops_run(
 
     running = run_app(make_settings(role="learner"))
     wait_for(lambda: running.ready() == (True, "ready"), 60, "the learner to be ready")
+
+
+def test_a_second_learner_of_one_model_says_it_stands_by_then_takes_over(
+    make_settings: Callable[..., Settings],
+    run_app: Callable[[Settings], AppUnderTest],
+    wait_for: Callable[..., None],
+) -> None:
+    """Two learners (two applications in one process): ready both, the second standing by."""
+    settings = make_settings(role="learner")
+    first = run_app(settings)
+    wait_for(lambda: first.ready() == (True, "ready"), 60, "the first learner to be ready")
+    second = run_app(settings)
+    wait_for(
+        lambda: second.ready()[1].startswith("ready; the learner stands by (fraudstream on "),
+        60,
+        "the second learner standing by",
+    )
+    assert second.ready()[0] and first.ready() == (True, "ready")
+    assert first.metrics.learner_active._value.get() == 1
+    assert second.metrics.learner_active._value.get() == 0
+    first.stop()  # gives the lease up
+    wait_for(lambda: second.ready() == (True, "ready"), 60, "the second learner taking over")
+    wait_for(lambda: second.metrics.learner_active._value.get() == 1, 30, "active")
+    assert first.metrics.learner_active._value.get() == 0
