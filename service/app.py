@@ -155,6 +155,8 @@ class Application:
         self._loops: list[ConsumeLoop] = []
         #: The learner lease's holder while this process's learner stands by.
         self._standing_by = ""
+        #: What the learner does before it stands by or runs its loop (not ready meanwhile).
+        self._learner_phase = ""
         self._watcher: ModelWatcher | None = None
         self._phase = "starting"
         self._failures: list[BaseException] = []
@@ -200,6 +202,8 @@ class Application:
             return False, f"failed: {self._failures[0]}"
         if self._phase != "running":
             return False, self._phase
+        if self._learner_phase:
+            return False, self._learner_phase
         for loop in self._loops:
             ok, reason = loop.health.ready()
             if not ok:
@@ -316,6 +320,7 @@ class Application:
             threads: list[threading.Thread] = []
             if role is not Role.SCORER:
                 # It joins the labels' group once it holds the learner lease.
+                self._learner_phase = "learner: taking the lease"
                 learner = threading.Thread(
                     target=self._guard(self._learn, stack, features),
                     name="learner",
@@ -862,13 +867,15 @@ class Application:
         lease = LearnerLease(
             self._redis, s.redis_prefix, holder_name(s.client_id), s.learner_lease_s
         )
-        if not self._take_lease(lease):
-            return  # stopped on standby
         try:
+            if not self._take_lease(lease):
+                return  # stopped on standby
             loop = self._starting("learner: joining kafka", lambda: self._learner_loop(stack))
+            self._learner_phase = ""  # the loop's health says the rest
             if loop is not None:
                 self._learn_labels(loop, features, lease)
         finally:
+            self._learner_phase = ""
             self.metrics.learner_active.set(0)
             try:
                 lease.give_up()
@@ -886,7 +893,9 @@ class Application:
                     if self._standing_by:
                         log.info("learner: took the lease over from %r", self._standing_by)
                     self.metrics.learner_active.set(1)
+                    self._learner_phase = "learner: joining kafka"
                     return True
+                self._learner_phase = ""  # standing by is a ready state
                 if held != self._standing_by:
                     log.info(
                         "learner: standing by, the learner lease is held by %r; taking over "
