@@ -48,6 +48,7 @@ from fraudstream.service.deadletter import dead_letter_record_limit
 from fraudstream.service.errors import (
     ConfigurationError,
     FraudstreamError,
+    LeaseLostError,
     UnavailableError,
     is_dependency_error,
 )
@@ -968,11 +969,15 @@ class Application:
 
         loop.run(turn, transient=_transient, healthy=self._redis_ok)
         try:
+            lease.keep()  # taken again if it expired meanwhile (a long back-off)
             published = learner.publish()
         except Exception as exc:
-            if not _transient(exc):
+            if not (_transient(exc) or isinstance(exc, LeaseLostError)):
                 raise
-            log.warning("learner: last version not published at stop (%s); relearnt at start", exc)
+            log.warning(
+                "learner: last version not published at stop (%s); relearnt by the next learner",
+                exc,
+            )
             return
         # Nothing learnt unpublished (the version just published, or none to publish):
         # what was done is durable once committed.
