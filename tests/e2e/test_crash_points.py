@@ -67,7 +67,9 @@ from fraudstream.service.settings import Settings
 from fraudstream.service.snapshots import Snapshot, SnapshotStore
 from fraudstream.service.stores import snapshot_store
 
-pytestmark = pytest.mark.slow
+# The first test runs every selected case at once (about 5 minutes for all of them
+# on this machine, more on a busy one): past the suite's 300 s per test.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 ALO, EOS = "at_least_once", "exactly_once"
 #: At least once with ``overlap_batches`` off: one batch at a time, as exactly-once runs.

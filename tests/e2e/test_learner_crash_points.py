@@ -57,7 +57,9 @@ from fraudstream.service.settings import Settings
 from fraudstream.service.stores import snapshot_store
 from fraudstream.service.waiting_labels import WaitingLabels
 
-pytestmark = pytest.mark.slow
+# The first test runs every selected case at once (about 5 minutes for all of them
+# on this machine, more on a busy one): past the suite's 300 s per test.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 #: Labels per learner batch.
 BATCH = 30
