@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from fraudstream.service.errors import FraudstreamError
-from fraudstream.service.learner_lease import lease_key
+from fraudstream.service.learner_lease import lease_holder
 from fraudstream.service.model import CATALOGUE, describe
 from fraudstream.service.registry import ModelRegistry
 
@@ -98,12 +98,11 @@ def show(version: int) -> None:
 
 def _refuse_while_learning(reg: ModelRegistry, what: str) -> None:
     """Refuse in one line while a learner holds the lease: its next version would supersede ours."""
-    holder = reg.client.get(lease_key(reg.prefix))
+    holder = lease_holder(reg.client, reg.prefix)
     if holder is None:
         return
-    name = holder.decode("utf-8", "replace") if isinstance(holder, bytes) else str(holder)
     raise click.ClickException(
-        f"a learner is running ({name}): it learns on from its own model, and its next "
+        f"a learner is running ({holder}): it learns on from its own model, and its next "
         f"version would supersede the {what}; stop it first (it resumes from the newest "
         "version when started again), or pass --while-learning to publish anyway"
     )

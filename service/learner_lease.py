@@ -37,6 +37,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from fraudstream.service.errors import LeaseLostError
@@ -71,6 +72,21 @@ def lease_key(prefix: str) -> str:
     'fraudstream:{models}:learner'
     """
     return f"{prefix}:{{models}}:learner"
+
+
+def lease_holder(client: Any, prefix: str) -> str | None:
+    """The name of the learner holding the lease, ``None`` when none does."""
+    raw = client.get(lease_key(prefix))
+    return None if raw is None else _text(raw)
+
+
+def _text(raw: bytes | str) -> str:
+    """A reply as text (clients that do not decode replies give bytes).
+
+    >>> _text(b"fraudstream on h pid 7 x"), _text("as is")
+    ('fraudstream on h pid 7 x', 'as is')
+    """
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
 
 
 def holder_name(client_id: str) -> str:
@@ -152,7 +168,7 @@ class LearnerLease:
         prefix: str,
         holder: str,
         ttl_s: float,
-        clock: Any = time.monotonic,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
         self.key = lease_key(prefix)
@@ -175,8 +191,7 @@ class LearnerLease:
         return held
 
     def _call_take(self, dead: str) -> str:
-        raw = self._take(keys=[self.key], args=[self.holder, self.ttl_ms, dead])
-        return raw.decode() if isinstance(raw, bytes) else str(raw)
+        return _text(self._take(keys=[self.key], args=[self.holder, self.ttl_ms, dead]))
 
     @property
     def held(self) -> bool:

@@ -50,7 +50,7 @@ from conftest import (
 )
 
 from fraudstream.service.app import Application
-from fraudstream.service.learner_lease import lease_key
+from fraudstream.service.learner_lease import lease_holder
 from fraudstream.service.redis_client import redis_client
 from fraudstream.service.registry import ModelRegistry
 from fraudstream.service.settings import Settings
@@ -274,7 +274,6 @@ def _run(case: Case, settings: Settings, folder: Path) -> Outcome:
     late = LATE if case.waiting else 0
     first, last = transactions[: len(transactions) - late], transactions[len(transactions) - late :]
     waiting = WaitingLabels(client, settings.redis_prefix)
-    lease = lease_key(settings.redis_prefix)
     processes: list[subprocess.Popen[bytes]] = []
 
     def scored(these: list[tuple[bytes, bytes]]) -> Callable[[], bool]:
@@ -299,7 +298,9 @@ def _run(case: Case, settings: Settings, folder: Path) -> Outcome:
         if case.standby:
             # The learner that crashes takes the lease; the other stands by before any label.
             _wait(
-                lambda: f"pid {learner.pid} ".encode() in (client.get(lease) or b""),
+                lambda: (
+                    f" pid {learner.pid} " in (lease_holder(client, settings.redis_prefix) or "")
+                ),
                 60,
                 "the first learner holding the lease",
                 learner,

@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import cast
 
 import orjson
 import pytest
@@ -24,7 +23,7 @@ import redis
 from conftest import AppUnderTest, lag_of
 
 from fraudstream.service.kafka.protocols import ConsumerRecord
-from fraudstream.service.learner_lease import lease_key
+from fraudstream.service.learner_lease import lease_holder
 from fraudstream.service.registry import ModelRegistry
 from fraudstream.service.settings import Role, Settings
 
@@ -61,6 +60,14 @@ def _labels(ids: range) -> list[tuple[bytes, bytes]]:
         )
         for i in ids
     ]
+
+
+def _holding(
+    client: redis.Redis, settings: Settings, processes: list[subprocess.Popen[bytes]]
+) -> subprocess.Popen[bytes]:
+    """The one of ``processes`` whose learner holds the lease (its name carries the pid)."""
+    holder = lease_holder(client, settings.redis_prefix) or ""
+    return next(p for p in processes if f" pid {p.pid} " in holder)
 
 
 ScoredStream = Callable[..., tuple[Settings, redis.Redis, ModelRegistry]]
@@ -134,8 +141,7 @@ def test_two_replicas_one_learner_learns_the_other_stands_by_and_takes_over_when
     assert versions == sorted(versions), f"versions of two lineages: {versions}"
 
     # Kill the learner that holds the lease; the other takes over.
-    holder = cast(bytes, client.get(lease_key(settings.redis_prefix)) or b"").decode()
-    active = next(p for p in (first, second) if f"pid {p.pid} " in holder + " ")
+    active = _holding(client, settings, [first, second])
     standby = second if active is first else first
     active.send_signal(signal.SIGKILL)
     active.wait(timeout=30)
@@ -193,8 +199,7 @@ def test_a_learner_paused_past_its_lease_stops_when_it_wakes_and_publishes_nothi
         180,
         "the first 80 labels learnt and committed",
     )
-    holder = cast(bytes, client.get(lease_key(settings.redis_prefix)) or b"").decode()
-    paused = next(p for p in learners if f"pid {p.pid} " in holder + " ")
+    paused = _holding(client, settings, learners)
     other = next(p for p in learners if p is not paused)
     paused.send_signal(signal.SIGSTOP)
     try:
